@@ -1,0 +1,140 @@
+package engine
+
+import (
+	"errors"
+	"time"
+)
+
+// Errors returned by the engine. Callers test them with errors.Is; the
+// messages wrap these with the names and numbers involved.
+var (
+	ErrNotFound     = errors.New("engine: not found")
+	ErrExists       = errors.New("engine: already exists")
+	ErrNoSpace      = errors.New("engine: no space left in pool")
+	ErrOutOfRange   = errors.New("engine: I/O beyond the end of the volume")
+	ErrInvalid      = errors.New("engine: invalid argument")
+	ErrIO           = errors.New("engine: I/O error")
+	ErrReadOnly     = errors.New("engine: volume is read-only")
+	ErrCorrupt      = errors.New("engine: corrupt metadata")
+	ErrShrink       = errors.New("engine: volumes can only grow")
+	ErrSticky       = errors.New("engine: sticky volume: turn sticky off first")
+	ErrBusy         = errors.New("engine: volume is in use")
+	ErrClosed       = errors.New("engine: closed")
+	ErrNoPool       = errors.New("engine: no storage pool")
+	ErrDriveRefused = errors.New("engine: drive refused")
+)
+
+// IOPriority is a pool's class of service, as Portworx names them.
+type IOPriority string
+
+const (
+	PriorityHigh   IOPriority = "high"
+	PriorityMedium IOPriority = "medium"
+	PriorityLow    IOPriority = "low"
+)
+
+// DriveSpec names a drive handed to the engine.
+type DriveSpec struct {
+	Path       string
+	IOPriority IOPriority // "" = detect (NVMe high, SSD medium, HDD low, file low)
+	Force      bool       // format over a foreign superblock or filesystem
+}
+
+// Options configure Open.
+type Options struct {
+	NodeID string      // this node's identity; drives of another node are refused
+	Drives []DriveSpec // formatted on first use when blank
+	// Observer, when set, sees every completed volume I/O (metrics).
+	Observer Observer
+}
+
+// Op names a volume operation for the Observer.
+type Op uint8
+
+const (
+	OpRead Op = iota
+	OpWrite
+	OpFlush
+	OpTrim
+	OpWriteZeroes
+)
+
+// Observer receives one call per completed I/O. It must be fast and must not block.
+type Observer interface {
+	ObserveIO(volume string, op Op, bytes int, d time.Duration, err error)
+}
+
+// VolumeSpec is what CreateVolume takes.
+type VolumeSpec struct {
+	Name         string
+	Size         int64      // bytes, multiple of BlockSize, > 0
+	IOPriority   IOPriority // requested; falls back high → medium → low
+	Repl         int        // 1..3 (only 1 until replication lands)
+	Sticky       bool
+	SnapInterval int // minutes, 0 = off
+	BlockSize    int // 4096 (the only supported value)
+}
+
+// VolumeUpdate changes a volume; nil fields are left alone.
+type VolumeUpdate struct {
+	Size         *int64 // grow only
+	Sticky       *bool
+	SnapInterval *int
+}
+
+// VolumeInfo describes a volume (or, later, a snapshot).
+type VolumeInfo struct {
+	ID                  string
+	Name                string
+	Size                int64
+	Used                int64 // bytes allocated in the pool
+	Repl                int
+	IOPriority          IOPriority // where it landed
+	RequestedIOPriority IOPriority
+	Pool                int
+	Sticky              bool
+	SnapInterval        int
+	BlockSize           int
+	Parent              string
+	ReadOnly            bool
+	State               string // "up", "error"
+	Created             time.Time
+}
+
+// ExtentKind classifies a range for Extents (NBD base:allocation).
+type ExtentKind uint8
+
+const (
+	ExtentData ExtentKind = iota // allocated, holds written data
+	ExtentHole                   // unallocated: reads as zeros
+)
+
+// Extent is a run of bytes of one kind.
+type Extent struct {
+	Offset, Length int64
+	Kind           ExtentKind
+}
+
+// Status is the node's view for `cairn status`.
+type Status struct {
+	NodeID string
+	Pools  []PoolInfo
+}
+
+type PoolInfo struct {
+	ID         int
+	UUID       string
+	IOPriority IOPriority
+	Raid       string // "raid0"
+	Size       int64  // bytes usable for data
+	Used       int64
+	Status     string // "Online", "Error: …"
+	Drives     []DriveInfo
+}
+
+type DriveInfo struct {
+	Path   string
+	Size   int64
+	Used   int64
+	Status string
+}
