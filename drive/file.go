@@ -1,0 +1,156 @@
+package drive
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// File is a real drive: a block device (opened O_DIRECT, so the engine's own
+// durability rules are the only cache policy) or a regular file (page cache,
+// fdatasync on Sync).
+type File struct {
+	f      *os.File
+	path   string
+	size   int64
+	direct bool
+	kind   Kind
+}
+
+// OpenFile opens an existing block device or regular file as a drive.
+// forceDirect opens a regular file O_DIRECT too (tests of the direct path).
+func OpenFile(path string, forceDirect bool) (*File, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrUnusable, path, err)
+	}
+	isDev := st.Mode()&os.ModeDevice != 0
+	if !isDev && !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s: not a block device or regular file", ErrUnusable, path)
+	}
+	flags := os.O_RDWR
+	direct := isDev || forceDirect
+	if direct {
+		flags |= unix.O_DIRECT
+	}
+	if isDev {
+		flags |= unix.O_EXCL // refuse a device the kernel has mounted or claimed
+	}
+	f, err := os.OpenFile(path, flags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrUnusable, path, err)
+	}
+	size, err := f.Seek(0, 2)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s: size: %v", ErrUnusable, path, err)
+	}
+	d := &File{f: f, path: path, size: size &^ (AtomicSize - 1), direct: direct, kind: KindFile}
+	if isDev {
+		d.kind = deviceKind(path)
+	}
+	return d, nil
+}
+
+// deviceKind reads /sys/block/<dev>/queue/rotational and the device name.
+func deviceKind(path string) Kind {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		real = path
+	}
+	name := filepath.Base(real)
+	if strings.HasPrefix(name, "nvme") {
+		return KindNVMe
+	}
+	// A partition's queue lives under its parent disk.
+	for _, p := range []string{"/sys/class/block/" + name + "/queue/rotational", "/sys/class/block/" + name + "/../queue/rotational"} {
+		if b, err := os.ReadFile(p); err == nil {
+			if strings.TrimSpace(string(b)) == "1" {
+				return KindHDD
+			}
+			return KindSSD
+		}
+	}
+	return KindHDD
+}
+
+func (d *File) Path() string { return d.path }
+func (d *File) Size() int64  { return d.size }
+func (d *File) Kind() Kind   { return d.kind }
+func (d *File) Close() error { return d.f.Close() }
+
+func (d *File) ReadAt(p []byte, off int64) error {
+	if err := checkRange(d, len(p), off); err != nil {
+		return err
+	}
+	if d.direct && !aligned(p, off) {
+		b := getBounce(len(p))
+		defer putBounce(b)
+		if err := d.readFull(b, off); err != nil {
+			return err
+		}
+		copy(p, b)
+		return nil
+	}
+	return d.readFull(p, off)
+}
+
+func (d *File) readFull(p []byte, off int64) error {
+	if _, err := d.f.ReadAt(p, off); err != nil {
+		return fmt.Errorf("%w: %s: read at %d: %v", ErrIO, d.path, off, err)
+	}
+	return nil
+}
+
+func (d *File) WriteAt(p []byte, off int64) error {
+	if err := checkRange(d, len(p), off); err != nil {
+		return err
+	}
+	if d.direct && !aligned(p, off) {
+		b := getBounce(len(p))
+		defer putBounce(b)
+		copy(b, p)
+		p = b
+	}
+	if _, err := d.f.WriteAt(p, off); err != nil {
+		return fmt.Errorf("%w: %s: write at %d: %v", ErrIO, d.path, off, err)
+	}
+	return nil
+}
+
+func (d *File) Sync() error {
+	if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
+		return fmt.Errorf("%w: %s: fdatasync: %v", ErrIO, d.path, err)
+	}
+	return nil
+}
+
+// O_DIRECT needs the buffer address, length and offset aligned; the engine
+// keeps length and offset aligned, and pooled buffers are usually aligned, so
+// bouncing is the rare path.
+func aligned(p []byte, off int64) bool {
+	return len(p) > 0 && uintptr(unsafe.Pointer(&p[0]))%AtomicSize == 0 && len(p)%AtomicSize == 0 && off%AtomicSize == 0
+}
+
+var bouncePool sync.Pool // *[]byte, AtomicSize-aligned
+
+func getBounce(n int) []byte {
+	if bp, ok := bouncePool.Get().(*[]byte); ok && cap(*bp) >= n {
+		return (*bp)[:n]
+	}
+	return AlignedBuffer(n)
+}
+
+func putBounce(b []byte) { bouncePool.Put(&b) }
+
+// AlignedBuffer returns n bytes whose address is AtomicSize-aligned.
+func AlignedBuffer(n int) []byte {
+	raw := make([]byte, n+AtomicSize)
+	skip := (AtomicSize - int(uintptr(unsafe.Pointer(&raw[0]))%AtomicSize)) % AtomicSize
+	return raw[skip : skip+n : skip+n]
+}

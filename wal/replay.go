@@ -1,0 +1,86 @@
+package wal
+
+import (
+	"fmt"
+)
+
+// Replay reads the log in region from its start (logID, first seq startSeq,
+// prev sum 0) and calls fn for every valid frame in order. It stops quietly at
+// a torn tail and returns the Position to continue writing at. A bad frame
+// that a later valid frame of the same log proves was durable is corruption:
+// Replay returns an error wrapping ErrCorrupt that names the offset.
+// An error from fn stops replay and is returned as is.
+func Replay(dev Device, region Region, logID, startSeq uint64, fn func(typ Type, seq uint64, payload []byte) error) (Position, error) {
+	pos := Start(logID, startSeq)
+	var hbuf [SectorSize]byte
+	var payload []byte
+	for pos.Off+SectorSize <= region.Size {
+		h, ok, err := readFrame(dev, region, pos.Off, hbuf[:], &payload)
+		if err != nil {
+			return pos, err
+		}
+		if !ok || h.logID != logID || h.seq != pos.Seq || h.prevSum != pos.PrevSum {
+			break
+		}
+		if err := fn(h.typ, h.seq, payload); err != nil {
+			return pos, err
+		}
+		pos.Off += int64(frameSize(int(h.length)))
+		pos.Seq++
+		pos.PrevSum = h.sum
+	}
+	// Everything replayed is durable now (it was read back from the device).
+	pos.DurableSeq = pos.Seq - 1
+	if err := checkTail(dev, region, pos, hbuf[:], &payload); err != nil {
+		return pos, err
+	}
+	return pos, nil
+}
+
+// checkTail scans past the end of the chain for a valid frame of the same log
+// that was written after the missing seq had been made durable.
+func checkTail(dev Device, region Region, pos Position, hbuf []byte, payload *[]byte) error {
+	for off := pos.Off + SectorSize; off+SectorSize <= region.Size; off += SectorSize {
+		if err := dev.ReadAt(hbuf[:HeaderSize], region.Base+off); err != nil {
+			return fmt.Errorf("wal: read at %d: %w", region.Base+off, err)
+		}
+		h, ok := decodeHeader(hbuf)
+		if !ok || h.logID != pos.LogID || h.seq <= pos.Seq || h.durableSeq < pos.Seq {
+			continue
+		}
+		if _, ok, err := readFrame(dev, region, off, hbuf, payload); err != nil || !ok {
+			continue
+		}
+		return fmt.Errorf("%w: at offset %d (seq %d): frame seq %d at offset %d was written after it was durable",
+			ErrCorrupt, region.Base+pos.Off, pos.Seq, h.seq, region.Base+off)
+	}
+	return nil
+}
+
+// readFrame reads and verifies the frame at off; ok is false for anything that
+// is not a whole valid frame. payload is reused between calls.
+func readFrame(dev Device, region Region, off int64, hbuf []byte, payload *[]byte) (header, bool, error) {
+	if err := dev.ReadAt(hbuf[:SectorSize], region.Base+off); err != nil {
+		return header{}, false, fmt.Errorf("wal: read at %d: %w", region.Base+off, err)
+	}
+	h, ok := decodeHeader(hbuf)
+	if !ok || off+int64(frameSize(int(h.length))) > region.Size {
+		return header{}, false, nil
+	}
+	n := int(h.length)
+	if cap(*payload) < n {
+		*payload = make([]byte, n)
+	}
+	p := (*payload)[:n]
+	inFirst := copy(p, hbuf[HeaderSize:SectorSize])
+	if inFirst < n {
+		if err := dev.ReadAt(p[inFirst:], region.Base+off+SectorSize); err != nil {
+			return header{}, false, fmt.Errorf("wal: read at %d: %w", region.Base+off+SectorSize, err)
+		}
+	}
+	if checksum(hbuf[:48], p) != h.sum {
+		return header{}, false, nil
+	}
+	*payload = p
+	return h, true, nil
+}
