@@ -36,9 +36,9 @@ func Start(logID, seq uint64) Position {
 // Writer appends frames to a log. Not safe for concurrent use: the group
 // committer's round is its only caller.
 type Writer struct {
-	dev    Device
-	region Region
-	pos    Position
+	dev     Device
+	region  Region
+	pos     Position
 	buf     []byte // frames appended since the last Write, contiguous
 	nbuf    int    // frames in buf
 	bufSeq  uint64 // seq of the last frame in buf
