@@ -1,0 +1,322 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/cairn-storage/cairn/control"
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// daemonConfig is `cairn daemon`'s flags. Short names follow Portworx.
+type daemonConfig struct {
+	dataDir          string
+	apiAddr          string
+	mgmtIface        string // -m
+	nbdAddr          string
+	dataIface        string // -d
+	nbdSocket        string
+	drives           []string // -s
+	allDrives        bool     // -a
+	force            bool     // -f
+	storageless      bool     // -z
+	cluster          string   // -c
+	defaultDriveSize string
+}
+
+// defaultDriveName is the embedded default drive: a sparse file in the data
+// directory, so that `cairn daemon` works with no drive at all.
+const defaultDriveName = "drive-0.img"
+
+// Shutdown budgets: how long in-flight API calls and NBD requests get.
+const (
+	apiShutdownTimeout = 10 * time.Second
+	nbdShutdownTimeout = 30 * time.Second
+)
+
+func newDaemonCommand() *cobra.Command {
+	var cfg daemonConfig
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the cairn node daemon (engine, management API, NBD exports)",
+		Long: `Run the cairn node daemon in the foreground.
+
+With no drive (-s, -a) and not storageless (-z), the daemon uses the embedded
+default: a sparse file DATA_DIR/` + defaultDriveName + ` of --default-drive-size.
+Drives are remembered in DATA_DIR, so a restart opens the same ones again.
+SIGTERM or SIGINT stops it cleanly: in-flight I/O finishes, everything is
+flushed, and it exits 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDaemon(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.dataDir, "data-dir", "/var/lib/cairn", "directory for the node state, the default drive and the NBD socket")
+	f.StringVar(&cfg.apiAddr, "api", control.DefaultAPIAddr, "management API address host:port")
+	f.StringVarP(&cfg.mgmtIface, "mgmt-iface", "m", "", "interface name or IP for the management API (replaces the host of --api)")
+	f.StringVar(&cfg.nbdAddr, "nbd", "127.0.0.1:10809", "NBD listener address host:port")
+	f.StringVarP(&cfg.dataIface, "data-iface", "d", "", "interface name or IP for NBD (replaces the host of --nbd)")
+	f.StringVar(&cfg.nbdSocket, "nbd-socket", "", "NBD unix socket (default DATA_DIR/nbd.sock)")
+	f.StringArrayVarP(&cfg.drives, "drive", "s", nil, "drive to use: a block device or a file (repeatable)")
+	f.BoolVarP(&cfg.allDrives, "all-drives", "a", false, "use every unused drive of the node")
+	f.BoolVarP(&cfg.force, "force", "f", false, "also take drives with a filesystem (never mounted ones)")
+	f.BoolVarP(&cfg.storageless, "storageless", "z", false, "run without storage")
+	f.StringVarP(&cfg.cluster, "cluster", "c", "", "cluster name (default: the stored one, or "+control.DefaultCluster+")")
+	f.StringVar(&cfg.defaultDriveSize, "default-drive-size", "64G", "size of the embedded default drive file (sparse)")
+	return cmd
+}
+
+func runDaemon(ctx context.Context, cfg daemonConfig) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if cfg.storageless && (len(cfg.drives) > 0 || cfg.allDrives) {
+		return errors.New("daemon: -z (storageless) cannot be combined with -s or -a")
+	}
+	defaultSize, err := parseSize(cfg.defaultDriveSize)
+	if err != nil {
+		return fmt.Errorf("daemon: --default-drive-size: %w", err)
+	}
+	apiAddr, err := withInterface(cfg.apiAddr, cfg.mgmtIface)
+	if err != nil {
+		return fmt.Errorf("daemon: -m: %w", err)
+	}
+	nbdAddr, err := withInterface(cfg.nbdAddr, cfg.dataIface)
+	if err != nil {
+		return fmt.Errorf("daemon: -d: %w", err)
+	}
+	if err := os.MkdirAll(cfg.dataDir, 0o755); err != nil {
+		return fmt.Errorf("daemon: data dir: %w", err)
+	}
+	dataDir, err := filepath.Abs(cfg.dataDir)
+	if err != nil {
+		return err
+	}
+	if cfg.nbdSocket == "" {
+		cfg.nbdSocket = filepath.Join(dataDir, "nbd.sock")
+	}
+	unlock, err := lockDataDir(dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	node, err := control.OpenNode(dataDir, cfg.cluster)
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	drives, err := chooseDrives(cfg, node, dataDir, defaultSize, log)
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+
+	metrics := control.NewMetrics()
+	eng, err := engine.Open(engine.Options{NodeID: node.ID(), Drives: drives, Observer: metrics})
+	if err != nil {
+		return fmt.Errorf("daemon: open engine: %w", err)
+	}
+	engineOpen := true
+	defer func() {
+		if engineOpen {
+			eng.Close()
+		}
+	}()
+	// Remember the drives only once the engine took them, so a refused
+	// drive is not retried on every start.
+	if err := node.RememberDrives(drives...); err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	metrics.CollectStorage(eng)
+
+	apiListener, err := net.Listen("tcp", apiAddr)
+	if err != nil {
+		return fmt.Errorf("daemon: management API: %w", err)
+	}
+	api := &http.Server{
+		Handler:           control.NewServer(eng, node, metrics, log).Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	errc := make(chan error, 3)
+	go func() { errc <- api.Serve(apiListener) }()
+
+	nbdStop, err := startNBD(eng, nbdAddr, cfg.nbdSocket, log, errc)
+	if err != nil {
+		api.Close()
+		return fmt.Errorf("daemon: %w", err)
+	}
+
+	log.Info("api listening", "addr", apiListener.Addr().String())
+	st := eng.Status()
+	log.Info("cairn daemon ready", "node_id", node.ID(), "cluster", node.Cluster(), "data_dir", dataDir, "pools", len(st.Pools), "drives", len(drives))
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("signal received, shutting down")
+	case serveErr = <-errc:
+		log.Error("listener failed, shutting down", "err", serveErr)
+	}
+
+	// Order matters: stop taking control requests, let NBD clients' in-flight
+	// requests finish (and their flushes reach the engine), then close the
+	// engine, which makes everything durable.
+	sctx, cancel := context.WithTimeout(context.Background(), apiShutdownTimeout)
+	if err := api.Shutdown(sctx); err != nil {
+		log.Warn("api shutdown", "err", err)
+	}
+	cancel()
+	nbdErr := nbdStop()
+	engineOpen = false
+	closeErr := eng.Close()
+	if err := errors.Join(nbdErr, closeErr); err != nil {
+		return fmt.Errorf("daemon: shutdown: %w", err)
+	}
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return fmt.Errorf("daemon: %w", serveErr)
+	}
+	log.Info("cairn daemon stopped")
+	return nil
+}
+
+// chooseDrives merges the remembered drives with -s and -a, and falls back to
+// the embedded default when there is none and the node is not storageless.
+func chooseDrives(cfg daemonConfig, node *control.Node, dataDir string, defaultSize int64, log *slog.Logger) ([]engine.DriveSpec, error) {
+	remembered := node.Drives()
+	if cfg.storageless {
+		if len(remembered) > 0 {
+			return nil, fmt.Errorf("-z: this node already has %d drive(s) recorded in %s; it cannot become storageless", len(remembered), dataDir)
+		}
+		return nil, nil
+	}
+	var given []engine.DriveSpec
+	for _, p := range cfg.drives {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return nil, fmt.Errorf("-s %s: %w", p, err)
+		}
+		given = append(given, engine.DriveSpec{Path: abs, Force: cfg.force})
+	}
+	if cfg.allDrives {
+		found, skipped, err := newDriveScanner().unusedDrives(cfg.force)
+		if err != nil {
+			return nil, fmt.Errorf("-a: %w", err)
+		}
+		for _, s := range skipped {
+			log.Info("-a: skipping drive", "dev", s.Dev, "reason", s.Reason)
+		}
+		if len(found) == 0 && len(remembered) == 0 && len(given) == 0 {
+			return nil, errors.New("-a: no unused drives found on this node; give drives with -s, or omit -a to use the embedded default file drive")
+		}
+		for _, dev := range found {
+			given = append(given, engine.DriveSpec{Path: dev, Force: cfg.force})
+		}
+	}
+	// Flags win over the remembered spec of the same path (they may force).
+	drives := given
+	seen := map[string]bool{}
+	for _, d := range given {
+		seen[d.Path] = true
+	}
+	for _, d := range remembered {
+		if !seen[d.Path] {
+			drives = append(drives, d)
+		}
+	}
+	if len(drives) > 0 {
+		return drives, nil
+	}
+	path := filepath.Join(dataDir, defaultDriveName)
+	if err := createSparseFile(path, defaultSize); err != nil {
+		return nil, err
+	}
+	log.Info("using the embedded default drive", "path", path, "size", formatSize(defaultSize))
+	return []engine.DriveSpec{{Path: path}}, nil
+}
+
+// createSparseFile makes a blank file drive of size bytes, unless it exists.
+func createSparseFile(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("default drive: %w", err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("default drive: %w", err)
+	}
+	return f.Close()
+}
+
+// lockDataDir makes sure one daemon at a time owns a data directory: two
+// engines on the same drives would destroy each other's metadata.
+func lockDataDir(dataDir string) (unlock func(), err error) {
+	path := filepath.Join(dataDir, "lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("daemon: another cairn daemon is running on %s", dataDir)
+		}
+		return nil, fmt.Errorf("daemon: lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// withInterface replaces the host of addr with iface: an IP address, or the
+// first IPv4 (else IPv6) address of the named network interface.
+func withInterface(addr, iface string) (string, error) {
+	if iface == "" {
+		return addr, nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", err
+	}
+	if ip := net.ParseIP(iface); ip != nil {
+		return net.JoinHostPort(ip.String(), port), nil
+	}
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return "", fmt.Errorf("%q is neither an IP address nor an interface: %w", iface, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return "", err
+	}
+	var v6 net.IP
+	for _, a := range addrs {
+		ipnet, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		if ipnet.IP.To4() != nil {
+			return net.JoinHostPort(ipnet.IP.String(), port), nil
+		}
+		if v6 == nil && !ipnet.IP.IsLinkLocalUnicast() {
+			v6 = ipnet.IP
+		}
+	}
+	if v6 != nil {
+		return net.JoinHostPort(v6.String(), port), nil
+	}
+	return "", fmt.Errorf("interface %s has no usable address", iface)
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cairn-storage/cairn/control"
+)
+
+func newStatusCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the node, its pools and drives (like pxctl status)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := g.client().Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), st)
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+func printStatus(w io.Writer, st control.Status) {
+	fmt.Fprintf(w, "Status: cairn is %s\n", st.Status)
+	fmt.Fprintf(w, "Node ID: %s\n", st.NodeID)
+	fmt.Fprintf(w, "Cluster: %s\n", st.Cluster)
+	fmt.Fprintf(w, "\tLocal Storage Pool: %d %s\n", len(st.Pools), plural(len(st.Pools), "pool"))
+	var size, used int64
+	if len(st.Pools) > 0 {
+		indentedTable(w, func(t io.Writer) {
+			fmt.Fprintln(t, "POOL\tIO_PRIORITY\tRAID_LEVEL\tUSABLE\tUSED\tSTATUS")
+			for _, p := range st.Pools {
+				fmt.Fprintf(t, "%d\t%s\t%s\t%s\t%s\t%s\n", p.ID, upper(p.IOPriority), p.Raid, formatSize(p.Size), formatSize(p.Used), p.Status)
+				size += p.Size
+				used += p.Used
+			}
+		})
+	}
+	var drives int
+	for _, p := range st.Pools {
+		drives += len(p.Drives)
+	}
+	fmt.Fprintf(w, "\tLocal Storage Devices: %d %s\n", drives, plural(drives, "device"))
+	if drives > 0 {
+		indentedTable(w, func(t io.Writer) {
+			fmt.Fprintln(t, "DEVICE\tPATH\tSIZE\tUSED\tSTATUS")
+			for _, p := range st.Pools {
+				for i, d := range p.Drives {
+					fmt.Fprintf(t, "%d:%d\t%s\t%s\t%s\t%s\n", p.ID, i+1, d.Path, formatSize(d.Size), formatSize(d.Used), d.Status)
+				}
+			}
+		})
+	}
+	if len(st.Pools) == 0 {
+		fmt.Fprintln(w, "\tNo storage: this node is storageless (-z) or has no drives.")
+	}
+	fmt.Fprintln(w, "Global Storage Pool")
+	fmt.Fprintf(w, "\tTotal Used    \t:  %s\n", formatSize(used))
+	fmt.Fprintf(w, "\tTotal Capacity\t:  %s\n", formatSize(size))
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
+}

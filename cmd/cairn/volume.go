@@ -1,0 +1,229 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cairn-storage/cairn/control"
+)
+
+func newVolumeCommand(g *globals) *cobra.Command {
+	volume := &cobra.Command{Use: "volume", Short: "Create, list, inspect, update and delete volumes"}
+	volume.AddCommand(
+		newVolumeCreateCommand(g),
+		newVolumeListCommand(g),
+		newVolumeInspectCommand(g),
+		newVolumeUpdateCommand(g),
+		newVolumeDeleteCommand(g),
+	)
+	return volume
+}
+
+func newVolumeCreateCommand(g *globals) *cobra.Command {
+	var req control.CreateVolumeRequest
+	var size string
+	cmd := &cobra.Command{
+		Use:   "create NAME --size SIZE",
+		Short: "Create a thin volume",
+		Example: `  cairn volume create db --size 10G
+  cairn volume create scratch --size 512M --io_priority high --sticky`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if size == "" {
+				return errors.New("volume create: --size is required (e.g. --size 10G)")
+			}
+			n, err := parseSize(size)
+			if err != nil {
+				return err
+			}
+			req.Name, req.Size = args[0], n
+			v, err := g.client().CreateVolume(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Volume successfully created: %s\n", v.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&size, "size", "s", "", "size: 512M, 10G, 1T; a bare number is GiB (required)")
+	f.IntVarP(&req.Repl, "repl", "r", 1, "replication factor, 1 to 3 (more than 1 needs a cluster)")
+	f.StringVar(&req.IOPriority, "io_priority", "low", "pool class: high, medium or low (falls back to a lower one)")
+	f.BoolVar(&req.Sticky, "sticky", false, "refuse deletion until sticky is turned off")
+	f.IntVar(&req.SnapInterval, "snap_interval", 0, "snapshot every MIN minutes (0 = off)")
+	f.IntVar(&req.BlockSize, "block_size", 4096, "block size in bytes (only 4096)")
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+func newVolumeListCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List volumes",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			vols, err := g.client().Volumes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), vols)
+			}
+			printVolumes(cmd.OutOrStdout(), vols)
+			return nil
+		},
+	}
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+func newVolumeInspectCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "inspect NAME",
+		Short: "Show one volume in detail",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := g.client().Volume(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			printVolume(cmd.OutOrStdout(), v)
+			return nil
+		},
+	}
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+func newVolumeUpdateCommand(g *globals) *cobra.Command {
+	var size, sticky string
+	var snapInterval int
+	cmd := &cobra.Command{
+		Use:   "update NAME [--size SIZE] [--sticky on|off] [--snap_interval MIN]",
+		Short: "Grow a volume or change its settings",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var req control.UpdateVolumeRequest
+			f := cmd.Flags()
+			if f.Changed("size") {
+				n, err := parseSize(size)
+				if err != nil {
+					return err
+				}
+				req.Size = &n
+			}
+			if f.Changed("sticky") {
+				on, err := parseOnOff(sticky)
+				if err != nil {
+					return fmt.Errorf("--sticky: %w", err)
+				}
+				req.Sticky = &on
+			}
+			if f.Changed("snap_interval") {
+				req.SnapInterval = &snapInterval
+			}
+			if req.Size == nil && req.Sticky == nil && req.SnapInterval == nil {
+				return errors.New("volume update: nothing to change: give --size, --sticky or --snap_interval")
+			}
+			v, err := g.client().UpdateVolume(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Update Volume: Volume update successful for volume %s\n", v.Name)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&size, "size", "s", "", "new size (grow only): 512M, 10G, 1T; a bare number is GiB")
+	f.StringVar(&sticky, "sticky", "", "on or off")
+	f.IntVar(&snapInterval, "snap_interval", 0, "snapshot every MIN minutes (0 = off)")
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+func newVolumeDeleteCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a volume (not a sticky or an in-use one)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.client().DeleteVolume(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), map[string]string{"deleted": args[0]})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Volume %s successfully deleted\n", args[0])
+			return nil
+		},
+	}
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+func parseOnOff(s string) (bool, error) {
+	switch s {
+	case "on", "true", "yes":
+		return true, nil
+	case "off", "false", "no":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q: want on or off", s)
+}
+
+func volumeState(v control.Volume) string {
+	if v.AttachedOn == "" {
+		return v.State + " - detached"
+	}
+	return v.State + " - attached on " + v.AttachedOn
+}
+
+func printVolumes(w io.Writer, vols []control.Volume) {
+	if len(vols) == 0 {
+		fmt.Fprintln(w, "No volumes found")
+		return
+	}
+	t := newTable(w)
+	fmt.Fprintln(t, "ID\tNAME\tSIZE\tUSED\tHA\tIO_PRIORITY\tSTICKY\tSTATUS")
+	for _, v := range vols {
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.ID, v.Name, formatSize(v.Size), formatSize(v.Used), v.Repl, upper(v.IOPriority), yesNo(v.Sticky), volumeState(v))
+	}
+	t.Flush()
+}
+
+func printVolume(w io.Writer, v control.Volume) {
+	snap := "off"
+	if v.SnapInterval > 0 {
+		snap = fmt.Sprintf("every %d min", v.SnapInterval)
+	}
+	fmt.Fprintf(w, "Volume\t:  %s\n", v.ID)
+	for _, row := range [][2]string{
+		{"Name", v.Name},
+		{"Size", formatSize(v.Size)},
+		{"Used", formatSize(v.Used)},
+		{"HA", fmt.Sprint(v.Repl)},
+		{"IO Priority", upper(v.IOPriority)},
+		{"Sticky", yesNo(v.Sticky)},
+		{"Snap Interval", snap},
+		{"Parent", orDash(v.Parent)},
+		{"Read-only", yesNo(v.ReadOnly)},
+		{"Creation time", v.Created},
+		{"Status", v.State},
+		{"Attached on", orDash(v.AttachedOn)},
+	} {
+		fmt.Fprintf(w, "\t%-15s:  %s\n", row[0], row[1])
+	}
+}

@@ -1,0 +1,164 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// DefaultAPIAddr is where the daemon serves its API unless told otherwise.
+const DefaultAPIAddr = "127.0.0.1:9001"
+
+// Client talks to a daemon's management API.
+type Client struct {
+	addr string // host:port as given, for messages
+	base string // http://host:port
+	http *http.Client
+}
+
+// NewClient returns a client for the daemon at addr ("host:port" or an
+// http:// URL).
+func NewClient(addr string) *Client {
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &Client{
+		addr: addr,
+		base: strings.TrimRight(base, "/"),
+		// No control call takes long; a hung daemon should not hang a script.
+		http: &http.Client{Timeout: 60 * time.Second},
+	}
+}
+
+// Addr is the daemon address the client was made for.
+func (c *Client) Addr() string { return c.addr }
+
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	return st, c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+}
+
+func (c *Client) Volumes(ctx context.Context) ([]Volume, error) {
+	var vols []Volume
+	return vols, c.do(ctx, http.MethodGet, "/v1/volumes", nil, &vols)
+}
+
+func (c *Client) Volume(ctx context.Context, name string) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name), nil, &v)
+}
+
+func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodPost, "/v1/volumes", req, &v)
+}
+
+func (c *Client) UpdateVolume(ctx context.Context, name string, req UpdateVolumeRequest) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodPatch, "/v1/volumes/"+url.PathEscape(name), req, &v)
+}
+
+func (c *Client) DeleteVolume(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(name), nil, nil)
+}
+
+func (c *Client) AddDrive(ctx context.Context, req AddDriveRequest) (Status, error) {
+	var st Status
+	return st, c.do(ctx, http.MethodPost, "/v1/drives", req, &st)
+}
+
+// Metrics returns the Prometheus text exposition.
+func (c *Client) Metrics(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", c.transportError(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("control: /metrics: %s", resp.Status)
+	}
+	return string(body), nil
+}
+
+// do sends one request and decodes the reply into out (when not nil). Error
+// replies become *APIError; a daemon that does not answer becomes
+// ErrDaemonUnreachable.
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		buf, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(buf)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("control: daemon address %q: %w", c.addr, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return c.transportError(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return decodeError(resp)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("control: %s %s: bad reply: %w", method, path, err)
+	}
+	return nil
+}
+
+func (c *Client) transportError(err error) error {
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Op == "dial" {
+		return &unreachableError{addr: c.addr, err: opErr.Err}
+	}
+	return fmt.Errorf("control: daemon at %s: %w", c.addr, err)
+}
+
+// unreachableError says that nothing answered at the daemon's address.
+type unreachableError struct {
+	addr string
+	err  error // from dial, e.g. "connect: connection refused"
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("no cairn daemon answers at %s (%v)", e.addr, e.err)
+}
+
+func (e *unreachableError) Is(target error) bool { return target == ErrDaemonUnreachable }
+func (e *unreachableError) Unwrap() error        { return e.err }
+
+func decodeError(resp *http.Response) error {
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxRequestBytes))
+	var eb errorBody
+	if err := json.Unmarshal(raw, &eb); err != nil || eb.Error == "" {
+		eb.Error = fmt.Sprintf("daemon replied %s", resp.Status)
+	}
+	return &APIError{StatusCode: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+}

@@ -1,0 +1,19 @@
+// Package control is the cairn daemon's management plane: the JSON-over-HTTP
+// API served on the management address, the typed client every CLI verb
+// uses, the node's persisted identity, and the Prometheus metrics.
+//
+// The API (all bodies JSON; errors are {"error": "...", "code": "..."} with a
+// matching HTTP status):
+//
+//	GET    /v1/status              node, cluster and pools with their drives  → Status
+//	GET    /v1/volumes             every volume, sorted by name               → []Volume
+//	POST   /v1/volumes             CreateVolumeRequest                        → 201 Volume
+//	GET    /v1/volumes/{name}      one volume                                 → Volume
+//	PATCH  /v1/volumes/{name}      UpdateVolumeRequest (grow only)            → Volume
+//	DELETE /v1/volumes/{name}      refuses sticky and in-use volumes          → 204
+//	POST   /v1/drives              AddDriveRequest                            → Status
+//	GET    /metrics                Prometheus text format
+//
+// The JSON shapes of Volume and Status are a public contract: scripts and
+// tests parse them. Add fields if you must; never rename or remove one.
+package control

@@ -1,0 +1,80 @@
+package control
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// ErrDaemonUnreachable is returned by the Client when nothing answers at the
+// daemon's address.
+var ErrDaemonUnreachable = errors.New("control: cairn daemon not reachable")
+
+// errorKind ties an engine sentinel to its HTTP status and its stable code in
+// error bodies. The client maps codes back to the same sentinels, so callers
+// on both sides of the wire test errors with errors.Is.
+type errorKind struct {
+	sentinel error
+	status   int
+	code     string
+}
+
+// errorKinds is checked in order; the first sentinel that matches wins.
+var errorKinds = []errorKind{
+	{engine.ErrNotFound, http.StatusNotFound, "not_found"},
+	{engine.ErrExists, http.StatusConflict, "exists"},
+	{engine.ErrSticky, http.StatusConflict, "sticky"},
+	{engine.ErrBusy, http.StatusConflict, "busy"},
+	{engine.ErrShrink, http.StatusConflict, "shrink"},
+	{engine.ErrReadOnly, http.StatusConflict, "read_only"},
+	{engine.ErrDriveRefused, http.StatusConflict, "drive_refused"},
+	{engine.ErrNoSpace, http.StatusInsufficientStorage, "no_space"},
+	{engine.ErrNoPool, http.StatusInsufficientStorage, "no_pool"},
+	{engine.ErrInvalid, http.StatusBadRequest, "invalid"},
+	{engine.ErrOutOfRange, http.StatusBadRequest, "out_of_range"},
+	{engine.ErrClosed, http.StatusServiceUnavailable, "closed"},
+	{engine.ErrCorrupt, http.StatusInternalServerError, "corrupt"},
+	{engine.ErrIO, http.StatusInternalServerError, "io"},
+}
+
+func kindOf(err error) errorKind {
+	for _, k := range errorKinds {
+		if errors.Is(err, k.sentinel) {
+			return k
+		}
+	}
+	return errorKind{status: http.StatusInternalServerError, code: "internal"}
+}
+
+func sentinelForCode(code string) error {
+	for _, k := range errorKinds {
+		if k.code == code {
+			return k.sentinel
+		}
+	}
+	return nil
+}
+
+// plain renders an error for an operator: the package prefixes that wrapped
+// sentinels carry ("engine: ") help in logs but are noise on a terminal. This
+// is presentation only; errors are classified with errors.Is, never by text.
+func plain(err error) string {
+	return strings.ReplaceAll(err.Error(), "engine: ", "")
+}
+
+// APIError is an error response from the daemon.
+type APIError struct {
+	StatusCode int    // HTTP status
+	Code       string // stable code, e.g. "not_found"
+	Message    string // one line for an operator
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// Is lets errors.Is(err, engine.ErrNotFound) work on the client side too.
+func (e *APIError) Is(target error) bool {
+	s := sentinelForCode(e.Code)
+	return s != nil && s == target
+}

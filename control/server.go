@@ -1,0 +1,308 @@
+package control
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"sort"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// Limits of the control plane.
+const (
+	maxRequestBytes = 64 << 10 // no API body is anywhere near this
+	maxRepl         = 3        // the Portworx limit
+	blockSize       = 4096     // the only block size the engine supports
+	// clusterNodes is the number of nodes a volume can be replicated across.
+	// One until the cluster (stage 2) lands.
+	clusterNodes = 1
+)
+
+// volumeName is what a volume may be called: it appears in URLs, NBD export
+// names and file names, so no slashes, spaces or leading dots.
+var volumeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// invalidError is a request the control plane refuses by itself. Its text is
+// the operator's message alone; it still matches engine.ErrInvalid, so it
+// maps to 400 and clients can test it with errors.Is.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string        { return e.msg }
+func (e *invalidError) Is(target error) bool { return target == engine.ErrInvalid }
+
+func invalidf(format string, args ...any) error {
+	return &invalidError{msg: fmt.Sprintf(format, args...)}
+}
+
+// Server serves the management API over an engine.
+type Server struct {
+	engine  *engine.Engine
+	node    *Node
+	metrics *Metrics
+	log     *slog.Logger
+}
+
+// NewServer returns the API server. metrics may be nil (no /metrics).
+func NewServer(e *engine.Engine, node *Node, metrics *Metrics, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{engine: e, node: node, metrics: metrics, log: log}
+}
+
+// Handler routes the API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", s.getStatus)
+	mux.HandleFunc("GET /v1/volumes", s.listVolumes)
+	mux.HandleFunc("POST /v1/volumes", s.createVolume)
+	mux.HandleFunc("GET /v1/volumes/{name}", s.getVolume)
+	mux.HandleFunc("PATCH /v1/volumes/{name}", s.updateVolume)
+	mux.HandleFunc("DELETE /v1/volumes/{name}", s.deleteVolume)
+	mux.HandleFunc("POST /v1/drives", s.addDrive)
+	if s.metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.fail(w, r, fmt.Errorf("%w: no such endpoint: %s %s", engine.ErrNotFound, r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (s *Server) status() Status {
+	st := s.engine.Status()
+	return Status{NodeID: st.NodeID, Status: "operational", Cluster: s.node.Cluster(), Pools: poolsFromEngine(st)}
+}
+
+func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
+	reply(w, http.StatusOK, s.status())
+}
+
+func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
+	infos := s.engine.Volumes()
+	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
+	out := make([]Volume, 0, len(infos))
+	for _, info := range infos {
+		out = append(out, volumeFromEngine(info))
+	}
+	reply(w, http.StatusOK, out)
+}
+
+func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
+	var req CreateVolumeRequest
+	if err := decode(r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	spec, err := volumeSpec(req)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	info, err := s.engine.CreateVolume(spec)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("cannot create volume %q: %w", req.Name, err))
+		return
+	}
+	s.log.Info("volume created", "name", info.Name, "id", info.ID, "size", info.Size, "io_priority", info.IOPriority)
+	reply(w, http.StatusCreated, volumeFromEngine(info))
+}
+
+// volumeSpec validates a create request; everything the control plane can
+// refuse without the engine is refused here, with the limit in the message.
+func volumeSpec(req CreateVolumeRequest) (engine.VolumeSpec, error) {
+	spec := engine.VolumeSpec{
+		Name: req.Name, Size: req.Size, Repl: req.Repl, Sticky: req.Sticky,
+		SnapInterval: req.SnapInterval, BlockSize: req.BlockSize,
+		IOPriority: engine.PriorityLow,
+	}
+	if !volumeName.MatchString(req.Name) {
+		return spec, invalidf("volume name %q: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name)
+	}
+	if spec.BlockSize == 0 {
+		spec.BlockSize = blockSize
+	}
+	if spec.BlockSize != blockSize {
+		return spec, invalidf("block_size %d: only %d is supported", spec.BlockSize, blockSize)
+	}
+	if err := checkSize(req.Size); err != nil {
+		return spec, err
+	}
+	if spec.Repl == 0 {
+		spec.Repl = 1
+	}
+	if err := checkRepl(spec.Repl); err != nil {
+		return spec, err
+	}
+	if req.IOPriority != "" {
+		p, err := parseIOPriority(req.IOPriority)
+		if err != nil {
+			return spec, err
+		}
+		spec.IOPriority = p
+	}
+	if err := checkSnapInterval(req.SnapInterval); err != nil {
+		return spec, err
+	}
+	return spec, nil
+}
+
+func checkSize(size int64) error {
+	if size <= 0 {
+		return invalidf("size %d: must be greater than zero", size)
+	}
+	if size%blockSize != 0 {
+		return invalidf("size %d: must be a multiple of %d bytes", size, blockSize)
+	}
+	return nil
+}
+
+func checkRepl(repl int) error {
+	if repl < 1 || repl > maxRepl {
+		return invalidf("repl %d: must be 1, 2 or 3", repl)
+	}
+	if repl > clusterNodes {
+		return invalidf("repl %d needs %d nodes, the cluster has %d (replication comes with the cluster)", repl, repl, clusterNodes)
+	}
+	return nil
+}
+
+func checkSnapInterval(minutes int) error {
+	if minutes < 0 {
+		return invalidf("snap_interval %d: minutes must be 0 (off) or more", minutes)
+	}
+	return nil
+}
+
+func parseIOPriority(s string) (engine.IOPriority, error) {
+	switch p := engine.IOPriority(s); p {
+	case engine.PriorityHigh, engine.PriorityMedium, engine.PriorityLow:
+		return p, nil
+	}
+	return "", invalidf("io_priority %q: must be high, medium or low", s)
+}
+
+func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	v, err := s.engine.Volume(name)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("volume %q: %w", name, err))
+		return
+	}
+	reply(w, http.StatusOK, volumeFromEngine(v.Info()))
+}
+
+func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var req UpdateVolumeRequest
+	if err := decode(r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.Size != nil {
+		if err := checkSize(*req.Size); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	if req.SnapInterval != nil {
+		if err := checkSnapInterval(*req.SnapInterval); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	info, err := s.engine.UpdateVolume(name, engine.VolumeUpdate{Size: req.Size, Sticky: req.Sticky, SnapInterval: req.SnapInterval})
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("cannot update volume %q: %w", name, err))
+		return
+	}
+	s.log.Info("volume updated", "name", name, "size", info.Size, "sticky", info.Sticky, "snap_interval", info.SnapInterval)
+	reply(w, http.StatusOK, volumeFromEngine(info))
+}
+
+func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := s.engine.DeleteVolume(name); err != nil {
+		if errors.Is(err, engine.ErrSticky) {
+			err = fmt.Errorf("%w (cairn volume update %s --sticky off)", err, name)
+		}
+		s.fail(w, r, fmt.Errorf("cannot delete volume %q: %w", name, err))
+		return
+	}
+	if s.metrics != nil {
+		s.metrics.ForgetVolume(name)
+	}
+	s.log.Info("volume deleted", "name", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) addDrive(w http.ResponseWriter, r *http.Request) {
+	var req AddDriveRequest
+	if err := decode(r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.Path == "" {
+		s.fail(w, r, invalidf("drive path is empty"))
+		return
+	}
+	spec := engine.DriveSpec{Path: req.Path, Force: req.Force}
+	if req.IOPriority != "" {
+		p, err := parseIOPriority(req.IOPriority)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		spec.IOPriority = p
+	}
+	if err := s.engine.AddDrive(spec); err != nil {
+		s.fail(w, r, fmt.Errorf("cannot add drive %s: %w", req.Path, err))
+		return
+	}
+	// The engine has the drive; remember it for the next start. Failing
+	// here leaves a drive that is used now but forgotten on restart, so
+	// say so loudly rather than pretend success.
+	if err := s.node.RememberDrives(spec); err != nil {
+		s.fail(w, r, fmt.Errorf("drive %s added but not recorded for the next start: %w", req.Path, err))
+		return
+	}
+	s.log.Info("drive added", "path", req.Path, "io_priority", req.IOPriority)
+	reply(w, http.StatusOK, s.status())
+}
+
+// decode reads a JSON body, refusing unknown fields (a typo in a script
+// should fail, not be ignored) and bodies beyond maxRequestBytes.
+func decode(r *http.Request, into any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxRequestBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(into); err != nil {
+		if errors.Is(err, io.EOF) {
+			return invalidf("empty request body")
+		}
+		return invalidf("request body: %v", err)
+	}
+	return nil
+}
+
+func reply(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(body) // the client went away; nothing to do
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	k := kindOf(err)
+	if k.status >= 500 {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	reply(w, k.status, errorBody{Error: plain(err), Code: k.code})
+}

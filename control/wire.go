@@ -1,0 +1,117 @@
+package control
+
+import (
+	"time"
+
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// Volume is the JSON shape of a volume. Sizes are bytes; created is RFC 3339.
+type Volume struct {
+	ID           string `json:"id"`
+	Name         string `json:"name"`
+	Size         int64  `json:"size"`
+	Used         int64  `json:"used"`
+	Repl         int    `json:"repl"`
+	IOPriority   string `json:"io_priority"`
+	Sticky       bool   `json:"sticky"`
+	State        string `json:"state"`
+	SnapInterval int    `json:"snap_interval"` // minutes, 0 = off
+	Parent       string `json:"parent"`
+	ReadOnly     bool   `json:"readonly"`
+	AttachedOn   string `json:"attached_on"` // "" until the host verbs land
+	Created      string `json:"created"`
+}
+
+// Status is the JSON shape of `cairn status`.
+type Status struct {
+	NodeID  string `json:"node_id"`
+	Status  string `json:"status"` // "operational"
+	Cluster string `json:"cluster"`
+	Pools   []Pool `json:"pools"`
+}
+
+// Pool is one storage pool of the node.
+type Pool struct {
+	ID         int     `json:"id"`
+	IOPriority string  `json:"io_priority"`
+	Raid       string  `json:"raid"`
+	Size       int64   `json:"size"`
+	Used       int64   `json:"used"`
+	Status     string  `json:"status"`
+	Drives     []Drive `json:"drives"`
+}
+
+// Drive is one drive of a pool.
+type Drive struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	Used   int64  `json:"used"`
+	Status string `json:"status"`
+}
+
+// CreateVolumeRequest is the body of POST /v1/volumes. Zero values take the
+// defaults: repl 1, io_priority low, block_size 4096.
+type CreateVolumeRequest struct {
+	Name         string `json:"name"`
+	Size         int64  `json:"size"`
+	Repl         int    `json:"repl,omitempty"`
+	IOPriority   string `json:"io_priority,omitempty"`
+	Sticky       bool   `json:"sticky,omitempty"`
+	SnapInterval int    `json:"snap_interval,omitempty"`
+	BlockSize    int    `json:"block_size,omitempty"`
+}
+
+// UpdateVolumeRequest is the body of PATCH /v1/volumes/{name}; absent fields
+// are left alone.
+type UpdateVolumeRequest struct {
+	Size         *int64 `json:"size,omitempty"`
+	Sticky       *bool  `json:"sticky,omitempty"`
+	SnapInterval *int   `json:"snap_interval,omitempty"`
+}
+
+// AddDriveRequest is the body of POST /v1/drives.
+type AddDriveRequest struct {
+	Path       string `json:"path"`
+	IOPriority string `json:"io_priority,omitempty"` // "" = detect
+	Force      bool   `json:"force,omitempty"`
+}
+
+// errorBody is every error response.
+type errorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code,omitempty"`
+}
+
+func volumeFromEngine(info engine.VolumeInfo) Volume {
+	return Volume{
+		ID:           info.ID,
+		Name:         info.Name,
+		Size:         info.Size,
+		Used:         info.Used,
+		Repl:         info.Repl,
+		IOPriority:   string(info.IOPriority),
+		Sticky:       info.Sticky,
+		State:        info.State,
+		SnapInterval: info.SnapInterval,
+		Parent:       info.Parent,
+		ReadOnly:     info.ReadOnly,
+		AttachedOn:   "",
+		Created:      info.Created.UTC().Format(time.RFC3339),
+	}
+}
+
+func poolsFromEngine(st engine.Status) []Pool {
+	pools := make([]Pool, 0, len(st.Pools))
+	for _, p := range st.Pools {
+		drives := make([]Drive, 0, len(p.Drives))
+		for _, d := range p.Drives {
+			drives = append(drives, Drive{Path: d.Path, Size: d.Size, Used: d.Used, Status: d.Status})
+		}
+		pools = append(pools, Pool{
+			ID: p.ID, IOPriority: string(p.IOPriority), Raid: p.Raid,
+			Size: p.Size, Used: p.Used, Status: p.Status, Drives: drives,
+		})
+	}
+	return pools
+}
