@@ -108,7 +108,7 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 	}
 	info, err := s.engine.CreateVolume(spec)
 	if err != nil {
-		s.fail(w, r, fmt.Errorf("cannot create volume %q: %w", req.Name, err))
+		s.fail(w, r, volumeError("create", req.Name, err))
 		return
 	}
 	s.log.Info("volume created", "name", info.Name, "id", info.ID, "size", info.Size, "io_priority", info.IOPriority)
@@ -193,7 +193,7 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	v, err := s.engine.Volume(name)
 	if err != nil {
-		s.fail(w, r, fmt.Errorf("volume %q: %w", name, err))
+		s.fail(w, r, volumeError("inspect", name, err))
 		return
 	}
 	reply(w, http.StatusOK, volumeFromEngine(v.Info()))
@@ -220,7 +220,7 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 	}
 	info, err := s.engine.UpdateVolume(name, engine.VolumeUpdate{Size: req.Size, Sticky: req.Sticky, SnapInterval: req.SnapInterval})
 	if err != nil {
-		s.fail(w, r, fmt.Errorf("cannot update volume %q: %w", name, err))
+		s.fail(w, r, volumeError("update", name, err))
 		return
 	}
 	s.log.Info("volume updated", "name", name, "size", info.Size, "sticky", info.Sticky, "snap_interval", info.SnapInterval)
@@ -230,10 +230,7 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if err := s.engine.DeleteVolume(name); err != nil {
-		if errors.Is(err, engine.ErrSticky) {
-			err = fmt.Errorf("%w (cairn volume update %s --sticky off)", err, name)
-		}
-		s.fail(w, r, fmt.Errorf("cannot delete volume %q: %w", name, err))
+		s.fail(w, r, volumeError("delete", name, err))
 		return
 	}
 	if s.metrics != nil {
@@ -276,6 +273,37 @@ func (s *Server) addDrive(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("drive added", "path", req.Path, "io_priority", req.IOPriority)
 	reply(w, http.StatusOK, s.status())
 }
+
+// volumeError words an engine error about a volume for an operator. The
+// engine's own text (with its details) is kept for the cases without a
+// better sentence; the sentinel stays reachable with errors.Is either way.
+func volumeError(op, name string, err error) error {
+	var msg string
+	switch {
+	case errors.Is(err, engine.ErrNotFound):
+		msg = fmt.Sprintf("volume %q not found", name)
+	case errors.Is(err, engine.ErrExists):
+		msg = fmt.Sprintf("volume %q already exists", name)
+	case errors.Is(err, engine.ErrSticky):
+		msg = fmt.Sprintf("cannot %s volume %q: sticky volume: turn sticky off first (cairn volume update %s --sticky off)", op, name, name)
+	case errors.Is(err, engine.ErrShrink):
+		msg = fmt.Sprintf("cannot shrink volume %q: volumes can only grow", name)
+	case errors.Is(err, engine.ErrBusy):
+		msg = fmt.Sprintf("cannot %s volume %q: it is in use (exported over NBD or attached); disconnect its clients first", op, name)
+	default:
+		msg = fmt.Sprintf("cannot %s volume %q: %s", op, name, plain(err))
+	}
+	return &messageError{msg: msg, err: err}
+}
+
+// messageError replaces an error's text and keeps it for errors.Is.
+type messageError struct {
+	msg string
+	err error
+}
+
+func (e *messageError) Error() string { return e.msg }
+func (e *messageError) Unwrap() error { return e.err }
 
 // decode reads a JSON body, refusing unknown fields (a typo in a script
 // should fail, not be ignored) and bodies beyond maxRequestBytes.

@@ -70,6 +70,23 @@ Run "cairn daemon" on the node; every other verb talks to that daemon
 	return root
 }
 
+// newGroupCommand returns a command that only holds subcommands. Unlike
+// cobra's default it fails on an unknown subcommand instead of printing help
+// and exiting 0, which would hide typos in scripts.
+func newGroupCommand(use, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("unknown command %q for %q (see %q)", args[0], cmd.CommandPath(), cmd.CommandPath()+" --help")
+			}
+			return cmd.Help()
+		},
+	}
+}
+
 // addJSONFlag gives a client verb its -j/--json flag.
 func addJSONFlag(cmd *cobra.Command, g *globals) {
 	cmd.Flags().BoolVarP(&g.json, "json", "j", false, "print JSON instead of a table")

@@ -11,9 +11,9 @@ import (
 )
 
 func newServiceCommand(g *globals) *cobra.Command {
-	service := &cobra.Command{Use: "service", Short: "Node maintenance: drives and pools"}
-	drive := &cobra.Command{Use: "drive", Short: "Show and add drives"}
-	pool := &cobra.Command{Use: "pool", Short: "Show storage pools"}
+	service := newGroupCommand("service", "Node maintenance: drives and pools")
+	drive := newGroupCommand("drive", "Show and add drives")
+	pool := newGroupCommand("pool", "Show storage pools")
 	service.AddCommand(drive, pool)
 
 	driveShow := &cobra.Command{

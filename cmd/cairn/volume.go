@@ -11,7 +11,7 @@ import (
 )
 
 func newVolumeCommand(g *globals) *cobra.Command {
-	volume := &cobra.Command{Use: "volume", Short: "Create, list, inspect, update and delete volumes"}
+	volume := newGroupCommand("volume", "Create, list, inspect, update and delete volumes")
 	volume.AddCommand(
 		newVolumeCreateCommand(g),
 		newVolumeListCommand(g),
