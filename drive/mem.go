@@ -45,6 +45,7 @@ type Fault struct {
 	Ops      FaultOp
 	Off, Len int64
 	Count    int
+	Skip     int // let this many matching operations through first
 }
 
 func NewMem(path string, size int64) *Mem {
@@ -93,6 +94,10 @@ func (m *Mem) fault(op FaultOp, off int64, n int) error {
 			continue
 		}
 		if f.Len > 0 && op != FaultSync && (off+int64(n) <= f.Off || off >= f.Off+f.Len) {
+			continue
+		}
+		if f.Skip > 0 {
+			f.Skip--
 			continue
 		}
 		if f.Count > 0 {

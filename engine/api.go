@@ -3,6 +3,8 @@ package engine
 import (
 	"errors"
 	"time"
+
+	"github.com/cairn-storage/cairn/drive"
 )
 
 // Errors returned by the engine. Callers test them with errors.Is; the
@@ -38,6 +40,8 @@ type DriveSpec struct {
 	Path       string
 	IOPriority IOPriority // "" = detect (NVMe high, SSD medium, HDD low, file low)
 	Force      bool       // format over a foreign superblock or filesystem
+	// Drive, when set, is used instead of opening Path (tests: drive.Mem).
+	Drive drive.Drive
 }
 
 // Options configure Open.
@@ -46,6 +50,14 @@ type Options struct {
 	Drives []DriveSpec // formatted on first use when blank
 	// Observer, when set, sees every completed volume I/O (metrics).
 	Observer Observer
+	// LogAreaSize overrides the size of each metadata log area on newly
+	// formatted drives (0 = 1/256 of the drive, 8 MiB to 256 MiB). Tests use
+	// small areas to exercise checkpoints often.
+	LogAreaSize int64
+
+	// manualCommit turns off the background committer (tests that replay a
+	// seed need every commit to come from the test itself).
+	manualCommit bool
 }
 
 // Op names a volume operation for the Observer.

@@ -1,18 +1,26 @@
+// Package engine is cairn's volume manager and data path: drives grouped into
+// pools by io_priority, thin volumes mapped onto pool extents, a write-ahead
+// log per pool for the mapping, and recovery. Every frontend (NBD, FUSE) and,
+// later, replication calls the Volume API; see DESIGN.md for the durability
+// contract it keeps.
 package engine
 
-// PLACEHOLDER: an in-memory engine with the final API so that the daemon and
-// the NBD server can be built against it while the real engine (drives, pools,
-// allocator, WAL) is written. Replaced in full; do not build on its internals.
-
 import (
+	"errors"
 	"fmt"
+	"math"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cairn-storage/cairn/allocator"
+	"github.com/cairn-storage/cairn/drive"
+	"github.com/cairn-storage/cairn/wal"
 )
 
-const BlockSize = 4096
-
+// ParseIOPriority accepts high, medium or low (any case).
 func ParseIOPriority(s string) (IOPriority, error) {
 	switch p := IOPriority(strings.ToLower(s)); p {
 	case PriorityHigh, PriorityMedium, PriorityLow:
@@ -21,183 +29,655 @@ func ParseIOPriority(s string) (IOPriority, error) {
 	return "", fmt.Errorf("%w: io_priority %q (want high, medium or low)", ErrInvalid, s)
 }
 
+// Engine owns a node's pools and volumes.
+//
+// Locks: mu guards the name index and the pool list; it is taken before any
+// volume's ioMu or pool's mu.
 type Engine struct {
-	mu   sync.Mutex
 	opts Options
-	vols map[string]*Volume
+
+	mu     sync.Mutex
+	pools  []*pool            // REQUIRES mu; by pool number
+	byName map[string]*Volume // REQUIRES mu
+	closed bool               // REQUIRES mu
 }
 
+// Open opens (and formats, when blank) the drives in opts, replays each
+// pool's log and returns an engine serving its volumes. A drive that belongs
+// to another node, carries a damaged or foreign superblock, or is too small
+// is refused with an error naming it, and nothing is written to any drive.
 func Open(opts Options) (*Engine, error) {
-	return &Engine{opts: opts, vols: map[string]*Volume{}}, nil
+	if opts.NodeID == "" || len(opts.NodeID) > maxNodeIDLen {
+		return nil, fmt.Errorf("%w: node id %q", ErrInvalid, opts.NodeID)
+	}
+	e := &Engine{opts: opts, byName: map[string]*Volume{}}
+	type found struct {
+		spec DriveSpec
+		d    drive.Drive
+		sb   superblock
+	}
+	var formatted, blank []found
+	closeAll := func() {
+		for _, f := range append(formatted, blank...) {
+			f.d.Close()
+		}
+	}
+	seen := map[[16]byte]string{}
+	for _, spec := range opts.Drives {
+		d, err := openDrive(spec)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		sb, state, err := readSuperblock(d)
+		if err != nil {
+			d.Close()
+			closeAll()
+			return nil, fmt.Errorf("%w: %s: reading superblock: %v", ErrDriveRefused, spec.Path, err)
+		}
+		f := found{spec: spec, d: d, sb: sb}
+		switch {
+		case state == sbValid && sb.nodeID != opts.NodeID && !spec.Force:
+			err = fmt.Errorf("%w: %s belongs to node %q (this node is %q)", ErrDriveRefused, spec.Path, sb.nodeID, opts.NodeID)
+		case state == sbValid && !spec.Force:
+			if prev, dup := seen[sb.driveUUID]; dup {
+				err = fmt.Errorf("%w: %s is the same drive as %s", ErrDriveRefused, spec.Path, prev)
+			}
+			seen[sb.driveUUID] = spec.Path
+			formatted = append(formatted, f)
+		case state == sbDamaged && !spec.Force:
+			err = fmt.Errorf("%w: %s: damaged superblock (both copies fail their checksum); refusing to touch it", ErrDriveRefused, spec.Path)
+		case state == sbForeign && !spec.Force:
+			err = fmt.Errorf("%w: %s holds data that is not cairn's (a filesystem?); refusing to overwrite it without force", ErrDriveRefused, spec.Path)
+		default:
+			blank = append(blank, f)
+		}
+		if err != nil {
+			d.Close()
+			closeAll()
+			return nil, err
+		}
+	}
+	// Existing pools: group by pool uuid, replay each from its drive 0.
+	groups := map[[16]byte][]found{}
+	for _, f := range formatted {
+		groups[f.sb.poolUUID] = append(groups[f.sb.poolUUID], f)
+	}
+	var orphans []found // drives whose pool never recorded them (crash while adding)
+	for _, g := range groups {
+		byUUID := map[[16]byte]drive.Drive{}
+		var d0 *found
+		for i := range g {
+			byUUID[g[i].sb.driveUUID] = g[i].d
+			if g[i].sb.driveIndex == 0 {
+				d0 = &g[i]
+			}
+		}
+		if d0 == nil {
+			closeAll()
+			return nil, fmt.Errorf("%w: %s: its pool's first drive (holding the pool's metadata) was not given", ErrDriveRefused, g[0].spec.Path)
+		}
+		p, used, err := e.loadPool(d0.d, d0.sb, byUUID)
+		if err != nil {
+			closeAll()
+			e.closePools()
+			return nil, err
+		}
+		for _, f := range g {
+			if !used[f.sb.driveUUID] {
+				orphans = append(orphans, f)
+			}
+		}
+		e.pools = append(e.pools, p)
+	}
+	sort.Slice(e.pools, func(i, j int) bool { return e.pools[i].number < e.pools[j].number })
+	for _, p := range e.pools {
+		for _, v := range p.vols {
+			if other, dup := e.byName[v.meta.name]; dup {
+				e.closePools()
+				closeAll()
+				return nil, fmt.Errorf("%w: volume name %q in %s and %s", ErrCorrupt, v.meta.name, p, other.pool)
+			}
+			e.byName[v.meta.name] = v
+		}
+	}
+	for _, f := range append(orphans, blank...) {
+		if err := e.addDrive(f.spec, f.d); err != nil {
+			e.closePools()
+			closeAll()
+			return nil, err
+		}
+	}
+	for _, p := range e.pools {
+		e.startBackground(p)
+	}
+	return e, nil
 }
 
-func (e *Engine) Close() error { return nil }
-
-func (e *Engine) Status() Status {
-	return Status{NodeID: e.opts.NodeID, Pools: []PoolInfo{{ID: 0, IOPriority: PriorityLow, Raid: "raid0", Size: 64 << 30, Status: "Online"}}}
+func openDrive(spec DriveSpec) (drive.Drive, error) {
+	if spec.Drive != nil {
+		return spec.Drive, nil
+	}
+	d, err := drive.OpenFile(spec.Path, false)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrDriveRefused, err)
+	}
+	return d, nil
 }
 
-func (e *Engine) AddDrive(spec DriveSpec) error { return nil }
+// detectPriority maps what a drive is to an io_priority.
+func detectPriority(spec DriveSpec, d drive.Drive) IOPriority {
+	if spec.IOPriority != "" {
+		return spec.IOPriority
+	}
+	switch d.Kind() {
+	case drive.KindNVMe:
+		return PriorityHigh
+	case drive.KindSSD:
+		return PriorityMedium
+	}
+	return PriorityLow
+}
 
-func (e *Engine) CreateVolume(spec VolumeSpec) (VolumeInfo, error) {
+// loadPool replays a pool from its drive 0 and attaches its other drives.
+// It writes nothing. used reports which of the given drives the pool lists.
+func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]drive.Drive) (*pool, map[[16]byte]bool, error) {
+	p := e.newPool(int(sb.poolNumber), sb.poolUUID, sb.priority, sb.logSize)
+	p.sb0 = sb
+	var st *poolState
+	var ckpt []byte
+	region := logRegion(sb.activeArea, sb.logSize)
+	pos, err := wal.Replay(d0, region, sb.logID, sb.logStartSeq, func(typ wal.Type, seq uint64, payload []byte) error {
+		switch typ {
+		case frameCheckpoint, frameCheckpointEnd:
+			if st != nil {
+				return fmt.Errorf("%w: second checkpoint at seq %d", ErrCorrupt, seq)
+			}
+			ckpt = append(ckpt, payload...)
+			if typ == frameCheckpointEnd {
+				s, err := p.decodeCheckpoint(ckpt)
+				if err != nil {
+					return err
+				}
+				st, ckpt = s, nil
+			}
+		case frameRecords:
+			if st == nil {
+				return fmt.Errorf("%w: records before the checkpoint at seq %d", ErrCorrupt, seq)
+			}
+			return decodeRecords(payload, func(r *record) error { return p.apply(st, r) })
+		default:
+			return fmt.Errorf("%w: frame type %d at seq %d", ErrCorrupt, typ, seq)
+		}
+		return nil
+	})
+	if err == nil && st == nil {
+		err = fmt.Errorf("%w: the log holds no checkpoint", ErrCorrupt)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s on %s: metadata log (area at offset %d): %w", p, d0.Path(), region.Base, err)
+	}
+	used := map[[16]byte]bool{}
+	for i, ref := range st.drives {
+		d := byUUID[ref.uuid]
+		if d == nil {
+			return nil, nil, fmt.Errorf("%w: %s: drive %d (%s) is missing", ErrDriveRefused, p, i, uuidString(ref.uuid))
+		}
+		dsb, _, err := readSuperblock(d)
+		if err != nil {
+			return nil, nil, err
+		}
+		if dsb.extentCount != ref.extents {
+			return nil, nil, fmt.Errorf("%w: %s: drive %s has %d extents, the pool says %d", ErrCorrupt, p, d.Path(), dsb.extentCount, ref.extents)
+		}
+		p.drives = append(p.drives, &poolDrive{d: d, sb: dsb})
+		p.alloc.AddDrive(int(ref.extents))
+		used[ref.uuid] = true
+	}
+	p.publishLayout()
+	p.vols, p.nextVolID = st.vols, st.nextVolID
+	for _, v := range p.vols {
+		var terr error
+		v.table.forEach(func(lext uint32, en *entry) {
+			ext := en.load().ext
+			v.used.Add(1)
+			if terr == nil && p.alloc.Refs(ext) > 0 {
+				terr = fmt.Errorf("%w: %s: extent %d mapped twice (volume %q extent %d)", ErrCorrupt, p, ext, v.meta.name, lext)
+			}
+			if err := p.alloc.Take(ext); err != nil && terr == nil {
+				terr = fmt.Errorf("%w: %s: volume %q: %v", ErrCorrupt, p, v.meta.name, err)
+			}
+		})
+		if terr != nil {
+			return nil, nil, terr
+		}
+	}
+	p.log = wal.NewWriter(d0, region, pos)
+	return p, used, nil
+}
+
+func (e *Engine) newPool(number int, uuid [16]byte, prio IOPriority, logSize int64) *pool {
+	p := &pool{eng: e, number: number, uuid: uuid, priority: prio, logSize: logSize,
+		alloc: allocator.New(), vols: map[uint32]*Volume{},
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	p.committer = wal.NewCommitter(p.round)
+	return p
+}
+
+// publishLayout makes the current drive list visible to the I/O path.
+func (p *pool) publishLayout() {
+	l := &poolLayout{}
+	var base uint32
+	for _, pd := range p.drives {
+		l.drives = append(l.drives, pd)
+		l.bases = append(l.bases, base)
+		base += pd.sb.extentCount
+	}
+	p.layoutPtr.Store(l)
+}
+
+// addDrive formats a blank drive into the matching pool (same io_priority,
+// capacity within 1 GiB of its drives) or a new pool.
+func (e *Engine) addDrive(spec DriveSpec, d drive.Drive) error {
+	prio := detectPriority(spec, d)
+	logSize := e.opts.LogAreaSize
+	if logSize == 0 {
+		logSize = defaultLogSize(d.Size())
+	}
+	dataOff, extents, err := layout(d.Size(), logSize)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrDriveRefused, spec.Path, err)
+	}
+	sb := superblock{driveSize: d.Size(), logSize: logSize, dataOff: dataOff, extentCount: extents,
+		driveUUID: newUUID(), priority: prio, nodeID: e.opts.NodeID, created: time.Now().UnixNano(), logStartSeq: 1}
+	for _, p := range e.pools {
+		if p.priority != prio || p.err() != nil {
+			continue
+		}
+		if math.Abs(float64(p.drives[0].d.Size()-d.Size())) > 1<<30 {
+			continue
+		}
+		return p.addDrive(d, sb)
+	}
+	// A new pool, with this drive as its drive 0.
+	number := 0
+	for _, p := range e.pools {
+		number = max(number, p.number+1)
+	}
+	sb.poolUUID = newUUID()
+	sb.poolNumber = uint32(number)
+	sb.logID = randomU64()
+	p := e.newPool(number, sb.poolUUID, prio, logSize)
+	pd := &poolDrive{d: d, sb: sb}
+	p.drives = []*poolDrive{pd}
+	p.alloc.AddDrive(int(extents))
+	p.publishLayout()
+	// The first checkpoint (drive list, no volumes) goes to log area 0 before
+	// the superblock that names it, so a formatted drive always replays.
+	w := wal.NewWriter(d, logRegion(0, logSize), wal.Start(sb.logID, sb.logStartSeq))
+	p.mu.Lock()
+	snap := p.encodeCheckpoint()
+	p.mu.Unlock()
+	if err := appendCheckpoint(w, snap); err != nil {
+		return err
+	}
+	if err := w.Write(); err != nil {
+		return fmt.Errorf("formatting %s: %w", spec.Path, err)
+	}
+	if err := w.Sync(); err != nil {
+		return fmt.Errorf("formatting %s: %w", spec.Path, err)
+	}
+	if err := writeSuperblock(d, &sb); err != nil {
+		return fmt.Errorf("formatting %s: %w", spec.Path, err)
+	}
+	pd.sb = sb
+	p.sb0, p.log = sb, w
+	e.pools = append(e.pools, p)
+	return nil
+}
+
+// addDrive formats d as the next drive of p and records it in p's log.
+func (p *pool) addDrive(d drive.Drive, sb superblock) error {
+	p.mu.Lock()
+	sb.poolUUID, sb.poolNumber, sb.driveIndex = p.uuid, uint32(p.number), uint32(len(p.drives))
+	p.mu.Unlock()
+	if err := writeSuperblock(d, &sb); err != nil {
+		return fmt.Errorf("formatting %s: %w", d.Path(), err)
+	}
+	p.mu.Lock()
+	p.drives = append(slices.Clip(p.drives), &poolDrive{d: d, sb: sb})
+	p.alloc.AddDrive(int(sb.extentCount))
+	p.publishLayout()
+	p.enqueue(&record{typ: recAddDrive, uuid: sb.driveUUID, extents: sb.extentCount})
+	p.mu.Unlock()
+	return p.commit()
+}
+
+// AddDrive adds a drive online: to the matching pool or as a new pool.
+func (e *Engine) AddDrive(spec DriveSpec) error {
+	d, err := openDrive(spec)
+	if err != nil {
+		return err
+	}
+	_, state, err := readSuperblock(d)
+	if err == nil && state != sbBlank && !spec.Force {
+		err = fmt.Errorf("%w: %s is not blank (use force to overwrite it)", ErrDriveRefused, spec.Path)
+	}
+	if err != nil {
+		d.Close()
+		return err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if _, ok := e.vols[spec.Name]; ok {
-		return VolumeInfo{}, fmt.Errorf("%w: volume %q", ErrExists, spec.Name)
+	if e.closed {
+		d.Close()
+		return ErrClosed
 	}
-	v := &Volume{info: VolumeInfo{ID: fmt.Sprint(time.Now().UnixNano()), Name: spec.Name, Size: spec.Size, Repl: 1, IOPriority: PriorityLow, State: "up", BlockSize: BlockSize, Created: time.Now()}, data: map[int64][]byte{}}
-	e.vols[spec.Name] = v
-	return v.info, nil
+	before := len(e.pools)
+	if err := e.addDrive(spec, d); err != nil {
+		d.Close()
+		return err
+	}
+	if len(e.pools) > before {
+		e.startBackground(e.pools[len(e.pools)-1])
+	}
+	return nil
 }
 
+// Close flushes every pool and closes the drives.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	e.mu.Unlock()
+	var errs []error
+	for _, p := range e.pools {
+		if err := p.commit(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	e.closePools()
+	return errors.Join(errs...)
+}
+
+func (e *Engine) startBackground(p *pool) {
+	if e.opts.manualCommit {
+		close(p.done)
+		return
+	}
+	p.bgStarted = true
+	go p.background()
+}
+
+func (e *Engine) closePools() {
+	for _, p := range e.pools {
+		select {
+		case <-p.stop:
+		default:
+			close(p.stop)
+			if p.bgStarted {
+				<-p.done
+			}
+		}
+		for _, pd := range p.drives {
+			pd.d.Close()
+		}
+	}
+}
+
+// Status reports the node and its pools.
+func (e *Engine) Status() Status {
+	e.mu.Lock()
+	pools := slices.Clone(e.pools)
+	e.mu.Unlock()
+	st := Status{NodeID: e.opts.NodeID}
+	for _, p := range pools {
+		p.mu.Lock()
+		pi := PoolInfo{ID: p.number, UUID: uuidString(p.uuid), IOPriority: p.priority, Raid: "raid0",
+			Size: p.alloc.Total() * ExtentSize, Used: p.alloc.Used() * ExtentSize, Status: "Online"}
+		for i, pd := range p.drives {
+			pi.Drives = append(pi.Drives, DriveInfo{Path: pd.d.Path(), Size: int64(pd.sb.extentCount) * ExtentSize,
+				Used: int64(p.alloc.DriveUsed(i)) * ExtentSize, Status: "Online"})
+		}
+		p.mu.Unlock()
+		if err := p.err(); err != nil {
+			pi.Status = "Error: " + err.Error()
+			for i := range pi.Drives {
+				pi.Drives[i].Status = "Error"
+			}
+		}
+		st.Pools = append(st.Pools, pi)
+	}
+	return st
+}
+
+// choosePool picks where a new volume lands: a pool of the asked priority,
+// else the next lower one, else any; among equals the one with most free space.
+func (e *Engine) choosePool(want IOPriority) (*pool, error) {
+	order := map[IOPriority][]IOPriority{
+		PriorityHigh:   {PriorityHigh, PriorityMedium, PriorityLow},
+		PriorityMedium: {PriorityMedium, PriorityLow, PriorityHigh},
+		PriorityLow:    {PriorityLow, PriorityMedium, PriorityHigh},
+	}[want]
+	for _, prio := range order {
+		var best *pool
+		var bestFree int64
+		for _, p := range e.pools {
+			if p.priority != prio || p.err() != nil {
+				continue
+			}
+			p.mu.Lock()
+			free := p.alloc.Total() - p.alloc.Used()
+			p.mu.Unlock()
+			if best == nil || free > bestFree {
+				best, bestFree = p, free
+			}
+		}
+		if best != nil {
+			return best, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: this node has no usable storage pool (storageless, or every pool failed)", ErrNoPool)
+}
+
+func validName(name string) error {
+	if name == "" || len(name) > 255 {
+		return fmt.Errorf("%w: volume name must be 1 to 255 bytes", ErrInvalid)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.", r)) {
+			return fmt.Errorf("%w: volume name %q: use letters, digits, '-', '_' and '.'", ErrInvalid, name)
+		}
+	}
+	return nil
+}
+
+// CreateVolume creates a thin volume; it is durable when CreateVolume returns.
+func (e *Engine) CreateVolume(spec VolumeSpec) (VolumeInfo, error) {
+	if err := validName(spec.Name); err != nil {
+		return VolumeInfo{}, err
+	}
+	if spec.Size <= 0 || spec.Size%BlockSize != 0 || spec.Size > maxVolumeSize {
+		return VolumeInfo{}, fmt.Errorf("%w: size %d: must be a positive multiple of %d up to %d", ErrInvalid, spec.Size, BlockSize, maxVolumeSize)
+	}
+	if spec.BlockSize != 0 && spec.BlockSize != BlockSize {
+		return VolumeInfo{}, fmt.Errorf("%w: block size %d: only %d is supported", ErrInvalid, spec.BlockSize, BlockSize)
+	}
+	if spec.Repl == 0 {
+		spec.Repl = 1
+	}
+	if spec.Repl != 1 {
+		return VolumeInfo{}, fmt.Errorf("%w: repl %d: this node has no cluster peers, so only repl 1 is possible", ErrInvalid, spec.Repl)
+	}
+	if spec.SnapInterval < 0 {
+		return VolumeInfo{}, fmt.Errorf("%w: snap_interval %d", ErrInvalid, spec.SnapInterval)
+	}
+	if spec.IOPriority == "" {
+		spec.IOPriority = PriorityLow
+	}
+	if _, err := ParseIOPriority(string(spec.IOPriority)); err != nil {
+		return VolumeInfo{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return VolumeInfo{}, ErrClosed
+	}
+	if _, dup := e.byName[spec.Name]; dup {
+		return VolumeInfo{}, fmt.Errorf("%w: volume %q", ErrExists, spec.Name)
+	}
+	p, err := e.choosePool(spec.IOPriority)
+	if err != nil {
+		return VolumeInfo{}, err
+	}
+	p.mu.Lock()
+	m := volumeMeta{id: p.nextVolID, uid: randomU64(), name: spec.Name, size: spec.Size, created: time.Now().UnixNano(),
+		priority: spec.IOPriority, repl: uint8(spec.Repl), sticky: spec.Sticky, snapInterval: uint32(spec.SnapInterval), blockSize: BlockSize}
+	v, err := p.newVolume(m)
+	if err != nil {
+		p.mu.Unlock()
+		return VolumeInfo{}, err
+	}
+	p.nextVolID++
+	p.vols[m.id] = v
+	p.enqueue(&record{typ: recCreateVolume, meta: m, vol: m.id})
+	p.mu.Unlock()
+	if err := p.commit(); err != nil {
+		return VolumeInfo{}, err
+	}
+	e.byName[spec.Name] = v
+	return v.Info(), nil
+}
+
+// Volume returns the named volume.
 func (e *Engine) Volume(name string) (*Volume, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	v, ok := e.vols[name]
+	v, ok := e.byName[name]
 	if !ok {
 		return nil, fmt.Errorf("%w: volume %q", ErrNotFound, name)
 	}
 	return v, nil
 }
 
+// Volumes lists every volume, by name.
 func (e *Engine) Volumes() []VolumeInfo {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []VolumeInfo
-	for _, v := range e.vols {
+	vols := make([]*Volume, 0, len(e.byName))
+	for _, v := range e.byName {
+		vols = append(vols, v)
+	}
+	e.mu.Unlock()
+	out := make([]VolumeInfo, 0, len(vols))
+	for _, v := range vols {
 		out = append(out, v.Info())
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
+// UpdateVolume changes size (grow only), sticky and snap interval; durable on return.
 func (e *Engine) UpdateVolume(name string, upd VolumeUpdate) (VolumeInfo, error) {
 	v, err := e.Volume(name)
 	if err != nil {
 		return VolumeInfo{}, err
 	}
 	if upd.Size != nil {
-		if err := v.Resize(*upd.Size); err != nil {
-			return VolumeInfo{}, err
+		if *upd.Size < v.Size() {
+			return VolumeInfo{}, fmt.Errorf("%w: volume %q is %d bytes, asked for %d", ErrShrink, name, v.Size(), *upd.Size)
 		}
+		if *upd.Size%BlockSize != 0 || *upd.Size > maxVolumeSize {
+			return VolumeInfo{}, fmt.Errorf("%w: size %d: must be a multiple of %d up to %d", ErrInvalid, *upd.Size, BlockSize, maxVolumeSize)
+		}
+	}
+	if upd.SnapInterval != nil && *upd.SnapInterval < 0 {
+		return VolumeInfo{}, fmt.Errorf("%w: snap_interval %d", ErrInvalid, *upd.SnapInterval)
+	}
+	p := v.pool
+	if err := p.err(); err != nil {
+		return VolumeInfo{}, err
+	}
+	v.ioMu.Lock()
+	if v.deleted {
+		v.ioMu.Unlock()
+		return VolumeInfo{}, fmt.Errorf("%w: volume %q", ErrNotFound, name)
+	}
+	p.mu.Lock()
+	if upd.Size != nil && *upd.Size > v.meta.size {
+		v.setSize(*upd.Size)
+	}
+	if upd.Sticky != nil {
+		v.meta.sticky = *upd.Sticky
+	}
+	if upd.SnapInterval != nil {
+		v.meta.snapInterval = uint32(*upd.SnapInterval)
+	}
+	p.enqueue(&record{typ: recSetAttrs, vol: v.id, meta: v.meta})
+	p.mu.Unlock()
+	v.ioMu.Unlock()
+	if err := p.commit(); err != nil {
+		return VolumeInfo{}, err
 	}
 	return v.Info(), nil
 }
 
+// DeleteVolume deletes a volume and gives its space back; durable on return.
+// Refused for sticky volumes and volumes in use (held).
 func (e *Engine) DeleteVolume(name string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	delete(e.vols, name)
-	return nil
-}
-
-type Volume struct {
-	mu   sync.Mutex
-	info VolumeInfo
-	data map[int64][]byte
-	hold int
-}
-
-func (v *Volume) Info() VolumeInfo { v.mu.Lock(); defer v.mu.Unlock(); return v.info }
-func (v *Volume) Name() string     { return v.info.Name }
-func (v *Volume) Size() int64      { v.mu.Lock(); defer v.mu.Unlock(); return v.info.Size }
-func (v *Volume) ReadOnly() bool   { return false }
-func (v *Volume) Hold() (release func()) {
-	v.mu.Lock()
-	v.hold++
-	v.mu.Unlock()
-	return func() { v.mu.Lock(); v.hold--; v.mu.Unlock() }
-}
-
-func (v *Volume) check(off, n int64) error {
-	if n <= 0 || off < 0 || off+n > v.info.Size {
-		return fmt.Errorf("%w: offset %d length %d size %d", ErrOutOfRange, off, n, v.info.Size)
+	v, ok := e.byName[name]
+	if !ok {
+		return fmt.Errorf("%w: volume %q", ErrNotFound, name)
 	}
-	return nil
-}
-
-func (v *Volume) ReadAt(p []byte, off int64) error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if err := v.check(off, int64(len(p))); err != nil {
+	p := v.pool
+	p.mu.Lock()
+	sticky := v.meta.sticky
+	p.mu.Unlock()
+	if sticky {
+		return fmt.Errorf("%w: volume %q", ErrSticky, name)
+	}
+	if n := v.holds.Load(); n > 0 {
+		return fmt.Errorf("%w: volume %q has %d user(s) (exported or attached); disconnect them first", ErrBusy, name, n)
+	}
+	if err := p.err(); err != nil {
 		return err
 	}
-	for i := range p {
-		o := off + int64(i)
-		b := v.data[o/BlockSize]
-		if b == nil {
-			p[i] = 0
-		} else {
-			p[i] = b[o%BlockSize]
+	v.ioMu.Lock()
+	p.mu.Lock()
+	v.table.forEach(func(lext uint32, en *entry) { v.unmapLocked(lext, en, en.load().ext) })
+	v.deleted = true
+	delete(p.vols, v.id)
+	p.enqueue(&record{typ: recDeleteVolume, vol: v.id})
+	p.mu.Unlock()
+	v.ioMu.Unlock()
+	delete(e.byName, name)
+	return p.commit()
+}
+
+// Check verifies the engine's invariants (tests): every pool's allocator is
+// consistent and holds exactly the extents mapped by its volumes plus those
+// waiting to be freed.
+func (e *Engine) Check() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, p := range e.pools {
+		p.mu.Lock()
+		err := p.alloc.Check()
+		var mapped int64
+		for _, v := range p.vols {
+			v.table.forEach(func(uint32, *entry) { mapped++ })
+		}
+		if err == nil && mapped+int64(len(p.pendingFree)) != p.alloc.Used() {
+			err = fmt.Errorf("%s: %d extents mapped + %d pending free, allocator says %d used", p, mapped, len(p.pendingFree), p.alloc.Used())
+		}
+		p.mu.Unlock()
+		if err != nil {
+			return err
 		}
 	}
-	return nil
-}
-
-func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if err := v.check(off, int64(len(p))); err != nil {
-		return err
-	}
-	for i := range p {
-		o := off + int64(i)
-		b := v.data[o/BlockSize]
-		if b == nil {
-			b = make([]byte, BlockSize)
-			v.data[o/BlockSize] = b
-		}
-		b[o%BlockSize] = p[i]
-	}
-	return nil
-}
-
-func (v *Volume) Flush() error { return nil }
-
-func (v *Volume) Trim(off, n int64) error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if err := v.check(off, n); err != nil {
-		return err
-	}
-	for b := (off + BlockSize - 1) / BlockSize; (b+1)*BlockSize <= off+n; b++ {
-		delete(v.data, b)
-	}
-	return nil
-}
-
-func (v *Volume) WriteZeroes(off, n int64, noHole bool) error {
-	return v.WriteAt(make([]byte, n), off, false)
-}
-
-func (v *Volume) Extents(off, n int64) ([]Extent, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if err := v.check(off, n); err != nil {
-		return nil, err
-	}
-	var out []Extent
-	for o := off; o < off+n; {
-		end := min((o/BlockSize+1)*BlockSize, off+n)
-		k := ExtentHole
-		if v.data[o/BlockSize] != nil {
-			k = ExtentData
-		}
-		if len(out) > 0 && out[len(out)-1].Kind == k {
-			out[len(out)-1].Length += end - o
-		} else {
-			out = append(out, Extent{Offset: o, Length: end - o, Kind: k})
-		}
-		o = end
-	}
-	return out, nil
-}
-
-func (v *Volume) Resize(size int64) error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if size < v.info.Size {
-		return ErrShrink
-	}
-	v.info.Size = size
 	return nil
 }

@@ -1,0 +1,309 @@
+package engine
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/cairn-storage/cairn/drive"
+)
+
+const testNode = "node-test"
+
+func memEngine(t *testing.T, drives ...*drive.Mem) *Engine {
+	t.Helper()
+	e, err := Open(memOptions(drives...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func memOptions(drives ...*drive.Mem) Options {
+	o := Options{NodeID: testNode, LogAreaSize: 256 << 10}
+	for _, d := range drives {
+		o.Drives = append(o.Drives, DriveSpec{Path: d.Path(), Drive: d.Reopen()})
+	}
+	return o
+}
+
+func pattern(seed, n int) []byte {
+	r := rand.New(rand.NewPCG(uint64(seed), 7))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func TestThinVolumeBasics(t *testing.T) {
+	d := drive.NewMem("mem0", 64<<20)
+	e := memEngine(t, d)
+	info, err := e.CreateVolume(VolumeSpec{Name: "v1", Size: 32 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Used != 0 || info.Size != 32<<20 || info.IOPriority != PriorityLow {
+		t.Fatalf("new volume info %+v", info)
+	}
+	v, _ := e.Volume("v1")
+	got := make([]byte, 8192)
+	if err := v.ReadAt(got, 4096); err != nil || !bytes.Equal(got, make([]byte, 8192)) {
+		t.Fatalf("never-written read: err %v, nonzero data", err)
+	}
+	data := pattern(1, 3*ExtentSize/2)
+	if err := v.WriteAt(data, ExtentSize/2, false); err != nil {
+		t.Fatal(err)
+	}
+	got = make([]byte, len(data))
+	if err := v.ReadAt(got, ExtentSize/2); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back: err %v equal %v", err, bytes.Equal(got, data))
+	}
+	if u := v.Info().Used; u != 2*ExtentSize {
+		t.Fatalf("used %d, want 2 extents", u)
+	}
+	// Unaligned write in the middle of a never-written block.
+	small := []byte("hello, cairn")
+	if err := v.WriteAt(small, 10*ExtentSize+100, false); err != nil {
+		t.Fatal(err)
+	}
+	blk := make([]byte, BlockSize)
+	v.ReadAt(blk, 10*ExtentSize)
+	want := make([]byte, BlockSize)
+	copy(want[100:], small)
+	if !bytes.Equal(blk, want) {
+		t.Fatal("unaligned write: block is not zeros + data")
+	}
+	ext, _ := v.Extents(0, 32<<20)
+	if len(ext) < 3 || ext[0].Kind != ExtentHole || ext[1].Kind != ExtentData || ext[1].Offset != ExtentSize/2 {
+		t.Fatalf("extents %+v", ext)
+	}
+	// Trim the whole first extent range back: space comes back after a flush.
+	if err := v.Trim(0, 2*ExtentSize); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.ReadAt(got[:4096], ExtentSize); err != nil || !bytes.Equal(got[:4096], make([]byte, 4096)) {
+		t.Fatal("trimmed block does not read zeros")
+	}
+	if u := v.Info().Used; u != ExtentSize {
+		t.Fatalf("used after trim %d, want 1 extent", u)
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Check(); err != nil {
+		t.Fatal(err)
+	}
+	// Write zeroes on the data extent: reads zeros, extent given back.
+	if err := v.WriteZeroes(10*ExtentSize, ExtentSize, false); err != nil {
+		t.Fatal(err)
+	}
+	if u := v.Info().Used; u != 0 {
+		t.Fatalf("used after write-zeroes %d", u)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	e := memEngine(t, drive.NewMem("mem0", 64<<20))
+	v, err := e.CreateVolume(VolumeSpec{Name: "v", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol, _ := e.Volume(v.Name)
+	buf := make([]byte, 4096)
+	cases := []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"read past end", vol.ReadAt(buf, 1<<20-2048), ErrOutOfRange},
+		{"write past end", vol.WriteAt(buf, 1<<20, false), ErrOutOfRange},
+		{"negative offset", vol.ReadAt(buf, -4096), ErrOutOfRange},
+		{"zero-length read", vol.ReadAt(nil, 0), ErrInvalid},
+		{"zero-length write", vol.WriteAt(nil, 0, false), ErrInvalid},
+		{"trim past end", vol.Trim(0, 2<<20), ErrOutOfRange},
+		{"zero-length trim", vol.Trim(0, 0), ErrInvalid},
+		{"extents past end", func() error { _, err := vol.Extents(0, 2<<20); return err }(), ErrOutOfRange},
+		{"unaligned size", func() error { _, err := e.CreateVolume(VolumeSpec{Name: "x", Size: 1000}); return err }(), ErrInvalid},
+		{"zero size", func() error { _, err := e.CreateVolume(VolumeSpec{Name: "x", Size: 0}); return err }(), ErrInvalid},
+		{"bad name", func() error { _, err := e.CreateVolume(VolumeSpec{Name: "a/b", Size: 4096}); return err }(), ErrInvalid},
+		{"duplicate", func() error { _, err := e.CreateVolume(VolumeSpec{Name: "v", Size: 4096}); return err }(), ErrExists},
+		{"repl 2", func() error { _, err := e.CreateVolume(VolumeSpec{Name: "x", Size: 4096, Repl: 2}); return err }(), ErrInvalid},
+		{"bad priority", func() error {
+			_, err := e.CreateVolume(VolumeSpec{Name: "x", Size: 4096, IOPriority: "urgent"})
+			return err
+		}(), ErrInvalid},
+		{"shrink", vol.Resize(4096), ErrShrink},
+		{"unknown volume", func() error { _, err := e.Volume("nope"); return err }(), ErrNotFound},
+		{"delete unknown", e.DeleteVolume("nope"), ErrNotFound},
+	}
+	for _, c := range cases {
+		if !errors.Is(c.err, c.want) {
+			t.Errorf("%s: got %v, want %v", c.name, c.err, c.want)
+		}
+	}
+	sticky := true
+	if _, err := e.UpdateVolume("v", VolumeUpdate{Sticky: &sticky}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.DeleteVolume("v"); !errors.Is(err, ErrSticky) {
+		t.Fatalf("delete sticky: %v", err)
+	}
+	sticky = false
+	e.UpdateVolume("v", VolumeUpdate{Sticky: &sticky})
+	release := vol.Hold()
+	if err := e.DeleteVolume("v"); !errors.Is(err, ErrBusy) {
+		t.Fatalf("delete held: %v", err)
+	}
+	release()
+	if err := e.DeleteVolume("v"); err != nil {
+		t.Fatal(err)
+	}
+	if err := vol.WriteAt(buf, 0, false); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("write to deleted volume: %v", err)
+	}
+}
+
+func TestPoolFullENOSPC(t *testing.T) {
+	d := drive.NewMem("mem0", 24<<20) // 1 MiB of metadata, 23 extents
+	e := memEngine(t, d)
+	if _, err := e.CreateVolume(VolumeSpec{Name: "big", Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := e.Volume("big")
+	data := pattern(3, ExtentSize)
+	var written int64
+	var err error
+	for off := int64(0); off < 64<<20; off += ExtentSize {
+		if err = v.WriteAt(data, off, false); err != nil {
+			break
+		}
+		written = off + ExtentSize
+	}
+	if !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("filling the pool: %v", err)
+	}
+	got := make([]byte, ExtentSize)
+	for off := int64(0); off < written; off += ExtentSize {
+		if err := v.ReadAt(got, off); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("data at %d harmed by ENOSPC (err %v)", off, err)
+		}
+	}
+	// Overwrites of allocated space still work; after a trim, new writes do.
+	if err := v.WriteAt(data, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Trim(0, ExtentSize); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(data, written, false); err != nil {
+		t.Fatalf("write after trim: %v", err)
+	}
+	if err := e.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRestartFileDrive(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "drive0.img")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{NodeID: testNode, Drives: []DriveSpec{{Path: path}}}
+	e, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizes := map[string]int64{"a": 16 << 20, "b": 100 << 20}
+	for name, size := range sizes {
+		if _, err := e.CreateVolume(VolumeSpec{Name: name, Size: size}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	va, _ := e.Volume("a")
+	vb, _ := e.Volume("b")
+	da, db := pattern(10, 5<<20), pattern(11, 3<<20+4096)
+	va.WriteAt(da, 4096, false)
+	vb.WriteAt(db, 50<<20, true)
+	grow := int64(200 << 20)
+	if _, err := e.UpdateVolume("b", VolumeUpdate{Size: &grow}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e, err = Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	vols := e.Volumes()
+	if len(vols) != 2 || vols[0].Name != "a" || vols[0].Size != 16<<20 || vols[1].Size != grow {
+		t.Fatalf("volumes after restart: %+v", vols)
+	}
+	va, _ = e.Volume("a")
+	vb, _ = e.Volume("b")
+	got := make([]byte, len(da))
+	if va.ReadAt(got, 4096); !bytes.Equal(got, da) {
+		t.Fatal("volume a data lost")
+	}
+	got = make([]byte, len(db))
+	if vb.ReadAt(got, 50<<20); !bytes.Equal(got, db) {
+		t.Fatal("volume b data lost")
+	}
+	if err := e.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Drives that are not ours, too small, or damaged are refused with an error
+// naming them, and nothing is written to them.
+func TestDriveRefused(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(name string, size int64, head []byte) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, head, 0o600)
+		os.Truncate(p, size)
+		return p
+	}
+	small := mk("small.img", 8<<20, nil)
+	foreign := mk("ext4.img", 64<<20, append(make([]byte, 1024), 0x53, 0xEF)) // an ext4-like magic
+	good := mk("good.img", 64<<20, nil)
+	e, err := Open(Options{NodeID: "node-a", Drives: []DriveSpec{{Path: good}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	damaged := mk("damaged.img", 64<<20, nil)
+	b, _ := os.ReadFile(good)
+	b[200] ^= 1      // copy 0
+	b[4096+200] ^= 1 // copy 1
+	os.WriteFile(damaged, b, 0o600)
+	for _, c := range []struct {
+		path, node, want string
+	}{
+		{small, testNode, "too small"},
+		{foreign, testNode, "not cairn's"},
+		{good, "node-b", `belongs to node "node-a"`},
+		{damaged, "node-a", "damaged superblock"},
+		{filepath.Join(dir, "missing.img"), testNode, "no such file"},
+	} {
+		before, _ := os.ReadFile(c.path)
+		_, err := Open(Options{NodeID: c.node, Drives: []DriveSpec{{Path: c.path}}})
+		if err == nil || !errors.Is(err, ErrDriveRefused) || !bytes.Contains([]byte(err.Error()), []byte(c.want)) || !bytes.Contains([]byte(err.Error()), []byte(filepath.Base(c.path))) {
+			t.Errorf("%s: err %v, want ErrDriveRefused naming the file and %q", c.path, err, c.want)
+		}
+		after, _ := os.ReadFile(c.path)
+		if !bytes.Equal(before, after) {
+			t.Errorf("%s: refused drive was modified", c.path)
+		}
+	}
+}

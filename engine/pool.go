@@ -1,0 +1,444 @@
+package engine
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cairn-storage/cairn/allocator"
+	"github.com/cairn-storage/cairn/drive"
+	"github.com/cairn-storage/cairn/wal"
+)
+
+// Part of the on-disk format — do not change.
+const (
+	BlockSize          = 4096
+	ExtentSize         = 1 << 20
+	blocksPerExtent    = ExtentSize / BlockSize
+	minExtents         = 16
+	maxExtentsPerDrive = 1 << 26 // 64 TiB of 1 MiB extents; pool extent numbers fit in 31 bits
+)
+
+const (
+	// commitInterval bounds how long metadata of un-flushed writes waits in
+	// memory, and how long trimmed extents wait before they can be reused.
+	commitInterval = 200 * time.Millisecond
+	// commitSoonBytes of queued records wake the background committer early.
+	commitSoonBytes = 1 << 20
+	// maxRecordFrame bounds one records frame; rounds split at record boundaries.
+	maxRecordFrame = 4 << 20
+)
+
+// pool is a set of drives with one io_priority, striped (raid0), with one
+// metadata log on drive 0. Every volume lives in exactly one pool.
+//
+// Commit rounds (wal.Committer) are the only writers of the log. A round:
+//  1. under mu, takes the queued records and freed extents (and, when the log
+//     is half full, encodes a checkpoint of the whole pool — consistent with
+//     the records taken, since both change only under mu);
+//  2. syncs every data drive written since the last round — records only say
+//     "written" about data that was written before they were queued, so after
+//     this sync every record taken describes durable data;
+//  3. writes the records (or the checkpoint, into the other log area, then
+//     flips drive 0's superblock) and syncs the log;
+//  4. gives the freed extents back to the allocator: only now can no crash
+//     bring back a mapping that points at them.
+type pool struct {
+	eng      *Engine
+	number   int
+	uuid     [16]byte
+	priority IOPriority
+	logSize  int64
+
+	committer *wal.Committer
+	layoutPtr atomic.Pointer[poolLayout] // drives for the I/O path; replaced when a drive is added
+	failed    atomic.Pointer[error]      // set when a round fails: the pool is read-only-dead
+
+	// round state: touched only by commit rounds (which never overlap) and Open.
+	log     *wal.Writer
+	sb0     superblock // drive 0's superblock: names the active log area
+	spare   []byte
+	spareCs []int
+
+	mu          sync.Mutex
+	drives      []*poolDrive         // REQUIRES mu to change; index = drive index
+	alloc       *allocator.Allocator // REQUIRES mu
+	vols        map[uint32]*Volume   // REQUIRES mu
+	nextVolID   uint32               // REQUIRES mu
+	pending     []byte               // REQUIRES mu; encoded records not yet in the log
+	cuts        []int                // REQUIRES mu; record boundaries where a frame may end
+	pendingFree []allocator.Extent   // REQUIRES mu; freed, reusable after the next round
+	bgStarted   bool                 // set once, before the engine is shared
+	wake        chan struct{}        // background committer
+	stop        chan struct{}
+	done        chan struct{}
+}
+
+type poolDrive struct {
+	d     drive.Drive
+	sb    superblock
+	dirty atomic.Bool // written since its last sync
+}
+
+func (p *pool) String() string { return fmt.Sprintf("pool %d (%s)", p.number, p.priority) }
+
+func newUUID() (u [16]byte) {
+	if _, err := rand.Read(u[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return u
+}
+
+func randomU64() uint64 {
+	u := newUUID()
+	return binary.LittleEndian.Uint64(u[:]) | 1
+}
+
+func uuidString(u [16]byte) string { return hex.EncodeToString(u[:]) }
+
+// err returns the error that failed the pool, if any.
+func (p *pool) err() error {
+	if e := p.failed.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+func (p *pool) fail(err error) error {
+	err = fmt.Errorf("%s failed: %w", p, err)
+	p.failed.CompareAndSwap(nil, &err)
+	slog.Error("pool failed; it serves no more writes", "pool", p.number, "err", err)
+	return err
+}
+
+// enqueue appends a record to the pending queue. REQUIRES mu.
+func (p *pool) enqueue(r *record) {
+	p.pending = appendRecord(p.pending, r)
+	if len(p.cuts) == 0 && len(p.pending) >= maxRecordFrame || len(p.cuts) > 0 && len(p.pending)-p.cuts[len(p.cuts)-1] >= maxRecordFrame {
+		p.cuts = append(p.cuts, len(p.pending))
+	}
+	if len(p.pending) >= commitSoonBytes {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// commit makes everything written to the pool before the call durable.
+func (p *pool) commit() error {
+	if err := p.err(); err != nil {
+		return err
+	}
+	return p.committer.Commit()
+}
+
+func (p *pool) round() error {
+	p.mu.Lock()
+	recs, cuts := p.pending, p.cuts
+	p.pending, p.cuts = p.spare[:0], p.spareCs[:0]
+	freed := p.pendingFree
+	p.pendingFree = nil
+	var snap []byte
+	if p.log.Used()+int64(len(recs))+wal.SectorSize*int64(len(cuts)+2) > p.logSize/2 {
+		snap = p.encodeCheckpoint()
+	}
+	p.mu.Unlock()
+
+	if err := p.syncData(); err != nil {
+		return p.fail(err)
+	}
+	var err error
+	if snap != nil {
+		err = p.rotate(snap)
+	} else if len(recs) > 0 {
+		err = p.appendRecords(recs, cuts)
+	}
+	if err != nil {
+		return p.fail(err)
+	}
+	p.spare, p.spareCs = recs[:0], cuts[:0]
+	if len(freed) > 0 {
+		p.mu.Lock()
+		for _, e := range freed {
+			if err := p.alloc.Free(e); err != nil {
+				p.mu.Unlock()
+				return p.fail(err)
+			}
+		}
+		p.mu.Unlock()
+	}
+	return nil
+}
+
+func (p *pool) syncData() error {
+	for _, pd := range p.drivesSnapshot() {
+		if pd.dirty.Swap(false) {
+			if err := pd.d.Sync(); err != nil {
+				pd.dirty.Store(true)
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (p *pool) drivesSnapshot() []*poolDrive {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.drives
+}
+
+func (p *pool) appendRecords(recs []byte, cuts []int) error {
+	start := 0
+	for _, c := range append(cuts, len(recs)) {
+		if c > start {
+			if err := p.log.Append(frameRecords, recs[start:c]); err != nil {
+				return err
+			}
+		}
+		start = c
+	}
+	if err := p.log.Write(); err != nil {
+		return err
+	}
+	return p.log.Sync()
+}
+
+// rotate writes a checkpoint at the start of the inactive log area, then
+// points drive 0's superblock at it. Until the superblock write, a crash
+// leaves the old area (and old superblock) in charge, whole.
+func (p *pool) rotate(snap []byte) error {
+	d0 := p.drives[0].d
+	sb := p.sb0
+	sb.activeArea = 1 - sb.activeArea
+	sb.logID = randomU64()
+	sb.logStartSeq = p.log.Position().Seq
+	w := wal.NewWriter(d0, logRegion(sb.activeArea, sb.logSize), wal.Start(sb.logID, sb.logStartSeq))
+	if err := appendCheckpoint(w, snap); err != nil {
+		return err
+	}
+	if err := w.Write(); err != nil {
+		return err
+	}
+	if err := w.Sync(); err != nil {
+		return err
+	}
+	if err := writeSuperblock(d0, &sb); err != nil {
+		return err
+	}
+	p.sb0, p.log = sb, w
+	p.drives[0].sb = sb
+	return nil
+}
+
+func appendCheckpoint(w *wal.Writer, snap []byte) error {
+	for len(snap) > maxRecordFrame {
+		if err := w.Append(frameCheckpoint, snap[:maxRecordFrame]); err != nil {
+			return checkpointErr(err)
+		}
+		snap = snap[maxRecordFrame:]
+	}
+	return checkpointErr(w.Append(frameCheckpointEnd, snap))
+}
+
+func checkpointErr(err error) error {
+	if errors.Is(err, wal.ErrFull) {
+		return fmt.Errorf("metadata log area too small for the pool's checkpoint: %w", err)
+	}
+	return err
+}
+
+func logRegion(area uint8, logSize int64) wal.Region {
+	return wal.Region{Base: 2*superblockSize + int64(area)*logSize, Size: logSize}
+}
+
+// background commits queued metadata every commitInterval (or sooner when a
+// lot is queued), so un-flushed metadata and freed extents never wait long.
+func (p *pool) background() {
+	defer close(p.done)
+	t := time.NewTicker(commitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		case <-p.wake:
+		}
+		p.mu.Lock()
+		idle := len(p.pending) == 0 && len(p.pendingFree) == 0
+		p.mu.Unlock()
+		if !idle && p.err() == nil {
+			p.commit() // a failure is recorded in p.failed and reported by every later I/O
+		}
+	}
+}
+
+// encodeCheckpoint serializes the whole pool. REQUIRES mu.
+func (p *pool) encodeCheckpoint() []byte {
+	e := enc{}
+	e.u32(checkpointMagic)
+	e.u32(p.nextVolID)
+	e.u32(uint32(len(p.drives)))
+	for _, pd := range p.drives {
+		e.b = append(e.b, pd.sb.driveUUID[:]...)
+		e.u32(pd.sb.extentCount)
+	}
+	e.u32(uint32(len(p.vols)))
+	for _, v := range p.vols {
+		e.meta(&v.meta)
+		countAt := len(e.b)
+		e.u32(0)
+		n := uint32(0)
+		v.table.forEach(func(lext uint32, en *entry) {
+			s := en.load()
+			e.u32(lext)
+			e.u32(uint32(s.ext))
+			e.bool(s.full)
+			if !s.full {
+				m := s.bits.snapshot()
+				e.mask(&m)
+			}
+			n++
+		})
+		binary.LittleEndian.PutUint32(e.b[countAt:], n)
+	}
+	return e.b
+}
+
+// poolState is a checkpoint or log being replayed.
+type poolState struct {
+	nextVolID uint32
+	drives    []driveRef
+	vols      map[uint32]*Volume
+}
+
+type driveRef struct {
+	uuid    [16]byte
+	extents uint32
+}
+
+// decodeCheckpoint builds a pool state from checkpoint bytes.
+func (p *pool) decodeCheckpoint(b []byte) (*poolState, error) {
+	d := dec{b: b}
+	if d.u32() != checkpointMagic {
+		return nil, fmt.Errorf("%w: checkpoint magic", ErrCorrupt)
+	}
+	st := &poolState{nextVolID: d.u32(), vols: map[uint32]*Volume{}}
+	nd := d.count(20)
+	for i := 0; i < nd; i++ {
+		var r driveRef
+		if d.need(16) {
+			copy(r.uuid[:], b[d.off:])
+			d.off += 16
+		}
+		r.extents = d.u32()
+		st.drives = append(st.drives, r)
+	}
+	nv := d.count(30)
+	for i := 0; i < nv && d.err == nil; i++ {
+		m := d.meta()
+		if d.err != nil {
+			break
+		}
+		v, err := p.newVolume(m)
+		if err != nil {
+			return nil, err
+		}
+		if st.vols[m.id] != nil || m.id >= st.nextVolID {
+			return nil, fmt.Errorf("%w: checkpoint volume id %d repeated or beyond %d", ErrCorrupt, m.id, st.nextVolID)
+		}
+		st.vols[m.id] = v
+		nm := d.count(9)
+		for j := 0; j < nm && d.err == nil; j++ {
+			lext, phys, full := d.u32(), d.u32(), d.u8() != 0
+			var mask blockMask
+			if !full {
+				mask = d.mask()
+			}
+			if d.err != nil {
+				break
+			}
+			if err := v.checkLext(lext); err != nil {
+				return nil, err
+			}
+			en := v.table.getOrCreate(lext)
+			if en.phys.Load() != 0 {
+				return nil, fmt.Errorf("%w: volume %d extent %d mapped twice in checkpoint", ErrCorrupt, m.id, lext)
+			}
+			if full {
+				en.setFull(allocator.Extent(phys))
+			} else {
+				en.setMapped(allocator.Extent(phys))
+				en.orBlocks(mask)
+			}
+		}
+	}
+	if !d.done() {
+		if d.err != nil {
+			return nil, d.err
+		}
+		return nil, fmt.Errorf("%w: %d trailing bytes after checkpoint", ErrCorrupt, len(b)-d.off)
+	}
+	return st, nil
+}
+
+// apply replays one record onto a state.
+func (p *pool) apply(st *poolState, r *record) error {
+	if r.typ == recAddDrive {
+		st.drives = append(st.drives, driveRef{uuid: r.uuid, extents: r.extents})
+		return nil
+	}
+	if r.typ == recCreateVolume {
+		if st.vols[r.vol] != nil {
+			return fmt.Errorf("%w: volume id %d created twice", ErrCorrupt, r.vol)
+		}
+		v, err := p.newVolume(r.meta)
+		if err != nil {
+			return err
+		}
+		st.vols[r.vol] = v
+		st.nextVolID = max(st.nextVolID, r.vol+1)
+		return nil
+	}
+	v := st.vols[r.vol]
+	if v == nil {
+		return fmt.Errorf("%w: record type %d for unknown volume id %d", ErrCorrupt, r.typ, r.vol)
+	}
+	switch r.typ {
+	case recSetAttrs:
+		if r.meta.size < v.meta.size {
+			return fmt.Errorf("%w: volume id %d shrinks", ErrCorrupt, r.vol)
+		}
+		v.meta.sticky, v.meta.snapInterval = r.meta.sticky, r.meta.snapInterval
+		v.setSize(r.meta.size)
+	case recDeleteVolume:
+		delete(st.vols, r.vol)
+	default:
+		if err := v.checkLext(r.lext); err != nil {
+			return err
+		}
+		en := v.table.getOrCreate(r.lext)
+		switch r.typ {
+		case recMapExtent:
+			if en.phys.Load() != 0 {
+				return fmt.Errorf("%w: volume id %d extent %d mapped while mapped", ErrCorrupt, r.vol, r.lext)
+			}
+			en.setMapped(allocator.Extent(r.phys))
+		case recUnmapExtent:
+			en.unmap()
+		case recSetBlocks:
+			en.orBlocks(r.mask)
+		case recClearBlocks:
+			en.clearBlocks(r.mask)
+		}
+	}
+	return nil
+}

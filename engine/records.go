@@ -1,0 +1,276 @@
+package engine
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Metadata records and checkpoints (part of the on-disk format — do not change).
+//
+// A records frame's payload is a sequence of records, each a type byte then
+// fixed little-endian fields (strings are u16 length + bytes):
+//
+//	recCreateVolume  vol u32 | uid u64 | size u64 | created i64 | prio u8 | repl u8 | sticky u8 | snap u32 | bs u32 | name str
+//	recSetAttrs      vol u32 | size u64 | sticky u8 | snap u32
+//	recDeleteVolume  vol u32
+//	recMapExtent     vol u32 | lext u32 | phys u32
+//	recUnmapExtent   vol u32 | lext u32
+//	recSetBlocks     vol u32 | lext u32 | mask [4]u64     (blocks now written)
+//	recClearBlocks   vol u32 | lext u32 | mask [4]u64     (blocks trimmed)
+//	recAddDrive      uuid [16] | extents u32
+//
+// A checkpoint (one or more frames of type frameCheckpoint, the last of type
+// frameCheckpointEnd, concatenated) is the whole pool state at one instant:
+//
+//	magic u32 "CKP1" | next vol u32 | drives u32 | drives × (uuid [16] | extents u32)
+//	| volumes u32 | volumes × (create-record fields | mapped u32 | mapped × (lext u32 | phys u32 | full u8 | [mask [4]u64 if !full]))
+//
+// Every count and length read back is bounded by the bytes that remain before
+// anything is allocated for it.
+const (
+	recCreateVolume byte = 1 + iota
+	recSetAttrs
+	recDeleteVolume
+	recMapExtent
+	recUnmapExtent
+	recSetBlocks
+	recClearBlocks
+	recAddDrive
+)
+
+// Frame types in the pool's log.
+const (
+	frameRecords       = 1
+	frameCheckpoint    = 2
+	frameCheckpointEnd = 3
+)
+
+const checkpointMagic = 0x31504b43 // "CKP1"
+
+// blockMask has one bit per 4 KiB block of an extent.
+type blockMask [blocksPerExtent / 64]uint64
+
+// volumeMeta is what a volume is, apart from its mapping.
+type volumeMeta struct {
+	id           uint32
+	uid          uint64
+	name         string
+	size         int64
+	created      int64
+	priority     IOPriority // requested
+	repl         uint8
+	sticky       bool
+	snapInterval uint32
+	blockSize    uint32
+}
+
+type enc struct{ b []byte }
+
+func (e *enc) u8(v byte)    { e.b = append(e.b, v) }
+func (e *enc) u32(v uint32) { e.b = binary.LittleEndian.AppendUint32(e.b, v) }
+func (e *enc) u64(v uint64) { e.b = binary.LittleEndian.AppendUint64(e.b, v) }
+func (e *enc) str(s string) {
+	e.b = binary.LittleEndian.AppendUint16(e.b, uint16(len(s)))
+	e.b = append(e.b, s...)
+}
+func (e *enc) bool(v bool) {
+	if v {
+		e.u8(1)
+	} else {
+		e.u8(0)
+	}
+}
+func (e *enc) mask(m *blockMask) {
+	for _, w := range m {
+		e.u64(w)
+	}
+}
+
+func (e *enc) meta(m *volumeMeta) {
+	e.u32(m.id)
+	e.u64(m.uid)
+	e.u64(uint64(m.size))
+	e.u64(uint64(m.created))
+	e.u8(priorityCode(m.priority))
+	e.u8(m.repl)
+	e.bool(m.sticky)
+	e.u32(m.snapInterval)
+	e.u32(m.blockSize)
+	e.str(m.name)
+}
+
+// dec reads bounded fields; the first short read sets err and every later
+// read returns zero.
+type dec struct {
+	b   []byte
+	off int
+	err error
+}
+
+func (d *dec) need(n int) bool {
+	if d.err != nil {
+		return false
+	}
+	if n < 0 || len(d.b)-d.off < n {
+		d.err = fmt.Errorf("%w: record truncated at byte %d (need %d, have %d)", ErrCorrupt, d.off, n, len(d.b)-d.off)
+		return false
+	}
+	return true
+}
+func (d *dec) u8() byte {
+	if !d.need(1) {
+		return 0
+	}
+	d.off++
+	return d.b[d.off-1]
+}
+func (d *dec) u32() uint32 {
+	if !d.need(4) {
+		return 0
+	}
+	d.off += 4
+	return binary.LittleEndian.Uint32(d.b[d.off-4:])
+}
+func (d *dec) u64() uint64 {
+	if !d.need(8) {
+		return 0
+	}
+	d.off += 8
+	return binary.LittleEndian.Uint64(d.b[d.off-8:])
+}
+func (d *dec) str() string {
+	if !d.need(2) {
+		return ""
+	}
+	n := int(binary.LittleEndian.Uint16(d.b[d.off:]))
+	d.off += 2
+	if !d.need(n) {
+		return ""
+	}
+	d.off += n
+	return string(d.b[d.off-n : d.off])
+}
+func (d *dec) mask() (m blockMask) {
+	for i := range m {
+		m[i] = d.u64()
+	}
+	return m
+}
+func (d *dec) done() bool { return d.err == nil && d.off == len(d.b) }
+
+// count reads a u32 count of items at least minSize bytes each and rejects a
+// count the remaining bytes cannot hold (so nothing is allocated for a lie).
+func (d *dec) count(minSize int) int {
+	n := int(d.u32())
+	if d.err == nil && n > (len(d.b)-d.off)/minSize {
+		d.err = fmt.Errorf("%w: count %d at byte %d exceeds the %d bytes left", ErrCorrupt, n, d.off-4, len(d.b)-d.off)
+		return 0
+	}
+	return n
+}
+
+func (d *dec) meta() volumeMeta {
+	m := volumeMeta{id: d.u32(), uid: d.u64(), size: int64(d.u64()), created: int64(d.u64())}
+	p := d.u8()
+	if int(p) >= len(priorityCodes) && d.err == nil {
+		d.err = fmt.Errorf("%w: io_priority code %d", ErrCorrupt, p)
+		return m
+	}
+	if d.err == nil {
+		m.priority = priorityCodes[p]
+	}
+	m.repl = d.u8()
+	m.sticky = d.u8() != 0
+	m.snapInterval = d.u32()
+	m.blockSize = d.u32()
+	m.name = d.str()
+	return m
+}
+
+// record is one decoded metadata record.
+type record struct {
+	typ     byte
+	meta    volumeMeta // recCreateVolume; recSetAttrs uses id, size, sticky, snapInterval
+	vol     uint32
+	lext    uint32
+	phys    uint32
+	mask    blockMask
+	uuid    [16]byte
+	extents uint32
+}
+
+func appendRecord(b []byte, r *record) []byte {
+	e := enc{b}
+	e.u8(r.typ)
+	switch r.typ {
+	case recCreateVolume:
+		e.meta(&r.meta)
+	case recSetAttrs:
+		e.u32(r.vol)
+		e.u64(uint64(r.meta.size))
+		e.bool(r.meta.sticky)
+		e.u32(r.meta.snapInterval)
+	case recDeleteVolume:
+		e.u32(r.vol)
+	case recMapExtent:
+		e.u32(r.vol)
+		e.u32(r.lext)
+		e.u32(r.phys)
+	case recUnmapExtent:
+		e.u32(r.vol)
+		e.u32(r.lext)
+	case recSetBlocks, recClearBlocks:
+		e.u32(r.vol)
+		e.u32(r.lext)
+		e.mask(&r.mask)
+	case recAddDrive:
+		e.b = append(e.b, r.uuid[:]...)
+		e.u32(r.extents)
+	default:
+		panic(fmt.Sprintf("engine: unknown record type %d", r.typ)) // programming error, never input
+	}
+	return e.b
+}
+
+// decodeRecords calls fn for each record of a records frame.
+func decodeRecords(p []byte, fn func(*record) error) error {
+	d := dec{b: p}
+	var r record
+	for d.err == nil && d.off < len(p) {
+		r = record{typ: d.u8()}
+		switch r.typ {
+		case recCreateVolume:
+			r.meta = d.meta()
+			r.vol = r.meta.id
+		case recSetAttrs:
+			r.vol = d.u32()
+			r.meta.size = int64(d.u64())
+			r.meta.sticky = d.u8() != 0
+			r.meta.snapInterval = d.u32()
+		case recDeleteVolume:
+			r.vol = d.u32()
+		case recMapExtent:
+			r.vol, r.lext, r.phys = d.u32(), d.u32(), d.u32()
+		case recUnmapExtent:
+			r.vol, r.lext = d.u32(), d.u32()
+		case recSetBlocks, recClearBlocks:
+			r.vol, r.lext = d.u32(), d.u32()
+			r.mask = d.mask()
+		case recAddDrive:
+			if d.need(16) {
+				copy(r.uuid[:], d.b[d.off:])
+				d.off += 16
+			}
+			r.extents = d.u32()
+		default:
+			return fmt.Errorf("%w: unknown record type %d at byte %d", ErrCorrupt, r.typ, d.off-1)
+		}
+		if d.err != nil {
+			return d.err
+		}
+		if err := fn(&r); err != nil {
+			return err
+		}
+	}
+	return d.err
+}
