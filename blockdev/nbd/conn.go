@@ -1,0 +1,581 @@
+package nbd
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cairn-storage/cairn/engine"
+)
+
+const (
+	readBufferSize  = 128 << 10
+	writeBufferSize = 128 << 10
+	// maxInFlightBytes bounds the payload buffers one connection holds
+	// (write payloads read ahead, read data not yet sent).
+	maxInFlightBytes = 128 << 20
+)
+
+// errDisconnect is the reader's way of saying the client sent NBD_CMD_DISC.
+var errDisconnect = errors.New("nbd: client disconnected")
+
+// conn is one client connection. Handshake fields are used only by the
+// goroutine running serve; transmission fields are written before the
+// workers and the writer start and only read afterwards. See the package doc
+// for the goroutines and how a request moves between them.
+type conn struct {
+	srv *Server
+	nc  net.Conn
+	log *slog.Logger
+	br  *bufio.Reader // owned by the reader (serve's goroutine)
+	bw  *bufio.Writer // owned by serve during the handshake, then by the writer
+
+	// mu protects shutdown and the read deadline, so that beginShutdown's
+	// deadline cannot be undone by the reader clearing the handshake one.
+	mu       sync.Mutex
+	shutdown bool
+
+	// Handshake state.
+	optBuf       []byte
+	noZeroes     bool
+	structured   bool
+	metaSelected bool   // base:allocation selected by the last SET_META_CONTEXT
+	metaExport   string // the export name that SET_META_CONTEXT named
+
+	// Transmission state, fixed once transmission begins.
+	exp         Export
+	release     func()
+	size        uint64
+	tflags      uint16
+	readOnly    bool
+	blockStatus bool
+
+	free   chan *request // slots not in flight; its capacity is MaxInFlight
+	work   chan *request // reader → workers
+	done   chan *request // workers → writer
+	budget byteBudget    // payload bytes in flight
+	broken bool          // writer only: the socket failed, replies are dropped
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		srv: s,
+		nc:  nc,
+		log: s.log.With("remote", remoteName(nc)),
+		br:  bufio.NewReaderSize(nc, readBufferSize),
+		bw:  bufio.NewWriterSize(nc, writeBufferSize),
+	}
+}
+
+func remoteName(nc net.Conn) string {
+	if a := nc.RemoteAddr(); a != nil && a.String() != "" && a.String() != "@" {
+		return a.String()
+	}
+	return "unix:" + nc.LocalAddr().String()
+}
+
+func (c *conn) shuttingDown() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.shutdown
+}
+
+// beginShutdown makes the reader stop at the next request boundary (or
+// fail the negotiation); in-flight requests still complete and are replied to.
+func (c *conn) beginShutdown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.shutdown = true
+	c.nc.SetReadDeadline(time.Now())
+}
+
+// setReadDeadline sets the read deadline unless shutdown began.
+func (c *conn) setReadDeadline(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.shutdown {
+		c.nc.SetReadDeadline(t)
+	}
+}
+
+// send writes b and flushes. Handshake only.
+func (c *conn) send(b []byte) error {
+	c.bw.Write(b)
+	return c.bw.Flush()
+}
+
+// serve runs the connection to its end. It never panics on wire input; it
+// logs one line when it closes a connection for a protocol violation.
+func (c *conn) serve() {
+	defer c.nc.Close()
+	c.setReadDeadline(time.Now().Add(c.srv.cfg.HandshakeTimeout))
+	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.HandshakeTimeout))
+	if err := c.handshake(); err != nil {
+		switch {
+		case errors.Is(err, ErrAborted):
+			c.log.Debug("client ended negotiation")
+		case c.shuttingDown():
+			c.log.Debug("negotiation cut short by shutdown", "err", err)
+		default:
+			c.log.Warn("closing connection during negotiation", "err", err)
+		}
+		if c.release != nil {
+			c.release()
+		}
+		return
+	}
+	defer c.release()
+	c.setReadDeadline(time.Time{})
+	c.nc.SetWriteDeadline(time.Time{})
+	c.optBuf = nil
+	c.log.Debug("transmission", "export", c.exp.Name(), "size", c.size, "structured", c.structured)
+
+	err := c.transmit()
+	switch {
+	case err == nil, errors.Is(err, errDisconnect), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		c.log.Debug("connection closed", "export", c.exp.Name())
+	case c.shuttingDown() && errors.Is(err, os.ErrDeadlineExceeded):
+		c.log.Debug("connection closed by shutdown", "export", c.exp.Name())
+	default:
+		c.log.Warn("closing connection", "export", c.exp.Name(), "err", err)
+	}
+}
+
+// transmit runs the transmission phase: it starts the workers and the
+// writer, reads requests until the client leaves or breaks the protocol,
+// then drains every request already read before returning.
+func (c *conn) transmit() error {
+	cfg := c.srv.cfg
+	reqs := make([]request, cfg.MaxInFlight)
+	c.free = make(chan *request, cfg.MaxInFlight)
+	for i := range reqs {
+		c.free <- &reqs[i]
+	}
+	c.work = make(chan *request, cfg.MaxInFlight)
+	c.done = make(chan *request, cfg.MaxInFlight)
+	c.budget.init(maxInFlightBytes)
+
+	var workers sync.WaitGroup
+	for range cfg.Workers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for r := range c.work {
+				c.execute(r)
+				c.done <- r
+			}
+		}()
+	}
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+
+	err := c.readLoop()
+
+	close(c.work)
+	workers.Wait()
+	close(c.done)
+	<-writerDone
+	if c.shuttingDown() && !c.readOnly {
+		if ferr := c.exp.Flush(); ferr != nil {
+			c.log.Error("flush at shutdown failed", "export", c.exp.Name(), "err", ferr)
+		}
+	}
+	return err
+}
+
+// readLoop is the reader: it decodes requests and queues them until the
+// client disconnects, the socket fails or the client breaks the protocol.
+func (c *conn) readLoop() error {
+	var h [requestHeaderLen]byte
+	for {
+		if _, err := io.ReadFull(c.br, h[:]); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return fmt.Errorf("%w: truncated request header", ErrProtocol)
+			}
+			return err
+		}
+		if m := be.Uint32(h[0:]); m != magicRequest {
+			return fmt.Errorf("%w: bad request magic %#x", ErrProtocol, m)
+		}
+		flags, typ := be.Uint16(h[4:]), be.Uint16(h[6:])
+		handle, off, length := be.Uint64(h[8:]), be.Uint64(h[16:]), be.Uint32(h[24:])
+		if typ == cmdDisc {
+			return errDisconnect
+		}
+		if typ == cmdWrite && length > maxRequestLength {
+			// Refuse, but keep the stream in sync by reading the payload,
+			// unless it is so large the client must be hostile.
+			if length > maxDiscardLength {
+				return fmt.Errorf("%w: WRITE of %d bytes (limit %d)", ErrProtocol, length, maxDiscardLength)
+			}
+			if _, err := c.br.Discard(int(length)); err != nil {
+				return fmt.Errorf("%w: truncated WRITE payload: %v", ErrProtocol, err)
+			}
+		}
+
+		r := <-c.free
+		r.reset(handle, off, length, typ, flags)
+		switch {
+		case typ == cmdWrite && length > maxRequestLength:
+			r.fail(errInval, "request larger than the maximum block size")
+			c.done <- r
+			continue
+		case typ == cmdWrite:
+			c.budget.acquire(int64(length))
+			r.budget = int64(length)
+			r.alloc(int(length))
+			if _, err := io.ReadFull(c.br, r.data); err != nil {
+				c.budget.release(r.budget)
+				r.freeBuf()
+				c.free <- r
+				return fmt.Errorf("%w: truncated WRITE payload: %v", ErrProtocol, err)
+			}
+		case typ == cmdRead && length <= maxRequestLength:
+			// The worker allocates the read buffer; reserve its bytes here
+			// so the reader is the one that waits.
+			c.budget.acquire(int64(length))
+			r.budget = int64(length)
+		}
+		c.work <- r
+	}
+}
+
+// writeLoop is the writer: it sends replies in completion order, batching
+// them in c.bw and flushing when no more are queued.
+func (c *conn) writeLoop() {
+	for r := range c.done {
+		if !c.broken {
+			if err := c.writeReply(r); err != nil {
+				c.fail(err)
+			}
+		}
+		c.budget.release(r.budget)
+		r.freeBuf()
+		c.free <- r
+		if len(c.done) == 0 && !c.broken {
+			if err := c.bw.Flush(); err != nil {
+				c.fail(err)
+			}
+		}
+	}
+	if !c.broken {
+		if err := c.bw.Flush(); err != nil {
+			c.fail(err)
+		}
+	}
+}
+
+// fail marks the socket broken and closes it, which also stops the reader.
+// Writer only.
+func (c *conn) fail(err error) {
+	c.broken = true
+	c.log.Debug("send failed", "err", err)
+	c.nc.Close()
+}
+
+// execute runs r against the export, leaving the outcome in r. Worker only.
+func (c *conn) execute(r *request) {
+	if r.errno != 0 {
+		return
+	}
+	allowed := cmdFlagFUA
+	switch r.typ {
+	case cmdRead:
+		if c.structured {
+			allowed |= cmdFlagDF
+		}
+	case cmdWriteZeroes:
+		allowed |= cmdFlagNoHole | cmdFlagFastZero
+	case cmdBlockStatus:
+		allowed |= cmdFlagReqOne
+	case cmdWrite, cmdFlush, cmdTrim, cmdCache:
+	default:
+		r.fail(errInval, "unknown command")
+		return
+	}
+	if r.flags&^allowed != 0 {
+		r.fail(errInval, "command flags not valid for this command")
+		return
+	}
+	if c.readOnly && (r.typ == cmdWrite || r.typ == cmdTrim || r.typ == cmdWriteZeroes) {
+		r.fail(errPerm, "export is read-only")
+		return
+	}
+	off, n := r.offset, uint64(r.length)
+	beyond := off > c.size || n > c.size-off
+	fua := r.flags&cmdFlagFUA != 0
+	exp := c.exp
+
+	switch r.typ {
+	case cmdRead:
+		switch {
+		case n > maxRequestLength:
+			r.fail(errInval, "request larger than the maximum block size")
+		case beyond:
+			r.fail(errInval, "read beyond the end of the export")
+		case n > 0:
+			c.read(r)
+		}
+	case cmdWrite:
+		switch {
+		case beyond:
+			r.fail(errNoSpc, "write beyond the end of the export")
+		case n > 0:
+			r.failErr(exp.WriteAt(r.data, int64(off), fua))
+		}
+	case cmdFlush:
+		r.failErr(exp.Flush())
+	case cmdTrim:
+		switch {
+		case beyond:
+			r.fail(errInval, "trim beyond the end of the export")
+		case n > 0:
+			r.failErr(exp.Trim(int64(off), int64(n)))
+			if r.errno == 0 && fua {
+				r.failErr(exp.Flush())
+			}
+		}
+	case cmdCache:
+		// The engine keeps no cache to warm; the command succeeds without
+		// effect, which the spec allows.
+		switch {
+		case n > maxRequestLength:
+			r.fail(errInval, "request larger than the maximum block size")
+		case beyond:
+			r.fail(errInval, "cache beyond the end of the export")
+		}
+	case cmdWriteZeroes:
+		noHole := r.flags&cmdFlagNoHole != 0
+		switch {
+		case beyond:
+			r.fail(errNoSpc, "write zeroes beyond the end of the export")
+		case noHole && r.flags&cmdFlagFastZero != 0:
+			// Zeroing without punching a hole writes every block: no
+			// faster than a WRITE. Zeroing with holes allowed is a trim
+			// of the mapping, which is fast.
+			r.fail(errNotSup, "fast zero is not possible with NO_HOLE")
+		case n > 0:
+			r.failErr(exp.WriteZeroes(int64(off), int64(n), noHole))
+			if r.errno == 0 && fua {
+				r.failErr(exp.Flush())
+			}
+		}
+	case cmdBlockStatus:
+		switch {
+		case !c.blockStatus:
+			r.fail(errInval, "no metadata context selected")
+		case beyond:
+			r.fail(errInval, "block status beyond the end of the export")
+		case n == 0:
+			r.fail(errInval, "block status of zero bytes")
+		default:
+			c.blockStatusOf(r)
+		}
+	}
+}
+
+// read fills r with the data of a READ. For large structured reads it asks
+// the export for holes first and plans OFFSET_HOLE chunks for them.
+// The data is complete in memory before anything is sent, so a read error
+// is never preceded by a success header.
+func (c *conn) read(r *request) {
+	n := int(r.length)
+	r.alloc(n)
+	off := int64(r.offset)
+	if c.structured && n >= holeReadMin && r.flags&cmdFlagDF == 0 {
+		if ext, err := c.exp.Extents(off, int64(n)); err == nil && r.planChunks(ext) {
+			for i := range r.nchunks {
+				ch := &r.chunks[i]
+				if ch.hole {
+					continue
+				}
+				if err := c.exp.ReadAt(r.data[ch.start:ch.start+int(ch.n)], int64(ch.off)); err != nil {
+					r.failErr(err)
+					r.errOffset = int64(ch.off)
+					return
+				}
+			}
+			return
+		}
+		r.nchunks = 0
+	}
+	r.failErr(c.exp.ReadAt(r.data, off))
+}
+
+// blockStatusOf builds the BLOCK_STATUS payload for r: the context id and
+// one descriptor per run of data or hole, clipped to the request, at most
+// maxStatusExtents of them (one with REQ_ONE).
+func (c *conn) blockStatusOf(r *request) {
+	ext, err := c.exp.Extents(int64(r.offset), int64(r.length))
+	if err != nil {
+		r.failErr(err)
+		return
+	}
+	limit := maxStatusExtents
+	if r.flags&cmdFlagReqOne != 0 {
+		limit = 1
+	}
+	off, end := r.offset, r.offset+uint64(r.length)
+	n := encodeRuns(nil, ext, off, end, limit)
+	if n == 0 {
+		// Nothing usable came back: status 0 ("allocated, or unknown") is
+		// always a correct answer.
+		r.alloc(12)
+		be.PutUint32(r.data[0:], metaContextID)
+		be.PutUint32(r.data[4:], r.length)
+		be.PutUint32(r.data[8:], 0)
+		return
+	}
+	r.alloc(4 + 8*n)
+	be.PutUint32(r.data[0:], metaContextID)
+	encodeRuns(r.data[4:], ext, off, end, limit)
+}
+
+// encodeRuns merges ext into runs of data and hole over [off, end) and, when
+// dst is not nil, encodes them as block status descriptors (length 4, flags
+// 4). It stops at limit runs, at end, or at an extent that does not continue
+// where the previous one ended (the engine owes us contiguous extents from
+// off; if it breaks that, we report the prefix we trust). It returns the
+// number of runs.
+func encodeRuns(dst []byte, ext []engine.Extent, off, end uint64, limit int) int {
+	n, pos, prevHole := 0, off, false
+	for _, e := range ext {
+		if pos >= end || e.Offset < 0 || e.Length <= 0 || uint64(e.Offset) != pos {
+			break
+		}
+		t := min(uint64(e.Offset)+uint64(e.Length), end)
+		hole := e.Kind == engine.ExtentHole
+		if n > 0 && hole == prevHole {
+			if dst != nil {
+				d := dst[8*(n-1):]
+				be.PutUint32(d, be.Uint32(d)+uint32(t-pos))
+			}
+		} else {
+			if n == limit {
+				break
+			}
+			if dst != nil {
+				d := dst[8*n:]
+				be.PutUint32(d, uint32(t-pos))
+				var flags uint32
+				if hole {
+					flags = stateHole | stateZero
+				}
+				be.PutUint32(d[4:], flags)
+			}
+			n++
+			prevHole = hole
+		}
+		pos = t
+	}
+	return n
+}
+
+// writeReply encodes r's reply into c.bw. Writer only.
+func (c *conn) writeReply(r *request) error {
+	var h [structuredHeaderLen + 8]byte
+	if !c.structured {
+		be.PutUint32(h[0:], magicSimple)
+		be.PutUint32(h[4:], r.errno)
+		be.PutUint64(h[8:], r.handle)
+		c.bw.Write(h[:simpleReplyLen])
+		if r.typ == cmdRead && r.errno == 0 {
+			_, err := c.bw.Write(r.data)
+			return err
+		}
+		return nil
+	}
+	if r.errno != 0 {
+		return c.writeError(r)
+	}
+	switch r.typ {
+	case cmdRead:
+		if len(r.data) == 0 {
+			return c.writeChunkHeader(r.handle, replyFlagDone, replyNone, 0)
+		}
+		if r.nchunks == 0 {
+			return c.writeData(r.handle, replyFlagDone, r.offset, r.data)
+		}
+		for i := range r.nchunks {
+			ch := &r.chunks[i]
+			var flags uint16
+			if i == r.nchunks-1 {
+				flags = replyFlagDone
+			}
+			if ch.hole {
+				c.writeChunkHeader(r.handle, flags, replyOffsetHole, 12)
+				be.PutUint64(h[0:], ch.off)
+				be.PutUint32(h[8:], ch.n)
+				c.bw.Write(h[:12])
+			} else {
+				c.writeData(r.handle, flags, ch.off, r.data[ch.start:ch.start+int(ch.n)])
+			}
+		}
+		return nil
+	case cmdBlockStatus:
+		c.writeChunkHeader(r.handle, replyFlagDone, replyBlockStatus, uint32(len(r.data)))
+		_, err := c.bw.Write(r.data)
+		return err
+	default:
+		// No payload: a simple reply is allowed and 4 bytes shorter.
+		be.PutUint32(h[0:], magicSimple)
+		be.PutUint32(h[4:], 0)
+		be.PutUint64(h[8:], r.handle)
+		_, err := c.bw.Write(h[:simpleReplyLen])
+		return err
+	}
+}
+
+func (c *conn) writeChunkHeader(handle uint64, flags, typ uint16, length uint32) error {
+	var h [structuredHeaderLen]byte
+	be.PutUint32(h[0:], magicStructured)
+	be.PutUint16(h[4:], flags)
+	be.PutUint16(h[6:], typ)
+	be.PutUint64(h[8:], handle)
+	be.PutUint32(h[16:], length)
+	_, err := c.bw.Write(h[:])
+	return err
+}
+
+func (c *conn) writeData(handle uint64, flags uint16, off uint64, data []byte) error {
+	var h [structuredHeaderLen + 8]byte
+	be.PutUint32(h[0:], magicStructured)
+	be.PutUint16(h[4:], flags)
+	be.PutUint16(h[6:], replyOffsetData)
+	be.PutUint64(h[8:], handle)
+	be.PutUint32(h[16:], uint32(8+len(data)))
+	be.PutUint64(h[20:], off)
+	c.bw.Write(h[:])
+	_, err := c.bw.Write(data)
+	return err
+}
+
+// writeError sends r's error as one ERROR (or ERROR_OFFSET) chunk with its
+// message.
+func (c *conn) writeError(r *request) error {
+	msg := truncate(r.msg, maxStringLength)
+	typ, extra := replyError, 0
+	if r.errOffset >= 0 {
+		typ, extra = replyErrorOffset, 8
+	}
+	c.writeChunkHeader(r.handle, replyFlagDone, typ, uint32(6+len(msg)+extra))
+	var b [8]byte
+	be.PutUint32(b[0:], r.errno)
+	be.PutUint16(b[4:], uint16(len(msg)))
+	c.bw.Write(b[:6])
+	c.bw.WriteString(msg)
+	if extra > 0 {
+		be.PutUint64(b[:], uint64(r.errOffset))
+		c.bw.Write(b[:])
+	}
+	return nil
+}

@@ -1,0 +1,118 @@
+// Package nbd serves cairn volumes over the Network Block Device protocol
+// (NetworkBlockDevice/nbd doc/proto.md): fixed newstyle handshake, simple and
+// structured replies, base:allocation block status, and a pipelined
+// transmission phase.
+//
+// # Wire formats
+//
+// Every integer is big-endian. The handshake (server speaks first):
+//
+//	S: +--------------------+--------------------+---------+
+//	   | "NBDMAGIC" (8)     | "IHAVEOPT" (8)     | hflags  |  hflags: FIXED_NEWSTYLE|NO_ZEROES (2)
+//	   +--------------------+--------------------+---------+
+//	C: +-----------+
+//	   | cflags (4)|  C_FIXED_NEWSTYLE, C_NO_ZEROES; anything else closes the connection
+//	   +-----------+
+//
+// then options, repeated until GO/EXPORT_NAME succeeds or the client aborts:
+//
+//	C: +--------------------+----------+----------+------------------+
+//	   | "IHAVEOPT" (8)     | opt (4)  | len (4)  | data (len bytes) |  len capped at maxOptionLength
+//	   +--------------------+----------+----------+------------------+
+//	S: +--------------------+----------+----------+----------+------------------+
+//	   | 0x3e889045565a9 (8)| opt (4)  | type (4) | len (4)  | data (len bytes) |
+//	   +--------------------+----------+----------+----------+------------------+
+//
+// NBD_OPT_EXPORT_NAME is answered (no option reply header) with
+//
+//	S: +-----------+-----------+----------------------------------+
+//	   | size (8)  | tflags (2)| 124 zero bytes unless NO_ZEROES  |
+//	   +-----------+-----------+----------------------------------+
+//
+// NBD_OPT_INFO / NBD_OPT_GO data, and the NBD_REP_INFO payloads sent back:
+//
+//	C: | namelen (4) | name | n (2) | n × info type (2) |
+//	S: INFO_EXPORT      | 0 (2) | size (8) | tflags (2) |
+//	   INFO_NAME        | 1 (2) | name                  |
+//	   INFO_DESCRIPTION | 2 (2) | text                  |
+//	   INFO_BLOCK_SIZE  | 3 (2) | min (4) | preferred (4) | max (4) |
+//
+// NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT data, and the reply:
+//
+//	C: | namelen (4) | name | nqueries (4) | nqueries × ( qlen (4) | query ) |
+//	S: NBD_REP_META_CONTEXT | context id (4) | context name |
+//
+// Transmission. A request is 28 bytes, followed by the payload for WRITE:
+//
+//	 0            4        6        8                16               24           28
+//	+------------+--------+--------+----------------+----------------+------------+
+//	| 0x25609513 | flags  | type   | handle         | offset         | length     |
+//	+------------+--------+--------+----------------+----------------+------------+
+//
+// A simple reply is 16 bytes, followed by the data of a successful READ:
+//
+//	 0            4            8                16
+//	+------------+------------+----------------+
+//	| 0x67446698 | error      | handle         |
+//	+------------+------------+----------------+
+//
+// A structured reply chunk is 20 bytes plus its payload:
+//
+//	 0            4        6        8                16           20
+//	+------------+--------+--------+----------------+------------+
+//	| 0x668e33ef | flags  | type   | handle         | length     |
+//	+------------+--------+--------+----------------+------------+
+//	payload by type:
+//	  OFFSET_DATA  (1)      | offset (8) | data (length-8)                  |
+//	  OFFSET_HOLE  (2)      | offset (8) | hole size (4)                    |
+//	  BLOCK_STATUS (5)      | context id (4) | n × ( extent len (4) | flags (4) ) |
+//	  ERROR        (32769)  | error (4) | msglen (2) | msg                  |
+//	  ERROR_OFFSET (32770)  | error (4) | msglen (2) | msg | offset (8)     |
+//
+// # Concurrency
+//
+// Each connection runs one reader goroutine (the one Serve started for it),
+// a fixed pool of worker goroutines and one writer goroutine:
+//
+//	reader ──work──▶ workers (Config.Workers) ──done──▶ writer ──▶ socket
+//	   ▲                                                  │
+//	   └───────────────── free request slots ◀────────────┘
+//
+// The reader owns the receiving half of the socket: it decodes a request
+// header, takes a free request slot (blocking when Config.MaxInFlight are in
+// flight, which is the back-pressure), reads a WRITE payload into a pooled
+// buffer and queues the request. A worker runs it against the Export and
+// hands it to the writer, which owns the sending half: it appends replies to
+// a bufio.Writer and flushes only when no further reply is queued, so a busy
+// connection sends many replies per syscall. The writer then returns the
+// buffer to its pool and the slot to the free list; a slot is owned by
+// exactly one goroutine at a time (reader, then a worker, then the writer),
+// so request fields need no lock.
+//
+// Ordering: the server replies in completion order. A write is replied to only
+// after Export.WriteAt returned, and FLUSH calls Export.Flush, which covers
+// every write the volume completed — on every connection — so a FLUSH covers
+// all writes this or any other connection has been answered for
+// (NBD_FLAG_CAN_MULTI_CONN). FUA writes are durable when WriteAt(fua=true)
+// returns; FUA on TRIM and WRITE_ZEROES is a Flush after the operation.
+//
+// # Errors
+//
+// Engine errors map with errors.Is: engine.ErrNoSpace → ENOSPC,
+// engine.ErrOutOfRange and engine.ErrInvalid → EINVAL, engine.ErrReadOnly →
+// EPERM, anything else → EIO. The server checks ranges itself against the
+// size sent at GO: reads, trims, caches and block status past the end get
+// EINVAL, writes and write-zeroes past the end ENOSPC. Requests larger than
+// maxRequestLength are refused with EINVAL; an oversized WRITE payload is
+// read and discarded (up to maxDiscardLength, beyond which the client is
+// deemed hostile and the connection is closed) so the stream stays in sync.
+// Garbage magic, truncated headers and impossible lengths close that
+// connection with one log line; other connections are unaffected.
+//
+// # Exported volumes
+//
+// A connection holds its export from GO to disconnect (Exports.OpenExport and
+// the release it returns); the daemon uses that hold to refuse deleting an
+// exported volume. The size is read once at GO: a volume grown while
+// exported shows its new size to new connections only.
+package nbd

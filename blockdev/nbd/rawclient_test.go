@@ -1,0 +1,226 @@
+package nbd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// rawClient speaks the protocol byte by byte, to test what real clients
+// never send.
+type rawClient struct {
+	t          *testing.T
+	nc         net.Conn
+	br         *bufio.Reader
+	structured bool
+	size       uint64
+	tflags     uint16
+}
+
+func dialRaw(t *testing.T, sock string) *rawClient {
+	t.Helper()
+	nc, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	return &rawClient{t: t, nc: nc, br: bufio.NewReader(nc)}
+}
+
+func (c *rawClient) write(b []byte) {
+	c.t.Helper()
+	if _, err := c.nc.Write(b); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *rawClient) read(n int) []byte {
+	c.t.Helper()
+	b := make([]byte, n)
+	if _, err := io.ReadFull(c.br, b); err != nil {
+		c.t.Fatalf("read %d bytes: %v", n, err)
+	}
+	return b
+}
+
+// greet reads the server greeting and sends client flags.
+func (c *rawClient) greet(cflags uint32) {
+	c.t.Helper()
+	g := c.read(18)
+	if be.Uint64(g) != magicInit || be.Uint64(g[8:]) != magicOption {
+		c.t.Fatalf("bad greeting %x", g)
+	}
+	if hf := be.Uint16(g[16:]); hf != flagFixedNewstyle|flagNoZeroes {
+		c.t.Fatalf("handshake flags %#x", hf)
+	}
+	c.write(binary.BigEndian.AppendUint32(nil, cflags))
+}
+
+func (c *rawClient) option(opt uint32, data []byte) {
+	c.t.Helper()
+	b := binary.BigEndian.AppendUint64(nil, magicOption)
+	b = binary.BigEndian.AppendUint32(b, opt)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	c.write(append(b, data...))
+}
+
+// optReply reads one option reply.
+func (c *rawClient) optReply(opt uint32) (typ uint32, data []byte) {
+	c.t.Helper()
+	h := c.read(optionReplyLen)
+	if be.Uint64(h) != magicOptionReply || be.Uint32(h[8:]) != opt {
+		c.t.Fatalf("bad option reply header %x (option %d)", h, opt)
+	}
+	n := be.Uint32(h[16:])
+	if n > 1<<20 {
+		c.t.Fatalf("option reply of %d bytes", n)
+	}
+	return be.Uint32(h[12:]), c.read(int(n))
+}
+
+func goData(name string, infos ...uint16) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+	b = append(b, name...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(infos)))
+	for _, i := range infos {
+		b = binary.BigEndian.AppendUint16(b, i)
+	}
+	return b
+}
+
+func metaData(name string, queries ...string) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+	b = append(b, name...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(queries)))
+	for _, q := range queries {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(q)))
+		b = append(b, q...)
+	}
+	return b
+}
+
+// connect does a full handshake to name: optionally structured replies and
+// base:allocation, then GO.
+func connectRaw(t *testing.T, sock, name string, structured bool) *rawClient {
+	t.Helper()
+	c := dialRaw(t, sock)
+	c.greet(flagCFixedNewstyle | flagCNoZeroes)
+	if structured {
+		c.option(optStructuredReply, nil)
+		if typ, _ := c.optReply(optStructuredReply); typ != repAck {
+			t.Fatalf("STRUCTURED_REPLY: reply %#x", typ)
+		}
+		c.structured = true
+		c.option(optSetMetaContext, metaData(name, metaBaseAllocation))
+		typ, data := c.optReply(optSetMetaContext)
+		if typ != repMetaContext || string(data[4:]) != metaBaseAllocation {
+			t.Fatalf("SET_META_CONTEXT: reply %#x %q", typ, data)
+		}
+		if typ, _ := c.optReply(optSetMetaContext); typ != repAck {
+			t.Fatalf("SET_META_CONTEXT: final reply %#x", typ)
+		}
+	}
+	c.option(optGo, goData(name))
+	for {
+		typ, data := c.optReply(optGo)
+		if typ == repAck {
+			break
+		}
+		if typ != repInfo {
+			t.Fatalf("GO %q: reply %#x %q", name, typ, data)
+		}
+		if be.Uint16(data) == infoExport {
+			c.size, c.tflags = be.Uint64(data[2:]), be.Uint16(data[10:])
+		}
+	}
+	return c
+}
+
+func (c *rawClient) request(typ, flags uint16, handle, off uint64, length uint32, payload []byte) {
+	c.t.Helper()
+	b := make([]byte, requestHeaderLen, requestHeaderLen+len(payload))
+	be.PutUint32(b[0:], magicRequest)
+	be.PutUint16(b[4:], flags)
+	be.PutUint16(b[6:], typ)
+	be.PutUint64(b[8:], handle)
+	be.PutUint64(b[16:], off)
+	be.PutUint32(b[24:], length)
+	c.write(append(b, payload...))
+}
+
+// reply is one decoded reply (all chunks of a structured one).
+type reply struct {
+	handle uint64
+	errno  uint32
+	msg    string
+	data   []byte   // READ data, holes filled with zeros
+	status []uint32 // BLOCK_STATUS descriptors: length, flags, length, flags...
+	chunks []uint16 // structured chunk types in order
+}
+
+// readReply reads one reply. For simple READ replies the caller passes the
+// expected data length (the protocol gives no other way to know it).
+func (c *rawClient) readReply(readLen int) reply {
+	c.t.Helper()
+	h := c.read(4)
+	switch be.Uint32(h) {
+	case magicSimple:
+		rest := c.read(12)
+		r := reply{errno: be.Uint32(rest), handle: be.Uint64(rest[4:])}
+		if r.errno == 0 && readLen > 0 {
+			r.data = c.read(readLen)
+		}
+		return r
+	case magicStructured:
+	default:
+		c.t.Fatalf("bad reply magic %x", h)
+	}
+	var r reply
+	for first := true; ; first = false {
+		if !first {
+			if m := be.Uint32(c.read(4)); m != magicStructured {
+				c.t.Fatalf("bad chunk magic %#x", m)
+			}
+		}
+		hh := c.read(16)
+		flags, typ, handle, n := be.Uint16(hh), be.Uint16(hh[2:]), be.Uint64(hh[4:]), be.Uint32(hh[12:])
+		r.handle = handle
+		r.chunks = append(r.chunks, typ)
+		p := c.read(int(n))
+		switch typ {
+		case replyNone:
+		case replyOffsetData:
+			r.data = append(r.data, p[8:]...)
+		case replyOffsetHole:
+			r.data = append(r.data, make([]byte, be.Uint32(p[8:]))...)
+		case replyBlockStatus:
+			for i := 4; i+8 <= len(p); i += 8 {
+				r.status = append(r.status, be.Uint32(p[i:]), be.Uint32(p[i+4:]))
+			}
+		case replyError, replyErrorOffset:
+			r.errno = be.Uint32(p)
+			r.msg = string(p[6 : 6+be.Uint16(p[4:])])
+		default:
+			c.t.Fatalf("unknown chunk type %d", typ)
+		}
+		if flags&replyFlagDone != 0 {
+			return r
+		}
+	}
+}
+
+// expectClosed asserts the server closed the connection.
+func (c *rawClient) expectClosed() {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.Copy(io.Discard, c.br)
+	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		c.t.Fatalf("want the server to close the connection; got %v", err)
+	}
+}

@@ -1,0 +1,193 @@
+package nbd
+
+import (
+	"errors"
+	"math/bits"
+	"sync"
+
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// request is one transmission request and, once executed, its reply. The
+// slots are allocated once per connection and reused; see the package doc
+// for which goroutine owns a slot when.
+type request struct {
+	handle uint64
+	offset uint64
+	length uint32
+	typ    uint16
+	flags  uint16
+
+	buf    *[]byte // pooled buffer backing data, nil when none
+	data   []byte  // WRITE payload, READ data, or BLOCK_STATUS payload
+	budget int64   // bytes reserved in the connection's byteBudget
+
+	errno     uint32 // NBD error to reply with; 0 = success
+	msg       string // message for a structured error reply
+	errOffset int64  // offset for ERROR_OFFSET; -1 = plain ERROR
+
+	// Content chunks of a structured READ; nchunks == 0 means one
+	// OFFSET_DATA chunk for the whole request.
+	nchunks int
+	chunks  [maxReadChunks]readChunk
+}
+
+// readChunk is one content chunk of a READ reply.
+type readChunk struct {
+	off   uint64 // absolute export offset
+	n     uint32
+	start int // position of the chunk's data in request.data
+	hole  bool
+}
+
+func (r *request) reset(handle, off uint64, length uint32, typ, flags uint16) {
+	r.handle, r.offset, r.length, r.typ, r.flags = handle, off, length, typ, flags
+	r.errno, r.msg, r.errOffset, r.nchunks, r.budget = 0, "", -1, 0, 0
+}
+
+func (r *request) fail(errno uint32, msg string) {
+	r.errno, r.msg = errno, msg
+}
+
+// failErr records err (if any) as the request's outcome.
+func (r *request) failErr(err error) {
+	if err != nil {
+		r.errno, r.msg = errnoOf(err), err.Error()
+	}
+}
+
+// errnoOf maps an engine error to the NBD error value.
+func errnoOf(err error) uint32 {
+	switch {
+	case errors.Is(err, engine.ErrNoSpace):
+		return errNoSpc
+	case errors.Is(err, engine.ErrOutOfRange), errors.Is(err, engine.ErrInvalid):
+		return errInval
+	case errors.Is(err, engine.ErrReadOnly):
+		return errPerm
+	default:
+		return errIO
+	}
+}
+
+// alloc points r.data at a pooled buffer of n bytes.
+func (r *request) alloc(n int) {
+	r.buf = getBuf(n)
+	r.data = (*r.buf)[:n]
+}
+
+func (r *request) freeBuf() {
+	if r.buf != nil {
+		putBuf(r.buf)
+		r.buf, r.data = nil, nil
+	}
+}
+
+// planChunks lays out a READ of [offset, offset+length) as content chunks
+// from the export's extents. It reports false (one OFFSET_DATA chunk, please)
+// when the range has no hole, needs more than maxReadChunks chunks, or the
+// extents do not cover the range contiguously.
+func (r *request) planChunks(ext []engine.Extent) bool {
+	off, end := r.offset, r.offset+uint64(r.length)
+	pos, n, holes := off, 0, false
+	for _, e := range ext {
+		if pos >= end {
+			break
+		}
+		if e.Offset < 0 || e.Length <= 0 || uint64(e.Offset) > pos || uint64(e.Offset+e.Length) <= pos {
+			return false
+		}
+		t := min(uint64(e.Offset+e.Length), end)
+		hole := e.Kind == engine.ExtentHole
+		if n > 0 && r.chunks[n-1].hole == hole {
+			r.chunks[n-1].n += uint32(t - pos)
+		} else {
+			if n == maxReadChunks {
+				return false
+			}
+			r.chunks[n] = readChunk{off: pos, n: uint32(t - pos), start: int(pos - off), hole: hole}
+			n++
+		}
+		holes = holes || hole
+		pos = t
+	}
+	if pos != end || !holes {
+		return false
+	}
+	r.nchunks = n
+	return true
+}
+
+// Buffers come from size-classed pools (powers of two from 4 KiB to
+// maxRequestLength), so steady-state I/O allocates nothing. The pools hold
+// *[]byte so that Put does not allocate.
+const (
+	minBufShift = 12
+	maxBufShift = 25 // maxRequestLength
+)
+
+var bufPools [maxBufShift - minBufShift + 1]sync.Pool
+
+func bufClass(n int) int {
+	if n <= 1<<minBufShift {
+		return 0
+	}
+	return bits.Len(uint(n-1)) - minBufShift
+}
+
+func getBuf(n int) *[]byte {
+	c := bufClass(n)
+	if c >= len(bufPools) {
+		b := make([]byte, n) // larger than any pool: not pooled
+		return &b
+	}
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
+		return p
+	}
+	b := make([]byte, 1<<(c+minBufShift))
+	return &b
+}
+
+func putBuf(p *[]byte) {
+	n := cap(*p)
+	c := bufClass(n)
+	if c < len(bufPools) && n == 1<<(c+minBufShift) {
+		bufPools[c].Put(p)
+	}
+}
+
+// byteBudget bounds the payload bytes a connection holds. Only the reader
+// waits in acquire; the writer releases. A single request larger than the
+// whole budget is let through alone (acquire caps it).
+type byteBudget struct {
+	mu    sync.Mutex
+	cond  sync.Cond
+	total int64
+	avail int64 // protected by mu
+}
+
+func (b *byteBudget) init(total int64) {
+	b.cond.L = &b.mu
+	b.total, b.avail = total, total
+}
+
+func (b *byteBudget) acquire(n int64) {
+	n = min(n, b.total)
+	b.mu.Lock()
+	for b.avail < n {
+		b.cond.Wait()
+	}
+	b.avail -= n
+	b.mu.Unlock()
+}
+
+func (b *byteBudget) release(n int64) {
+	if n == 0 {
+		return
+	}
+	n = min(n, b.total)
+	b.mu.Lock()
+	b.avail += n
+	b.mu.Unlock()
+	b.cond.Signal()
+}

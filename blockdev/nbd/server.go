@@ -1,0 +1,204 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// Export is one volume as the server sees it. *engine.Volume satisfies it.
+type Export interface {
+	Name() string
+	Size() int64
+	ReadOnly() bool
+	ReadAt(p []byte, off int64) error
+	WriteAt(p []byte, off int64, fua bool) error
+	Flush() error
+	Trim(off, length int64) error
+	WriteZeroes(off, length int64, noHole bool) error
+	// Extents returns engine.ExtentData / engine.ExtentHole runs covering
+	// [off, off+length), in order.
+	Extents(off, length int64) ([]engine.Extent, error)
+}
+
+// Exports is the catalogue the server serves from (the daemon implements it
+// on top of the engine).
+type Exports interface {
+	// OpenExport opens the named export for one connection; release() is
+	// called once when that connection ends. Unknown names return an error
+	// wrapping engine.ErrNotFound.
+	OpenExport(name string) (exp Export, release func(), err error)
+	ExportNames() []string
+}
+
+// Config tunes a Server. The zero value is usable.
+type Config struct {
+	MaxInFlight int          // requests in flight per connection; 0 = 128
+	Workers     int          // worker goroutines per connection; 0 = min(MaxInFlight, 64)
+	Logger      *slog.Logger // nil = slog.Default()
+	// HandshakeTimeout bounds option negotiation; 0 = 30 s.
+	HandshakeTimeout time.Duration
+}
+
+const (
+	defaultMaxInFlight      = 128
+	defaultWorkers          = 64
+	defaultHandshakeTimeout = 30 * time.Second
+)
+
+// Server serves Exports over NBD on any number of listeners.
+//
+// Concurrency: mu protects listeners, conns and closed. Serve's accept loop
+// and every connection goroutine take mu only to register and unregister
+// themselves; the data path never touches it.
+type Server struct {
+	exports Exports
+	cfg     Config
+	log     *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	closed    bool
+	connWG    sync.WaitGroup // one per live connection goroutine
+}
+
+// NewServer returns a server for exports. Call Serve for each listener.
+func NewServer(exports Exports, cfg Config) *Server {
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = defaultMaxInFlight
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = min(cfg.MaxInFlight, defaultWorkers)
+	}
+	cfg.Workers = min(cfg.Workers, cfg.MaxInFlight)
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{
+		exports:   exports,
+		cfg:       cfg,
+		log:       log.With("component", "nbd"),
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*conn]struct{}{},
+	}
+}
+
+// Serve accepts connections on l until Shutdown closes it, then returns
+// ErrServerClosed. Call it once per listener (TCP and unix both).
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			if retryableAccept(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("nbd: accept on %s: %w", l.Addr(), err)
+		}
+		backoff = 0
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		s.conns[c] = struct{}{}
+		s.connWG.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.connWG.Done()
+			c.serve()
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// retryableAccept reports the accept errors worth retrying: running out of
+// file descriptors, a connection reset before it was accepted, timeouts.
+func retryableAccept(err error) bool {
+	type temporary interface{ Temporary() bool }
+	var t temporary
+	if errors.As(err, &t) && t.Temporary() {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Shutdown stops accepting, lets every connection finish the requests it has
+// already read, flushes every open export and closes the connections.
+// Connections still negotiating are closed at once. If ctx ends first, the
+// remaining connections are closed hard and ctx's error is returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+
+	for _, c := range conns {
+		c.beginShutdown()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.connWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		// Close hard. A connection whose worker is stuck inside the engine
+		// finishes (and releases its export) when that call returns; we do
+		// not wait for it.
+		for _, c := range conns {
+			c.nc.Close()
+		}
+		return ctx.Err()
+	}
+}
