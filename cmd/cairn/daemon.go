@@ -181,7 +181,7 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	if err := errors.Join(nbdErr, closeErr); err != nil {
 		return fmt.Errorf("daemon: shutdown: %w", err)
 	}
-	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !serverClosed(serveErr) {
 		return fmt.Errorf("daemon: %w", serveErr)
 	}
 	log.Info("cairn daemon stopped")

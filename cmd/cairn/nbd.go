@@ -1,16 +1,55 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"log/slog"
+	"net"
+	"os"
 
+	"github.com/cairn-storage/cairn/blockdev/nbd"
+	"github.com/cairn-storage/cairn/control"
 	"github.com/cairn-storage/cairn/engine"
 )
 
-// startNBD serves the engine's volumes over NBD on TCP and on a unix socket.
-//
-// NBD NOT WIRED YET: blockdev/nbd is being written; until it builds this
-// starts nothing. Replace with nbd.NewServer over control.Exports.
+// startNBD serves the engine's volumes over NBD on a TCP address and on a
+// unix socket; each Serve's end is sent on errc. stop shuts the server down:
+// in-flight requests finish and every open export is flushed.
 func startNBD(eng *engine.Engine, addr, socket string, log *slog.Logger, errc chan<- error) (stop func() error, err error) {
-	log.Warn("NBD exports are not wired yet", "addr", addr, "socket", socket)
-	return func() error { return nil }, nil
+	tcp, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: %w", err)
+	}
+	// The data dir lock is held, so a socket file left here is a dead
+	// daemon's and safe to remove.
+	if err := os.Remove(socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		tcp.Close()
+		return nil, fmt.Errorf("nbd: stale socket: %w", err)
+	}
+	unix, err := net.Listen("unix", socket)
+	if err != nil {
+		tcp.Close()
+		return nil, fmt.Errorf("nbd: %w", err)
+	}
+	srv := nbd.NewServer(control.NewExports(eng), nbd.Config{Logger: log})
+	go func() { errc <- srv.Serve(tcp) }()
+	go func() { errc <- srv.Serve(unix) }()
+	log.Info("nbd listening", "addr", tcp.Addr().String(), "socket", socket)
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), nbdShutdownTimeout)
+		defer cancel()
+		err := srv.Shutdown(ctx)
+		os.Remove(socket)
+		if err != nil {
+			return fmt.Errorf("nbd shutdown: %w", err)
+		}
+		return nil
+	}, nil
+}
+
+// serverClosed reports the error a Serve returns after a clean shutdown.
+func serverClosed(err error) bool {
+	return errors.Is(err, nbd.ErrServerClosed)
 }

@@ -1,0 +1,39 @@
+package control
+
+import (
+	"sort"
+
+	"github.com/cairn-storage/cairn/blockdev/nbd"
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// Exports is the NBD server's catalogue: every volume of the engine, exported
+// under its name.
+type Exports struct {
+	engine *engine.Engine
+}
+
+func NewExports(e *engine.Engine) *Exports { return &Exports{engine: e} }
+
+// OpenExport implements nbd.Exports. The volume is held for as long as the
+// connection lives, so it cannot be deleted under a client (DeleteVolume
+// returns ErrBusy).
+func (x *Exports) OpenExport(name string) (nbd.Export, func(), error) {
+	v, err := x.engine.Volume(name) // an unknown name wraps engine.ErrNotFound
+	if err != nil {
+		return nil, nil, err
+	}
+	release := v.Hold()
+	return v, release, nil
+}
+
+// ExportNames implements nbd.Exports (NBD_OPT_LIST), in name order.
+func (x *Exports) ExportNames() []string {
+	infos := x.engine.Volumes()
+	names := make([]string, 0, len(infos))
+	for _, info := range infos {
+		names = append(names, info.Name)
+	}
+	sort.Strings(names)
+	return names
+}
