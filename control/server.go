@@ -70,11 +70,36 @@ func (s *Server) Handler() http.Handler {
 	if s.metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.fail(w, r, fmt.Errorf("%w: no such endpoint: %s %s", engine.ErrNotFound, r.Method, r.URL.Path))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern == "" {
+			s.noRoute(mux, w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
 	})
-	return mux
 }
+
+// noRoute answers a request no pattern matches in JSON, like every other
+// error. The mux still decides between 404 and 405 (and sets Allow).
+func (s *Server) noRoute(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
+	rec := &statusRecorder{header: w.Header()}
+	mux.ServeHTTP(rec, r)
+	if rec.status == http.StatusMethodNotAllowed {
+		reply(w, rec.status, errorBody{Error: fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path), Code: "method_not_allowed"})
+		return
+	}
+	reply(w, http.StatusNotFound, errorBody{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), Code: "no_route"})
+}
+
+// statusRecorder keeps the status a handler writes and drops its body.
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (r *statusRecorder) Header() http.Header         { return r.header }
+func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
 
 func (s *Server) status() Status {
 	st := s.engine.Status()

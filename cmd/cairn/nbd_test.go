@@ -117,7 +117,7 @@ func TestNBDExport(t *testing.T) {
 	// fio with the nbd engine and verification (the README's command).
 	run(t, "fio", "--name=quick", "--ioengine=nbd", "--uri="+uri("scratch"), "--rw=randwrite",
 		"--bs=4k", "--size=16M", "--iodepth=8", "--verify=crc32c", "--verify_state_save=0", "--output-format=terse",
-)
+	)
 
 	// Per-volume I/O metrics.
 	metrics := httpGet(t, "http://"+d.api+"/metrics")
