@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,6 +73,7 @@ type testEnv struct {
 	srv  *Server
 	sock string
 	dir  string
+	logs *testWriter
 }
 
 // newEnv opens an engine on a sparse 4 GiB file drive in a temp dir and
@@ -105,7 +108,8 @@ func newEnv(t *testing.T) *testEnv {
 		t.Fatal(err)
 	}
 	exps := &engineExports{e: eng, extra: map[string]Export{}}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	tw := &testWriter{t: t}
+	log := slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	srv := NewServer(exps, Config{Logger: log})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
@@ -119,7 +123,7 @@ func newEnv(t *testing.T) *testEnv {
 			t.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
 	})
-	return &testEnv{t: t, eng: eng, exps: exps, srv: srv, sock: sock, dir: dir}
+	return &testEnv{t: t, eng: eng, exps: exps, srv: srv, sock: sock, dir: dir, logs: tw}
 }
 
 // volume creates a volume and returns its NBD URI.
@@ -135,10 +139,17 @@ func (e *testEnv) uri(name string) string {
 	return fmt.Sprintf("nbd+unix:///%s?socket=%s", name, e.sock)
 }
 
-// testWriter sends server logs to t.Log, and drops them once the test ended.
-type testWriter struct{ t *testing.T }
+// testWriter sends server logs to t.Log (dropping them once the test
+// ended) and counts warnings.
+type testWriter struct {
+	t        *testing.T
+	warnings atomic.Int64
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
+func (w *testWriter) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("level=WARN")) {
+		w.warnings.Add(1)
+	}
 	defer func() { recover() }() // logging after the test finished panics
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil

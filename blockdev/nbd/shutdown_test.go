@@ -1,0 +1,134 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// memExport is a flat in-memory export for tests and benchmarks that need
+// no engine: it measures the server, not the storage.
+type memExport struct {
+	name     string
+	mu       sync.RWMutex
+	data     []byte
+	flushes  atomic.Int64
+	gate     chan struct{} // when set, WriteAt waits for it to close
+	entered  chan struct{} // signalled when a write reaches the gate
+	released atomic.Int64
+}
+
+func newMemExport(name string, size int) *memExport {
+	return &memExport{name: name, data: make([]byte, size)}
+}
+
+func (m *memExport) Name() string   { return m.name }
+func (m *memExport) Size() int64    { return int64(len(m.data)) }
+func (m *memExport) ReadOnly() bool { return false }
+func (m *memExport) ReadAt(p []byte, off int64) error {
+	m.mu.RLock()
+	copy(p, m.data[off:])
+	m.mu.RUnlock()
+	return nil
+}
+func (m *memExport) WriteAt(p []byte, off int64, fua bool) error {
+	if m.gate != nil {
+		m.entered <- struct{}{}
+		<-m.gate
+	}
+	m.mu.Lock()
+	copy(m.data[off:], p)
+	m.mu.Unlock()
+	return nil
+}
+func (m *memExport) Flush() error            { m.flushes.Add(1); return nil }
+func (m *memExport) Trim(off, n int64) error { return m.WriteZeroes(off, n, false) }
+func (m *memExport) WriteZeroes(off, n int64, _ bool) error {
+	m.mu.Lock()
+	clear(m.data[off : off+n])
+	m.mu.Unlock()
+	return nil
+}
+func (m *memExport) Extents(off, n int64) ([]engine.Extent, error) {
+	return []engine.Extent{{Offset: off, Length: n, Kind: engine.ExtentData}}, nil
+}
+
+type memExports struct{ exp *memExport }
+
+func (x memExports) OpenExport(name string) (Export, func(), error) {
+	if name != x.exp.name {
+		return nil, nil, engine.ErrNotFound
+	}
+	return x.exp, func() { x.exp.released.Add(1) }, nil
+}
+func (x memExports) ExportNames() []string { return []string{x.exp.name} }
+
+func listenUnix(t testing.TB) (net.Listener, string) {
+	dir, err := os.MkdirTemp("", "nbd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, sock
+}
+
+// Shutdown answers the requests already read, flushes the export, closes the
+// connection, releases the export and makes Serve return.
+func TestShutdown(t *testing.T) {
+	exp := newMemExport("m", 1<<20)
+	exp.gate, exp.entered = make(chan struct{}), make(chan struct{}, 8)
+	srv := NewServer(memExports{exp}, Config{})
+	l, sock := listenUnix(t)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+
+	c := connectRaw(t, sock, "m", false)
+	c.request(cmdWrite, 0, 1, 0, 4, []byte("data"))
+	<-exp.entered // the write is in the export, held at the gate
+
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- srv.Shutdown(ctx)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a request in flight", err)
+	default:
+	}
+	close(exp.gate)
+	if r := c.readReply(0); r.handle != 1 || r.errno != 0 {
+		t.Fatalf("in-flight write: %+v", r)
+	}
+	c.expectClosed()
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := <-served; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve: %v", err)
+	}
+	if exp.flushes.Load() != 1 || exp.released.Load() != 1 {
+		t.Fatalf("flushes %d releases %d, want 1 and 1", exp.flushes.Load(), exp.released.Load())
+	}
+	if _, err := net.Dial("unix", sock); err == nil {
+		t.Fatalf("still accepting after Shutdown")
+	}
+	if err := srv.Serve(l); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve after Shutdown: %v", err)
+	}
+}
