@@ -61,6 +61,10 @@ type conn struct {
 	done   chan *request // workers → writer
 	budget byteBudget    // payload bytes in flight
 	broken bool          // writer only: the socket failed, replies are dropped
+	// whdr is the writer's scratch space for reply headers (a local array
+	// would escape through bufio.Writer.Write and cost an allocation per
+	// reply).
+	whdr [structuredHeaderLen + 8]byte
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -482,7 +486,7 @@ func encodeRuns(dst []byte, ext []engine.Extent, off, end uint64, limit int) int
 
 // writeReply encodes r's reply into c.bw. Writer only.
 func (c *conn) writeReply(r *request) error {
-	var h [structuredHeaderLen + 8]byte
+	h := c.whdr[:]
 	if !c.structured {
 		be.PutUint32(h[0:], magicSimple)
 		be.PutUint32(h[4:], r.errno)
@@ -536,25 +540,25 @@ func (c *conn) writeReply(r *request) error {
 }
 
 func (c *conn) writeChunkHeader(handle uint64, flags, typ uint16, length uint32) error {
-	var h [structuredHeaderLen]byte
+	h := c.whdr[:structuredHeaderLen]
 	be.PutUint32(h[0:], magicStructured)
 	be.PutUint16(h[4:], flags)
 	be.PutUint16(h[6:], typ)
 	be.PutUint64(h[8:], handle)
 	be.PutUint32(h[16:], length)
-	_, err := c.bw.Write(h[:])
+	_, err := c.bw.Write(h)
 	return err
 }
 
 func (c *conn) writeData(handle uint64, flags uint16, off uint64, data []byte) error {
-	var h [structuredHeaderLen + 8]byte
+	h := c.whdr[:]
 	be.PutUint32(h[0:], magicStructured)
 	be.PutUint16(h[4:], flags)
 	be.PutUint16(h[6:], replyOffsetData)
 	be.PutUint64(h[8:], handle)
 	be.PutUint32(h[16:], uint32(8+len(data)))
 	be.PutUint64(h[20:], off)
-	c.bw.Write(h[:])
+	c.bw.Write(h)
 	_, err := c.bw.Write(data)
 	return err
 }
@@ -568,7 +572,7 @@ func (c *conn) writeError(r *request) error {
 		typ, extra = replyErrorOffset, 8
 	}
 	c.writeChunkHeader(r.handle, replyFlagDone, typ, uint32(6+len(msg)+extra))
-	var b [8]byte
+	b := c.whdr[:8]
 	be.PutUint32(b[0:], r.errno)
 	be.PutUint16(b[4:], uint16(len(msg)))
 	c.bw.Write(b[:6])

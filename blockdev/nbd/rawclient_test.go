@@ -14,7 +14,7 @@ import (
 // rawClient speaks the protocol byte by byte, to test what real clients
 // never send.
 type rawClient struct {
-	t          *testing.T
+	t          testing.TB
 	nc         net.Conn
 	br         *bufio.Reader
 	structured bool
@@ -22,7 +22,7 @@ type rawClient struct {
 	tflags     uint16
 }
 
-func dialRaw(t *testing.T, sock string) *rawClient {
+func dialRaw(t testing.TB, sock string) *rawClient {
 	t.Helper()
 	nc, err := net.Dial("unix", sock)
 	if err != nil {
@@ -107,7 +107,7 @@ func metaData(name string, queries ...string) []byte {
 
 // connect does a full handshake to name: optionally structured replies and
 // base:allocation, then GO.
-func connectRaw(t *testing.T, sock, name string, structured bool) *rawClient {
+func connectRaw(t testing.TB, sock, name string, structured bool) *rawClient {
 	t.Helper()
 	c := dialRaw(t, sock)
 	c.greet(flagCFixedNewstyle | flagCNoZeroes)
