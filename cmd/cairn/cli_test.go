@@ -318,6 +318,8 @@ func TestCLIAgainstDaemon(t *testing.T) {
 		{`invalid size "-1G"`, []string{"volume", "create", "x", "--size=-1G"}},
 		{"--size is required", []string{"volume", "create", "x"}},
 		{"repl 4: must be 1, 2 or 3", []string{"volume", "create", "x", "--size", "1G", "--repl", "4"}},
+		{"repl 0: must be 1, 2 or 3", []string{"volume", "create", "x", "--size", "1G", "--repl", "0"}},
+		{"snap_interval -5", []string{"volume", "create", "x", "--size", "1G", "--snap_interval", "-5"}},
 		{"repl 2 needs 2 nodes, the cluster has 1", []string{"volume", "create", "x", "--size", "1G", "--repl", "2"}},
 		{"repl 3 needs 3 nodes, the cluster has 1", []string{"volume", "create", "x", "--size", "1G", "--repl", "3"}},
 		{`io_priority "fast": must be high, medium or low`, []string{"volume", "create", "x", "--size", "1G", "--io_priority", "fast"}},

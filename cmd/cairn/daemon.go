@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -162,7 +164,10 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	var serveErr error
 	select {
 	case <-ctx.Done():
-		log.Info("signal received, shutting down")
+		// A second signal should not be swallowed while shutdown waits on
+		// clients: restore the default action, which ends the process.
+		signal.Reset(os.Interrupt, syscall.SIGTERM)
+		log.Info("signal received, shutting down (signal again to stop at once)")
 	case serveErr = <-errc:
 		log.Error("listener failed, shutting down", "err", serveErr)
 	}

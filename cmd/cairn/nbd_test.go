@@ -89,7 +89,7 @@ func metricValue(t *testing.T, metrics, series string) float64 {
 func TestNBDExport(t *testing.T) {
 	dataDir := t.TempDir()
 	d := startDaemon(t, dataDir)
-	tcp, socket := d.nbdAddrs(t)
+	_, socket := d.nbdAddrs(t)
 	mustCairn(t, d.api, "volume", "create", "data", "--size", "16M")
 	mustCairn(t, d.api, "volume", "create", "scratch", "--size", "64M")
 	uri := func(name string) string { return fmt.Sprintf("nbd+unix:///%s?socket=%s", name, socket) }
@@ -140,7 +140,7 @@ func TestNBDExport(t *testing.T) {
 
 	// After a restart the data is there, read back over TCP this time.
 	d = startDaemon(t, dataDir)
-	tcp, socket = d.nbdAddrs(t)
+	tcp, socket := d.nbdAddrs(t)
 	dst := filepath.Join(tmp, "readback")
 	run(t, "nbdcopy", "nbd://"+tcp+"/data", dst)
 	if got, _ := os.ReadFile(dst); !bytes.Equal(got, pattern) {

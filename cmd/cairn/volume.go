@@ -39,6 +39,10 @@ func newVolumeCreateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The API reads a repl of 0 as "default"; an explicit 0 is a mistake.
+			if req.Repl < 1 {
+				return fmt.Errorf("repl %d: must be 1, 2 or 3", req.Repl)
+			}
 			req.Name, req.Size = args[0], n
 			v, err := g.client().CreateVolume(cmd.Context(), req)
 			if err != nil {
