@@ -485,7 +485,7 @@ func TestDaemonStartup(t *testing.T) {
 		if err := createSparseFile(drive, 2<<30); err != nil {
 			t.Fatal(err)
 		}
-		d := startDaemon(t, dataDir, "-s", drive, "-c", "prod")
+		d := startDaemon(t, dataDir, "-s", drive, "-c", "prod", "-m", "lo", "-d", "127.0.0.1")
 		st := mustCairn(t, d.api, "status", "-j")
 		jq(t, st, fmt.Sprintf(`[.pools[].drives[].path] == [%q] and .cluster == "prod"`, drive))
 		if _, err := os.Stat(filepath.Join(dataDir, defaultDriveName)); err == nil {

@@ -220,7 +220,9 @@ func chooseDrives(cfg daemonConfig, node *control.Node, dataDir string, defaultS
 			return nil, fmt.Errorf("-a: %w", err)
 		}
 		for _, s := range skipped {
-			log.Info("-a: skipping drive", "dev", s.Dev, "reason", s.Reason)
+			if s.Reason != reasonVirtual {
+				log.Info("-a: skipping drive", "dev", s.Dev, "reason", s.Reason)
+			}
 		}
 		if len(found) == 0 && len(remembered) == 0 && len(given) == 0 {
 			return nil, errors.New("-a: no unused drives found on this node; give drives with -s, or omit -a to use the embedded default file drive")

@@ -35,6 +35,10 @@ type skippedDrive struct {
 	Dev, Reason string
 }
 
+// reasonVirtual is why virtual devices are skipped; they are too many (every
+// loop device) to be worth a log line each.
+const reasonVirtual = "virtual device"
+
 // virtualPrefixes name kernel devices that are never drives of their own:
 // loop and nbd devices (often our own exports), RAM disks, device-mapper and
 // md arrays (built on other drives), optical and floppy drives.
@@ -73,7 +77,7 @@ func (s driveScanner) unusedDrives(withFilesystem bool) (found []string, skipped
 func (s driveScanner) unsafeReason(name string, inUse map[string]bool, withFilesystem bool) (string, error) {
 	for _, p := range virtualPrefixes {
 		if strings.HasPrefix(name, p) {
-			return "virtual device", nil
+			return reasonVirtual, nil
 		}
 	}
 	dir := filepath.Join(s.sysBlock, name)
