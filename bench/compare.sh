@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# bench/compare.sh — cairn's NBD path against peer servers, in one run.
+#
+# fio's nbd engine over a unix socket drives each server in turn:
+#   cairn           bin/cairn daemon (real engine, sparse file drive in the work dir)
+#   nbdkit-memory   nbdkit memory plugin (flush does nothing)
+#   nbdkit-file     nbdkit file plugin on a raw file
+#   qemu-nbd-raw    qemu-nbd raw --cache=none --aio=io_uring -t
+#   qemu-nbd-qcow2  qemu-nbd qcow2, same cache/aio flags
+# and fio runs directly on a raw file (io_uring, direct=1) as the disk's limit.
+# Each export is 1 GiB, prefilled by a sequential write; the page cache is
+# dropped before each server. Prints one table: IOPS and MiB/s per server and
+# cairn's ratio to each peer.
+#
+# Usage: bench/compare.sh [-r SECONDS] [-s SERVERS] [-c daemon|nbdserve|mem] [-o FILE] [-p PROFILE]
+#   -r  seconds per workload (default 15)
+#   -s  space-separated subset of: cairn nbdkit-memory nbdkit-file qemu-nbd-raw qemu-nbd-qcow2 raw
+#   -c  how to run cairn: daemon (bin/cairn, default), nbdserve (bench/cmd/nbdserve
+#       on the engine), mem (nbdserve on a flat in-memory export: protocol path only)
+#   -o  also write the markdown table to FILE
+#   -p  with -c nbdserve|mem: write cairn's CPU profile to PROFILE
+# Needs root (drop_caches), fio, nbdkit, qemu-nbd, qemu-img, jq (`make deps`).
+set -euo pipefail
+
+RUNTIME=15
+SERVERS="cairn nbdkit-memory nbdkit-file qemu-nbd-raw qemu-nbd-qcow2 raw"
+CAIRN_MODE=daemon
+OUT=""
+PROFILE=""
+while getopts "r:s:c:o:p:h" opt; do
+	case $opt in
+	r) RUNTIME=$OPTARG ;;
+	s) SERVERS=$OPTARG ;;
+	c) CAIRN_MODE=$OPTARG ;;
+	o) OUT=$OPTARG ;;
+	p) PROFILE=$OPTARG ;;
+	*) sed -n '2,24p' "$0"; exit 2 ;;
+	esac
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SIZE=1G
+GO=${GO:-/usr/local/go/bin/go}
+for tool in fio jq nbdkit qemu-nbd qemu-img nbdinfo; do
+	command -v $tool >/dev/null || { echo "compare.sh: $tool missing (run make deps)" >&2; exit 1; }
+done
+
+# The work dir is on the same filesystem as the disk under test, not tmpfs.
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/cairn-bench.XXXXXX")
+PIDS=()
+cleanup() {
+	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	[ -n "${KEEP:-}" ] || rm -rf "$WORK"; [ -n "${KEEP:-}" ] && echo "kept $WORK" >&2
+}
+trap cleanup EXIT INT TERM
+
+log() { echo "[$(date +%T)] $*" >&2; }
+
+drop_caches() {
+	sync
+	echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || log "warning: cannot drop caches (not root?)"
+}
+
+# wait_nbd URI: until nbdinfo can connect (10 s).
+wait_nbd() {
+	for _ in $(seq 100); do
+		nbdinfo --size "$1" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "compare.sh: server at $1 did not come up" >&2
+	return 1
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# stop_server: stop every process this script started for the current server.
+stop_server() {
+	for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	PIDS=()
+}
+
+# start_server NAME: starts it, sets URI (or FILE for raw).
+start_server() {
+	local name=$1 d="$WORK/$1"
+	mkdir -p "$d"
+	URI="" FILE=""
+	case $name in
+	cairn)
+		case $CAIRN_MODE in
+		daemon)
+			[ -x "$ROOT/bin/cairn" ] || (cd "$ROOT" && $GO build -o bin/cairn ./cmd/cairn)
+			local api nbdport
+			api=$(free_port) nbdport=$(free_port)
+			"$ROOT/bin/cairn" daemon --data-dir "$d" --api "127.0.0.1:$api" --nbd "127.0.0.1:$nbdport" \
+				--nbd-socket "$d/nbd.sock" --default-drive-size 4G >"$d/log" 2>&1 &
+			PIDS+=($!)
+			for _ in $(seq 100); do [ -S "$d/nbd.sock" ] && break; sleep 0.1; done
+			"$ROOT/bin/cairn" --host "127.0.0.1:$api" volume create bench --size $SIZE >/dev/null
+			;;
+		nbdserve | mem)
+			local backend=engine prof=()
+			[ "$CAIRN_MODE" = mem ] && backend=mem
+			[ -n "$PROFILE" ] && prof=(-cpuprofile "$PROFILE")
+			(cd "$ROOT" && $GO build -o "$WORK/nbdserve" ./bench/cmd/nbdserve)
+			"$WORK/nbdserve" -socket "$d/nbd.sock" -dir "$d" -size $SIZE -backend $backend "${prof[@]}" >"$d/log" 2>&1 &
+			PIDS+=($!)
+			;;
+		*) echo "compare.sh: -c $CAIRN_MODE?" >&2; exit 2 ;;
+		esac
+		URI="nbd+unix:///bench?socket=$d/nbd.sock"
+		;;
+	nbdkit-memory)
+		nbdkit -f -U "$d/nbd.sock" memory $SIZE >"$d/log" 2>&1 &
+		PIDS+=($!)
+		URI="nbd+unix:///?socket=$d/nbd.sock"
+		;;
+	nbdkit-file)
+		truncate -s $SIZE "$d/disk.img"
+		nbdkit -f -U "$d/nbd.sock" file "$d/disk.img" >"$d/log" 2>&1 &
+		PIDS+=($!)
+		URI="nbd+unix:///?socket=$d/nbd.sock"
+		;;
+	qemu-nbd-raw)
+		truncate -s $SIZE "$d/disk.img"
+		qemu-nbd -f raw --cache=none --aio=io_uring -t -x bench -k "$d/nbd.sock" "$d/disk.img" >"$d/log" 2>&1 &
+		PIDS+=($!)
+		URI="nbd+unix:///bench?socket=$d/nbd.sock"
+		;;
+	qemu-nbd-qcow2)
+		qemu-img create -q -f qcow2 "$d/disk.qcow2" $SIZE
+		qemu-nbd -f qcow2 --cache=none --aio=io_uring -t -x bench -k "$d/nbd.sock" "$d/disk.qcow2" >"$d/log" 2>&1 &
+		PIDS+=($!)
+		URI="nbd+unix:///bench?socket=$d/nbd.sock"
+		;;
+	raw)
+		truncate -s $SIZE "$d/disk.img"
+		FILE="$d/disk.img"
+		;;
+	esac
+	if [ -n "$URI" ]; then wait_nbd "$URI"; fi
+}
+
+# fio_run NAME RW BS QD [extra...] → prints "iops bw_bytes"
+fio_run() {
+	local name=$1 rw=$2 bs=$3 qd=$4
+	shift 4
+	local target
+	if [ -n "$FILE" ]; then
+		target=(--ioengine=io_uring --direct=1 --filename="$FILE")
+	else
+		target=(--ioengine=nbd --uri="$URI")
+	fi
+	fio --name="$name" "${target[@]}" --rw="$rw" --bs="$bs" --iodepth="$qd" --size=$SIZE \
+		--output-format=json --output="$WORK/fio.json" "$@" >"$WORK/fio.err" 2>&1 || {
+		cat "$WORK/fio.err" >&2
+		echo "0 0"
+		return
+	}
+	local dir=write
+	case $rw in *read*) dir=read ;; esac
+	jq -r ".jobs[0].$dir | \"\(.iops) \(.bw_bytes)\"" "$WORK/fio.json"
+}
+
+WORKLOADS=(
+	"4k randwrite QD32|randwrite|4k|32"
+	"4k randread QD32|randread|4k|32"
+	"4k randwrite QD1|randwrite|4k|1"
+	"1M seq write QD8|write|1M|8"
+	"1M seq read QD8|read|1M|8"
+	"4k randwrite QD32 fsync=32|randwrite|4k|32|--fsync=32"
+)
+
+RESULTS="$WORK/results"
+: >"$RESULTS"
+START=$(date +%s)
+for s in $SERVERS; do
+	drop_caches
+	log "$s: starting"
+	start_server "$s"
+	log "$s: prefill ($SIZE sequential write)"
+	fio_run prefill write 1M 8 >/dev/null
+	for w in "${WORKLOADS[@]}"; do
+		IFS='|' read -r label rw bs qd extra <<<"$w"
+		# shellcheck disable=SC2086
+		read -r iops bw < <(fio_run bench "$rw" "$bs" "$qd" --time_based --runtime="$RUNTIME" --randrepeat=0 $extra)
+		log "$s: $label: $(printf '%.0f' "$iops") IOPS"
+		printf '%s|%s|%s|%s\n' "$s" "$label" "$iops" "$bw" >>"$RESULTS"
+	done
+	stop_server
+done
+
+# The table: one row per workload; per server IOPS (MiB/s); then cairn ÷ peer.
+table() {
+	local servers=($SERVERS)
+	printf '| workload |'
+	for s in "${servers[@]}"; do printf ' %s |' "$s"; done
+	if [[ " $SERVERS " == *" cairn "* ]]; then
+		for s in "${servers[@]}"; do [ "$s" != cairn ] && printf ' cairn ÷ %s |' "$s"; done
+	fi
+	echo
+	printf '|---|'
+	for s in "${servers[@]}"; do printf -- '---:|'; done
+	if [[ " $SERVERS " == *" cairn "* ]]; then
+		for s in "${servers[@]}"; do [ "$s" != cairn ] && printf -- '---:|'; done
+	fi
+	echo
+	for w in "${WORKLOADS[@]}"; do
+		local label=${w%%|*}
+		printf '| %s |' "$label"
+		for s in "${servers[@]}"; do
+			awk -F'|' -v s="$s" -v l="$label" '$1==s && $2==l { printf " %.0f IOPS (%.0f MiB/s) |", $3, $4/1048576 }' "$RESULTS"
+		done
+		if [[ " $SERVERS " == *" cairn "* ]]; then
+			local c
+			c=$(awk -F'|' -v l="$label" '$1=="cairn" && $2==l { print $3 }' "$RESULTS")
+			for s in "${servers[@]}"; do
+				[ "$s" = cairn ] && continue
+				awk -F'|' -v s="$s" -v l="$label" -v c="$c" '$1==s && $2==l { if ($3 > 0) printf " %.2f× |", c/$3; else printf " – |" }' "$RESULTS"
+			done
+		fi
+		echo
+	done
+}
+
+{
+	echo "bench/compare.sh -r $RUNTIME -c $CAIRN_MODE — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), $(($(date +%s) - START)) s"
+	echo
+	table
+} | tee ${OUT:+"$OUT"}
