@@ -19,11 +19,10 @@ func NewExports(e *engine.Engine) *Exports { return &Exports{engine: e} }
 // connection lives, so it cannot be deleted under a client (DeleteVolume
 // returns ErrBusy).
 func (x *Exports) OpenExport(name string) (nbd.Export, func(), error) {
-	v, err := x.engine.Volume(name) // an unknown name wraps engine.ErrNotFound
+	v, release, err := x.engine.HoldVolume(name) // an unknown name wraps engine.ErrNotFound
 	if err != nil {
 		return nil, nil, err
 	}
-	release := v.Hold()
 	return v, release, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"unsafe"
@@ -12,13 +13,23 @@ import (
 )
 
 // File is a real drive: a block device (opened O_DIRECT, so the engine's own
-// durability rules are the only cache policy) or a regular file (page cache,
-// fdatasync on Sync).
+// durability rules are the only cache policy) or a regular file, mapped into
+// memory (MAP_SHARED) and synced with fdatasync.
+//
+// Why mmap for files: a 4 KiB pwrite into a clean page-cache page costs
+// 15–30 µs of kernel time on ext4 (dirtying, journal handle, inode lock),
+// which caps random writes near 60k IOPS on two cores; a copy into the
+// mapping faults once per clean page and is 3–5× faster (BENCHMARKS.md).
+// fdatasync writes back pages dirtied through the mapping like any other.
+// A fault on the mapping (an I/O error, or the backing filesystem full for a
+// sparse file) would be SIGBUS; copies run with debug.SetPanicOnFault and the
+// fault comes back as ErrIO.
 type File struct {
 	f      *os.File
 	path   string
 	size   int64
 	direct bool
+	mem    []byte // the mapping, for regular files not opened direct
 	kind   Kind
 }
 
@@ -54,6 +65,13 @@ func OpenFile(path string, forceDirect bool) (*File, error) {
 	if isDev {
 		d.kind = deviceKind(path)
 	}
+	if !direct && d.size > 0 {
+		d.mem, err = unix.Mmap(int(f.Fd()), 0, int(d.size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%w: %s: mmap: %v", ErrUnusable, path, err)
+		}
+	}
 	return d, nil
 }
 
@@ -82,11 +100,34 @@ func deviceKind(path string) Kind {
 func (d *File) Path() string { return d.path }
 func (d *File) Size() int64  { return d.size }
 func (d *File) Kind() Kind   { return d.kind }
-func (d *File) Close() error { return d.f.Close() }
+func (d *File) Close() error {
+	if d.mem != nil {
+		unix.Munmap(d.mem)
+		d.mem = nil
+	}
+	return d.f.Close()
+}
+
+// copyMapped copies between a caller's buffer and the mapping, turning a
+// fault on the mapping into ErrIO.
+func (d *File) copyMapped(dst, src []byte, off int64) (err error) {
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %s: fault at %d (I/O error, or the filesystem holding the drive file is full): %v", ErrIO, d.path, off, r)
+		}
+	}()
+	copy(dst, src)
+	return nil
+}
 
 func (d *File) ReadAt(p []byte, off int64) error {
 	if err := checkRange(d, len(p), off); err != nil {
 		return err
+	}
+	if d.mem != nil {
+		return d.copyMapped(p, d.mem[off:off+int64(len(p))], off)
 	}
 	if d.direct && !aligned(p, off) {
 		b := getBounce(len(p))
@@ -110,6 +151,9 @@ func (d *File) readFull(p []byte, off int64) error {
 func (d *File) WriteAt(p []byte, off int64) error {
 	if err := checkRange(d, len(p), off); err != nil {
 		return err
+	}
+	if d.mem != nil {
+		return d.copyMapped(d.mem[off:off+int64(len(p))], p, off)
 	}
 	if d.direct && !aligned(p, off) {
 		b := getBounce(len(p))

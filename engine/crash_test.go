@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -37,15 +37,15 @@ func blockContent(buf []byte, uid uint64, blk int64, ver uint32) {
 // modelVolume tracks, per block, the versions a read after a crash may show:
 // the one the last flush covered and every one written since (issue order).
 type modelVolume struct {
-	name     string
+	name string
 	// An operation that failed on an I/O error may or may not have happened.
 	maybeSize    int64 // a failed grow to this size
 	maybeExists  bool  // a failed create: the volume may not exist
 	maybeDeleted bool  // a failed delete: the volume may be gone
-	uid      uint64
-	size     int64
-	latest   []uint32   // what a read must show now
-	possible [][]uint32 // what a read after a crash may show
+	uid          uint64
+	size         int64
+	latest       []uint32   // what a read must show now
+	possible     [][]uint32 // what a read after a crash may show
 }
 
 func (m *modelVolume) blocks() int64 { return m.size / BlockSize }

@@ -563,6 +563,18 @@ func (e *Engine) Volume(name string) (*Volume, error) {
 	return v, nil
 }
 
+// HoldVolume looks a volume up and holds it in one step, so a concurrent
+// DeleteVolume either sees the hold (and refuses) or wins and the lookup fails.
+func (e *Engine) HoldVolume(name string) (*Volume, func(), error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v, ok := e.byName[name]
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: volume %q", ErrNotFound, name)
+	}
+	return v, v.Hold(), nil
+}
+
 // Volumes lists every volume, by name.
 func (e *Engine) Volumes() []VolumeInfo {
 	e.mu.Lock()

@@ -1,0 +1,81 @@
+package drive
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+func newFile(t *testing.T, dir string, size int64) string {
+	t.Helper()
+	p := filepath.Join(dir, "d.img")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(size)
+	f.Close()
+	return p
+}
+
+func TestFileRoundTrip(t *testing.T) {
+	for _, direct := range []bool{false, true} {
+		p := newFile(t, t.TempDir(), 16<<20)
+		d, err := OpenFile(p, direct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := bytes.Repeat([]byte("cairn!!!"), 2048) // 16 KiB
+		if err := d.WriteAt(data, 8192); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.WriteAt(data[:4096], 4096*100); err != nil { // unaligned buffer start is fine
+			t.Fatal(err)
+		}
+		if err := d.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(data))
+		if err := d.ReadAt(got, 8192); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("direct=%v: read back differs (err %v)", direct, err)
+		}
+		if err := d.ReadAt(got, 16<<20-4096); !errors.Is(err, ErrRange) {
+			t.Fatalf("direct=%v: read past end: %v", direct, err)
+		}
+		d.Close()
+		onDisk, _ := os.ReadFile(p)
+		if !bytes.Equal(onDisk[8192:8192+len(data)], data) {
+			t.Fatalf("direct=%v: file content differs after close", direct)
+		}
+	}
+}
+
+// A sparse drive file on a filesystem that fills up: the write that cannot
+// get a page fails with ErrIO instead of killing the process with SIGBUS.
+func TestFileOnFullFilesystem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	p := newFile(t, dir, 8<<20)
+	d, err := OpenFile(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	buf := bytes.Repeat([]byte{0xAB}, 4096)
+	var werr error
+	for off := int64(0); off < 8<<20 && werr == nil; off += 4096 {
+		werr = d.WriteAt(buf, off)
+	}
+	if !errors.Is(werr, ErrIO) {
+		t.Fatalf("filling a 1 MiB filesystem through an 8 MiB drive: %v, want ErrIO", werr)
+	}
+}
