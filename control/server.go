@@ -103,7 +103,7 @@ func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
 
 func (s *Server) status() Status {
 	st := s.engine.Status()
-	return Status{NodeID: st.NodeID, Status: "operational", Cluster: s.node.Cluster(), Pools: poolsFromEngine(st)}
+	return Status{NodeID: st.NodeID, Status: statusWord(st), Cluster: s.node.Cluster(), Pools: poolsFromEngine(st), RefusedDrives: refusedFromEngine(st)}
 }
 
 func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {

@@ -26,9 +26,11 @@ type Volume struct {
 // Status is the JSON shape of `cairn status`.
 type Status struct {
 	NodeID  string `json:"node_id"`
-	Status  string `json:"status"` // "operational"
+	Status  string `json:"status"` // "operational", or "degraded" when a pool failed or a drive was refused
 	Cluster string `json:"cluster"`
 	Pools   []Pool `json:"pools"`
+	// RefusedDrives are drives the node was given but did not use, with the reason.
+	RefusedDrives []Drive `json:"refused_drives"`
 }
 
 // Pool is one storage pool of the node.
@@ -114,4 +116,25 @@ func poolsFromEngine(st engine.Status) []Pool {
 		})
 	}
 	return pools
+}
+
+func refusedFromEngine(st engine.Status) []Drive {
+	out := make([]Drive, 0, len(st.RefusedDrives))
+	for _, d := range st.RefusedDrives {
+		out = append(out, Drive{Path: d.Path, Size: d.Size, Used: d.Used, Status: d.Status})
+	}
+	return out
+}
+
+// statusWord is "operational" unless a pool failed or a drive was refused.
+func statusWord(st engine.Status) string {
+	if len(st.RefusedDrives) > 0 {
+		return "degraded"
+	}
+	for _, p := range st.Pools {
+		if p.Status != "Online" {
+			return "degraded"
+		}
+	}
+	return "operational"
 }

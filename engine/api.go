@@ -131,6 +131,9 @@ type Extent struct {
 type Status struct {
 	NodeID string
 	Pools  []PoolInfo
+	// RefusedDrives are drives given to the node that it did not use, each
+	// with the reason in Status (foreign, damaged, another node's, too small).
+	RefusedDrives []DriveInfo
 }
 
 type PoolInfo struct {

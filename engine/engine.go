@@ -40,12 +40,22 @@ type Engine struct {
 	pools  []*pool            // REQUIRES mu; by pool number
 	byName map[string]*Volume // REQUIRES mu
 	closed bool               // REQUIRES mu
+
+	// Set by Open, read-only after: what could not be served and why.
+	failedPools []PoolInfo
+	refused     []DriveInfo
 }
 
 // Open opens (and formats, when blank) the drives in opts, replays each
-// pool's log and returns an engine serving its volumes. A drive that belongs
-// to another node, carries a damaged or foreign superblock, or is too small
-// is refused with an error naming it, and nothing is written to any drive.
+// pool's log and returns an engine serving its volumes.
+//
+// A drive that belongs to another node, carries a damaged or foreign
+// superblock, or is too small is refused: it is reported in Status with the
+// reason and nothing is written to it. A pool whose metadata cannot be
+// replayed (corruption, a missing drive) is reported in Status as failed, with
+// the error naming drive and offset, and its drives are left untouched. The
+// other pools are served. Open fails only when drives were given and none of
+// them can be used.
 func Open(opts Options) (*Engine, error) {
 	if opts.NodeID == "" || len(opts.NodeID) > maxNodeIDLen {
 		return nil, fmt.Errorf("%w: node id %q", ErrInvalid, opts.NodeID)
@@ -57,23 +67,25 @@ func Open(opts Options) (*Engine, error) {
 		sb   superblock
 	}
 	var formatted, blank []found
-	closeAll := func() {
-		for _, f := range append(formatted, blank...) {
-			f.d.Close()
+	var problems []error
+	refuse := func(path string, d drive.Drive, err error) {
+		if d != nil {
+			d.Close()
 		}
+		problems = append(problems, err)
+		e.refused = append(e.refused, DriveInfo{Path: path, Status: "Refused: " + err.Error()})
 	}
 	seen := map[[16]byte]string{}
 	for _, spec := range opts.Drives {
 		d, err := openDrive(spec)
 		if err != nil {
-			closeAll()
-			return nil, err
+			refuse(spec.Path, nil, err)
+			continue
 		}
 		sb, state, err := readSuperblock(d)
 		if err != nil {
-			d.Close()
-			closeAll()
-			return nil, fmt.Errorf("%w: %s: reading superblock: %v", ErrDriveRefused, spec.Path, err)
+			refuse(spec.Path, d, fmt.Errorf("%w: %s: reading superblock: %v", ErrDriveRefused, spec.Path, err))
+			continue
 		}
 		f := found{spec: spec, d: d, sb: sb}
 		switch {
@@ -82,29 +94,33 @@ func Open(opts Options) (*Engine, error) {
 		case state == sbValid && !spec.Force:
 			if prev, dup := seen[sb.driveUUID]; dup {
 				err = fmt.Errorf("%w: %s is the same drive as %s", ErrDriveRefused, spec.Path, prev)
+				break
 			}
 			seen[sb.driveUUID] = spec.Path
 			formatted = append(formatted, f)
 		case state == sbDamaged && !spec.Force:
-			err = fmt.Errorf("%w: %s: damaged superblock (both copies fail their checksum); refusing to touch it", ErrDriveRefused, spec.Path)
+			err = fmt.Errorf("%w: %s: damaged superblock (both copies at offsets 0 and %d fail their checksum); refusing to touch it", ErrDriveRefused, spec.Path, superblockSize)
 		case state == sbForeign && !spec.Force:
 			err = fmt.Errorf("%w: %s holds data that is not cairn's (a filesystem?); refusing to overwrite it without force", ErrDriveRefused, spec.Path)
 		default:
 			blank = append(blank, f)
 		}
 		if err != nil {
-			d.Close()
-			closeAll()
-			return nil, err
+			refuse(spec.Path, d, err)
 		}
 	}
 	// Existing pools: group by pool uuid, replay each from its drive 0.
 	groups := map[[16]byte][]found{}
+	var order [][16]byte
 	for _, f := range formatted {
+		if groups[f.sb.poolUUID] == nil {
+			order = append(order, f.sb.poolUUID)
+		}
 		groups[f.sb.poolUUID] = append(groups[f.sb.poolUUID], f)
 	}
 	var orphans []found // drives whose pool never recorded them (crash while adding)
-	for _, g := range groups {
+	for _, id := range order {
+		g := groups[id]
 		byUUID := map[[16]byte]drive.Drive{}
 		var d0 *found
 		for i := range g {
@@ -113,15 +129,21 @@ func Open(opts Options) (*Engine, error) {
 				d0 = &g[i]
 			}
 		}
-		if d0 == nil {
-			closeAll()
-			return nil, fmt.Errorf("%w: %s: its pool's first drive (holding the pool's metadata) was not given", ErrDriveRefused, g[0].spec.Path)
+		var p *pool
+		var used map[[16]byte]bool
+		err := fmt.Errorf("%w: %s: its pool's first drive (holding the pool's metadata) was not given", ErrDriveRefused, g[0].spec.Path)
+		if d0 != nil {
+			p, used, err = e.loadPool(d0.d, d0.sb, byUUID)
 		}
-		p, used, err := e.loadPool(d0.d, d0.sb, byUUID)
 		if err != nil {
-			closeAll()
-			e.closePools()
-			return nil, err
+			problems = append(problems, err)
+			fp := PoolInfo{ID: int(g[0].sb.poolNumber), UUID: uuidString(id), IOPriority: g[0].sb.priority, Raid: "raid0", Status: "Error: " + err.Error()}
+			for _, f := range g {
+				fp.Drives = append(fp.Drives, DriveInfo{Path: f.spec.Path, Size: int64(f.sb.extentCount) * ExtentSize, Status: "Error"})
+				f.d.Close()
+			}
+			e.failedPools = append(e.failedPools, fp)
+			continue
 		}
 		for _, f := range g {
 			if !used[f.sb.driveUUID] {
@@ -135,7 +157,9 @@ func Open(opts Options) (*Engine, error) {
 		for _, v := range p.vols {
 			if other, dup := e.byName[v.meta.name]; dup {
 				e.closePools()
-				closeAll()
+				for _, f := range append(orphans, blank...) {
+					f.d.Close()
+				}
 				return nil, fmt.Errorf("%w: volume name %q in %s and %s", ErrCorrupt, v.meta.name, p, other.pool)
 			}
 			e.byName[v.meta.name] = v
@@ -143,10 +167,12 @@ func Open(opts Options) (*Engine, error) {
 	}
 	for _, f := range append(orphans, blank...) {
 		if err := e.addDrive(f.spec, f.d); err != nil {
-			e.closePools()
-			closeAll()
-			return nil, err
+			refuse(f.spec.Path, f.d, err)
 		}
+	}
+	if len(opts.Drives) > 0 && len(e.pools) == 0 {
+		e.closePools()
+		return nil, errors.Join(problems...)
 	}
 	for _, p := range e.pools {
 		e.startBackground(p)
@@ -304,6 +330,9 @@ func (e *Engine) addDrive(spec DriveSpec, d drive.Drive) error {
 	for _, p := range e.pools {
 		number = max(number, p.number+1)
 	}
+	for _, p := range e.failedPools {
+		number = max(number, p.ID+1)
+	}
 	sb.poolUUID = newUUID()
 	sb.poolNumber = uint32(number)
 	sb.logID = randomU64()
@@ -451,6 +480,9 @@ func (e *Engine) Status() Status {
 		}
 		st.Pools = append(st.Pools, pi)
 	}
+	st.Pools = append(st.Pools, e.failedPools...)
+	sort.SliceStable(st.Pools, func(i, j int) bool { return st.Pools[i].ID < st.Pools[j].ID })
+	st.RefusedDrives = e.refused
 	return st
 }
 

@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -304,6 +305,85 @@ func TestDriveRefused(t *testing.T) {
 		after, _ := os.ReadFile(c.path)
 		if !bytes.Equal(before, after) {
 			t.Errorf("%s: refused drive was modified", c.path)
+		}
+	}
+}
+
+// A pool whose log is corrupt in the middle, or whose superblock is damaged,
+// is reported failed (naming drive and offset) and left untouched, while the
+// node's other pool keeps serving.
+func TestDamagedPoolDegrades(t *testing.T) {
+	for _, damage := range []string{"log", "superblock"} {
+		low := drive.NewMem("low.img", 32<<20)
+		ssd := drive.NewMem("ssd.img", 32<<20)
+		ssd.SetKind(drive.KindSSD)
+		e, err := Open(memOptions(low, ssd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(e.pools) != 2 {
+			t.Fatalf("%d pools, want 2 (low and medium)", len(e.pools))
+		}
+		for _, spec := range []VolumeSpec{{Name: "onlow", Size: 8 << 20, IOPriority: PriorityLow}, {Name: "onssd", Size: 8 << 20, IOPriority: PriorityMedium}} {
+			if _, err := e.CreateVolume(spec); err != nil {
+				t.Fatal(err)
+			}
+			v, _ := e.Volume(spec.Name)
+			for i := int64(0); i < 6; i++ { // several commits: several frames
+				v.WriteAt(pattern(int(i), BlockSize), i*ExtentSize, true)
+			}
+		}
+		lowPool := e.pools[0]
+		region := logRegion(lowPool.sb0.activeArea, lowPool.sb0.logSize)
+		e.Close()
+		var at int64
+		switch damage {
+		case "log":
+			at = region.Base + 2*4096 + 60 // inside the third frame's payload
+		case "superblock":
+			at = 200
+			low.Poke(superblockSize+200, []byte{0xFF})
+		}
+		b := low.Bytes()
+		low.Poke(at, []byte{b[at] ^ 0xFF})
+		before := low.Bytes()
+		e, err = Open(memOptions(low, ssd))
+		if err != nil {
+			t.Fatalf("%s damage: Open failed although the other pool is fine: %v", damage, err)
+		}
+		st := e.Status()
+		var failed string
+		for _, p := range st.Pools {
+			if p.Status != "Online" {
+				failed = p.Status
+			}
+		}
+		for _, r := range st.RefusedDrives {
+			failed += r.Status
+		}
+		if !bytes.Contains([]byte(failed), []byte("low.img")) {
+			t.Fatalf("%s damage: status does not name the drive: %q", damage, failed)
+		}
+		if damage == "log" && !bytes.Contains([]byte(failed), []byte(fmt.Sprintf("offset %d", region.Base+2*4096))) {
+			t.Fatalf("log damage: status does not name the offset %d: %q", region.Base+2*4096, failed)
+		}
+		if _, err := e.Volume("onlow"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s damage: volume of the failed pool is served", damage)
+		}
+		v, err := e.Volume("onssd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, BlockSize)
+		if err := v.ReadAt(got, 5*ExtentSize); err != nil || !bytes.Equal(got, pattern(5, BlockSize)) {
+			t.Fatalf("%s damage: healthy pool's data: err %v", damage, err)
+		}
+		if err := v.WriteAt(got, 0, true); err != nil {
+			t.Fatalf("%s damage: healthy pool refuses writes: %v", damage, err)
+		}
+		e.Close()
+		if !bytes.Equal(before, low.Bytes()) {
+			t.Fatalf("%s damage: the failed pool's drive was modified", damage)
 		}
 	}
 }

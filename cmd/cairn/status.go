@@ -64,6 +64,15 @@ func printStatus(w io.Writer, st control.Status) {
 	if len(st.Pools) == 0 {
 		fmt.Fprintln(w, "\tNo storage: this node is storageless (-z) or has no drives.")
 	}
+	if len(st.RefusedDrives) > 0 {
+		fmt.Fprintf(w, "\tRefused Devices: %d %s\n", len(st.RefusedDrives), plural(len(st.RefusedDrives), "device"))
+		indentedTable(w, func(t io.Writer) {
+			fmt.Fprintln(t, "PATH\tREASON")
+			for _, d := range st.RefusedDrives {
+				fmt.Fprintf(t, "%s\t%s\n", d.Path, d.Status)
+			}
+		})
+	}
 	fmt.Fprintln(w, "Global Storage Pool")
 	fmt.Fprintf(w, "\tTotal Used    \t:  %s\n", formatSize(used))
 	fmt.Fprintf(w, "\tTotal Capacity\t:  %s\n", formatSize(size))
