@@ -231,7 +231,7 @@ func sorted(s ...string) []string { sort.Strings(s); return s }
 var (
 	volumeKeys = sorted("id", "name", "size", "used", "repl", "io_priority", "sticky", "state",
 		"snap_interval", "parent", "readonly", "attached_on", "created")
-	statusKeys = sorted("node_id", "status", "cluster", "pools")
+	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives")
 	poolKeys   = sorted("id", "io_priority", "raid", "size", "used", "status", "drives")
 	driveKeys  = sorted("path", "size", "used", "status")
 )
