@@ -1,4 +1,4 @@
-package main
+package size
 
 import "testing"
 
@@ -32,15 +32,15 @@ func TestParseSize(t *testing.T) {
 		{"8192P", 0},                // overflows int64
 		{"99999999999999999999", 0}, // overflows int64
 	} {
-		got, err := parseSize(tc.in)
+		got, err := Parse(tc.in)
 		if tc.want == 0 {
 			if err == nil {
-				t.Errorf("parseSize(%q) = %d, want an error", tc.in, got)
+				t.Errorf("Parse(%q) = %d, want an error", tc.in, got)
 			}
 			continue
 		}
 		if err != nil || got != tc.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+			t.Errorf("Parse(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
 		}
 	}
 }
@@ -58,8 +58,8 @@ func TestFormatSize(t *testing.T) {
 		{3 << 29, "1.5 GiB"},
 		{1 << 40, "1 TiB"},
 	} {
-		if got := formatSize(tc.in); got != tc.want {
-			t.Errorf("formatSize(%d) = %q, want %q", tc.in, got, tc.want)
+		if got := Format(tc.in); got != tc.want {
+			t.Errorf("Format(%d) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }

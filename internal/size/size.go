@@ -1,0 +1,64 @@
+// Package size parses and prints the byte sizes people type and read on the
+// command line: "512M", "10G", "1T", a bare number meaning GiB (as in pxctl).
+// All units are powers of 1024.
+package size
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// ErrInvalid is wrapped by every error Parse returns.
+var ErrInvalid = errors.New("invalid size")
+
+// MaxInputLen bounds the text Parse looks at; longer input is refused before
+// any matching is done.
+const MaxInputLen = 64
+
+// syntax is a whole number with an optional binary unit. The unit may be
+// spelled K, KB, Ki or KiB (any case).
+var syntax = regexp.MustCompile(`^([0-9]+)\s*(?:([KMGTP])(?:IB|I|B)?)?$`)
+
+var unitShift = map[string]uint{"K": 10, "M": 20, "G": 30, "T": 40, "P": 50, "": 30}
+
+// Parse turns "512M", "10G", "1T" or "20" (GiB) into bytes. Zero, negative,
+// overflowing and malformed sizes are refused with a message that shows the
+// accepted forms.
+func Parse(s string) (int64, error) {
+	if len(s) > MaxInputLen {
+		return 0, fmt.Errorf("%w %.20q…: longer than %d characters", ErrInvalid, s, MaxInputLen)
+	}
+	m := syntax.FindStringSubmatch(strings.ToUpper(strings.TrimSpace(s)))
+	if m == nil {
+		return 0, fmt.Errorf("%w %q: use a whole number with a unit, like 512M, 10G or 1T (a bare number means GiB)", ErrInvalid, s)
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	shift := unitShift[m[2]]
+	if err != nil || n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("%w %q: too large", ErrInvalid, s)
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("%w %q: must be greater than zero", ErrInvalid, s)
+	}
+	return n << shift, nil
+}
+
+// Format renders bytes for people: "10 GiB", "1.5 TiB", "512 MiB", "0 B".
+func Format(n int64) string {
+	const units = "KMGTPE"
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, i := float64(n)/1024, 0
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	s := strconv.FormatFloat(v, 'f', 1, 64)
+	s = strings.TrimSuffix(s, ".0")
+	return s + " " + string(units[i]) + "iB"
+}
