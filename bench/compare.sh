@@ -2,7 +2,8 @@
 # bench/compare.sh — cairn's NBD path against peer servers, in one run.
 #
 # fio's nbd engine over a unix socket drives each server in turn:
-#   cairn           bin/cairn daemon (real engine, sparse file drive in the work dir)
+#   cairn           cairn daemon built from this checkout (real engine, sparse
+#                   file drive in the work dir); CAIRN_BIN=path uses that binary
 #   nbdkit-memory   nbdkit memory plugin (flush does nothing)
 #   nbdkit-file     nbdkit file plugin on a raw file
 #   qemu-nbd-raw    qemu-nbd raw --cache=none --aio=io_uring -t
@@ -15,7 +16,7 @@
 # Usage: bench/compare.sh [-r SECONDS] [-s SERVERS] [-c daemon|nbdserve|mem] [-o FILE] [-p PROFILE]
 #   -r  seconds per workload (default 15)
 #   -s  space-separated subset of: cairn nbdkit-memory nbdkit-file qemu-nbd-raw qemu-nbd-qcow2 raw
-#   -c  how to run cairn: daemon (bin/cairn, default), nbdserve (bench/cmd/nbdserve
+#   -c  how to run cairn: daemon (default), nbdserve (bench/cmd/nbdserve
 #       on the engine), mem (nbdserve on a flat in-memory export: protocol path only)
 #   -o  also write the markdown table to FILE
 #   -p  with -c nbdserve|mem: write cairn's CPU profile to PROFILE
@@ -90,14 +91,15 @@ start_server() {
 	cairn)
 		case $CAIRN_MODE in
 		daemon)
-			[ -x "$ROOT/bin/cairn" ] || (cd "$ROOT" && $GO build -o bin/cairn ./cmd/cairn)
-			local api nbdport
+			# Built fresh from this checkout unless CAIRN_BIN names a binary.
+			local cairn=${CAIRN_BIN:-$WORK/cairn-bin} api nbdport
+			[ -n "${CAIRN_BIN:-}" ] || (cd "$ROOT" && $GO build -o "$cairn" ./cmd/cairn)
 			api=$(free_port) nbdport=$(free_port)
-			"$ROOT/bin/cairn" daemon --data-dir "$d" --api "127.0.0.1:$api" --nbd "127.0.0.1:$nbdport" \
+			"$cairn" daemon --data-dir "$d" --api "127.0.0.1:$api" --nbd "127.0.0.1:$nbdport" \
 				--nbd-socket "$d/nbd.sock" --default-drive-size 4G >"$d/log" 2>&1 &
 			PIDS+=($!)
 			for _ in $(seq 100); do [ -S "$d/nbd.sock" ] && break; sleep 0.1; done
-			"$ROOT/bin/cairn" --host "127.0.0.1:$api" volume create bench --size $SIZE >/dev/null
+			"$cairn" --host "127.0.0.1:$api" volume create bench --size $SIZE >/dev/null
 			;;
 		nbdserve | mem)
 			local backend=engine prof=()
