@@ -12,6 +12,10 @@
 //	PATCH  /v1/volumes/{name}      UpdateVolumeRequest (grow only)            → Volume
 //	DELETE /v1/volumes/{name}      refuses sticky and in-use volumes          → 204
 //	POST   /v1/drives              AddDriveRequest                            → Status
+//	POST   /v1/volumes/{name}/attach   AttachRequest (via fuse|nbd)          → Volume (device set)
+//	POST   /v1/volumes/{name}/detach   refuses a volume with a mounted fs    → Volume
+//	POST   /v1/volumes/{name}/mount    MountRequest (attach, mkfs if blank)  → Volume
+//	POST   /v1/volumes/{name}/unmount  UnmountRequest (detach if auto)       → Volume
 //	GET    /metrics                Prometheus text format
 //
 // The JSON shapes of Volume and Status are a public contract: scripts and

@@ -47,6 +47,8 @@ type Server struct {
 	node    *Node
 	metrics *Metrics
 	log     *slog.Logger
+	// attacher, when set (SetAttacher), serves the host routes.
+	attacher *Attacher
 }
 
 // NewServer returns the API server. metrics may be nil (no /metrics).
@@ -67,6 +69,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PATCH /v1/volumes/{name}", s.updateVolume)
 	mux.HandleFunc("DELETE /v1/volumes/{name}", s.deleteVolume)
 	mux.HandleFunc("POST /v1/drives", s.addDrive)
+	s.attachRoutes(mux)
 	if s.metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	}
@@ -115,7 +118,7 @@ func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
 	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
 	out := make([]Volume, 0, len(infos))
 	for _, info := range infos {
-		out = append(out, volumeFromEngine(info))
+		out = append(out, s.volumeJSON(info.Name, volumeFromEngine(info)))
 	}
 	reply(w, http.StatusOK, out)
 }
@@ -137,7 +140,7 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("volume created", "name", info.Name, "id", info.ID, "size", info.Size, "io_priority", info.IOPriority)
-	reply(w, http.StatusCreated, volumeFromEngine(info))
+	reply(w, http.StatusCreated, s.volumeJSON(info.Name, volumeFromEngine(info)))
 }
 
 // volumeSpec validates a create request; everything the control plane can
@@ -221,7 +224,7 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, volumeError("inspect", name, err))
 		return
 	}
-	reply(w, http.StatusOK, volumeFromEngine(v.Info()))
+	reply(w, http.StatusOK, s.volumeJSON(name, volumeFromEngine(v.Info())))
 }
 
 func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
@@ -249,7 +252,7 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("volume updated", "name", name, "size", info.Size, "sticky", info.Sticky, "snap_interval", info.SnapInterval)
-	reply(w, http.StatusOK, volumeFromEngine(info))
+	reply(w, http.StatusOK, s.volumeJSON(name, volumeFromEngine(info)))
 }
 
 func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {

@@ -19,8 +19,9 @@ type Volume struct {
 	SnapInterval int    `json:"snap_interval"` // minutes, 0 = off
 	Parent       string `json:"parent"`
 	ReadOnly     bool   `json:"readonly"`
-	AttachedOn   string `json:"attached_on"` // "" until the host verbs land
+	AttachedOn   string `json:"attached_on"` // node id while attached on a host, else ""
 	Created      string `json:"created"`
+	Device       string `json:"device"` // block device while attached (/dev/loopN, /dev/nbdN), else ""
 }
 
 // Status is the JSON shape of `cairn status`.

@@ -35,6 +35,7 @@ type daemonConfig struct {
 	storageless      bool     // -z
 	cluster          string   // -c
 	defaultDriveSize string
+	cpuProfile       string
 }
 
 // defaultDriveName is the embedded default drive: a sparse file in the data
@@ -77,6 +78,7 @@ flushed, and it exits 0.`,
 	f.BoolVarP(&cfg.storageless, "storageless", "z", false, "run without storage")
 	f.StringVarP(&cfg.cluster, "cluster", "c", "", "cluster name (default: the stored one, or "+control.DefaultCluster+")")
 	f.StringVar(&cfg.defaultDriveSize, "default-drive-size", "64G", "size of the embedded default drive file (sparse)")
+	f.StringVar(&cfg.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the whole run to FILE (benchmarks)")
 	return cmd
 }
 
@@ -140,12 +142,23 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	}
 	metrics.CollectStorage(eng)
 
+	if cfg.cpuProfile != "" {
+		stopProfile, err := startCPUProfile(cfg.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("daemon: %w", err)
+		}
+		defer stopProfile()
+	}
+
 	apiListener, err := net.Listen("tcp", apiAddr)
 	if err != nil {
 		return fmt.Errorf("daemon: management API: %w", err)
 	}
+	attacher := control.NewAttacher(eng, control.AttachConfig{DataDir: dataDir, NBDSocket: cfg.nbdSocket, NodeID: node.ID(), Logger: log})
+	apiServer := control.NewServer(eng, node, metrics, log)
+	apiServer.SetAttacher(attacher)
 	api := &http.Server{
-		Handler:           control.NewServer(eng, node, metrics, log).Handler(),
+		Handler:           apiServer.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	errc := make(chan error, 3)
@@ -157,6 +170,9 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		return fmt.Errorf("daemon: %w", err)
 	}
 
+	// Volumes attached (and mounted) when the daemon last stopped are
+	// served again before the daemon says it is ready.
+	attacher.Restore(ctx)
 	log.Info("api listening", "addr", apiListener.Addr().String())
 	st := eng.Status()
 	log.Info("cairn daemon ready", "node_id", node.ID(), "cluster", node.Cluster(), "data_dir", dataDir, "pools", len(st.Pools), "drives", len(drives))
@@ -180,10 +196,13 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		log.Warn("api shutdown", "err", err)
 	}
 	cancel()
+	// Host attachments next: unmount what host mount mounted, detach the
+	// devices (kernel NBD ones are clients of the NBD server), unmount FUSE.
+	attachErr := attacher.Shutdown()
 	nbdErr := nbdStop()
 	engineOpen = false
 	closeErr := eng.Close()
-	if err := errors.Join(nbdErr, closeErr); err != nil {
+	if err := errors.Join(attachErr, nbdErr, closeErr); err != nil {
 		return fmt.Errorf("daemon: shutdown: %w", err)
 	}
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !serverClosed(serveErr) {

@@ -66,6 +66,7 @@ Run "cairn daemon" on the node; every other verb talks to that daemon
 		newStatusCommand(g),
 		newVolumeCommand(g),
 		newServiceCommand(g),
+		newHostCommand(g),
 	)
 	return root
 }
