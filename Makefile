@@ -30,11 +30,21 @@ test: deps
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/...
 
+# fuzz runs every target under fuzz/ for FUZZTIME each (make test runs only
+# their seed corpora). Minimizing a new input is capped: the corpora hold
+# multi-KiB logs and checkpoints, and minimizing those would eat the run.
+FUZZMINIMIZE ?= 10s
 fuzz:
 	@for pkg in $$($(GO) list ./fuzz/...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
-	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) $$pkg || exit 1; \
 	  done; done
+
+# crash runs the crash loops against the real binary: SIGKILL (and, with
+# FUSE, power loss below the page cache) CRASH_ITERATIONS times each.
+CRASH_ITERATIONS ?= 20
+crash: deps
+	$(GO) test -count=1 -timeout 120m -v -run 'Crash|PowerLoss' ./tests/crash/ -args -iterations $(CRASH_ITERATIONS)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
