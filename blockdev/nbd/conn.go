@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -142,10 +141,10 @@ func (c *conn) serve() {
 
 	err := c.transmit()
 	switch {
+	case c.shuttingDown():
+		c.log.Debug("connection closed by shutdown", "export", c.exp.Name(), "err", err)
 	case err == nil, errors.Is(err, errDisconnect), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		c.log.Debug("connection closed", "export", c.exp.Name())
-	case c.shuttingDown() && errors.Is(err, os.ErrDeadlineExceeded):
-		c.log.Debug("connection closed by shutdown", "export", c.exp.Name())
 	default:
 		c.log.Warn("closing connection", "export", c.exp.Name(), "err", err)
 	}
@@ -222,7 +221,7 @@ func (c *conn) readLoop() error {
 				return fmt.Errorf("%w: WRITE of %d bytes (limit %d)", ErrProtocol, length, maxDiscardLength)
 			}
 			if _, err := c.br.Discard(int(length)); err != nil {
-				return fmt.Errorf("%w: truncated WRITE payload: %v", ErrProtocol, err)
+				return fmt.Errorf("%w: truncated WRITE payload: %w", ErrProtocol, err)
 			}
 		}
 
@@ -241,7 +240,7 @@ func (c *conn) readLoop() error {
 				c.budget.release(r.budget)
 				r.freeBuf()
 				c.free <- r
-				return fmt.Errorf("%w: truncated WRITE payload: %v", ErrProtocol, err)
+				return fmt.Errorf("%w: truncated WRITE payload: %w", ErrProtocol, err)
 			}
 		case typ == cmdRead && length <= maxRequestLength:
 			// The worker allocates the read buffer; reserve its bytes here

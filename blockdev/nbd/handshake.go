@@ -49,7 +49,7 @@ func (c *conn) handshake() error {
 		}
 		data := c.optBuf[:length]
 		if _, err := io.ReadFull(c.br, data); err != nil {
-			return fmt.Errorf("%w: truncated option %d: %v", ErrProtocol, opt, err)
+			return fmt.Errorf("%w: truncated option %d: %w", ErrProtocol, opt, err)
 		}
 		done, err := c.option(opt, data)
 		if err != nil || done {
@@ -163,7 +163,7 @@ func (c *conn) openExport(name string) (Export, func(), uint32, error) {
 func (c *conn) optExportName(name string) error {
 	exp, release, _, err := c.openExport(name)
 	if err != nil {
-		return fmt.Errorf("%w %q: %v", ErrUnknownExport, name, err)
+		return fmt.Errorf("%w %q: %w", ErrUnknownExport, name, err)
 	}
 	c.enter(name, exp, release)
 	var b [8 + 2 + zeroPadLen]byte

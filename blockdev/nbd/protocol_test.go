@@ -293,21 +293,24 @@ func TestErrorRules(t *testing.T) {
 }
 
 // Structured READs of thin regions come back as OFFSET_HOLE chunks, and
-// BLOCK_STATUS describes the same layout.
+// BLOCK_STATUS describes the same layout. The data is one aligned MiB, so
+// the expectations hold whether the engine reports holes per 4 KiB block or
+// per 1 MiB extent.
 func TestStructuredReadAndBlockStatus(t *testing.T) {
 	env := newEnv(t)
 	env.volume("vol", 8<<20)
 	c := connectRaw(t, env.sock, "vol", true)
 
-	payload := bytes.Repeat([]byte{0xa5}, 64<<10)
-	c.request(cmdWrite, 0, 1, 128<<10, uint32(len(payload)), payload)
+	const mib = 1 << 20
+	payload := bytes.Repeat([]byte{0xa5}, mib)
+	c.request(cmdWrite, 0, 1, mib, mib, payload)
 	if r := c.readReply(0); r.errno != 0 {
 		t.Fatalf("write: %d %s", r.errno, r.msg)
 	}
-	c.request(cmdRead, 0, 2, 0, 512<<10, nil)
+	c.request(cmdRead, 0, 2, 0, 4*mib, nil)
 	r := c.readReply(0)
-	want := make([]byte, 512<<10)
-	copy(want[128<<10:], payload)
+	want := make([]byte, 4*mib)
+	copy(want[mib:], payload)
 	if r.errno != 0 || !bytes.Equal(r.data, want) {
 		t.Fatalf("read: errno %d, %d bytes, equal=%v", r.errno, len(r.data), bytes.Equal(r.data, want))
 	}
@@ -315,22 +318,27 @@ func TestStructuredReadAndBlockStatus(t *testing.T) {
 		t.Errorf("read chunks %v, want hole, data, hole", r.chunks)
 	}
 	// DF: exactly one data chunk.
-	c.request(cmdRead, cmdFlagDF, 3, 0, 512<<10, nil)
+	c.request(cmdRead, cmdFlagDF, 3, 0, 4*mib, nil)
 	r = c.readReply(0)
 	if !bytes.Equal(r.data, want) || !slices.Equal(r.chunks, []uint16{replyOffsetData}) {
 		t.Errorf("DF read chunks %v", r.chunks)
 	}
 
-	c.request(cmdBlockStatus, 0, 4, 0, 512<<10, nil)
+	c.request(cmdBlockStatus, 0, 4, 0, 4*mib, nil)
 	r = c.readReply(0)
-	wantStatus := []uint32{128 << 10, stateHole | stateZero, 64 << 10, 0, 320 << 10, stateHole | stateZero}
+	wantStatus := []uint32{mib, stateHole | stateZero, mib, 0, 2 * mib, stateHole | stateZero}
 	if r.errno != 0 || !slices.Equal(r.status, wantStatus) {
 		t.Errorf("block status %v, want %v", r.status, wantStatus)
 	}
 	c.request(cmdBlockStatus, cmdFlagReqOne, 5, 100<<10, 100<<10, nil)
 	r = c.readReply(0)
-	if want := []uint32{28 << 10, stateHole | stateZero}; !slices.Equal(r.status, want) {
+	if want := []uint32{100 << 10, stateHole | stateZero}; !slices.Equal(r.status, want) {
 		t.Errorf("REQ_ONE block status %v, want %v", r.status, want)
+	}
+	c.request(cmdBlockStatus, cmdFlagReqOne, 6, mib/2, 2*mib, nil)
+	r = c.readReply(0)
+	if want := []uint32{mib / 2, stateHole | stateZero}; !slices.Equal(r.status, want) {
+		t.Errorf("REQ_ONE block status across a boundary %v, want %v", r.status, want)
 	}
 }
 
