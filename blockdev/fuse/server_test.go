@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -264,4 +265,35 @@ func alignedBuf(n int) []byte {
 	b := make([]byte, n+4096)
 	off := 4096 - int(uintptrOf(b)&4095)
 	return b[off : off+n]
+}
+
+// TestDataPathAllocs: READ and WRITE handlers allocate nothing per request
+// (go-fuse's own request handling is outside this count).
+func TestDataPathAllocs(t *testing.T) {
+	s := &Server{cfg: Config{MaxWrite: DefaultMaxWrite}, byName: map[string]*file{}}
+	s.rrs.New = func() any { return &readResult{pool: &s.rrs} }
+	s.bufs.New = func() any { b := make([]byte, DefaultMaxWrite); return &b }
+	vol := newMemVolume(1 << 20)
+	f := &file{name: "v", ino: firstIno, gen: 1, vol: vol}
+	s.slots[0].Store(f)
+	buf := make([]byte, 64<<10)
+	rin := &gofuse.ReadIn{InHeader: gofuse.InHeader{NodeId: firstIno}, Offset: 4096, Size: 64 << 10}
+	win := &gofuse.WriteIn{InHeader: gofuse.InHeader{NodeId: firstIno}, Offset: 8192, Size: 64 << 10}
+	split := [][]byte{buf[:4096], buf[4096:8192]}
+	allocs := testing.AllocsPerRun(1000, func() {
+		rr, st := s.Read(nil, rin, buf)
+		if !st.Ok() {
+			t.Fatal(st)
+		}
+		rr.Done()
+		if _, st := s.Write(nil, win, buf); !st.Ok() {
+			t.Fatal(st)
+		}
+		if _, st := s.Writev(nil, win, split); !st.Ok() {
+			t.Fatal(st)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%.1f allocations per READ+WRITE+WRITEV, want 0", allocs)
+	}
 }
