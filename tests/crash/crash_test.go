@@ -38,8 +38,7 @@ func killAfter(d *daemon, o *oracle, n int64, done <-chan struct{}) {
 
 // crashLoop runs the SIGKILL crash loop: write at QD16 with flushes, SIGKILL
 // at a random point, restart, check every block; repeat.
-func crashLoop(t *testing.T, d *daemon, iterations int, crash func(d *daemon) *daemon) {
-	seed := testSeed(t)
+func crashLoop(t *testing.T, d *daemon, iterations int, seed uint64, crash func(d *daemon) *daemon) {
 	rng := rand.New(rand.NewPCG(seed, 0))
 	d.cli("volume", "create", "crash", "--size", "32M")
 	o := newOracle(seed|1, crashVolumeBlocks)
@@ -72,5 +71,5 @@ func TestCrashSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	drv := sparseFile(t, filepath.Join(dir, "drive0.img"), 1<<30)
 	d := startDaemon(t, filepath.Join(dir, "data"), "-s", drv)
-	crashLoop(t, d, *iterations, func(d *daemon) *daemon { return d.restart() })
+	crashLoop(t, d, *iterations, testSeed(t), func(d *daemon) *daemon { return d.restart() })
 }
