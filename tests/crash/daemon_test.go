@@ -237,3 +237,18 @@ func sparseFile(t *testing.T, path string, size int64) string {
 	f.Close()
 	return path
 }
+
+// stop sends SIGTERM and waits for a clean exit.
+func (d *daemon) stop() {
+	d.t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(60 * time.Second):
+		d.kill()
+		d.t.Fatal("daemon did not stop within 60s of SIGTERM")
+	}
+	if d.err != nil {
+		d.t.Fatalf("daemon exited with %v", d.err)
+	}
+}

@@ -190,3 +190,34 @@ func (o *oracle) check(t *testing.T, dev blockReader) (violations []string, summ
 	summary = fmt.Sprintf("%d blocks: %d at their flushed version, %d newer (unflushed but kept), %d zero", o.blocks, exact, newer, zeros)
 	return violations, summary
 }
+
+// writeBatch writes n random blocks one at a time, then flushes; it stops at
+// the first error and returns it. Acknowledged and flushed versions are
+// recorded as in run.
+func (o *oracle) writeBatch(dev blockDevice, rng *rand.Rand, n int) error {
+	for i := 0; i < n; i++ {
+		o.mu.Lock()
+		b := rng.IntN(o.blocks)
+		o.issued[b]++
+		v := o.issued[b]
+		o.mu.Unlock()
+		if err := dev.WriteAt(o.payload(b, v), int64(b)*blockSize, false); err != nil {
+			return err
+		}
+		o.mu.Lock()
+		o.acked[b] = v
+		o.mu.Unlock()
+	}
+	o.mu.Lock()
+	snap := append([]uint64(nil), o.acked...)
+	o.mu.Unlock()
+	if err := dev.Flush(); err != nil {
+		return err
+	}
+	o.mu.Lock()
+	for b, v := range snap {
+		o.floor[b] = max(o.floor[b], v)
+	}
+	o.mu.Unlock()
+	return nil
+}
