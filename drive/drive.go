@@ -33,6 +33,10 @@ var (
 type Drive interface {
 	ReadAt(p []byte, off int64) error
 	WriteAt(p []byte, off int64) error
+	// Zero makes [off, off+n) read as zeros, like a write of zeros (durable
+	// after the next Sync), using the cheapest way the drive has: a punched
+	// hole in a file, BLKZEROOUT on a block device.
+	Zero(off, n int64) error
 	Sync() error
 	Size() int64
 	Path() string

@@ -167,6 +167,26 @@ func (d *File) WriteAt(p []byte, off int64) error {
 	return nil
 }
 
+func (d *File) Zero(off, n int64) error {
+	if err := checkRange(d, int(n), off); err != nil {
+		return err
+	}
+	var err error
+	if d.kind == KindFile {
+		err = unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	} else {
+		r := [2]uint64{uint64(off), uint64(n)}
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, d.f.Fd(), unix.BLKZEROOUT, uintptr(unsafe.Pointer(&r[0])))
+		if errno != 0 {
+			err = errno
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %s: zero %d bytes at %d: %v", ErrIO, d.path, n, off, err)
+	}
+	return nil
+}
+
 func (d *File) Sync() error {
 	if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
 		return fmt.Errorf("%w: %s: fdatasync: %v", ErrIO, d.path, err)

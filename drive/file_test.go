@@ -79,3 +79,24 @@ func TestFileOnFullFilesystem(t *testing.T) {
 		t.Fatalf("filling a 1 MiB filesystem through an 8 MiB drive: %v, want ErrIO", werr)
 	}
 }
+
+func TestFileZero(t *testing.T) {
+	p := newFile(t, t.TempDir(), 4<<20)
+	d, err := OpenFile(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	data := bytes.Repeat([]byte{0x5A}, 1<<20)
+	d.WriteAt(data, 1<<20)
+	if err := d.Zero(1<<20+4096, 8192); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 1<<20)
+	d.ReadAt(got, 1<<20)
+	want := append([]byte(nil), data...)
+	clear(want[4096 : 4096+8192])
+	if !bytes.Equal(got, want) {
+		t.Fatal("Zero did not zero exactly its range")
+	}
+}

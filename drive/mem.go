@@ -144,6 +144,30 @@ func (m *Mem) WriteAt(p []byte, off int64) error {
 	return nil
 }
 
+// Zero is a write of zeros (so a crash may drop or tear it like any write).
+func (m *Mem) Zero(off, n int64) error {
+	if err := checkRange(m, int(n), off); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return fmt.Errorf("%w: %s: closed", ErrIO, m.path)
+	}
+	if err := m.fault(FaultWrite, off, int(n)); err != nil {
+		return err
+	}
+	clear(m.current[off : off+n])
+	for ; n > 0; n -= int64(len(zeros)) {
+		c := min(n, int64(len(zeros)))
+		m.unsynced = append(m.unsynced, write{off: off, data: zeros[:c]}) // shared, never written
+		off += c
+	}
+	return nil
+}
+
+var zeros = make([]byte, 1<<20)
+
 func (m *Mem) Sync() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -204,4 +228,11 @@ func (m *Mem) Poke(off int64, p []byte) {
 	defer m.mu.Unlock()
 	copy(m.current[off:], p)
 	copy(m.durable[off:], p)
+}
+
+// DurableBytes returns a copy of what would survive a crash now.
+func (m *Mem) DurableBytes() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]byte(nil), m.durable...)
 }

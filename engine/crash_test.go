@@ -58,7 +58,38 @@ func (m *modelVolume) grow(size int64) {
 	m.size = size
 }
 
+type histKey struct {
+	name string
+	blk  int64
+}
+
+type histEntry struct {
+	ver   uint32
+	cycle int
+	op    string
+}
+
+// history records every version ever given to a block, for failure reports.
+var history = map[histKey][]histEntry{}
+var histCycle int
+var histOp string
+
+type traceEntry struct {
+	cycle      int
+	op, vol    string
+	blk, n     int64
+	err        error
+	flushedAll bool
+}
+
+var trace []traceEntry
+
+func traced(cycle int, op, vol string, blk, n int64, err error) {
+	trace = append(trace, traceEntry{cycle: cycle, op: op, vol: vol, blk: blk, n: n, err: err})
+}
+
 func (m *modelVolume) set(blk int64, ver uint32) {
+	history[histKey{m.name, blk}] = append(history[histKey{m.name, blk}], histEntry{ver, histCycle, histOp})
 	m.latest[blk] = ver
 	m.possible[blk] = append(m.possible[blk], ver)
 }
@@ -110,17 +141,21 @@ func TestCrashModel(t *testing.T) {
 		if err != nil {
 			t.Fatalf("cycle %d: recovery: %v", cycle, err)
 		}
-		verify(t, e, vols, cycle, want)
 		if err := e.Check(); err != nil {
 			t.Fatalf("cycle %d: after recovery: %v", cycle, err)
 		}
+		verify(t, e, vols, cycle, want)
 		faulted := false
 		if rng.IntN(4) == 0 {
 			ops := []drive.FaultOp{drive.FaultWrite, drive.FaultSync, drive.FaultWrite | drive.FaultSync}[rng.IntN(3)]
 			dev.Inject(drive.Fault{Ops: ops, Skip: rng.IntN(40), Count: 1})
 			faulted = true
 		}
+		histCycle = cycle
 		for op := rng.IntN(40); op > 0 && !t.Failed(); op-- {
+			if err := e.Check(); err != nil && e.pools[0].err() == nil {
+				t.Fatalf("cycle %d: %v (last op %s)", cycle, err, histOp)
+			}
 			if err := step(e, rng, vols, &nextName, buf); err != nil {
 				if faulted && errors.Is(err, ErrIO) || errors.Is(err, drive.ErrIO) {
 					break // the pool failed on the injected fault: crash now
@@ -135,6 +170,7 @@ func TestCrashModel(t *testing.T) {
 		}
 		abandon(e)
 		dev.Crash(rng)
+		traced(cycle, "crash", "", 0, 0, nil)
 	}
 }
 
@@ -167,7 +203,7 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		size := int64(1+rng.IntN(12)) * ExtentSize / 2
 		info, err := e.CreateVolume(VolumeSpec{Name: name, Size: size})
 		if err != nil {
-			if errors.Is(err, drive.ErrIO) {
+			if errors.Is(err, drive.ErrIO) || errors.Is(err, ErrIO) {
 				m := &modelVolume{name: name, maybeExists: true}
 				m.grow(size)
 				vols[name] = m
@@ -175,6 +211,7 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 			return err
 		}
 		m := &modelVolume{name: name}
+		traced(histCycle, "create", name, 0, size/BlockSize, nil)
 		fmt.Sscanf(info.ID, "%x", &m.uid)
 		m.grow(size)
 		vols[name] = m
@@ -187,6 +224,7 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 	}
 	switch op := rng.IntN(100); {
 	case op < 55: // write 1..16 blocks
+		histOp = "write"
 		n := int64(1 + rng.IntN(16))
 		blk := rng.Int64N(m.blocks())
 		n = min(n, m.blocks()-blk)
@@ -196,6 +234,8 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		}
 		fua := rng.IntN(10) == 0
 		err := v.WriteAt(buf[:n*BlockSize], blk*BlockSize, fua)
+		ext, _ := v.table.lookup(uint32(blk * BlockSize / ExtentSize))
+		traced(histCycle, fmt.Sprintf("write v%d fua=%v ext=%d", ver, fua, ext), m.name, blk, n, err)
 		if err == nil || !errors.Is(err, ErrNoSpace) {
 			// Even a failed write may have reached some blocks.
 			for i := int64(0); i < n; i++ {
@@ -222,23 +262,29 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		}
 		return err
 	case op < 65, op < 72: // trim or write-zeroes over 1..300 blocks
+		histOp = fmt.Sprintf("trim/zero(op %d)", op)
 		n := int64(1 + rng.IntN(300))
 		blk := rng.Int64N(m.blocks())
 		n = min(n, m.blocks()-blk)
 		var err error
 		if op < 65 {
 			err = v.Trim(blk*BlockSize, n*BlockSize)
+			traced(histCycle, fmt.Sprintf("trim pendingFree=%v reserved=%v", v.pool.pendingFree, v.pool.reserved), m.name, blk, n, err)
 		} else {
 			err = v.WriteZeroes(blk*BlockSize, n*BlockSize, rng.IntN(4) == 0)
+			traced(histCycle, fmt.Sprintf("zero pendingFree=%v reserved=%v", v.pool.pendingFree, v.pool.reserved), m.name, blk, n, err)
 		}
-		if err == nil || errors.Is(err, ErrIO) {
+		// Done, or (on any error) perhaps partly done.
+		{
 			for i := int64(0); i < n; i++ {
 				m.set(blk+i, 0)
 			}
 		}
 		return err
 	case op < 82:
-		if err := v.Flush(); err != nil {
+		err := v.Flush()
+		traced(histCycle, "flush", m.name, 0, 0, err)
+		if err != nil {
 			return err
 		}
 		m.flushed()
@@ -258,7 +304,7 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 	case op < 96:
 		size := m.size + int64(1+rng.IntN(4))*ExtentSize/4
 		if _, err := e.UpdateVolume(m.name, VolumeUpdate{Size: &size}); err != nil {
-			if errors.Is(err, drive.ErrIO) {
+			if errors.Is(err, drive.ErrIO) || errors.Is(err, ErrIO) {
 				m.maybeSize = size
 			}
 			return err
@@ -267,7 +313,7 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		return nil
 	default:
 		if err := e.DeleteVolume(m.name); err != nil {
-			if errors.Is(err, drive.ErrIO) {
+			if errors.Is(err, drive.ErrIO) || errors.Is(err, ErrIO) {
 				m.maybeDeleted = true
 			}
 			return err
@@ -339,6 +385,19 @@ func verify(t *testing.T, e *Engine, vols map[string]*modelVolume, cycle int, wa
 				}
 			}
 			if !found {
+				for _, tr := range trace {
+					if tr.vol == m.name && (tr.op == "flush" || tr.blk <= blk|255 && blk&^255 < tr.blk+tr.n) || tr.op == "crash" || tr.op == "create" {
+						t.Logf("trace: cycle %d %s %s blk %d n %d err %v", tr.cycle, tr.op, tr.vol, tr.blk, tr.n, tr.err)
+					}
+				}
+				ext, mapped := v.table.lookup(uint32(blk * BlockSize / ExtentSize))
+				t.Logf("lext %d mapped=%v ext=%d; pool reserved %v", blk*BlockSize/ExtentSize, mapped, ext, v.pool.reserved)
+				for _, h := range history[histKey{m.name, blk}] {
+					blockContent(want, m.uid, blk, h.ver)
+					if string(want) == string(b) {
+						t.Logf("it holds version %d, written in cycle %d op %q", h.ver, h.cycle, h.op)
+					}
+				}
 				t.Fatalf("cycle %d: %s block %d holds none of the allowed versions %v (first bytes %x)", cycle, m.name, blk, m.possible[blk], b[:16])
 			}
 		}

@@ -264,8 +264,7 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 	p.vols, p.nextVolID = st.vols, st.nextVolID
 	for _, v := range p.vols {
 		var terr error
-		v.table.forEach(func(lext uint32, en *entry) {
-			ext := en.load().ext
+		v.table.forEach(func(lext uint32, ext allocator.Extent) {
 			v.used.Add(1)
 			if terr == nil && p.alloc.Refs(ext) > 0 {
 				terr = fmt.Errorf("%w: %s: extent %d mapped twice (volume %q extent %d)", ErrCorrupt, p, ext, v.meta.name, lext)
@@ -278,13 +277,42 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 			return nil, nil, terr
 		}
 	}
+	// Reserved extents nobody mapped may hold data written just before a
+	// crash: zero them before any writer can map them.
+	for ext := range st.reserved {
+		if err := p.alloc.Take(ext); err != nil || p.alloc.Refs(ext) > 1 {
+			return nil, nil, fmt.Errorf("%w: %s: reserved extent %d is mapped or invalid", ErrCorrupt, p, ext)
+		}
+		p.reserved = append(p.reserved, ext)
+	}
+	slices.Sort(p.reserved)
+	for _, ext := range p.reserved {
+		if err := p.zeroExtent(ext, 0, ExtentSize); err != nil {
+			return nil, nil, err
+		}
+	}
+	// Extents of volumes whose delete was logged but not finished: zero them
+	// now; they stay free.
+	for ext := range st.condemned {
+		if p.alloc.Refs(ext) > 0 {
+			return nil, nil, fmt.Errorf("%w: %s: condemned extent %d is mapped or reserved", ErrCorrupt, p, ext)
+		}
+		if err := p.zeroExtent(ext, 0, ExtentSize); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(p.reserved) > 0 || len(st.condemned) > 0 {
+		if err := p.syncData(); err != nil {
+			return nil, nil, err
+		}
+	}
 	p.log = wal.NewWriter(d0, region, pos)
 	return p, used, nil
 }
 
 func (e *Engine) newPool(number int, uuid [16]byte, prio IOPriority, logSize int64) *pool {
 	p := &pool{eng: e, number: number, uuid: uuid, priority: prio, logSize: logSize,
-		alloc: allocator.New(), vols: map[uint32]*Volume{},
+		alloc: allocator.New(), vols: map[uint32]*Volume{}, condemned: map[allocator.Extent]struct{}{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	p.committer = wal.NewCommitter(p.round)
 	return p
@@ -316,6 +344,14 @@ func (e *Engine) addDrive(spec DriveSpec, d drive.Drive) error {
 	}
 	sb := superblock{driveSize: d.Size(), logSize: logSize, dataOff: dataOff, extentCount: extents,
 		driveUUID: newUUID(), priority: prio, nodeID: e.opts.NodeID, created: time.Now().UnixNano(), logStartSeq: 1}
+	// Free extents must read as zeros (see mapping.go): zero the data region
+	// before the superblock makes the drive part of a pool.
+	if err := d.Zero(dataOff, int64(extents)*ExtentSize); err != nil {
+		return fmt.Errorf("%w: %s: zeroing the data region: %v", ErrDriveRefused, spec.Path, err)
+	}
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrDriveRefused, spec.Path, err)
+	}
 	for _, p := range e.pools {
 		if p.priority != prio || p.err() != nil {
 			continue
@@ -465,8 +501,9 @@ func (e *Engine) Status() Status {
 	st := Status{NodeID: e.opts.NodeID}
 	for _, p := range pools {
 		p.mu.Lock()
+		spare := int64(len(p.reserved) + len(p.reserving)) // reserved for writers, not used
 		pi := PoolInfo{ID: p.number, UUID: uuidString(p.uuid), IOPriority: p.priority, Raid: "raid0",
-			Size: p.alloc.Total() * ExtentSize, Used: p.alloc.Used() * ExtentSize, Status: "Online"}
+			Size: p.alloc.Total() * ExtentSize, Used: (p.alloc.Used() - spare) * ExtentSize, Status: "Online"}
 		for i, pd := range p.drives {
 			pi.Drives = append(pi.Drives, DriveInfo{Path: pd.d.Path(), Size: int64(pd.sb.extentCount) * ExtentSize,
 				Used: int64(p.alloc.DriveUsed(i)) * ExtentSize, Status: "Online"})
@@ -692,14 +729,18 @@ func (e *Engine) DeleteVolume(name string) error {
 	}
 	v.ioMu.Lock()
 	p.mu.Lock()
-	v.table.forEach(func(lext uint32, en *entry) { v.unmapLocked(lext, en, en.load().ext) })
+	v.table.forEach(func(_ uint32, ext allocator.Extent) { p.condemned[ext] = struct{}{} })
+	v.used.Store(0)
 	v.deleted = true
 	delete(p.vols, v.id)
 	p.enqueue(&record{typ: recDeleteVolume, vol: v.id})
 	p.mu.Unlock()
 	v.ioMu.Unlock()
 	delete(e.byName, name)
-	return p.commit()
+	if err := p.commit(); err != nil {
+		return err
+	}
+	return p.reclaimCondemned()
 }
 
 // Check verifies the engine's invariants (tests): every pool's allocator is
@@ -712,11 +753,32 @@ func (e *Engine) Check() error {
 		p.mu.Lock()
 		err := p.alloc.Check()
 		var mapped int64
-		for _, v := range p.vols {
-			v.table.forEach(func(uint32, *entry) { mapped++ })
+		owner := map[allocator.Extent]string{}
+		claim := func(ext allocator.Extent, who string) {
+			if prev, dup := owner[ext]; dup && err == nil {
+				err = fmt.Errorf("%s: extent %d held twice: %s and %s", p, ext, prev, who)
+			}
+			owner[ext] = who
 		}
-		if err == nil && mapped+int64(len(p.pendingFree)) != p.alloc.Used() {
-			err = fmt.Errorf("%s: %d extents mapped + %d pending free, allocator says %d used", p, mapped, len(p.pendingFree), p.alloc.Used())
+		for _, v := range p.vols {
+			v.table.forEach(func(lext uint32, ext allocator.Extent) {
+				mapped++
+				claim(ext, fmt.Sprintf("volume %q extent %d", v.meta.name, lext))
+			})
+		}
+		for _, ext := range p.pendingFree {
+			claim(ext, "pending free")
+		}
+		for _, ext := range append(slices.Clip(p.reserved), p.reserving...) {
+			claim(ext, "reserved")
+		}
+		for ext := range p.condemned {
+			claim(ext, "condemned")
+		}
+		held := mapped + int64(len(p.pendingFree)+len(p.reserved)+len(p.reserving)+len(p.condemned))
+		if err == nil && held != p.alloc.Used() {
+			err = fmt.Errorf("%s: %d extents mapped + %d pending free + %d reserved, allocator says %d used",
+				p, mapped, len(p.pendingFree), len(p.reserved)+len(p.reserving), p.alloc.Used())
 		}
 		p.mu.Unlock()
 		if err != nil {

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +22,6 @@ import (
 const (
 	BlockSize          = 4096
 	ExtentSize         = 1 << 20
-	blocksPerExtent    = ExtentSize / BlockSize
 	minExtents         = 16
 	maxExtentsPerDrive = 1 << 26 // 64 TiB of 1 MiB extents; pool extent numbers fit in 31 bits
 )
@@ -74,10 +75,17 @@ type pool struct {
 	pending     []byte               // REQUIRES mu; encoded records not yet in the log
 	cuts        []int                // REQUIRES mu; record boundaries where a frame may end
 	pendingFree []allocator.Extent   // REQUIRES mu; freed, reusable after the next round
-	bgStarted   bool                 // set once, before the engine is shared
-	wake        chan struct{}        // background committer
-	stop        chan struct{}
-	done        chan struct{}
+	reserved    []allocator.Extent   // REQUIRES mu; durably reserved, zero, free for writers to map
+	reserving   []allocator.Extent   // REQUIRES mu; reserved by a record not yet durable
+	// condemned: extents of deleted volumes not yet zeroed. The delete is
+	// logged first and the zeroing follows, so a delete that fails or is cut
+	// short by a crash never destroys a volume that survives it; recovery
+	// zeroes whatever a logged delete left condemned.
+	condemned map[allocator.Extent]struct{} // REQUIRES mu
+	bgStarted bool                          // set once, before the engine is shared
+	wake      chan struct{}                 // background committer
+	stop      chan struct{}
+	done      chan struct{}
 }
 
 type poolDrive struct {
@@ -141,14 +149,16 @@ func (p *pool) commit() error {
 
 func (p *pool) round() error {
 	p.mu.Lock()
-	recs, cuts := p.pending, p.cuts
-	p.pending, p.cuts = p.spare[:0], p.spareCs[:0]
-	freed := p.pendingFree
-	p.pendingFree = nil
+	// The checkpoint (if any) is encoded before anything is taken from the
+	// queues, so it describes exactly the state the taken records lead to.
 	var snap []byte
-	if p.log.Used()+int64(len(recs))+wal.SectorSize*int64(len(cuts)+2) > p.logSize/2 {
+	if p.log.Used()+int64(len(p.pending))+wal.SectorSize*int64(len(p.cuts)+2) > p.logSize/2 {
 		snap = p.encodeCheckpoint()
 	}
+	recs, cuts := p.pending, p.cuts
+	p.pending, p.cuts = p.spare[:0], p.spareCs[:0]
+	freed, reserving := p.pendingFree, p.reserving
+	p.pendingFree, p.reserving = nil, nil
 	p.mu.Unlock()
 
 	if err := p.syncData(); err != nil {
@@ -164,8 +174,9 @@ func (p *pool) round() error {
 		return p.fail(err)
 	}
 	p.spare, p.spareCs = recs[:0], cuts[:0]
-	if len(freed) > 0 {
+	if len(freed) > 0 || len(reserving) > 0 {
 		p.mu.Lock()
+		p.reserved = append(p.reserved, reserving...)
 		for _, e := range freed {
 			if err := p.alloc.Free(e); err != nil {
 				p.mu.Unlock()
@@ -273,12 +284,87 @@ func (p *pool) background() {
 		case <-p.wake:
 		}
 		p.mu.Lock()
-		idle := len(p.pending) == 0 && len(p.pendingFree) == 0
+		if len(p.reserved)+len(p.reserving) < p.reserveLow() {
+			p.reserveLocked()
+		}
+		idle := len(p.pending) == 0 && len(p.pendingFree) == 0 && len(p.reserving) == 0
 		p.mu.Unlock()
 		if !idle && p.err() == nil {
 			p.commit() // a failure is recorded in p.failed and reported by every later I/O
 		}
 	}
+}
+
+// Extent reservations. A writer maps only extents that a durable record has
+// reserved: if the writer's map record is lost in a crash while its data
+// landed, recovery still knows the extent may hold data and zeroes it before
+// anyone can map it again (see mapping.go for why free extents must read as
+// zeros).
+
+func (p *pool) reserveBatch() int { return int(min(64, max(1, p.alloc.Total()/16))) }
+func (p *pool) reserveLow() int   { return max(1, p.reserveBatch()/2) }
+
+// reserveLocked takes a batch of free extents into p.reserving and queues the
+// record that reserves them; they become usable after the round that logs it.
+// Reports whether it reserved anything. REQUIRES mu.
+func (p *pool) reserveLocked() bool {
+	var r record
+	r.typ = recReserve
+	for i := 0; i < p.reserveBatch(); i++ {
+		ext, err := p.alloc.Allocate()
+		if err != nil {
+			break
+		}
+		p.reserving = append(p.reserving, ext)
+		r.exts = append(r.exts, uint32(ext))
+	}
+	if len(r.exts) == 0 {
+		return false
+	}
+	p.enqueue(&r)
+	return true
+}
+
+// takeReserved returns a reserved extent for a writer to map, or false when
+// none is ready. Wakes the background committer to refill early. REQUIRES mu.
+func (p *pool) takeReserved() (allocator.Extent, bool) {
+	n := len(p.reserved)
+	if n == 0 {
+		return 0, false
+	}
+	ext := p.reserved[n-1]
+	p.reserved = p.reserved[:n-1]
+	if n-1 < p.reserveLow() && len(p.reserving) == 0 {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+	return ext, true
+}
+
+// reclaimCondemned zeroes the extents of deleted volumes (whose delete is
+// durable) and queues them to be freed by the next round.
+func (p *pool) reclaimCondemned() error {
+	p.mu.Lock()
+	exts := slices.Collect(maps.Keys(p.condemned))
+	p.mu.Unlock()
+	for _, ext := range exts {
+		if err := p.zeroExtent(ext, 0, ExtentSize); err != nil {
+			return p.fail(err)
+		}
+	}
+	p.mu.Lock()
+	for _, ext := range exts {
+		delete(p.condemned, ext)
+	}
+	p.pendingFree = append(p.pendingFree, exts...)
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 // encodeCheckpoint serializes the whole pool. REQUIRES mu.
@@ -297,18 +383,21 @@ func (p *pool) encodeCheckpoint() []byte {
 		countAt := len(e.b)
 		e.u32(0)
 		n := uint32(0)
-		v.table.forEach(func(lext uint32, en *entry) {
-			s := en.load()
+		v.table.forEach(func(lext uint32, ext allocator.Extent) {
 			e.u32(lext)
-			e.u32(uint32(s.ext))
-			e.bool(s.full)
-			if !s.full {
-				m := s.bits.snapshot()
-				e.mask(&m)
-			}
+			e.u32(uint32(ext))
 			n++
 		})
 		binary.LittleEndian.PutUint32(e.b[countAt:], n)
+	}
+	// Extents being reserved are durable once this checkpoint is.
+	e.u32(uint32(len(p.reserved) + len(p.reserving)))
+	for _, x := range append(slices.Clip(p.reserved), p.reserving...) {
+		e.u32(uint32(x))
+	}
+	e.u32(uint32(len(p.condemned)))
+	for _, x := range slices.Sorted(maps.Keys(p.condemned)) {
+		e.u32(uint32(x))
 	}
 	return e.b
 }
@@ -318,6 +407,8 @@ type poolState struct {
 	nextVolID uint32
 	drives    []driveRef
 	vols      map[uint32]*Volume
+	reserved  map[allocator.Extent]bool
+	condemned map[allocator.Extent]bool
 }
 
 type driveRef struct {
@@ -331,7 +422,7 @@ func (p *pool) decodeCheckpoint(b []byte) (*poolState, error) {
 	if d.u32() != checkpointMagic {
 		return nil, fmt.Errorf("%w: checkpoint magic", ErrCorrupt)
 	}
-	st := &poolState{nextVolID: d.u32(), vols: map[uint32]*Volume{}}
+	st := &poolState{nextVolID: d.u32(), vols: map[uint32]*Volume{}, reserved: map[allocator.Extent]bool{}, condemned: map[allocator.Extent]bool{}}
 	nd := d.count(20)
 	for i := 0; i < nd; i++ {
 		var r driveRef
@@ -356,30 +447,28 @@ func (p *pool) decodeCheckpoint(b []byte) (*poolState, error) {
 			return nil, fmt.Errorf("%w: checkpoint volume id %d repeated or beyond %d", ErrCorrupt, m.id, st.nextVolID)
 		}
 		st.vols[m.id] = v
-		nm := d.count(9)
+		nm := d.count(8)
 		for j := 0; j < nm && d.err == nil; j++ {
-			lext, phys, full := d.u32(), d.u32(), d.u8() != 0
-			var mask blockMask
-			if !full {
-				mask = d.mask()
-			}
+			lext, phys := d.u32(), d.u32()
 			if d.err != nil {
 				break
 			}
 			if err := v.checkLext(lext); err != nil {
 				return nil, err
 			}
-			en := v.table.getOrCreate(lext)
-			if en.phys.Load() != 0 {
+			if _, mapped := v.table.lookup(lext); mapped {
 				return nil, fmt.Errorf("%w: volume %d extent %d mapped twice in checkpoint", ErrCorrupt, m.id, lext)
 			}
-			if full {
-				en.setFull(allocator.Extent(phys))
-			} else {
-				en.setMapped(allocator.Extent(phys))
-				en.orBlocks(mask)
-			}
+			v.table.set(lext, allocator.Extent(phys))
 		}
+	}
+	nr := d.count(4)
+	for i := 0; i < nr && d.err == nil; i++ {
+		st.reserved[allocator.Extent(d.u32())] = true
+	}
+	nc := d.count(4)
+	for i := 0; i < nc && d.err == nil; i++ {
+		st.condemned[allocator.Extent(d.u32())] = true
 	}
 	if !d.done() {
 		if d.err != nil {
@@ -394,6 +483,13 @@ func (p *pool) decodeCheckpoint(b []byte) (*poolState, error) {
 func (p *pool) apply(st *poolState, r *record) error {
 	if r.typ == recAddDrive {
 		st.drives = append(st.drives, driveRef{uuid: r.uuid, extents: r.extents})
+		return nil
+	}
+	if r.typ == recReserve {
+		for _, x := range r.exts {
+			st.reserved[allocator.Extent(x)] = true
+			delete(st.condemned, allocator.Extent(x))
+		}
 		return nil
 	}
 	if r.typ == recCreateVolume {
@@ -420,24 +516,21 @@ func (p *pool) apply(st *poolState, r *record) error {
 		v.meta.sticky, v.meta.snapInterval = r.meta.sticky, r.meta.snapInterval
 		v.setSize(r.meta.size)
 	case recDeleteVolume:
+		v.table.forEach(func(_ uint32, ext allocator.Extent) { st.condemned[ext] = true })
 		delete(st.vols, r.vol)
 	default:
 		if err := v.checkLext(r.lext); err != nil {
 			return err
 		}
-		en := v.table.getOrCreate(r.lext)
-		switch r.typ {
-		case recMapExtent:
-			if en.phys.Load() != 0 {
-				return fmt.Errorf("%w: volume id %d extent %d mapped while mapped", ErrCorrupt, r.vol, r.lext)
-			}
-			en.setMapped(allocator.Extent(r.phys))
-		case recUnmapExtent:
-			en.unmap()
-		case recSetBlocks:
-			en.orBlocks(r.mask)
-		case recClearBlocks:
-			en.clearBlocks(r.mask)
+		_, mapped := v.table.lookup(r.lext)
+		switch {
+		case r.typ == recMapExtent && mapped:
+			return fmt.Errorf("%w: volume id %d extent %d mapped while mapped", ErrCorrupt, r.vol, r.lext)
+		case r.typ == recMapExtent:
+			v.table.set(r.lext, allocator.Extent(r.phys))
+			delete(st.reserved, allocator.Extent(r.phys))
+		case r.typ == recUnmapExtent:
+			v.table.unset(r.lext)
 		}
 	}
 	return nil

@@ -15,15 +15,15 @@ import (
 //	recDeleteVolume  vol u32
 //	recMapExtent     vol u32 | lext u32 | phys u32
 //	recUnmapExtent   vol u32 | lext u32
-//	recSetBlocks     vol u32 | lext u32 | mask [4]u64     (blocks now written)
-//	recClearBlocks   vol u32 | lext u32 | mask [4]u64     (blocks trimmed)
+//	recReserve       n u32 | n × phys u32        (extents writers may map; zeroed at recovery if still unmapped)
 //	recAddDrive      uuid [16] | extents u32
 //
 // A checkpoint (one or more frames of type frameCheckpoint, the last of type
 // frameCheckpointEnd, concatenated) is the whole pool state at one instant:
 //
 //	magic u32 "CKP1" | next vol u32 | drives u32 | drives × (uuid [16] | extents u32)
-//	| volumes u32 | volumes × (create-record fields | mapped u32 | mapped × (lext u32 | phys u32 | full u8 | [mask [4]u64 if !full]))
+//	| volumes u32 | volumes × (create-record fields | mapped u32 | mapped × (lext u32 | phys u32))
+//	| reserved u32 | reserved × phys u32
 //
 // Every count and length read back is bounded by the bytes that remain before
 // anything is allocated for it.
@@ -33,8 +33,8 @@ const (
 	recDeleteVolume
 	recMapExtent
 	recUnmapExtent
-	recSetBlocks
-	recClearBlocks
+	recReserve
+	_ // 7: unused
 	recAddDrive
 )
 
@@ -46,9 +46,6 @@ const (
 )
 
 const checkpointMagic = 0x31504b43 // "CKP1"
-
-// blockMask has one bit per 4 KiB block of an extent.
-type blockMask [blocksPerExtent / 64]uint64
 
 // volumeMeta is what a volume is, apart from its mapping.
 type volumeMeta struct {
@@ -78,11 +75,6 @@ func (e *enc) bool(v bool) {
 		e.u8(1)
 	} else {
 		e.u8(0)
-	}
-}
-func (e *enc) mask(m *blockMask) {
-	for _, w := range m {
-		e.u64(w)
 	}
 }
 
@@ -150,12 +142,6 @@ func (d *dec) str() string {
 	d.off += n
 	return string(d.b[d.off-n : d.off])
 }
-func (d *dec) mask() (m blockMask) {
-	for i := range m {
-		m[i] = d.u64()
-	}
-	return m
-}
 func (d *dec) done() bool { return d.err == nil && d.off == len(d.b) }
 
 // count reads a u32 count of items at least minSize bytes each and rejects a
@@ -194,7 +180,7 @@ type record struct {
 	vol     uint32
 	lext    uint32
 	phys    uint32
-	mask    blockMask
+	exts    []uint32 // recReserve
 	uuid    [16]byte
 	extents uint32
 }
@@ -219,10 +205,11 @@ func appendRecord(b []byte, r *record) []byte {
 	case recUnmapExtent:
 		e.u32(r.vol)
 		e.u32(r.lext)
-	case recSetBlocks, recClearBlocks:
-		e.u32(r.vol)
-		e.u32(r.lext)
-		e.mask(&r.mask)
+	case recReserve:
+		e.u32(uint32(len(r.exts)))
+		for _, x := range r.exts {
+			e.u32(x)
+		}
 	case recAddDrive:
 		e.b = append(e.b, r.uuid[:]...)
 		e.u32(r.extents)
@@ -253,9 +240,12 @@ func decodeRecords(p []byte, fn func(*record) error) error {
 			r.vol, r.lext, r.phys = d.u32(), d.u32(), d.u32()
 		case recUnmapExtent:
 			r.vol, r.lext = d.u32(), d.u32()
-		case recSetBlocks, recClearBlocks:
-			r.vol, r.lext = d.u32(), d.u32()
-			r.mask = d.mask()
+		case recReserve:
+			n := d.count(4)
+			r.exts = make([]uint32, n)
+			for i := range r.exts {
+				r.exts[i] = d.u32()
+			}
 		case recAddDrive:
 			if d.need(16) {
 				copy(r.uuid[:], d.b[d.off:])

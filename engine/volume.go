@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -42,8 +41,8 @@ func (p *pool) newVolume(m volumeMeta) (*Volume, error) {
 	return v, nil
 }
 
-// maxVolumeSize keeps logical extent numbers in 32 bits (4 PiB).
-const maxVolumeSize = int64(1<<32-1) * ExtentSize
+// maxVolumeSize is 64 TiB: the chunk slice of the largest volume stays 2 MiB.
+const maxVolumeSize = int64(64) << 40
 
 // setSize grows the table. REQUIRES ioMu (write) or exclusive access, and pool.mu.
 func (v *Volume) setSize(size int64) {
@@ -178,42 +177,19 @@ func (v *Volume) read(p []byte, off int64) error {
 	return v.readAligned(p, off)
 }
 
-// readAligned reads whole blocks. REQUIRES ioMu.
+// readAligned reads whole blocks; unmapped extents read as zeros. REQUIRES ioMu.
 func (v *Volume) readAligned(p []byte, off int64) error {
 	t := v.table
 	for len(p) > 0 {
 		lext := uint32(off / ExtentSize)
 		in := off % ExtentSize
 		n := min(int64(len(p)), ExtentSize-in)
-		var s entryState
-		if e := t.get(lext); e != nil {
-			s = e.load()
-		}
-		switch {
-		case !s.mapped:
-			clear(p[:n])
-		case s.full:
-			if err := v.pool.readExtent(s.ext, p[:n], in); err != nil {
+		if ext, mapped := t.lookup(lext); mapped {
+			if err := v.pool.readExtent(ext, p[:n], in); err != nil {
 				return err
 			}
-		default:
-			// Runs of written blocks are read, runs of unwritten ones zeroed.
-			for b := in / BlockSize; b < (in+n)/BlockSize; {
-				w := s.written(int(b))
-				e := b + 1
-				for e < (in+n)/BlockSize && s.written(int(e)) == w {
-					e++
-				}
-				seg := p[(b*BlockSize - in):(e*BlockSize - in)]
-				if w {
-					if err := v.pool.readExtent(s.ext, seg, b*BlockSize); err != nil {
-						return err
-					}
-				} else {
-					clear(seg)
-				}
-				b = e
-			}
+		} else {
+			clear(p[:n])
 		}
 		p, off = p[n:], off+n
 	}
@@ -262,92 +238,64 @@ func (v *Volume) writePartial(p []byte, off int64) error {
 	return v.writeAligned(buf, lo)
 }
 
-// writeAligned writes whole blocks, allocating extents on first touch.
+// writeAligned writes whole blocks, mapping an extent on first touch.
 // REQUIRES ioMu.
 func (v *Volume) writeAligned(p []byte, off int64) error {
 	for len(p) > 0 {
 		lext := uint32(off / ExtentSize)
 		in := off % ExtentSize
 		n := min(int64(len(p)), ExtentSize-in)
-		e, s, err := v.entryForWrite(lext)
+		ext, err := v.extentForWrite(lext)
 		if err != nil {
 			return err
 		}
-		if err := v.pool.writeExtent(s.ext, p[:n], in); err != nil {
+		if err := v.pool.writeExtent(ext, p[:n], in); err != nil {
 			return err
-		}
-		if !s.full {
-			v.markWritten(lext, e, int(in/BlockSize), int(n/BlockSize))
 		}
 		p, off = p[n:], off+n
 	}
 	return nil
 }
 
-// entryForWrite returns the entry of lext, mapping a new extent if it has none.
-func (v *Volume) entryForWrite(lext uint32) (*entry, entryState, error) {
-	if e := v.table.get(lext); e != nil {
-		if s := e.load(); s.mapped {
-			return e, s, nil
-		}
+// extentForWrite returns the extent mapped at lext, mapping a reserved one
+// (which reads as zeros) if there is none. The map record may reach the log
+// before the data: the extent then reads zeros where the data did not land,
+// which is the old content.
+func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
+	if ext, mapped := v.table.lookup(lext); mapped {
+		return ext, nil
 	}
 	p := v.pool
-	for attempt := 0; ; attempt++ {
+	// Each wait is one commit round: it may make a reservation durable, or
+	// release freed extents so that the next attempt can reserve them.
+	for attempt := 0; attempt < 4; attempt++ {
 		p.mu.Lock()
-		e := v.table.getOrCreate(lext)
-		if s := e.load(); s.mapped {
+		if ext, mapped := v.table.lookup(lext); mapped {
 			p.mu.Unlock()
-			return e, s, nil
+			return ext, nil
 		}
-		ext, err := p.alloc.Allocate()
-		if errors.Is(err, allocator.ErrNoSpace) && len(p.pendingFree) > 0 && attempt == 0 {
-			// Trimmed extents become reusable once their unmap is durable.
+		if ext, ok := p.takeReserved(); ok {
+			v.table.set(lext, ext)
+			p.enqueue(&record{typ: recMapExtent, vol: v.id, lext: lext, phys: uint32(ext)})
+			v.used.Add(1)
 			p.mu.Unlock()
-			if err := p.commit(); err != nil {
-				return nil, entryState{}, err
-			}
-			continue
+			return ext, nil
 		}
-		if err != nil {
-			p.mu.Unlock()
-			return nil, entryState{}, fmt.Errorf("%w: %s: volume %q", ErrNoSpace, p, v.meta.name)
-		}
-		e.setMapped(ext)
-		p.enqueue(&record{typ: recMapExtent, vol: v.id, lext: lext, phys: uint32(ext)})
-		v.used.Add(1)
+		worthWaiting := len(p.reserving) > 0 || p.reserveLocked() || len(p.pendingFree) > 0
 		p.mu.Unlock()
-		return e, e.load(), nil
-	}
-}
-
-// markWritten records blocks as written after their data is on the drive
-// (never before: a record must not promise data the drive may not have).
-func (v *Volume) markWritten(lext uint32, e *entry, first, n int) {
-	s := e.load()
-	m := maskRange(first, n)
-	if s.full || s.bits == nil {
-		return
-	}
-	already := true
-	for i := range m {
-		if m[i]&^s.bits[i].Load() != 0 {
-			already = false
+		if !worthWaiting {
 			break
 		}
+		if err := p.commit(); err != nil {
+			return 0, err
+		}
 	}
-	if already {
-		return
-	}
-	p := v.pool
-	p.mu.Lock()
-	if added := e.orBlocks(m); !added.empty() {
-		p.enqueue(&record{typ: recSetBlocks, vol: v.id, lext: lext, mask: added})
-	}
-	p.mu.Unlock()
+	return 0, fmt.Errorf("%w: %s: volume %q", ErrNoSpace, p, v.meta.name)
 }
 
-// Trim gives back the space of the whole blocks in [off, off+n); they read as
-// zeros afterwards. Partial blocks at the edges are left alone (trim is advisory).
+// Trim makes the whole blocks in [off, off+n) read as zeros and gives back
+// the space of whole extents. Partial blocks at the edges are left alone
+// (trim is advisory). Like a write, it is durable after the next Flush.
 func (v *Volume) Trim(off, n int64) error {
 	start := v.now()
 	err := v.checkIO(off, n)
@@ -413,8 +361,9 @@ func (v *Volume) writeZeroes(off, n int64, noHole bool) error {
 	return err
 }
 
-// deallocate unmarks the whole blocks of [off, off+n) and frees extents left
-// empty. REQUIRES ioMu (write).
+// deallocate makes the whole blocks of [off, off+n) read as zeros: extents
+// wholly inside are unmapped (and freed), the blocks of partly covered ones
+// are zeroed on the drive. REQUIRES ioMu (write).
 func (v *Volume) deallocate(off, n int64) error {
 	if v.deleted {
 		return fmt.Errorf("%w: volume %q was deleted", ErrNotFound, v.meta.name)
@@ -422,20 +371,21 @@ func (v *Volume) deallocate(off, n int64) error {
 	lo := (off + BlockSize - 1) &^ (BlockSize - 1)
 	hi := (off + n) &^ (BlockSize - 1)
 	p := v.pool
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	for o := lo; o < hi; {
 		lext := uint32(o / ExtentSize)
 		in := o % ExtentSize
 		c := min(hi-o, ExtentSize-in)
-		if e := v.table.get(lext); e != nil && e.phys.Load() != 0 {
-			s := e.load()
-			if in == 0 && c == ExtentSize {
-				v.unmapLocked(lext, e, s.ext)
-			} else if cleared, empty := e.clearBlocks(maskRange(int(in/BlockSize), int(c/BlockSize))); empty {
-				v.unmapLocked(lext, e, s.ext)
-			} else if !cleared.empty() {
-				p.enqueue(&record{typ: recClearBlocks, vol: v.id, lext: lext, mask: cleared})
+		if ext, mapped := v.table.lookup(lext); mapped {
+			var err error
+			if c == ExtentSize {
+				p.mu.Lock()
+				err = v.unmapLocked(lext, ext)
+				p.mu.Unlock()
+			} else {
+				err = p.zeroExtent(ext, in, c)
+			}
+			if err != nil {
+				return err
 			}
 		}
 		o += c
@@ -443,17 +393,23 @@ func (v *Volume) deallocate(off, n int64) error {
 	return nil
 }
 
-// unmapLocked frees a mapped extent: reusable only after the next round makes
-// the unmap durable. REQUIRES ioMu (write) and pool.mu.
-func (v *Volume) unmapLocked(lext uint32, e *entry, ext allocator.Extent) {
-	e.unmap()
+// unmapLocked zeroes a mapped extent and unmaps it; it is reusable only after
+// the next round has synced the zeros and logged the unmap.
+// REQUIRES ioMu (write) and pool.mu.
+func (v *Volume) unmapLocked(lext uint32, ext allocator.Extent) error {
+	if err := v.pool.zeroExtent(ext, 0, ExtentSize); err != nil {
+		return err
+	}
+	v.table.unset(lext)
 	v.used.Add(-1)
 	v.pool.enqueue(&record{typ: recUnmapExtent, vol: v.id, lext: lext})
 	v.pool.pendingFree = append(v.pool.pendingFree, ext)
+	return nil
 }
 
-// Extents reports data and hole runs covering [off, off+n), at block
-// granularity (NBD base:allocation).
+// Extents reports data and hole runs covering [off, off+n), at extent
+// granularity (NBD base:allocation): a hole is never-written space; a data
+// run may contain blocks that read as zeros.
 func (v *Volume) Extents(off, n int64) ([]Extent, error) {
 	if err := v.checkIO(off, n); err != nil {
 		return nil, err
@@ -471,29 +427,12 @@ func (v *Volume) Extents(off, n int64) ([]Extent, error) {
 	for o := off; o < off+n; {
 		lext := uint32(o / ExtentSize)
 		extEnd := min(int64(lext+1)*ExtentSize, off+n)
-		var s entryState
-		if e := v.table.get(lext); e != nil {
-			s = e.load()
+		k := ExtentHole
+		if _, mapped := v.table.lookup(lext); mapped {
+			k = ExtentData
 		}
-		if !s.mapped || s.full {
-			k := ExtentHole
-			if s.mapped {
-				k = ExtentData
-			}
-			add(o, extEnd-o, k)
-			o = extEnd
-			continue
-		}
-		for o < extEnd {
-			b := int((o % ExtentSize) / BlockSize)
-			blockEnd := min((o&^(BlockSize-1))+BlockSize, extEnd)
-			k := ExtentHole
-			if s.written(b) {
-				k = ExtentData
-			}
-			add(o, blockEnd-o, k)
-			o = blockEnd
-		}
+		add(o, extEnd-o, k)
+		o = extEnd
 	}
 	return out, nil
 }
@@ -511,6 +450,15 @@ func (p *pool) readExtent(ext allocator.Extent, b []byte, in int64) error {
 	if err := pd.d.ReadAt(b, base+in); err != nil {
 		return fmt.Errorf("%w: %v", ErrIO, err)
 	}
+	return nil
+}
+
+func (p *pool) zeroExtent(ext allocator.Extent, in, n int64) error {
+	pd, base := p.locateShared(ext)
+	if err := pd.d.Zero(base+in, n); err != nil {
+		return fmt.Errorf("%w: %v", ErrIO, err)
+	}
+	pd.dirty.Store(true)
 	return nil
 }
 
