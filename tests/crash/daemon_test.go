@@ -197,10 +197,11 @@ func (d *daemon) status() status {
 }
 
 type volumeInfo struct {
-	Name  string `json:"name"`
-	Size  int64  `json:"size"`
-	Used  int64  `json:"used"`
-	State string `json:"state"`
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	Used   int64  `json:"used"`
+	State  string `json:"state"`
+	Device string `json:"device"`
 }
 
 func (d *daemon) inspect(name string) volumeInfo {
