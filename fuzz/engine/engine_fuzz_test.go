@@ -109,6 +109,28 @@ func buildTemplate() (template, error) {
 	if err := e.Close(); err != nil {
 		return template{}, err
 	}
+	// Until the active log holds a checkpoint with records after it: reopen,
+	// write and flush once more.
+	for try := 0; ; try++ {
+		tp, err := inspectTemplate(d)
+		if err == nil || try == 32 {
+			return tp, err
+		}
+		e, err := engine.Open(engine.Options{NodeID: nodeID, Drives: []engine.DriveSpec{{Path: d.path, Drive: d}}})
+		if err != nil {
+			return template{}, err
+		}
+		v, _ := e.Volume("c")
+		v.WriteAt(block, int64(try%16)<<20, false)
+		v.Flush()
+		if err := e.Close(); err != nil {
+			return template{}, err
+		}
+	}
+}
+
+// inspectTemplate reads the active log of a drive at rest.
+func inspectTemplate(d *sparseDrive) (template, error) {
 	tp := template{d: d}
 	sb := make([]byte, sbSize)
 	sb0, sb1 := make([]byte, sbSize), make([]byte, sbSize)
@@ -121,7 +143,7 @@ func buildTemplate() (template, error) {
 	logSize := int64(le.Uint64(sb[sbLogSizeOff:]))
 	tp.region = wal.Region{Base: 2*sbSize + int64(sb[sbActiveOff])*logSize, Size: logSize}
 	tp.logID, tp.startSeq = le.Uint64(sb[sbLogIDOff:]), le.Uint64(sb[sbStartSeqOff:])
-	_, err = wal.Replay(d, tp.region, tp.logID, tp.startSeq, func(typ wal.Type, _ uint64, p []byte) error {
+	_, err := wal.Replay(d, tp.region, tp.logID, tp.startSeq, func(typ wal.Type, _ uint64, p []byte) error {
 		switch typ {
 		case frameCheckpoint, frameCheckpointEnd:
 			tp.ckpt = append(tp.ckpt, p...)
