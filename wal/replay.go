@@ -38,21 +38,27 @@ func Replay(dev Device, region Region, logID, startSeq uint64, fn func(typ Type,
 }
 
 // checkTail scans past the end of the chain for a valid frame of the same log
-// that was written after the missing seq had been made durable.
+// that was written after the missing seq had been made durable. It reads the
+// rest of the region in large chunks (the common tail is empty space).
 func checkTail(dev Device, region Region, pos Position, hbuf []byte, payload *[]byte) error {
-	for off := pos.Off + SectorSize; off+SectorSize <= region.Size; off += SectorSize {
-		if err := dev.ReadAt(hbuf[:HeaderSize], region.Base+off); err != nil {
-			return fmt.Errorf("wal: read at %d: %w", region.Base+off, err)
+	const chunk = 1 << 20
+	buf := make([]byte, chunk)
+	for base := pos.Off + SectorSize; base+SectorSize <= region.Size; base += chunk {
+		n := min(int64(chunk), region.Size-base) / SectorSize * SectorSize
+		if err := dev.ReadAt(buf[:n], region.Base+base); err != nil {
+			return fmt.Errorf("wal: read at %d: %w", region.Base+base, err)
 		}
-		h, ok := decodeHeader(hbuf)
-		if !ok || h.logID != pos.LogID || h.seq <= pos.Seq || h.durableSeq < pos.Seq {
-			continue
+		for i := int64(0); i < n; i += SectorSize {
+			h, ok := decodeHeader(buf[i:])
+			if !ok || h.logID != pos.LogID || h.seq <= pos.Seq || h.durableSeq < pos.Seq {
+				continue
+			}
+			if _, ok, err := readFrame(dev, region, base+i, hbuf, payload); err != nil || !ok {
+				continue
+			}
+			return fmt.Errorf("%w: at offset %d (seq %d): frame seq %d at offset %d was written after it was durable",
+				ErrCorrupt, region.Base+pos.Off, pos.Seq, h.seq, region.Base+base+i)
 		}
-		if _, ok, err := readFrame(dev, region, off, hbuf, payload); err != nil || !ok {
-			continue
-		}
-		return fmt.Errorf("%w: at offset %d (seq %d): frame seq %d at offset %d was written after it was durable",
-			ErrCorrupt, region.Base+pos.Off, pos.Seq, h.seq, region.Base+off)
 	}
 	return nil
 }
