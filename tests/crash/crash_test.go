@@ -1,7 +1,9 @@
 package crash
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,6 +64,25 @@ func crashLoop(t *testing.T, d *daemon, iterations int, seed uint64, crash func(
 			t.Fatalf("iteration %d: durability contract broken:\n%s", it, strings.Join(violations, "\n"))
 		}
 	}
+	tornWrites(t, o)
+}
+
+// tornWrites fails the test on blocks torn inside 4 KiB by the crash when
+// CAIRN_KNOWN_BUGS is set (make crash), and otherwise skips it with the
+// evidence: it is a known engine bug, reported, not yet fixed.
+func tornWrites(t *testing.T, o *oracle) {
+	t.Helper()
+	o.mu.Lock()
+	tears := o.tears
+	o.mu.Unlock()
+	if len(tears) == 0 {
+		return
+	}
+	msg := fmt.Sprintf("%d block(s) torn inside 4 KiB by the crash (the contract says old or new, never a mix):\n%s", len(tears), strings.Join(tears, "\n"))
+	if os.Getenv("CAIRN_KNOWN_BUGS") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip("BUG: drive.File.WriteAt copies into a MAP_SHARED mapping in user space; SIGKILL mid-copy leaves a mixed block that recovery serves. " + msg)
 }
 
 // TestCrashSIGKILL: the daemon is SIGKILLed in the middle of a random write
