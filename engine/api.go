@@ -24,6 +24,8 @@ var (
 	ErrClosed       = errors.New("engine: closed")
 	ErrNoPool       = errors.New("engine: no storage pool")
 	ErrDriveRefused = errors.New("engine: drive refused")
+	ErrHasSnapshots = errors.New("engine: volume has snapshots")
+	ErrTooManySnaps = errors.New("engine: snapshot limit reached")
 )
 
 // IOPriority is a pool's class of service, as Portworx names them.
@@ -84,31 +86,41 @@ type VolumeSpec struct {
 	Repl         int        // 1..3 (only 1 until replication lands)
 	Sticky       bool
 	SnapInterval int // minutes, 0 = off
+	SnapKeep     int // scheduled snapshots kept; 0 = DefaultSnapKeep
 	BlockSize    int // 4096 (the only supported value)
 }
+
+// MaxSnapshots is how many snapshots one volume may have (Portworx's limit).
+const MaxSnapshots = 64
+
+// DefaultSnapKeep is how many scheduled snapshots are kept when not told.
+const DefaultSnapKeep = 5
 
 // VolumeUpdate changes a volume; nil fields are left alone.
 type VolumeUpdate struct {
 	Size         *int64 // grow only
 	Sticky       *bool
 	SnapInterval *int
+	SnapKeep     *int // scheduled snapshots to keep (1..MaxSnapshots)
 }
 
-// VolumeInfo describes a volume (or, later, a snapshot).
+// VolumeInfo describes a volume, a snapshot or a clone.
 type VolumeInfo struct {
 	ID                  string
 	Name                string
 	Size                int64
-	Used                int64 // bytes allocated in the pool
+	Used                int64 // bytes mapped; for a snapshot, bytes only it references
 	Repl                int
 	IOPriority          IOPriority // where it landed
 	RequestedIOPriority IOPriority
 	Pool                int
 	Sticky              bool
 	SnapInterval        int
+	SnapKeep            int
 	BlockSize           int
-	Parent              string
+	Parent              string // snapshot: its volume; clone: its snapshot
 	ReadOnly            bool
+	Snapshot            bool   // read-only, sharing extents with Parent
 	State               string // "up", "error"
 	Created             time.Time
 }

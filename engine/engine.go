@@ -262,13 +262,13 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 	}
 	p.publishLayout()
 	p.vols, p.nextVolID = st.vols, st.nextVolID
+	// References: one per mapping (snapshots and clones share extents), one
+	// per reservation. Entries are marked shared exactly when their extent has
+	// more than one reference.
 	for _, v := range p.vols {
 		var terr error
 		v.table.forEach(func(lext uint32, ext allocator.Extent) {
 			v.used.Add(1)
-			if terr == nil && p.alloc.Refs(ext) > 0 {
-				terr = fmt.Errorf("%w: %s: extent %d mapped twice (volume %q extent %d)", ErrCorrupt, p, ext, v.meta.name, lext)
-			}
 			if err := p.alloc.Take(ext); err != nil && terr == nil {
 				terr = fmt.Errorf("%w: %s: volume %q: %v", ErrCorrupt, p, v.meta.name, err)
 			}
@@ -277,11 +277,19 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 			return nil, nil, terr
 		}
 	}
+	for _, v := range p.vols {
+		v.table.forEach(func(lext uint32, ext allocator.Extent) {
+			v.table.setShared(lext, ext, p.alloc.Refs(ext) > 1)
+		})
+	}
 	// Reserved extents nobody mapped may hold data written just before a
 	// crash: zero them before any writer can map them.
 	for ext := range st.reserved {
-		if err := p.alloc.Take(ext); err != nil || p.alloc.Refs(ext) > 1 {
-			return nil, nil, fmt.Errorf("%w: %s: reserved extent %d is mapped or invalid", ErrCorrupt, p, ext)
+		if p.alloc.Refs(ext) > 0 {
+			return nil, nil, fmt.Errorf("%w: %s: reserved extent %d is also mapped", ErrCorrupt, p, ext)
+		}
+		if err := p.alloc.Take(ext); err != nil {
+			return nil, nil, fmt.Errorf("%w: %s: reserved extent: %v", ErrCorrupt, p, err)
 		}
 		p.reserved = append(p.reserved, ext)
 	}
@@ -291,17 +299,22 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 			return nil, nil, err
 		}
 	}
-	// Extents of volumes whose delete was logged but not finished: zero them
-	// now; they stay free.
+	// Extents a logged delete, restore or copy-on-write let go of, that no one
+	// maps any more, may still hold data: zero them; they stay free.
+	zeroed := len(p.reserved)
 	for ext := range st.condemned {
 		if p.alloc.Refs(ext) > 0 {
-			return nil, nil, fmt.Errorf("%w: %s: condemned extent %d is mapped or reserved", ErrCorrupt, p, ext)
+			continue
+		}
+		if _, _, ok := p.alloc.Drive(ext); !ok {
+			return nil, nil, fmt.Errorf("%w: %s: condemned extent %d is in no drive", ErrCorrupt, p, ext)
 		}
 		if err := p.zeroExtent(ext, 0, ExtentSize); err != nil {
 			return nil, nil, err
 		}
+		zeroed++
 	}
-	if len(p.reserved) > 0 || len(st.condemned) > 0 {
+	if zeroed > 0 {
 		if err := p.syncData(); err != nil {
 			return nil, nil, err
 		}
@@ -584,6 +597,9 @@ func (e *Engine) CreateVolume(spec VolumeSpec) (VolumeInfo, error) {
 	if spec.SnapInterval < 0 {
 		return VolumeInfo{}, fmt.Errorf("%w: snap_interval %d", ErrInvalid, spec.SnapInterval)
 	}
+	if spec.SnapKeep < 0 || spec.SnapKeep > MaxSnapshots {
+		return VolumeInfo{}, fmt.Errorf("%w: snap_keep %d (want 1 to %d)", ErrInvalid, spec.SnapKeep, MaxSnapshots)
+	}
 	if spec.IOPriority == "" {
 		spec.IOPriority = PriorityLow
 	}
@@ -604,7 +620,8 @@ func (e *Engine) CreateVolume(spec VolumeSpec) (VolumeInfo, error) {
 	}
 	p.mu.Lock()
 	m := volumeMeta{id: p.nextVolID, uid: randomU64(), name: spec.Name, size: spec.Size, created: time.Now().UnixNano(),
-		priority: spec.IOPriority, repl: uint8(spec.Repl), sticky: spec.Sticky, snapInterval: uint32(spec.SnapInterval), blockSize: BlockSize}
+		priority: spec.IOPriority, repl: uint8(spec.Repl), sticky: spec.Sticky, snapInterval: uint32(spec.SnapInterval),
+		snapKeep: uint32(spec.SnapKeep), blockSize: BlockSize}
 	v, err := p.newVolume(m)
 	if err != nil {
 		p.mu.Unlock()
@@ -677,6 +694,12 @@ func (e *Engine) UpdateVolume(name string, upd VolumeUpdate) (VolumeInfo, error)
 	if upd.SnapInterval != nil && *upd.SnapInterval < 0 {
 		return VolumeInfo{}, fmt.Errorf("%w: snap_interval %d", ErrInvalid, *upd.SnapInterval)
 	}
+	if upd.SnapKeep != nil && (*upd.SnapKeep < 1 || *upd.SnapKeep > MaxSnapshots) {
+		return VolumeInfo{}, fmt.Errorf("%w: snap_keep %d (want 1 to %d)", ErrInvalid, *upd.SnapKeep, MaxSnapshots)
+	}
+	if v.ReadOnly() && (upd.Size != nil || upd.SnapInterval != nil || upd.SnapKeep != nil) {
+		return VolumeInfo{}, fmt.Errorf("%w: %q is a snapshot", ErrReadOnly, name)
+	}
 	p := v.pool
 	if err := p.err(); err != nil {
 		return VolumeInfo{}, err
@@ -695,6 +718,9 @@ func (e *Engine) UpdateVolume(name string, upd VolumeUpdate) (VolumeInfo, error)
 	}
 	if upd.SnapInterval != nil {
 		v.meta.snapInterval = uint32(*upd.SnapInterval)
+	}
+	if upd.SnapKeep != nil {
+		v.meta.snapKeep = uint32(*upd.SnapKeep)
 	}
 	p.enqueue(&record{typ: recSetAttrs, vol: v.id, meta: v.meta})
 	p.mu.Unlock()
@@ -724,12 +750,29 @@ func (e *Engine) DeleteVolume(name string) error {
 	if n := v.holds.Load(); n > 0 {
 		return fmt.Errorf("%w: volume %q has %d user(s) (exported or attached); disconnect them first", ErrBusy, name, n)
 	}
+	if snaps := e.snapshotsLocked(name); len(snaps) > 0 {
+		return fmt.Errorf("%w: volume %q has %d snapshot(s) (%s); delete them first, or use force", ErrHasSnapshots, name, len(snaps), strings.Join(snaps, ", "))
+	}
 	if err := p.err(); err != nil {
 		return err
 	}
 	v.ioMu.Lock()
 	p.mu.Lock()
-	v.table.forEach(func(_ uint32, ext allocator.Extent) { p.condemned[ext] = struct{}{} })
+	var ferr error
+	v.table.forEach(func(_ uint32, ext allocator.Extent) {
+		if p.alloc.Refs(ext) > 1 { // shared with a snapshot or clone: only drop our reference
+			if err := p.alloc.Free(ext); err != nil && ferr == nil {
+				ferr = err
+			}
+			return
+		}
+		p.condemned[ext] = struct{}{}
+	})
+	if ferr != nil {
+		p.mu.Unlock()
+		v.ioMu.Unlock()
+		return p.fail(ferr)
+	}
 	v.used.Store(0)
 	v.deleted = true
 	delete(p.vols, v.id)
@@ -753,32 +796,38 @@ func (e *Engine) Check() error {
 		p.mu.Lock()
 		err := p.alloc.Check()
 		var mapped int64
-		owner := map[allocator.Extent]string{}
-		claim := func(ext allocator.Extent, who string) {
-			if prev, dup := owner[ext]; dup && err == nil {
-				err = fmt.Errorf("%s: extent %d held twice: %s and %s", p, ext, prev, who)
-			}
-			owner[ext] = who
-		}
+		refs := map[allocator.Extent]int{}
+		held := map[allocator.Extent]string{}
 		for _, v := range p.vols {
 			v.table.forEach(func(lext uint32, ext allocator.Extent) {
 				mapped++
-				claim(ext, fmt.Sprintf("volume %q extent %d", v.meta.name, lext))
+				refs[ext]++
 			})
 		}
+		hold := func(ext allocator.Extent, who string) {
+			if refs[ext] > 0 || held[ext] != "" {
+				if err == nil {
+					err = fmt.Errorf("%s: extent %d is %s and also mapped or %s", p, ext, who, held[ext])
+				}
+			}
+			held[ext] = who
+		}
 		for _, ext := range p.pendingFree {
-			claim(ext, "pending free")
+			hold(ext, "pending free")
 		}
 		for _, ext := range append(slices.Clip(p.reserved), p.reserving...) {
-			claim(ext, "reserved")
+			hold(ext, "reserved")
 		}
 		for ext := range p.condemned {
-			claim(ext, "condemned")
+			hold(ext, "condemned")
 		}
-		held := mapped + int64(len(p.pendingFree)+len(p.reserved)+len(p.reserving)+len(p.condemned))
-		if err == nil && held != p.alloc.Used() {
-			err = fmt.Errorf("%s: %d extents mapped + %d pending free + %d reserved, allocator says %d used",
-				p, mapped, len(p.pendingFree), len(p.reserved)+len(p.reserving), p.alloc.Used())
+		for ext, n := range refs {
+			if got := p.alloc.Refs(ext); got != n && err == nil {
+				err = fmt.Errorf("%s: extent %d mapped %d times, allocator counts %d references", p, ext, n, got)
+			}
+		}
+		if err == nil && int64(len(refs)+len(held)) != p.alloc.Used() {
+			err = fmt.Errorf("%s: %d extents mapped + %d held, allocator says %d used", p, len(refs), len(held), p.alloc.Used())
 		}
 		p.mu.Unlock()
 		if err != nil {

@@ -25,9 +25,17 @@ import (
 // mu held (so a checkpoint taken under mu is consistent); a change that frees
 // an extent also holds ioMu for writing (so no I/O is in flight to an extent
 // when it is given back).
-const chunkExtents = 256
+const (
+	chunkExtents = 256
+	// sharedFlag marks an entry whose extent another volume (a snapshot or
+	// clone) may also map: a write to it copies the extent first. It may be
+	// stale in one direction only — set while the extent is no longer shared
+	// (the write path then finds one reference and clears it) — never clear
+	// while shared.
+	sharedFlag = 1 << 31
+)
 
-type chunk [chunkExtents]atomic.Uint32 // 0 = unmapped, else pool extent + 1
+type chunk [chunkExtents]atomic.Uint32 // 0 = unmapped, else (pool extent + 1) | sharedFlag?
 
 // table is a volume's mapping.
 type table struct {
@@ -45,23 +53,56 @@ func chunksFor(size int64) int {
 
 // lookup returns the pool extent mapped at lext.
 func (t *table) lookup(lext uint32) (allocator.Extent, bool) {
+	ext, mapped, _ := t.lookupShared(lext)
+	return ext, mapped
+}
+
+// lookupShared also reports whether the entry is marked shared.
+func (t *table) lookupShared(lext uint32) (ext allocator.Extent, mapped, shared bool) {
 	c := t.chunks[lext/chunkExtents].Load()
 	if c == nil {
-		return 0, false
+		return 0, false, false
 	}
 	p := c[lext%chunkExtents].Load()
-	return allocator.Extent(p - 1), p != 0
+	return allocator.Extent(p&^sharedFlag - 1), p != 0, p&sharedFlag != 0
 }
 
 // set maps lext to ext. REQUIRES pool.mu.
-func (t *table) set(lext uint32, ext allocator.Extent) {
+func (t *table) set(lext uint32, ext allocator.Extent) { t.setShared(lext, ext, false) }
+
+// setShared maps lext to ext, marked shared or not. REQUIRES pool.mu.
+func (t *table) setShared(lext uint32, ext allocator.Extent, shared bool) {
 	slot := &t.chunks[lext/chunkExtents]
 	c := slot.Load()
 	if c == nil {
 		c = new(chunk)
 		slot.Store(c)
 	}
-	c[lext%chunkExtents].Store(uint32(ext) + 1)
+	v := uint32(ext) + 1
+	if shared {
+		v |= sharedFlag
+	}
+	c[lext%chunkExtents].Store(v)
+}
+
+// copyFrom makes t map exactly what src maps, every entry marked shared (and
+// marks src's entries shared too). REQUIRES pool.mu; t's volume's ioMu (write).
+func (t *table) copyFrom(src *table) {
+	for i := range t.chunks {
+		var c *chunk
+		if i < len(src.chunks) {
+			if sc := src.chunks[i].Load(); sc != nil {
+				c = new(chunk)
+				for j := range sc {
+					if p := sc[j].Load(); p != 0 {
+						sc[j].Store(p | sharedFlag)
+						c[j].Store(p | sharedFlag)
+					}
+				}
+			}
+		}
+		t.chunks[i].Store(c)
+	}
 }
 
 // unset unmaps lext. REQUIRES pool.mu and the volume's ioMu (write).
@@ -90,7 +131,7 @@ func (t *table) forEach(fn func(lext uint32, ext allocator.Extent)) {
 		}
 		for i := range c {
 			if p := c[i].Load(); p != 0 {
-				fn(uint32(ci*chunkExtents+i), allocator.Extent(p-1))
+				fn(uint32(ci*chunkExtents+i), allocator.Extent(p&^sharedFlag-1))
 			}
 		}
 	}

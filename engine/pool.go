@@ -492,6 +492,20 @@ func (p *pool) apply(st *poolState, r *record) error {
 		}
 		return nil
 	}
+	if r.typ == recSnapshot {
+		src := st.vols[r.src]
+		if src == nil || st.vols[r.vol] != nil || r.meta.size != src.meta.size {
+			return fmt.Errorf("%w: snapshot id %d of unknown volume id %d (or id reused, or size differs)", ErrCorrupt, r.vol, r.src)
+		}
+		v, err := p.newVolume(r.meta)
+		if err != nil {
+			return err
+		}
+		v.table.copyFrom(src.table)
+		st.vols[r.vol] = v
+		st.nextVolID = max(st.nextVolID, r.vol+1)
+		return nil
+	}
 	if r.typ == recCreateVolume {
 		if st.vols[r.vol] != nil {
 			return fmt.Errorf("%w: volume id %d created twice", ErrCorrupt, r.vol)
@@ -516,8 +530,16 @@ func (p *pool) apply(st *poolState, r *record) error {
 		v.meta.sticky, v.meta.snapInterval = r.meta.sticky, r.meta.snapInterval
 		v.setSize(r.meta.size)
 	case recDeleteVolume:
+		// Candidates only: loadPool keeps those no one else maps.
 		v.table.forEach(func(_ uint32, ext allocator.Extent) { st.condemned[ext] = true })
 		delete(st.vols, r.vol)
+	case recRestore:
+		src := st.vols[r.src]
+		if src == nil || src.meta.size > v.meta.size {
+			return fmt.Errorf("%w: restore of volume id %d from unknown or larger volume id %d", ErrCorrupt, r.vol, r.src)
+		}
+		v.table.forEach(func(_ uint32, ext allocator.Extent) { st.condemned[ext] = true })
+		v.table.copyFrom(src.table)
 	default:
 		if err := v.checkLext(r.lext); err != nil {
 			return err
@@ -531,6 +553,13 @@ func (p *pool) apply(st *poolState, r *record) error {
 			delete(st.reserved, allocator.Extent(r.phys))
 		case r.typ == recUnmapExtent:
 			v.table.unset(r.lext)
+		case r.typ == recRemap && !mapped:
+			return fmt.Errorf("%w: volume id %d extent %d remapped while unmapped", ErrCorrupt, r.vol, r.lext)
+		case r.typ == recRemap:
+			old, _ := v.table.lookup(r.lext)
+			st.condemned[old] = true // if no one else maps it any more
+			v.table.set(r.lext, allocator.Extent(r.phys))
+			delete(st.reserved, allocator.Extent(r.phys))
 		}
 	}
 	return nil

@@ -11,7 +11,11 @@ import (
 // fixed little-endian fields (strings are u16 length + bytes):
 //
 //	recCreateVolume  vol u32 | uid u64 | size u64 | created i64 | prio u8 | repl u8 | sticky u8 | snap u32 | bs u32 | name str
-//	recSetAttrs      vol u32 | size u64 | sticky u8 | snap u32
+//	                 | readonly u8 | snap keep u32 | parent str
+//	recSetAttrs      vol u32 | size u64 | sticky u8 | snap u32 | snap keep u32
+//	recSnapshot      src u32 | create-record fields      (a new volume sharing src's extents: snapshot or clone)
+//	recRemap         vol u32 | lext u32 | phys u32       (copy-on-write: lext now on a private extent)
+//	recRestore       vol u32 | src u32                   (vol's mapping becomes a copy of src's)
 //	recDeleteVolume  vol u32
 //	recMapExtent     vol u32 | lext u32 | phys u32
 //	recUnmapExtent   vol u32 | lext u32
@@ -36,6 +40,9 @@ const (
 	recReserve
 	_ // 7: unused
 	recAddDrive
+	recSnapshot
+	recRemap
+	recRestore
 )
 
 // Frame types in the pool's log.
@@ -59,6 +66,9 @@ type volumeMeta struct {
 	sticky       bool
 	snapInterval uint32
 	blockSize    uint32
+	readOnly     bool   // a snapshot
+	snapKeep     uint32 // scheduled snapshots kept (0 = default)
+	parent       string // the volume a snapshot was taken of, the snapshot a clone was made from
 }
 
 type enc struct{ b []byte }
@@ -89,6 +99,9 @@ func (e *enc) meta(m *volumeMeta) {
 	e.u32(m.snapInterval)
 	e.u32(m.blockSize)
 	e.str(m.name)
+	e.bool(m.readOnly)
+	e.u32(m.snapKeep)
+	e.str(m.parent)
 }
 
 // dec reads bounded fields; the first short read sets err and every later
@@ -170,6 +183,9 @@ func (d *dec) meta() volumeMeta {
 	m.snapInterval = d.u32()
 	m.blockSize = d.u32()
 	m.name = d.str()
+	m.readOnly = d.u8() != 0
+	m.snapKeep = d.u32()
+	m.parent = d.str()
 	return m
 }
 
@@ -180,6 +196,7 @@ type record struct {
 	vol     uint32
 	lext    uint32
 	phys    uint32
+	src     uint32   // recSnapshot, recRestore
 	exts    []uint32 // recReserve
 	uuid    [16]byte
 	extents uint32
@@ -196,6 +213,17 @@ func appendRecord(b []byte, r *record) []byte {
 		e.u64(uint64(r.meta.size))
 		e.bool(r.meta.sticky)
 		e.u32(r.meta.snapInterval)
+		e.u32(r.meta.snapKeep)
+	case recSnapshot:
+		e.u32(r.src)
+		e.meta(&r.meta)
+	case recRemap:
+		e.u32(r.vol)
+		e.u32(r.lext)
+		e.u32(r.phys)
+	case recRestore:
+		e.u32(r.vol)
+		e.u32(r.src)
 	case recDeleteVolume:
 		e.u32(r.vol)
 	case recMapExtent:
@@ -234,6 +262,15 @@ func decodeRecords(p []byte, fn func(*record) error) error {
 			r.meta.size = int64(d.u64())
 			r.meta.sticky = d.u8() != 0
 			r.meta.snapInterval = d.u32()
+			r.meta.snapKeep = d.u32()
+		case recSnapshot:
+			r.src = d.u32()
+			r.meta = d.meta()
+			r.vol = r.meta.id
+		case recRemap:
+			r.vol, r.lext, r.phys = d.u32(), d.u32(), d.u32()
+		case recRestore:
+			r.vol, r.src = d.u32(), d.u32()
 		case recDeleteVolume:
 			r.vol = d.u32()
 		case recMapExtent:

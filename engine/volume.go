@@ -29,6 +29,7 @@ type Volume struct {
 	deleted bool         // REQUIRES ioMu (write) to set
 	holds   atomic.Int32
 	rmw     [16]sync.Mutex // partial-block read-modify-write, striped by block
+	cowMu   sync.Mutex     // serializes copy-on-write of shared extents
 }
 
 // newVolume builds an empty volume in p (not yet registered).
@@ -64,8 +65,8 @@ func (v *Volume) Name() string { return v.meta.name }
 // Size is the logical size in bytes.
 func (v *Volume) Size() int64 { return v.size.Load() }
 
-// ReadOnly reports whether writes are refused (snapshots, later).
-func (v *Volume) ReadOnly() bool { return false }
+// ReadOnly reports whether writes are refused (snapshots).
+func (v *Volume) ReadOnly() bool { return v.meta.readOnly }
 
 // Hold marks the volume in use (exported, attached) until release is called;
 // DeleteVolume refuses a held volume.
@@ -85,10 +86,15 @@ func (v *Volume) Info() VolumeInfo {
 	if err := p.err(); err != nil {
 		state = "error: " + err.Error()
 	}
+	used := v.used.Load() * ExtentSize
+	if m.readOnly {
+		used = v.exclusiveBytes()
+	}
 	return VolumeInfo{
-		ID: fmt.Sprintf("%016x", m.uid), Name: m.name, Size: v.size.Load(), Used: v.used.Load() * ExtentSize,
+		ID: fmt.Sprintf("%016x", m.uid), Name: m.name, Size: v.size.Load(), Used: used,
 		Repl: int(m.repl), IOPriority: p.priority, RequestedIOPriority: m.priority, Pool: p.number,
-		Sticky: m.sticky, SnapInterval: int(m.snapInterval), BlockSize: int(m.blockSize),
+		Sticky: m.sticky, SnapInterval: int(m.snapInterval), SnapKeep: snapKeepOrDefault(m.snapKeep),
+		BlockSize: int(m.blockSize), Parent: m.parent, ReadOnly: m.readOnly, Snapshot: m.readOnly,
 		State: state, Created: time.Unix(0, m.created).UTC(),
 	}
 }
@@ -131,13 +137,38 @@ func (v *Volume) ReadAt(p []byte, off int64) error {
 	return err
 }
 
+// exclusiveBytes is the space only this volume references (what deleting
+// it gives back). Takes pool.mu.
+func (v *Volume) exclusiveBytes() int64 {
+	p := v.pool
+	v.ioMu.RLock()
+	defer v.ioMu.RUnlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var n int64
+	v.table.forEach(func(_ uint32, ext allocator.Extent) {
+		if p.alloc.Refs(ext) == 1 {
+			n++
+		}
+	})
+	return n * ExtentSize
+}
+
+// checkWrite validates a modifying request.
+func (v *Volume) checkWrite(off, n int64) error {
+	if err := v.checkIO(off, n); err != nil {
+		return err
+	}
+	if v.meta.readOnly {
+		return fmt.Errorf("%w: %q is a snapshot", ErrReadOnly, v.meta.name)
+	}
+	return v.pool.err()
+}
+
 // WriteAt writes p at off. With fua, p is durable when WriteAt returns.
 func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
 	start := v.now()
-	err := v.checkIO(off, int64(len(p)))
-	if err == nil {
-		err = v.pool.err()
-	}
+	err := v.checkWrite(off, int64(len(p)))
 	if err == nil {
 		v.ioMu.RLock()
 		err = v.write(p, off)
@@ -262,7 +293,10 @@ func (v *Volume) writeAligned(p []byte, off int64) error {
 // before the data: the extent then reads zeros where the data did not land,
 // which is the old content.
 func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
-	if ext, mapped := v.table.lookup(lext); mapped {
+	if ext, mapped, shared := v.table.lookupShared(lext); mapped {
+		if shared {
+			return v.copyOnWrite(lext)
+		}
 		return ext, nil
 	}
 	p := v.pool
@@ -293,18 +327,72 @@ func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
 	return 0, fmt.Errorf("%w: %s: volume %q", ErrNoSpace, p, v.meta.name)
 }
 
+// copyOnWrite gives lext a private extent before it is written: a copy of
+// the shared one. The remap record may reach the log before the copy is on
+// the drive: that is safe because the round that logs it syncs the data
+// first, and until then a crash leaves lext on the shared extent (old data).
+// REQUIRES ioMu (read or write).
+func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
+	v.cowMu.Lock()
+	defer v.cowMu.Unlock()
+	p := v.pool
+	for attempt := 0; attempt < 4; attempt++ {
+		p.mu.Lock()
+		old, mapped, shared := v.table.lookupShared(lext)
+		if !mapped || !shared {
+			p.mu.Unlock()
+			return v.extentForWrite(lext)
+		}
+		if p.alloc.Refs(old) == 1 { // the others let go: it is ours alone
+			v.table.set(lext, old)
+			p.mu.Unlock()
+			return old, nil
+		}
+		fresh, ok := p.takeReserved()
+		if !ok {
+			worthWaiting := len(p.reserving) > 0 || p.reserveLocked() || len(p.pendingFree) > 0
+			p.mu.Unlock()
+			if !worthWaiting {
+				break
+			}
+			if err := p.commit(); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		p.mu.Unlock()
+		// No write to lext can run now (they all come here and wait on
+		// cowMu), so the copy is of stable data.
+		buf := getBuf(ExtentSize)
+		err := p.readExtent(old, buf, 0)
+		if err == nil {
+			err = p.writeExtent(fresh, buf, 0)
+		}
+		putBuf(buf)
+		if err != nil {
+			// fresh stays reserved on disk, so recovery zeroes it; this pool
+			// is done serving writes.
+			return 0, p.fail(err)
+		}
+		p.mu.Lock()
+		v.table.set(lext, fresh)
+		p.enqueue(&record{typ: recRemap, vol: v.id, lext: lext, phys: uint32(fresh)})
+		err = p.alloc.Free(old) // drops this volume's reference; others keep it
+		p.mu.Unlock()
+		return fresh, err
+	}
+	return 0, fmt.Errorf("%w: %s: volume %q (copy-on-write)", ErrNoSpace, p, v.meta.name)
+}
+
 // Trim makes the whole blocks in [off, off+n) read as zeros and gives back
 // the space of whole extents. Partial blocks at the edges are left alone
 // (trim is advisory). Like a write, it is durable after the next Flush.
 func (v *Volume) Trim(off, n int64) error {
 	start := v.now()
-	err := v.checkIO(off, n)
-	if err == nil {
-		err = v.pool.err()
-	}
+	err := v.checkWrite(off, n)
 	if err == nil {
 		v.ioMu.Lock()
-		err = v.deallocate(off, n)
+		err = v.deallocate(off, n, false)
 		v.ioMu.Unlock()
 	}
 	v.observe(OpTrim, int(n), start, err)
@@ -315,10 +403,7 @@ func (v *Volume) Trim(off, n int64) error {
 // unless noHole asks for them to stay allocated (then zeros are written).
 func (v *Volume) WriteZeroes(off, n int64, noHole bool) error {
 	start := v.now()
-	err := v.checkIO(off, n)
-	if err == nil {
-		err = v.pool.err()
-	}
+	err := v.checkWrite(off, n)
 	if err == nil {
 		err = v.writeZeroes(off, n, noHole)
 	}
@@ -355,7 +440,7 @@ func (v *Volume) writeZeroes(off, n int64, noHole bool) error {
 	}
 	v.ioMu.RUnlock()
 	v.ioMu.Lock()
-	err := v.deallocate(lo, hi-lo)
+	err := v.deallocate(lo, hi-lo, true)
 	v.ioMu.Unlock()
 	v.ioMu.RLock()
 	return err
@@ -363,8 +448,10 @@ func (v *Volume) writeZeroes(off, n int64, noHole bool) error {
 
 // deallocate makes the whole blocks of [off, off+n) read as zeros: extents
 // wholly inside are unmapped (and freed), the blocks of partly covered ones
-// are zeroed on the drive. REQUIRES ioMu (write).
-func (v *Volume) deallocate(off, n int64) error {
+// are zeroed on the drive. A partly covered shared extent cannot be zeroed in
+// place: mustZero (write-zeroes) writes zeros through copy-on-write, a trim
+// leaves it alone (trim is advisory). REQUIRES ioMu (write).
+func (v *Volume) deallocate(off, n int64, mustZero bool) error {
 	if v.deleted {
 		return fmt.Errorf("%w: volume %q was deleted", ErrNotFound, v.meta.name)
 	}
@@ -375,13 +462,17 @@ func (v *Volume) deallocate(off, n int64) error {
 		lext := uint32(o / ExtentSize)
 		in := o % ExtentSize
 		c := min(hi-o, ExtentSize-in)
-		if ext, mapped := v.table.lookup(lext); mapped {
+		if ext, mapped, shared := v.table.lookupShared(lext); mapped {
 			var err error
-			if c == ExtentSize {
+			switch {
+			case c == ExtentSize:
 				p.mu.Lock()
 				err = v.unmapLocked(lext, ext)
 				p.mu.Unlock()
-			} else {
+			case shared && mustZero:
+				err = v.writeZeroRange(o, c)
+			case shared:
+			default:
 				err = p.zeroExtent(ext, in, c)
 			}
 			if err != nil {
@@ -393,10 +484,25 @@ func (v *Volume) deallocate(off, n int64) error {
 	return nil
 }
 
-// unmapLocked zeroes a mapped extent and unmaps it; it is reusable only after
-// the next round has synced the zeros and logged the unmap.
-// REQUIRES ioMu (write) and pool.mu.
+// writeZeroRange writes zeros over [off, off+n) (within one extent) through
+// the normal write path. REQUIRES ioMu.
+func (v *Volume) writeZeroRange(off, n int64) error {
+	zeros := getBuf(int(n))
+	defer putBuf(zeros)
+	clear(zeros)
+	return v.writeAligned(zeros, off)
+}
+
+// unmapLocked unmaps an extent. A shared one just loses this reference; an
+// exclusive one is zeroed and is reusable only after the next round has
+// synced the zeros and logged the unmap. REQUIRES ioMu (write) and pool.mu.
 func (v *Volume) unmapLocked(lext uint32, ext allocator.Extent) error {
+	if v.pool.alloc.Refs(ext) > 1 {
+		v.table.unset(lext)
+		v.used.Add(-1)
+		v.pool.enqueue(&record{typ: recUnmapExtent, vol: v.id, lext: lext})
+		return v.pool.alloc.Free(ext) // drops a reference; the extent stays in use
+	}
 	if err := v.pool.zeroExtent(ext, 0, ExtentSize); err != nil {
 		return err
 	}

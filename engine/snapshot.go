@@ -1,0 +1,208 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cairn-storage/cairn/allocator"
+)
+
+// Snapshots and clones share extents with their source: creating one copies
+// the source's mapping (4 bytes per mapped extent) and adds a reference to
+// each extent, and marks both sides' entries shared. The first write to a
+// shared extent copies it (copyOnWrite). A snapshot is read-only; a clone is
+// an ordinary volume that started as a snapshot's content.
+
+func snapKeepOrDefault(n uint32) int {
+	if n == 0 {
+		return DefaultSnapKeep
+	}
+	return int(n)
+}
+
+// snapshotsLocked lists the snapshots of a volume, oldest first. REQUIRES e.mu.
+func (e *Engine) snapshotsLocked(volume string) []string {
+	type snap struct {
+		name    string
+		created int64
+	}
+	var snaps []snap
+	for name, v := range e.byName {
+		if v.meta.readOnly && v.meta.parent == volume {
+			snaps = append(snaps, snap{name, v.meta.created})
+		}
+	}
+	slices.SortFunc(snaps, func(a, b snap) int {
+		if a.created != b.created {
+			return int(a.created - b.created)
+		}
+		return compareStrings(a.name, b.name)
+	})
+	out := make([]string, len(snaps))
+	for i, s := range snaps {
+		out[i] = s.name
+	}
+	return out
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Snapshots returns the snapshots of a volume ("" = of every volume), oldest first.
+func (e *Engine) Snapshots(volume string) []VolumeInfo {
+	var out []VolumeInfo
+	for _, info := range e.Volumes() {
+		if info.Snapshot && (volume == "" || info.Parent == volume) {
+			out = append(out, info)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b VolumeInfo) int { return a.Created.Compare(b.Created) })
+	return out
+}
+
+// CreateSnapshot freezes the current content of a volume (everything written
+// to it so far, flushed or not) under a new read-only name; durable on return.
+// name "" means "VOLUME.snap-<UTC timestamp>".
+func (e *Engine) CreateSnapshot(volume, name string) (VolumeInfo, error) {
+	return e.share(volume, name, true)
+}
+
+// CloneVolume makes a writable volume from a snapshot; durable on return.
+func (e *Engine) CloneVolume(snapshot, name string) (VolumeInfo, error) {
+	return e.share(snapshot, name, false)
+}
+
+func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return VolumeInfo{}, ErrClosed
+	}
+	src, ok := e.byName[srcName]
+	if !ok {
+		return VolumeInfo{}, fmt.Errorf("%w: volume %q", ErrNotFound, srcName)
+	}
+	switch {
+	case snapshot && src.meta.readOnly:
+		return VolumeInfo{}, fmt.Errorf("%w: %q is a snapshot; snapshots are taken of volumes", ErrInvalid, srcName)
+	case !snapshot && !src.meta.readOnly:
+		return VolumeInfo{}, fmt.Errorf("%w: %q is not a snapshot; clone a snapshot of it", ErrInvalid, srcName)
+	}
+	if name == "" {
+		name = fmt.Sprintf("%s.snap-%s", srcName, time.Now().UTC().Format("20060102T150405.000Z"))
+	}
+	if err := validName(name); err != nil {
+		return VolumeInfo{}, err
+	}
+	if _, dup := e.byName[name]; dup {
+		return VolumeInfo{}, fmt.Errorf("%w: volume or snapshot %q", ErrExists, name)
+	}
+	if snapshot {
+		if n := len(e.snapshotsLocked(srcName)); n >= MaxSnapshots {
+			return VolumeInfo{}, fmt.Errorf("%w: volume %q has %d snapshots, the most a volume can have; delete one first", ErrTooManySnaps, srcName, n)
+		}
+	}
+	p := src.pool
+	if err := p.err(); err != nil {
+		return VolumeInfo{}, err
+	}
+	// Quiesce the source so the copy is one instant of it.
+	src.ioMu.Lock()
+	p.mu.Lock()
+	m := src.meta
+	m.id, m.uid, m.name, m.created = p.nextVolID, randomU64(), name, time.Now().UnixNano()
+	m.readOnly, m.parent, m.sticky, m.snapInterval, m.snapKeep = snapshot, srcName, false, 0, 0
+	v, err := p.newVolume(m)
+	if err != nil {
+		p.mu.Unlock()
+		src.ioMu.Unlock()
+		return VolumeInfo{}, err
+	}
+	p.nextVolID++
+	v.table.copyFrom(src.table)
+	var rerr error
+	src.table.forEach(func(_ uint32, ext allocator.Extent) {
+		if err := p.alloc.Ref(ext); err != nil && rerr == nil {
+			rerr = err
+		}
+		v.used.Add(1)
+	})
+	p.vols[m.id] = v
+	p.enqueue(&record{typ: recSnapshot, src: src.id, meta: m, vol: m.id})
+	p.mu.Unlock()
+	src.ioMu.Unlock()
+	if rerr != nil {
+		return VolumeInfo{}, p.fail(rerr)
+	}
+	if err := p.commit(); err != nil {
+		return VolumeInfo{}, err
+	}
+	e.byName[name] = v
+	return v.Info(), nil
+}
+
+// RestoreVolume makes a volume's content its snapshot's; durable on return.
+// Refused while the volume is in use (exported to a client or attached).
+func (e *Engine) RestoreVolume(volume, snapshot string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v, ok := e.byName[volume]
+	if !ok {
+		return fmt.Errorf("%w: volume %q", ErrNotFound, volume)
+	}
+	snap, ok := e.byName[snapshot]
+	if !ok {
+		return fmt.Errorf("%w: snapshot %q", ErrNotFound, snapshot)
+	}
+	if !snap.meta.readOnly || snap.meta.parent != volume {
+		return fmt.Errorf("%w: %q is not a snapshot of %q", ErrInvalid, snapshot, volume)
+	}
+	if v.meta.readOnly {
+		return fmt.Errorf("%w: %q is a snapshot", ErrReadOnly, volume)
+	}
+	if n := v.holds.Load(); n > 0 {
+		return fmt.Errorf("%w: volume %q has %d user(s) (exported or attached); detach and disconnect them before restoring", ErrBusy, volume, n)
+	}
+	p := v.pool
+	if err := p.err(); err != nil {
+		return err
+	}
+	v.ioMu.Lock()
+	p.mu.Lock()
+	var ferr error
+	v.table.forEach(func(_ uint32, ext allocator.Extent) {
+		if p.alloc.Refs(ext) > 1 {
+			if err := p.alloc.Free(ext); err != nil && ferr == nil {
+				ferr = err
+			}
+			return
+		}
+		p.condemned[ext] = struct{}{}
+	})
+	v.table.copyFrom(snap.table)
+	v.used.Store(0)
+	snap.table.forEach(func(_ uint32, ext allocator.Extent) {
+		if err := p.alloc.Ref(ext); err != nil && ferr == nil {
+			ferr = err
+		}
+		v.used.Add(1)
+	})
+	p.enqueue(&record{typ: recRestore, vol: v.id, src: snap.id})
+	p.mu.Unlock()
+	v.ioMu.Unlock()
+	if ferr != nil {
+		return p.fail(ferr)
+	}
+	if err := p.commit(); err != nil {
+		return err
+	}
+	return p.reclaimCondemned()
+}
