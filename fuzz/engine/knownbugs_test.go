@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
+
+	"github.com/cairn-storage/cairn/engine"
 )
 
 // Known engine bugs the fuzzer found. The targets skip inputs that hit them
@@ -24,12 +28,13 @@ func claimedRecordBytes(p []byte) uint64 {
 	for len(p) > 0 {
 		var n int
 		switch p[0] {
-		case 1: // create: vol u32 uid u64 size u64 created i64 prio repl sticky u8 snap bs u32 name str
-			if len(p) < 43 {
+		case 1: // create: type, then a volume's meta
+			m, ok := metaLen(p, 1)
+			if !ok {
 				return sum
 			}
 			sum += binary.LittleEndian.Uint64(p[13:])
-			n = 43 + int(binary.LittleEndian.Uint16(p[41:]))
+			n = 1 + m
 		case 2: // set attrs: vol u32 size u64 sticky u8 snap u32
 			if len(p) < 18 {
 				return sum
@@ -77,9 +82,13 @@ func claimedCheckpointBytes(b []byte) uint64 {
 	nv := int(le.Uint32(b[off:]))
 	off += 4
 	var sum uint64
-	for i := 0; i < nv && off+42 <= len(b); i++ {
+	for i := 0; i < nv; i++ {
+		m, ok := metaLen(b, off)
+		if !ok {
+			return sum
+		}
 		sum += le.Uint64(b[off+12:])
-		off += 42 + int(le.Uint16(b[off+40:]))
+		off += m
 		if off+4 > len(b) {
 			return sum
 		}
@@ -139,7 +148,10 @@ func TestBugCheckpointVolumeAmplification(t *testing.T) {
 		name := fmt.Sprintf("v%d", i)
 		ck = le.AppendUint16(ck, uint16(len(name)))
 		ck = append(ck, name...)
-		ck = le.AppendUint32(ck, 0)
+		ck = append(ck, 0)          // read-only
+		ck = le.AppendUint32(ck, 0) // snap keep
+		ck = le.AppendUint16(ck, 0) // parent ""
+		ck = le.AppendUint32(ck, 0) // mapped
 	}
 	var before, after runtimeMem
 	before.read()
@@ -157,4 +169,112 @@ func (m *runtimeMem) read() {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	m.total = ms.TotalAlloc
+}
+
+// knownRefusalWrites reports whether an Open error is one that the engine
+// (known bug) returns after it has already zeroed extents: loadPool zeroes
+// the reserved extents, then the condemned ones one by one, and only then (or
+// in between) finds a condemned extent mapped.
+func knownRefusalWrites(err error) bool {
+	return os.Getenv("CAIRN_KNOWN_BUGS") == "" && strings.Contains(err.Error(), "condemned extent")
+}
+
+// TestBugRefusedPoolWritten: a records frame that deletes volume A, maps an
+// extent of volume B onto an extent number beyond every drive, and deletes B
+// is corrupt, and Open refuses the pool ("condemned extent N is in no
+// drive") — but only after loadPool (engine/engine.go, the loops after
+// "Reserved extents nobody mapped" and "Extents a logged delete … let go
+// of") has zeroed the reserved extents and, in map order, condemned ones on
+// the drive it then refuses. A refused pool's drives must be left untouched:
+// validate first, then zero. Found by FuzzRecords.
+func TestBugRefusedPoolWritten(t *testing.T) {
+	if os.Getenv("CAIRN_KNOWN_BUGS") == "" {
+		t.Skip("BUG: Open zeroes reserved and condemned extents before it finds the pool corrupt and refuses it (set CAIRN_KNOWN_BUGS=1 to run)")
+	}
+	tp := getTemplate(t)
+	vols := checkpointVolumes(tp.ckpt)
+	var a, b *ckptVolume
+	for i := range vols {
+		if len(vols[i].phys) > 0 && a == nil {
+			a = &vols[i]
+		} else if b == nil {
+			b = &vols[i]
+		}
+	}
+	if a == nil || b == nil {
+		t.Fatalf("template checkpoint has no two volumes with one mapped: %+v", vols)
+	}
+	lext := uint32(0)
+	for slices.Contains(b.lexts, lext) {
+		lext++
+	}
+	le := binary.LittleEndian
+	rec := le.AppendUint32([]byte{3}, a.id) // delete A: its extents are condemned
+	rec = append(rec, 4)                    // map a free extent of B beyond every drive
+	rec = le.AppendUint32(rec, b.id)
+	rec = le.AppendUint32(rec, lext)
+	rec = le.AppendUint32(rec, 1<<30)
+	rec = le.AppendUint32(append(rec, 3), b.id) // delete B: that extent is condemned
+	d := tp.d.clone()
+	tp.rewriteLog(t, d, tp.ckpt, append(tp.records, rec)...)
+	before := d.writeCount()
+	_, err := engine.Open(engine.Options{NodeID: nodeID, Drives: []engine.DriveSpec{{Path: d.path, Drive: d}}})
+	if err == nil {
+		t.Fatal("Open accepted a log that condemns an extent beyond every drive")
+	}
+	if n := d.writeCount() - before; n != 0 {
+		t.Fatalf("Open refused the pool (%v) after writing to its drive %d times", err, n)
+	}
+}
+
+type ckptVolume struct {
+	id    uint32
+	size  int64
+	lexts []uint32
+	phys  []uint32
+}
+
+// checkpointVolumes lists the volumes of a checkpoint payload and the
+// physical extents each maps.
+func checkpointVolumes(b []byte) []ckptVolume {
+	le := binary.LittleEndian
+	off := 12 + int(le.Uint32(b[8:]))*20
+	nv := int(le.Uint32(b[off:]))
+	off += 4
+	var out []ckptVolume
+	for i := 0; i < nv; i++ {
+		v := ckptVolume{id: le.Uint32(b[off:]), size: int64(le.Uint64(b[off+12:]))}
+		m, _ := metaLen(b, off)
+		off += m
+		nm := int(le.Uint32(b[off:]))
+		off += 4
+		for j := 0; j < nm; j++ {
+			v.lexts = append(v.lexts, le.Uint32(b[off:]))
+			v.phys = append(v.phys, le.Uint32(b[off+4:]))
+			off += 8
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// metaLen is the encoded length of the volume meta at b[off:] (the engine's
+// enc.meta: id u32 | uid u64 | size u64 | created i64 | prio u8 | repl u8 |
+// sticky u8 | snap u32 | bs u32 | name str | readonly u8 | snap keep u32 |
+// parent str). It follows the format by hand: when the engine's format moves,
+// update it (the known-bug filters that use it only get less precise).
+func metaLen(b []byte, off int) (int, bool) {
+	le := binary.LittleEndian
+	if off+41 > len(b) {
+		return 0, false
+	}
+	p := off + 41 + int(le.Uint16(b[off+39:]))
+	if p+7 > len(b) {
+		return 0, false
+	}
+	p += 7 + int(le.Uint16(b[p+5:]))
+	if p > len(b) {
+		return 0, false
+	}
+	return p - off, true
 }
