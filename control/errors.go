@@ -28,6 +28,8 @@ var errorKinds = []errorKind{
 	{engine.ErrSticky, http.StatusConflict, "sticky"},
 	{engine.ErrBusy, http.StatusConflict, "busy"},
 	{engine.ErrShrink, http.StatusConflict, "shrink"},
+	{engine.ErrHasSnapshots, http.StatusConflict, "has_snapshots"},
+	{engine.ErrTooManySnaps, http.StatusConflict, "too_many_snapshots"},
 	{engine.ErrReadOnly, http.StatusConflict, "read_only"},
 	{engine.ErrDriveRefused, http.StatusConflict, "drive_refused"},
 	{engine.ErrNoSpace, http.StatusInsufficientStorage, "no_space"},

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"regexp"
 	"sort"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -49,6 +50,10 @@ type Server struct {
 	log     *slog.Logger
 	// attacher, when set (SetAttacher), serves the host routes.
 	attacher *Attacher
+	// exports, when set (SetExports), tells which volumes have NBD clients.
+	exports *Exports
+	// scheduler, when set (SetScheduler), has its failures in status.
+	scheduler *Scheduler
 }
 
 // NewServer returns the API server. metrics may be nil (no /metrics).
@@ -69,6 +74,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("PATCH /v1/volumes/{name}", s.updateVolume)
 	mux.HandleFunc("DELETE /v1/volumes/{name}", s.deleteVolume)
 	mux.HandleFunc("POST /v1/drives", s.addDrive)
+	s.snapshotRoutes(mux)
 	s.attachRoutes(mux)
 	if s.metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
@@ -106,18 +112,37 @@ func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
 
 func (s *Server) status() Status {
 	st := s.engine.Status()
-	return Status{NodeID: st.NodeID, Status: statusWord(st), Cluster: s.node.Cluster(), Pools: poolsFromEngine(st), RefusedDrives: refusedFromEngine(st)}
+	out := Status{NodeID: st.NodeID, Status: statusWord(st), Cluster: s.node.Cluster(), Pools: poolsFromEngine(st), RefusedDrives: refusedFromEngine(st),
+		SnapshotErrors: []SnapshotError{}}
+	if s.scheduler != nil {
+		out.SnapshotErrors = s.scheduler.Errors()
+	}
+	return out
 }
 
 func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusOK, s.status())
 }
 
+// listVolumes answers GET /v1/volumes: the volumes (clones included), not
+// their snapshots (GET /v1/snapshots), unless ?all=true.
 func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
+	all := false
+	if v := r.URL.Query().Get("all"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			s.fail(w, r, invalidf("all=%q: want true or false", v))
+			return
+		}
+		all = b
+	}
 	infos := s.engine.Volumes()
 	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
 	out := make([]Volume, 0, len(infos))
 	for _, info := range infos {
+		if info.Snapshot && !all {
+			continue
+		}
 		out = append(out, s.volumeJSON(info.Name, volumeFromEngine(info)))
 	}
 	reply(w, http.StatusOK, out)
@@ -148,7 +173,7 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 func volumeSpec(req CreateVolumeRequest) (engine.VolumeSpec, error) {
 	spec := engine.VolumeSpec{
 		Name: req.Name, Size: req.Size, Repl: req.Repl, Sticky: req.Sticky,
-		SnapInterval: req.SnapInterval, BlockSize: req.BlockSize,
+		SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep, BlockSize: req.BlockSize,
 		IOPriority: engine.PriorityLow,
 	}
 	if !volumeName.MatchString(req.Name) {
@@ -179,6 +204,11 @@ func volumeSpec(req CreateVolumeRequest) (engine.VolumeSpec, error) {
 	if err := checkSnapInterval(req.SnapInterval); err != nil {
 		return spec, err
 	}
+	if req.SnapKeep != 0 { // 0: the default
+		if err := checkSnapKeep(req.SnapKeep); err != nil {
+			return spec, err
+		}
+	}
 	return spec, nil
 }
 
@@ -205,6 +235,13 @@ func checkRepl(repl int) error {
 func checkSnapInterval(minutes int) error {
 	if minutes < 0 {
 		return invalidf("snap_interval %d: minutes must be 0 (off) or more", minutes)
+	}
+	return nil
+}
+
+func checkSnapKeep(n int) error {
+	if n < 1 || n > engine.MaxSnapshots {
+		return invalidf("snap_keep %d: must be 1 to %d", n, engine.MaxSnapshots)
 	}
 	return nil
 }
@@ -246,18 +283,37 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	info, err := s.engine.UpdateVolume(name, engine.VolumeUpdate{Size: req.Size, Sticky: req.Sticky, SnapInterval: req.SnapInterval})
+	if req.SnapKeep != nil {
+		if err := checkSnapKeep(*req.SnapKeep); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	info, err := s.engine.UpdateVolume(name, engine.VolumeUpdate{Size: req.Size, Sticky: req.Sticky, SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep})
 	if err != nil {
 		s.fail(w, r, volumeError("update", name, err))
 		return
 	}
-	s.log.Info("volume updated", "name", name, "size", info.Size, "sticky", info.Sticky, "snap_interval", info.SnapInterval)
+	s.log.Info("volume updated", "name", name, "size", info.Size, "sticky", info.Sticky, "snap_interval", info.SnapInterval, "snap_keep", info.SnapKeep)
 	reply(w, http.StatusOK, s.volumeJSON(name, volumeFromEngine(info)))
 }
 
 func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	force, err := forceParam(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if force {
+		s.deleteForce(w, r, name)
+		return
+	}
 	if err := s.engine.DeleteVolume(name); err != nil {
+		if errors.Is(err, engine.ErrHasSnapshots) {
+			s.fail(w, r, s.hasSnapshotsError(name, err))
+			return
+		}
 		s.fail(w, r, volumeError("delete", name, err))
 		return
 	}
@@ -318,6 +374,7 @@ func volumeError(op, name string, err error) error {
 		msg = fmt.Sprintf("cannot shrink volume %q: volumes can only grow", name)
 	case errors.Is(err, engine.ErrBusy):
 		msg = fmt.Sprintf("cannot %s volume %q: it is in use (exported over NBD or attached); disconnect its clients first", op, name)
+
 	default:
 		msg = fmt.Sprintf("cannot %s volume %q: %s", op, name, plain(err))
 	}

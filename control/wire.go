@@ -21,7 +21,9 @@ type Volume struct {
 	ReadOnly     bool   `json:"readonly"`
 	AttachedOn   string `json:"attached_on"` // node id while attached on a host, else ""
 	Created      string `json:"created"`
-	Device       string `json:"device"` // block device while attached (/dev/loopN, /dev/nbdN), else ""
+	Device       string `json:"device"`    // block device while attached (/dev/loopN, /dev/nbdN), else ""
+	Snapshot     bool   `json:"snapshot"`  // a read-only snapshot of Parent
+	SnapKeep     int    `json:"snap_keep"` // scheduled snapshots kept (default engine.DefaultSnapKeep)
 }
 
 // Status is the JSON shape of `cairn status`.
@@ -32,6 +34,9 @@ type Status struct {
 	Pools   []Pool `json:"pools"`
 	// RefusedDrives are drives the node was given but did not use, with the reason.
 	RefusedDrives []Drive `json:"refused_drives"`
+	// SnapshotErrors are the most recent failures of the snapshot scheduler
+	// (a scheduled snapshot not taken, an old one not pruned), oldest first.
+	SnapshotErrors []SnapshotError `json:"snapshot_errors"`
 }
 
 // Pool is one storage pool of the node.
@@ -62,6 +67,7 @@ type CreateVolumeRequest struct {
 	IOPriority   string `json:"io_priority,omitempty"`
 	Sticky       bool   `json:"sticky,omitempty"`
 	SnapInterval int    `json:"snap_interval,omitempty"`
+	SnapKeep     int    `json:"snap_keep,omitempty"` // 0 = engine.DefaultSnapKeep
 	BlockSize    int    `json:"block_size,omitempty"`
 }
 
@@ -71,6 +77,7 @@ type UpdateVolumeRequest struct {
 	Size         *int64 `json:"size,omitempty"`
 	Sticky       *bool  `json:"sticky,omitempty"`
 	SnapInterval *int   `json:"snap_interval,omitempty"`
+	SnapKeep     *int   `json:"snap_keep,omitempty"`
 }
 
 // AddDriveRequest is the body of POST /v1/drives.
@@ -101,6 +108,8 @@ func volumeFromEngine(info engine.VolumeInfo) Volume {
 		ReadOnly:     info.ReadOnly,
 		AttachedOn:   "",
 		Created:      info.Created.UTC().Format(time.RFC3339),
+		Snapshot:     info.Snapshot,
+		SnapKeep:     info.SnapKeep,
 	}
 }
 

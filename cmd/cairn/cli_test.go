@@ -230,8 +230,9 @@ func sorted(s ...string) []string { sort.Strings(s); return s }
 // The JSON contracts of issue 2: scripts depend on exactly these fields.
 var (
 	volumeKeys = sorted("id", "name", "size", "used", "repl", "io_priority", "sticky", "state",
-		"snap_interval", "parent", "readonly", "attached_on", "created", "device")
-	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives")
+		"snap_interval", "parent", "readonly", "attached_on", "created", "device",
+		"snapshot", "snap_keep") // issue 5
+	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives", "snapshot_errors")
 	poolKeys   = sorted("id", "io_priority", "raid", "size", "used", "status", "drives")
 	driveKeys  = sorted("path", "size", "used", "status")
 )

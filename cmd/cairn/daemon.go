@@ -36,6 +36,9 @@ type daemonConfig struct {
 	cluster          string   // -c
 	defaultDriveSize string
 	cpuProfile       string
+	// snapMinute is how long one snap_interval minute lasts (hidden; tests
+	// shorten it to watch scheduled snapshots come and go in seconds).
+	snapMinute time.Duration
 }
 
 // defaultDriveName is the embedded default drive: a sparse file in the data
@@ -79,6 +82,8 @@ flushed, and it exits 0.`,
 	f.StringVarP(&cfg.cluster, "cluster", "c", "", "cluster name (default: the stored one, or "+control.DefaultCluster+")")
 	f.StringVar(&cfg.defaultDriveSize, "default-drive-size", "64G", "size of the embedded default drive file (sparse)")
 	f.StringVar(&cfg.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the whole run to FILE (benchmarks)")
+	f.DurationVar(&cfg.snapMinute, "snap-minute", time.Minute, "length of one snap_interval minute (tests)")
+	_ = f.MarkHidden("snap-minute")
 	return cmd
 }
 
@@ -155,8 +160,21 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		return fmt.Errorf("daemon: management API: %w", err)
 	}
 	attacher := control.NewAttacher(eng, control.AttachConfig{DataDir: dataDir, NBDSocket: cfg.nbdSocket, NodeID: node.ID(), Logger: log})
+	if cfg.snapMinute <= 0 {
+		return fmt.Errorf("daemon: --snap-minute %v: must be positive", cfg.snapMinute)
+	}
+	scheduler, err := control.NewScheduler(eng, control.SchedulerConfig{
+		StatePath: filepath.Join(dataDir, "snapschedule.json"), Minute: cfg.snapMinute, Logger: log,
+	})
+	if err != nil {
+		apiListener.Close()
+		return fmt.Errorf("daemon: %w", err)
+	}
+	exports := control.NewExports(eng)
 	apiServer := control.NewServer(eng, node, metrics, log)
 	apiServer.SetAttacher(attacher)
+	apiServer.SetExports(exports)
+	apiServer.SetScheduler(scheduler)
 	api := &http.Server{
 		Handler:           apiServer.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -164,7 +182,7 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	errc := make(chan error, 3)
 	go func() { errc <- api.Serve(apiListener) }()
 
-	nbdStop, err := startNBD(eng, nbdAddr, cfg.nbdSocket, log, errc)
+	nbdStop, err := startNBD(exports, nbdAddr, cfg.nbdSocket, log, errc)
 	if err != nil {
 		api.Close()
 		return fmt.Errorf("daemon: %w", err)
@@ -173,6 +191,12 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	// Volumes attached (and mounted) when the daemon last stopped are
 	// served again before the daemon says it is ready.
 	attacher.Restore(ctx)
+	schedCtx, stopScheduler := context.WithCancel(context.Background())
+	schedDone := make(chan struct{})
+	go func() {
+		defer close(schedDone)
+		scheduler.Run(schedCtx)
+	}()
 	log.Info("api listening", "addr", apiListener.Addr().String())
 	st := eng.Status()
 	log.Info("cairn daemon ready", "node_id", node.ID(), "cluster", node.Cluster(), "data_dir", dataDir, "pools", len(st.Pools), "drives", len(drives))
@@ -196,6 +220,9 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		log.Warn("api shutdown", "err", err)
 	}
 	cancel()
+	// No snapshot is taken or pruned once shutdown has begun.
+	stopScheduler()
+	<-schedDone
 	// Host attachments next: unmount what host mount mounted, detach the
 	// devices (kernel NBD ones are clients of the NBD server), unmount FUSE.
 	attachErr := attacher.Shutdown()

@@ -11,13 +11,12 @@ import (
 
 	"github.com/cairn-storage/cairn/blockdev/nbd"
 	"github.com/cairn-storage/cairn/control"
-	"github.com/cairn-storage/cairn/engine"
 )
 
 // startNBD serves the engine's volumes over NBD on a TCP address and on a
 // unix socket; each Serve's end is sent on errc. stop shuts the server down:
 // in-flight requests finish and every open export is flushed.
-func startNBD(eng *engine.Engine, addr, socket string, log *slog.Logger, errc chan<- error) (stop func() error, err error) {
+func startNBD(exports *control.Exports, addr, socket string, log *slog.Logger, errc chan<- error) (stop func() error, err error) {
 	tcp, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("nbd: %w", err)
@@ -33,7 +32,7 @@ func startNBD(eng *engine.Engine, addr, socket string, log *slog.Logger, errc ch
 		tcp.Close()
 		return nil, fmt.Errorf("nbd: %w", err)
 	}
-	srv := nbd.NewServer(control.NewExports(eng), nbd.Config{Logger: log})
+	srv := nbd.NewServer(exports, nbd.Config{Logger: log})
 	go func() { errc <- srv.Serve(tcp) }()
 	go func() { errc <- srv.Serve(unix) }()
 	log.Info("nbd listening", "addr", tcp.Addr().String(), "socket", socket)

@@ -73,6 +73,10 @@ func printStatus(w io.Writer, st control.Status) {
 			}
 		})
 	}
+	if n := len(st.SnapshotErrors); n > 0 {
+		last := st.SnapshotErrors[n-1]
+		fmt.Fprintf(w, "\tScheduled snapshot failures: %d (latest %s %s of %s: %s)\n", n, last.Time, last.Op, orDash(last.Snapshot), last.Error)
+	}
 	fmt.Fprintln(w, "Global Storage Pool")
 	fmt.Fprintf(w, "\tTotal Used    \t:  %s\n", formatSize(used))
 	fmt.Fprintf(w, "\tTotal Capacity\t:  %s\n", formatSize(size))

@@ -8,16 +8,20 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cairn-storage/cairn/control"
+	"github.com/cairn-storage/cairn/engine"
 )
 
 func newVolumeCommand(g *globals) *cobra.Command {
-	volume := newGroupCommand("volume", "Create, list, inspect, update and delete volumes")
+	volume := newGroupCommand("volume", "Create, list, inspect, update and delete volumes; snapshot, clone and restore them")
 	volume.AddCommand(
 		newVolumeCreateCommand(g),
 		newVolumeListCommand(g),
 		newVolumeInspectCommand(g),
 		newVolumeUpdateCommand(g),
 		newVolumeDeleteCommand(g),
+		newSnapshotCommand(g),
+		newVolumeCloneCommand(g),
+		newVolumeRestoreCommand(g),
 	)
 	return volume
 }
@@ -25,6 +29,7 @@ func newVolumeCommand(g *globals) *cobra.Command {
 func newVolumeCreateCommand(g *globals) *cobra.Command {
 	var req control.CreateVolumeRequest
 	var size string
+	var snapKeep int
 	cmd := &cobra.Command{
 		Use:   "create NAME --size SIZE",
 		Short: "Create a thin volume",
@@ -42,6 +47,12 @@ func newVolumeCreateCommand(g *globals) *cobra.Command {
 			// The API reads a repl of 0 as "default"; an explicit 0 is a mistake.
 			if req.Repl < 1 {
 				return fmt.Errorf("repl %d: must be 1, 2 or 3", req.Repl)
+			}
+			if cmd.Flags().Changed("snap_keep") {
+				if err := checkSnapKeep(snapKeep); err != nil {
+					return err
+				}
+				req.SnapKeep = snapKeep
 			}
 			req.Name, req.Size = args[0], n
 			v, err := g.client().CreateVolume(cmd.Context(), req)
@@ -61,29 +72,52 @@ func newVolumeCreateCommand(g *globals) *cobra.Command {
 	f.StringVar(&req.IOPriority, "io_priority", "low", "pool class: high, medium or low (falls back to a lower one)")
 	f.BoolVar(&req.Sticky, "sticky", false, "refuse deletion until sticky is turned off")
 	f.IntVar(&req.SnapInterval, "snap_interval", 0, "snapshot every MIN minutes (0 = off)")
+	f.IntVar(&snapKeep, "snap_keep", engine.DefaultSnapKeep, "scheduled snapshots to keep, 1 to 64 (the oldest are deleted)")
 	f.IntVar(&req.BlockSize, "block_size", 4096, "block size in bytes (only 4096)")
 	addJSONFlag(cmd, g)
 	return cmd
 }
 
+// newVolumeListCommand lists volumes (clones included) but not snapshots,
+// as pxctl does: --all adds the snapshots, --snapshot shows only them.
 func newVolumeListCommand(g *globals) *cobra.Command {
+	var all, snapshots bool
 	cmd := &cobra.Command{
-		Use:     "list",
+		Use:     "list [--all | --snapshot]",
 		Aliases: []string{"ls"},
-		Short:   "List volumes",
+		Short:   "List volumes (snapshots with --all or --snapshot)",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			vols, err := g.client().Volumes(cmd.Context())
+			if all && snapshots {
+				return errors.New("volume list: give --all or --snapshot, not both")
+			}
+			c := g.client()
+			var vols []control.Volume
+			var err error
+			switch {
+			case all:
+				vols, err = c.AllVolumes(cmd.Context())
+			case snapshots:
+				vols, err = c.Snapshots(cmd.Context(), "")
+			default:
+				vols, err = c.Volumes(cmd.Context())
+			}
 			if err != nil {
 				return err
 			}
 			if g.json {
 				return printJSON(cmd.OutOrStdout(), vols)
 			}
+			if snapshots {
+				printSnapshots(cmd.OutOrStdout(), vols)
+				return nil
+			}
 			printVolumes(cmd.OutOrStdout(), vols)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "also list snapshots")
+	cmd.Flags().BoolVarP(&snapshots, "snapshot", "s", false, "list only snapshots")
 	addJSONFlag(cmd, g)
 	return cmd
 }
@@ -111,9 +145,9 @@ func newVolumeInspectCommand(g *globals) *cobra.Command {
 
 func newVolumeUpdateCommand(g *globals) *cobra.Command {
 	var size, sticky string
-	var snapInterval int
+	var snapInterval, snapKeep int
 	cmd := &cobra.Command{
-		Use:   "update NAME [--size SIZE] [--sticky on|off] [--snap_interval MIN]",
+		Use:   "update NAME [--size SIZE] [--sticky on|off] [--snap_interval MIN] [--snap_keep N]",
 		Short: "Grow a volume or change its settings",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -136,8 +170,14 @@ func newVolumeUpdateCommand(g *globals) *cobra.Command {
 			if f.Changed("snap_interval") {
 				req.SnapInterval = &snapInterval
 			}
-			if req.Size == nil && req.Sticky == nil && req.SnapInterval == nil {
-				return errors.New("volume update: nothing to change: give --size, --sticky or --snap_interval")
+			if f.Changed("snap_keep") {
+				if err := checkSnapKeep(snapKeep); err != nil {
+					return err
+				}
+				req.SnapKeep = &snapKeep
+			}
+			if req.Size == nil && req.Sticky == nil && req.SnapInterval == nil && req.SnapKeep == nil {
+				return errors.New("volume update: nothing to change: give --size, --sticky, --snap_interval or --snap_keep")
 			}
 			v, err := g.client().UpdateVolume(cmd.Context(), args[0], req)
 			if err != nil {
@@ -154,16 +194,32 @@ func newVolumeUpdateCommand(g *globals) *cobra.Command {
 	f.StringVarP(&size, "size", "s", "", "new size (grow only): 512M, 10G, 1T; a bare number is GiB")
 	f.StringVar(&sticky, "sticky", "", "on or off")
 	f.IntVar(&snapInterval, "snap_interval", 0, "snapshot every MIN minutes (0 = off)")
+	f.IntVar(&snapKeep, "snap_keep", engine.DefaultSnapKeep, "scheduled snapshots to keep, 1 to 64")
 	addJSONFlag(cmd, g)
 	return cmd
 }
 
 func newVolumeDeleteCommand(g *globals) *cobra.Command {
+	var force bool
 	cmd := &cobra.Command{
-		Use:   "delete NAME",
-		Short: "Delete a volume (not a sticky or an in-use one)",
+		Use:   "delete NAME [--force]",
+		Short: "Delete a volume (not a sticky or an in-use one; --force also deletes its snapshots)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if force {
+				deleted, err := g.client().DeleteVolumeForce(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return printJSON(cmd.OutOrStdout(), map[string]any{"deleted": args[0], "snapshots_deleted": deleted[:len(deleted)-1]})
+				}
+				for _, s := range deleted[:len(deleted)-1] {
+					fmt.Fprintf(cmd.OutOrStdout(), "Snapshot %s successfully deleted\n", s)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Volume %s successfully deleted\n", args[0])
+				return nil
+			}
 			if err := g.client().DeleteVolume(cmd.Context(), args[0]); err != nil {
 				return err
 			}
@@ -174,8 +230,16 @@ func newVolumeDeleteCommand(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "delete the volume's snapshots first (a sticky volume is still refused)")
 	addJSONFlag(cmd, g)
 	return cmd
+}
+
+func checkSnapKeep(n int) error {
+	if n < 1 || n > engine.MaxSnapshots {
+		return fmt.Errorf("snap_keep %d: must be 1 to %d", n, engine.MaxSnapshots)
+	}
+	return nil
 }
 
 func parseOnOff(s string) (bool, error) {
@@ -211,17 +275,23 @@ func printVolumes(w io.Writer, vols []control.Volume) {
 func printVolume(w io.Writer, v control.Volume) {
 	snap := "off"
 	if v.SnapInterval > 0 {
-		snap = fmt.Sprintf("every %d min", v.SnapInterval)
+		snap = fmt.Sprintf("every %d min, keep %d", v.SnapInterval, v.SnapKeep)
+	}
+	used := formatSize(v.Used)
+	if v.Snapshot {
+		used += " (exclusive to this snapshot)"
+		snap = "-"
 	}
 	fmt.Fprintf(w, "Volume\t:  %s\n", v.ID)
 	for _, row := range [][2]string{
 		{"Name", v.Name},
 		{"Size", formatSize(v.Size)},
-		{"Used", formatSize(v.Used)},
+		{"Used", used},
 		{"HA", fmt.Sprint(v.Repl)},
 		{"IO Priority", upper(v.IOPriority)},
 		{"Sticky", yesNo(v.Sticky)},
 		{"Snap Interval", snap},
+		{"Snapshot", yesNo(v.Snapshot)},
 		{"Parent", orDash(v.Parent)},
 		{"Read-only", yesNo(v.ReadOnly)},
 		{"Creation time", v.Created},
