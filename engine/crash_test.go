@@ -42,6 +42,8 @@ type modelVolume struct {
 	maybeSize    int64 // a failed grow to this size
 	maybeExists  bool  // a failed create: the volume may not exist
 	maybeDeleted bool  // a failed delete: the volume may be gone
+	readOnly     bool  // a snapshot
+	parent       string
 	uid          uint64
 	size         int64
 	latest       []uint32   // what a read must show now
@@ -153,8 +155,10 @@ func TestCrashModel(t *testing.T) {
 		}
 		histCycle = cycle
 		for op := rng.IntN(40); op > 0 && !t.Failed(); op-- {
-			if err := e.Check(); err != nil && e.pools[0].err() == nil {
-				t.Fatalf("cycle %d: %v (last op %s)", cycle, err, histOp)
+			if op%8 == 0 {
+				if err := e.Check(); err != nil && e.pools[0].err() == nil {
+					t.Fatalf("cycle %d: %v (last op %s)", cycle, err, histOp)
+				}
 			}
 			if err := step(e, rng, vols, &nextName, buf); err != nil {
 				if faulted && errors.Is(err, ErrIO) || errors.Is(err, drive.ErrIO) {
@@ -210,9 +214,9 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 			}
 			return err
 		}
+		_ = info
 		m := &modelVolume{name: name}
 		traced(histCycle, "create", name, 0, size/BlockSize, nil)
-		fmt.Sscanf(info.ID, "%x", &m.uid)
 		m.grow(size)
 		vols[name] = m
 		return nil
@@ -222,7 +226,17 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 	if err != nil {
 		return err
 	}
-	switch op := rng.IntN(100); {
+	op := rng.IntN(108)
+	if m.readOnly && (op < 72 || op >= 92) {
+		// A snapshot refuses every change.
+		if err := v.WriteAt(buf[:BlockSize], 0, false); !errors.Is(err, ErrReadOnly) {
+			return fmt.Errorf("write to snapshot %s: %v", m.name, err)
+		}
+		if op < 100 {
+			return nil
+		}
+	}
+	switch {
 	case op < 55: // write 1..16 blocks
 		histOp = "write"
 		n := int64(1 + rng.IntN(16))
@@ -250,7 +264,7 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 				if rerr := v.ReadAt(b, (blk+i)*BlockSize); rerr != nil {
 					return rerr
 				}
-				if got := blockVersion(b, m.uid, blk+i, ver); got != m.latest[blk+i] {
+				if got := blockVersion(b, m.uid, blk+i, ver, m.latest[blk+i]); got != m.latest[blk+i] {
 					m.set(blk+i, got)
 				}
 			}
@@ -274,10 +288,22 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 			err = v.WriteZeroes(blk*BlockSize, n*BlockSize, rng.IntN(4) == 0)
 			traced(histCycle, fmt.Sprintf("zero pendingFree=%v reserved=%v", v.pool.pendingFree, v.pool.reserved), m.name, blk, n, err)
 		}
-		// Done, or (on any error) perhaps partly done.
-		{
+		switch {
+		case err == nil || errors.Is(err, ErrIO) || errors.Is(err, drive.ErrIO):
+			// Done, or (the pool failed, a crash follows) perhaps partly done.
 			for i := int64(0); i < n; i++ {
 				m.set(blk+i, 0)
+			}
+		default:
+			// Refused part-way (ENOSPC for copy-on-write): learn what happened.
+			for i := int64(0); i < n; i++ {
+				b := buf[:BlockSize]
+				if rerr := v.ReadAt(b, (blk+i)*BlockSize); rerr != nil {
+					return rerr
+				}
+				if blockVersion(b, m.uid, blk+i, m.latest[blk+i]) != m.latest[blk+i] {
+					m.set(blk+i, 0)
+				}
 			}
 		}
 		return err
@@ -311,23 +337,91 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		}
 		m.grow(size) // durable on return; old blocks' possibilities unchanged
 		return nil
-	default:
-		if err := e.DeleteVolume(m.name); err != nil {
+	case op < 100:
+		err := e.DeleteVolume(m.name)
+		traced(histCycle, "delete", m.name, 0, m.blocks(), err)
+		if err != nil {
 			if errors.Is(err, drive.ErrIO) || errors.Is(err, ErrIO) {
 				m.maybeDeleted = true
+			}
+			if errors.Is(err, ErrHasSnapshots) {
+				return nil
 			}
 			return err
 		}
 		delete(vols, m.name)
 		return nil
+	case op < 104 && len(vols) >= 8: // keep the model small: snapshots are verified every cycle
+		return nil
+	case op < 104 && m.readOnly: // clone a snapshot
+		return shareModel(e, vols, m, nextName, false)
+	case op < 104: // snapshot a volume
+		return shareModel(e, vols, m, nextName, true)
+	default: // restore a volume from one of its snapshots
+		var snap *modelVolume
+		for _, n := range names {
+			if s := vols[n]; s.readOnly && s.parent == m.name && !s.maybeExists {
+				snap = s
+			}
+		}
+		if snap == nil || m.readOnly {
+			return nil
+		}
+		err := e.RestoreVolume(m.name, snap.name)
+		traced(histCycle, "restore from "+snap.name, m.name, 0, m.blocks(), err)
+		if err != nil && !errors.Is(err, drive.ErrIO) && !errors.Is(err, ErrIO) {
+			return err
+		}
+		for b := range m.latest {
+			ver := uint32(0)
+			if int64(b) < snap.blocks() {
+				ver = snap.latest[b]
+			}
+			if err != nil { // may or may not have happened
+				m.possible[b] = append(m.possible[b], ver)
+			} else {
+				m.latest[b] = ver
+				m.possible[b] = append(m.possible[b][:0], ver)
+			}
+		}
+		return err
 	}
 }
 
-// blockVersion returns which version of (uid, blk) b holds, given the one
-// candidate just written; 0 for zeros; ^0 for anything else.
-func blockVersion(b []byte, uid uint64, blk int64, ver uint32) uint32 {
+// shareModel takes a snapshot of m (or a clone of snapshot m) and models it:
+// its content is m's latest, exactly (creation syncs everything).
+func shareModel(e *Engine, vols map[string]*modelVolume, m *modelVolume, nextName *int, snapshot bool) error {
+	name := fmt.Sprintf("vol%d", *nextName)
+	*nextName++
+	var err error
+	if snapshot {
+		_, err = e.CreateSnapshot(m.name, name)
+	} else {
+		_, err = e.CloneVolume(m.name, name)
+	}
+	traced(histCycle, fmt.Sprintf("share(snapshot=%v) of %s", snapshot, m.name), name, 0, m.blocks(), err)
+	if errors.Is(err, ErrTooManySnaps) {
+		return nil
+	}
+	maybe := errors.Is(err, drive.ErrIO) || errors.Is(err, ErrIO)
+	if err != nil && !maybe {
+		return err
+	}
+	s := &modelVolume{name: name, readOnly: snapshot, parent: m.name, maybeExists: maybe}
+	s.grow(m.size)
+	copy(s.latest, m.latest)
+	for b := range s.latest {
+		s.possible[b][0] = s.latest[b]
+	}
+	vols[name] = s
+	return err
+}
+
+// blockVersion returns which of the candidate versions (or 0, zeros) b
+// holds; ^0 for anything else.
+func blockVersion(b []byte, uid uint64, blk int64, candidates ...uint32) uint32 {
 	want := make([]byte, len(b))
-	for _, v := range []uint32{ver, 0} {
+	for _, v := range append(candidates, 0) {
 		blockContent(want, uid, blk, v)
 		if string(want) == string(b) {
 			return v
@@ -359,9 +453,6 @@ func verify(t *testing.T, e *Engine, vols map[string]*modelVolume, cycle int, wa
 	b := make([]byte, BlockSize)
 	for _, info := range got {
 		m := vols[info.Name]
-		if m.maybeExists {
-			fmt.Sscanf(info.ID, "%x", &m.uid)
-		}
 		if m.maybeSize != 0 && info.Size == m.maybeSize {
 			m.grow(m.maybeSize)
 		}
@@ -386,7 +477,7 @@ func verify(t *testing.T, e *Engine, vols map[string]*modelVolume, cycle int, wa
 			}
 			if !found {
 				for _, tr := range trace {
-					if tr.vol == m.name && (tr.op == "flush" || tr.blk <= blk|255 && blk&^255 < tr.blk+tr.n) || tr.op == "crash" || tr.op == "create" {
+					if (tr.vol == m.name || tr.vol == m.parent) && (tr.op == "flush" || tr.blk <= blk|255 && blk&^255 < tr.blk+tr.n) || tr.op == "crash" || tr.op == "create" {
 						t.Logf("trace: cycle %d %s %s blk %d n %d err %v", tr.cycle, tr.op, tr.vol, tr.blk, tr.n, tr.err)
 					}
 				}

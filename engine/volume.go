@@ -392,7 +392,7 @@ func (v *Volume) Trim(off, n int64) error {
 	err := v.checkWrite(off, n)
 	if err == nil {
 		v.ioMu.Lock()
-		err = v.deallocate(off, n, false)
+		err = v.deallocate(off, n)
 		v.ioMu.Unlock()
 	}
 	v.observe(OpTrim, int(n), start, err)
@@ -440,7 +440,7 @@ func (v *Volume) writeZeroes(off, n int64, noHole bool) error {
 	}
 	v.ioMu.RUnlock()
 	v.ioMu.Lock()
-	err := v.deallocate(lo, hi-lo, true)
+	err := v.deallocate(lo, hi-lo)
 	v.ioMu.Unlock()
 	v.ioMu.RLock()
 	return err
@@ -448,10 +448,9 @@ func (v *Volume) writeZeroes(off, n int64, noHole bool) error {
 
 // deallocate makes the whole blocks of [off, off+n) read as zeros: extents
 // wholly inside are unmapped (and freed), the blocks of partly covered ones
-// are zeroed on the drive. A partly covered shared extent cannot be zeroed in
-// place: mustZero (write-zeroes) writes zeros through copy-on-write, a trim
-// leaves it alone (trim is advisory). REQUIRES ioMu (write).
-func (v *Volume) deallocate(off, n int64, mustZero bool) error {
+// are zeroed on the drive — through copy-on-write when the extent is shared.
+// REQUIRES ioMu (write).
+func (v *Volume) deallocate(off, n int64) error {
 	if v.deleted {
 		return fmt.Errorf("%w: volume %q was deleted", ErrNotFound, v.meta.name)
 	}
@@ -469,9 +468,8 @@ func (v *Volume) deallocate(off, n int64, mustZero bool) error {
 				p.mu.Lock()
 				err = v.unmapLocked(lext, ext)
 				p.mu.Unlock()
-			case shared && mustZero:
-				err = v.writeZeroRange(o, c)
 			case shared:
+				err = v.writeZeroRange(o, c)
 			default:
 				err = p.zeroExtent(ext, in, c)
 			}
