@@ -6,11 +6,18 @@
 // matching HTTP status):
 //
 //	GET    /v1/status              node, cluster and pools with their drives  → Status
-//	GET    /v1/volumes             every volume, sorted by name               → []Volume
+//	GET    /v1/volumes             every volume (not snapshots), by name      → []Volume
+//	GET    /v1/volumes?all=true    volumes and snapshots, by name             → []Volume
 //	POST   /v1/volumes             CreateVolumeRequest                        → 201 Volume
-//	GET    /v1/volumes/{name}      one volume                                 → Volume
+//	GET    /v1/volumes/{name}      one volume or snapshot                     → Volume
 //	PATCH  /v1/volumes/{name}      UpdateVolumeRequest (grow only)            → Volume
-//	DELETE /v1/volumes/{name}      refuses sticky and in-use volumes          → 204
+//	DELETE /v1/volumes/{name}      refuses sticky, in-use and snapshotted     → 204
+//	DELETE /v1/volumes/{name}?force=true  its snapshots first, then it        → DeleteResult
+//	POST   /v1/volumes/{name}/snapshots   SnapshotRequest                     → 201 Volume (the snapshot)
+//	GET    /v1/snapshots[?volume=NAME]    snapshots, oldest first             → []Volume
+//	DELETE /v1/snapshots/{name}    refuses anything but a snapshot            → 204
+//	POST   /v1/volumes/{snap}/clone       CloneRequest                        → 201 Volume
+//	POST   /v1/volumes/{name}/restore     RestoreRequest (refused in use)     → Volume
 //	POST   /v1/drives              AddDriveRequest                            → Status
 //	POST   /v1/volumes/{name}/attach   AttachRequest (via fuse|nbd)          → Volume (device set)
 //	POST   /v1/volumes/{name}/detach   refuses a volume with a mounted fs    → Volume
