@@ -16,7 +16,7 @@ import (
 // fakeClock is a settable clock for the scheduler.
 type fakeClock struct{ t time.Time }
 
-func (c *fakeClock) now() time.Time           { return c.t }
+func (c *fakeClock) now() time.Time          { return c.t }
 func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
 func snapNames(e *engine.Engine, volume string) []string {
