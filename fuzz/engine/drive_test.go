@@ -37,7 +37,6 @@ func (d *sparseDrive) Kind() drive.Kind { return drive.KindFile }
 func (d *sparseDrive) Close() error     { return nil }
 func (d *sparseDrive) Sync() error      { return nil }
 func (d *sparseDrive) writeCount() int  { d.mu.Lock(); defer d.mu.Unlock(); return d.writes }
-func (d *sparseDrive) pageCount() int   { d.mu.Lock(); defer d.mu.Unlock(); return len(d.pages) }
 func (d *sparseDrive) drop(from, to int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -132,11 +132,10 @@ func buildTemplate() (template, error) {
 // inspectTemplate reads the active log of a drive at rest.
 func inspectTemplate(d *sparseDrive) (template, error) {
 	tp := template{d: d}
-	sb := make([]byte, sbSize)
 	sb0, sb1 := make([]byte, sbSize), make([]byte, sbSize)
 	d.ReadAt(sb0, 0)
 	d.ReadAt(sb1, sbSize)
-	sb = sb0
+	sb := sb0
 	if le.Uint64(sb1[16:]) > le.Uint64(sb0[16:]) {
 		sb = sb1
 	}
