@@ -160,7 +160,7 @@ func TestQemuIO(t *testing.T) {
 func fioJob(t *testing.T, uri string, args ...string) {
 	t.Helper()
 	base := []string{"--name=verify", "--ioengine=nbd", "--uri=" + uri,
-		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=terse"}
+		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=terse"}
 	out, err := run(t, 120*time.Second, "fio", append(base, args...)...)
 	if err != nil || strings.Contains(out, "verify:") && strings.Contains(out, "bad") {
 		t.Fatalf("fio %s: %v\n%s", strings.Join(args, " "), err, out)
