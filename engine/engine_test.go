@@ -392,3 +392,65 @@ func TestDamagedPoolDegrades(t *testing.T) {
 		}
 	}
 }
+
+// Drives of one io_priority and size form one pool, striped; a drive added
+// online joins it; another priority forms its own pool; a volume asking for a
+// priority no pool has falls back (high → medium → low) and says where it landed.
+func TestPoolsAndPriorityFallback(t *testing.T) {
+	a, b := drive.NewMem("a", 32<<20), drive.NewMem("b", 32<<20)
+	e := memEngine(t, a, b)
+	st := e.Status()
+	if len(st.Pools) != 1 || len(st.Pools[0].Drives) != 2 || st.Pools[0].IOPriority != PriorityLow {
+		t.Fatalf("two equal file drives: %+v", st.Pools)
+	}
+	info, err := e.CreateVolume(VolumeSpec{Name: "fast", Size: 16 << 20, IOPriority: PriorityHigh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.IOPriority != PriorityLow || info.RequestedIOPriority != PriorityHigh {
+		t.Fatalf("fallback: landed %s, asked %s", info.IOPriority, info.RequestedIOPriority)
+	}
+	v, _ := e.Volume("fast")
+	if err := v.WriteAt(pattern(1, 8<<20), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	st = e.Status()
+	if st.Pools[0].Drives[0].Used == 0 || st.Pools[0].Drives[1].Used == 0 {
+		t.Fatalf("8 extents not striped across both drives: %+v", st.Pools[0].Drives)
+	}
+	// Online: an equal drive joins the pool, an SSD makes a medium pool.
+	c := drive.NewMem("c", 32<<20)
+	if err := e.AddDrive(DriveSpec{Path: "c", Drive: c}); err != nil {
+		t.Fatal(err)
+	}
+	ssd := drive.NewMem("ssd", 32<<20)
+	ssd.SetKind(drive.KindSSD)
+	if err := e.AddDrive(DriveSpec{Path: "ssd", Drive: ssd}); err != nil {
+		t.Fatal(err)
+	}
+	st = e.Status()
+	if len(st.Pools) != 2 || len(st.Pools[0].Drives) != 3 || st.Pools[1].IOPriority != PriorityMedium {
+		t.Fatalf("after adding drives: %+v", st.Pools)
+	}
+	if info, _ := e.CreateVolume(VolumeSpec{Name: "fast2", Size: 4 << 20, IOPriority: PriorityHigh}); info.IOPriority != PriorityMedium {
+		t.Fatalf("high falls back to medium first, landed on %s", info.IOPriority)
+	}
+	if err := e.AddDrive(DriveSpec{Path: "c", Drive: c}); !errors.Is(err, ErrDriveRefused) {
+		t.Fatalf("adding a drive twice: %v", err)
+	}
+	// Everything is still there after a restart with all four drives.
+	e.Close()
+	e2, err := Open(memOptions(a, b, c, ssd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Close()
+	v, _ = e2.Volume("fast")
+	got := make([]byte, 8<<20)
+	if err := v.ReadAt(got, 0); err != nil || !bytes.Equal(got, pattern(1, 8<<20)) {
+		t.Fatalf("striped data after restart: %v", err)
+	}
+	if st := e2.Status(); len(st.Pools) != 2 || len(st.Pools[0].Drives) != 3 {
+		t.Fatalf("pools after restart: %+v", st.Pools)
+	}
+}
