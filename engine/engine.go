@@ -91,6 +91,8 @@ func Open(opts Options) (*Engine, error) {
 		switch {
 		case state == sbValid && sb.nodeID != opts.NodeID && !spec.Force:
 			err = fmt.Errorf("%w: %s belongs to node %q (this node is %q)", ErrDriveRefused, spec.Path, sb.nodeID, opts.NodeID)
+		case state == sbValid && sb.driveSize > d.Size():
+			err = fmt.Errorf("%w: %s is %d bytes but was formatted as %d (it shrank)", ErrDriveRefused, spec.Path, d.Size(), sb.driveSize)
 		case state == sbValid && !spec.Force:
 			if prev, dup := seen[sb.driveUUID]; dup {
 				err = fmt.Errorf("%w: %s is the same drive as %s", ErrDriveRefused, spec.Path, prev)
@@ -414,9 +416,16 @@ func (e *Engine) addDrive(spec DriveSpec, d drive.Drive) error {
 	return nil
 }
 
+// maxPoolExtents keeps pool extent numbers clear of the mapping's shared bit.
+const maxPoolExtents = 1 << 30
+
 // addDrive formats d as the next drive of p and records it in p's log.
 func (p *pool) addDrive(d drive.Drive, sb superblock) error {
 	p.mu.Lock()
+	if p.alloc.Total()+int64(sb.extentCount) > maxPoolExtents {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: %s: %s would exceed %d extents (1 PiB)", ErrDriveRefused, d.Path(), p, maxPoolExtents)
+	}
 	sb.poolUUID, sb.poolNumber, sb.driveIndex = p.uuid, uint32(p.number), uint32(len(p.drives))
 	p.mu.Unlock()
 	if err := writeSuperblock(d, &sb); err != nil {
