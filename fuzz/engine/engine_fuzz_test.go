@@ -5,6 +5,10 @@
 // superblock's xxhash, valid WAL frames around checkpoint and record
 // payloads) so the fuzzer reaches the decoders, not just the checksums.
 //
+// The seeds are made at run time (f.Add) from that drive, not stored under
+// testdata: the drive's bytes hold fresh random uuids on every run, so stored
+// inputs would not match it.
+//
 // What must hold for every input: Open neither panics nor hangs; a drive it
 // refuses (an error, or a pool reported failed) received no write at all;
 // and an engine that opens passes its own invariant check, serves reads and
