@@ -111,34 +111,39 @@ func (m *Mem) fault(op FaultOp, off int64, n int) error {
 	return nil
 }
 
-func (m *Mem) ReadAt(p []byte, off int64) error {
-	if err := checkRange(m, len(p), off); err != nil {
-		return err
+// begin checks an operation on [off, off+n) and takes m.mu; on success the
+// caller must unlock.
+func (m *Mem) begin(op FaultOp, off int64, n int) error {
+	if op != FaultSync {
+		if err := checkRange(m, n, off); err != nil {
+			return err
+		}
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	err := m.fault(op, off, n)
 	if m.closed {
-		return fmt.Errorf("%w: %s: closed", ErrIO, m.path)
+		err = fmt.Errorf("%w: %s: closed", ErrIO, m.path)
 	}
-	if err := m.fault(FaultRead, off, len(p)); err != nil {
+	if err != nil {
+		m.mu.Unlock()
+	}
+	return err
+}
+
+func (m *Mem) ReadAt(p []byte, off int64) error {
+	if err := m.begin(FaultRead, off, len(p)); err != nil {
 		return err
 	}
+	defer m.mu.Unlock()
 	copy(p, m.current[off:])
 	return nil
 }
 
 func (m *Mem) WriteAt(p []byte, off int64) error {
-	if err := checkRange(m, len(p), off); err != nil {
+	if err := m.begin(FaultWrite, off, len(p)); err != nil {
 		return err
 	}
-	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
-		return fmt.Errorf("%w: %s: closed", ErrIO, m.path)
-	}
-	if err := m.fault(FaultWrite, off, len(p)); err != nil {
-		return err
-	}
 	copy(m.current[off:], p)
 	m.unsynced = append(m.unsynced, write{off: off, data: append([]byte(nil), p...)})
 	return nil
@@ -146,17 +151,10 @@ func (m *Mem) WriteAt(p []byte, off int64) error {
 
 // Zero is a write of zeros (so a crash may drop or tear it like any write).
 func (m *Mem) Zero(off, n int64) error {
-	if err := checkRange(m, int(n), off); err != nil {
+	if err := m.begin(FaultWrite, off, int(n)); err != nil {
 		return err
 	}
-	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
-		return fmt.Errorf("%w: %s: closed", ErrIO, m.path)
-	}
-	if err := m.fault(FaultWrite, off, int(n)); err != nil {
-		return err
-	}
 	clear(m.current[off : off+n])
 	for ; n > 0; n -= int64(len(zeros)) {
 		c := min(n, int64(len(zeros)))
@@ -169,14 +167,10 @@ func (m *Mem) Zero(off, n int64) error {
 var zeros = make([]byte, 1<<20)
 
 func (m *Mem) Sync() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return fmt.Errorf("%w: %s: closed", ErrIO, m.path)
-	}
-	if err := m.fault(FaultSync, 0, 0); err != nil {
+	if err := m.begin(FaultSync, 0, 0); err != nil {
 		return err
 	}
+	defer m.mu.Unlock()
 	for _, w := range m.unsynced {
 		copy(m.durable[w.off:], w.data)
 	}

@@ -183,16 +183,7 @@ func abandon(e *Engine) {
 	e.mu.Lock()
 	e.closed = true
 	e.mu.Unlock()
-	for _, p := range e.pools {
-		select {
-		case <-p.stop:
-		default:
-			close(p.stop)
-			if p.bgStarted {
-				<-p.done
-			}
-		}
-	}
+	e.stopBackground()
 }
 
 func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int, buf []byte) error {

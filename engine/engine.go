@@ -499,7 +499,8 @@ func (e *Engine) startBackground(p *pool) {
 	go p.background()
 }
 
-func (e *Engine) closePools() {
+// stopBackground stops every pool's background committer (idempotent).
+func (e *Engine) stopBackground() {
 	for _, p := range e.pools {
 		select {
 		case <-p.stop:
@@ -509,6 +510,12 @@ func (e *Engine) closePools() {
 				<-p.done
 			}
 		}
+	}
+}
+
+func (e *Engine) closePools() {
+	e.stopBackground()
+	for _, p := range e.pools {
 		for _, pd := range p.drives {
 			pd.d.Close()
 		}

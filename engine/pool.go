@@ -157,8 +157,10 @@ func (p *pool) round() error {
 	}
 	recs, cuts := p.pending, p.cuts
 	p.pending, p.cuts = p.spare[:0], p.spareCs[:0]
-	freed, reserving := p.pendingFree, p.reserving
-	p.pendingFree, p.reserving = nil, nil
+	// Extents being reserved stay listed in p.reserving (Status and
+	// checkpoints see them) until this round has logged their record.
+	freed, reserving := p.pendingFree, len(p.reserving)
+	p.pendingFree = nil
 	p.mu.Unlock()
 
 	if err := p.syncData(); err != nil {
@@ -174,9 +176,10 @@ func (p *pool) round() error {
 		return p.fail(err)
 	}
 	p.spare, p.spareCs = recs[:0], cuts[:0]
-	if len(freed) > 0 || len(reserving) > 0 {
+	if len(freed) > 0 || reserving > 0 {
 		p.mu.Lock()
-		p.reserved = append(p.reserved, reserving...)
+		p.reserved = append(p.reserved, p.reserving[:reserving]...)
+		p.reserving = append(p.reserving[:0], p.reserving[reserving:]...)
 		for _, e := range freed {
 			if err := p.alloc.Free(e); err != nil {
 				p.mu.Unlock()

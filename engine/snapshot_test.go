@@ -39,7 +39,7 @@ func TestSnapshotCloneRestore(t *testing.T) {
 		t.Fatalf("snapshot info %+v (a fresh snapshot owns nothing exclusively)", snap)
 	}
 	if e.Status().Pools[0].Used != usedA {
-		t.Fatal("taking a snapshot used space")
+		t.Fatalf("taking a snapshot used space: %d → %d", usedA, e.Status().Pools[0].Used)
 	}
 	b := pattern(2, size/2)
 	v.WriteAt(b, size/4, false)
