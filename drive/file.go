@@ -13,23 +13,26 @@ import (
 )
 
 // File is a real drive: a block device (opened O_DIRECT, so the engine's own
-// durability rules are the only cache policy) or a regular file, mapped into
-// memory (MAP_SHARED) and synced with fdatasync.
+// durability rules are the only cache policy) or a regular file (page cache,
+// synced with fdatasync).
 //
-// Why mmap for files: a 4 KiB pwrite into a clean page-cache page costs
-// 15–30 µs of kernel time on ext4 (dirtying, journal handle, inode lock),
-// which caps random writes near 60k IOPS on two cores; a copy into the
-// mapping faults once per clean page and is 3–5× faster (BENCHMARKS.md).
-// fdatasync writes back pages dirtied through the mapping like any other.
+// A regular file is also mapped into memory (MAP_SHARED) for reads: a copy out
+// of the mapping costs no system call, which is what makes 4 KiB random reads
+// cheap. Writes never go through the mapping: a copy into a shared mapping is
+// not atomic against the process being killed — SIGKILL in the middle of it
+// leaves a half-written page in the page cache that the kernel then writes back,
+// a block that is neither old nor new (found by tests/crash). pwrite copies each
+// page whole before a fatal signal is acted on, so every 4 KiB block the engine
+// writes is either all there or not at all, whatever happens to the process.
 // A fault on the mapping (an I/O error, or the backing filesystem full for a
-// sparse file) would be SIGBUS; copies run with debug.SetPanicOnFault and the
+// sparse file) would be SIGBUS; reads run with debug.SetPanicOnFault and the
 // fault comes back as ErrIO.
 type File struct {
 	f      *os.File
 	path   string
 	size   int64
 	direct bool
-	mem    []byte // the mapping, for regular files not opened direct
+	mem    []byte // the mapping for reads, for regular files not opened direct
 	kind   Kind
 }
 
@@ -153,9 +156,6 @@ func (d *File) readFull(p []byte, off int64) error {
 func (d *File) WriteAt(p []byte, off int64) error {
 	if err := checkRange(d, len(p), off); err != nil {
 		return err
-	}
-	if d.mem != nil {
-		return d.copyMapped(d.mem[off:off+int64(len(p))], p, off)
 	}
 	if d.direct && !aligned(p, off) {
 		b := getBounce(len(p))

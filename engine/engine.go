@@ -285,7 +285,10 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 		})
 	}
 	// Reserved extents nobody mapped may hold data written just before a
-	// crash: zero them before any writer can map them.
+	// crash, and so may extents a logged delete, restore or copy-on-write let
+	// go of that no one maps any more: zero them before any writer can map
+	// them. Everything is validated first: a pool refused here is left
+	// untouched.
 	for ext := range st.reserved {
 		if p.alloc.Refs(ext) > 0 {
 			return nil, nil, fmt.Errorf("%w: %s: reserved extent %d is also mapped", ErrCorrupt, p, ext)
@@ -296,27 +299,22 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 		p.reserved = append(p.reserved, ext)
 	}
 	slices.Sort(p.reserved)
-	for _, ext := range p.reserved {
-		if err := p.zeroExtent(ext, 0, ExtentSize); err != nil {
-			return nil, nil, err
-		}
-	}
-	// Extents a logged delete, restore or copy-on-write let go of, that no one
-	// maps any more, may still hold data: zero them; they stay free.
-	zeroed := len(p.reserved)
+	var condemned []allocator.Extent
 	for ext := range st.condemned {
-		if p.alloc.Refs(ext) > 0 {
-			continue
-		}
 		if _, _, ok := p.alloc.Drive(ext); !ok {
 			return nil, nil, fmt.Errorf("%w: %s: condemned extent %d is in no drive", ErrCorrupt, p, ext)
 		}
+		if p.alloc.Refs(ext) == 0 {
+			condemned = append(condemned, ext)
+		}
+	}
+	slices.Sort(condemned)
+	for _, ext := range append(slices.Clip(p.reserved), condemned...) {
 		if err := p.zeroExtent(ext, 0, ExtentSize); err != nil {
 			return nil, nil, err
 		}
-		zeroed++
 	}
-	if zeroed > 0 {
+	if len(p.reserved)+len(condemned) > 0 {
 		if err := p.syncData(); err != nil {
 			return nil, nil, err
 		}

@@ -16,9 +16,10 @@ import (
 // data — and the mapping needs no per-block state: 4 bytes per extent, and a
 // first write costs one record per 1 MiB extent, not one per block.
 //
-// Shape: a slice of chunk pointers, one chunk (1 KiB) per 256 MiB of logical
-// space, allocated on first write there. 1 TiB fully written costs 4 MiB;
-// a 64 TiB volume's chunk slice costs 2 MiB before anything is written.
+// Shape: two levels allocated on first write: a directory (2 KiB) per 64 GiB
+// of logical space holding chunk pointers, a chunk (1 KiB) per 256 MiB holding
+// entries. 1 TiB fully written costs about 4 MiB; an empty 64 TiB volume costs
+// 8 KiB (so metadata that claims huge volumes cannot make Open allocate much).
 //
 // Concurrency: the I/O path loads entries atomically while holding the
 // volume's ioMu for reading. Every change to an entry happens with the pool's
@@ -37,18 +38,35 @@ const (
 
 type chunk [chunkExtents]atomic.Uint32 // 0 = unmapped, else (pool extent + 1) | sharedFlag?
 
+const dirChunks = 256
+
+type chunkDir [dirChunks]atomic.Pointer[chunk]
+
 // table is a volume's mapping.
 type table struct {
-	chunks []atomic.Pointer[chunk]
+	dirs []atomic.Pointer[chunkDir]
 }
 
 func newTable(size int64) *table {
-	return &table{chunks: make([]atomic.Pointer[chunk], chunksFor(size))}
+	return &table{dirs: make([]atomic.Pointer[chunkDir], dirsFor(size))}
 }
 
-func chunksFor(size int64) int {
+func dirsFor(size int64) int {
 	ext := (size + ExtentSize - 1) / ExtentSize
-	return int((ext + chunkExtents - 1) / chunkExtents)
+	return int((ext + chunkExtents*dirChunks - 1) / (chunkExtents * dirChunks))
+}
+
+// slot returns the entry of lext, or nil when nothing there was ever mapped.
+func (t *table) slot(lext uint32) *atomic.Uint32 {
+	d := t.dirs[lext/(chunkExtents*dirChunks)].Load()
+	if d == nil {
+		return nil
+	}
+	c := d[lext/chunkExtents%dirChunks].Load()
+	if c == nil {
+		return nil
+	}
+	return &c[lext%chunkExtents]
 }
 
 // lookup returns the pool extent mapped at lext.
@@ -59,11 +77,11 @@ func (t *table) lookup(lext uint32) (allocator.Extent, bool) {
 
 // lookupShared also reports whether the entry is marked shared.
 func (t *table) lookupShared(lext uint32) (ext allocator.Extent, mapped, shared bool) {
-	c := t.chunks[lext/chunkExtents].Load()
-	if c == nil {
+	e := t.slot(lext)
+	if e == nil {
 		return 0, false, false
 	}
-	p := c[lext%chunkExtents].Load()
+	p := e.Load()
 	return allocator.Extent(p&^sharedFlag - 1), p != 0, p&sharedFlag != 0
 }
 
@@ -72,11 +90,17 @@ func (t *table) set(lext uint32, ext allocator.Extent) { t.setShared(lext, ext, 
 
 // setShared maps lext to ext, marked shared or not. REQUIRES pool.mu.
 func (t *table) setShared(lext uint32, ext allocator.Extent, shared bool) {
-	slot := &t.chunks[lext/chunkExtents]
-	c := slot.Load()
+	ds := &t.dirs[lext/(chunkExtents*dirChunks)]
+	d := ds.Load()
+	if d == nil {
+		d = new(chunkDir)
+		ds.Store(d)
+	}
+	cs := &d[lext/chunkExtents%dirChunks]
+	c := cs.Load()
 	if c == nil {
 		c = new(chunk)
-		slot.Store(c)
+		cs.Store(c)
 	}
 	v := uint32(ext) + 1
 	if shared {
@@ -88,50 +112,65 @@ func (t *table) setShared(lext uint32, ext allocator.Extent, shared bool) {
 // copyFrom makes t map exactly what src maps, every entry marked shared (and
 // marks src's entries shared too). REQUIRES pool.mu; t's volume's ioMu (write).
 func (t *table) copyFrom(src *table) {
-	for i := range t.chunks {
-		var c *chunk
-		if i < len(src.chunks) {
-			if sc := src.chunks[i].Load(); sc != nil {
-				c = new(chunk)
-				for j := range sc {
-					if p := sc[j].Load(); p != 0 {
-						sc[j].Store(p | sharedFlag)
-						c[j].Store(p | sharedFlag)
+	for i := range t.dirs {
+		var d *chunkDir
+		if i < len(src.dirs) {
+			if sd := src.dirs[i].Load(); sd != nil {
+				d = new(chunkDir)
+				for ci := range sd {
+					sc := sd[ci].Load()
+					if sc == nil {
+						continue
 					}
+					c := new(chunk)
+					for j := range sc {
+						if p := sc[j].Load(); p != 0 {
+							sc[j].Store(p | sharedFlag)
+							c[j].Store(p | sharedFlag)
+						}
+					}
+					d[ci].Store(c)
 				}
 			}
 		}
-		t.chunks[i].Store(c)
+		t.dirs[i].Store(d)
 	}
 }
 
 // unset unmaps lext. REQUIRES pool.mu and the volume's ioMu (write).
 func (t *table) unset(lext uint32) {
-	if c := t.chunks[lext/chunkExtents].Load(); c != nil {
-		c[lext%chunkExtents].Store(0)
+	if e := t.slot(lext); e != nil {
+		e.Store(0)
 	}
 }
 
-// grow returns a table covering size that shares t's chunks. REQUIRES pool.mu
-// and the volume's ioMu held for writing.
+// grow returns a table covering size that shares t's directories. REQUIRES
+// pool.mu and the volume's ioMu held for writing.
 func (t *table) grow(size int64) *table {
 	n := newTable(size)
-	for i := range t.chunks {
-		n.chunks[i].Store(t.chunks[i].Load())
+	for i := range t.dirs {
+		n.dirs[i].Store(t.dirs[i].Load())
 	}
 	return n
 }
 
 // forEach visits every mapped extent in logical order. REQUIRES pool.mu.
 func (t *table) forEach(fn func(lext uint32, ext allocator.Extent)) {
-	for ci := range t.chunks {
-		c := t.chunks[ci].Load()
-		if c == nil {
+	for di := range t.dirs {
+		d := t.dirs[di].Load()
+		if d == nil {
 			continue
 		}
-		for i := range c {
-			if p := c[i].Load(); p != 0 {
-				fn(uint32(ci*chunkExtents+i), allocator.Extent(p&^sharedFlag-1))
+		for ci := range d {
+			c := d[ci].Load()
+			if c == nil {
+				continue
+			}
+			base := uint32(di*dirChunks+ci) * chunkExtents
+			for i := range c {
+				if p := c[i].Load(); p != 0 {
+					fn(base+uint32(i), allocator.Extent(p&^sharedFlag-1))
+				}
 			}
 		}
 	}

@@ -120,8 +120,9 @@ func (p *pool) err() error {
 
 func (p *pool) fail(err error) error {
 	err = fmt.Errorf("%s failed: %w", p, err)
-	p.failed.CompareAndSwap(nil, &err)
-	slog.Error("pool failed; it serves no more writes", "pool", p.number, "err", err)
+	if p.failed.CompareAndSwap(nil, &err) {
+		slog.Error("pool failed; it serves no more writes", "pool", p.number, "err", err)
+	}
 	return err
 }
 
@@ -157,10 +158,10 @@ func (p *pool) round() error {
 	}
 	recs, cuts := p.pending, p.cuts
 	p.pending, p.cuts = p.spare[:0], p.spareCs[:0]
-	// Extents being reserved stay listed in p.reserving (Status and
-	// checkpoints see them) until this round has logged their record.
-	freed, reserving := p.pendingFree, len(p.reserving)
-	p.pendingFree = nil
+	// Extents being reserved or freed stay listed in p.reserving and
+	// p.pendingFree (Status, Check and checkpoints see them) until this round
+	// has logged their records; later ones are appended behind them.
+	freed, reserving := len(p.pendingFree), len(p.reserving)
 	p.mu.Unlock()
 
 	if err := p.syncData(); err != nil {
@@ -176,16 +177,17 @@ func (p *pool) round() error {
 		return p.fail(err)
 	}
 	p.spare, p.spareCs = recs[:0], cuts[:0]
-	if len(freed) > 0 || reserving > 0 {
+	if freed > 0 || reserving > 0 {
 		p.mu.Lock()
 		p.reserved = append(p.reserved, p.reserving[:reserving]...)
 		p.reserving = append(p.reserving[:0], p.reserving[reserving:]...)
-		for _, e := range freed {
+		for _, e := range p.pendingFree[:freed] {
 			if err := p.alloc.Free(e); err != nil {
 				p.mu.Unlock()
 				return p.fail(err)
 			}
 		}
+		p.pendingFree = append(p.pendingFree[:0], p.pendingFree[freed:]...)
 		p.mu.Unlock()
 	}
 	return nil
@@ -527,8 +529,8 @@ func (p *pool) apply(st *poolState, r *record) error {
 	}
 	switch r.typ {
 	case recSetAttrs:
-		if r.meta.size < v.meta.size {
-			return fmt.Errorf("%w: volume id %d shrinks", ErrCorrupt, r.vol)
+		if r.meta.size < v.meta.size || r.meta.size%BlockSize != 0 || r.meta.size > maxVolumeSize {
+			return fmt.Errorf("%w: volume id %d resized to %d (from %d)", ErrCorrupt, r.vol, r.meta.size, v.meta.size)
 		}
 		v.meta.sticky, v.meta.snapInterval = r.meta.sticky, r.meta.snapInterval
 		v.setSize(r.meta.size)

@@ -560,7 +560,7 @@ func (p *pool) readExtent(ext allocator.Extent, b []byte, in int64) error {
 func (p *pool) zeroExtent(ext allocator.Extent, in, n int64) error {
 	pd, base := p.locateShared(ext)
 	if err := pd.d.Zero(base+in, n); err != nil {
-		return fmt.Errorf("%w: %v", ErrIO, err)
+		return p.fail(fmt.Errorf("%w: %v", ErrIO, err))
 	}
 	pd.dirty.Store(true)
 	return nil
@@ -569,7 +569,9 @@ func (p *pool) zeroExtent(ext allocator.Extent, in, n int64) error {
 func (p *pool) writeExtent(ext allocator.Extent, b []byte, in int64) error {
 	pd, base := p.locateShared(ext)
 	if err := pd.d.WriteAt(b, base+in); err != nil {
-		return fmt.Errorf("%w: %v", ErrIO, err)
+		// A drive that fails a write holds unknown data: the pool stops
+		// taking writes (and says so in status) rather than guess.
+		return p.fail(fmt.Errorf("%w: %v", ErrIO, err))
 	}
 	pd.dirty.Store(true)
 	return nil
