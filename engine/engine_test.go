@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/cairn-storage/cairn/drive"
@@ -452,5 +453,36 @@ func TestPoolsAndPriorityFallback(t *testing.T) {
 	}
 	if st := e2.Status(); len(st.Pools) != 2 || len(st.Pools[0].Drives) != 3 {
 		t.Fatalf("pools after restart: %+v", st.Pools)
+	}
+}
+
+// Many writers mapping new extents at once must never see ENOSPC while the
+// pool has free extents (they race for each reserved batch).
+func TestConcurrentFirstWritesNoFalseENOSPC(t *testing.T) {
+	e := memEngine(t, drive.NewMem("mem0", 160<<20))
+	e.CreateVolume(VolumeSpec{Name: "v", Size: 128 << 20})
+	v, _ := e.Volume("v")
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for g := 0; g < 32; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := pattern(g, BlockSize)
+			for x := int64(g); x < 128; x += 32 {
+				if err := v.WriteAt(buf, x*ExtentSize, false); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("first writes on a pool with room: %v", err)
+	}
+	if err := e.Check(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -300,9 +300,11 @@ func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
 		return ext, nil
 	}
 	p := v.pool
-	// Each wait is one commit round: it may make a reservation durable, or
-	// release freed extents so that the next attempt can reserve them.
-	for attempt := 0; attempt < 4; attempt++ {
+	// Each wait is one commit round: it makes a reservation durable, or
+	// releases freed extents so that the next pass can reserve them. Other
+	// writers may take what a round brought, so this loops until it gets an
+	// extent or the pool has none anywhere (ENOSPC only when really full).
+	for {
 		p.mu.Lock()
 		if ext, mapped := v.table.lookup(lext); mapped {
 			p.mu.Unlock()
@@ -318,13 +320,12 @@ func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
 		worthWaiting := len(p.reserving) > 0 || p.reserveLocked() || len(p.pendingFree) > 0
 		p.mu.Unlock()
 		if !worthWaiting {
-			break
+			return 0, fmt.Errorf("%w: %s: volume %q", ErrNoSpace, p, v.meta.name)
 		}
 		if err := p.commit(); err != nil {
 			return 0, err
 		}
 	}
-	return 0, fmt.Errorf("%w: %s: volume %q", ErrNoSpace, p, v.meta.name)
 }
 
 // copyOnWrite gives lext a private extent before it is written: a copy of
@@ -336,7 +337,7 @@ func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
 	v.cowMu.Lock()
 	defer v.cowMu.Unlock()
 	p := v.pool
-	for attempt := 0; attempt < 4; attempt++ {
+	for {
 		p.mu.Lock()
 		old, mapped, shared := v.table.lookupShared(lext)
 		if !mapped || !shared {
@@ -353,7 +354,7 @@ func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
 			worthWaiting := len(p.reserving) > 0 || p.reserveLocked() || len(p.pendingFree) > 0
 			p.mu.Unlock()
 			if !worthWaiting {
-				break
+				return 0, fmt.Errorf("%w: %s: volume %q (copy-on-write)", ErrNoSpace, p, v.meta.name)
 			}
 			if err := p.commit(); err != nil {
 				return 0, err
@@ -381,7 +382,6 @@ func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
 		p.mu.Unlock()
 		return fresh, err
 	}
-	return 0, fmt.Errorf("%w: %s: volume %q (copy-on-write)", ErrNoSpace, p, v.meta.name)
 }
 
 // Trim makes the whole blocks in [off, off+n) read as zeros and gives back
