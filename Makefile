@@ -41,11 +41,10 @@ fuzz:
 	  done; done
 
 # crash runs the crash loops against the real binary: SIGKILL (and, with
-# FUSE, power loss below the page cache) CRASH_ITERATIONS times each. Strict:
-# known bugs fail it (make test only reports them, as skipped tests).
+# FUSE, power loss below the page cache) CRASH_ITERATIONS times each.
 CRASH_ITERATIONS ?= 20
 crash: deps
-	CAIRN_KNOWN_BUGS=1 $(GO) test -count=1 -timeout 120m -v -run 'Crash|PowerLoss' ./tests/crash/ -args -iterations $(CRASH_ITERATIONS)
+	$(GO) test -count=1 -timeout 120m -v -run 'Crash|PowerLoss' ./tests/crash/ -args -iterations $(CRASH_ITERATIONS)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)

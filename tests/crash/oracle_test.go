@@ -36,9 +36,8 @@ type oracle struct {
 
 	// tears are blocks found mixed from two of their own versions, the
 	// newer one not flushed: a write torn inside its 4 KiB block by the
-	// crash. The contract forbids it; it is a known engine bug (mmap'd file
-	// drives copy into the page cache in user space, so SIGKILL can stop a
-	// copy half-way). Reported separately so the short runs stay usable.
+	// crash. The contract forbids it; they are collected and reported at the
+	// end of a loop (tornWrites) with a precise description.
 	tears    []string       // REQUIRES mu
 	tornSeen map[int]string // REQUIRES mu; torn blocks as last read
 
@@ -191,9 +190,9 @@ func (o *oracle) check(t *testing.T, dev blockReader) (violations []string, summ
 					bad("holds a torn or mixed version %d: %s", v, o.describeTear(b, v, got))
 					break
 				}
-				// A known engine bug (see tornWrites): recorded, and the
-				// block no longer holds any version, so nothing is expected
-				// of it until it is written again.
+				// Torn by the crash (see tornWrites): recorded, and the block
+				// no longer holds any version, so nothing is expected of it
+				// until it is written again.
 				if o.tornSeen[b] != string(got) { // a block left torn is reported once
 					o.tears = append(o.tears, desc)
 				}

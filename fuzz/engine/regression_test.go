@@ -3,128 +3,25 @@ package enginefuzz
 import (
 	"encoding/binary"
 	"fmt"
-	"os"
 	"runtime"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/cairn-storage/cairn/engine"
 )
 
-// Known engine bugs the fuzzer found. The targets skip inputs that hit them
-// (so a fuzz run can look for new ones); the tests below reproduce them and
-// are skipped because they take the process down. Delete both when fixed.
+// Engine bugs the fuzzer found, kept as regression tests (all fixed in
+// 3587e2e: sizes bounded in replayed records, a two-level mapping table,
+// Open validates before it zeroes anything).
 
-// maxClaimedBytes bounds the total volume size an input may claim before the
-// targets skip it: the engine allocates 8 bytes of mapping table per GiB of a
-// volume's size when it decodes a volume, whatever the size field says.
-const maxClaimedBytes = 1 << 44
-
-// claimedRecordBytes sums the volume sizes in a records payload (the format
-// of engine/records.go, followed by hand: update it when that moves), up to
-// the first record it cannot parse.
-func claimedRecordBytes(p []byte) uint64 {
-	var sum uint64
-	for len(p) > 0 {
-		var n int
-		switch p[0] {
-		case 1: // create: type, then a volume's meta
-			m, ok := metaLen(p, 1)
-			if !ok {
-				return sum
-			}
-			sum = addClaim(sum, binary.LittleEndian.Uint64(p[13:]))
-			n = 1 + m
-		case 2: // set attrs: vol u32 size u64 sticky u8 snap u32 snap keep u32
-			if len(p) < 22 {
-				return sum
-			}
-			sum = addClaim(sum, binary.LittleEndian.Uint64(p[5:]))
-			n = 22
-		case 3: // delete
-			n = 5
-		case 4: // map
-			n = 13
-		case 5: // unmap
-			n = 9
-		case 6: // reserve: n u32 | n × u32
-			if len(p) < 5 {
-				return sum
-			}
-			n = 5 + 4*int(binary.LittleEndian.Uint32(p[1:]))
-			if n < 5 {
-				return sum
-			}
-		case 8: // add drive
-			n = 21
-		case 9: // snapshot: src u32, then a volume's meta
-			m, ok := metaLen(p, 5)
-			if !ok {
-				return sum
-			}
-			sum = addClaim(sum, binary.LittleEndian.Uint64(p[17:]))
-			n = 5 + m
-		case 10: // remap
-			n = 13
-		case 11: // restore
-			n = 9
-		default:
-			return sum
-		}
-		if n > len(p) {
-			return sum
-		}
-		p = p[n:]
-	}
-	return sum
-}
-
-// claimedCheckpointBytes sums the volume sizes in a checkpoint payload, up to
-// the first volume it cannot parse.
-func claimedCheckpointBytes(b []byte) uint64 {
-	le := binary.LittleEndian
-	if len(b) < 12 {
-		return 0
-	}
-	off := 12 + int(le.Uint32(b[8:]))*20
-	if off+4 > len(b) || off < 0 {
-		return 0
-	}
-	nv := int(le.Uint32(b[off:]))
-	off += 4
-	var sum uint64
-	for i := 0; i < nv; i++ {
-		m, ok := metaLen(b, off)
-		if !ok {
-			return sum
-		}
-		sum = addClaim(sum, le.Uint64(b[off+12:]))
-		off += m
-		if off+4 > len(b) {
-			return sum
-		}
-		nm := int(le.Uint32(b[off:]))
-		off += 4
-		if nm > (len(b)-off)/8 {
-			return sum
-		}
-		off += 8 * nm
-	}
-	return sum
-}
-
-// TestBugSetAttrsHugeSize: a records frame (valid frame, checksummed) holding
-// one recSetAttrs whose size field is 2^57 makes Open allocate a 1 GiB
+// TestSetAttrsHugeSizeBounded: a records frame (valid frame, checksummed)
+// holding one recSetAttrs whose size field is 2^57 made Open allocate a 1 GiB
 // mapping table (pool.apply → Volume.setSize → table.grow → newTable): apply
 // checks only that the size does not shrink, never that it is a multiple of
 // the block size and at most maxVolumeSize, as newVolume does. With the
 // fuzzer's 0x3030303030303030 the process dies ("fatal error: runtime: out
 // of memory"). Found by FuzzRecords.
-func TestBugSetAttrsHugeSize(t *testing.T) {
-	if os.Getenv("CAIRN_KNOWN_BUGS") == "" {
-		t.Skip("BUG: engine pool.apply(recSetAttrs) does not bound the size: a 22-byte record makes Open allocate 1 GiB (or die of OOM) (set CAIRN_KNOWN_BUGS=1 to run)")
-	}
+func TestSetAttrsHugeSizeBounded(t *testing.T) {
 	tp := getTemplate(t)
 	d := tp.d.clone()
 	vols := checkpointVolumes(tp.ckpt)
@@ -147,15 +44,12 @@ func TestBugSetAttrsHugeSize(t *testing.T) {
 	}
 }
 
-// TestBugCheckpointVolumeAmplification: every volume in a checkpoint costs a
+// TestCheckpointVolumesCheap: every volume in a checkpoint cost a
 // mapping table of 8 bytes per GiB of its size field (2 MiB at the 64 TiB
 // maximum) while it costs 47 bytes of checkpoint: 1024 such volumes in a
 // 47 KiB checkpoint make Open allocate 2 GiB. The decoder bounds counts by
 // the bytes left but not the memory a count of sizes implies.
-func TestBugCheckpointVolumeAmplification(t *testing.T) {
-	if os.Getenv("CAIRN_KNOWN_BUGS") == "" {
-		t.Skip("BUG: a 47 KiB checkpoint of 1024 maximum-size volumes makes Open allocate 2 GiB (set CAIRN_KNOWN_BUGS=1 to run)")
-	}
+func TestCheckpointVolumesCheap(t *testing.T) {
 	tp := getTemplate(t)
 	d := tp.d.clone()
 	le := binary.LittleEndian
@@ -199,15 +93,7 @@ func (m *runtimeMem) read() {
 	m.total = ms.TotalAlloc
 }
 
-// knownRefusalWrites reports whether an Open error is one that the engine
-// (known bug) returns after it has already zeroed extents: loadPool zeroes
-// the reserved extents, then the condemned ones one by one, and only then (or
-// in between) finds a condemned extent mapped.
-func knownRefusalWrites(err error) bool {
-	return os.Getenv("CAIRN_KNOWN_BUGS") == "" && strings.Contains(err.Error(), "condemned extent")
-}
-
-// TestBugRefusedPoolWritten: a records frame that deletes volume A, maps an
+// TestRefusedPoolNotWritten: a records frame that deletes volume A, maps an
 // extent of volume B onto an extent number beyond every drive, and deletes B
 // is corrupt, and Open refuses the pool ("condemned extent N is in no
 // drive") — but only after loadPool (engine/engine.go, the loops after
@@ -215,10 +101,7 @@ func knownRefusalWrites(err error) bool {
 // of") has zeroed the reserved extents and, in map order, condemned ones on
 // the drive it then refuses. A refused pool's drives must be left untouched:
 // validate first, then zero. Found by FuzzRecords.
-func TestBugRefusedPoolWritten(t *testing.T) {
-	if os.Getenv("CAIRN_KNOWN_BUGS") == "" {
-		t.Skip("BUG: Open zeroes reserved and condemned extents before it finds the pool corrupt and refuses it (set CAIRN_KNOWN_BUGS=1 to run)")
-	}
+func TestRefusedPoolNotWritten(t *testing.T) {
 	tp := getTemplate(t)
 	vols := checkpointVolumes(tp.ckpt)
 	var a, b *ckptVolume
@@ -305,13 +188,4 @@ func metaLen(b []byte, off int) (int, bool) {
 		return 0, false
 	}
 	return p - off, true
-}
-
-// addClaim adds a claimed size, saturating (fuzzed sizes must not wrap the sum
-// back under the limit).
-func addClaim(sum, size uint64) uint64 {
-	if size > maxClaimedBytes || sum+size > maxClaimedBytes {
-		return maxClaimedBytes + 1
-	}
-	return sum + size
 }
