@@ -29,7 +29,7 @@ type Volume struct {
 	deleted bool         // REQUIRES ioMu (write) to set
 	holds   atomic.Int32
 	rmw     [16]sync.Mutex // partial-block read-modify-write, striped by block
-	cowMu   sync.Mutex     // serializes copy-on-write of shared extents
+	cowMu   [16]sync.Mutex // copy-on-write of a shared extent, striped by logical extent
 }
 
 // newVolume builds an empty volume in p (not yet registered).
@@ -334,8 +334,9 @@ func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
 // first, and until then a crash leaves lext on the shared extent (old data).
 // REQUIRES ioMu (read or write).
 func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
-	v.cowMu.Lock()
-	defer v.cowMu.Unlock()
+	mu := &v.cowMu[lext%uint32(len(v.cowMu))]
+	mu.Lock()
+	defer mu.Unlock()
 	p := v.pool
 	for {
 		p.mu.Lock()
@@ -363,7 +364,7 @@ func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
 		}
 		p.mu.Unlock()
 		// No write to lext can run now (they all come here and wait on
-		// cowMu), so the copy is of stable data.
+		// its cowMu stripe), so the copy is of stable data.
 		buf := getBuf(ExtentSize)
 		err := p.readExtent(old, buf, 0)
 		if err == nil {
