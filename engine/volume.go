@@ -141,16 +141,25 @@ func (v *Volume) ReadAt(p []byte, off int64) error {
 // it gives back). Takes pool.mu.
 func (v *Volume) exclusiveBytes() int64 {
 	p := v.pool
+	// A snapshot's mapping never changes, so it is collected without the pool
+	// lock; references are checked in batches, so a listing of many large
+	// snapshots never holds up the pool's writers for long.
 	v.ioMu.RLock()
-	defer v.ioMu.RUnlock()
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	var exts []allocator.Extent
+	v.table.forEach(func(_ uint32, ext allocator.Extent) { exts = append(exts, ext) })
+	v.ioMu.RUnlock()
 	var n int64
-	v.table.forEach(func(_ uint32, ext allocator.Extent) {
-		if p.alloc.Refs(ext) == 1 {
-			n++
+	for len(exts) > 0 {
+		batch := exts[:min(len(exts), 4096)]
+		p.mu.Lock()
+		for _, ext := range batch {
+			if p.alloc.Refs(ext) == 1 {
+				n++
+			}
 		}
-	})
+		p.mu.Unlock()
+		exts = exts[len(batch):]
+	}
 	return n * ExtentSize
 }
 
@@ -197,8 +206,9 @@ func (v *Volume) read(p []byte, off int64) error {
 	if off%BlockSize != 0 || len(p)%BlockSize != 0 {
 		lo := off &^ (BlockSize - 1)
 		hi := (off + int64(len(p)) + BlockSize - 1) &^ (BlockSize - 1)
-		buf := getBuf(int(hi - lo))
-		defer putBuf(buf)
+		pb := getBuf(int(hi - lo))
+		defer putBuf(pb)
+		buf := pb.b
 		if err := v.readAligned(buf, lo); err != nil {
 			return err
 		}
@@ -260,8 +270,9 @@ func (v *Volume) writePartial(p []byte, off int64) error {
 	mu := &v.rmw[(lo/BlockSize)%int64(len(v.rmw))]
 	mu.Lock()
 	defer mu.Unlock()
-	buf := getBuf(BlockSize)
-	defer putBuf(buf)
+	pb := getBuf(BlockSize)
+	defer putBuf(pb)
+	buf := pb.b
 	if err := v.readAligned(buf, lo); err != nil {
 		return err
 	}
@@ -365,12 +376,13 @@ func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
 		p.mu.Unlock()
 		// No write to lext can run now (they all come here and wait on
 		// its cowMu stripe), so the copy is of stable data.
-		buf := getBuf(ExtentSize)
+		pb := getBuf(ExtentSize)
+		buf := pb.b
 		err := p.readExtent(old, buf, 0)
 		if err == nil {
 			err = p.writeExtent(fresh, buf, 0)
 		}
-		putBuf(buf)
+		putBuf(pb)
 		if err != nil {
 			// fresh stays reserved on disk, so recovery zeroes it; this pool
 			// is done serving writes.
@@ -417,8 +429,9 @@ func (v *Volume) writeZeroes(off, n int64, noHole bool) error {
 	hi := (off + n) &^ (BlockSize - 1)
 	v.ioMu.RLock()
 	defer v.ioMu.RUnlock()
-	zeros := getBuf(ExtentSize)
-	defer putBuf(zeros)
+	pb := getBuf(ExtentSize)
+	defer putBuf(pb)
+	zeros := pb.b
 	clear(zeros)
 	writeZeros := func(from, to int64) error {
 		for from < to {
@@ -486,8 +499,9 @@ func (v *Volume) deallocate(off, n int64) error {
 // writeZeroRange writes zeros over [off, off+n) (within one extent) through
 // the normal write path. REQUIRES ioMu.
 func (v *Volume) writeZeroRange(off, n int64) error {
-	zeros := getBuf(int(n))
-	defer putBuf(zeros)
+	pb := getBuf(int(n))
+	defer putBuf(pb)
+	zeros := pb.b
 	clear(zeros)
 	return v.writeAligned(zeros, off)
 }
@@ -598,18 +612,25 @@ type poolLayout struct {
 }
 
 // Buffers for partial blocks and zero runs, reused (the hot path allocates nothing).
-var bufPool = sync.Pool{New: func() any { b := drive.AlignedBuffer(ExtentSize); return &b }}
+// pooledBuf is a reusable, AtomicSize-aligned buffer; the pool holds the
+// struct pointer so that Get and Put allocate nothing.
+type pooledBuf struct{ b []byte }
 
-func getBuf(n int) []byte {
+var bufPool = sync.Pool{New: func() any { return &pooledBuf{b: drive.AlignedBuffer(ExtentSize)} }}
+
+// getBuf returns a buffer whose b has length n (pooled up to ExtentSize).
+func getBuf(n int) *pooledBuf {
 	if n > ExtentSize {
-		return drive.AlignedBuffer(n)
+		return &pooledBuf{b: drive.AlignedBuffer(n)}
 	}
-	return (*bufPool.Get().(*[]byte))[:n]
+	pb := bufPool.Get().(*pooledBuf)
+	pb.b = pb.b[:n]
+	return pb
 }
 
-func putBuf(b []byte) {
-	if cap(b) == ExtentSize {
-		b = b[:cap(b)]
-		bufPool.Put(&b)
+func putBuf(pb *pooledBuf) {
+	if cap(pb.b) == ExtentSize {
+		pb.b = pb.b[:ExtentSize]
+		bufPool.Put(pb)
 	}
 }

@@ -2,6 +2,7 @@ package wal
 
 import (
 	"fmt"
+	"slices"
 )
 
 // Device is the part of a drive the log needs.
@@ -69,7 +70,7 @@ func (w *Writer) Append(typ Type, payload []byte) error {
 	}
 	seq := w.pos.Seq + uint64(w.nbuf)
 	start := len(w.buf)
-	w.buf = append(w.buf, make([]byte, n)...)
+	w.buf = slices.Grow(w.buf, n)[:start+n] // encode writes every byte, padding included
 	prev := w.pos.PrevSum
 	if w.nbuf > 0 {
 		prev = w.lastSum
