@@ -16,23 +16,7 @@ func newServiceCommand(g *globals) *cobra.Command {
 	pool := newGroupCommand("pool", "Show storage pools")
 	service.AddCommand(drive, pool)
 
-	driveShow := &cobra.Command{
-		Use:   "show",
-		Short: "Show each pool's drives (like pxctl service drive show)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := g.client().Status(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd.OutOrStdout(), st.Pools)
-			}
-			printDrives(cmd.OutOrStdout(), st.Pools)
-			return nil
-		},
-	}
-	addJSONFlag(driveShow, g)
+	driveShow := newPoolsShowCommand(g, "Show each pool's drives (like pxctl service drive show)", printDrives)
 
 	var add control.AddDriveRequest
 	driveAdd := &cobra.Command{
@@ -62,23 +46,7 @@ func newServiceCommand(g *globals) *cobra.Command {
 	addJSONFlag(driveAdd, g)
 	drive.AddCommand(driveShow, driveAdd)
 
-	poolShow := &cobra.Command{
-		Use:   "show",
-		Short: "Show storage pools (like pxctl service pool show)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := g.client().Status(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return printJSON(cmd.OutOrStdout(), st.Pools)
-			}
-			printPools(cmd.OutOrStdout(), st.Pools)
-			return nil
-		},
-	}
-	addJSONFlag(poolShow, g)
+	poolShow := newPoolsShowCommand(g, "Show storage pools (like pxctl service pool show)", printPools)
 	pool.AddCommand(poolShow)
 	return service
 }
@@ -112,4 +80,27 @@ func printPools(w io.Writer, pools []control.Pool) {
 		fmt.Fprintf(t, "%d\t%s\t%s\t%s\t%s\t%s\t%d\n", p.ID, upper(p.IOPriority), p.Raid, formatSize(p.Size), formatSize(p.Used), p.Status, len(p.Drives))
 	}
 	t.Flush()
+}
+
+// newPoolsShowCommand is a "show" verb over the status's pools: JSON with -j,
+// else the given table.
+func newPoolsShowCommand(g *globals, short string, print func(io.Writer, []control.Pool)) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "show",
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := g.client().Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), st.Pools)
+			}
+			print(cmd.OutOrStdout(), st.Pools)
+			return nil
+		},
+	}
+	addJSONFlag(cmd, g)
+	return cmd
 }
