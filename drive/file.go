@@ -189,46 +189,6 @@ func (d *File) Zero(off, n int64) error {
 	return nil
 }
 
-// WriteAtSync writes p at off and makes exactly that range durable
-// (pwritev2 with RWF_DSYNC: the kernel writes back and flushes only this
-// range, not the rest of the file's dirty pages). The engine's log uses it so
-// that a flush costs one small sequential write, whatever else is dirty.
-func (d *File) WriteAtSync(p []byte, off int64) error {
-	if err := checkRange(d, len(p), off); err != nil {
-		return err
-	}
-	if d.direct && !aligned(p, off) {
-		b := getBounce(len(p))
-		defer putBounce(b)
-		copy(b, p)
-		p = b
-	}
-	for len(p) > 0 {
-		n, err := unix.Pwritev2(int(d.f.Fd()), [][]byte{p}, off, unix.RWF_DSYNC)
-		if err == unix.EINTR {
-			continue
-		}
-		if err == unix.EOPNOTSUPP || err == unix.ENOSYS {
-			if err := d.WriteAt(p, off); err != nil {
-				return err
-			}
-			return d.Sync()
-		}
-		if err != nil {
-			return fmt.Errorf("%w: %s: durable write at %d: %v", ErrIO, d.path, off, err)
-		}
-		if n == 0 {
-			return fmt.Errorf("%w: %s: durable write at %d: no progress", ErrIO, d.path, off)
-		}
-		p, off = p[n:], off+int64(n)
-	}
-	return nil
-}
-
-// Cached reports whether writes land in the page cache (a regular file) and
-// so need a sync to be durable; a block device is opened O_DIRECT.
-func (d *File) Cached() bool { return !d.direct }
-
 func (d *File) Sync() error {
 	if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
 		return fmt.Errorf("%w: %s: fdatasync: %v", ErrIO, d.path, err)

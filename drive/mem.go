@@ -178,44 +178,6 @@ func (m *Mem) Sync() error {
 	return nil
 }
 
-// WriteAtSync is a write that is durable on return, like pwritev2 with
-// RWF_DSYNC: only [off, off+len(p)) is made durable, and earlier unsynced
-// writes to that range can no longer resurface in a crash.
-func (m *Mem) WriteAtSync(p []byte, off int64) error {
-	if err := m.begin(FaultWrite, off, len(p)); err != nil {
-		return err
-	}
-	defer m.mu.Unlock()
-	if err := m.fault(FaultSync, off, len(p)); err != nil {
-		// The write happened, its sync did not: it stays volatile.
-		copy(m.current[off:], p)
-		m.unsynced = append(m.unsynced, write{off: off, data: append([]byte(nil), p...)})
-		return err
-	}
-	copy(m.current[off:], p)
-	copy(m.durable[off:], p)
-	end := off + int64(len(p))
-	kept := make([]write, 0, len(m.unsynced)+1) // a write split in two grows the list
-	for _, w := range m.unsynced {
-		wEnd := w.off + int64(len(w.data))
-		if wEnd <= off || w.off >= end {
-			kept = append(kept, w)
-			continue
-		}
-		if w.off < off {
-			kept = append(kept, write{off: w.off, data: w.data[:off-w.off]})
-		}
-		if wEnd > end {
-			kept = append(kept, write{off: end, data: w.data[end-w.off:]})
-		}
-	}
-	m.unsynced = kept
-	return nil
-}
-
-// Cached reports true: writes are volatile until synced, like a page cache.
-func (m *Mem) Cached() bool { return true }
-
 // Crash simulates power loss: every unsynced write is dropped, applied whole,
 // or torn, chosen by rng; then the drive holds only what survived. Faults stay.
 func (m *Mem) Crash(rng *rand.Rand) {

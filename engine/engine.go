@@ -258,7 +258,7 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 		if dsb.extentCount != ref.extents {
 			return nil, nil, fmt.Errorf("%w: %s: drive %s has %d extents, the pool says %d", ErrCorrupt, p, d.Path(), dsb.extentCount, ref.extents)
 		}
-		p.drives = append(p.drives, newPoolDrive(d, dsb))
+		p.drives = append(p.drives, &poolDrive{d: d, sb: dsb})
 		p.alloc.AddDrive(int(ref.extents))
 		used[ref.uuid] = true
 	}
@@ -284,21 +284,6 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 			v.table.setShared(lext, ext, p.alloc.Refs(ext) > 1)
 		})
 	}
-	// Small writes logged with their data since the data drives were last
-	// synced: write them again, since their own copy may not have survived.
-	// Only into extents still mapped: a logged write to an extent unmapped
-	// later is followed by a zeroing (logged or still to come below).
-	for _, w := range st.redo {
-		if _, _, ok := p.alloc.Drive(w.ext); !ok {
-			return nil, nil, fmt.Errorf("%w: %s: logged write to extent %d, which is in no drive", ErrCorrupt, p, w.ext)
-		}
-		if p.alloc.Refs(w.ext) > 0 {
-			if err := p.writeExtent(w.ext, w.data, w.in); err != nil {
-				return nil, nil, err
-			}
-		}
-	}
-	p.unmarked = len(st.redo) > 0
 	// Reserved extents nobody mapped may hold data written just before a
 	// crash, and so may extents a logged delete, restore or copy-on-write let
 	// go of that no one maps any more: zero them before any writer can map
@@ -329,7 +314,7 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 			return nil, nil, err
 		}
 	}
-	if len(p.reserved)+len(condemned)+len(st.redo) > 0 {
+	if len(p.reserved)+len(condemned) > 0 {
 		if err := p.syncData(); err != nil {
 			return nil, nil, err
 		}
@@ -401,7 +386,7 @@ func (e *Engine) addDrive(spec DriveSpec, d drive.Drive) error {
 	sb.poolNumber = uint32(number)
 	sb.logID = randomU64()
 	p := e.newPool(number, sb.poolUUID, prio, logSize)
-	pd := newPoolDrive(d, sb)
+	pd := &poolDrive{d: d, sb: sb}
 	p.drives = []*poolDrive{pd}
 	p.alloc.AddDrive(int(extents))
 	p.publishLayout()
@@ -445,7 +430,7 @@ func (p *pool) addDrive(d drive.Drive, sb superblock) error {
 		return fmt.Errorf("formatting %s: %w", d.Path(), err)
 	}
 	p.mu.Lock()
-	p.drives = append(slices.Clip(p.drives), newPoolDrive(d, sb))
+	p.drives = append(slices.Clip(p.drives), &poolDrive{d: d, sb: sb})
 	p.alloc.AddDrive(int(sb.extentCount))
 	p.publishLayout()
 	p.enqueue(&record{typ: recAddDrive, uuid: sb.driveUUID, extents: sb.extentCount})

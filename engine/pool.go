@@ -34,14 +34,6 @@ const (
 	commitSoonBytes = 1 << 20
 	// maxRecordFrame bounds one records frame; rounds split at record boundaries.
 	maxRecordFrame = 4 << 20
-	// journalMax: a write up to this size (within one extent) to a cached
-	// drive is also logged with its data (recWrite). A flush then writes the
-	// log sequentially instead of syncing scattered pages of the data drives;
-	// recovery writes the logged data again. Larger writes are synced in place.
-	journalMax = 64 << 10
-	// maxPending bounds queued records (mostly logged write data): a writer
-	// that finds more waits for a commit round.
-	maxPending = 32 << 20
 )
 
 // pool is a set of drives with one io_priority, striped (raid0), with one
@@ -51,17 +43,11 @@ const (
 //  1. under mu, takes the queued records and freed extents (and, when the log
 //     is half full, encodes a checkpoint of the whole pool — consistent with
 //     the records taken, since both change only under mu);
-//  2. syncs the data drives, when the log cannot bring their data back: a
-//     drive was changed by something not logged with its data (mustSync: a
-//     large write, a zeroing, a copy-on-write copy), or a checkpoint is about
-//     to replace the logged writes. Records only say "written" about data
-//     that was written before they were queued, so after this sync every
-//     record taken describes durable data, and a recHomeSynced record at the
-//     end says so: recovery rewrites only the logged writes after the last one;
+//  2. syncs every data drive written since the last round — records only say
+//     "written" about data that was written before they were queued, so after
+//     this sync every record taken describes durable data;
 //  3. writes the records (or the checkpoint, into the other log area, then
-//     flips drive 0's superblock) and syncs the log — only the log's own range
-//     (wal.Writer.WriteSync), so a flush after small writes costs one
-//     sequential write;
+//     flips drive 0's superblock) and syncs the log;
 //  4. gives the freed extents back to the allocator: only now can no crash
 //     bring back a mapping that points at them.
 type pool struct {
@@ -96,30 +82,16 @@ type pool struct {
 	// short by a crash never destroys a volume that survives it; recovery
 	// zeroes whatever a logged delete left condemned.
 	condemned map[allocator.Extent]struct{} // REQUIRES mu
-	// unmarked: the log (written or queued) holds recWrite records after its
-	// last recHomeSynced or checkpoint.
-	unmarked bool // REQUIRES mu
-	// writeMu orders the drive write and the log record of logged writes to
-	// the same extent, so that the log replays overlapping writes in the
-	// order the drive saw them. Striped by extent.
-	writeMu   [64]sync.Mutex
-	bgStarted bool          // set once, before the engine is shared
-	wake      chan struct{} // background committer
+	bgStarted bool                          // set once, before the engine is shared
+	wake      chan struct{}                 // background committer
 	stop      chan struct{}
 	done      chan struct{}
 }
 
 type poolDrive struct {
-	d        drive.Drive
-	sb       superblock
-	cached   bool        // writes need a sync (page cache): small ones are logged with their data
-	dirty    atomic.Bool // written since its last sync
-	mustSync atomic.Bool // holds changes the log cannot replay: the next round syncs the data drives
-}
-
-func newPoolDrive(d drive.Drive, sb superblock) *poolDrive {
-	c, ok := d.(interface{ Cached() bool })
-	return &poolDrive{d: d, sb: sb, cached: ok && c.Cached()}
+	d     drive.Drive
+	sb    superblock
+	dirty atomic.Bool // written since its last sync
 }
 
 func (p *pool) String() string { return fmt.Sprintf("pool %d (%s)", p.number, p.priority) }
@@ -190,27 +162,10 @@ func (p *pool) round() error {
 	// p.pendingFree (Status, Check and checkpoints see them) until this round
 	// has logged their records; later ones are appended behind them.
 	freed, reserving := len(p.pendingFree), len(p.reserving)
-	unmarked := p.unmarked
-	p.unmarked = false
 	p.mu.Unlock()
 
-	homeSync := snap != nil
-	for _, pd := range p.drivesSnapshot() {
-		if pd.mustSync.Swap(false) {
-			homeSync = true
-		}
-	}
-	if homeSync {
-		if err := p.syncData(); err != nil {
-			return p.fail(err)
-		}
-		if unmarked && snap == nil {
-			recs = appendRecord(recs, &record{typ: recHomeSynced})
-		}
-	} else if unmarked {
-		p.mu.Lock()
-		p.unmarked = true
-		p.mu.Unlock()
+	if err := p.syncData(); err != nil {
+		return p.fail(err)
 	}
 	var err error
 	if snap != nil {
@@ -266,7 +221,10 @@ func (p *pool) appendRecords(recs []byte, cuts []int) error {
 		}
 		start = c
 	}
-	return p.log.WriteSync()
+	if err := p.log.Write(); err != nil {
+		return err
+	}
+	return p.log.Sync()
 }
 
 // rotate writes a checkpoint at the start of the inactive log area, then
@@ -282,7 +240,10 @@ func (p *pool) rotate(snap []byte) error {
 	if err := appendCheckpoint(w, snap); err != nil {
 		return err
 	}
-	if err := w.WriteSync(); err != nil {
+	if err := w.Write(); err != nil {
+		return err
+	}
+	if err := w.Sync(); err != nil {
 		return err
 	}
 	if err := writeSuperblock(d0, &sb); err != nil {
@@ -453,14 +414,6 @@ type poolState struct {
 	vols      map[uint32]*Volume
 	reserved  map[allocator.Extent]bool
 	condemned map[allocator.Extent]bool
-	redo      []loggedWrite // recWrite records after the last recHomeSynced, in log order
-}
-
-// loggedWrite is a small write's data from the log, to be written again.
-type loggedWrite struct {
-	ext  allocator.Extent
-	in   int64
-	data []byte
 }
 
 type driveRef struct {
@@ -533,18 +486,6 @@ func (p *pool) decodeCheckpoint(b []byte) (*poolState, error) {
 
 // apply replays one record onto a state.
 func (p *pool) apply(st *poolState, r *record) error {
-	switch r.typ {
-	case recWrite:
-		n := int64(len(r.data))
-		if n == 0 || n%BlockSize != 0 || r.in%BlockSize != 0 || int64(r.in)+n > ExtentSize {
-			return fmt.Errorf("%w: logged write of %d bytes at %d of extent %d", ErrCorrupt, n, r.in, r.phys)
-		}
-		st.redo = append(st.redo, loggedWrite{ext: allocator.Extent(r.phys), in: int64(r.in), data: slices.Clone(r.data)})
-		return nil
-	case recHomeSynced:
-		st.redo = nil
-		return nil
-	}
 	if r.typ == recAddDrive {
 		st.drives = append(st.drives, driveRef{uuid: r.uuid, extents: r.extents})
 		return nil

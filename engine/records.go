@@ -21,8 +21,6 @@ import (
 //	recUnmapExtent   vol u32 | lext u32
 //	recReserve       n u32 | n × phys u32        (extents writers may map; zeroed at recovery if still unmapped)
 //	recAddDrive      uuid [16] | extents u32
-//	recWrite         phys u32 | in u32 | n u32 | n bytes  (a small write's data, as written at offset in of extent phys)
-//	recHomeSynced    (no fields)  (every write logged before this is durable where it was written)
 //
 // A checkpoint (one or more frames of type frameCheckpoint, the last of type
 // frameCheckpointEnd, concatenated) is the whole pool state at one instant:
@@ -45,8 +43,6 @@ const (
 	recSnapshot
 	recRemap
 	recRestore
-	recWrite
-	recHomeSynced
 )
 
 // Frame types in the pool's log.
@@ -204,8 +200,6 @@ type record struct {
 	exts    []uint32 // recReserve
 	uuid    [16]byte
 	extents uint32
-	in      uint32 // recWrite
-	data    []byte // recWrite; aliases the frame payload when decoded
 }
 
 func appendRecord(b []byte, r *record) []byte {
@@ -247,12 +241,6 @@ func appendRecord(b []byte, r *record) []byte {
 	case recAddDrive:
 		e.b = append(e.b, r.uuid[:]...)
 		e.u32(r.extents)
-	case recWrite:
-		e.u32(r.phys)
-		e.u32(r.in)
-		e.u32(uint32(len(r.data)))
-		e.b = append(e.b, r.data...)
-	case recHomeSynced:
 	default:
 		panic(fmt.Sprintf("engine: unknown record type %d", r.typ)) // programming error, never input
 	}
@@ -301,14 +289,6 @@ func decodeRecords(p []byte, fn func(*record) error) error {
 				d.off += 16
 			}
 			r.extents = d.u32()
-		case recWrite:
-			r.phys, r.in = d.u32(), d.u32()
-			n := d.count(1)
-			if d.need(n) {
-				r.data = d.b[d.off : d.off+n]
-				d.off += n
-			}
-		case recHomeSynced:
 		default:
 			return fmt.Errorf("%w: unknown record type %d at byte %d", ErrCorrupt, r.typ, d.off-1)
 		}

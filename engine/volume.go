@@ -291,7 +291,7 @@ func (v *Volume) writeAligned(p []byte, off int64) error {
 		if err != nil {
 			return err
 		}
-		if err := v.pool.writeData(ext, p[:n], in); err != nil {
+		if err := v.pool.writeExtent(ext, p[:n], in); err != nil {
 			return err
 		}
 		p, off = p[n:], off+n
@@ -578,35 +578,6 @@ func (p *pool) zeroExtent(ext allocator.Extent, in, n int64) error {
 		return p.fail(fmt.Errorf("%w: %v", ErrIO, err))
 	}
 	pd.dirty.Store(true)
-	pd.mustSync.Store(true)
-	return nil
-}
-
-// writeData writes a volume's data. A small write to a cached drive is also
-// queued as a recWrite record with its data, and the drive is left unsynced:
-// the log brings the data back after a crash. Anything else is synced by the
-// next round (writeExtent).
-func (p *pool) writeData(ext allocator.Extent, b []byte, in int64) error {
-	pd, base := p.locateShared(ext)
-	if len(b) > journalMax || !pd.cached {
-		return p.writeExtent(ext, b, in)
-	}
-	mu := &p.writeMu[uint32(ext)%uint32(len(p.writeMu))]
-	mu.Lock()
-	if err := pd.d.WriteAt(b, base+in); err != nil {
-		mu.Unlock()
-		return p.fail(fmt.Errorf("%w: %v", ErrIO, err))
-	}
-	pd.dirty.Store(true)
-	p.mu.Lock()
-	p.enqueue(&record{typ: recWrite, phys: uint32(ext), in: uint32(in), data: b})
-	p.unmarked = true
-	full := len(p.pending) >= maxPending
-	p.mu.Unlock()
-	mu.Unlock()
-	if full {
-		return p.commit()
-	}
 	return nil
 }
 
@@ -618,7 +589,6 @@ func (p *pool) writeExtent(ext allocator.Extent, b []byte, in int64) error {
 		return p.fail(fmt.Errorf("%w: %v", ErrIO, err))
 	}
 	pd.dirty.Store(true)
-	pd.mustSync.Store(true)
 	return nil
 }
 

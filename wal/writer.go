@@ -89,41 +89,10 @@ func (w *Writer) Write() error {
 	if err := w.dev.WriteAt(w.buf, w.region.Base+w.pos.Off); err != nil {
 		return err
 	}
-	w.written()
-	return nil
-}
-
-// written moves the position past the buffered frames, now on the device.
-func (w *Writer) written() {
 	w.pos.Off += int64(len(w.buf))
 	w.pos.Seq = w.bufSeq + 1
 	w.pos.PrevSum = w.lastSum
 	w.buf, w.bufSeq, w.nbuf = w.buf[:0], 0, 0
-}
-
-// SyncWriter is a device that can write a range and make exactly that range
-// durable in one call (drive.File: pwritev2 with RWF_DSYNC).
-type SyncWriter interface {
-	WriteAtSync(p []byte, off int64) error
-}
-
-// WriteSync puts every buffered frame on the device and makes every written
-// frame durable: Write then Sync, except that a SyncWriter device syncs only
-// the frames' own range — other dirty data on the same device stays unsynced.
-func (w *Writer) WriteSync() error {
-	sw, ok := w.dev.(SyncWriter)
-	if !ok || w.pos.DurableSeq+1 != w.pos.Seq || len(w.buf) == 0 {
-		// Not a SyncWriter, or frames written earlier are not yet durable.
-		if err := w.Write(); err != nil {
-			return err
-		}
-		return w.Sync()
-	}
-	if err := sw.WriteAtSync(w.buf, w.region.Base+w.pos.Off); err != nil {
-		return err
-	}
-	w.written()
-	w.pos.DurableSeq = w.pos.Seq - 1
 	return nil
 }
 
