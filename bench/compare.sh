@@ -13,11 +13,20 @@
 # dropped before each server. Prints one table: IOPS and MiB/s per server and
 # cairn's ratio to each peer.
 #
-# Usage: bench/compare.sh [-r SECONDS] [-s SERVERS] [-c daemon|nbdserve|mem] [-o FILE] [-p PROFILE]
+# Usage: bench/compare.sh [-r SECONDS] [-s SERVERS] [-c daemon|nbdserve|mem] [-w REGEX] [-n N] [-o FILE] [-p PROFILE]
 #   -r  seconds per workload (default 15)
 #   -s  space-separated subset of: cairn nbdkit-memory nbdkit-file qemu-nbd-raw qemu-nbd-qcow2 raw
+#       cairn-base: cairn built elsewhere (e.g. from an older commit), run the
+#       same way as cairn, for an A/B in one run: the binary named by
+#       BASE_CAIRN_BIN (-c daemon) or BASE_NBDSERVE (-c nbdserve|mem)
+#   -w  only the workloads whose label matches this extended regex
+#       (e.g. -w '^4k rand(write|read) QD(1|32)$')
+#   -n  rounds: run every server N times, interleaved; the table shows the
+#       median IOPS of the rounds (default 1)
 #   -c  how to run cairn: daemon (default), nbdserve (bench/cmd/nbdserve
-#       on the engine), mem (nbdserve on a flat in-memory export: protocol path only)
+#       on the engine), mem (nbdserve on a flat in-memory export: protocol path only);
+#       CAIRN_BIN / NBDSERVE_BIN name prebuilt binaries instead of building
+#       this checkout
 #   -o  also write the markdown table to FILE
 #   -p  with -c nbdserve|mem: write cairn's CPU profile to PROFILE
 # Needs root (drop_caches), fio, nbdkit, qemu-nbd, qemu-img, jq (`make deps`).
@@ -28,14 +37,18 @@ SERVERS="cairn nbdkit-memory nbdkit-file qemu-nbd-raw qemu-nbd-qcow2 raw"
 CAIRN_MODE=daemon
 OUT=""
 PROFILE=""
-while getopts "r:s:c:o:p:h" opt; do
+WFILTER=""
+ROUNDS=1
+while getopts "r:s:c:w:n:o:p:h" opt; do
 	case $opt in
 	r) RUNTIME=$OPTARG ;;
 	s) SERVERS=$OPTARG ;;
 	c) CAIRN_MODE=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	p) PROFILE=$OPTARG ;;
-	*) sed -n '2,24p' "$0"; exit 2 ;;
+	w) WFILTER=$OPTARG ;;
+	n) ROUNDS=$OPTARG ;;
+	*) sed -n '2,32p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -85,15 +98,28 @@ stop_server() {
 # start_server NAME: starts it, sets URI (or FILE for raw).
 start_server() {
 	local name=$1 d="$WORK/$1"
+	rm -rf "$d"
 	mkdir -p "$d"
 	URI="" FILE=""
 	case $name in
-	cairn)
-		case $CAIRN_MODE in
-		daemon)
+	cairn | cairn-base)
+		local mode=$CAIRN_MODE
+		if [ "$name" = cairn-base ]; then
+			case $mode in
+			daemon) [ -n "${BASE_CAIRN_BIN:-}" ] || { echo "compare.sh: cairn-base needs BASE_CAIRN_BIN=path" >&2; exit 2; } ;;
+			*) [ -n "${BASE_NBDSERVE:-}" ] || { echo "compare.sh: cairn-base needs BASE_NBDSERVE=path" >&2; exit 2; } ;;
+			esac
+			mode=base-$mode
+		fi
+		case $mode in
+		daemon | base-daemon)
 			# Built fresh from this checkout unless CAIRN_BIN names a binary.
 			local cairn=${CAIRN_BIN:-$WORK/cairn-bin} api nbdport
-			[ -n "${CAIRN_BIN:-}" ] || (cd "$ROOT" && $GO build -o "$cairn" ./cmd/cairn)
+			if [ "$mode" = base-daemon ]; then
+				cairn=$BASE_CAIRN_BIN
+			elif [ -z "${CAIRN_BIN:-}" ] && [ ! -x "$cairn" ]; then
+				(cd "$ROOT" && $GO build -o "$cairn" ./cmd/cairn)
+			fi
 			api=$(free_port) nbdport=$(free_port)
 			"$cairn" daemon --data-dir "$d" --api "127.0.0.1:$api" --nbd "127.0.0.1:$nbdport" \
 				--nbd-socket "$d/nbd.sock" --default-drive-size 4G >"$d/log" 2>&1 &
@@ -105,8 +131,16 @@ start_server() {
 			local backend=engine prof=()
 			[ "$CAIRN_MODE" = mem ] && backend=mem
 			[ -n "$PROFILE" ] && prof=(-cpuprofile "$PROFILE")
-			(cd "$ROOT" && $GO build -o "$WORK/nbdserve" ./bench/cmd/nbdserve)
-			"$WORK/nbdserve" -socket "$d/nbd.sock" -dir "$d" -size $SIZE -backend $backend "${prof[@]}" >"$d/log" 2>&1 &
+			# Built fresh from this checkout unless NBDSERVE_BIN names a binary.
+			local nbdserve=${NBDSERVE_BIN:-$WORK/nbdserve}
+			[ -x "$nbdserve" ] || (cd "$ROOT" && $GO build -o "$nbdserve" ./bench/cmd/nbdserve)
+			"$nbdserve" -socket "$d/nbd.sock" -dir "$d" -size $SIZE -backend $backend "${prof[@]}" >"$d/log" 2>&1 &
+			PIDS+=($!)
+			;;
+		base-nbdserve | base-mem)
+			local backend=engine
+			[ "$mode" = base-mem ] && backend=mem
+			"$BASE_NBDSERVE" -socket "$d/nbd.sock" -dir "$d" -size $SIZE -backend $backend >"$d/log" 2>&1 &
 			PIDS+=($!)
 			;;
 		*) echo "compare.sh: -c $CAIRN_MODE?" >&2; exit 2 ;;
@@ -174,24 +208,41 @@ WORKLOADS=(
 	"4k randwrite QD32 fsync=32|randwrite|4k|32|--fsync=32"
 )
 
+if [ -n "$WFILTER" ]; then
+	kept=()
+	for w in "${WORKLOADS[@]}"; do
+		if [[ ${w%%|*} =~ $WFILTER ]]; then kept+=("$w"); fi
+	done
+	[ ${#kept[@]} -gt 0 ] || { echo "compare.sh: no workload matches -w '$WFILTER'" >&2; exit 2; }
+	WORKLOADS=("${kept[@]}")
+fi
+
 RESULTS="$WORK/results"
 : >"$RESULTS"
 START=$(date +%s)
-for s in $SERVERS; do
-	drop_caches
-	log "$s: starting"
-	start_server "$s"
-	log "$s: prefill ($SIZE sequential write)"
-	fio_run prefill write 1M 8 >/dev/null
-	for w in "${WORKLOADS[@]}"; do
-		IFS='|' read -r label rw bs qd extra <<<"$w"
-		# shellcheck disable=SC2086
-		read -r iops bw < <(fio_run bench "$rw" "$bs" "$qd" --time_based --runtime="$RUNTIME" --randrepeat=0 $extra)
-		log "$s: $label: $(printf '%.0f' "$iops") IOPS"
-		printf '%s|%s|%s|%s\n' "$s" "$label" "$iops" "$bw" >>"$RESULTS"
+for round in $(seq "$ROUNDS"); do
+	for s in $SERVERS; do
+		drop_caches
+		log "$s: starting (round $round of $ROUNDS)"
+		start_server "$s"
+		log "$s: prefill ($SIZE sequential write)"
+		fio_run prefill write 1M 8 >/dev/null
+		for w in "${WORKLOADS[@]}"; do
+			IFS='|' read -r label rw bs qd extra <<<"$w"
+			# shellcheck disable=SC2086
+			read -r iops bw < <(fio_run bench "$rw" "$bs" "$qd" --time_based --runtime="$RUNTIME" --randrepeat=0 $extra)
+			log "$s: $label: $(printf '%.0f' "$iops") IOPS"
+			printf '%s|%s|%s|%s\n' "$s" "$label" "$iops" "$bw" >>"$RESULTS"
+		done
+		stop_server
 	done
-	stop_server
 done
+
+# median SERVER LABEL → "iops bw" of the median round (by IOPS).
+median() {
+	awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l { print $3, $4 }' "$RESULTS" |
+		sort -g | awk '{ v[NR] = $0 } END { if (NR) print v[int((NR + 1) / 2)] }'
+}
 
 # The table: one row per workload; per server IOPS (MiB/s); then cairn ÷ peer.
 table() {
@@ -212,14 +263,14 @@ table() {
 		local label=${w%%|*}
 		printf '| %s |' "$label"
 		for s in "${servers[@]}"; do
-			awk -F'|' -v s="$s" -v l="$label" '$1==s && $2==l { printf " %.0f IOPS (%.0f MiB/s) |", $3, $4/1048576 }' "$RESULTS"
+			median "$s" "$label" | awk '{ printf " %.0f IOPS (%.0f MiB/s) |", $1, $2/1048576 }'
 		done
 		if [[ " $SERVERS " == *" cairn "* ]]; then
 			local c
-			c=$(awk -F'|' -v l="$label" '$1=="cairn" && $2==l { print $3 }' "$RESULTS")
+			c=$(median cairn "$label" | awk '{ print $1 }')
 			for s in "${servers[@]}"; do
 				[ "$s" = cairn ] && continue
-				awk -F'|' -v s="$s" -v l="$label" -v c="$c" '$1==s && $2==l { if ($3 > 0) printf " %.2f× |", c/$3; else printf " – |" }' "$RESULTS"
+				median "$s" "$label" | awk -v c="$c" '{ if ($1 > 0) printf " %.2f× |", c/$1; else printf " – |" }'
 			done
 		fi
 		echo
@@ -227,7 +278,7 @@ table() {
 }
 
 {
-	echo "bench/compare.sh -r $RUNTIME -c $CAIRN_MODE — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), $(($(date +%s) - START)) s"
+	echo "bench/compare.sh -r $RUNTIME -c $CAIRN_MODE${WFILTER:+ -w '$WFILTER'} -n $ROUNDS — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), $(($(date +%s) - START)) s"
 	echo
 	table
 } | tee ${OUT:+"$OUT"}

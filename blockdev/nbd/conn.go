@@ -2,13 +2,19 @@ package nbd
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cairn-storage/cairn/engine"
 )
@@ -19,6 +25,11 @@ const (
 	// maxInFlightBytes bounds the payload buffers one connection holds
 	// (write payloads read ahead, read data not yet sent).
 	maxInFlightBytes = 128 << 20
+	// inlineMaxLength is the largest READ or WRITE the reader runs itself
+	// when the connection is otherwise idle (see canInline). Larger ones go
+	// to a worker, where the hand-off is small next to the copy. A WRITE
+	// payload this size must fit in the read buffer (runInline peeks it).
+	inlineMaxLength = readBufferSize
 )
 
 // errDisconnect is the reader's way of saying the client sent NBD_CMD_DISC.
@@ -59,21 +70,42 @@ type conn struct {
 	work   chan *request // reader → workers
 	done   chan *request // workers → writer
 	budget byteBudget    // payload bytes in flight
-	broken bool          // writer only: the socket failed, replies are dropped
-	// whdr is the writer's scratch space for reply headers (a local array
-	// would escape through bufio.Writer.Write and cost an allocation per
-	// reply).
+	// pending counts requests queued to the workers or the writer whose
+	// reply is not yet flushed to the socket. The reader adds, the writer
+	// subtracts after a flush. When the reader sees 0 the writer has
+	// nothing to do and is not touching bw, whdr or broken, so the reader
+	// may use them itself until it queues the next request (the atomic
+	// gives the happens-before edge).
+	pending atomic.Int64
+	// inline is the reader's own request slot for requests it runs itself,
+	// ibuf the buffer it encodes their replies in (it grows to the largest
+	// inline reply, at most inlineMaxLength plus chunk headers), and rc the
+	// socket's descriptor it sends them on (nil: the connection has none,
+	// nothing runs inline).
+	inline request
+	ibuf   bytes.Buffer
+	rc     syscall.RawConn
+	broken bool // writer (or the inline reader): the socket failed, replies are dropped
+	// whdr is the writer's (or the inline reader's) scratch space for
+	// reply headers (a local array would escape through the replyWriter
+	// and cost an allocation per reply).
 	whdr [structuredHeaderLen + 8]byte
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	return &conn{
+	c := &conn{
 		srv: s,
 		nc:  nc,
 		log: s.log.With("remote", remoteName(nc)),
 		br:  bufio.NewReaderSize(nc, readBufferSize),
 		bw:  bufio.NewWriterSize(nc, writeBufferSize),
 	}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.rc = rc
+		}
+	}
+	return c
 }
 
 func remoteName(nc net.Conn) string {
@@ -225,11 +257,19 @@ func (c *conn) readLoop() error {
 			}
 		}
 
+		if c.canInline(typ, length) {
+			if err := c.runInline(handle, off, length, typ, flags); err != nil {
+				return err
+			}
+			continue
+		}
+
 		r := <-c.free
 		r.reset(handle, off, length, typ, flags)
 		switch {
 		case typ == cmdWrite && length > maxRequestLength:
 			r.fail(errInval, "request larger than the maximum block size")
+			c.pending.Add(1)
 			c.done <- r
 			continue
 		case typ == cmdWrite:
@@ -248,26 +288,125 @@ func (c *conn) readLoop() error {
 			c.budget.acquire(int64(length))
 			r.budget = int64(length)
 		}
+		c.pending.Add(1)
 		c.work <- r
 	}
+}
+
+// canInline reports whether the reader should run the request whose header
+// it just decoded itself: a small READ or WRITE, nothing else in flight (so
+// there is no reply it could overtake and the writer is idle), and no
+// further request already buffered (a client that pipelines gets the
+// workers). At queue depth 1 this saves two goroutine hand-offs per request:
+// reader → worker → writer, each a wake-up of a parked goroutine. Reader
+// only.
+func (c *conn) canInline(typ uint16, length uint32) bool {
+	if c.rc == nil || (typ != cmdRead && typ != cmdWrite) || length > inlineMaxLength || c.pending.Load() != 0 {
+		return false
+	}
+	payload := 0
+	if typ == cmdWrite {
+		payload = int(length)
+	}
+	return c.br.Buffered() <= payload
+}
+
+// runInline reads the payload of, executes and replies to one request on
+// the reader's goroutine. REQUIRES: canInline was true for it. The reply is
+// on the wire when it returns, or queued to the writer (pending > 0).
+func (c *conn) runInline(handle, off uint64, length uint32, typ, flags uint16) error {
+	r := &c.inline
+	r.reset(handle, off, length, typ, flags)
+	defer r.freeBuf()
+	if typ == cmdWrite {
+		// The payload is handed to the export straight from the read
+		// buffer (inlineMaxLength fits in it): no copy, no pooled buffer.
+		// It stays valid until the Discard below.
+		p, err := c.br.Peek(int(length))
+		if err != nil {
+			return fmt.Errorf("%w: truncated WRITE payload: %w", ErrProtocol, err)
+		}
+		r.data = p
+		c.execute(r)
+		r.data = nil
+		c.br.Discard(int(length))
+	} else {
+		c.execute(r)
+	}
+	if c.broken {
+		return nil
+	}
+	c.ibuf.Reset()
+	c.writeReply(&c.ibuf, r)
+	if err := c.sendInline(c.ibuf.Bytes()); err != nil {
+		c.fail(err)
+	}
+	return nil
+}
+
+// sendInline sends b, an encoded reply, without ever waiting for the
+// socket: what does not fit in the socket's buffer now goes to the writer
+// as a raw reply, and the reader goes back to reading requests. (A client
+// that sends a batch of requests before it reads any reply would otherwise
+// deadlock with a reader stuck in write.) REQUIRES: pending == 0, so the
+// writer's buffer is empty and the rest is the next thing on the wire.
+func (c *conn) sendInline(b []byte) error {
+	var werr error
+	err := c.rc.Write(func(fd uintptr) bool {
+		for len(b) > 0 {
+			n, err := unix.Write(int(fd), b)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				werr = err
+				break
+			}
+			b = b[n:]
+		}
+		return true // never wait
+	})
+	if err != nil {
+		return err
+	}
+	if werr != nil && werr != unix.EAGAIN {
+		return os.NewSyscallError("write", werr)
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	r := <-c.free // all slots are free: pending == 0
+	r.reset(0, 0, 0, 0, 0)
+	r.raw = true
+	r.alloc(len(b))
+	copy(r.data, b)
+	c.pending.Add(1)
+	c.done <- r
+	return nil
 }
 
 // writeLoop is the writer: it sends replies in completion order, batching
 // them in c.bw and flushing when no more are queued.
 func (c *conn) writeLoop() {
+	var unflushed int64 // replies in bw, still counted in pending
 	for r := range c.done {
 		if !c.broken {
-			if err := c.writeReply(r); err != nil {
+			if err := c.writeReply(c.bw, r); err != nil {
 				c.fail(err)
 			}
 		}
 		c.budget.release(r.budget)
 		r.freeBuf()
 		c.free <- r
-		if len(c.done) == 0 && !c.broken {
-			if err := c.bw.Flush(); err != nil {
-				c.fail(err)
+		unflushed++
+		if len(c.done) == 0 {
+			if !c.broken {
+				if err := c.bw.Flush(); err != nil {
+					c.fail(err)
+				}
 			}
+			c.pending.Add(-unflushed)
+			unflushed = 0
 		}
 	}
 	if !c.broken {
@@ -483,30 +622,43 @@ func encodeRuns(dst []byte, ext []engine.Extent, off, end uint64, limit int) int
 	return n
 }
 
-// writeReply encodes r's reply into c.bw. Writer only.
-func (c *conn) writeReply(r *request) error {
+// replyWriter is where replies are encoded: the writer's bufio.Writer, or
+// the reader's inline buffer. Encoding into either never fails on its own;
+// a bufio.Writer reports the socket's error.
+type replyWriter interface {
+	Write(p []byte) (int, error)
+	WriteString(s string) (int, error)
+}
+
+// writeReply encodes r's reply into w. whdr is scratch space: writer only,
+// or the reader while it owns the sending half (see conn.pending).
+func (c *conn) writeReply(w replyWriter, r *request) error {
 	h := c.whdr[:]
+	if r.raw {
+		_, err := w.Write(r.data)
+		return err
+	}
 	if !c.structured {
 		be.PutUint32(h[0:], magicSimple)
 		be.PutUint32(h[4:], r.errno)
 		be.PutUint64(h[8:], r.handle)
-		c.bw.Write(h[:simpleReplyLen])
+		w.Write(h[:simpleReplyLen])
 		if r.typ == cmdRead && r.errno == 0 {
-			_, err := c.bw.Write(r.data)
+			_, err := w.Write(r.data)
 			return err
 		}
 		return nil
 	}
 	if r.errno != 0 {
-		return c.writeError(r)
+		return c.writeError(w, r)
 	}
 	switch r.typ {
 	case cmdRead:
 		if len(r.data) == 0 {
-			return c.writeChunkHeader(r.handle, replyFlagDone, replyNone, 0)
+			return c.writeChunkHeader(w, r.handle, replyFlagDone, replyNone, 0)
 		}
 		if r.nchunks == 0 {
-			return c.writeData(r.handle, replyFlagDone, r.offset, r.data)
+			return c.writeData(w, r.handle, replyFlagDone, r.offset, r.data)
 		}
 		for i := range r.nchunks {
 			ch := &r.chunks[i]
@@ -515,41 +667,41 @@ func (c *conn) writeReply(r *request) error {
 				flags = replyFlagDone
 			}
 			if ch.hole {
-				c.writeChunkHeader(r.handle, flags, replyOffsetHole, 12)
+				c.writeChunkHeader(w, r.handle, flags, replyOffsetHole, 12)
 				be.PutUint64(h[0:], ch.off)
 				be.PutUint32(h[8:], ch.n)
-				c.bw.Write(h[:12])
+				w.Write(h[:12])
 			} else {
-				c.writeData(r.handle, flags, ch.off, r.data[ch.start:ch.start+int(ch.n)])
+				c.writeData(w, r.handle, flags, ch.off, r.data[ch.start:ch.start+int(ch.n)])
 			}
 		}
 		return nil
 	case cmdBlockStatus:
-		c.writeChunkHeader(r.handle, replyFlagDone, replyBlockStatus, uint32(len(r.data)))
-		_, err := c.bw.Write(r.data)
+		c.writeChunkHeader(w, r.handle, replyFlagDone, replyBlockStatus, uint32(len(r.data)))
+		_, err := w.Write(r.data)
 		return err
 	default:
 		// No payload: a simple reply is allowed and 4 bytes shorter.
 		be.PutUint32(h[0:], magicSimple)
 		be.PutUint32(h[4:], 0)
 		be.PutUint64(h[8:], r.handle)
-		_, err := c.bw.Write(h[:simpleReplyLen])
+		_, err := w.Write(h[:simpleReplyLen])
 		return err
 	}
 }
 
-func (c *conn) writeChunkHeader(handle uint64, flags, typ uint16, length uint32) error {
+func (c *conn) writeChunkHeader(w replyWriter, handle uint64, flags, typ uint16, length uint32) error {
 	h := c.whdr[:structuredHeaderLen]
 	be.PutUint32(h[0:], magicStructured)
 	be.PutUint16(h[4:], flags)
 	be.PutUint16(h[6:], typ)
 	be.PutUint64(h[8:], handle)
 	be.PutUint32(h[16:], length)
-	_, err := c.bw.Write(h)
+	_, err := w.Write(h)
 	return err
 }
 
-func (c *conn) writeData(handle uint64, flags uint16, off uint64, data []byte) error {
+func (c *conn) writeData(w replyWriter, handle uint64, flags uint16, off uint64, data []byte) error {
 	h := c.whdr[:]
 	be.PutUint32(h[0:], magicStructured)
 	be.PutUint16(h[4:], flags)
@@ -557,28 +709,28 @@ func (c *conn) writeData(handle uint64, flags uint16, off uint64, data []byte) e
 	be.PutUint64(h[8:], handle)
 	be.PutUint32(h[16:], uint32(8+len(data)))
 	be.PutUint64(h[20:], off)
-	c.bw.Write(h)
-	_, err := c.bw.Write(data)
+	w.Write(h)
+	_, err := w.Write(data)
 	return err
 }
 
 // writeError sends r's error as one ERROR (or ERROR_OFFSET) chunk with its
 // message.
-func (c *conn) writeError(r *request) error {
+func (c *conn) writeError(w replyWriter, r *request) error {
 	msg := truncate(r.msg, maxStringLength)
 	typ, extra := replyError, 0
 	if r.errOffset >= 0 {
 		typ, extra = replyErrorOffset, 8
 	}
-	c.writeChunkHeader(r.handle, replyFlagDone, typ, uint32(6+len(msg)+extra))
+	c.writeChunkHeader(w, r.handle, replyFlagDone, typ, uint32(6+len(msg)+extra))
 	b := c.whdr[:8]
 	be.PutUint32(b[0:], r.errno)
 	be.PutUint16(b[4:], uint16(len(msg)))
-	c.bw.Write(b[:6])
-	c.bw.WriteString(msg)
+	w.Write(b[:6])
+	w.WriteString(msg)
 	if extra > 0 {
 		be.PutUint64(b[:], uint64(r.errOffset))
-		c.bw.Write(b[:])
+		w.Write(b[:])
 	}
 	return nil
 }

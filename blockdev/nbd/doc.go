@@ -89,9 +89,22 @@
 // exactly one goroutine at a time (reader, then a worker, then the writer),
 // so request fields need no lock.
 //
-// Ordering: the server replies in completion order. A write is replied to only
-// after Export.WriteAt returned, and FLUSH calls Export.Flush, which covers
-// every write the volume completed — on every connection — so a FLUSH covers
+// The inline path. Every hand-off above is a wake-up of a parked goroutine,
+// and at queue depth 1 (a client that waits for each reply) they were half
+// the server's CPU per request. So when nothing is in flight — every reply
+// already on the wire, no further request buffered — the reader runs a
+// small READ or WRITE itself: it executes it (a WRITE straight from its read
+// buffer) and sends the reply with one non-blocking write. The writer is
+// idle then and owns nothing the reader touches; conn.pending (queued
+// requests whose reply is not yet flushed, an atomic) is the hand-over. If
+// the socket cannot take the whole reply at once, the rest is queued to the
+// writer and the reader goes back to reading, so a client that sends a
+// batch before reading replies cannot wedge it.
+//
+// Ordering: the server replies in completion order (an inline request has
+// nothing to overtake). A write is replied to only after Export.WriteAt
+// returned, and FLUSH calls Export.Flush, which covers every write the
+// volume completed — on every connection — so a FLUSH covers
 // all writes this or any other connection has been answered for
 // (NBD_FLAG_CAN_MULTI_CONN). FUA writes are durable when WriteAt(fua=true)
 // returns; FUA on TRIM and WRITE_ZEROES is a Flush after the operation.

@@ -168,13 +168,20 @@ type reply struct {
 // expected data length (the protocol gives no other way to know it).
 func (c *rawClient) readReply(readLen int) reply {
 	c.t.Helper()
+	return c.readReplyFor(func(uint64) int { return readLen })
+}
+
+// readReplyFor is readReply for replies that may come in any order: readLen
+// says how much data a successful simple reply to a handle carries.
+func (c *rawClient) readReplyFor(readLen func(handle uint64) int) reply {
+	c.t.Helper()
 	h := c.read(4)
 	switch be.Uint32(h) {
 	case magicSimple:
 		rest := c.read(12)
 		r := reply{errno: be.Uint32(rest), handle: be.Uint64(rest[4:])}
-		if r.errno == 0 && readLen > 0 {
-			r.data = c.read(readLen)
+		if n := readLen(r.handle); r.errno == 0 && n > 0 {
+			r.data = c.read(n)
 		}
 		return r
 	case magicStructured:

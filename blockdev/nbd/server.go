@@ -18,6 +18,8 @@ type Export interface {
 	Size() int64
 	ReadOnly() bool
 	ReadAt(p []byte, off int64) error
+	// WriteAt must not keep p once it returns: the server reuses the
+	// buffer (for a small WRITE it is the connection's read buffer).
 	WriteAt(p []byte, off int64, fua bool) error
 	Flush() error
 	Trim(off, length int64) error

@@ -1,7 +1,7 @@
 // Command nbdserve serves one volume over NBD on a unix socket, for
 // benchmarks and profiles of the NBD path without the daemon:
 //
-//	nbdserve -socket /tmp/s -dir /var/tmp/nbdserve -size 1G [-backend engine|mem] [-cpuprofile cpu.out]
+//	nbdserve -socket /tmp/s -dir /var/tmp/nbdserve -size 1G [-backend engine|mem] [-workers N] [-cpuprofile cpu.out]
 //
 // -backend engine (default) opens a real engine on a sparse file drive in
 // -dir; -backend mem serves a flat in-memory export, which measures the
@@ -45,6 +45,7 @@ func run() error {
 	name := flag.String("name", "bench", "export name")
 	backend := flag.String("backend", "engine", "engine or mem")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile here on exit")
+	workers := flag.Int("workers", 0, "worker goroutines per connection (0 = the server's default)")
 	flag.Parse()
 	if *socket == "" {
 		return errors.New("-socket is required")
@@ -119,7 +120,7 @@ func run() error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	srv := nbd.NewServer(exports, nbd.Config{Logger: log})
+	srv := nbd.NewServer(exports, nbd.Config{Logger: log, Workers: *workers})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	log.Info("serving", "socket", *socket, "export", *name, "size", size, "backend", *backend)
