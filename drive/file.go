@@ -69,6 +69,13 @@ func OpenFile(path string, forceDirect bool) (*File, error) {
 		d.kind = deviceKind(path)
 	}
 	if !direct && d.size > 0 {
+		// No readahead on the descriptor: readahead fills the page cache with
+		// large folios, and small writes into those are slow (see
+		// cachedWriteChunk). A 1 MiB cold read is as fast without it.
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%w: %s: fadvise: %v", ErrUnusable, path, err)
+		}
 		d.mem, err = unix.Mmap(int(f.Fd()), 0, int(d.size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			f.Close()
@@ -163,11 +170,28 @@ func (d *File) WriteAt(p []byte, off int64) error {
 		copy(b, p)
 		p = b
 	}
-	if _, err := d.f.WriteAt(p, off); err != nil {
-		return fmt.Errorf("%w: %s: write at %d: %v", ErrIO, d.path, off, err)
+	chunk := len(p)
+	if d.mem != nil {
+		chunk = cachedWriteChunk
+	}
+	for len(p) > 0 {
+		n := min(len(p), chunk)
+		if _, err := d.f.WriteAt(p[:n], off); err != nil {
+			return fmt.Errorf("%w: %s: write at %d: %v", ErrIO, d.path, off, err)
+		}
+		p, off = p[n:], off+int64(n)
 	}
 	return nil
 }
+
+// cachedWriteChunk caps each pwrite into the page cache. The kernel sizes a
+// new page-cache folio by the write (or readahead) that creates it, up to
+// 2 MiB on ext4, and every later small write into a large folio walks all of
+// the folio's block buffers: a 4 KiB random pwrite costs ~13 µs in a 1 MiB
+// folio and ~3 µs in a 16 KiB one (ext4, kernel 6.18; 76k against 290k+
+// writes/s on one core). Writing in 16 KiB pieces keeps folios small and is
+// no slower for large sequential writes (2.6 against 2.2 GB/s).
+const cachedWriteChunk = 16 << 10
 
 func (d *File) Zero(off, n int64) error {
 	if err := checkRange(d, int(n), off); err != nil {
