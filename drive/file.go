@@ -213,6 +213,20 @@ func (d *File) Zero(off, n int64) error {
 	return nil
 }
 
+// ReadAhead turns the kernel's readahead on for a caller about to read a
+// long range in order (the log, at replay), and off again. It is off for
+// normal use: see cachedWriteChunk.
+func (d *File) ReadAhead(on bool) {
+	if d.mem == nil {
+		return
+	}
+	advice := unix.FADV_RANDOM
+	if on {
+		advice = unix.FADV_SEQUENTIAL
+	}
+	unix.Fadvise(int(d.f.Fd()), 0, 0, advice) // a hint: an error changes nothing
+}
+
 func (d *File) Sync() error {
 	if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
 		return fmt.Errorf("%w: %s: fdatasync: %v", ErrIO, d.path, err)

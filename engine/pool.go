@@ -414,6 +414,7 @@ type poolState struct {
 	vols      map[uint32]*Volume
 	reserved  map[allocator.Extent]bool
 	condemned map[allocator.Extent]bool
+	last      *Volume // the volume of the last record applied
 }
 
 type driveRef struct {
@@ -523,7 +524,11 @@ func (p *pool) apply(st *poolState, r *record) error {
 		st.nextVolID = max(st.nextVolID, r.vol+1)
 		return nil
 	}
-	v := st.vols[r.vol]
+	v := st.last // runs of records for one volume skip the map lookup
+	if v == nil || v.id != r.vol {
+		v = st.vols[r.vol]
+		st.last = v
+	}
 	if v == nil {
 		return fmt.Errorf("%w: record type %d for unknown volume id %d", ErrCorrupt, r.typ, r.vol)
 	}
@@ -538,6 +543,7 @@ func (p *pool) apply(st *poolState, r *record) error {
 		// Candidates only: loadPool keeps those no one else maps.
 		v.table.forEach(func(_ uint32, ext allocator.Extent) { st.condemned[ext] = true })
 		delete(st.vols, r.vol)
+		st.last = nil
 	case recRestore:
 		src := st.vols[r.src]
 		if src == nil || src.meta.size > v.meta.size {

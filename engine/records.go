@@ -252,6 +252,19 @@ func decodeRecords(p []byte, fn func(*record) error) error {
 	d := dec{b: p}
 	var r record
 	for d.err == nil && d.off < len(p) {
+		// Fast path for the extent records most of a log is made of.
+		if t, left := p[d.off], p[d.off+1:]; (t == recMapExtent || t == recRemap) && len(left) >= 12 || t == recUnmapExtent && len(left) >= 8 {
+			r = record{typ: t, vol: binary.LittleEndian.Uint32(left), lext: binary.LittleEndian.Uint32(left[4:])}
+			d.off += 9
+			if t != recUnmapExtent {
+				r.phys = binary.LittleEndian.Uint32(left[8:])
+				d.off += 4
+			}
+			if err := fn(&r); err != nil {
+				return err
+			}
+			continue
+		}
 		r = record{typ: d.u8()}
 		switch r.typ {
 		case recCreateVolume:

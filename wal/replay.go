@@ -4,6 +4,12 @@ import (
 	"fmt"
 )
 
+// ReadAheader is a device whose readahead can be turned on while the log is
+// read in order.
+type ReadAheader interface {
+	ReadAhead(on bool)
+}
+
 // Replay reads the log in region from its start (logID, first seq startSeq,
 // prev sum 0) and calls fn for every valid frame in order. It stops quietly at
 // a torn tail and returns the Position to continue writing at. A bad frame
@@ -11,6 +17,11 @@ import (
 // Replay returns an error wrapping ErrCorrupt that names the offset.
 // An error from fn stops replay and is returned as is.
 func Replay(dev Device, region Region, logID, startSeq uint64, fn func(typ Type, seq uint64, payload []byte) error) (Position, error) {
+	// Replay reads the whole region (the chain, then the tail check) in order.
+	if ra, ok := dev.(ReadAheader); ok {
+		ra.ReadAhead(true)
+		defer ra.ReadAhead(false)
+	}
 	pos := Start(logID, startSeq)
 	var hbuf [SectorSize]byte
 	var payload []byte
