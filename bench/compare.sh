@@ -203,6 +203,7 @@ WORKLOADS=(
 	"4k randwrite QD32|randwrite|4k|32"
 	"4k randread QD32|randread|4k|32"
 	"4k randwrite QD1|randwrite|4k|1"
+	"4k randread QD1|randread|4k|1"
 	"1M seq write QD8|write|1M|8"
 	"1M seq read QD8|read|1M|8"
 	"4k randwrite QD32 fsync=32|randwrite|4k|32|--fsync=32"

@@ -82,10 +82,13 @@ type conn struct {
 	// inline reply, at most inlineMaxLength plus chunk headers), and rc the
 	// socket's descriptor it sends them on (nil: the connection has none,
 	// nothing runs inline).
-	inline request
-	ibuf   bytes.Buffer
-	rc     syscall.RawConn
-	broken bool // writer (or the inline reader): the socket failed, replies are dropped
+	inline  request
+	ibuf    bytes.Buffer
+	rc      syscall.RawConn
+	sendFn  func(fd uintptr) bool // c.sendNow
+	sendBuf []byte                // sendNow's input and what it left
+	sendErr error                 // sendNow's error
+	broken  bool                  // writer (or the inline reader): the socket failed, replies are dropped
 	// whdr is the writer's (or the inline reader's) scratch space for
 	// reply headers (a local array would escape through the replyWriter
 	// and cost an allocation per reply).
@@ -102,7 +105,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			c.rc = rc
+			c.rc, c.sendFn = rc, c.sendNow
 		}
 	}
 	return c
@@ -351,21 +354,10 @@ func (c *conn) runInline(handle, off uint64, length uint32, typ, flags uint16) e
 // deadlock with a reader stuck in write.) REQUIRES: pending == 0, so the
 // writer's buffer is empty and the rest is the next thing on the wire.
 func (c *conn) sendInline(b []byte) error {
-	var werr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		for len(b) > 0 {
-			n, err := unix.Write(int(fd), b)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				werr = err
-				break
-			}
-			b = b[n:]
-		}
-		return true // never wait
-	})
+	c.sendBuf, c.sendErr = b, nil
+	err := c.rc.Write(c.sendFn)
+	b, werr := c.sendBuf, c.sendErr
+	c.sendBuf = nil
 	if err != nil {
 		return err
 	}
@@ -383,6 +375,25 @@ func (c *conn) sendInline(b []byte) error {
 	c.pending.Add(1)
 	c.done <- r
 	return nil
+}
+
+// sendNow writes as much of c.sendBuf as the socket takes now, leaving the
+// rest in c.sendBuf and the error that stopped it in c.sendErr. It is the
+// RawConn.Write callback of sendInline, bound once (as c.sendFn) so that a
+// send allocates nothing.
+func (c *conn) sendNow(fd uintptr) bool {
+	for len(c.sendBuf) > 0 {
+		n, err := unix.Write(int(fd), c.sendBuf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			c.sendErr = err
+			break
+		}
+		c.sendBuf = c.sendBuf[n:]
+	}
+	return true // never wait for the socket
 }
 
 // writeLoop is the writer: it sends replies in completion order, batching
