@@ -13,7 +13,7 @@
 # dropped before each server. Prints one table: IOPS and MiB/s per server and
 # cairn's ratio to each peer.
 #
-# Usage: bench/compare.sh [-r SECONDS] [-s SERVERS] [-c daemon|nbdserve|mem] [-w REGEX] [-n N] [-o FILE] [-p PROFILE]
+# Usage: bench/compare.sh [-r SECONDS] [-s SERVERS] [-c daemon|nbdserve|mem] [-w REGEX] [-n N] [-m] [-o FILE] [-p PROFILE]
 #   -r  seconds per workload (default 15)
 #   -s  space-separated subset of: cairn nbdkit-memory nbdkit-file qemu-nbd-raw qemu-nbd-qcow2 raw
 #       cairn-base: cairn built elsewhere (e.g. from an older commit), run the
@@ -23,6 +23,8 @@
 #       (e.g. -w '^4k rand(write|read) QD(1|32)$')
 #   -n  rounds: run every server N times, interleaved; the table shows the
 #       median IOPS of the rounds (default 1)
+#   -m  also measure each server's CPU time (µs) and context switches (cs)
+#       per request with perf stat: less noisy than IOPS on a shared machine
 #   -c  how to run cairn: daemon (default), nbdserve (bench/cmd/nbdserve
 #       on the engine), mem (nbdserve on a flat in-memory export: protocol path only);
 #       CAIRN_BIN / NBDSERVE_BIN name prebuilt binaries instead of building
@@ -39,7 +41,8 @@ OUT=""
 PROFILE=""
 WFILTER=""
 ROUNDS=1
-while getopts "r:s:c:w:n:o:p:h" opt; do
+CPUSTAT=""
+while getopts "r:s:c:w:n:mo:p:h" opt; do
 	case $opt in
 	r) RUNTIME=$OPTARG ;;
 	s) SERVERS=$OPTARG ;;
@@ -48,7 +51,8 @@ while getopts "r:s:c:w:n:o:p:h" opt; do
 	p) PROFILE=$OPTARG ;;
 	w) WFILTER=$OPTARG ;;
 	n) ROUNDS=$OPTARG ;;
-	*) sed -n '2,32p' "$0"; exit 2 ;;
+	m) CPUSTAT=1 ;;
+	*) sed -n '2,34p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -178,7 +182,27 @@ start_server() {
 	if [ -n "$URI" ]; then wait_nbd "$URI"; fi
 }
 
-# fio_run NAME RW BS QD [extra...] → prints "iops bw_bytes"
+# With -m: the server's CPU time and context switches over one fio run
+# (perf stat on every process this script started for it), per request.
+cpu_start() {
+	CPU_PID=""
+	[ -n "$CPUSTAT" ] && [ ${#PIDS[@]} -gt 0 ] || return 0
+	perf stat -x, -e task-clock,context-switches -p "$(IFS=,; echo "${PIDS[*]}")" -o "$WORK/perf.txt" 2>/dev/null &
+	CPU_PID=$!
+	sleep 0.2
+}
+
+# cpu_stop IOS → prints "cpu_us_per_request context_switches_per_request" (nothing without -m)
+cpu_stop() {
+	[ -n "$CPU_PID" ] || return 0
+	kill -INT "$CPU_PID" 2>/dev/null || true
+	wait "$CPU_PID" 2>/dev/null || true
+	CPU_PID=""
+	awk -F, -v n="$1" '/task-clock/ { t = $1 } /context-switches/ { c = $1 }
+		END { if (n > 0 && t > 0) printf "%.1f %.2f\n", t * 1000 / n, c / n }' "$WORK/perf.txt"
+}
+
+# fio_run NAME RW BS QD [extra...] → prints "iops bw_bytes total_ios"
 fio_run() {
 	local name=$1 rw=$2 bs=$3 qd=$4
 	shift 4
@@ -196,7 +220,7 @@ fio_run() {
 	}
 	local dir=write
 	case $rw in *read*) dir=read ;; esac
-	jq -r ".jobs[0].$dir | \"\(.iops) \(.bw_bytes)\"" "$WORK/fio.json"
+	jq -r ".jobs[0].$dir | \"\(.iops) \(.bw_bytes) \(.total_ios)\"" "$WORK/fio.json"
 }
 
 WORKLOADS=(
@@ -230,19 +254,25 @@ for round in $(seq "$ROUNDS"); do
 		fio_run prefill write 1M 8 >/dev/null
 		for w in "${WORKLOADS[@]}"; do
 			IFS='|' read -r label rw bs qd extra <<<"$w"
+			cpu_start
 			# shellcheck disable=SC2086
-			read -r iops bw < <(fio_run bench "$rw" "$bs" "$qd" --time_based --runtime="$RUNTIME" --randrepeat=0 $extra)
-			log "$s: $label: $(printf '%.0f' "$iops") IOPS"
-			printf '%s|%s|%s|%s\n' "$s" "$label" "$iops" "$bw" >>"$RESULTS"
+			read -r iops bw ios < <(fio_run bench "$rw" "$bs" "$qd" --time_based --runtime="$RUNTIME" --randrepeat=0 $extra)
+			read -r cpu cs < <(cpu_stop "$ios") || true
+			log "$s: $label: $(printf '%.0f' "$iops") IOPS${cpu:+, $cpu µs CPU and $cs context switches per request}"
+			printf '%s|%s|%s|%s|%s|%s\n' "$s" "$label" "$iops" "$bw" "$cpu" "$cs" >>"$RESULTS"
 		done
 		stop_server
 	done
 done
 
-# median SERVER LABEL → "iops bw" of the median round (by IOPS).
+# median SERVER LABEL → "iops bw" of the median round (by IOPS), then the
+# CPU µs and context switches per request of the median round by CPU (-m).
 median() {
+	local cpu
+	cpu=$(awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l && $5 != "" { print $5, $6 }' "$RESULTS" |
+		sort -g | awk '{ v[NR] = $0 } END { if (NR) print v[int((NR + 1) / 2)] }')
 	awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l { print $3, $4 }' "$RESULTS" |
-		sort -g | awk '{ v[NR] = $0 } END { if (NR) print v[int((NR + 1) / 2)] }'
+		sort -g | awk -v cpu="$cpu" '{ v[NR] = $0 } END { if (NR) print v[int((NR + 1) / 2)], cpu }'
 }
 
 # The table: one row per workload; per server IOPS (MiB/s); then cairn ÷ peer.
@@ -264,7 +294,7 @@ table() {
 		local label=${w%%|*}
 		printf '| %s |' "$label"
 		for s in "${servers[@]}"; do
-			median "$s" "$label" | awk '{ printf " %.0f IOPS (%.0f MiB/s) |", $1, $2/1048576 }'
+			median "$s" "$label" | awk '{ printf " %.0f IOPS (%.0f MiB/s", $1, $2/1048576; if ($3 != "") printf "; %s µs, %s cs", $3, $4; printf ") |" }'
 		done
 		if [[ " $SERVERS " == *" cairn "* ]]; then
 			local c
@@ -279,7 +309,7 @@ table() {
 }
 
 {
-	echo "bench/compare.sh -r $RUNTIME -c $CAIRN_MODE${WFILTER:+ -w '$WFILTER'} -n $ROUNDS — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), $(($(date +%s) - START)) s"
+	echo "bench/compare.sh -r $RUNTIME -c $CAIRN_MODE${WFILTER:+ -w '$WFILTER'} -n $ROUNDS${CPUSTAT:+ -m} — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), $(($(date +%s) - START)) s"
 	echo
 	table
 } | tee ${OUT:+"$OUT"}
