@@ -1,27 +1,47 @@
 #!/usr/bin/env bash
-# bench/snapshot.sh — the cost of snapshots on the NBD path, in one run.
+# bench/snapshot.sh — the cost of snapshots on the NBD path.
 #
-# fio's nbd engine over the unix socket drives one cairn daemon (built from
-# this checkout, sparse 32 GiB file drive in the work dir):
-#   write: 4k randwrite QD32 on a 1 GiB prefilled volume without any snapshot,
-#          then right after a snapshot of it (every extent shared: the first
-#          write to each 1 MiB extent copies it); a long and a short run each
-#   read:  4k randread QD32 on a 1 GiB prefilled volume without snapshots,
-#          then the same volume with 64 snapshots, 2000 random 4k writes
-#          between each two
-# The page cache is dropped before each measurement (when root). Prints a
-# markdown table with IOPS and the ratios.
+# fio's nbd engine over the unix socket drives cairn daemons built from this
+# checkout (sparse 32 GiB file drive each, in the work dir).
 #
-# Usage: bench/snapshot.sh [-r SECONDS] [-s SHORT_SECONDS]
+# write: one daemon. 4k randwrite QD32 on a 1 GiB prefilled volume without
+#        any snapshot, then right after a snapshot of it (every extent shared:
+#        the first write to each 1 MiB extent copies it); a long and a short
+#        run each. The page cache is dropped before each run (when root).
+#
+# read:  4k randread QD32 on a 1 GiB volume, three arms, each its own daemon
+#        and data dir, all prefilled with a sequential 1M write and given the
+#        same 64 × 128 random 4k writes:
+#          none     never a snapshot
+#          snaps    a snapshot after each 128 writes: 64 snapshots
+#          deleted  like snaps, then its 64 snapshots deleted (the same
+#                   layout, scattered by the copies, without snapshots)
+#        Every measurement starts its arm's daemon afresh, with no other
+#        cairn daemon running, and sets the cache state explicitly:
+#          cold  caches dropped after the start. A restart is needed: the
+#                daemon maps its drive file to read it, and drop_caches
+#                cannot evict pages a process has mapped, so without one a
+#                "dropped" measurement is as warm as the previous run left it.
+#          warm  after one sequential read of the whole volume.
+#        The arms alternate (none snaps deleted, then the reverse, ...) for
+#        ROUNDS rounds, so slow spells of a shared machine fall on all of
+#        them; the table shows each arm's median and the ratios of medians,
+#        and every run is printed below it.
+#
+# Prints markdown tables.
+#
+# Usage: bench/snapshot.sh [-r SECONDS] [-s SHORT_SECONDS] [-n ROUNDS]
 set -euo pipefail
 
 RUNTIME=10
 SHORT=2
-while getopts "r:s:h" opt; do
+ROUNDS=3
+while getopts "r:s:n:h" opt; do
 	case $opt in
 	r) RUNTIME=$OPTARG ;;
 	s) SHORT=$OPTARG ;;
-	*) sed -n '2,15p' "$0"; exit 2 ;;
+	n) ROUNDS=$OPTARG ;;
+	*) sed -n '2,33p' "$0"; exit 2 ;;
 	esac
 done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,8 +51,12 @@ for tool in fio jq; do
 done
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/cairn-snapbench.XXXXXX")
 PID=""
-cleanup() {
+stop_daemon() {
 	if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+	PID=""
+}
+cleanup() {
+	stop_daemon
 	rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -40,32 +64,40 @@ log() { echo "[$(date +%T)] $*" >&2; }
 
 CAIRN=$WORK/cairn
 (cd "$ROOT" && $GO build -o "$CAIRN" ./cmd/cairn)
-"$CAIRN" daemon --data-dir "$WORK/d" --api 127.0.0.1:0 --nbd 127.0.0.1:0 --nbd-socket "$WORK/nbd.sock" \
-	--default-drive-size 32G >"$WORK/log" 2>&1 &
-PID=$!
-for _ in $(seq 100); do grep -q 'msg="api listening"' "$WORK/log" 2>/dev/null && break; sleep 0.1; done
-API=$(sed -n 's/.*msg="api listening" addr=\([^ ]*\).*/\1/p' "$WORK/log")
-[ -n "$API" ] || { cat "$WORK/log" >&2; exit 1; }
+# start_daemon NAME: runs a daemon on $WORK/NAME (one at a time).
+start_daemon() {
+	stop_daemon
+	DIR=$WORK/$1
+	mkdir -p "$DIR"
+	"$CAIRN" daemon --data-dir "$DIR/d" --api 127.0.0.1:0 --nbd 127.0.0.1:0 --nbd-socket "$DIR/nbd.sock" \
+		--default-drive-size 32G >"$DIR/log" 2>&1 &
+	PID=$!
+	for _ in $(seq 100); do grep -q 'msg="api listening"' "$DIR/log" 2>/dev/null && break; sleep 0.1; done
+	API=$(sed -n 's/.*msg="api listening" addr=\([^ ]*\).*/\1/p' "$DIR/log")
+	[ -n "$API" ] || { cat "$DIR/log" >&2; exit 1; }
+}
 cairn() { "$CAIRN" --host "$API" "$@"; }
-uri() { echo "nbd+unix:///$1?socket=$WORK/nbd.sock"; }
+uri() { echo "nbd+unix:///$1?socket=$DIR/nbd.sock"; }
 
 drop() { sync; [ "$(id -u)" = 0 ] && echo 3 >/proc/sys/vm/drop_caches || true; }
-# fio_iops VOLUME RW SECONDS: IOPS of a 4k QD32 time-based run.
-fio_iops() {
-	drop
+# fio_run VOLUME RW SECONDS: IOPS of a 4k QD32 time-based run.
+fio_run() {
 	fio --name="$2" --ioengine=nbd --uri="$(uri "$1")" --rw="$2" --bs=4k --iodepth=32 --size=1G \
 		--time_based --runtime="$3" --output-format=json --output="$WORK/fio.json" >/dev/null
 	jq -r "(.jobs[0].read.iops + .jobs[0].write.iops) | floor" "$WORK/fio.json"
 }
+fio_iops() { drop; fio_run "$@"; }
 prefill() {
 	fio --name=prefill --ioengine=nbd --uri="$(uri "$1")" --rw=write --bs=1M --iodepth=8 --size=1G >/dev/null
 }
+seqread() {
+	fio --name=warm --ioengine=nbd --uri="$(uri "$1")" --rw=read --bs=1M --iodepth=8 --size=1G >/dev/null
+}
 
+# Writes.
+start_daemon write
 cairn volume create w --size 1G >/dev/null
-cairn volume create r --size 1G >/dev/null
 prefill w
-prefill r
-
 log "write: no snapshot (${RUNTIME}s)"; w_base=$(fio_iops w randwrite "$RUNTIME")
 cairn volume snapshot create w --name w.s1 >/dev/null
 log "write: right after a snapshot (${RUNTIME}s)"; w_snap=$(fio_iops w randwrite "$RUNTIME")
@@ -74,26 +106,71 @@ log "write: no snapshot (${SHORT}s)"; w_base_s=$(fio_iops w randwrite "$SHORT")
 cairn volume snapshot create w --name w.s2 >/dev/null
 log "write: right after a snapshot (${SHORT}s)"; w_snap_s=$(fio_iops w randwrite "$SHORT")
 cairn volume snapshot delete w.s2 >/dev/null
+stop_daemon
 
-log "read: no snapshot (${RUNTIME}s)"; r_base=$(fio_iops r randread "$RUNTIME")
-log "read: taking 64 snapshots, 128 random writes between each two"
-for i in $(seq 64); do
-	fio --name=churn --ioengine=nbd --uri="$(uri r)" --rw=randwrite --bs=4k --iodepth=32 --size=1G \
-		--number_ios=128 --randseed="$i" >/dev/null
-	cairn volume snapshot create r --name "r.s$i" >/dev/null
+# Reads: set up the three arms.
+ARMS="none snaps deleted"
+for arm in $ARMS; do
+	log "read: setting up arm $arm"
+	start_daemon "$arm"
+	cairn volume create r --size 1G >/dev/null
+	prefill r
+	for i in $(seq 64); do
+		fio --name=churn --ioengine=nbd --uri="$(uri r)" --rw=randwrite --bs=4k --iodepth=32 --size=1G \
+			--number_ios=128 --randseed="$i" >/dev/null
+		[ "$arm" = none ] || cairn volume snapshot create r --name "r.s$i" >/dev/null
+	done
+	if [ "$arm" = deleted ]; then
+		for i in $(seq 64); do cairn volume snapshot delete "r.s$i" >/dev/null; done
+	fi
+	n=$(cairn volume snapshot list r --json | jq 'length')
+	want=64; [ "$arm" = snaps ] || want=0
+	[ "$n" = "$want" ] || { echo "snapshot.sh: arm $arm has $n snapshots, want $want" >&2; exit 1; }
+	stop_daemon
 done
-log "read: 64 snapshots (${RUNTIME}s)"; r_snap=$(fio_iops r randread "$RUNTIME")
-# Control: the same volume (same extents, scattered by the copies) with its
-# snapshots deleted, to tell the snapshots' cost from the layout's.
-for i in $(seq 64); do cairn volume snapshot delete "r.s$i" >/dev/null; done
-log "read: same volume, snapshots deleted (${RUNTIME}s)"; r_after=$(fio_iops r randread "$RUNTIME")
 
+# measure ARM STATE: one randread run on a fresh daemon; appends to RES_<STATE>_<ARM>.
+measure() {
+	start_daemon "$1"
+	case $2 in
+	cold) drop ;;
+	warm) seqread r ;;
+	esac
+	log "read: $2, arm $1 (${RUNTIME}s)"
+	local iops
+	iops=$(fio_run r randread "$RUNTIME")
+	stop_daemon
+	eval "RES_$2_$1=\"\${RES_$2_$1:-} $iops\""
+}
+order=$ARMS
+reverse() { local out=""; for a in $1; do out="$a $out"; done; echo $out; }
+for _ in $(seq "$ROUNDS"); do
+	for state in cold warm; do
+		for arm in $order; do measure "$arm" "$state"; done
+	done
+	order=$(reverse "$order")
+done
+
+median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END { if (NR % 2) print v[(NR+1)/2]; else print int((v[NR/2]+v[NR/2+1])/2) }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f×", a / b }'; }
-echo "bench/snapshot.sh -r $RUNTIME -s $SHORT — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r)"
+res() { eval "echo \${RES_$1_$2}"; }
+
+echo "bench/snapshot.sh -r $RUNTIME -s $SHORT -n $ROUNDS — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r)"
 echo
 echo "| workload (fio nbd, 4k, QD32) | without snapshots | with | ratio |"
 echo "|---|---:|---:|---:|"
 echo "| randwrite ${RUNTIME}s, right after a snapshot | $w_base | $w_snap | $(ratio "$w_snap" "$w_base") |"
 echo "| randwrite ${SHORT}s, right after a snapshot | $w_base_s | $w_snap_s | $(ratio "$w_snap_s" "$w_base_s") |"
-echo "| randread ${RUNTIME}s, 64 snapshots | $r_base | $r_snap | $(ratio "$r_snap" "$r_base") |"
-echo "| randread ${RUNTIME}s, 64 snapshots vs the same volume after deleting them | $r_after | $r_snap | $(ratio "$r_snap" "$r_after") |"
+for state in cold warm; do
+	none=$(res "$state" none | median)
+	snaps=$(res "$state" snaps | median)
+	deleted=$(res "$state" deleted | median)
+	echo "| randread ${RUNTIME}s $state, 64 snapshots (median of $ROUNDS) | $none | $snaps | $(ratio "$snaps" "$none") |"
+	echo "| randread ${RUNTIME}s $state, 64 snapshots vs the same volume after deleting them | $deleted | $snaps | $(ratio "$snaps" "$deleted") |"
+done
+echo
+echo "| randread ${RUNTIME}s, every run (IOPS, in order) | none | snaps | deleted |"
+echo "|---|---|---|---|"
+for state in cold warm; do
+	echo "| $state | $(res "$state" none) | $(res "$state" snaps) | $(res "$state" deleted) |"
+done
