@@ -90,7 +90,7 @@ type pool struct {
 
 type poolDrive struct {
 	d     drive.Drive
-	sb    superblock
+	sb    superblock // as read or formatted; never written after the drive is published
 	dirty atomic.Bool // written since its last sync
 }
 
@@ -250,7 +250,8 @@ func (p *pool) rotate(snap []byte) error {
 		return err
 	}
 	p.sb0, p.log = sb, w
-	p.drives[0].sb = sb
+	// drives[0].sb keeps its old log fields: readers on the I/O path use its
+	// data layout without locks, and only sb0 says where the log is.
 	return nil
 }
 
