@@ -34,6 +34,7 @@ type Allocator struct {
 	used   int64
 	total  int64
 	shared map[Extent]uint32 // extra references beyond the first (snapshots)
+	gen    uint64            // bumped whenever an extent in use gains or loses a reference
 }
 
 type driveSpace struct {
@@ -112,8 +113,14 @@ func (a *Allocator) Ref(e Extent) error {
 		return fmt.Errorf("%w: ref of free extent %d", ErrInvalid, e)
 	}
 	a.shared[e]++
+	a.gen++
 	return nil
 }
+
+// Generation changes whenever an extent in use gains or loses a reference, so
+// a count over existing extents' references (a snapshot's exclusive space)
+// is still true while it is unchanged.
+func (a *Allocator) Generation() uint64 { return a.gen }
 
 // Refs reports how many references an extent has (0 = free).
 func (a *Allocator) Refs(e Extent) int {
@@ -133,6 +140,7 @@ func (a *Allocator) Free(e Extent) error {
 	if ds.bits[idx/64]&(1<<(idx%64)) == 0 {
 		return fmt.Errorf("%w: double free of extent %d", ErrInvalid, e)
 	}
+	a.gen++
 	if n := a.shared[e]; n > 0 {
 		if n == 1 {
 			delete(a.shared, e)

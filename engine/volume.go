@@ -21,15 +21,16 @@ type Volume struct {
 	pool *pool
 	id   uint32
 
-	ioMu    sync.RWMutex
-	table   *table       // REQUIRES ioMu to read the pointer; replaced under ioMu (write) + pool.mu
-	meta    volumeMeta   // REQUIRES pool.mu (name, uid, created never change)
-	size    atomic.Int64 // logical size in bytes
-	used    atomic.Int64 // extents mapped
-	deleted bool         // REQUIRES ioMu (write) to set
-	holds   atomic.Int32
-	rmw     [16]sync.Mutex // partial-block read-modify-write, striped by block
-	cowMu   [16]sync.Mutex // copy-on-write of a shared extent, striped by logical extent
+	ioMu      sync.RWMutex
+	table     *table       // REQUIRES ioMu to read the pointer; replaced under ioMu (write) + pool.mu
+	meta      volumeMeta   // REQUIRES pool.mu (name, uid, created never change)
+	size      atomic.Int64 // logical size in bytes
+	used      atomic.Int64 // extents mapped
+	deleted   bool         // REQUIRES ioMu (write) to set
+	holds     atomic.Int32
+	exclusive exclusiveCount // REQUIRES pool.mu
+	rmw       [16]sync.Mutex // partial-block read-modify-write, striped by block
+	cowMu     [16]sync.Mutex // copy-on-write of a shared extent, striped by logical extent
 }
 
 // newVolume builds an empty volume in p (not yet registered).
@@ -138,29 +139,45 @@ func (v *Volume) ReadAt(p []byte, off int64) error {
 }
 
 // exclusiveBytes is the space only this volume references (what deleting
-// it gives back). Takes pool.mu.
+// it gives back). Listings, status, metrics and the snapshot scheduler ask for
+// it often, so the count is kept until an extent's references change
+// (allocator generation). Takes ioMu (read) and pool.mu.
 func (v *Volume) exclusiveBytes() int64 {
 	p := v.pool
-	// A snapshot's mapping never changes, so it is collected without the pool
-	// lock; references are checked in batches, so a listing of many large
-	// snapshots never holds up the pool's writers for long.
 	v.ioMu.RLock()
-	var exts []allocator.Extent
-	v.table.forEach(func(_ uint32, ext allocator.Extent) { exts = append(exts, ext) })
-	v.ioMu.RUnlock()
-	var n int64
-	for len(exts) > 0 {
-		batch := exts[:min(len(exts), 4096)]
-		p.mu.Lock()
-		for _, ext := range batch {
-			if p.alloc.Refs(ext) == 1 {
-				n++
-			}
-		}
-		p.mu.Unlock()
-		exts = exts[len(batch):]
+	defer v.ioMu.RUnlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	gen := p.alloc.Generation()
+	if v.exclusive.valid && v.exclusive.gen == gen && v.exclusive.table == v.table {
+		return v.exclusive.bytes
 	}
+	var n, seen int64
+	v.table.forEach(func(_ uint32, ext allocator.Extent) {
+		if p.alloc.Refs(ext) == 1 {
+			n++
+		}
+		// Let writers that need the pool lock in now and then.
+		if seen++; seen%4096 == 0 {
+			p.mu.Unlock()
+			p.mu.Lock()
+		}
+	})
+	if p.alloc.Generation() != gen {
+		// References changed while the lock was let go: the count is a
+		// mix of before and after. Good enough to report; not kept.
+		return n * ExtentSize
+	}
+	v.exclusive = exclusiveCount{valid: true, gen: gen, table: v.table, bytes: n * ExtentSize}
 	return n * ExtentSize
+}
+
+// exclusiveCount is a remembered exclusiveBytes result. REQUIRES pool.mu.
+type exclusiveCount struct {
+	valid bool
+	gen   uint64
+	table *table
+	bytes int64
 }
 
 // checkWrite validates a modifying request.
