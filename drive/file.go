@@ -187,12 +187,15 @@ func (d *File) WriteAt(p []byte, off int64) error {
 // cachedWriteChunk caps each pwrite into the page cache. The kernel sizes a
 // new page-cache folio by the write (or readahead) that creates it, up to
 // 2 MiB on ext4, and every later small write into a folio walks all of the
-// folio's block buffers. Measured on ext4, kernel 6.18, one core: 4 KiB random
-// pwrites into 1 MiB folios 76k/s, into 64 KiB folios ~200k/s, into 16 KiB
-// folios ~300k/s; but a 1 MiB write costs ~2x more as 16 KiB pieces than as
-// 64 KiB ones. 64 KiB is the balance (engine benchmarks: 4 KiB random writes
-// 4x faster than with 1 MiB pieces, 1 MiB writes ~2/3 as fast).
-const cachedWriteChunk = 64 << 10
+// folio's block buffers: small folios make small writes cheap, large ones make
+// large writes cheap. Engine benchmarks (go test -bench ./bench/, ext4, kernel
+// 6.18, 2 cores), 4 KiB random writes QD32 / 1 MiB sequential writes:
+//
+//	1 MiB pieces    39–52k ops/s   9–11 GB/s
+//	64 KiB pieces  210–250k ops/s  8–9.7 GB/s
+//	32 KiB pieces  290–320k ops/s  6.5–7.2 GB/s   <- chosen
+//	16 KiB pieces  390–420k ops/s  5.4–6.0 GB/s
+const cachedWriteChunk = 32 << 10
 
 func (d *File) Zero(off, n int64) error {
 	if err := checkRange(d, int(n), off); err != nil {
