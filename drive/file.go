@@ -217,6 +217,23 @@ func (d *File) Zero(off, n int64) error {
 	return nil
 }
 
+// NextData returns the first offset ≥ off that may hold data: a regular
+// file's holes (never written, or punched) read as zeros and can be skipped.
+// Block devices report off itself.
+func (d *File) NextData(off int64) (int64, bool) {
+	if d.kind != KindFile {
+		return off, true
+	}
+	next, err := unix.Seek(int(d.f.Fd()), off, unix.SEEK_DATA) // I/O uses pread/pwrite: the file offset is free
+	if err == unix.ENXIO {
+		return 0, false
+	}
+	if err != nil {
+		return off, true
+	}
+	return next, true
+}
+
 // ReadAhead turns the kernel's readahead on for a caller about to read a
 // long range in order (the log, at replay), and off again. It is off for
 // normal use: see cachedWriteChunk.

@@ -4,6 +4,14 @@ import (
 	"fmt"
 )
 
+// HoleSkipper is a device that knows where it holds only zeros (a sparse
+// file): the tail check skips those ranges instead of reading them.
+type HoleSkipper interface {
+	// NextData returns the first offset ≥ off that may hold data; false when
+	// there is none before the end.
+	NextData(off int64) (int64, bool)
+}
+
 // ReadAheader is a device whose readahead can be turned on while the log is
 // read in order.
 type ReadAheader interface {
@@ -54,7 +62,20 @@ func Replay(dev Device, region Region, logID, startSeq uint64, fn func(typ Type,
 func checkTail(dev Device, region Region, pos Position, hbuf []byte, payload *[]byte) error {
 	const chunk = 1 << 20
 	buf := make([]byte, chunk)
+	skipper, _ := dev.(HoleSkipper)
 	for base := pos.Off + SectorSize; base+SectorSize <= region.Size; base += chunk {
+		if skipper != nil {
+			next, ok := skipper.NextData(region.Base + base)
+			if !ok {
+				break // only holes (zeros) to the end of the device
+			}
+			if skip := (next - region.Base) &^ (SectorSize - 1); skip > base {
+				base = skip
+				if base+SectorSize > region.Size {
+					break
+				}
+			}
+		}
 		n := min(int64(chunk), region.Size-base) / SectorSize * SectorSize
 		if err := dev.ReadAt(buf[:n], region.Base+base); err != nil {
 			return fmt.Errorf("wal: read at %d: %w", region.Base+base, err)
