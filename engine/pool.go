@@ -90,7 +90,7 @@ type pool struct {
 
 type poolDrive struct {
 	d     drive.Drive
-	sb    superblock // as read or formatted; never written after the drive is published
+	sb    superblock  // as read or formatted; never written after the drive is published
 	dirty atomic.Bool // written since its last sync
 }
 
