@@ -43,6 +43,10 @@ type Drive interface {
 	// Rotational reports what the device says about itself: used to detect
 	// io_priority (NVMe high, non-rotational medium, rotational low).
 	Kind() Kind
+	// Cached reports whether a write returns once its data is in memory
+	// (the page cache, or Mem's buffer) rather than on the device: such
+	// writes are CPU work that never waits for the device.
+	Cached() bool
 	Close() error
 }
 

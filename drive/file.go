@@ -110,6 +110,7 @@ func deviceKind(path string) Kind {
 func (d *File) Path() string { return d.path }
 func (d *File) Size() int64  { return d.size }
 func (d *File) Kind() Kind   { return d.kind }
+func (d *File) Cached() bool { return !d.direct }
 func (d *File) Close() error {
 	if d.mem != nil {
 		unix.Munmap(d.mem)

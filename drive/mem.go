@@ -56,6 +56,7 @@ func NewMem(path string, size int64) *Mem {
 func (m *Mem) Path() string   { return m.path }
 func (m *Mem) Size() int64    { return int64(len(m.current)) }
 func (m *Mem) Kind() Kind     { return m.kind }
+func (m *Mem) Cached() bool   { return true }
 func (m *Mem) SetKind(k Kind) { m.kind = k }
 func (m *Mem) Close() error {
 	m.mu.Lock()

@@ -69,6 +69,18 @@ func (v *Volume) Size() int64 { return v.size.Load() }
 // ReadOnly reports whether writes are refused (snapshots).
 func (v *Volume) ReadOnly() bool { return v.meta.readOnly }
 
+// WritesCached reports whether every drive of the volume's pool takes writes
+// into memory (drive.Drive.Cached): then a write is CPU work that never
+// waits for a device, and running many at once only adds lock contention.
+func (v *Volume) WritesCached() bool {
+	for _, pd := range v.pool.layoutPtr.Load().drives {
+		if !pd.d.Cached() {
+			return false
+		}
+	}
+	return true
+}
+
 // Hold marks the volume in use (exported, attached) until release is called;
 // DeleteVolume refuses a held volume.
 func (v *Volume) Hold() (release func()) {

@@ -66,10 +66,13 @@ type conn struct {
 	readOnly    bool
 	blockStatus bool
 
-	free   chan *request // slots not in flight; its capacity is MaxInFlight
-	work   chan *request // reader → workers
-	done   chan *request // workers → writer
-	budget byteBudget    // payload bytes in flight
+	free chan *request // slots not in flight; its capacity is MaxInFlight
+	work chan *request // reader → workers
+	// cachedWrites: reader → the cached-write workers, for plain writes to
+	// a CachedWriter export; nil when the export is not one.
+	cachedWrites chan *request
+	done         chan *request // workers → writer
+	budget       byteBudget    // payload bytes in flight
 	// pending counts requests queued to the workers or the writer whose
 	// reply is not yet flushed to the socket. The reader adds, the writer
 	// subtracts after a flush. When the reader sees 0 the writer has
@@ -200,15 +203,22 @@ func (c *conn) transmit() error {
 	c.budget.init(maxInFlightBytes)
 
 	var workers sync.WaitGroup
-	for range cfg.Workers {
-		workers.Add(1)
-		go func() {
-			defer workers.Done()
-			for r := range c.work {
-				c.execute(r)
-				c.done <- r
-			}
-		}()
+	startWorkers := func(n int, queue <-chan *request) {
+		for range n {
+			workers.Add(1)
+			go func() {
+				defer workers.Done()
+				for r := range queue {
+					c.execute(r)
+					c.done <- r
+				}
+			}()
+		}
+	}
+	startWorkers(cfg.Workers, c.work)
+	if cw, ok := c.exp.(CachedWriter); ok && cw.WritesCached() && !c.readOnly {
+		c.cachedWrites = make(chan *request, cfg.MaxInFlight)
+		startWorkers(cfg.CachedWriteWorkers, c.cachedWrites)
 	}
 	writerDone := make(chan struct{})
 	go func() {
@@ -219,6 +229,9 @@ func (c *conn) transmit() error {
 	err := c.readLoop()
 
 	close(c.work)
+	if c.cachedWrites != nil {
+		close(c.cachedWrites)
+	}
 	workers.Wait()
 	close(c.done)
 	<-writerDone
@@ -292,7 +305,11 @@ func (c *conn) readLoop() error {
 			r.budget = int64(length)
 		}
 		c.pending.Add(1)
-		c.work <- r
+		if c.cachedWrites != nil && typ == cmdWrite && flags&cmdFlagFUA == 0 && r.errno == 0 {
+			c.cachedWrites <- r
+		} else {
+			c.work <- r
+		}
 	}
 }
 

@@ -81,8 +81,11 @@
 // The reader owns the receiving half of the socket: it decodes a request
 // header, takes a free request slot (blocking when Config.MaxInFlight are in
 // flight, which is the back-pressure), reads a WRITE payload into a pooled
-// buffer and queues the request. A worker runs it against the Export and
-// hands it to the writer, which owns the sending half: it appends replies to
+// buffer and queues the request. Plain writes to an export whose writes land
+// in the page cache (CachedWriter) go to a second, small pool
+// (Config.CachedWriteWorkers, 4): they never wait for a device, and on two
+// cores more of them at once only spin on the drive file's inode lock. A
+// worker runs the request against the Export and hands it to the writer, which owns the sending half: it appends replies to
 // a bufio.Writer and flushes only when no further reply is queued, so a busy
 // connection sends many replies per syscall. The writer then returns the
 // buffer to its pool and the slot to the free list; a slot is owned by

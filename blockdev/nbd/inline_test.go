@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 )
@@ -112,5 +113,94 @@ func TestInlineAndQueuedMix(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// concurrencyExport wraps an export and records how many WriteAt calls ran
+// at once, split by FUA. Each write lingers a little so that writes the
+// server runs in parallel do overlap.
+type concurrencyExport struct {
+	Export
+	cached           bool
+	mu               sync.Mutex
+	plain, fua       int // running now
+	maxPlain, maxFUA int
+}
+
+func (e *concurrencyExport) WritesCached() bool { return e.cached }
+
+func (e *concurrencyExport) WriteAt(p []byte, off int64, fua bool) error {
+	e.mu.Lock()
+	if fua {
+		e.fua++
+		e.maxFUA = max(e.maxFUA, e.fua)
+	} else {
+		e.plain++
+		e.maxPlain = max(e.maxPlain, e.plain)
+	}
+	e.mu.Unlock()
+	time.Sleep(2 * time.Millisecond)
+	err := e.Export.WriteAt(p, off, fua)
+	e.mu.Lock()
+	if fua {
+		e.fua--
+	} else {
+		e.plain--
+	}
+	e.mu.Unlock()
+	return err
+}
+
+// Plain writes to an export whose writes are cached run on at most
+// CachedWriteWorkers workers; FUA writes (which wait for a commit) and every
+// write of other exports use the full pool. Whatever pool ran them, every
+// write lands and reads back.
+func TestCachedWritesRunOnTheirOwnPool(t *testing.T) {
+	env := newEnv(t)
+	env.volume("vol", 64<<20)
+	v, err := env.eng.Volume("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !v.WritesCached() {
+		t.Fatal("a volume on a sparse file drive should say its writes are cached")
+	}
+	for _, cached := range []bool{true, false} {
+		exp := &concurrencyExport{Export: v, cached: cached}
+		name := fmt.Sprintf("cached-%v", cached)
+		env.exps.mu.Lock()
+		env.exps.extra[name] = exp
+		env.exps.mu.Unlock()
+		c := connectRaw(t, env.sock, name, false)
+		c.nc.SetDeadline(time.Now().Add(30 * time.Second))
+		const n = 48
+		want := make(map[uint64][]byte)
+		for i := range uint64(n) {
+			p := bytes.Repeat([]byte{byte(i + 1), byte(len(name))}, 2048)
+			flags := uint16(0)
+			if i%4 == 3 {
+				flags = cmdFlagFUA
+			}
+			want[i*8192] = p
+			c.request(cmdWrite, flags, i+1, i*8192, uint32(len(p)), p)
+		}
+		for range n {
+			if r := c.readReply(0); r.errno != 0 {
+				t.Fatalf("%s: write %d: errno %d %s", name, r.handle, r.errno, r.msg)
+			}
+		}
+		for off, p := range want {
+			c.request(cmdRead, 0, 1, off, uint32(len(p)), nil)
+			if r := c.readReply(len(p)); r.errno != 0 || !bytes.Equal(r.data, p) {
+				t.Fatalf("%s: read at %d: errno %d, data equal %v", name, off, r.errno, bytes.Equal(r.data, p))
+			}
+		}
+		exp.mu.Lock()
+		maxPlain, maxFUA := exp.maxPlain, exp.maxFUA
+		exp.mu.Unlock()
+		t.Logf("%s: at most %d plain and %d FUA writes at once", name, maxPlain, maxFUA)
+		if cached && maxPlain > defaultCachedWriteWorkers {
+			t.Fatalf("%d plain writes ran at once on a cached export, the pool has %d workers", maxPlain, defaultCachedWriteWorkers)
+		}
 	}
 }

@@ -179,6 +179,10 @@ type memExport struct {
 func (m *memExport) Name() string   { return m.name }
 func (m *memExport) Size() int64    { return int64(len(m.data)) }
 func (m *memExport) ReadOnly() bool { return false }
+
+// WritesCached: a write is a copy under a lock, like the engine's writes into
+// the page cache, so nbdserve -mem runs writes on the same small pool.
+func (m *memExport) WritesCached() bool { return true }
 func (m *memExport) ReadAt(p []byte, off int64) error {
 	m.mu.RLock()
 	copy(p, m.data[off:])
