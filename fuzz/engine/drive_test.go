@@ -34,6 +34,7 @@ func (d *sparseDrive) clone() *sparseDrive {
 func (d *sparseDrive) Path() string     { return d.path }
 func (d *sparseDrive) Size() int64      { return d.size }
 func (d *sparseDrive) Kind() drive.Kind { return drive.KindFile }
+func (d *sparseDrive) Cached() bool     { return true }
 func (d *sparseDrive) Close() error     { return nil }
 func (d *sparseDrive) Sync() error      { return nil }
 func (d *sparseDrive) writeCount() int  { d.mu.Lock(); defer d.mu.Unlock(); return d.writes }
