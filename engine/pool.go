@@ -198,7 +198,7 @@ func (p *pool) syncData() error {
 		if pd.dirty.Swap(false) {
 			if err := pd.d.Sync(); err != nil {
 				pd.dirty.Store(true)
-				return err
+				return fmt.Errorf("%w: %v", ErrIO, err)
 			}
 		}
 	}
