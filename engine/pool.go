@@ -60,6 +60,8 @@ type pool struct {
 	committer *wal.Committer
 	layoutPtr atomic.Pointer[poolLayout] // drives for the I/O path; replaced when a drive is added
 	failed    atomic.Pointer[error]      // set when a round fails: the pool is read-only-dead
+	// writeWaits counts writes that waited for a round (Volume.WriteWaits).
+	writeWaits atomic.Uint64
 
 	// round state: touched only by commit rounds (which never overlap) and Open.
 	log     *wal.Writer

@@ -69,6 +69,11 @@ func (v *Volume) Size() int64 { return v.size.Load() }
 // ReadOnly reports whether writes are refused (snapshots).
 func (v *Volume) ReadOnly() bool { return v.meta.readOnly }
 
+// WriteWaits counts the writes to the volume's pool that had to wait for a
+// commit round (for reserved extents: first writes to a thin volume,
+// copy-on-write after a snapshot).
+func (v *Volume) WriteWaits() uint64 { return v.pool.writeWaits.Load() }
+
 // WritesCached reports whether every drive of the volume's pool takes writes
 // into memory (drive.Drive.Cached): then a write is CPU work that never
 // waits for a device, and running many at once only adds lock contention.
@@ -362,6 +367,7 @@ func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
 		if !worthWaiting {
 			return 0, fmt.Errorf("%w: %s: volume %q", ErrNoSpace, p, v.meta.name)
 		}
+		p.writeWaits.Add(1)
 		if err := p.commit(); err != nil {
 			return 0, err
 		}
@@ -397,6 +403,7 @@ func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
 			if !worthWaiting {
 				return 0, fmt.Errorf("%w: %s: volume %q (copy-on-write)", ErrNoSpace, p, v.meta.name)
 			}
+			p.writeWaits.Add(1)
 			if err := p.commit(); err != nil {
 				return 0, err
 			}

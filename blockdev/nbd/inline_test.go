@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -128,6 +129,7 @@ type concurrencyExport struct {
 }
 
 func (e *concurrencyExport) WritesCached() bool { return e.cached }
+func (e *concurrencyExport) WriteWaits() uint64 { return 0 }
 
 func (e *concurrencyExport) WriteAt(p []byte, off int64, fua bool) error {
 	e.mu.Lock()
@@ -202,5 +204,102 @@ func TestCachedWritesRunOnTheirOwnPool(t *testing.T) {
 		if cached && maxPlain > defaultCachedWriteWorkers {
 			t.Fatalf("%d plain writes ran at once on a cached export, the pool has %d workers", maxPlain, defaultCachedWriteWorkers)
 		}
+	}
+}
+
+// gatedExport holds each plain write until `need` of them are inside
+// WriteAt at once (or 2 s pass), after a first write that says it waited
+// (WriteWaits): it tells whether plain writes could run on more than the
+// small pool.
+type gatedExport struct {
+	Export
+	mu      sync.Mutex
+	slow    bool // the next write waits (counts in waits)
+	waits   atomic.Uint64
+	armed   bool // writes wait at the gate
+	inside  int
+	most    int // the most inside at once
+	need    int
+	opened  chan struct{}
+	reached bool
+}
+
+func (e *gatedExport) WritesCached() bool { return true }
+func (e *gatedExport) WriteWaits() uint64 { return e.waits.Load() }
+
+func (e *gatedExport) WriteAt(p []byte, off int64, fua bool) error {
+	e.mu.Lock()
+	if e.slow {
+		e.slow = false
+		e.mu.Unlock()
+		e.waits.Add(1)
+		return e.Export.WriteAt(p, off, fua)
+	}
+	if !e.armed {
+		e.mu.Unlock()
+		return e.Export.WriteAt(p, off, fua)
+	}
+	e.inside++
+	e.most = max(e.most, e.inside)
+	if e.inside == e.need {
+		e.reached = true
+		close(e.opened)
+	}
+	opened := e.opened
+	e.mu.Unlock()
+	select {
+	case <-opened:
+	case <-time.After(2 * time.Second): // not all of them got in: give up
+	}
+	e.mu.Lock()
+	e.inside--
+	e.mu.Unlock()
+	return e.Export.WriteAt(p, off, fua)
+}
+
+// After a plain write to a cached export waited (its WriteWaits moved),
+// plain writes go to the full pool for a while: a small pool whose workers
+// all wait would stop the connection's writes.
+func TestSlowCachedWriteOpensTheFullPool(t *testing.T) {
+	old := cachedWritesBackoff
+	cachedWritesBackoff = time.Minute // the burst below surely falls inside it
+	t.Cleanup(func() { cachedWritesBackoff = old })
+	env := newEnv(t)
+	env.volume("vol", 64<<20)
+	v, err := env.eng.Volume("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const burst = 2 * defaultCachedWriteWorkers
+	exp := &gatedExport{Export: v, slow: true, need: burst, opened: make(chan struct{})}
+	env.exps.mu.Lock()
+	env.exps.extra["gated"] = exp
+	env.exps.mu.Unlock()
+	c := connectRaw(t, env.sock, "gated", false)
+	c.nc.SetDeadline(time.Now().Add(30 * time.Second))
+	p := bytes.Repeat([]byte{7}, 4096)
+	// Two in one socket write, so that they are queued (a lone write runs
+	// inline, on the reader): one of them is the slow one.
+	c.write(append(encodeRequest(cmdWrite, 0, 1, 0, 4096, p), encodeRequest(cmdWrite, 0, 2, 4096, 4096, p)...))
+	for range 2 {
+		if r := c.readReply(0); r.errno != 0 {
+			t.Fatalf("write %d: errno %d", r.handle, r.errno)
+		}
+	}
+	exp.mu.Lock()
+	exp.armed = true
+	exp.mu.Unlock()
+	for i := range uint64(burst) {
+		c.request(cmdWrite, 0, 10+i, (2+i)*4096, 4096, p)
+	}
+	for range burst {
+		if r := c.readReply(0); r.errno != 0 {
+			t.Fatalf("write %d: errno %d", r.handle, r.errno)
+		}
+	}
+	exp.mu.Lock()
+	defer exp.mu.Unlock()
+	if !exp.reached {
+		t.Fatalf("only %d of %d plain writes ran at once after a slow one; the small pool has %d workers", exp.most, burst, defaultCachedWriteWorkers)
 	}
 }

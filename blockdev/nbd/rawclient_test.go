@@ -144,6 +144,10 @@ func connectRaw(t testing.TB, sock, name string, structured bool) *rawClient {
 
 func (c *rawClient) request(typ, flags uint16, handle, off uint64, length uint32, payload []byte) {
 	c.t.Helper()
+	c.write(encodeRequest(typ, flags, handle, off, length, payload))
+}
+
+func encodeRequest(typ, flags uint16, handle, off uint64, length uint32, payload []byte) []byte {
 	b := make([]byte, requestHeaderLen, requestHeaderLen+len(payload))
 	be.PutUint32(b[0:], magicRequest)
 	be.PutUint16(b[4:], flags)
@@ -151,7 +155,7 @@ func (c *rawClient) request(typ, flags uint16, handle, off uint64, length uint32
 	be.PutUint64(b[8:], handle)
 	be.PutUint64(b[16:], off)
 	be.PutUint32(b[24:], length)
-	c.write(append(b, payload...))
+	return append(b, payload...)
 }
 
 // reply is one decoded reply (all chunks of a structured one).

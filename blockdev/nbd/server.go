@@ -35,9 +35,12 @@ type Export interface {
 // (Config.CachedWriteWorkers): they are CPU work, and with two cores more of
 // them at once only spin on the same file's locks. Everything that may wait
 // for a device — reads that fault pages in, flushes, FUA writes — keeps the
-// full worker pool.
+// full worker pool. WriteWaits counts the writes that had to wait all the
+// same (for a commit round: first writes to a thin volume, copy-on-write);
+// while it moves, plain writes use the full pool too.
 type CachedWriter interface {
 	WritesCached() bool
+	WriteWaits() uint64
 }
 
 // Exports is the catalogue the server serves from (the daemon implements it

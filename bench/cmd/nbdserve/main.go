@@ -183,6 +183,7 @@ func (m *memExport) ReadOnly() bool { return false }
 // WritesCached: a write is a copy under a lock, like the engine's writes into
 // the page cache, so nbdserve -mem runs writes on the same small pool.
 func (m *memExport) WritesCached() bool { return true }
+func (m *memExport) WriteWaits() uint64 { return 0 }
 func (m *memExport) ReadAt(p []byte, off int64) error {
 	m.mu.RLock()
 	copy(p, m.data[off:])
