@@ -84,7 +84,9 @@
 // buffer and queues the request. Plain writes to an export whose writes land
 // in the page cache (CachedWriter) go to a second, small pool
 // (Config.CachedWriteWorkers, 4): they never wait for a device, and on two
-// cores more of them at once only spin on the drive file's inode lock. A
+// cores more of them at once only spin on the drive file's inode lock. When
+// one of them had to wait all the same (for a commit round: thin first
+// writes, copy-on-write), plain writes use the full pool for 100 ms. A
 // worker runs the request against the Export and hands it to the writer, which owns the sending half: it appends replies to
 // a bufio.Writer and flushes only when no further reply is queued, so a busy
 // connection sends many replies per syscall. The writer then returns the
