@@ -489,11 +489,11 @@ func TestConcurrentFirstWritesNoFalseENOSPC(t *testing.T) {
 	}
 }
 
-// Flushes from many goroutines at once, most of them finding no metadata
-// waiting and syncing the data drive themselves, some after first writes to
-// fresh extents (their records go through a commit round): after a crash,
-// every block holds the version its writer's last successful flush covered,
-// or one written after it — never an older one, never anything else.
+// Writes, FUA writes and flushes from many goroutines at once, over mapped
+// extents (no records: a flush is a data sync) and fresh ones (a record each,
+// logged by the same rounds): after a crash, every block holds the version
+// its writer's last successful flush covered, or one written after it —
+// never an older one, never anything else.
 func TestConcurrentFlushesMakeWritesDurable(t *testing.T) {
 	const (
 		writers = 8
