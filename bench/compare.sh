@@ -24,7 +24,10 @@
 #   -n  rounds: run every server N times, interleaved; the table shows the
 #       median IOPS of the rounds (default 1)
 #   -m  also measure each server's CPU time (µs) and context switches (cs)
-#       per request with perf stat: less noisy than IOPS on a shared machine
+#       per I/O with perf stat: less noisy than IOPS on a shared machine; and
+#       the whole machine's busy CPU time per I/O (/proc/stat: fio, server,
+#       kernel threads, interrupts), which says what a workload costs in all
+#       (for fsync=32, per write: the flushes are part of each write's cost)
 #   -c  how to run cairn: daemon (default), nbdserve (bench/cmd/nbdserve
 #       on the engine), mem (nbdserve on a flat in-memory export: protocol path only);
 #       CAIRN_BIN / NBDSERVE_BIN name prebuilt binaries instead of building
@@ -52,7 +55,7 @@ while getopts "r:s:c:w:n:mo:p:h" opt; do
 	w) WFILTER=$OPTARG ;;
 	n) ROUNDS=$OPTARG ;;
 	m) CPUSTAT=1 ;;
-	*) sed -n '2,34p' "$0"; exit 2 ;;
+	*) sed -n '2,37p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -182,24 +185,39 @@ start_server() {
 	if [ -n "$URI" ]; then wait_nbd "$URI"; fi
 }
 
+# machine_busy → the machine's busy CPU time so far, in clock ticks (every
+# field of /proc/stat's cpu line but idle and iowait)
+machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
 # With -m: the server's CPU time and context switches over one fio run
-# (perf stat on every process this script started for it), per request.
+# (perf stat on every process this script started for it), and the whole
+# machine's busy time over it, per I/O.
 cpu_start() {
 	CPU_PID=""
-	[ -n "$CPUSTAT" ] && [ ${#PIDS[@]} -gt 0 ] || return 0
+	BUSY_START=""
+	[ -n "$CPUSTAT" ] || return 0
+	BUSY_START=$(machine_busy)
+	[ ${#PIDS[@]} -gt 0 ] || return 0
 	perf stat -x, -e task-clock,context-switches -p "$(IFS=,; echo "${PIDS[*]}")" -o "$WORK/perf.txt" 2>/dev/null &
 	CPU_PID=$!
 	sleep 0.2
 }
 
-# cpu_stop IOS → prints "cpu_us_per_request context_switches_per_request" (nothing without -m)
+# cpu_stop IOS → prints "server_cpu_us server_context_switches machine_cpu_us",
+# each per I/O ("-" where not measured; nothing without -m)
 cpu_stop() {
-	[ -n "$CPU_PID" ] || return 0
-	kill -INT "$CPU_PID" 2>/dev/null || true
-	wait "$CPU_PID" 2>/dev/null || true
-	CPU_PID=""
-	awk -F, -v n="$1" '/task-clock/ { t = $1 } /context-switches/ { c = $1 }
-		END { if (n > 0 && t > 0) printf "%.1f %.2f\n", t * 1000 / n, c / n }' "$WORK/perf.txt"
+	[ -n "$BUSY_START" ] || return 0
+	local busy=$(($(machine_busy) - BUSY_START)) server="- -"
+	BUSY_START=""
+	if [ -n "$CPU_PID" ]; then
+		kill -INT "$CPU_PID" 2>/dev/null || true
+		wait "$CPU_PID" 2>/dev/null || true
+		CPU_PID=""
+		server=$(awk -F, -v n="$1" '/task-clock/ { t = $1 } /context-switches/ { c = $1 }
+			END { if (n > 0 && t > 0) printf "%.1f %.2f\n", t * 1000 / n, c / n; else print "- -" }' "$WORK/perf.txt")
+	fi
+	awk -v s="$server" -v b="$busy" -v n="$1" -v hz="$(getconf CLK_TCK)" \
+		'BEGIN { if (n > 0) printf "%s %.1f\n", s, b * 1e6 / hz / n; else printf "%s -\n", s }'
 }
 
 # fio_run NAME RW BS QD [extra...] → prints "iops bw_bytes total_ios"
@@ -257,20 +275,21 @@ for round in $(seq "$ROUNDS"); do
 			cpu_start
 			# shellcheck disable=SC2086
 			read -r iops bw ios < <(fio_run bench "$rw" "$bs" "$qd" --time_based --runtime="$RUNTIME" --randrepeat=0 $extra)
-			read -r cpu cs < <(cpu_stop "$ios") || true
-			log "$s: $label: $(printf '%.0f' "$iops") IOPS${cpu:+, $cpu µs CPU and $cs context switches per request}"
-			printf '%s|%s|%s|%s|%s|%s\n' "$s" "$label" "$iops" "$bw" "$cpu" "$cs" >>"$RESULTS"
+			read -r cpu cs mcpu < <(cpu_stop "$ios") || true
+			log "$s: $label: $(printf '%.0f' "$iops") IOPS${cpu:+, server $cpu µs CPU and $cs context switches, machine $mcpu µs CPU per I/O}"
+			printf '%s|%s|%s|%s|%s|%s|%s\n' "$s" "$label" "$iops" "$bw" "$cpu" "$cs" "$mcpu" >>"$RESULTS"
 		done
 		stop_server
 	done
 done
 
 # median SERVER LABEL → "iops bw" of the median round (by IOPS), then the
-# CPU µs and context switches per request of the median round by CPU (-m).
+# server's CPU µs and context switches and the machine's CPU µs per I/O of the
+# median round by machine CPU (-m).
 median() {
 	local cpu
-	cpu=$(awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l && $5 != "" { print $5, $6 }' "$RESULTS" |
-		sort -g | awk '{ v[NR] = $0 } END { if (NR) print v[int((NR + 1) / 2)] }')
+	cpu=$(awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l && $7 != "" { print $7, $5, $6 }' "$RESULTS" |
+		sort -g | awk '{ print $2, $3, $1 }' | awk '{ v[NR] = $0 } END { if (NR) print v[int((NR + 1) / 2)] }')
 	awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l { print $3, $4 }' "$RESULTS" |
 		sort -g | awk -v cpu="$cpu" '{ v[NR] = $0 } END { if (NR) print v[int((NR + 1) / 2)], cpu }'
 }
@@ -294,7 +313,10 @@ table() {
 		local label=${w%%|*}
 		printf '| %s |' "$label"
 		for s in "${servers[@]}"; do
-			median "$s" "$label" | awk '{ printf " %.0f IOPS (%.0f MiB/s", $1, $2/1048576; if ($3 != "") printf "; %s µs, %s cs", $3, $4; printf ") |" }'
+			median "$s" "$label" | awk '{ printf " %.0f IOPS (%.0f MiB/s", $1, $2/1048576
+				if ($3 != "" && $3 != "-") printf "; %s µs, %s cs", $3, $4
+				if ($5 != "") printf "; machine %s µs", $5
+				printf ") |" }'
 		done
 		if [[ " $SERVERS " == *" cairn "* ]]; then
 			local c
