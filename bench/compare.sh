@@ -289,7 +289,7 @@ done
 median() {
 	local cpu
 	cpu=$(awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l && $7 != "" { print $7, $5, $6 }' "$RESULTS" |
-		sort -g | awk '{ print $2, $3, $1 }' | awk '{ v[NR] = $0 } END { if (NR) print v[int((NR + 1) / 2)] }')
+		sort -g | awk '{ v[NR] = $2 " " $3 " " $1 } END { if (NR) print v[int((NR + 1) / 2)] }')
 	awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l { print $3, $4 }' "$RESULTS" |
 		sort -g | awk -v cpu="$cpu" '{ v[NR] = $0 } END { if (NR) print v[int((NR + 1) / 2)], cpu }'
 }
