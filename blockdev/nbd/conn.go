@@ -207,35 +207,28 @@ func (c *conn) transmit() error {
 	c.budget.init(maxInFlightBytes)
 
 	var workers sync.WaitGroup
-	startWorkers := func(n int, queue <-chan *request) {
+	startWorkers := func(n int, queue <-chan *request, run func(*request)) {
 		for range n {
 			workers.Add(1)
 			go func() {
 				defer workers.Done()
 				for r := range queue {
-					c.execute(r)
+					run(r)
 					c.done <- r
 				}
 			}()
 		}
 	}
-	startWorkers(cfg.Workers, c.work)
+	startWorkers(cfg.Workers, c.work, c.execute)
 	if cw, ok := c.exp.(CachedWriter); ok && cw.WritesCached() && !c.readOnly {
 		c.cachedWrites = make(chan *request, cfg.MaxInFlight)
-		for range cfg.CachedWriteWorkers {
-			workers.Add(1)
-			go func() {
-				defer workers.Done()
-				for r := range c.cachedWrites {
-					waits := cw.WriteWaits()
-					c.execute(r)
-					if cw.WriteWaits() != waits {
-						c.cachedSlowUntil.Store(time.Now().Add(cachedWritesBackoff).UnixNano())
-					}
-					c.done <- r
-				}
-			}()
-		}
+		startWorkers(cfg.CachedWriteWorkers, c.cachedWrites, func(r *request) {
+			waits := cw.WriteWaits()
+			c.execute(r)
+			if cw.WriteWaits() != waits {
+				c.cachedSlowUntil.Store(time.Now().Add(cachedWritesBackoff).UnixNano())
+			}
+		})
 	}
 	writerDone := make(chan struct{})
 	go func() {

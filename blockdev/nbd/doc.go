@@ -87,10 +87,11 @@
 // cores more of them at once only spin on the drive file's inode lock. When
 // one of them had to wait all the same (for a commit round: thin first
 // writes, copy-on-write), plain writes use the full pool for 100 ms. A
-// worker runs the request against the Export and hands it to the writer, which owns the sending half: it appends replies to
-// a bufio.Writer and flushes only when no further reply is queued, so a busy
-// connection sends many replies per syscall. The writer then returns the
-// buffer to its pool and the slot to the free list; a slot is owned by
+// worker runs the request against the Export and hands it to the writer,
+// which owns the sending half: it appends replies to a bufio.Writer and
+// flushes only when no further reply is queued, so a busy connection sends
+// many replies per syscall. The writer then returns the buffer to its pool
+// and the slot to the free list; a slot is owned by
 // exactly one goroutine at a time (reader, then a worker, then the writer),
 // so request fields need no lock.
 //
