@@ -75,8 +75,22 @@ func Open(opts Options) (*Engine, error) {
 		problems = append(problems, err)
 		e.refused = append(e.refused, DriveInfo{Path: path, Status: "Refused: " + err.Error()})
 	}
+	// Force formats over another node's drive, a filesystem or a damaged
+	// superblock; it never formats a drive of this node (that is how a
+	// forced start destroyed its own pools), nor one drive given twice.
 	seen := map[[16]byte]string{}
+	seenKey := map[any]string{}
 	for _, spec := range opts.Drives {
+		key, err := specKey(spec)
+		if err != nil {
+			refuse(spec.Path, nil, fmt.Errorf("%w: %w", ErrDriveRefused, err))
+			continue
+		}
+		if prev, dup := seenKey[key]; dup {
+			refuse(spec.Path, nil, fmt.Errorf("%w: %s is the same drive as %s (given twice)", ErrDriveRefused, spec.Path, prev))
+			continue
+		}
+		seenKey[key] = spec.Path
 		d, err := openDrive(spec)
 		if err != nil {
 			refuse(spec.Path, nil, err)
@@ -84,18 +98,19 @@ func Open(opts Options) (*Engine, error) {
 		}
 		sb, state, err := readSuperblock(d)
 		if err != nil {
-			refuse(spec.Path, d, fmt.Errorf("%w: %s: reading superblock: %v", ErrDriveRefused, spec.Path, err))
+			refuse(spec.Path, d, fmt.Errorf("%w: %s: reading superblock: %w", ErrDriveRefused, spec.Path, err))
 			continue
 		}
 		f := found{spec: spec, d: d, sb: sb}
+		ours := state == sbValid && sb.nodeID == opts.NodeID
 		switch {
-		case state == sbValid && sb.nodeID != opts.NodeID && !spec.Force:
-			err = fmt.Errorf("%w: %s belongs to node %q (this node is %q)", ErrDriveRefused, spec.Path, sb.nodeID, opts.NodeID)
-		case state == sbValid && sb.driveSize > d.Size():
+		case state == sbValid && !ours && !spec.Force:
+			err = fmt.Errorf("%w: %s belongs to another node (%s; this node is %q); use force to reformat it", ErrDriveRefused, spec.Path, sb.owner(), opts.NodeID)
+		case ours && sb.driveSize > d.Size():
 			err = fmt.Errorf("%w: %s is %d bytes but was formatted as %d (it shrank)", ErrDriveRefused, spec.Path, d.Size(), sb.driveSize)
-		case state == sbValid && !spec.Force:
+		case ours:
 			if prev, dup := seen[sb.driveUUID]; dup {
-				err = fmt.Errorf("%w: %s is the same drive as %s", ErrDriveRefused, spec.Path, prev)
+				err = fmt.Errorf("%w: %s is the same drive as %s (or a copy of it)", ErrDriveRefused, spec.Path, prev)
 				break
 			}
 			seen[sb.driveUUID] = spec.Path
@@ -180,6 +195,25 @@ func Open(opts Options) (*Engine, error) {
 		e.startBackground(p)
 	}
 	return e, nil
+}
+
+// specKey is what makes two drive specs the same drive: the file or device
+// behind the path, or the drive object itself when the spec carries one.
+func specKey(spec DriveSpec) (any, error) {
+	if spec.Drive != nil {
+		return driveKey(spec.Drive), nil
+	}
+	return drive.IdentityOf(spec.Path)
+}
+
+// driveKey is specKey for an open drive.
+func driveKey(d drive.Drive) any {
+	if f, ok := d.(interface{ Identity() (drive.Identity, error) }); ok {
+		if id, err := f.Identity(); err == nil {
+			return id
+		}
+	}
+	return d
 }
 
 func openDrive(spec DriveSpec) (drive.Drive, error) {
@@ -439,24 +473,37 @@ func (p *pool) addDrive(d drive.Drive, sb superblock) error {
 }
 
 // AddDrive adds a drive online: to the matching pool or as a new pool.
+//
+// Force formats over a filesystem, a damaged superblock or another node's
+// drive. Nothing formats a drive this node is using: one open in a pool, by
+// any path to the same file or device, or one of this node's pools that
+// could not be opened (its data comes back when the pool does).
 func (e *Engine) AddDrive(spec DriveSpec) error {
-	d, err := openDrive(spec)
+	key, err := specKey(spec)
 	if err != nil {
-		return err
-	}
-	_, state, err := readSuperblock(d)
-	if err == nil && state != sbBlank && !spec.Force {
-		err = fmt.Errorf("%w: %s is not blank (use force to overwrite it)", ErrDriveRefused, spec.Path)
-	}
-	if err != nil {
-		d.Close()
-		return err
+		return fmt.Errorf("%w: %w", ErrDriveRefused, err)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		d.Close()
 		return ErrClosed
+	}
+	if err := e.inUseLocked(spec.Path, key); err != nil {
+		return err
+	}
+	d, err := openDrive(spec)
+	if err != nil {
+		return err
+	}
+	sb, state, err := readSuperblock(d)
+	if err != nil {
+		err = fmt.Errorf("%w: %s: reading superblock: %w", ErrDriveRefused, spec.Path, err)
+	} else {
+		err = e.refuseFormatLocked(spec, sb, state)
+	}
+	if err != nil {
+		d.Close()
+		return err
 	}
 	before := len(e.pools)
 	if err := e.addDrive(spec, d); err != nil {
@@ -467,6 +514,52 @@ func (e *Engine) AddDrive(spec DriveSpec) error {
 		e.startBackground(e.pools[len(e.pools)-1])
 	}
 	return nil
+}
+
+// inUseLocked refuses a drive that one of this node's pools has open,
+// whatever the path it was opened by.
+// REQUIRES: e.mu held.
+func (e *Engine) inUseLocked(path string, key any) error {
+	for _, p := range e.pools {
+		p.mu.Lock()
+		drives := p.drives
+		p.mu.Unlock()
+		for i, pd := range drives {
+			if driveKey(pd.d) == key {
+				return fmt.Errorf("%w: %s is drive %d of %s (opened as %s); it is in use and is never reformatted, force or not", ErrDriveRefused, path, i, p, pd.d.Path())
+			}
+		}
+	}
+	return nil
+}
+
+// refuseFormatLocked says why the drive with this superblock must not be
+// formatted, or nil. REQUIRES: e.mu held.
+func (e *Engine) refuseFormatLocked(spec DriveSpec, sb superblock, state sbState) error {
+	if state == sbValid && sb.nodeID == e.opts.NodeID {
+		for _, p := range e.pools {
+			if p.uuid == sb.poolUUID {
+				return fmt.Errorf("%w: %s carries the superblock of drive %d of %s, which is in use (a copy of that drive?); it is never reformatted, force or not", ErrDriveRefused, spec.Path, sb.driveIndex, p)
+			}
+		}
+		for _, fp := range e.failedPools {
+			if fp.UUID == uuidString(sb.poolUUID) {
+				return fmt.Errorf("%w: %s is drive %d of this node's pool %d, which could not be opened (%s); it is kept for when the pool comes back, force or not", ErrDriveRefused, spec.Path, sb.driveIndex, fp.ID, fp.Status)
+			}
+		}
+	}
+	if spec.Force {
+		return nil
+	}
+	switch state {
+	case sbBlank:
+		return nil
+	case sbValid:
+		return fmt.Errorf("%w: %s carries a cairn superblock (%s); use force to reformat it", ErrDriveRefused, spec.Path, sb.owner())
+	case sbDamaged:
+		return fmt.Errorf("%w: %s: damaged cairn superblock (both copies fail their checksum); use force to reformat it", ErrDriveRefused, spec.Path)
+	}
+	return fmt.Errorf("%w: %s holds data that is not cairn's (a filesystem?); use force to overwrite it", ErrDriveRefused, spec.Path)
 }
 
 // Close flushes every pool and closes the drives.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"github.com/cairn-storage/cairn/drive"
 	"github.com/cespare/xxhash/v2"
@@ -215,4 +216,11 @@ func defaultLogSize(size int64) int64 {
 	l = max(l, 8<<20)
 	l = min(l, 256<<20)
 	return l &^ (4096 - 1)
+}
+
+// owner describes whose drive this is, for refusals: node, pool, drive
+// number and when it was formatted.
+func (sb *superblock) owner() string {
+	return fmt.Sprintf("node %q, pool %d (%s), drive %d, formatted %s", sb.nodeID, sb.poolNumber, sb.priority,
+		sb.driveIndex, time.Unix(0, sb.created).UTC().Format(time.RFC3339))
 }

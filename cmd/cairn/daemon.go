@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-storage/cairn/control"
+	"github.com/cairn-storage/cairn/drive"
 	"github.com/cairn-storage/cairn/engine"
 )
 
@@ -249,15 +250,23 @@ func chooseDrives(cfg daemonConfig, node *control.Node, dataDir string, defaultS
 		}
 		return nil, nil
 	}
+	// One drive is one spec, however many paths name it: a drive listed
+	// twice would be formatted twice (see engine.Open, which refuses it too).
 	var given []engine.DriveSpec
+	givenBy := map[drive.Identity]string{}
 	for _, p := range cfg.drives {
 		abs, err := filepath.Abs(p)
 		if err != nil {
 			return nil, err
 		}
-		if _, err := os.Stat(abs); err != nil {
+		id, err := drive.IdentityOf(abs)
+		if err != nil {
 			return nil, fmt.Errorf("-s %s: %w", p, err)
 		}
+		if prev, dup := givenBy[id]; dup {
+			return nil, fmt.Errorf("-s %s and -s %s are the same drive; give each drive once", prev, p)
+		}
+		givenBy[id] = p
 		given = append(given, engine.DriveSpec{Path: abs, Force: cfg.force})
 	}
 	if cfg.allDrives {
@@ -274,17 +283,29 @@ func chooseDrives(cfg daemonConfig, node *control.Node, dataDir string, defaultS
 			return nil, errors.New("-a: no unused drives found on this node; give drives with -s, or omit -a to use the embedded default file drive")
 		}
 		for _, dev := range found {
-			given = append(given, engine.DriveSpec{Path: dev, Force: cfg.force})
+			id, err := drive.IdentityOf(dev)
+			if err != nil {
+				return nil, fmt.Errorf("-a: %w", err)
+			}
+			if _, dup := givenBy[id]; !dup {
+				givenBy[id] = dev
+				given = append(given, engine.DriveSpec{Path: dev, Force: cfg.force})
+			}
 		}
 	}
-	// Flags win over the remembered spec of the same path (they may force).
+	// Flags win over the remembered spec of the same drive (they may force;
+	// the engine never reformats the node's own drives, force or not).
+	// A remembered drive that is gone is still handed to the engine, which
+	// reports it refused.
 	drives := given
-	seen := map[string]bool{}
-	for _, d := range given {
-		seen[d.Path] = true
-	}
 	for _, d := range remembered {
-		if !seen[d.Path] {
+		id, err := drive.IdentityOf(d.Path)
+		if err != nil {
+			drives = append(drives, d)
+			continue
+		}
+		if _, dup := givenBy[id]; !dup {
+			givenBy[id] = d.Path
 			drives = append(drives, d)
 		}
 	}
