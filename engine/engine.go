@@ -208,7 +208,9 @@ func specKey(spec DriveSpec) (any, error) {
 
 // driveKey is specKey for an open drive.
 func driveKey(d drive.Drive) any {
-	if f, ok := d.(interface{ Identity() (drive.Identity, error) }); ok {
+	if f, ok := d.(interface {
+		Identity() (drive.Identity, error)
+	}); ok {
 		if id, err := f.Identity(); err == nil {
 			return id
 		}
