@@ -78,7 +78,7 @@ flushed, and it exits 0.`,
 	f.StringVar(&cfg.nbdSocket, "nbd-socket", "", "NBD unix socket (default DATA_DIR/nbd.sock)")
 	f.StringArrayVarP(&cfg.drives, "drive", "s", nil, "drive to use: a block device or a file (repeatable)")
 	f.BoolVarP(&cfg.allDrives, "all-drives", "a", false, "use every unused drive of the node")
-	f.BoolVarP(&cfg.force, "force", "f", false, "also take drives with a filesystem (never mounted ones)")
+	f.BoolVarP(&cfg.force, "force", "f", false, "also take drives with a filesystem or another node's superblock (never mounted ones, never this node's own)")
 	f.BoolVarP(&cfg.storageless, "storageless", "z", false, "run without storage")
 	f.StringVarP(&cfg.cluster, "cluster", "c", "", "cluster name (default: the stored one, or "+control.DefaultCluster+")")
 	f.StringVar(&cfg.defaultDriveSize, "default-drive-size", "64G", "size of the embedded default drive file (sparse)")

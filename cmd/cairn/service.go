@@ -42,7 +42,7 @@ func newServiceCommand(g *globals) *cobra.Command {
 		},
 	}
 	driveAdd.Flags().StringVar(&add.IOPriority, "io_priority", "", "high, medium or low (default: detect)")
-	driveAdd.Flags().BoolVarP(&add.Force, "force", "f", false, "format over a filesystem or foreign cairn superblock")
+	driveAdd.Flags().BoolVarP(&add.Force, "force", "f", false, "also take a drive with a filesystem or another node's superblock (never one this node uses)")
 	addJSONFlag(driveAdd, g)
 	drive.AddCommand(driveShow, driveAdd)
 
