@@ -25,6 +25,7 @@ type errorKind struct {
 var errorKinds = []errorKind{
 	{engine.ErrNotFound, http.StatusNotFound, "not_found"},
 	{engine.ErrExists, http.StatusConflict, "exists"},
+	{engine.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 	{engine.ErrSticky, http.StatusConflict, "sticky"},
 	{engine.ErrBusy, http.StatusConflict, "busy"},
 	{engine.ErrShrink, http.StatusConflict, "shrink"},

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -113,7 +114,7 @@ func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
 func (s *Server) status() Status {
 	st := s.engine.Status()
 	out := Status{NodeID: st.NodeID, Status: statusWord(st), Cluster: s.node.Cluster(), Pools: poolsFromEngine(st), RefusedDrives: refusedFromEngine(st),
-		SnapshotErrors: []SnapshotError{}}
+		DuplicateVolumes: duplicatesFromEngine(st), UnavailableVolumes: st.UnavailableVolumes, SnapshotErrors: []SnapshotError{}}
 	if s.scheduler != nil {
 		out.SnapshotErrors = s.scheduler.Errors()
 	}
@@ -366,6 +367,8 @@ func volumeError(op, name string, err error) error {
 	switch {
 	case errors.Is(err, engine.ErrNotFound):
 		msg = fmt.Sprintf("volume %q not found", name)
+	case errors.Is(err, engine.ErrUnavailable): // its pool is missing; the engine says which and why
+		msg = fmt.Sprintf("cannot %s volume %q: %s", op, name, strings.TrimPrefix(plain(err), "volume unavailable: "))
 	case errors.Is(err, engine.ErrExists):
 		msg = fmt.Sprintf("volume %q already exists", name)
 	case errors.Is(err, engine.ErrSticky):

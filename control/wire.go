@@ -24,6 +24,10 @@ type Volume struct {
 	Device       string `json:"device"`    // block device while attached (/dev/loopN, /dev/nbdN), else ""
 	Snapshot     bool   `json:"snapshot"`  // a read-only snapshot of Parent
 	SnapKeep     int    `json:"snap_keep"` // scheduled snapshots kept (default engine.DefaultSnapKeep)
+
+	// RequestedIOPriority is what create asked for; io_priority differs
+	// when no pool of that class existed (high → medium → low).
+	RequestedIOPriority string `json:"requested_io_priority"`
 }
 
 // Status is the JSON shape of `cairn status`.
@@ -34,9 +38,21 @@ type Status struct {
 	Pools   []Pool `json:"pools"`
 	// RefusedDrives are drives the node was given but did not use, with the reason.
 	RefusedDrives []Drive `json:"refused_drives"`
+	// DuplicateVolumes are names found in more than one pool at start; each
+	// copy is served under NAME@poolN until the operator deletes one.
+	DuplicateVolumes []DuplicateVolume `json:"duplicate_volumes"`
+	// UnavailableVolumes counts volumes whose pool is missing (volume list
+	// shows them with the reason).
+	UnavailableVolumes int `json:"unavailable_volumes"`
 	// SnapshotErrors are the most recent failures of the snapshot scheduler
 	// (a scheduled snapshot not taken, an old one not pruned), oldest first.
 	SnapshotErrors []SnapshotError `json:"snapshot_errors"`
+}
+
+// DuplicateVolume is one volume name found in more than one pool.
+type DuplicateVolume struct {
+	Name     string   `json:"name"`
+	ServedAs []string `json:"served_as"`
 }
 
 // Pool is one storage pool of the node.
@@ -110,6 +126,8 @@ func volumeFromEngine(info engine.VolumeInfo) Volume {
 		Created:      info.Created.UTC().Format(time.RFC3339),
 		Snapshot:     info.Snapshot,
 		SnapKeep:     info.SnapKeep,
+
+		RequestedIOPriority: string(info.RequestedIOPriority),
 	}
 }
 
@@ -128,6 +146,14 @@ func poolsFromEngine(st engine.Status) []Pool {
 	return pools
 }
 
+func duplicatesFromEngine(st engine.Status) []DuplicateVolume {
+	out := make([]DuplicateVolume, 0, len(st.DuplicateNames))
+	for _, d := range st.DuplicateNames {
+		out = append(out, DuplicateVolume{Name: d.Name, ServedAs: d.ServedAs})
+	}
+	return out
+}
+
 func refusedFromEngine(st engine.Status) []Drive {
 	out := make([]Drive, 0, len(st.RefusedDrives))
 	for _, d := range st.RefusedDrives {
@@ -136,9 +162,10 @@ func refusedFromEngine(st engine.Status) []Drive {
 	return out
 }
 
-// statusWord is "operational" unless a pool failed or a drive was refused.
+// statusWord is "operational" unless a pool failed, a drive was refused,
+// a volume name is in two pools or a volume's pool is missing.
 func statusWord(st engine.Status) string {
-	if len(st.RefusedDrives) > 0 {
+	if len(st.RefusedDrives) > 0 || len(st.DuplicateNames) > 0 || st.UnavailableVolumes > 0 {
 		return "degraded"
 	}
 	for _, p := range st.Pools {

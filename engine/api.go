@@ -26,6 +26,7 @@ var (
 	ErrDriveRefused = errors.New("engine: drive refused")
 	ErrHasSnapshots = errors.New("engine: volume has snapshots")
 	ErrTooManySnaps = errors.New("engine: snapshot limit reached")
+	ErrUnavailable  = errors.New("engine: volume unavailable") // its pool is not open
 )
 
 // IOPriority is a pool's class of service, as Portworx names them.
@@ -50,6 +51,9 @@ type DriveSpec struct {
 type Options struct {
 	NodeID string      // this node's identity; drives of another node are refused
 	Drives []DriveSpec // formatted on first use when blank
+	// Catalog, when set, keeps volume names taken while their pool is
+	// missing (see names.go).
+	Catalog Catalog
 	// Observer, when set, sees every completed volume I/O (metrics).
 	Observer Observer
 	// LogAreaSize overrides the size of each metadata log area on newly
@@ -146,6 +150,11 @@ type Status struct {
 	// RefusedDrives are drives given to the node that it did not use, each
 	// with the reason in Status (foreign, damaged, another node's, too small).
 	RefusedDrives []DriveInfo
+	// DuplicateNames are volume names found in more than one pool at Open;
+	// each copy is served under NAME@poolN.
+	DuplicateNames []DuplicateName
+	// UnavailableVolumes counts volumes and snapshots whose pool is not open.
+	UnavailableVolumes int
 }
 
 type PoolInfo struct {

@@ -44,6 +44,10 @@ type Engine struct {
 	// Set by Open, read-only after: what could not be served and why.
 	failedPools []PoolInfo
 	refused     []DriveInfo
+	unavailable map[string]*unavailableVolume // by served name: volumes of pools not open
+	aliases     map[nameInPool]string         // served names of duplicated volumes
+	duplicated  map[string]bool               // names found in more than one pool
+	duplicates  []DuplicateName
 }
 
 // Open opens (and formats, when blank) the drives in opts, replays each
@@ -105,7 +109,7 @@ func Open(opts Options) (*Engine, error) {
 		ours := state == sbValid && sb.nodeID == opts.NodeID
 		switch {
 		case state == sbValid && !ours && !spec.Force:
-			err = fmt.Errorf("%w: %s belongs to another node (%s; this node is %q); use force to reformat it", ErrDriveRefused, spec.Path, sb.owner(), opts.NodeID)
+			err = fmt.Errorf("%w: %s belongs to node %q (%s; this node is %q); use force to reformat it", ErrDriveRefused, spec.Path, sb.nodeID, sb.placeString(), opts.NodeID)
 		case ours && sb.driveSize > d.Size():
 			err = fmt.Errorf("%w: %s is %d bytes but was formatted as %d (it shrank)", ErrDriveRefused, spec.Path, d.Size(), sb.driveSize)
 		case ours:
@@ -170,26 +174,30 @@ func Open(opts Options) (*Engine, error) {
 		e.pools = append(e.pools, p)
 	}
 	sort.Slice(e.pools, func(i, j int) bool { return e.pools[i].number < e.pools[j].number })
-	for _, p := range e.pools {
-		for _, v := range p.vols {
-			if other, dup := e.byName[v.meta.name]; dup {
-				e.closePools()
-				for _, f := range append(orphans, blank...) {
-					f.d.Close()
-				}
-				return nil, fmt.Errorf("%w: volume name %q in %s and %s", ErrCorrupt, v.meta.name, p, other.pool)
+	var catalog []CatalogEntry
+	if opts.Catalog != nil {
+		var err error
+		if catalog, err = opts.Catalog.Load(); err != nil {
+			e.closePools()
+			for _, f := range append(orphans, blank...) {
+				f.d.Close()
 			}
-			e.byName[v.meta.name] = v
+			return nil, fmt.Errorf("engine: loading the volume catalog: %w", err)
 		}
 	}
+	e.indexNames(catalog)
 	for _, f := range append(orphans, blank...) {
 		if err := e.addDrive(f.spec, f.d); err != nil {
 			refuse(f.spec.Path, f.d, err)
 		}
 	}
-	if len(opts.Drives) > 0 && len(e.pools) == 0 {
+	if len(opts.Drives) > 0 && len(e.pools) == 0 && len(e.unavailable) == 0 {
 		e.closePools()
 		return nil, errors.Join(problems...)
+	}
+	if err := e.saveCatalogLocked(); err != nil {
+		e.closePools()
+		return nil, err
 	}
 	for _, p := range e.pools {
 		e.startBackground(p)
@@ -418,6 +426,9 @@ func (e *Engine) addDrive(spec DriveSpec, d drive.Drive) error {
 	for _, p := range e.failedPools {
 		number = max(number, p.ID+1)
 	}
+	for _, u := range e.unavailable {
+		number = max(number, u.Pool+1)
+	}
 	sb.poolUUID = newUUID()
 	sb.poolNumber = uint32(number)
 	sb.logID = randomU64()
@@ -557,7 +568,7 @@ func (e *Engine) refuseFormatLocked(spec DriveSpec, sb superblock, state sbState
 	case sbBlank:
 		return nil
 	case sbValid:
-		return fmt.Errorf("%w: %s carries a cairn superblock (%s); use force to reformat it", ErrDriveRefused, spec.Path, sb.owner())
+		return fmt.Errorf("%w: %s belongs to node %q (%s); use force to reformat it", ErrDriveRefused, spec.Path, sb.nodeID, sb.placeString())
 	case sbDamaged:
 		return fmt.Errorf("%w: %s: damaged cairn superblock (both copies fail their checksum); use force to reformat it", ErrDriveRefused, spec.Path)
 	}
@@ -642,6 +653,8 @@ func (e *Engine) Status() Status {
 	st.Pools = append(st.Pools, e.failedPools...)
 	sort.SliceStable(st.Pools, func(i, j int) bool { return st.Pools[i].ID < st.Pools[j].ID })
 	st.RefusedDrives = e.refused
+	st.DuplicateNames = e.duplicates
+	st.UnavailableVolumes = len(e.unavailable)
 	return st
 }
 
@@ -720,8 +733,8 @@ func (e *Engine) CreateVolume(spec VolumeSpec) (VolumeInfo, error) {
 	if e.closed {
 		return VolumeInfo{}, ErrClosed
 	}
-	if _, dup := e.byName[spec.Name]; dup {
-		return VolumeInfo{}, fmt.Errorf("%w: volume %q", ErrExists, spec.Name)
+	if err := e.nameTakenLocked(spec.Name); err != nil {
+		return VolumeInfo{}, err
 	}
 	p, err := e.choosePool(spec.IOPriority)
 	if err != nil {
@@ -732,10 +745,14 @@ func (e *Engine) CreateVolume(spec VolumeSpec) (VolumeInfo, error) {
 		priority: spec.IOPriority, repl: uint8(spec.Repl), sticky: spec.Sticky, snapInterval: uint32(spec.SnapInterval),
 		snapKeep: uint32(spec.SnapKeep), blockSize: BlockSize}
 	v, err := p.newVolume(m)
+	p.mu.Unlock()
 	if err != nil {
-		p.mu.Unlock()
 		return VolumeInfo{}, err
 	}
+	if err := e.saveCatalogLocked(entryFor(p, m)); err != nil {
+		return VolumeInfo{}, err
+	}
+	p.mu.Lock()
 	p.nextVolID++
 	p.vols[m.id] = v
 	p.enqueue(&record{typ: recCreateVolume, meta: m, vol: m.id})
@@ -751,11 +768,7 @@ func (e *Engine) CreateVolume(spec VolumeSpec) (VolumeInfo, error) {
 func (e *Engine) Volume(name string) (*Volume, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	v, ok := e.byName[name]
-	if !ok {
-		return nil, fmt.Errorf("%w: volume %q", ErrNotFound, name)
-	}
-	return v, nil
+	return e.lookupLocked(name)
 }
 
 // HoldVolume looks a volume up and holds it in one step, so a concurrent
@@ -763,9 +776,9 @@ func (e *Engine) Volume(name string) (*Volume, error) {
 func (e *Engine) HoldVolume(name string) (*Volume, func(), error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	v, ok := e.byName[name]
-	if !ok {
-		return nil, nil, fmt.Errorf("%w: volume %q", ErrNotFound, name)
+	v, err := e.lookupLocked(name)
+	if err != nil {
+		return nil, nil, err
 	}
 	return v, v.Hold(), nil
 }
@@ -778,9 +791,12 @@ func (e *Engine) Volumes() []VolumeInfo {
 		vols = append(vols, v)
 	}
 	e.mu.Unlock()
-	out := make([]VolumeInfo, 0, len(vols))
+	out := make([]VolumeInfo, 0, len(vols)+len(e.unavailable))
 	for _, v := range vols {
 		out = append(out, v.Info())
+	}
+	for _, u := range e.unavailable {
+		out = append(out, u.info(e))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -845,9 +861,9 @@ func (e *Engine) UpdateVolume(name string, upd VolumeUpdate) (VolumeInfo, error)
 func (e *Engine) DeleteVolume(name string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	v, ok := e.byName[name]
-	if !ok {
-		return fmt.Errorf("%w: volume %q", ErrNotFound, name)
+	v, err := e.lookupLocked(name)
+	if err != nil {
+		return err
 	}
 	p := v.pool
 	p.mu.Lock()
@@ -859,7 +875,7 @@ func (e *Engine) DeleteVolume(name string) error {
 	if n := v.holds.Load(); n > 0 {
 		return fmt.Errorf("%w: volume %q has %d user(s) (exported or attached); disconnect them first", ErrBusy, name, n)
 	}
-	if snaps := e.snapshotsLocked(name); len(snaps) > 0 {
+	if snaps := e.snapshotsLocked(v); len(snaps) > 0 {
 		return fmt.Errorf("%w: volume %q has %d snapshot(s) (%s); delete them first, or use force", ErrHasSnapshots, name, len(snaps), strings.Join(snaps, ", "))
 	}
 	if err := p.err(); err != nil {
@@ -890,6 +906,11 @@ func (e *Engine) DeleteVolume(name string) error {
 	v.ioMu.Unlock()
 	delete(e.byName, name)
 	if err := p.commit(); err != nil {
+		return err
+	}
+	// A failed save leaves the name in the catalog, which only keeps it
+	// taken while this pool is missing; the next save drops it.
+	if err := e.saveCatalogLocked(); err != nil {
 		return err
 	}
 	return p.reclaimCondemned()

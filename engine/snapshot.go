@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -21,15 +22,17 @@ func snapKeepOrDefault(n uint32) int {
 	return int(n)
 }
 
-// snapshotsLocked lists the snapshots of a volume, oldest first. REQUIRES e.mu.
-func (e *Engine) snapshotsLocked(volume string) []string {
+// snapshotsLocked lists the snapshots of a volume by served name, oldest
+// first. A snapshot lives in its volume's pool and names it by its own name.
+// REQUIRES e.mu.
+func (e *Engine) snapshotsLocked(src *Volume) []string {
 	type snap struct {
 		name    string
 		created int64
 	}
 	var snaps []snap
 	for name, v := range e.byName {
-		if v.meta.readOnly && v.meta.parent == volume {
+		if v.meta.readOnly && v.pool == src.pool && v.meta.parent == src.meta.name {
 			snaps = append(snaps, snap{name, v.meta.created})
 		}
 	}
@@ -86,9 +89,9 @@ func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) 
 	if e.closed {
 		return VolumeInfo{}, ErrClosed
 	}
-	src, ok := e.byName[srcName]
-	if !ok {
-		return VolumeInfo{}, fmt.Errorf("%w: volume %q", ErrNotFound, srcName)
+	src, err := e.lookupLocked(srcName)
+	if err != nil {
+		return VolumeInfo{}, err
 	}
 	switch {
 	case snapshot && src.meta.readOnly:
@@ -97,16 +100,16 @@ func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) 
 		return VolumeInfo{}, fmt.Errorf("%w: %q is not a snapshot; clone a snapshot of it", ErrInvalid, srcName)
 	}
 	if name == "" {
-		name = fmt.Sprintf("%s.snap-%s", srcName, time.Now().UTC().Format("20060102T150405.000Z"))
+		name = fmt.Sprintf("%s.snap-%s", src.meta.name, time.Now().UTC().Format("20060102T150405.000Z"))
 	}
 	if err := validName(name); err != nil {
 		return VolumeInfo{}, err
 	}
-	if _, dup := e.byName[name]; dup {
-		return VolumeInfo{}, fmt.Errorf("%w: volume or snapshot %q", ErrExists, name)
+	if err := e.nameTakenLocked(name); err != nil {
+		return VolumeInfo{}, err
 	}
 	if snapshot {
-		if n := len(e.snapshotsLocked(srcName)); n >= MaxSnapshots {
+		if n := len(e.snapshotsLocked(src)); n >= MaxSnapshots {
 			return VolumeInfo{}, fmt.Errorf("%w: volume %q has %d snapshots, the most a volume can have; delete one first", ErrTooManySnaps, srcName, n)
 		}
 	}
@@ -114,12 +117,16 @@ func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) 
 	if err := p.err(); err != nil {
 		return VolumeInfo{}, err
 	}
+	uid := randomU64()
+	if err := e.saveCatalogLocked(entryFor(p, volumeMeta{uid: uid, name: name, readOnly: snapshot, parent: src.meta.name})); err != nil {
+		return VolumeInfo{}, err
+	}
 	// Quiesce the source so the copy is one instant of it.
 	src.ioMu.Lock()
 	p.mu.Lock()
 	m := src.meta
-	m.id, m.uid, m.name, m.created = p.nextVolID, randomU64(), name, time.Now().UnixNano()
-	m.readOnly, m.parent, m.sticky, m.snapInterval, m.snapKeep = snapshot, srcName, false, 0, 0
+	m.id, m.uid, m.name, m.created = p.nextVolID, uid, name, time.Now().UnixNano()
+	m.readOnly, m.parent, m.sticky, m.snapInterval, m.snapKeep = snapshot, src.meta.name, false, 0, 0
 	v, err := p.newVolume(m)
 	if err != nil {
 		p.mu.Unlock()
@@ -154,15 +161,18 @@ func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) 
 func (e *Engine) RestoreVolume(volume, snapshot string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	v, ok := e.byName[volume]
-	if !ok {
-		return fmt.Errorf("%w: volume %q", ErrNotFound, volume)
+	v, err := e.lookupLocked(volume)
+	if err != nil {
+		return err
 	}
-	snap, ok := e.byName[snapshot]
-	if !ok {
+	snap, err := e.lookupLocked(snapshot)
+	if errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("%w: snapshot %q", ErrNotFound, snapshot)
 	}
-	if !snap.meta.readOnly || snap.meta.parent != volume {
+	if err != nil {
+		return err
+	}
+	if !snap.meta.readOnly || snap.pool != v.pool || snap.meta.parent != v.meta.name {
 		return fmt.Errorf("%w: %q is not a snapshot of %q", ErrInvalid, snapshot, volume)
 	}
 	if v.meta.readOnly {

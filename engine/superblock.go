@@ -218,9 +218,9 @@ func defaultLogSize(size int64) int64 {
 	return l &^ (4096 - 1)
 }
 
-// owner describes whose drive this is, for refusals: node, pool, drive
-// number and when it was formatted.
-func (sb *superblock) owner() string {
-	return fmt.Sprintf("node %q, pool %d (%s), drive %d, formatted %s", sb.nodeID, sb.poolNumber, sb.priority,
+// placeString says where a formatted drive belongs, for refusals: pool,
+// drive number and when it was formatted.
+func (sb *superblock) placeString() string {
+	return fmt.Sprintf("pool %d (%s), drive %d, formatted %s", sb.poolNumber, sb.priority,
 		sb.driveIndex, time.Unix(0, sb.created).UTC().Format(time.RFC3339))
 }

@@ -18,8 +18,9 @@ import (
 // changes the mapping's shape (trim, write-zeroes, resize, delete), so no I/O is
 // in flight to an extent when it is freed. Lock order: ioMu, then pool.mu.
 type Volume struct {
-	pool *pool
-	id   uint32
+	pool   *pool
+	id     uint32
+	served string // the name it is served under: meta.name, or NAME@poolN (names.go); set before it is published
 
 	ioMu      sync.RWMutex
 	table     *table       // REQUIRES ioMu to read the pointer; replaced under ioMu (write) + pool.mu
@@ -38,7 +39,7 @@ func (p *pool) newVolume(m volumeMeta) (*Volume, error) {
 	if m.size <= 0 || m.size%BlockSize != 0 || m.size > maxVolumeSize {
 		return nil, fmt.Errorf("%w: volume %q size %d", ErrCorrupt, m.name, m.size)
 	}
-	v := &Volume{pool: p, id: m.id, meta: m, table: newTable(m.size)}
+	v := &Volume{pool: p, id: m.id, served: m.name, meta: m, table: newTable(m.size)}
 	v.size.Store(m.size)
 	return v, nil
 }
@@ -61,7 +62,7 @@ func (v *Volume) checkLext(lext uint32) error {
 }
 
 // Name is the volume's name (also its NBD export name).
-func (v *Volume) Name() string { return v.meta.name }
+func (v *Volume) Name() string { return v.served }
 
 // Size is the logical size in bytes.
 func (v *Volume) Size() int64 { return v.size.Load() }
@@ -109,10 +110,10 @@ func (v *Volume) Info() VolumeInfo {
 		used = v.exclusiveBytes()
 	}
 	return VolumeInfo{
-		ID: fmt.Sprintf("%016x", m.uid), Name: m.name, Size: v.size.Load(), Used: used,
+		ID: fmt.Sprintf("%016x", m.uid), Name: v.served, Size: v.size.Load(), Used: used,
 		Repl: int(m.repl), IOPriority: p.priority, RequestedIOPriority: m.priority, Pool: p.number,
 		Sticky: m.sticky, SnapInterval: int(m.snapInterval), SnapKeep: snapKeepOrDefault(m.snapKeep),
-		BlockSize: int(m.blockSize), Parent: m.parent, ReadOnly: m.readOnly, Snapshot: m.readOnly,
+		BlockSize: int(m.blockSize), Parent: p.eng.servedParent(p, m), ReadOnly: m.readOnly, Snapshot: m.readOnly,
 		State: state, Created: time.Unix(0, m.created).UTC(),
 	}
 }
@@ -130,7 +131,7 @@ func (v *Volume) checkIO(off, n int64) error {
 
 func (v *Volume) observe(op Op, n int, start time.Time, err error) {
 	if o := v.pool.eng.opts.Observer; o != nil {
-		o.ObserveIO(v.meta.name, op, n, time.Since(start), err)
+		o.ObserveIO(v.served, op, n, time.Since(start), err)
 	}
 }
 
@@ -594,7 +595,7 @@ func (v *Volume) Extents(off, n int64) ([]Extent, error) {
 
 // Resize grows the volume to size bytes (a multiple of BlockSize).
 func (v *Volume) Resize(size int64) error {
-	_, err := v.pool.eng.UpdateVolume(v.meta.name, VolumeUpdate{Size: &size})
+	_, err := v.pool.eng.UpdateVolume(v.served, VolumeUpdate{Size: &size})
 	return err
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -131,10 +132,12 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	}
 
 	metrics := control.NewMetrics()
-	eng, err := engine.Open(engine.Options{NodeID: node.ID(), Drives: drives, Observer: metrics})
+	eng, err := engine.Open(engine.Options{NodeID: node.ID(), Drives: drives, Observer: metrics,
+		Catalog: control.NewVolumeCatalog(dataDir, log)})
 	if err != nil {
 		return fmt.Errorf("daemon: open engine: %w", err)
 	}
+	logStorageProblems(log, eng)
 	engineOpen := true
 	defer func() {
 		if engineOpen {
@@ -238,6 +241,30 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	}
 	log.Info("cairn daemon stopped")
 	return nil
+}
+
+// logStorageProblems logs, at start, every drive the engine refused, every
+// pool it could not open, every volume left unavailable by them and every
+// name found in two pools: status shows them too, but the log is where an
+// operator looks first after a restart.
+func logStorageProblems(log *slog.Logger, eng *engine.Engine) {
+	st := eng.Status()
+	for _, d := range st.RefusedDrives {
+		log.Error("drive refused", "path", d.Path, "reason", d.Status)
+	}
+	for _, p := range st.Pools {
+		if p.Status != "Online" {
+			log.Error("pool failed", "pool", p.ID, "io_priority", p.IOPriority, "reason", p.Status)
+		}
+	}
+	for _, v := range eng.Volumes() {
+		if strings.HasPrefix(v.State, "unavailable") {
+			log.Error("volume unavailable", "name", v.Name, "reason", strings.TrimPrefix(v.State, "unavailable: "))
+		}
+	}
+	for _, d := range st.DuplicateNames {
+		log.Error("volume name in more than one pool; each copy is served under its own name", "name", d.Name, "served_as", strings.Join(d.ServedAs, ","))
+	}
 }
 
 // chooseDrives merges the remembered drives with -s and -a, and falls back to

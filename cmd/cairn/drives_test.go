@@ -84,3 +84,70 @@ func TestDriveAddNeverReformatsInUse(t *testing.T) {
 		t.Fatalf("exit code %d", code)
 	}
 }
+
+// A pool whose drive is missing at start keeps its volumes' names: the
+// node logs the refused drive, lists the volume as unavailable, refuses
+// the name to a create, and serves the volume again, data intact, when the
+// drive is back (issue 13: the name was taken again, then the node could
+// not start). A create whose io_priority falls back says so.
+func TestMissingDriveKeepsVolumeNames(t *testing.T) {
+	dir := t.TempDir()
+	d0, d1 := filepath.Join(dir, "d0.img"), filepath.Join(dir, "d1.img")
+	for _, p := range []string{d0, d1} {
+		if err := createSparseFile(p, 2<<30); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dataDir := t.TempDir()
+	d := startDaemon(t, dataDir, "-s", d0)
+	mustCairn(t, d.api, "service", "drive", "add", d1, "--io_priority", "high")
+	out := mustCairn(t, d.api, "volume", "create", "v6", "--size", "64M", "--io_priority", "high")
+	if strings.Contains(out, "no high pool") {
+		t.Fatalf("create on an existing high pool says it fell back:\n%s", out)
+	}
+	src := filepath.Join(t.TempDir(), "src.bin")
+	data := bytes.Repeat([]byte("cairn v6 "), 1<<20)
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nbdWriteFile(t, d, "v6", src)
+	if code := d.stop(t); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+
+	away := d1 + ".away"
+	if err := os.Rename(d1, away); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, dataDir)
+	for _, want := range []string{`msg="drive refused" path=` + d1, `msg="volume unavailable" name=v6`} {
+		if !strings.Contains(d.log(), want) {
+			t.Errorf("start with a missing drive: the log does not say %q", want)
+		}
+	}
+	st := mustCairn(t, d.api, "status", "-j")
+	jq(t, st, `.status == "degraded" and .unavailable_volumes == 1`)
+	jq(t, mustCairn(t, d.api, "volume", "list", "-j"), `[.[] | select(.name == "v6") | .state | startswith("unavailable: pool 1 (high)")] == [true]`)
+	mustFail(t, d.api, "stays taken", "volume", "create", "v6", "--size", "64M")
+	mustFail(t, d.api, "unavailable", "volume", "inspect", "v6")
+	out = mustCairn(t, d.api, "volume", "create", "v7", "--size", "64M", "--io_priority", "high")
+	if !strings.Contains(out, "no high pool: created on low") {
+		t.Errorf("a create that fell back does not say so:\n%s", out)
+	}
+	if code := d.stop(t); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+
+	if err := os.Rename(away, d1); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, dataDir)
+	jq(t, mustCairn(t, d.api, "status", "-j"), `.status == "operational" and .unavailable_volumes == 0 and .duplicate_volumes == []`)
+	jq(t, mustCairn(t, d.api, "volume", "inspect", "v6", "-j"), `.state == "up" and .io_priority == "high"`)
+	if got := nbdReadBack(t, d, "v6", len(data)); !bytes.Equal(got, data) {
+		t.Fatal("v6's data changed while its drive was away")
+	}
+	if code := d.stop(t); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}

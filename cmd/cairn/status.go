@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -72,6 +73,12 @@ func printStatus(w io.Writer, st control.Status) {
 				fmt.Fprintf(t, "%s\t%s\n", d.Path, d.Status)
 			}
 		})
+	}
+	if st.UnavailableVolumes > 0 {
+		fmt.Fprintf(w, "\tUnavailable volumes: %d (their pool is missing; names kept; see volume list --all)\n", st.UnavailableVolumes)
+	}
+	for _, d := range st.DuplicateVolumes {
+		fmt.Fprintf(w, "\tVolume name %q is in more than one pool: served as %s\n", d.Name, strings.Join(d.ServedAs, ", "))
 	}
 	if n := len(st.SnapshotErrors); n > 0 {
 		last := st.SnapshotErrors[n-1]

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -63,6 +64,9 @@ func newVolumeCreateCommand(g *globals) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), v)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Volume successfully created: %s\n", v.ID)
+			if v.RequestedIOPriority != "" && v.IOPriority != v.RequestedIOPriority {
+				fmt.Fprintf(cmd.OutOrStdout(), "no %s pool: created on %s\n", v.RequestedIOPriority, v.IOPriority)
+			}
 			return nil
 		},
 	}
@@ -253,6 +257,9 @@ func parseOnOff(s string) (bool, error) {
 }
 
 func volumeState(v control.Volume) string {
+	if strings.HasPrefix(v.State, "unavailable") {
+		return v.State
+	}
 	if v.AttachedOn == "" {
 		return v.State + " - detached"
 	}
