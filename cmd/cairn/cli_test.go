@@ -231,10 +231,12 @@ func sorted(s ...string) []string { sort.Strings(s); return s }
 var (
 	volumeKeys = sorted("id", "name", "size", "used", "repl", "io_priority", "sticky", "state",
 		"snap_interval", "parent", "readonly", "attached_on", "created", "device",
-		"snapshot", "snap_keep") // issue 5
-	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives", "snapshot_errors")
-	poolKeys   = sorted("id", "io_priority", "raid", "size", "used", "status", "drives")
-	driveKeys  = sorted("path", "size", "used", "status")
+		"snapshot", "snap_keep", // issue 5
+		"requested_io_priority") // issue 13
+	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives", "snapshot_errors",
+		"duplicate_volumes", "unavailable_volumes") // issue 13
+	poolKeys  = sorted("id", "io_priority", "raid", "size", "used", "status", "drives")
+	driveKeys = sorted("path", "size", "used", "status")
 )
 
 func checkVolumeJSON(t *testing.T, raw string) map[string]any {
