@@ -96,7 +96,7 @@ func TestShutdown(t *testing.T) {
 	go func() { served <- srv.Serve(l) }()
 
 	c := connectRaw(t, sock, "m", false)
-	c.request(cmdWrite, 0, 1, 0, 4, []byte("data"))
+	c.request(CmdWrite, 0, 1, 0, 4, []byte("data"))
 	<-exp.entered // the write is in the export, held at the gate
 
 	shut := make(chan error, 1)
