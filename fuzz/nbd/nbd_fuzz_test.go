@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -63,46 +64,32 @@ func startServer(f *testing.F) string {
 // seeds are a well-formed session (GO with structured replies and
 // base:allocation, then one of each command) and a few broken variants.
 func seeds() [][]byte {
-	be := binary.BigEndian
-	opt := func(b []byte, o uint32, data []byte) []byte {
-		b = be.AppendUint64(b, 0x49484156454f5054)
-		b = be.AppendUint32(b, o)
-		b = be.AppendUint32(b, uint32(len(data)))
-		return append(b, data...)
-	}
-	str := func(b []byte, s string) []byte { return append(be.AppendUint32(b, uint32(len(s))), s...) }
-	req := func(b []byte, flags, typ uint16, off uint64, n uint32) []byte {
-		b = be.AppendUint32(b, 0x25609513)
-		b = be.AppendUint16(b, flags)
-		b = be.AppendUint16(b, typ)
-		b = be.AppendUint64(b, 1)
-		b = be.AppendUint64(b, off)
-		return be.AppendUint32(b, n)
-	}
-	hs := be.AppendUint32(nil, 3)
-	hs = opt(hs, 8, nil)
-	meta := be.AppendUint32(str(nil, "x"), 1)
-	hs = opt(hs, 10, str(meta, "base:allocation"))
-	hs = opt(hs, 3, nil)
-	hs = opt(hs, 6, be.AppendUint16(be.AppendUint16(str(nil, "x"), 1), 3))
-	hs = opt(hs, 7, be.AppendUint16(str(nil, "x"), 0))
+	hs := clientFlags()
+	hs = nbd.AppendOption(hs, nbd.OptStructuredReply, nil)
+	hs = nbd.AppendOption(hs, nbd.OptSetMetaContext, nbd.MetaContextData("x", nbd.MetaBaseAllocation))
+	hs = nbd.AppendOption(hs, nbd.OptList, nil)
+	hs = nbd.AppendOption(hs, nbd.OptInfo, nbd.GoData("x", nbd.InfoBlockSize))
+	hs = nbd.AppendOption(hs, nbd.OptGo, nbd.GoData("x"))
 	s := append([]byte{}, hs...)
-	s = append(req(s, 1, 1, 0, 8), "abcdefgh"...)
-	s = req(s, 0, 0, 0, 4096)
-	s = req(s, 0, 7, 0, 1<<20)
-	s = req(s, 0, 6, 4096, 8192)
-	s = req(s, 0, 4, 0, 4096)
-	s = req(s, 0, 5, 0, 4096)
-	s = req(s, 0, 3, 0, 0)
-	s = req(s, 4, 0, 0, 65536)
-	s = req(s, 0, 2, 0, 0)
+	s = append(nbd.AppendRequest(s, nbd.CmdWrite, nbd.CmdFlagFUA, 1, 0, 8), "abcdefgh"...)
+	s = nbd.AppendRequest(s, nbd.CmdRead, 0, 1, 0, 4096)
+	s = nbd.AppendRequest(s, nbd.CmdBlockStatus, 0, 1, 0, 1<<20)
+	s = nbd.AppendRequest(s, nbd.CmdWriteZeroes, 0, 1, 4096, 8192)
+	s = nbd.AppendRequest(s, nbd.CmdTrim, 0, 1, 0, 4096)
+	s = nbd.AppendRequest(s, nbd.CmdCache, 0, 1, 0, 4096)
+	s = nbd.AppendRequest(s, nbd.CmdFlush, 0, 1, 0, 0)
+	s = nbd.AppendRequest(s, nbd.CmdRead, nbd.CmdFlagDF, 1, 0, 65536)
+	s = nbd.AppendRequest(s, nbd.CmdDisc, 0, 1, 0, 0)
 
-	old := be.AppendUint32(nil, 1)
-	old = opt(old, 1, []byte("x"))
-	old = append(req(old, 0, 1, 0, 3), "abc"...)
-	old = req(old, 0, 0, 0, 3)
+	// Old-style clients: FIXED_NEWSTYLE only (the server then pads
+	// EXPORT_NAME's reply with zeroes).
+	fixedOnly := binary.BigEndian.AppendUint32(nil, nbd.ClientFlagFixedNewstyle)
+	old := nbd.AppendOption(fixedOnly, nbd.OptExportName, []byte("x"))
+	old = append(nbd.AppendRequest(old, nbd.CmdWrite, 0, 1, 0, 3), "abc"...)
+	old = nbd.AppendRequest(old, nbd.CmdRead, 0, 1, 0, 3)
 
-	return [][]byte{s, old, hs, s[:len(hs)+20], []byte("garbage"), opt(be.AppendUint32(nil, 1), 7, []byte{0xff, 0xff, 0xff, 0xff})}
+	badGo := nbd.AppendOption(slices.Clone(fixedOnly), nbd.OptGo, []byte{0xff, 0xff, 0xff, 0xff})
+	return [][]byte{s, old, hs, s[:len(hs)+20], []byte("garbage"), badGo}
 }
 
 type exports struct{ exp *memExport }
