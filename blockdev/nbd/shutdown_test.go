@@ -23,6 +23,7 @@ type memExport struct {
 	flushes  atomic.Int64
 	gate     chan struct{} // when set, WriteAt waits for it to close
 	entered  chan struct{} // signalled when a write reaches the gate
+	writes   atomic.Int64  // writes done
 	released atomic.Int64
 }
 
@@ -47,6 +48,7 @@ func (m *memExport) WriteAt(p []byte, off int64, fua bool) error {
 	m.mu.Lock()
 	copy(m.data[off:], p)
 	m.mu.Unlock()
+	m.writes.Add(1)
 	return nil
 }
 func (m *memExport) Flush() error            { m.flushes.Add(1); return nil }
@@ -99,25 +101,38 @@ func TestShutdown(t *testing.T) {
 	c.request(CmdWrite, 0, 1, 0, 4, []byte("data"))
 	<-exp.entered // the write is in the export, held at the gate
 
-	shut := make(chan error, 1)
+	// Shutdown must not return before the write it holds is done: it says
+	// how many writes were done when it returned.
+	type shutdown struct {
+		err    error
+		writes int64
+	}
+	shut := make(chan shutdown, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		shut <- srv.Shutdown(ctx)
+		err := srv.Shutdown(ctx)
+		shut <- shutdown{err, exp.writes.Load()}
 	}()
-	time.Sleep(50 * time.Millisecond)
-	select {
-	case err := <-shut:
-		t.Fatalf("Shutdown returned %v with a request in flight", err)
-	default:
+	// Once the listener is closed, Shutdown is under way: one that did not
+	// wait would return now, with the write still held at the gate.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		nc, err := net.Dial("unix", sock)
+		if err != nil {
+			break
+		}
+		nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("still accepting 10 s after Shutdown began")
+		}
 	}
 	close(exp.gate)
 	if r := c.readReply(0); r.handle != 1 || r.errno != 0 {
 		t.Fatalf("in-flight write: %+v", r)
 	}
 	c.expectClosed()
-	if err := <-shut; err != nil {
-		t.Fatalf("Shutdown: %v", err)
+	if res := <-shut; res.err != nil || res.writes != 1 {
+		t.Fatalf("Shutdown returned %v with %d of 1 in-flight writes done", res.err, res.writes)
 	}
 	if err := <-served; !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("Serve: %v", err)
