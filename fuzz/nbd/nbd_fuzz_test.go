@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -23,42 +22,41 @@ func FuzzClientStream(f *testing.F) {
 	for _, seed := range seeds() {
 		f.Add(seed)
 	}
-	sock := startServer(f)
-	f.Fuzz(func(t *testing.T, in []byte) {
-		nc, err := net.Dial("unix", sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		nc.SetDeadline(time.Now().Add(10 * time.Second))
-		go func() {
-			nc.Write(in) // the server may close before reading it all
-			nc.(*net.UnixConn).CloseWrite()
-		}()
-		if _, err := io.Copy(io.Discard, nc); err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				t.Fatalf("server did not close the connection after the client's %d bytes", len(in))
-			}
-		}
-	})
+	sock := serve(f, exports{&memExport{data: make([]byte, 1<<20)}}, 8)
+	f.Fuzz(func(t *testing.T, in []byte) { stream(t, sock, in) })
 }
 
-func startServer(f *testing.F) string {
-	dir, err := os.MkdirTemp("", "nbdfuzz")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s")
+// serve serves exports on a unix socket for the whole fuzz run.
+func serve(f *testing.F, exports nbd.Exports, maxInFlight int) (sock string) {
+	sock = filepath.Join(f.TempDir(), "s")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		f.Fatal(err)
 	}
-	exp := &memExport{data: make([]byte, 1<<20)}
-	srv := nbd.NewServer(exports{exp}, nbd.Config{MaxInFlight: 8, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv := nbd.NewServer(exports, nbd.Config{MaxInFlight: maxInFlight, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	go srv.Serve(l)
 	f.Cleanup(func() { srv.Shutdown(f.Context()) })
 	return sock
+}
+
+// stream sends in on a new connection and closes the sending half; the
+// server must then close the connection.
+func stream(t *testing.T, sock string, in []byte) {
+	nc, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() {
+		nc.Write(in) // the server may close before reading it all
+		nc.(*net.UnixConn).CloseWrite()
+	}()
+	if _, err := io.Copy(io.Discard, nc); err != nil {
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("server did not close the connection after the client's %d bytes", len(in))
+		}
+	}
 }
 
 // seeds are a well-formed session (GO with structured replies and

@@ -2,13 +2,7 @@ package nbdfuzz
 
 import (
 	"encoding/binary"
-	"io"
-	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/cairn-storage/cairn/blockdev/nbd"
 	"github.com/cairn-storage/cairn/drive"
@@ -30,21 +24,7 @@ func FuzzTransmission(f *testing.F) {
 		if len(in) > 0 {
 			in = in[1:]
 		}
-		nc, err := net.Dial("unix", sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nc.Close()
-		nc.SetDeadline(time.Now().Add(10 * time.Second))
-		go func() {
-			nc.Write(append(handshake(structured), in...))
-			nc.(*net.UnixConn).CloseWrite()
-		}()
-		if _, err := io.Copy(io.Discard, nc); err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				t.Fatalf("server did not close the connection after the client's %d bytes", len(in))
-			}
-		}
+		stream(t, sock, append(handshake(structured), in...))
 		if err := eng.Check(); err != nil {
 			t.Fatalf("engine inconsistent after the stream: %v", err)
 		}
@@ -91,11 +71,6 @@ func transmissionSeeds() [][]byte {
 // startEngineServer serves one 16 MiB engine volume "v" (on a crash-simulating
 // memory drive) on a unix socket for the whole fuzz run.
 func startEngineServer(f *testing.F) (string, *engine.Engine) {
-	dir, err := os.MkdirTemp("", "nbdfuzz")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { os.RemoveAll(dir) })
 	eng, err := engine.Open(engine.Options{NodeID: "fuzz", LogAreaSize: 256 << 10,
 		Drives: []engine.DriveSpec{{Path: "mem0", Drive: drive.NewMem("mem0", 20<<20)}}})
 	if err != nil {
@@ -105,15 +80,7 @@ func startEngineServer(f *testing.F) (string, *engine.Engine) {
 	if _, err := eng.CreateVolume(engine.VolumeSpec{Name: "v", Size: 16 << 20}); err != nil {
 		f.Fatal(err)
 	}
-	sock := filepath.Join(dir, "s")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		f.Fatal(err)
-	}
-	srv := nbd.NewServer(engineExports{eng}, nbd.Config{MaxInFlight: 16, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	go srv.Serve(l)
-	f.Cleanup(func() { srv.Shutdown(f.Context()) })
-	return sock, eng
+	return serve(f, engineExports{eng}, 16), eng
 }
 
 type engineExports struct{ eng *engine.Engine }
