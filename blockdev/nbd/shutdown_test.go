@@ -73,6 +73,8 @@ func (x memExports) OpenExport(name string) (Export, func(), error) {
 }
 func (x memExports) ExportNames() []string { return []string{x.exp.name} }
 
+// listenUnix listens on a new unix socket, removed when the test ends. Unix
+// socket paths are limited to ~108 bytes, and t.TempDir can be longer.
 func listenUnix(t testing.TB) (net.Listener, string) {
 	dir, err := os.MkdirTemp("", "nbd")
 	if err != nil {
