@@ -10,11 +10,11 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cairn-storage/cairn/blockdev/nbd"
+	"github.com/cairn-storage/cairn/blockdev/nbd/nbdtest"
 	"github.com/cairn-storage/cairn/engine"
 )
 
@@ -22,7 +22,7 @@ func FuzzClientStream(f *testing.F) {
 	for _, seed := range seeds() {
 		f.Add(seed)
 	}
-	sock := serve(f, exports{&memExport{data: make([]byte, 1<<20)}}, 8)
+	sock := serve(f, exports{holeExport{nbdtest.NewMemExport("x", 1<<20)}}, 8)
 	f.Fuzz(func(t *testing.T, in []byte) { stream(t, sock, in) })
 }
 
@@ -90,7 +90,7 @@ func seeds() [][]byte {
 	return [][]byte{s, old, hs, s[:len(hs)+20], []byte("garbage"), badGo}
 }
 
-type exports struct{ exp *memExport }
+type exports struct{ exp nbd.Export }
 
 func (x exports) OpenExport(name string) (nbd.Export, func(), error) {
 	if name != "x" {
@@ -100,36 +100,11 @@ func (x exports) OpenExport(name string) (nbd.Export, func(), error) {
 }
 func (x exports) ExportNames() []string { return []string{"x"} }
 
-// memExport is a flat in-memory export that reports a hole in its second half.
-type memExport struct {
-	mu   sync.Mutex
-	data []byte
-}
+// holeExport is a flat in-memory export that reports a hole in its second
+// half (so that structured READs send hole chunks).
+type holeExport struct{ *nbdtest.MemExport }
 
-func (m *memExport) Name() string   { return "x" }
-func (m *memExport) Size() int64    { return int64(len(m.data)) }
-func (m *memExport) ReadOnly() bool { return false }
-func (m *memExport) ReadAt(p []byte, off int64) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	copy(p, m.data[off:])
-	return nil
-}
-func (m *memExport) WriteAt(p []byte, off int64, _ bool) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	copy(m.data[off:], p)
-	return nil
-}
-func (m *memExport) Flush() error            { return nil }
-func (m *memExport) Trim(off, n int64) error { return m.WriteZeroes(off, n, false) }
-func (m *memExport) WriteZeroes(off, n int64, _ bool) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	clear(m.data[off : off+n])
-	return nil
-}
-func (m *memExport) Extents(off, n int64) ([]engine.Extent, error) {
+func (m holeExport) Extents(off, n int64) ([]engine.Extent, error) {
 	half := m.Size() / 2
 	var out []engine.Extent
 	if off < half {
