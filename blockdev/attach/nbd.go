@@ -36,6 +36,7 @@ const (
 	nbdSetFlags      = 0xab0a
 )
 
+// How the kernel client is set up and waited for.
 const (
 	nbdBlockSize   = 4096
 	nbdIOTimeout   = 30 // seconds before the kernel fails a stuck request
