@@ -8,6 +8,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -919,10 +920,24 @@ func (e *Engine) DeleteVolume(name string) error {
 // Check verifies the engine's invariants (tests): every pool's allocator is
 // consistent and holds exactly the extents mapped by its volumes plus those
 // waiting to be freed.
+//
+// It may run while I/O does. A copy-on-write holds the extent it copies into
+// outside the pool's lists (neither reserved nor mapped yet) while it copies,
+// with only its volume's ioMu (read) held; so Check freezes each pool's
+// volumes by taking their ioMu for writing, then the pool's mu, and checks a
+// state no I/O is half-way through. Commit rounds keep the extents they work
+// on listed, so they need not be stopped. e.mu keeps p.vols fixed meanwhile
+// (volumes are created and deleted under it).
 func (e *Engine) Check() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, p := range e.pools {
+		p.mu.Lock()
+		vols := slices.Collect(maps.Values(p.vols))
+		p.mu.Unlock()
+		for _, v := range vols {
+			v.ioMu.Lock()
+		}
 		p.mu.Lock()
 		err := p.alloc.Check()
 		var mapped int64
@@ -960,6 +975,9 @@ func (e *Engine) Check() error {
 			err = fmt.Errorf("%s: %d extents mapped + %d held, allocator says %d used", p, len(refs), len(held), p.alloc.Used())
 		}
 		p.mu.Unlock()
+		for _, v := range vols {
+			v.ioMu.Unlock()
+		}
 		if err != nil {
 			return err
 		}

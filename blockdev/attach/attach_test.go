@@ -1,16 +1,10 @@
 package attach
 
 import (
-	"io"
-	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/cairn-storage/cairn/blockdev/nbd"
-	"github.com/cairn-storage/cairn/engine"
 )
 
 func TestParseMountinfo(t *testing.T) {
@@ -55,64 +49,6 @@ func TestCleanPath(t *testing.T) {
 		if _, err := CleanPath(path); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("CleanPath(%q): %v, want %q", path, err, want)
 		}
-	}
-}
-
-// memExport is an in-memory nbd.Export.
-type memExport struct{ size int64 }
-
-func (m memExport) Name() string                                  { return "e" }
-func (m memExport) Size() int64                                   { return m.size }
-func (m memExport) ReadOnly() bool                                { return false }
-func (m memExport) ReadAt([]byte, int64) error                    { return nil }
-func (m memExport) WriteAt([]byte, int64, bool) error             { return nil }
-func (m memExport) Flush() error                                  { return nil }
-func (m memExport) Trim(int64, int64) error                       { return nil }
-func (m memExport) WriteZeroes(int64, int64, bool) error          { return nil }
-func (m memExport) Extents(int64, int64) ([]engine.Extent, error) { return nil, nil }
-
-type exports struct{}
-
-func (exports) OpenExport(name string) (nbd.Export, func(), error) {
-	if name != "vol" {
-		return nil, nil, engine.ErrNotFound
-	}
-	return memExport{size: 64 << 20}, func() {}, nil
-}
-func (exports) ExportNames() []string { return []string{"vol"} }
-
-// TestNBDHandshake runs the userspace half of a kernel NBD attach against
-// cairn's NBD server: it works without the nbd module.
-func TestNBDHandshake(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := nbd.NewServer(exports{}, nbd.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	go srv.Serve(l)
-	defer srv.Shutdown(t.Context())
-
-	c, err := net.Dial("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	size, tflags, err := nbdHandshake(c, "vol")
-	if err != nil {
-		t.Fatal(err)
-	}
-	const hasFlags, sendFlush = 1 << 0, 1 << 2
-	if size != 64<<20 || tflags&hasFlags == 0 || tflags&sendFlush == 0 {
-		t.Errorf("size %d, flags %#x", size, tflags)
-	}
-	c2, err := net.Dial("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	if _, _, err := nbdHandshake(c2, "missing"); err == nil || !strings.Contains(err.Error(), "refused") {
-		t.Errorf("unknown export: %v", err)
 	}
 }
 

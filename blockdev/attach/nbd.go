@@ -1,10 +1,8 @@
 package attach
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cairn-storage/cairn/blockdev/nbd"
 )
 
 // ErrNoNBD is returned where the kernel has no nbd module.
@@ -36,20 +36,8 @@ const (
 	nbdSetFlags      = 0xab0a
 )
 
-// NBD handshake constants (NetworkBlockDevice/nbd doc/proto.md), for the
-// userspace half of the handshake the kernel expects done before SET_SOCK.
+// How the kernel client is set up and waited for.
 const (
-	nbdOptMagic        = 0x49484156454F5054 // "IHAVEOPT"
-	nbdRepMagic        = 0x3e889045565a9
-	nbdFlagFixed       = 1 << 0
-	nbdFlagNoZeroes    = 1 << 1
-	nbdOptGo           = 7
-	nbdRepAck          = 1
-	nbdRepInfo         = 3
-	nbdRepErrBit       = 1 << 31
-	nbdInfoExport      = 0
-	nbdMaxReplyPayload = 64 << 10
-
 	nbdBlockSize   = 4096
 	nbdIOTimeout   = 30 // seconds before the kernel fails a stuck request
 	nbdHandshakeIO = 10 * time.Second
@@ -78,10 +66,14 @@ func AttachNBD(socket, export string) (*NBDDevice, error) {
 		return nil, fmt.Errorf("attach: nbd: %w", err)
 	}
 	defer conn.Close() // the kernel holds its own reference (via sock)
-	size, tflags, err := nbdHandshake(conn, export)
+	// The userspace half: the kernel expects the handshake done before
+	// SET_SOCK and takes the socket for the transmission phase.
+	conn.SetDeadline(time.Now().Add(nbdHandshakeIO))
+	size, tflags, err := nbd.Handshake(conn, export)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("attach: %w", err)
 	}
+	conn.SetDeadline(time.Time{})
 	sock, err := conn.(*net.UnixConn).File() // a blocking dup for the kernel
 	if err != nil {
 		return nil, fmt.Errorf("attach: nbd: %w", err)
@@ -173,57 +165,4 @@ func (d *NBDDevice) Detach() error {
 		d.dev.Close()
 	})
 	return err
-}
-
-// nbdHandshake does the client side of the fixed newstyle handshake with
-// NBD_OPT_GO and returns the export's size and transmission flags.
-func nbdHandshake(c net.Conn, export string) (size uint64, tflags uint16, err error) {
-	c.SetDeadline(time.Now().Add(nbdHandshakeIO))
-	defer c.SetDeadline(time.Time{})
-	var hello [18]byte
-	if _, err := io.ReadFull(c, hello[:]); err != nil {
-		return 0, 0, fmt.Errorf("attach: nbd handshake: %w", err)
-	}
-	if string(hello[:16]) != "NBDMAGICIHAVEOPT" || binary.BigEndian.Uint16(hello[16:])&nbdFlagFixed == 0 {
-		return 0, 0, errors.New("attach: nbd handshake: not a fixed-newstyle NBD server")
-	}
-	req := binary.BigEndian.AppendUint32(nil, nbdFlagFixed|nbdFlagNoZeroes)
-	req = binary.BigEndian.AppendUint64(req, nbdOptMagic)
-	req = binary.BigEndian.AppendUint32(req, nbdOptGo)
-	req = binary.BigEndian.AppendUint32(req, uint32(4+len(export)+2))
-	req = binary.BigEndian.AppendUint32(req, uint32(len(export)))
-	req = append(req, export...)
-	req = binary.BigEndian.AppendUint16(req, 0) // no information requests
-	if _, err := c.Write(req); err != nil {
-		return 0, 0, fmt.Errorf("attach: nbd handshake: %w", err)
-	}
-	gotExport := false
-	for {
-		var h [20]byte
-		if _, err := io.ReadFull(c, h[:]); err != nil {
-			return 0, 0, fmt.Errorf("attach: nbd handshake: %w", err)
-		}
-		if binary.BigEndian.Uint64(h[:]) != nbdRepMagic || binary.BigEndian.Uint32(h[8:]) != nbdOptGo {
-			return 0, 0, errors.New("attach: nbd handshake: bad option reply")
-		}
-		typ, n := binary.BigEndian.Uint32(h[12:]), binary.BigEndian.Uint32(h[16:])
-		if n > nbdMaxReplyPayload {
-			return 0, 0, fmt.Errorf("attach: nbd handshake: reply of %d bytes", n)
-		}
-		payload := make([]byte, n)
-		if _, err := io.ReadFull(c, payload); err != nil {
-			return 0, 0, fmt.Errorf("attach: nbd handshake: %w", err)
-		}
-		switch {
-		case typ&nbdRepErrBit != 0:
-			return 0, 0, fmt.Errorf("attach: nbd: export %q refused: %s", export, payload)
-		case typ == nbdRepInfo && n >= 12 && binary.BigEndian.Uint16(payload) == nbdInfoExport:
-			size, tflags, gotExport = binary.BigEndian.Uint64(payload[2:]), binary.BigEndian.Uint16(payload[10:]), true
-		case typ == nbdRepAck:
-			if !gotExport {
-				return 0, 0, errors.New("attach: nbd handshake: no NBD_INFO_EXPORT before the ack")
-			}
-			return size, tflags, nil
-		}
-	}
 }

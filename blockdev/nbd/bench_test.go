@@ -78,9 +78,9 @@ func benchCases(b *testing.B, exports func(*testing.B) Exports) {
 			name += "-structured"
 		}
 		b.Run(name, func(b *testing.B) {
-			typ := cmdWrite
+			typ := CmdWrite
 			if tc.op == "read" {
-				typ = cmdRead
+				typ = CmdRead
 			}
 			benchIO(b, exports(b), typ, tc.size, tc.qd, tc.structured)
 		})
@@ -130,12 +130,12 @@ func benchIO(b *testing.B, exports Exports, typ uint16, size, qd int, structured
 			}
 			var err error
 			switch be.Uint32(h[:]) {
-			case magicSimple:
+			case MagicSimpleReply:
 				_, err = io.ReadFull(c.br, h[4:16])
-				if err == nil && typ == cmdRead {
+				if err == nil && typ == CmdRead {
 					_, err = io.ReadFull(c.br, data)
 				}
-			case magicStructured:
+			case MagicStructuredReply:
 				// One OFFSET_DATA chunk with DONE (the export has no holes).
 				_, err = io.ReadFull(c.br, h[4:28])
 				if err == nil {
@@ -153,8 +153,8 @@ func benchIO(b *testing.B, exports Exports, typ uint16, size, qd int, structured
 		done <- nil
 	}()
 
-	var h [requestHeaderLen]byte
-	be.PutUint32(h[0:], magicRequest)
+	var h [RequestHeaderLen]byte
+	be.PutUint32(h[0:], MagicRequest)
 	be.PutUint16(h[6:], typ)
 	be.PutUint32(h[24:], uint32(size))
 	blocks := uint64(span / size)
@@ -166,7 +166,7 @@ func benchIO(b *testing.B, exports Exports, typ uint16, size, qd int, structured
 		be.PutUint64(h[8:], uint64(i))
 		be.PutUint64(h[16:], (uint64(i)*2654435761)%blocks*uint64(size))
 		bw.Write(h[:])
-		if typ == cmdWrite {
+		if typ == CmdWrite {
 			bw.Write(payload)
 		}
 	}

@@ -99,7 +99,7 @@ type conn struct {
 	// whdr is the writer's (or the inline reader's) scratch space for
 	// reply headers (a local array would escape through the replyWriter
 	// and cost an allocation per reply).
-	whdr [structuredHeaderLen + 8]byte
+	whdr [StructuredReplyHeaderLen + 8]byte
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -256,7 +256,7 @@ func (c *conn) transmit() error {
 // readLoop is the reader: it decodes requests and queues them until the
 // client disconnects, the socket fails or the client breaks the protocol.
 func (c *conn) readLoop() error {
-	var h [requestHeaderLen]byte
+	var h [RequestHeaderLen]byte
 	for {
 		if _, err := io.ReadFull(c.br, h[:]); err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -264,15 +264,15 @@ func (c *conn) readLoop() error {
 			}
 			return err
 		}
-		if m := be.Uint32(h[0:]); m != magicRequest {
+		if m := be.Uint32(h[0:]); m != MagicRequest {
 			return fmt.Errorf("%w: bad request magic %#x", ErrProtocol, m)
 		}
 		flags, typ := be.Uint16(h[4:]), be.Uint16(h[6:])
 		handle, off, length := be.Uint64(h[8:]), be.Uint64(h[16:]), be.Uint32(h[24:])
-		if typ == cmdDisc {
+		if typ == CmdDisc {
 			return errDisconnect
 		}
-		if typ == cmdWrite && length > maxRequestLength {
+		if typ == CmdWrite && length > maxRequestLength {
 			// Refuse, but keep the stream in sync by reading the payload,
 			// unless it is so large the client must be hostile.
 			if length > maxDiscardLength {
@@ -293,12 +293,12 @@ func (c *conn) readLoop() error {
 		r := <-c.free
 		r.reset(handle, off, length, typ, flags)
 		switch {
-		case typ == cmdWrite && length > maxRequestLength:
-			r.fail(errInval, "request larger than the maximum block size")
+		case typ == CmdWrite && length > maxRequestLength:
+			r.fail(ErrnoInval, "request larger than the maximum block size")
 			c.pending.Add(1)
 			c.done <- r
 			continue
-		case typ == cmdWrite:
+		case typ == CmdWrite:
 			c.budget.acquire(int64(length))
 			r.budget = int64(length)
 			r.alloc(int(length))
@@ -308,14 +308,14 @@ func (c *conn) readLoop() error {
 				c.free <- r
 				return fmt.Errorf("%w: truncated WRITE payload: %w", ErrProtocol, err)
 			}
-		case typ == cmdRead && length <= maxRequestLength:
+		case typ == CmdRead && length <= maxRequestLength:
 			// The worker allocates the read buffer; reserve its bytes here
 			// so the reader is the one that waits.
 			c.budget.acquire(int64(length))
 			r.budget = int64(length)
 		}
 		c.pending.Add(1)
-		if c.cachedWrites != nil && typ == cmdWrite && flags&cmdFlagFUA == 0 && r.errno == 0 && !c.cachedWritesSlow() {
+		if c.cachedWrites != nil && typ == CmdWrite && flags&CmdFlagFUA == 0 && r.errno == 0 && !c.cachedWritesSlow() {
 			c.cachedWrites <- r
 		} else {
 			c.work <- r
@@ -346,11 +346,11 @@ func (c *conn) cachedWritesSlow() bool {
 // reader → worker → writer, each a wake-up of a parked goroutine. Reader
 // only.
 func (c *conn) canInline(typ uint16, length uint32) bool {
-	if c.rc == nil || (typ != cmdRead && typ != cmdWrite) || length > inlineMaxLength || c.pending.Load() != 0 {
+	if c.rc == nil || (typ != CmdRead && typ != CmdWrite) || length > inlineMaxLength || c.pending.Load() != 0 {
 		return false
 	}
 	payload := 0
-	if typ == cmdWrite {
+	if typ == CmdWrite {
 		payload = int(length)
 	}
 	return c.br.Buffered() <= payload
@@ -363,7 +363,7 @@ func (c *conn) runInline(handle, off uint64, length uint32, typ, flags uint16) e
 	r := &c.inline
 	r.reset(handle, off, length, typ, flags)
 	defer r.freeBuf()
-	if typ == cmdWrite {
+	if typ == CmdWrite {
 		// The payload is handed to the export straight from the read
 		// buffer (inlineMaxLength fits in it): no copy, no pooled buffer.
 		// It stays valid until the Discard below.
@@ -482,96 +482,96 @@ func (c *conn) execute(r *request) {
 	if r.errno != 0 {
 		return
 	}
-	allowed := cmdFlagFUA
+	allowed := CmdFlagFUA
 	switch r.typ {
-	case cmdRead:
+	case CmdRead:
 		if c.structured {
-			allowed |= cmdFlagDF
+			allowed |= CmdFlagDF
 		}
-	case cmdWriteZeroes:
-		allowed |= cmdFlagNoHole | cmdFlagFastZero
-	case cmdBlockStatus:
-		allowed |= cmdFlagReqOne
-	case cmdWrite, cmdFlush, cmdTrim, cmdCache:
+	case CmdWriteZeroes:
+		allowed |= CmdFlagNoHole | CmdFlagFastZero
+	case CmdBlockStatus:
+		allowed |= CmdFlagReqOne
+	case CmdWrite, CmdFlush, CmdTrim, CmdCache:
 	default:
-		r.fail(errInval, "unknown command")
+		r.fail(ErrnoInval, "unknown command")
 		return
 	}
 	if r.flags&^allowed != 0 {
-		r.fail(errInval, "command flags not valid for this command")
+		r.fail(ErrnoInval, "command flags not valid for this command")
 		return
 	}
-	if c.readOnly && (r.typ == cmdWrite || r.typ == cmdTrim || r.typ == cmdWriteZeroes) {
-		r.fail(errPerm, "export is read-only")
+	if c.readOnly && (r.typ == CmdWrite || r.typ == CmdTrim || r.typ == CmdWriteZeroes) {
+		r.fail(ErrnoPerm, "export is read-only")
 		return
 	}
 	off, n := r.offset, uint64(r.length)
 	beyond := off > c.size || n > c.size-off
-	fua := r.flags&cmdFlagFUA != 0
+	fua := r.flags&CmdFlagFUA != 0
 	exp := c.exp
 
 	switch r.typ {
-	case cmdRead:
+	case CmdRead:
 		switch {
 		case n > maxRequestLength:
-			r.fail(errInval, "request larger than the maximum block size")
+			r.fail(ErrnoInval, "request larger than the maximum block size")
 		case beyond:
-			r.fail(errInval, "read beyond the end of the export")
+			r.fail(ErrnoInval, "read beyond the end of the export")
 		case n > 0:
 			c.read(r)
 		}
-	case cmdWrite:
+	case CmdWrite:
 		switch {
 		case beyond:
-			r.fail(errNoSpc, "write beyond the end of the export")
+			r.fail(ErrnoNoSpc, "write beyond the end of the export")
 		case n > 0:
 			r.failErr(exp.WriteAt(r.data, int64(off), fua))
 		}
-	case cmdFlush:
+	case CmdFlush:
 		r.failErr(exp.Flush())
-	case cmdTrim:
+	case CmdTrim:
 		switch {
 		case beyond:
-			r.fail(errInval, "trim beyond the end of the export")
+			r.fail(ErrnoInval, "trim beyond the end of the export")
 		case n > 0:
 			r.failErr(exp.Trim(int64(off), int64(n)))
 			if r.errno == 0 && fua {
 				r.failErr(exp.Flush())
 			}
 		}
-	case cmdCache:
+	case CmdCache:
 		// The engine keeps no cache to warm; the command succeeds without
 		// effect, which the spec allows.
 		switch {
 		case n > maxRequestLength:
-			r.fail(errInval, "request larger than the maximum block size")
+			r.fail(ErrnoInval, "request larger than the maximum block size")
 		case beyond:
-			r.fail(errInval, "cache beyond the end of the export")
+			r.fail(ErrnoInval, "cache beyond the end of the export")
 		}
-	case cmdWriteZeroes:
-		noHole := r.flags&cmdFlagNoHole != 0
+	case CmdWriteZeroes:
+		noHole := r.flags&CmdFlagNoHole != 0
 		switch {
 		case beyond:
-			r.fail(errNoSpc, "write zeroes beyond the end of the export")
-		case noHole && r.flags&cmdFlagFastZero != 0:
+			r.fail(ErrnoNoSpc, "write zeroes beyond the end of the export")
+		case noHole && r.flags&CmdFlagFastZero != 0:
 			// Zeroing without punching a hole writes every block: no
 			// faster than a WRITE. Zeroing with holes allowed is a trim
 			// of the mapping, which is fast.
-			r.fail(errNotSup, "fast zero is not possible with NO_HOLE")
+			r.fail(ErrnoNotSup, "fast zero is not possible with NO_HOLE")
 		case n > 0:
 			r.failErr(exp.WriteZeroes(int64(off), int64(n), noHole))
 			if r.errno == 0 && fua {
 				r.failErr(exp.Flush())
 			}
 		}
-	case cmdBlockStatus:
+	case CmdBlockStatus:
 		switch {
 		case !c.blockStatus:
-			r.fail(errInval, "no metadata context selected")
+			r.fail(ErrnoInval, "no metadata context selected")
 		case beyond:
-			r.fail(errInval, "block status beyond the end of the export")
+			r.fail(ErrnoInval, "block status beyond the end of the export")
 		case n == 0:
-			r.fail(errInval, "block status of zero bytes")
+			r.fail(ErrnoInval, "block status of zero bytes")
 		default:
 			c.blockStatusOf(r)
 		}
@@ -586,7 +586,7 @@ func (c *conn) read(r *request) {
 	n := int(r.length)
 	r.alloc(n)
 	off := int64(r.offset)
-	if c.structured && n >= holeReadMin && r.flags&cmdFlagDF == 0 {
+	if c.structured && n >= holeReadMin && r.flags&CmdFlagDF == 0 {
 		if ext, err := c.exp.Extents(off, int64(n)); err == nil && r.planChunks(ext) {
 			for i := range r.nchunks {
 				ch := &r.chunks[i]
@@ -616,7 +616,7 @@ func (c *conn) blockStatusOf(r *request) {
 		return
 	}
 	limit := maxStatusExtents
-	if r.flags&cmdFlagReqOne != 0 {
+	if r.flags&CmdFlagReqOne != 0 {
 		limit = 1
 	}
 	off, end := r.offset, r.offset+uint64(r.length)
@@ -663,7 +663,7 @@ func encodeRuns(dst []byte, ext []engine.Extent, off, end uint64, limit int) int
 				be.PutUint32(d, uint32(t-pos))
 				var flags uint32
 				if hole {
-					flags = stateHole | stateZero
+					flags = StateHole | StateZero
 				}
 				be.PutUint32(d[4:], flags)
 			}
@@ -692,11 +692,11 @@ func (c *conn) writeReply(w replyWriter, r *request) error {
 		return err
 	}
 	if !c.structured {
-		be.PutUint32(h[0:], magicSimple)
+		be.PutUint32(h[0:], MagicSimpleReply)
 		be.PutUint32(h[4:], r.errno)
 		be.PutUint64(h[8:], r.handle)
-		w.Write(h[:simpleReplyLen])
-		if r.typ == cmdRead && r.errno == 0 {
+		w.Write(h[:SimpleReplyLen])
+		if r.typ == CmdRead && r.errno == 0 {
 			_, err := w.Write(r.data)
 			return err
 		}
@@ -706,21 +706,21 @@ func (c *conn) writeReply(w replyWriter, r *request) error {
 		return c.writeError(w, r)
 	}
 	switch r.typ {
-	case cmdRead:
+	case CmdRead:
 		if len(r.data) == 0 {
-			return c.writeChunkHeader(w, r.handle, replyFlagDone, replyNone, 0)
+			return c.writeChunkHeader(w, r.handle, ReplyFlagDone, ReplyTypeNone, 0)
 		}
 		if r.nchunks == 0 {
-			return c.writeData(w, r.handle, replyFlagDone, r.offset, r.data)
+			return c.writeData(w, r.handle, ReplyFlagDone, r.offset, r.data)
 		}
 		for i := range r.nchunks {
 			ch := &r.chunks[i]
 			var flags uint16
 			if i == r.nchunks-1 {
-				flags = replyFlagDone
+				flags = ReplyFlagDone
 			}
 			if ch.hole {
-				c.writeChunkHeader(w, r.handle, flags, replyOffsetHole, 12)
+				c.writeChunkHeader(w, r.handle, flags, ReplyTypeOffsetHole, 12)
 				be.PutUint64(h[0:], ch.off)
 				be.PutUint32(h[8:], ch.n)
 				w.Write(h[:12])
@@ -729,23 +729,23 @@ func (c *conn) writeReply(w replyWriter, r *request) error {
 			}
 		}
 		return nil
-	case cmdBlockStatus:
-		c.writeChunkHeader(w, r.handle, replyFlagDone, replyBlockStatus, uint32(len(r.data)))
+	case CmdBlockStatus:
+		c.writeChunkHeader(w, r.handle, ReplyFlagDone, ReplyTypeBlockStatus, uint32(len(r.data)))
 		_, err := w.Write(r.data)
 		return err
 	default:
 		// No payload: a simple reply is allowed and 4 bytes shorter.
-		be.PutUint32(h[0:], magicSimple)
+		be.PutUint32(h[0:], MagicSimpleReply)
 		be.PutUint32(h[4:], 0)
 		be.PutUint64(h[8:], r.handle)
-		_, err := w.Write(h[:simpleReplyLen])
+		_, err := w.Write(h[:SimpleReplyLen])
 		return err
 	}
 }
 
 func (c *conn) writeChunkHeader(w replyWriter, handle uint64, flags, typ uint16, length uint32) error {
-	h := c.whdr[:structuredHeaderLen]
-	be.PutUint32(h[0:], magicStructured)
+	h := c.whdr[:StructuredReplyHeaderLen]
+	be.PutUint32(h[0:], MagicStructuredReply)
 	be.PutUint16(h[4:], flags)
 	be.PutUint16(h[6:], typ)
 	be.PutUint64(h[8:], handle)
@@ -756,9 +756,9 @@ func (c *conn) writeChunkHeader(w replyWriter, handle uint64, flags, typ uint16,
 
 func (c *conn) writeData(w replyWriter, handle uint64, flags uint16, off uint64, data []byte) error {
 	h := c.whdr[:]
-	be.PutUint32(h[0:], magicStructured)
+	be.PutUint32(h[0:], MagicStructuredReply)
 	be.PutUint16(h[4:], flags)
-	be.PutUint16(h[6:], replyOffsetData)
+	be.PutUint16(h[6:], ReplyTypeOffsetData)
 	be.PutUint64(h[8:], handle)
 	be.PutUint32(h[16:], uint32(8+len(data)))
 	be.PutUint64(h[20:], off)
@@ -771,11 +771,11 @@ func (c *conn) writeData(w replyWriter, handle uint64, flags uint16, off uint64,
 // message.
 func (c *conn) writeError(w replyWriter, r *request) error {
 	msg := truncate(r.msg, maxStringLength)
-	typ, extra := replyError, 0
+	typ, extra := ReplyTypeError, 0
 	if r.errOffset >= 0 {
-		typ, extra = replyErrorOffset, 8
+		typ, extra = ReplyTypeErrorOffset, 8
 	}
-	c.writeChunkHeader(w, r.handle, replyFlagDone, typ, uint32(6+len(msg)+extra))
+	c.writeChunkHeader(w, r.handle, ReplyFlagDone, typ, uint32(6+len(msg)+extra))
 	b := c.whdr[:8]
 	be.PutUint32(b[0:], r.errno)
 	be.PutUint16(b[4:], uint16(len(msg)))

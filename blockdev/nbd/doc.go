@@ -134,4 +134,13 @@
 // the release it returns); the daemon uses that hold to refuse deleting an
 // exported volume. The size is read once at GO: a volume grown while
 // exported shows its new size to new connections only.
+//
+// # The client side
+//
+// The protocol's constants are declared once, exported, in proto.go; every
+// speaker of the wire in the tree uses them. client.go holds the client's
+// half: encoders for options and requests, Handshake (fixed newstyle with
+// NBD_OPT_GO, used by the kernel attach in blockdev/attach before it hands
+// the socket to the kernel) and Client, a minimal pipelined client with
+// simple replies for tests. Package nbdtest holds an in-memory Export.
 package nbd

@@ -15,10 +15,10 @@ var be = binary.BigEndian
 // client entered transmission (c.exp, c.release, c.size, c.tflags set);
 // otherwise the connection is to be closed.
 func (c *conn) handshake() error {
-	var greet [18]byte
-	be.PutUint64(greet[0:], magicInit)
-	be.PutUint64(greet[8:], magicOption)
-	be.PutUint16(greet[16:], flagFixedNewstyle|flagNoZeroes)
+	var greet [GreetingLen]byte
+	be.PutUint64(greet[0:], MagicInit)
+	be.PutUint64(greet[8:], MagicOption)
+	be.PutUint16(greet[16:], FlagFixedNewstyle|FlagNoZeroes)
 	if err := c.send(greet[:]); err != nil {
 		return err
 	}
@@ -27,17 +27,17 @@ func (c *conn) handshake() error {
 		return eofAsAbort(err)
 	}
 	cflags := be.Uint32(cf[:])
-	if cflags&^(flagCFixedNewstyle|flagCNoZeroes) != 0 {
+	if cflags&^(ClientFlagFixedNewstyle|ClientFlagNoZeroes) != 0 {
 		return fmt.Errorf("%w: unknown client flags %#x", ErrProtocol, cflags)
 	}
-	c.noZeroes = cflags&flagCNoZeroes != 0
+	c.noZeroes = cflags&ClientFlagNoZeroes != 0
 
-	var hdr [optionHeaderLen]byte
+	var hdr [OptionHeaderLen]byte
 	for range maxOptions {
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			return eofAsAbort(err)
 		}
-		if m := be.Uint64(hdr[0:]); m != magicOption {
+		if m := be.Uint64(hdr[0:]); m != MagicOption {
 			return fmt.Errorf("%w: bad option magic %#x", ErrProtocol, m)
 		}
 		opt, length := be.Uint32(hdr[8:]), be.Uint32(hdr[12:])
@@ -73,34 +73,34 @@ func eofAsAbort(err error) error {
 
 // option handles one option; done is true when transmission begins.
 func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
-	if c.shuttingDown() && opt != optAbort {
-		return false, c.optReply(opt, repErrShutdown, "server is shutting down")
+	if c.shuttingDown() && opt != OptAbort {
+		return false, c.optReply(opt, RepErrShutdown, "server is shutting down")
 	}
 	switch opt {
-	case optExportName:
+	case OptExportName:
 		return true, c.optExportName(string(data))
-	case optAbort:
+	case OptAbort:
 		// The client may already have hung up; the ACK is best effort.
-		_ = c.optReply(opt, repAck, "")
+		_ = c.optReply(opt, RepAck, "")
 		return false, ErrAborted
-	case optList:
+	case OptList:
 		return false, c.optList(data)
-	case optInfo, optGo:
+	case OptInfo, OptGo:
 		return c.optInfoGo(opt, data)
-	case optStructuredReply:
+	case OptStructuredReply:
 		if len(data) != 0 {
-			return false, c.optReply(opt, repErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
+			return false, c.optReply(opt, RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
 		}
 		if c.structured {
-			return false, c.optReply(opt, repErrInvalid, "structured replies already negotiated")
+			return false, c.optReply(opt, RepErrInvalid, "structured replies already negotiated")
 		}
 		c.structured = true
-		return false, c.optReply(opt, repAck, "")
-	case optListMetaContext, optSetMetaContext:
+		return false, c.optReply(opt, RepAck, "")
+	case OptListMetaContext, OptSetMetaContext:
 		return false, c.optMetaContext(opt, data)
 	default:
 		// STARTTLS included: this server runs in NOTLS mode.
-		return false, c.optReply(opt, repErrUnsup, fmt.Sprintf("option %d is not supported", opt))
+		return false, c.optReply(opt, RepErrUnsup, fmt.Sprintf("option %d is not supported", opt))
 	}
 }
 
@@ -111,12 +111,12 @@ func (c *conn) optReply(opt, typ uint32, msg string) error {
 }
 
 func (c *conn) optReplyData(opt, typ uint32, data ...[]byte) error {
-	var h [optionReplyLen]byte
+	var h [OptionReplyHeaderLen]byte
 	n := 0
 	for _, d := range data {
 		n += len(d)
 	}
-	be.PutUint64(h[0:], magicOptionReply)
+	be.PutUint64(h[0:], MagicOptionReply)
 	be.PutUint32(h[8:], opt)
 	be.PutUint32(h[12:], typ)
 	be.PutUint32(h[16:], uint32(n))
@@ -129,7 +129,7 @@ func (c *conn) optReplyData(opt, typ uint32, data ...[]byte) error {
 
 func (c *conn) optList(data []byte) error {
 	if len(data) != 0 {
-		return c.optReply(optList, repErrInvalid, "NBD_OPT_LIST takes no data")
+		return c.optReply(OptList, RepErrInvalid, "NBD_OPT_LIST takes no data")
 	}
 	for _, name := range c.srv.exports.ExportNames() {
 		if len(name) > maxStringLength {
@@ -137,11 +137,11 @@ func (c *conn) optList(data []byte) error {
 		}
 		var l [4]byte
 		be.PutUint32(l[:], uint32(len(name)))
-		if err := c.optReplyData(optList, repServer, l[:], []byte(name)); err != nil {
+		if err := c.optReplyData(OptList, RepServer, l[:], []byte(name)); err != nil {
 			return err
 		}
 	}
-	return c.optReply(optList, repAck, "")
+	return c.optReply(OptList, RepAck, "")
 }
 
 // openExport opens name and maps failures to an option reply type.
@@ -154,9 +154,9 @@ func (c *conn) openExport(name string) (Export, func(), uint32, error) {
 		}
 		return exp, release, 0, nil
 	case errors.Is(err, engine.ErrNotFound):
-		return nil, nil, repErrUnknown, err
+		return nil, nil, RepErrUnknown, err
 	default:
-		return nil, nil, repErrPolicy, err
+		return nil, nil, RepErrPolicy, err
 	}
 }
 
@@ -166,7 +166,7 @@ func (c *conn) optExportName(name string) error {
 		return fmt.Errorf("%w %q: %w", ErrUnknownExport, name, err)
 	}
 	c.enter(name, exp, release)
-	var b [8 + 2 + zeroPadLen]byte
+	var b [8 + 2 + ZeroPadLen]byte
 	be.PutUint64(b[0:], c.size)
 	be.PutUint16(b[8:], c.tflags)
 	n := len(b)
@@ -179,27 +179,27 @@ func (c *conn) optExportName(name string) error {
 // optInfoGo answers NBD_OPT_INFO and NBD_OPT_GO, which share their format.
 func (c *conn) optInfoGo(opt uint32, data []byte) (bool, error) {
 	if len(data) < 6 {
-		return false, c.optReply(opt, repErrInvalid, "option data too short")
+		return false, c.optReply(opt, RepErrInvalid, "option data too short")
 	}
 	nameLen := be.Uint32(data)
 	if nameLen > uint32(len(data)-6) {
-		return false, c.optReply(opt, repErrInvalid, "name length exceeds option length")
+		return false, c.optReply(opt, RepErrInvalid, "name length exceeds option length")
 	}
 	if nameLen > maxStringLength {
-		return false, c.optReply(opt, repErrInvalid, "export name longer than 4096 bytes")
+		return false, c.optReply(opt, RepErrInvalid, "export name longer than 4096 bytes")
 	}
 	name := string(data[4 : 4+nameLen])
 	rest := data[4+nameLen:]
 	nreq := int(be.Uint16(rest))
 	if len(rest)-2 != 2*nreq {
-		return false, c.optReply(opt, repErrInvalid, "information request count does not match option length")
+		return false, c.optReply(opt, RepErrInvalid, "information request count does not match option length")
 	}
 	var wantName, wantDesc bool
 	for i := range nreq {
 		switch be.Uint16(rest[2+2*i:]) {
-		case infoName:
+		case InfoName:
 			wantName = true
-		case infoDescription:
+		case InfoDescription:
 			wantDesc = true
 		}
 	}
@@ -211,31 +211,31 @@ func (c *conn) optInfoGo(opt uint32, data []byte) (bool, error) {
 	size, tflags := uint64(exp.Size()), c.transmissionFlags(exp)
 
 	var b [14]byte
-	be.PutUint16(b[0:], infoExport)
+	be.PutUint16(b[0:], InfoExport)
 	be.PutUint64(b[2:], size)
 	be.PutUint16(b[10:], tflags)
-	err = c.optReplyData(opt, repInfo, b[:12])
+	err = c.optReplyData(opt, RepInfo, b[:InfoExportLen])
 	// Block sizes are sent whether asked for or not: they are the defaults a
 	// client may assume anyway, so a client that did not ask loses nothing.
 	if err == nil {
-		be.PutUint16(b[0:], infoBlockSize)
+		be.PutUint16(b[0:], InfoBlockSize)
 		be.PutUint32(b[2:], blockSizeMin)
 		be.PutUint32(b[6:], blockSizePreferred)
 		be.PutUint32(b[10:], blockSizeMax)
-		err = c.optReplyData(opt, repInfo, b[:14])
+		err = c.optReplyData(opt, RepInfo, b[:14])
 	}
 	if err == nil && wantName {
-		be.PutUint16(b[0:], infoName)
-		err = c.optReplyData(opt, repInfo, b[:2], []byte(truncate(exp.Name(), maxStringLength)))
+		be.PutUint16(b[0:], InfoName)
+		err = c.optReplyData(opt, RepInfo, b[:2], []byte(truncate(exp.Name(), maxStringLength)))
 	}
 	if err == nil && wantDesc {
-		be.PutUint16(b[0:], infoDescription)
-		err = c.optReplyData(opt, repInfo, b[:2], []byte(truncate(describe(exp, size), maxStringLength)))
+		be.PutUint16(b[0:], InfoDescription)
+		err = c.optReplyData(opt, RepInfo, b[:2], []byte(truncate(describe(exp, size), maxStringLength)))
 	}
 	if err == nil {
-		err = c.optReply(opt, repAck, "")
+		err = c.optReply(opt, RepAck, "")
 	}
-	if err != nil || opt == optInfo {
+	if err != nil || opt == OptInfo {
 		release()
 		return false, err
 	}
@@ -270,14 +270,14 @@ func (c *conn) enter(name string, exp Export, release func()) {
 }
 
 func (c *conn) transmissionFlags(exp Export) uint16 {
-	f := tflagHasFlags | tflagSendFlush | tflagSendFUA | tflagSendCache | tflagCanMultiConn
+	f := TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendCache | TFlagCanMultiConn
 	if exp.ReadOnly() {
-		f |= tflagReadOnly
+		f |= TFlagReadOnly
 	} else {
-		f |= tflagSendTrim | tflagSendWriteZeroes | tflagSendFastZero
+		f |= TFlagSendTrim | TFlagSendWriteZeroes | TFlagSendFastZero
 	}
 	if c.structured {
-		f |= tflagSendDF
+		f |= TFlagSendDF
 	}
 	return f
 }
@@ -286,41 +286,41 @@ func (c *conn) transmissionFlags(exp Export) uint16 {
 // NBD_OPT_SET_META_CONTEXT. The only context is base:allocation; it is
 // matched by its full name, and by the "base:" wildcard when listing.
 func (c *conn) optMetaContext(opt uint32, data []byte) error {
-	if opt == optSetMetaContext {
+	if opt == OptSetMetaContext {
 		// SET replaces the selection even when it fails.
 		c.metaSelected, c.metaExport = false, ""
 	}
 	if !c.structured {
-		return c.optReply(opt, repErrInvalid, "negotiate structured replies first")
+		return c.optReply(opt, RepErrInvalid, "negotiate structured replies first")
 	}
 	if len(data) < 8 {
-		return c.optReply(opt, repErrInvalid, "option data too short")
+		return c.optReply(opt, RepErrInvalid, "option data too short")
 	}
 	nameLen := be.Uint32(data)
 	if nameLen > uint32(len(data)-8) || nameLen > maxStringLength {
-		return c.optReply(opt, repErrInvalid, "bad export name length")
+		return c.optReply(opt, RepErrInvalid, "bad export name length")
 	}
 	name := string(data[4 : 4+nameLen])
 	rest := data[4+nameLen:]
 	nq := be.Uint32(rest)
 	rest = rest[4:]
-	match := nq == 0 && opt == optListMetaContext
+	match := nq == 0 && opt == OptListMetaContext
 	for range nq {
 		if len(rest) < 4 {
-			return c.optReply(opt, repErrInvalid, "query count exceeds option length")
+			return c.optReply(opt, RepErrInvalid, "query count exceeds option length")
 		}
 		ql := be.Uint32(rest)
 		if ql > uint32(len(rest)-4) {
-			return c.optReply(opt, repErrInvalid, "query length exceeds option length")
+			return c.optReply(opt, RepErrInvalid, "query length exceeds option length")
 		}
 		q := string(rest[4 : 4+ql])
 		rest = rest[4+ql:]
-		if q == metaBaseAllocation || (q == metaBaseNamespace && opt == optListMetaContext) {
+		if q == MetaBaseAllocation || (q == metaBaseNamespace && opt == OptListMetaContext) {
 			match = true
 		}
 	}
 	if len(rest) != 0 {
-		return c.optReply(opt, repErrInvalid, "trailing bytes after queries")
+		return c.optReply(opt, RepErrInvalid, "trailing bytes after queries")
 	}
 	_, release, rep, err := c.openExport(name)
 	if err != nil {
@@ -329,15 +329,15 @@ func (c *conn) optMetaContext(opt uint32, data []byte) error {
 	release()
 	if match {
 		id := uint32(0) // LIST: reserved, SHOULD be zero
-		if opt == optSetMetaContext {
+		if opt == OptSetMetaContext {
 			id = metaContextID
 			c.metaSelected, c.metaExport = true, name
 		}
 		var b [4]byte
 		be.PutUint32(b[:], id)
-		if err := c.optReplyData(opt, repMetaContext, b[:], []byte(metaBaseAllocation)); err != nil {
+		if err := c.optReplyData(opt, RepMetaContext, b[:], []byte(MetaBaseAllocation)); err != nil {
 			return err
 		}
 	}
-	return c.optReply(opt, repAck, "")
+	return c.optReply(opt, RepAck, "")
 }

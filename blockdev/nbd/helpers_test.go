@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,17 +95,7 @@ func newEnv(t *testing.T) *testEnv {
 	}
 	t.Cleanup(func() { eng.Close() })
 
-	// Unix socket paths are limited to ~108 bytes; t.TempDir can be long.
-	sockDir, err := os.MkdirTemp("", "nbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	sock := filepath.Join(sockDir, "s")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, sock := listenUnix(t)
 	exps := &engineExports{e: eng, extra: map[string]Export{}}
 	tw := &testWriter{t: t}
 	log := slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: slog.LevelInfo}))

@@ -40,9 +40,9 @@ func TestInlineAndQueuedMix(t *testing.T) {
 				off := uint64(rng.IntN((size-n)/512)) * 512
 				switch rng.IntN(10) {
 				case 0:
-					return op{typ: cmdFlush}
+					return op{typ: CmdFlush}
 				case 1: // past the end: an error reply, the stream stays in sync
-					return op{typ: cmdRead, off: size - 512, n: 4096, wantErrno: errInval}
+					return op{typ: CmdRead, off: size - 512, n: 4096, wantErrno: ErrnoInval}
 				case 2, 3, 4, 5:
 					p := make([]byte, n)
 					for i := range p {
@@ -50,9 +50,9 @@ func TestInlineAndQueuedMix(t *testing.T) {
 					}
 					undo := bytes.Clone(model[off : off+uint64(n)])
 					copy(model[off:], p)
-					return op{typ: cmdWrite, off: off, n: n, payload: p, undo: undo}
+					return op{typ: CmdWrite, off: off, n: n, payload: p, undo: undo}
 				default:
-					return op{typ: cmdRead, off: off, n: n, want: bytes.Clone(model[off : off+uint64(n)])}
+					return op{typ: CmdRead, off: off, n: n, want: bytes.Clone(model[off : off+uint64(n)])}
 				}
 			}
 			// A burst is sent whole before its replies are read, and the
@@ -66,17 +66,17 @@ func TestInlineAndQueuedMix(t *testing.T) {
 					burst = 2 + rng.IntN(40)
 				}
 				ops := map[uint64]op{}
-				touched := map[uint64]uint16{} // 512-byte sector → cmdWrite or cmdRead
+				touched := map[uint64]uint16{} // 512-byte sector → CmdWrite or CmdRead
 				for try := 0; len(ops) < burst && try < 1000; try++ {
 					o := next()
-					if o.typ != cmdFlush && o.wantErrno == 0 {
+					if o.typ != CmdFlush && o.wantErrno == 0 {
 						clash := false
 						for s := o.off / 512; s < (o.off+uint64(o.n))/512; s++ {
 							k, ok := touched[s]
-							clash = clash || k == cmdWrite || (ok && o.typ == cmdWrite)
+							clash = clash || k == CmdWrite || (ok && o.typ == CmdWrite)
 						}
 						if clash {
-							if o.typ == cmdWrite {
+							if o.typ == CmdWrite {
 								copy(model[o.off:], o.undo)
 							}
 							continue
@@ -95,7 +95,7 @@ func TestInlineAndQueuedMix(t *testing.T) {
 					// length comes from the op the handle names, so peek at
 					// the header first.
 					r := c.readReplyFor(func(h uint64) int {
-						if o := ops[h]; o.typ == cmdRead {
+						if o := ops[h]; o.typ == CmdRead {
 							return o.n
 						}
 						return 0
@@ -108,7 +108,7 @@ func TestInlineAndQueuedMix(t *testing.T) {
 					if r.errno != o.wantErrno {
 						t.Fatalf("round %d: handle %d (type %d off %d n %d): errno %d, want %d", round, r.handle, o.typ, o.off, o.n, r.errno, o.wantErrno)
 					}
-					if o.typ == cmdRead && o.wantErrno == 0 && !bytes.Equal(r.data, o.want) {
+					if o.typ == CmdRead && o.wantErrno == 0 && !bytes.Equal(r.data, o.want) {
 						t.Fatalf("round %d: READ off %d n %d returned other data", round, o.off, o.n)
 					}
 				}
@@ -181,10 +181,10 @@ func TestCachedWritesRunOnTheirOwnPool(t *testing.T) {
 			p := bytes.Repeat([]byte{byte(i + 1), byte(len(name))}, 2048)
 			flags := uint16(0)
 			if i%4 == 3 {
-				flags = cmdFlagFUA
+				flags = CmdFlagFUA
 			}
 			want[i*8192] = p
-			c.request(cmdWrite, flags, i+1, i*8192, uint32(len(p)), p)
+			c.request(CmdWrite, flags, i+1, i*8192, uint32(len(p)), p)
 		}
 		for range n {
 			if r := c.readReply(0); r.errno != 0 {
@@ -192,7 +192,7 @@ func TestCachedWritesRunOnTheirOwnPool(t *testing.T) {
 			}
 		}
 		for off, p := range want {
-			c.request(cmdRead, 0, 1, off, uint32(len(p)), nil)
+			c.request(CmdRead, 0, 1, off, uint32(len(p)), nil)
 			if r := c.readReply(len(p)); r.errno != 0 || !bytes.Equal(r.data, p) {
 				t.Fatalf("%s: read at %d: errno %d, data equal %v", name, off, r.errno, bytes.Equal(r.data, p))
 			}
@@ -280,7 +280,8 @@ func TestSlowCachedWriteOpensTheFullPool(t *testing.T) {
 	p := bytes.Repeat([]byte{7}, 4096)
 	// Two in one socket write, so that they are queued (a lone write runs
 	// inline, on the reader): one of them is the slow one.
-	c.write(append(encodeRequest(cmdWrite, 0, 1, 0, 4096, p), encodeRequest(cmdWrite, 0, 2, 4096, 4096, p)...))
+	b := append(AppendRequest(nil, CmdWrite, 0, 1, 0, 4096), p...)
+	c.write(append(AppendRequest(b, CmdWrite, 0, 2, 4096, 4096), p...))
 	for range 2 {
 		if r := c.readReply(0); r.errno != 0 {
 			t.Fatalf("write %d: errno %d", r.handle, r.errno)
@@ -290,7 +291,7 @@ func TestSlowCachedWriteOpensTheFullPool(t *testing.T) {
 	exp.armed = true
 	exp.mu.Unlock()
 	for i := range uint64(burst) {
-		c.request(cmdWrite, 0, 10+i, (2+i)*4096, 4096, p)
+		c.request(CmdWrite, 0, 10+i, (2+i)*4096, 4096, p)
 	}
 	for range burst {
 		if r := c.readReply(0); r.errno != 0 {

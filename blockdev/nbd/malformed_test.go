@@ -17,7 +17,7 @@ func TestMalformed(t *testing.T) {
 
 	// A healthy connection that lives through all of it.
 	healthy := connectRaw(t, env.sock, "vol", true)
-	healthy.request(cmdWrite, 0, 1, 0, 4, []byte("good"))
+	healthy.request(CmdWrite, 0, 1, 0, 4, []byte("good"))
 	if r := healthy.readReply(0); r.errno != 0 {
 		t.Fatalf("healthy write: %d", r.errno)
 	}
@@ -28,7 +28,7 @@ func TestMalformed(t *testing.T) {
 		return binary.BigEndian.AppendUint32(b, length)
 	}
 	reqHeader := func(magic uint32, typ uint16, length uint32) []byte {
-		b := make([]byte, requestHeaderLen)
+		b := make([]byte, RequestHeaderLen)
 		be.PutUint32(b, magic)
 		be.PutUint16(b[6:], typ)
 		be.PutUint64(b[16:], 0)
@@ -45,14 +45,14 @@ func TestMalformed(t *testing.T) {
 	}{
 		{"garbage client flags", false, []byte{0xde, 0xad, 0xbe, 0xef}, false, true},
 		{"garbage option magic", false, append([]byte{0, 0, 0, 1}, bytes.Repeat([]byte{0x42}, 16)...), false, true},
-		{"truncated option header", false, append([]byte{0, 0, 0, 1}, optHeader(magicOption, optGo, 10)[:9]...), true, true},
-		{"4 GiB option length", false, append([]byte{0, 0, 0, 1}, optHeader(magicOption, optGo, ^uint32(0))...), false, true},
-		{"4 GiB option length, unknown option", false, append([]byte{0, 0, 0, 1}, optHeader(magicOption, 1234, 0xfffffff0)...), false, true},
-		{"truncated option data", false, append(append([]byte{0, 0, 0, 1}, optHeader(magicOption, optGo, 100)...), 0, 0, 0, 3), true, true},
-		{"garbage request magic", true, bytes.Repeat([]byte{0xff}, requestHeaderLen), false, true},
-		{"truncated request header", true, reqHeader(magicRequest, cmdRead, 4096)[:17], true, true},
-		{"4 GiB write", true, reqHeader(magicRequest, cmdWrite, ^uint32(0)), false, true},
-		{"truncated write payload", true, append(reqHeader(magicRequest, cmdWrite, 1<<20), make([]byte, 1000)...), true, true},
+		{"truncated option header", false, append([]byte{0, 0, 0, 1}, optHeader(MagicOption, OptGo, 10)[:9]...), true, true},
+		{"4 GiB option length", false, append([]byte{0, 0, 0, 1}, optHeader(MagicOption, OptGo, ^uint32(0))...), false, true},
+		{"4 GiB option length, unknown option", false, append([]byte{0, 0, 0, 1}, optHeader(MagicOption, 1234, 0xfffffff0)...), false, true},
+		{"truncated option data", false, append(append([]byte{0, 0, 0, 1}, optHeader(MagicOption, OptGo, 100)...), 0, 0, 0, 3), true, true},
+		{"garbage request magic", true, bytes.Repeat([]byte{0xff}, RequestHeaderLen), false, true},
+		{"truncated request header", true, reqHeader(MagicRequest, CmdRead, 4096)[:17], true, true},
+		{"4 GiB write", true, reqHeader(MagicRequest, CmdWrite, ^uint32(0)), false, true},
+		{"truncated write payload", true, append(reqHeader(MagicRequest, CmdWrite, 1<<20), make([]byte, 1000)...), true, true},
 		{"hang-up during negotiation", false, []byte{0, 0, 0, 1}, true, false},
 	}
 	for _, tc := range cases {
@@ -79,7 +79,7 @@ func TestMalformed(t *testing.T) {
 		})
 	}
 
-	healthy.request(cmdRead, 0, 2, 0, 4, nil)
+	healthy.request(CmdRead, 0, 2, 0, 4, nil)
 	if r := healthy.readReply(0); r.errno != 0 || string(r.data) != "good" {
 		t.Fatalf("healthy connection after the malformed ones: errno %d data %q", r.errno, r.data)
 	}
@@ -91,11 +91,11 @@ func TestHugeReadIsAnError(t *testing.T) {
 	env.volume("vol", 8<<20)
 	for _, structured := range []bool{false, true} {
 		c := connectRaw(t, env.sock, "vol", structured)
-		c.request(cmdRead, 0, 1, 0, ^uint32(0), nil)
-		if r := c.readReply(0); r.errno != errInval {
+		c.request(CmdRead, 0, 1, 0, ^uint32(0), nil)
+		if r := c.readReply(0); r.errno != ErrnoInval {
 			t.Fatalf("4 GiB read: errno %d", r.errno)
 		}
-		c.request(cmdRead, 0, 2, 0, 16, nil)
+		c.request(CmdRead, 0, 2, 0, 16, nil)
 		if r := c.readReply(16); r.errno != 0 || len(r.data) != 16 {
 			t.Fatalf("read after: errno %d", r.errno)
 		}

@@ -2,144 +2,153 @@ package nbd
 
 import "errors"
 
+// The protocol's constants (NetworkBlockDevice/nbd doc/proto.md), exported
+// so that every speaker of the wire in this tree — the server, Handshake and
+// Client, the kernel attach code, tests and fuzz targets — uses these and
+// declares none of its own.
+
 // Magic numbers. Part of the wire protocol — do not change.
 const (
-	magicInit        uint64 = 0x4e42444d41474943 // "NBDMAGIC"
-	magicOption      uint64 = 0x49484156454f5054 // "IHAVEOPT", server greeting and every option header
-	magicOptionReply uint64 = 0x0003e889045565a9
-	magicRequest     uint32 = 0x25609513
-	magicSimple      uint32 = 0x67446698
-	magicStructured  uint32 = 0x668e33ef
+	MagicInit            uint64 = 0x4e42444d41474943 // "NBDMAGIC"
+	MagicOption          uint64 = 0x49484156454f5054 // "IHAVEOPT", server greeting and every option header
+	MagicOptionReply     uint64 = 0x0003e889045565a9
+	MagicRequest         uint32 = 0x25609513
+	MagicSimpleReply     uint32 = 0x67446698
+	MagicStructuredReply uint32 = 0x668e33ef
 )
 
 // Handshake flags (server) and client flags. Part of the wire protocol — do not change.
 const (
-	flagFixedNewstyle  uint16 = 1 << 0
-	flagNoZeroes       uint16 = 1 << 1
-	flagCFixedNewstyle uint32 = 1 << 0
-	flagCNoZeroes      uint32 = 1 << 1
+	FlagFixedNewstyle       uint16 = 1 << 0
+	FlagNoZeroes            uint16 = 1 << 1
+	ClientFlagFixedNewstyle uint32 = 1 << 0
+	ClientFlagNoZeroes      uint32 = 1 << 1
 )
 
 // Transmission flags. Part of the wire protocol — do not change.
 const (
-	tflagHasFlags        uint16 = 1 << 0
-	tflagReadOnly        uint16 = 1 << 1
-	tflagSendFlush       uint16 = 1 << 2
-	tflagSendFUA         uint16 = 1 << 3
-	tflagRotational      uint16 = 1 << 4
-	tflagSendTrim        uint16 = 1 << 5
-	tflagSendWriteZeroes uint16 = 1 << 6
-	tflagSendDF          uint16 = 1 << 7
-	tflagCanMultiConn    uint16 = 1 << 8
-	tflagSendResize      uint16 = 1 << 9
-	tflagSendCache       uint16 = 1 << 10
-	tflagSendFastZero    uint16 = 1 << 11
+	TFlagHasFlags        uint16 = 1 << 0
+	TFlagReadOnly        uint16 = 1 << 1
+	TFlagSendFlush       uint16 = 1 << 2
+	TFlagSendFUA         uint16 = 1 << 3
+	TFlagRotational      uint16 = 1 << 4
+	TFlagSendTrim        uint16 = 1 << 5
+	TFlagSendWriteZeroes uint16 = 1 << 6
+	TFlagSendDF          uint16 = 1 << 7
+	TFlagCanMultiConn    uint16 = 1 << 8
+	TFlagSendResize      uint16 = 1 << 9
+	TFlagSendCache       uint16 = 1 << 10
+	TFlagSendFastZero    uint16 = 1 << 11
 )
 
 // Option types. Part of the wire protocol — do not change.
 const (
-	optExportName      uint32 = 1
-	optAbort           uint32 = 2
-	optList            uint32 = 3
-	optPeekExport      uint32 = 4 // withdrawn; answered ERR_UNSUP
-	optStartTLS        uint32 = 5
-	optInfo            uint32 = 6
-	optGo              uint32 = 7
-	optStructuredReply uint32 = 8
-	optListMetaContext uint32 = 9
-	optSetMetaContext  uint32 = 10
+	OptExportName      uint32 = 1
+	OptAbort           uint32 = 2
+	OptList            uint32 = 3
+	OptPeekExport      uint32 = 4 // withdrawn; answered ERR_UNSUP
+	OptStartTLS        uint32 = 5
+	OptInfo            uint32 = 6
+	OptGo              uint32 = 7
+	OptStructuredReply uint32 = 8
+	OptListMetaContext uint32 = 9
+	OptSetMetaContext  uint32 = 10
 )
 
-// Option reply types. Part of the wire protocol — do not change.
+// Option reply types; every error type has RepFlagError set. Part of the
+// wire protocol — do not change.
 const (
-	repAck          uint32 = 1
-	repServer       uint32 = 2
-	repInfo         uint32 = 3
-	repMetaContext  uint32 = 4
-	repErrUnsup     uint32 = 1<<31 + 1
-	repErrPolicy    uint32 = 1<<31 + 2
-	repErrInvalid   uint32 = 1<<31 + 3
-	repErrPlatform  uint32 = 1<<31 + 4
-	repErrTLSReqd   uint32 = 1<<31 + 5
-	repErrUnknown   uint32 = 1<<31 + 6
-	repErrShutdown  uint32 = 1<<31 + 7
-	repErrBlockSize uint32 = 1<<31 + 8
-	repErrTooBig    uint32 = 1<<31 + 9
+	RepAck          uint32 = 1
+	RepServer       uint32 = 2
+	RepInfo         uint32 = 3
+	RepMetaContext  uint32 = 4
+	RepFlagError    uint32 = 1 << 31
+	RepErrUnsup            = RepFlagError + 1
+	RepErrPolicy           = RepFlagError + 2
+	RepErrInvalid          = RepFlagError + 3
+	RepErrPlatform         = RepFlagError + 4
+	RepErrTLSReqd          = RepFlagError + 5
+	RepErrUnknown          = RepFlagError + 6
+	RepErrShutdown         = RepFlagError + 7
+	RepErrBlockSize        = RepFlagError + 8
+	RepErrTooBig           = RepFlagError + 9
 )
 
 // NBD_INFO types. Part of the wire protocol — do not change.
 const (
-	infoExport      uint16 = 0
-	infoName        uint16 = 1
-	infoDescription uint16 = 2
-	infoBlockSize   uint16 = 3
+	InfoExport      uint16 = 0
+	InfoName        uint16 = 1
+	InfoDescription uint16 = 2
+	InfoBlockSize   uint16 = 3
 )
 
 // Commands. Part of the wire protocol — do not change.
 const (
-	cmdRead        uint16 = 0
-	cmdWrite       uint16 = 1
-	cmdDisc        uint16 = 2
-	cmdFlush       uint16 = 3
-	cmdTrim        uint16 = 4
-	cmdCache       uint16 = 5
-	cmdWriteZeroes uint16 = 6
-	cmdBlockStatus uint16 = 7
+	CmdRead        uint16 = 0
+	CmdWrite       uint16 = 1
+	CmdDisc        uint16 = 2
+	CmdFlush       uint16 = 3
+	CmdTrim        uint16 = 4
+	CmdCache       uint16 = 5
+	CmdWriteZeroes uint16 = 6
+	CmdBlockStatus uint16 = 7
 )
 
 // Command flags. Part of the wire protocol — do not change.
 const (
-	cmdFlagFUA      uint16 = 1 << 0
-	cmdFlagNoHole   uint16 = 1 << 1
-	cmdFlagDF       uint16 = 1 << 2
-	cmdFlagReqOne   uint16 = 1 << 3
-	cmdFlagFastZero uint16 = 1 << 4
+	CmdFlagFUA      uint16 = 1 << 0
+	CmdFlagNoHole   uint16 = 1 << 1
+	CmdFlagDF       uint16 = 1 << 2
+	CmdFlagReqOne   uint16 = 1 << 3
+	CmdFlagFastZero uint16 = 1 << 4
 )
 
 // Structured reply flags and chunk types. Part of the wire protocol — do not change.
 const (
-	replyFlagDone uint16 = 1 << 0
+	ReplyFlagDone uint16 = 1 << 0
 
-	replyNone        uint16 = 0
-	replyOffsetData  uint16 = 1
-	replyOffsetHole  uint16 = 2
-	replyBlockStatus uint16 = 5
-	replyError       uint16 = 1<<15 + 1
-	replyErrorOffset uint16 = 1<<15 + 2
+	ReplyTypeNone        uint16 = 0
+	ReplyTypeOffsetData  uint16 = 1
+	ReplyTypeOffsetHole  uint16 = 2
+	ReplyTypeBlockStatus uint16 = 5
+	ReplyTypeError       uint16 = 1<<15 + 1
+	ReplyTypeErrorOffset uint16 = 1<<15 + 2
 )
 
 // base:allocation status flags. Part of the wire protocol — do not change.
 const (
-	stateHole uint32 = 1 << 0
-	stateZero uint32 = 1 << 1
+	StateHole uint32 = 1 << 0
+	StateZero uint32 = 1 << 1
 )
 
 // Error values sent in replies. Part of the wire protocol — do not change
 // (they are the Linux errno values, but fixed by the protocol, not by the OS).
 const (
-	errPerm     uint32 = 1
-	errIO       uint32 = 5
-	errNoMem    uint32 = 12
-	errInval    uint32 = 22
-	errNoSpc    uint32 = 28
-	errOverflow uint32 = 75
-	errNotSup   uint32 = 95
-	errShutdown uint32 = 108
+	ErrnoPerm     uint32 = 1
+	ErrnoIO       uint32 = 5
+	ErrnoNoMem    uint32 = 12
+	ErrnoInval    uint32 = 22
+	ErrnoNoSpc    uint32 = 28
+	ErrnoOverflow uint32 = 75
+	ErrnoNotSup   uint32 = 95
+	ErrnoShutdown uint32 = 108
 )
 
 // Fixed sizes of wire structures. Part of the wire protocol — do not change.
 const (
-	requestHeaderLen    = 28
-	simpleReplyLen      = 16
-	structuredHeaderLen = 20
-	optionHeaderLen     = 16
-	optionReplyLen      = 20
-	zeroPadLen          = 124
+	GreetingLen              = 18 // "NBDMAGIC", "IHAVEOPT", handshake flags
+	InfoExportLen            = 12 // NBD_INFO_EXPORT: type, size, transmission flags
+	RequestHeaderLen         = 28
+	SimpleReplyLen           = 16
+	StructuredReplyHeaderLen = 20
+	OptionHeaderLen          = 16
+	OptionReplyHeaderLen     = 20
+	ZeroPadLen               = 124
 )
 
 // The one metadata context this server knows.
 const (
-	metaBaseAllocation = "base:allocation"
+	MetaBaseAllocation = "base:allocation" // part of the wire protocol
 	metaBaseNamespace  = "base:"
 	// metaContextID is the id given to base:allocation by SET_META_CONTEXT.
 	// Any nonzero value would do; the client treats it as opaque.

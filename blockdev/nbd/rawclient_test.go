@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -52,29 +51,26 @@ func (c *rawClient) read(n int) []byte {
 // greet reads the server greeting and sends client flags.
 func (c *rawClient) greet(cflags uint32) {
 	c.t.Helper()
-	g := c.read(18)
-	if be.Uint64(g) != magicInit || be.Uint64(g[8:]) != magicOption {
+	g := c.read(GreetingLen)
+	if be.Uint64(g) != MagicInit || be.Uint64(g[8:]) != MagicOption {
 		c.t.Fatalf("bad greeting %x", g)
 	}
-	if hf := be.Uint16(g[16:]); hf != flagFixedNewstyle|flagNoZeroes {
+	if hf := be.Uint16(g[16:]); hf != FlagFixedNewstyle|FlagNoZeroes {
 		c.t.Fatalf("handshake flags %#x", hf)
 	}
-	c.write(binary.BigEndian.AppendUint32(nil, cflags))
+	c.write(be.AppendUint32(nil, cflags))
 }
 
 func (c *rawClient) option(opt uint32, data []byte) {
 	c.t.Helper()
-	b := binary.BigEndian.AppendUint64(nil, magicOption)
-	b = binary.BigEndian.AppendUint32(b, opt)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-	c.write(append(b, data...))
+	c.write(AppendOption(nil, opt, data))
 }
 
 // optReply reads one option reply.
 func (c *rawClient) optReply(opt uint32) (typ uint32, data []byte) {
 	c.t.Helper()
-	h := c.read(optionReplyLen)
-	if be.Uint64(h) != magicOptionReply || be.Uint32(h[8:]) != opt {
+	h := c.read(OptionReplyHeaderLen)
+	if be.Uint64(h) != MagicOptionReply || be.Uint32(h[8:]) != opt {
 		c.t.Fatalf("bad option reply header %x (option %d)", h, opt)
 	}
 	n := be.Uint32(h[16:])
@@ -84,58 +80,37 @@ func (c *rawClient) optReply(opt uint32) (typ uint32, data []byte) {
 	return be.Uint32(h[12:]), c.read(int(n))
 }
 
-func goData(name string, infos ...uint16) []byte {
-	b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
-	b = append(b, name...)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(infos)))
-	for _, i := range infos {
-		b = binary.BigEndian.AppendUint16(b, i)
-	}
-	return b
-}
-
-func metaData(name string, queries ...string) []byte {
-	b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
-	b = append(b, name...)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(queries)))
-	for _, q := range queries {
-		b = binary.BigEndian.AppendUint32(b, uint32(len(q)))
-		b = append(b, q...)
-	}
-	return b
-}
-
 // connect does a full handshake to name: optionally structured replies and
 // base:allocation, then GO.
 func connectRaw(t testing.TB, sock, name string, structured bool) *rawClient {
 	t.Helper()
 	c := dialRaw(t, sock)
-	c.greet(flagCFixedNewstyle | flagCNoZeroes)
+	c.greet(ClientFlagFixedNewstyle | ClientFlagNoZeroes)
 	if structured {
-		c.option(optStructuredReply, nil)
-		if typ, _ := c.optReply(optStructuredReply); typ != repAck {
+		c.option(OptStructuredReply, nil)
+		if typ, _ := c.optReply(OptStructuredReply); typ != RepAck {
 			t.Fatalf("STRUCTURED_REPLY: reply %#x", typ)
 		}
 		c.structured = true
-		c.option(optSetMetaContext, metaData(name, metaBaseAllocation))
-		typ, data := c.optReply(optSetMetaContext)
-		if typ != repMetaContext || string(data[4:]) != metaBaseAllocation {
+		c.option(OptSetMetaContext, MetaContextData(name, MetaBaseAllocation))
+		typ, data := c.optReply(OptSetMetaContext)
+		if typ != RepMetaContext || string(data[4:]) != MetaBaseAllocation {
 			t.Fatalf("SET_META_CONTEXT: reply %#x %q", typ, data)
 		}
-		if typ, _ := c.optReply(optSetMetaContext); typ != repAck {
+		if typ, _ := c.optReply(OptSetMetaContext); typ != RepAck {
 			t.Fatalf("SET_META_CONTEXT: final reply %#x", typ)
 		}
 	}
-	c.option(optGo, goData(name))
+	c.option(OptGo, GoData(name))
 	for {
-		typ, data := c.optReply(optGo)
-		if typ == repAck {
+		typ, data := c.optReply(OptGo)
+		if typ == RepAck {
 			break
 		}
-		if typ != repInfo {
+		if typ != RepInfo {
 			t.Fatalf("GO %q: reply %#x %q", name, typ, data)
 		}
-		if be.Uint16(data) == infoExport {
+		if be.Uint16(data) == InfoExport {
 			c.size, c.tflags = be.Uint64(data[2:]), be.Uint16(data[10:])
 		}
 	}
@@ -144,18 +119,7 @@ func connectRaw(t testing.TB, sock, name string, structured bool) *rawClient {
 
 func (c *rawClient) request(typ, flags uint16, handle, off uint64, length uint32, payload []byte) {
 	c.t.Helper()
-	c.write(encodeRequest(typ, flags, handle, off, length, payload))
-}
-
-func encodeRequest(typ, flags uint16, handle, off uint64, length uint32, payload []byte) []byte {
-	b := make([]byte, requestHeaderLen, requestHeaderLen+len(payload))
-	be.PutUint32(b[0:], magicRequest)
-	be.PutUint16(b[4:], flags)
-	be.PutUint16(b[6:], typ)
-	be.PutUint64(b[8:], handle)
-	be.PutUint64(b[16:], off)
-	be.PutUint32(b[24:], length)
-	return append(b, payload...)
+	c.write(append(AppendRequest(nil, typ, flags, handle, off, length), payload...))
 }
 
 // reply is one decoded reply (all chunks of a structured one).
@@ -181,21 +145,21 @@ func (c *rawClient) readReplyFor(readLen func(handle uint64) int) reply {
 	c.t.Helper()
 	h := c.read(4)
 	switch be.Uint32(h) {
-	case magicSimple:
+	case MagicSimpleReply:
 		rest := c.read(12)
 		r := reply{errno: be.Uint32(rest), handle: be.Uint64(rest[4:])}
 		if n := readLen(r.handle); r.errno == 0 && n > 0 {
 			r.data = c.read(n)
 		}
 		return r
-	case magicStructured:
+	case MagicStructuredReply:
 	default:
 		c.t.Fatalf("bad reply magic %x", h)
 	}
 	var r reply
 	for first := true; ; first = false {
 		if !first {
-			if m := be.Uint32(c.read(4)); m != magicStructured {
+			if m := be.Uint32(c.read(4)); m != MagicStructuredReply {
 				c.t.Fatalf("bad chunk magic %#x", m)
 			}
 		}
@@ -205,22 +169,22 @@ func (c *rawClient) readReplyFor(readLen func(handle uint64) int) reply {
 		r.chunks = append(r.chunks, typ)
 		p := c.read(int(n))
 		switch typ {
-		case replyNone:
-		case replyOffsetData:
+		case ReplyTypeNone:
+		case ReplyTypeOffsetData:
 			r.data = append(r.data, p[8:]...)
-		case replyOffsetHole:
+		case ReplyTypeOffsetHole:
 			r.data = append(r.data, make([]byte, be.Uint32(p[8:]))...)
-		case replyBlockStatus:
+		case ReplyTypeBlockStatus:
 			for i := 4; i+8 <= len(p); i += 8 {
 				r.status = append(r.status, be.Uint32(p[i:]), be.Uint32(p[i+4:]))
 			}
-		case replyError, replyErrorOffset:
+		case ReplyTypeError, ReplyTypeErrorOffset:
 			r.errno = be.Uint32(p)
 			r.msg = string(p[6 : 6+be.Uint16(p[4:])])
 		default:
 			c.t.Fatalf("unknown chunk type %d", typ)
 		}
-		if flags&replyFlagDone != 0 {
+		if flags&ReplyFlagDone != 0 {
 			return r
 		}
 	}

@@ -61,13 +61,13 @@ func (r *request) failErr(err error) {
 func errnoOf(err error) uint32 {
 	switch {
 	case errors.Is(err, engine.ErrNoSpace):
-		return errNoSpc
+		return ErrnoNoSpc
 	case errors.Is(err, engine.ErrOutOfRange), errors.Is(err, engine.ErrInvalid):
-		return errInval
+		return ErrnoInval
 	case errors.Is(err, engine.ErrReadOnly):
-		return errPerm
+		return ErrnoPerm
 	default:
-		return errIO
+		return ErrnoIO
 	}
 }
 

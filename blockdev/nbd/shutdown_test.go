@@ -6,71 +6,54 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cairn-storage/cairn/blockdev/nbd/nbdtest"
 	"github.com/cairn-storage/cairn/engine"
 )
 
-// memExport is a flat in-memory export for tests and benchmarks that need
-// no engine: it measures the server, not the storage.
+// memExport is nbdtest's in-memory export (for tests and benchmarks that
+// measure the server, not the storage), with what the tests here watch:
+// writes can be held at a gate; writes, flushes and releases are counted.
 type memExport struct {
-	name     string
-	mu       sync.RWMutex
-	data     []byte
-	flushes  atomic.Int64
+	*nbdtest.MemExport
 	gate     chan struct{} // when set, WriteAt waits for it to close
 	entered  chan struct{} // signalled when a write reaches the gate
+	writes   atomic.Int64  // writes done
+	flushes  atomic.Int64
 	released atomic.Int64
 }
 
 func newMemExport(name string, size int) *memExport {
-	return &memExport{name: name, data: make([]byte, size)}
+	return &memExport{MemExport: nbdtest.NewMemExport(name, size)}
 }
 
-func (m *memExport) Name() string   { return m.name }
-func (m *memExport) Size() int64    { return int64(len(m.data)) }
-func (m *memExport) ReadOnly() bool { return false }
-func (m *memExport) ReadAt(p []byte, off int64) error {
-	m.mu.RLock()
-	copy(p, m.data[off:])
-	m.mu.RUnlock()
-	return nil
-}
 func (m *memExport) WriteAt(p []byte, off int64, fua bool) error {
 	if m.gate != nil {
 		m.entered <- struct{}{}
 		<-m.gate
 	}
-	m.mu.Lock()
-	copy(m.data[off:], p)
-	m.mu.Unlock()
-	return nil
+	err := m.MemExport.WriteAt(p, off, fua)
+	m.writes.Add(1)
+	return err
 }
-func (m *memExport) Flush() error            { m.flushes.Add(1); return nil }
-func (m *memExport) Trim(off, n int64) error { return m.WriteZeroes(off, n, false) }
-func (m *memExport) WriteZeroes(off, n int64, _ bool) error {
-	m.mu.Lock()
-	clear(m.data[off : off+n])
-	m.mu.Unlock()
-	return nil
-}
-func (m *memExport) Extents(off, n int64) ([]engine.Extent, error) {
-	return []engine.Extent{{Offset: off, Length: n, Kind: engine.ExtentData}}, nil
-}
+
+func (m *memExport) Flush() error { m.flushes.Add(1); return m.MemExport.Flush() }
 
 type memExports struct{ exp *memExport }
 
 func (x memExports) OpenExport(name string) (Export, func(), error) {
-	if name != x.exp.name {
+	if name != x.exp.Name() {
 		return nil, nil, engine.ErrNotFound
 	}
 	return x.exp, func() { x.exp.released.Add(1) }, nil
 }
-func (x memExports) ExportNames() []string { return []string{x.exp.name} }
+func (x memExports) ExportNames() []string { return []string{x.exp.Name()} }
 
+// listenUnix listens on a new unix socket, removed when the test ends. Unix
+// socket paths are limited to ~108 bytes, and t.TempDir can be longer.
 func listenUnix(t testing.TB) (net.Listener, string) {
 	dir, err := os.MkdirTemp("", "nbd")
 	if err != nil {
@@ -96,28 +79,41 @@ func TestShutdown(t *testing.T) {
 	go func() { served <- srv.Serve(l) }()
 
 	c := connectRaw(t, sock, "m", false)
-	c.request(cmdWrite, 0, 1, 0, 4, []byte("data"))
+	c.request(CmdWrite, 0, 1, 0, 4, []byte("data"))
 	<-exp.entered // the write is in the export, held at the gate
 
-	shut := make(chan error, 1)
+	// Shutdown must not return before the write it holds is done: it says
+	// how many writes were done when it returned.
+	type shutdown struct {
+		err    error
+		writes int64
+	}
+	shut := make(chan shutdown, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		shut <- srv.Shutdown(ctx)
+		err := srv.Shutdown(ctx)
+		shut <- shutdown{err, exp.writes.Load()}
 	}()
-	time.Sleep(50 * time.Millisecond)
-	select {
-	case err := <-shut:
-		t.Fatalf("Shutdown returned %v with a request in flight", err)
-	default:
+	// Once the listener is closed, Shutdown is under way: one that did not
+	// wait would return now, with the write still held at the gate.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		nc, err := net.Dial("unix", sock)
+		if err != nil {
+			break
+		}
+		nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("still accepting 10 s after Shutdown began")
+		}
 	}
 	close(exp.gate)
 	if r := c.readReply(0); r.handle != 1 || r.errno != 0 {
 		t.Fatalf("in-flight write: %+v", r)
 	}
 	c.expectClosed()
-	if err := <-shut; err != nil {
-		t.Fatalf("Shutdown: %v", err)
+	if res := <-shut; res.err != nil || res.writes != 1 {
+		t.Fatalf("Shutdown returned %v with %d of 1 in-flight writes done", res.err, res.writes)
 	}
 	if err := <-served; !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("Serve: %v", err)

@@ -2,11 +2,8 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/cairn-storage/cairn/blockdev/nbd"
 )
 
 // nbdAddrs returns the daemon's NBD TCP address and unix socket, from its log.
@@ -36,37 +34,15 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// holdExport opens an NBD connection to an export and keeps it open: the
-// oldstyle-free minimum of the fixed newstyle handshake, NBD_OPT_EXPORT_NAME.
-// While it is open the volume is in use.
-func holdExport(t *testing.T, socket, name string) net.Conn {
+// holdExport opens an NBD connection to an export and keeps it open (until
+// the test ends, or Close). While it is open the volume is in use.
+func holdExport(t *testing.T, socket, name string) *nbd.Client {
 	t.Helper()
-	c, err := net.Dial("unix", socket)
+	c, err := nbd.Dial("unix", socket, name)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("NBD connect to %q: %v", name, err)
 	}
 	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	hello := make([]byte, 18) // "NBDMAGIC" "IHAVEOPT" handshake flags
-	if _, err := io.ReadFull(c, hello); err != nil || string(hello[:16]) != "NBDMAGICIHAVEOPT" {
-		t.Fatalf("NBD greeting: %q, %v", hello, err)
-	}
-	const clientFlags = 1 | 2 // FIXED_NEWSTYLE | NO_ZEROES
-	const optExportName = 1
-	var req bytes.Buffer
-	binary.Write(&req, binary.BigEndian, uint32(clientFlags))
-	req.WriteString("IHAVEOPT")
-	binary.Write(&req, binary.BigEndian, uint32(optExportName))
-	binary.Write(&req, binary.BigEndian, uint32(len(name)))
-	req.WriteString(name)
-	if _, err := c.Write(req.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	reply := make([]byte, 10) // export size, transmission flags
-	if _, err := io.ReadFull(c, reply); err != nil {
-		t.Fatalf("NBD_OPT_EXPORT_NAME %q: %v", name, err)
-	}
-	c.SetDeadline(time.Time{})
 	return c
 }
 
@@ -151,17 +127,7 @@ func TestNBDExport(t *testing.T) {
 	conn := holdExport(t, socket, "data")
 	mustFail(t, d.api, `cannot delete volume "data": it is in use`, "volume", "delete", "data")
 	conn.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r := cairn(t, d.api, "volume", "delete", "data")
-		if r.code == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("volume delete after the NBD client left: %s", r)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	retryCairn(t, d.api, "volume", "delete", "data")
 	// A deleted volume's I/O series are gone from /metrics.
 	if metrics := httpGet(t, "http://"+d.api+"/metrics"); strings.Contains(metrics, `volume="data"`) {
 		t.Errorf("/metrics still has series of the deleted volume data")

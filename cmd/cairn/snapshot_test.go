@@ -1,19 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -44,37 +43,6 @@ func sameFile(t *testing.T, what, a, b string) {
 	if out, err := exec.Command("cmp", a, b).CombinedOutput(); err != nil {
 		t.Errorf("%s: %s and %s differ: %v %s", what, a, b, err, out)
 	}
-}
-
-// nbdWriteErrno sends one NBD_CMD_WRITE on a connection in transmission
-// (simple replies) and returns the reply's error (0 = success, 1 = EPERM).
-func nbdWriteErrno(t *testing.T, c net.Conn, off uint64, data []byte) uint32 {
-	t.Helper()
-	const requestMagic, replyMagic, cmdWrite = 0x25609513, 0x67446698, 1
-	var req bytes.Buffer
-	binary.Write(&req, binary.BigEndian, uint32(requestMagic))
-	binary.Write(&req, binary.BigEndian, uint16(0)) // flags
-	binary.Write(&req, binary.BigEndian, uint16(cmdWrite))
-	binary.Write(&req, binary.BigEndian, uint64(0x1234)) // handle
-	binary.Write(&req, binary.BigEndian, off)
-	binary.Write(&req, binary.BigEndian, uint32(len(data)))
-	req.Write(data)
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	defer c.SetDeadline(time.Time{})
-	if _, err := c.Write(req.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	reply := make([]byte, 16)
-	if _, err := io.ReadFull(c, reply); err != nil {
-		t.Fatalf("NBD write reply: %v", err)
-	}
-	if m := binary.BigEndian.Uint32(reply); m != replyMagic {
-		t.Fatalf("NBD reply magic %#x", m)
-	}
-	if h := binary.BigEndian.Uint64(reply[8:]); h != 0x1234 {
-		t.Fatalf("NBD reply handle %#x", h)
-	}
-	return binary.BigEndian.Uint32(reply[4:])
 }
 
 // retryCairn runs a CLI command until it succeeds (a client's disconnect
@@ -138,8 +106,8 @@ func TestSnapshotCloneRestoreOverNBD(t *testing.T) {
 	jq(t, run(t, "nbdinfo", "--json", uri("data.a")), `.exports[0].is_read_only == true and .exports[0]."export-size" == 16777216`)
 	jq(t, run(t, "nbdinfo", "--json", uri("data")), `.exports[0].is_read_only == false`)
 	conn := holdExport(t, socket, "data.a")
-	if errno := nbdWriteErrno(t, conn, 0, make([]byte, 4096)); errno != 1 {
-		t.Errorf("NBD write to a snapshot: error %d, want 1 (EPERM)", errno)
+	if err := conn.WriteAt(make([]byte, 4096), 0, false); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("NBD write to a snapshot: %v, want EPERM", err)
 	}
 	conn.Close()
 	if out, err := exec.Command("nbdcopy", b, uri("data.a")).CombinedOutput(); err == nil {
@@ -296,11 +264,11 @@ func TestSnapshotLimitsAndErrors(t *testing.T) {
 
 	// delete --force: every snapshot, then the volume.
 	used := jsonInt(t, mustCairn(t, host, "status", "-j"), "[.pools[].used] | add")
-	r := cairn(t, host, "volume", "delete", "many", "--force", "-j")
-	for end := time.Now().Add(10 * time.Second); r.code != 0 && strings.Contains(r.stderr, "NBD client") && time.Now().Before(end); {
-		time.Sleep(50 * time.Millisecond) // the held connection's close reaches the daemon asynchronously
+	var r result
+	waitFor(t, d, "the held connection's close to reach the daemon", func(string) bool {
 		r = cairn(t, host, "volume", "delete", "many", "--force", "-j")
-	}
+		return r.code == 0 || !strings.Contains(r.stderr, "NBD client")
+	})
 	if r.code != 0 {
 		t.Fatalf("volume delete --force: %s", r)
 	}
@@ -332,6 +300,10 @@ func TestScheduledSnapshots(t *testing.T) {
 	d := startDaemon(t, dataDir, "--snap-minute", "1s")
 	host := d.api
 	v := checkVolumeJSON(t, mustCairn(t, host, "volume", "create", "s", "--size", "16M", "--snap_interval", "1", "--snap_keep", "2", "-j"))
+	// probe's scheduled snapshots show the scheduler's passes going by: one
+	// per pass at most, and passes never overlap.
+	mustCairn(t, host, "volume", "create", "probe", "--size", "4M", "--snap_interval", "1", "--snap_keep", "1")
+	probeTaken := regexp.MustCompile(`msg="scheduled snapshot taken" volume=probe `)
 	if v["snap_keep"] != float64(2) || v["snap_interval"] != float64(1) {
 		t.Errorf("volume create -j: %v", v)
 	}
@@ -341,15 +313,12 @@ func TestScheduledSnapshots(t *testing.T) {
 	manual := jq(t, mustCairn(t, host, "volume", "snapshot", "list", "s", "-j"), `[.[].name] | join(" ")`)
 
 	taken := regexp.MustCompile(`msg="scheduled snapshot taken" volume=s snapshot=(\S+)`)
-	deadline := time.Now().Add(30 * time.Second)
-	for len(taken.FindAllString(d.log(), -1)) < 4 {
-		if time.Now().After(deadline) {
-			t.Fatalf("fewer than 4 scheduled snapshots in 30 s:\n%s", d.log())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	// Let the pass that took the 4th snapshot prune, then look.
-	time.Sleep(300 * time.Millisecond)
+	pruned := regexp.MustCompile(`msg="scheduled snapshot pruned" volume=s `)
+	// 4 taken, and the pass that took each one beyond the 2 kept has pruned.
+	waitFor(t, d, "4 scheduled snapshots, pruned to snap_keep", func(log string) bool {
+		n := len(taken.FindAllString(log, -1))
+		return n >= 4 && len(pruned.FindAllString(log, -1)) >= n-2
+	})
 	list := mustCairn(t, host, "volume", "snapshot", "list", "s", "-j")
 	for _, name := range strings.Fields(manual) {
 		jq(t, list, fmt.Sprintf(`any(.[]; .name == %q)`, name))
@@ -362,7 +331,12 @@ func TestScheduledSnapshots(t *testing.T) {
 
 	// Stop the schedule; what is left: the 2 newest scheduled and the 2 manual.
 	mustCairn(t, host, "volume", "update", "s", "--snap_interval", "0")
-	time.Sleep(1500 * time.Millisecond) // a pass in flight finishes (take + prune)
+	// A pass in flight may still take (and prune) one; the second pass from
+	// now started after the update, so the one in flight is over.
+	passes := len(probeTaken.FindAllString(d.log(), -1))
+	waitFor(t, d, "two scheduler passes after the schedule stopped", func(log string) bool {
+		return len(probeTaken.FindAllString(log, -1)) >= passes+2
+	})
 	list = mustCairn(t, host, "volume", "snapshot", "list", "s", "-j")
 	all := taken.FindAllStringSubmatch(d.log(), -1)
 	newest := []string{all[len(all)-2][1], all[len(all)-1][1]}
@@ -375,18 +349,12 @@ func TestScheduledSnapshots(t *testing.T) {
 		mustCairn(t, host, "volume", "snapshot", "create", "s", "--name", fmt.Sprintf("s.fill%02d", i))
 	}
 	mustCairn(t, host, "volume", "update", "s", "--snap_interval", "1", "--snap_keep", "5")
-	deadline = time.Now().Add(20 * time.Second)
-	for {
-		st := mustCairn(t, host, "status", "-j")
-		if jq(t, st, `.snapshot_errors | length`) != "0" {
-			jq(t, st, `.snapshot_errors[0] | .volume == "s" and .op == "create" and (.snapshot | startswith("s.snap-")) and (.error | contains("64 snapshots"))`)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no snapshot error in status after 20 s:\n%s", d.log())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	var st string
+	waitFor(t, d, "a snapshot error in status", func(string) bool {
+		st = mustCairn(t, host, "status", "-j")
+		return jq(t, st, `.snapshot_errors | length`) != "0"
+	})
+	jq(t, st, `.snapshot_errors[0] | .volume == "s" and .op == "create" and (.snapshot | startswith("s.snap-")) and (.error | contains("64 snapshots"))`)
 	if out := mustCairn(t, host, "status"); !strings.Contains(out, "Scheduled snapshot failures: ") {
 		t.Errorf("human status does not show the failure:\n%s", out)
 	}
@@ -407,23 +375,29 @@ func TestScheduledSnapshots(t *testing.T) {
 		mustCairn(t, host, "volume", "snapshot", "delete", fmt.Sprintf("s.fill%02d", i))
 	}
 	mustCairn(t, host, "volume", "update", "s", "--snap_keep", "1")
-	deadline = time.Now().Add(20 * time.Second)
-	for {
+	waitFor(t, d, "scheduled snapshots pruned to 1 after a restart", func(string) bool {
 		list = mustCairn(t, host, "volume", "snapshot", "list", "s", "-j")
-		if jq(t, list, fmt.Sprintf(`[(map(select(.name == %q)) | length), length] | map(tostring) | join(" ")`, newest[0])) == "0 3" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("scheduled snapshots not pruned to 1 after a restart: %s\n%s", list, d.log())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return jq(t, list, fmt.Sprintf(`[(map(select(.name == %q)) | length), length] | map(tostring) | join(" ")`, newest[0])) == "0 3"
+	})
 	for _, name := range strings.Fields(manual) {
 		jq(t, list, fmt.Sprintf(`any(.[]; .name == %q)`, name))
 	}
 	mustCairn(t, host, "volume", "delete", "s", "--force")
 	if code := d.stop(t); code != 0 {
 		t.Fatalf("exit code %d", code)
+	}
+}
+
+// waitFor polls cond with the daemon's log until it holds; after 30 s the
+// test fails, saying what it waited for.
+func waitFor(t *testing.T, d *testDaemon, what string, cond func(log string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond(d.log()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 30 s for %s:\n%s", what, d.log())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

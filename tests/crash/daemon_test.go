@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cairn-storage/cairn/blockdev/nbd"
 )
 
 var (
@@ -215,13 +217,13 @@ func (d *daemon) inspect(name string) volumeInfo {
 }
 
 // dial opens an NBD connection to a volume over the daemon's unix socket.
-func (d *daemon) dial(name string) *nbdClient {
+func (d *daemon) dial(name string) *nbd.Client {
 	d.t.Helper()
-	cl, err := dialNBD(d.socket, name)
+	cl, err := nbd.Dial("unix", d.socket, name)
 	if err != nil {
 		d.t.Fatalf("nbd connect to %q: %v", name, err)
 	}
-	d.t.Cleanup(func() { cl.conn.Close() })
+	d.t.Cleanup(func() { cl.Close() })
 	return cl
 }
 

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/cairn-storage/cairn/blockdev/nbd"
 	"github.com/cairn-storage/cairn/internal/lazyfs"
 )
 
@@ -83,7 +84,7 @@ func TestDriveEIO(t *testing.T) {
 	if werr == nil {
 		t.Fatal("writes and flushes to a volume whose drive returns EIO all succeeded")
 	}
-	var errno errnoError
+	var errno nbd.ReplyError
 	if !errors.As(werr, &errno) {
 		t.Fatalf("the failing volume's client got %v, want an NBD error reply", werr)
 	}

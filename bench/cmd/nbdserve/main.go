@@ -22,11 +22,11 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/cairn-storage/cairn/blockdev/nbd"
+	"github.com/cairn-storage/cairn/blockdev/nbd/nbdtest"
 	"github.com/cairn-storage/cairn/engine"
 )
 
@@ -59,7 +59,7 @@ func run() error {
 	var closeEngine func() error
 	switch *backend {
 	case "mem":
-		exports = singleExport{&memExport{name: *name, data: make([]byte, size)}}
+		exports = singleExport{memExport{nbdtest.NewMemExport(*name, int(size))}}
 		closeEngine = func() error { return nil }
 	case "engine":
 		if *dir == "" {
@@ -170,40 +170,10 @@ func (s singleExport) OpenExport(name string) (nbd.Export, func(), error) {
 func (s singleExport) ExportNames() []string { return []string{s.exp.Name()} }
 
 // memExport is a flat in-memory export: no holes, no durability.
-type memExport struct {
-	name string
-	mu   sync.RWMutex
-	data []byte
-}
-
-func (m *memExport) Name() string   { return m.name }
-func (m *memExport) Size() int64    { return int64(len(m.data)) }
-func (m *memExport) ReadOnly() bool { return false }
-
+//
 // WritesCached: a write is a copy under a lock, like the engine's writes into
 // the page cache, so nbdserve -mem runs writes on the same small pool.
-func (m *memExport) WritesCached() bool { return true }
-func (m *memExport) WriteWaits() uint64 { return 0 }
-func (m *memExport) ReadAt(p []byte, off int64) error {
-	m.mu.RLock()
-	copy(p, m.data[off:])
-	m.mu.RUnlock()
-	return nil
-}
-func (m *memExport) WriteAt(p []byte, off int64, _ bool) error {
-	m.mu.Lock()
-	copy(m.data[off:], p)
-	m.mu.Unlock()
-	return nil
-}
-func (m *memExport) Flush() error            { return nil }
-func (m *memExport) Trim(off, n int64) error { return m.WriteZeroes(off, n, false) }
-func (m *memExport) WriteZeroes(off, n int64, _ bool) error {
-	m.mu.Lock()
-	clear(m.data[off : off+n])
-	m.mu.Unlock()
-	return nil
-}
-func (m *memExport) Extents(off, n int64) ([]engine.Extent, error) {
-	return []engine.Extent{{Offset: off, Length: n, Kind: engine.ExtentData}}, nil
-}
+type memExport struct{ *nbdtest.MemExport }
+
+func (memExport) WritesCached() bool { return true }
+func (memExport) WriteWaits() uint64 { return 0 }
