@@ -540,7 +540,8 @@ func (p *pool) apply(st *poolState, r *record) error {
 		if r.meta.size < v.meta.size || r.meta.size%BlockSize != 0 || r.meta.size > maxVolumeSize {
 			return fmt.Errorf("%w: volume id %d resized to %d (from %d)", ErrCorrupt, r.vol, r.meta.size, v.meta.size)
 		}
-		v.meta.sticky, v.meta.snapInterval = r.meta.sticky, r.meta.snapInterval
+		// Every field recSetAttrs carries (records.go); TestRecordReplay checks.
+		v.meta.sticky, v.meta.snapInterval, v.meta.snapKeep = r.meta.sticky, r.meta.snapInterval, r.meta.snapKeep
 		v.setSize(r.meta.size)
 	case recDeleteVolume:
 		// Candidates only: loadPool keeps those no one else maps.

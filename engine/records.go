@@ -192,7 +192,7 @@ func (d *dec) meta() volumeMeta {
 // record is one decoded metadata record.
 type record struct {
 	typ     byte
-	meta    volumeMeta // recCreateVolume; recSetAttrs uses id, size, sticky, snapInterval
+	meta    volumeMeta // recCreateVolume, recSnapshot; recSetAttrs uses size, sticky, snapInterval, snapKeep
 	vol     uint32
 	lext    uint32
 	phys    uint32
