@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -38,16 +40,91 @@ func blockContent(buf []byte, uid uint64, blk int64, ver uint32) {
 // the one the last flush covered and every one written since (issue order).
 type modelVolume struct {
 	name string
+	// info is every piece of the volume's metadata, as the engine reported it
+	// when the volume was made and as each update since changed it (Used,
+	// which follows the data, is left zero: see metadataOf).
+	info VolumeInfo
 	// An operation that failed on an I/O error may or may not have happened.
-	maybeSize    int64 // a failed grow to this size
-	maybeExists  bool  // a failed create: the volume may not exist
-	maybeDeleted bool  // a failed delete: the volume may be gone
-	readOnly     bool  // a snapshot
+	maybeInfo    *VolumeInfo // a failed update to this
+	maybeExists  bool        // a failed create: the volume may not exist (info unknown)
+	maybeDeleted bool        // a failed delete: the volume may be gone
+	readOnly     bool        // a snapshot
 	parent       string
 	uid          uint64
 	size         int64
 	latest       []uint32   // what a read must show now
 	possible     [][]uint32 // what a read after a crash may show
+}
+
+// metadataOf is the part of VolumeInfo that must survive a crash exactly:
+// all of it but Used (which depends on which unflushed writes survived).
+func metadataOf(info VolumeInfo) VolumeInfo {
+	info.Used = 0
+	return info
+}
+
+// randomUpdate changes one or more of the fields of VolumeUpdate, each as a
+// user could (TestRandomUpdateCoversVolumeUpdate makes a new field join).
+func randomUpdate(rng *rand.Rand, m *modelVolume) VolumeUpdate {
+	for {
+		var upd VolumeUpdate
+		if rng.IntN(2) == 0 {
+			size := m.size + int64(1+rng.IntN(4))*ExtentSize/4
+			upd.Size = &size
+		}
+		if rng.IntN(2) == 0 {
+			sticky := rng.IntN(3) == 0 // mostly off, so deletes go on
+			upd.Sticky = &sticky
+		}
+		if rng.IntN(2) == 0 {
+			minutes := rng.IntN(3) * 30
+			upd.SnapInterval = &minutes
+		}
+		if rng.IntN(2) == 0 {
+			keep := 1 + rng.IntN(MaxSnapshots)
+			upd.SnapKeep = &keep
+		}
+		if upd != (VolumeUpdate{}) {
+			return upd
+		}
+	}
+}
+
+// applyUpdate is what an update does to a volume's metadata.
+func applyUpdate(info VolumeInfo, upd VolumeUpdate) VolumeInfo {
+	if upd.Size != nil {
+		info.Size = *upd.Size
+	}
+	if upd.Sticky != nil {
+		info.Sticky = *upd.Sticky
+	}
+	if upd.SnapInterval != nil {
+		info.SnapInterval = *upd.SnapInterval
+	}
+	if upd.SnapKeep != nil {
+		info.SnapKeep = *upd.SnapKeep
+	}
+	return info
+}
+
+func TestRandomUpdateCoversVolumeUpdate(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	m := &modelVolume{size: ExtentSize}
+	typ := reflect.TypeFor[VolumeUpdate]()
+	set := make([]bool, typ.NumField())
+	for range 100 {
+		v := reflect.ValueOf(randomUpdate(rng, m))
+		for i := range set {
+			if !v.Field(i).IsNil() {
+				set[i] = true
+			}
+		}
+	}
+	for i, ok := range set {
+		if !ok {
+			t.Errorf("the crash model never changes VolumeUpdate.%s: teach randomUpdate and applyUpdate about it", typ.Field(i).Name)
+		}
+	}
 }
 
 func (m *modelVolume) blocks() int64 { return m.size / BlockSize }
@@ -102,11 +179,12 @@ func (m *modelVolume) flushed() {
 	}
 }
 
-// TestCrashModel drives random writes, trims, write-zeroes, flushes, resizes,
-// creates and deletes across several volumes against a model, crashes the
-// drives at random points (unsynced writes dropped, applied or torn in 4 KiB
-// units), sometimes with an I/O fault that fails the pool mid-round, recovers,
-// and checks every block of every volume against the durability contract.
+// TestCrashModel drives random writes, trims, write-zeroes, flushes, updates
+// (of every field of VolumeUpdate), creates (with random settings) and deletes
+// across several volumes against a model, crashes the drives at random points
+// (unsynced writes dropped, applied or torn in 4 KiB units), sometimes with an
+// I/O fault that fails the pool mid-round, recovers, and checks every block
+// and all the metadata of every volume against the durability contract.
 // Replay a failure with: go test ./engine -run TestCrashModel -crash.seed=N
 func TestMain(m *testing.M) {
 	// Pool failures are logged at ERROR; the crash test causes hundreds on purpose.
@@ -196,7 +274,9 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		name := fmt.Sprintf("vol%d", *nextName)
 		*nextName++
 		size := int64(1+rng.IntN(12)) * ExtentSize / 2
-		info, err := e.CreateVolume(VolumeSpec{Name: name, Size: size})
+		spec := VolumeSpec{Name: name, Size: size, IOPriority: priorityCodes[rng.IntN(len(priorityCodes))],
+			SnapInterval: rng.IntN(3) * 15, SnapKeep: rng.IntN(MaxSnapshots + 1)}
+		info, err := e.CreateVolume(spec)
 		if err != nil {
 			if errors.Is(err, drive.ErrIO) || errors.Is(err, ErrIO) {
 				m := &modelVolume{name: name, maybeExists: true}
@@ -205,8 +285,12 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 			}
 			return err
 		}
-		_ = info
-		m := &modelVolume{name: name}
+		want := VolumeInfo{ID: info.ID, Name: name, Size: size, Repl: 1, IOPriority: PriorityLow, RequestedIOPriority: spec.IOPriority,
+			SnapInterval: spec.SnapInterval, SnapKeep: cmp.Or(spec.SnapKeep, DefaultSnapKeep), BlockSize: BlockSize, State: "up", Created: info.Created}
+		if got := metadataOf(info); got != want {
+			return fmt.Errorf("create %s returned %+v, want %+v", name, got, want)
+		}
+		m := &modelVolume{name: name, info: want}
 		traced(histCycle, "create", name, 0, size/BlockSize, nil)
 		m.grow(size)
 		vols[name] = m
@@ -319,14 +403,20 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		}
 		return nil
 	case op < 96:
-		size := m.size + int64(1+rng.IntN(4))*ExtentSize/4
-		if _, err := e.UpdateVolume(m.name, VolumeUpdate{Size: &size}); err != nil {
+		upd := randomUpdate(rng, m)
+		want := applyUpdate(m.info, upd)
+		info, err := e.UpdateVolume(m.name, upd)
+		if err != nil {
 			if errors.Is(err, drive.ErrIO) || errors.Is(err, ErrIO) {
-				m.maybeSize = size
+				m.maybeInfo = &want
 			}
 			return err
 		}
-		m.grow(size) // durable on return; old blocks' possibilities unchanged
+		if got := metadataOf(info); got != want {
+			return fmt.Errorf("update %s returned %+v, want %+v", m.name, got, want)
+		}
+		m.info = want     // durable on return
+		m.grow(want.Size) // old blocks' possibilities unchanged
 		return nil
 	case op < 100:
 		err := e.DeleteVolume(m.name)
@@ -335,7 +425,7 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 			if errors.Is(err, drive.ErrIO) || errors.Is(err, ErrIO) {
 				m.maybeDeleted = true
 			}
-			if errors.Is(err, ErrHasSnapshots) {
+			if errors.Is(err, ErrHasSnapshots) || errors.Is(err, ErrSticky) {
 				return nil
 			}
 			return err
@@ -384,11 +474,12 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 func shareModel(e *Engine, vols map[string]*modelVolume, m *modelVolume, nextName *int, snapshot bool) error {
 	name := fmt.Sprintf("vol%d", *nextName)
 	*nextName++
+	var info VolumeInfo
 	var err error
 	if snapshot {
-		_, err = e.CreateSnapshot(m.name, name)
+		info, err = e.CreateSnapshot(m.name, name)
 	} else {
-		_, err = e.CloneVolume(m.name, name)
+		info, err = e.CloneVolume(m.name, name)
 	}
 	traced(histCycle, fmt.Sprintf("share(snapshot=%v) of %s", snapshot, m.name), name, 0, m.blocks(), err)
 	if errors.Is(err, ErrTooManySnaps) {
@@ -399,6 +490,17 @@ func shareModel(e *Engine, vols map[string]*modelVolume, m *modelVolume, nextNam
 		return err
 	}
 	s := &modelVolume{name: name, readOnly: snapshot, parent: m.name, maybeExists: maybe}
+	if err == nil {
+		// A snapshot or clone has its source's size, io_priority and repl,
+		// none of its schedule and stickiness.
+		want := VolumeInfo{ID: info.ID, Name: name, Size: m.size, Repl: m.info.Repl, IOPriority: m.info.IOPriority,
+			RequestedIOPriority: m.info.RequestedIOPriority, SnapKeep: DefaultSnapKeep, BlockSize: BlockSize,
+			Parent: m.name, ReadOnly: snapshot, Snapshot: snapshot, State: "up", Created: info.Created}
+		if got := metadataOf(info); got != want {
+			return fmt.Errorf("%s of %s returned %+v, want %+v", map[bool]string{true: "snapshot", false: "clone"}[snapshot], m.name, got, want)
+		}
+		s.info = want
+	}
 	s.grow(m.size)
 	copy(s.latest, m.latest)
 	for b := range s.latest {
@@ -442,12 +544,23 @@ func verify(t *testing.T, e *Engine, vols map[string]*modelVolume, cycle int, wa
 		}
 	}
 	b := make([]byte, BlockSize)
+	ids := map[string]string{}
 	for _, info := range got {
 		m := vols[info.Name]
-		if m.maybeSize != 0 && info.Size == m.maybeSize {
-			m.grow(m.maybeSize)
+		if other, dup := ids[info.ID]; dup {
+			t.Fatalf("cycle %d: volumes %q and %q have the same id %s", cycle, other, info.Name, info.ID)
 		}
-		m.maybeSize, m.maybeExists, m.maybeDeleted = 0, false, false
+		ids[info.ID] = info.Name
+		switch meta := metadataOf(info); {
+		case m.maybeExists:
+			m.info = meta // made by a create that failed: nothing to compare with
+		case m.maybeInfo != nil && meta == *m.maybeInfo:
+			m.info = meta
+			m.grow(meta.Size)
+		case meta != m.info:
+			t.Fatalf("cycle %d: volume %q after recovery:\n got %+v\nwant %+v", cycle, info.Name, meta, m.info)
+		}
+		m.maybeInfo, m.maybeExists, m.maybeDeleted = nil, false, false
 		if info.Size != m.size {
 			t.Fatalf("cycle %d: volume %q size %d after recovery, model %d", cycle, info.Name, info.Size, m.size)
 		}
