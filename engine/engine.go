@@ -18,17 +18,9 @@ import (
 
 	"github.com/cairn-storage/cairn/allocator"
 	"github.com/cairn-storage/cairn/drive"
+	"github.com/cairn-storage/cairn/internal/size"
 	"github.com/cairn-storage/cairn/wal"
 )
-
-// ParseIOPriority accepts high, medium or low (any case).
-func ParseIOPriority(s string) (IOPriority, error) {
-	switch p := IOPriority(strings.ToLower(s)); p {
-	case PriorityHigh, PriorityMedium, PriorityLow:
-		return p, nil
-	}
-	return "", fmt.Errorf("%w: io_priority %q (want high, medium or low)", ErrInvalid, s)
-}
 
 // Engine owns a node's pools and volumes.
 //
@@ -688,45 +680,9 @@ func (e *Engine) choosePool(want IOPriority) (*pool, error) {
 	return nil, fmt.Errorf("%w: this node has no usable storage pool (storageless, or every pool failed)", ErrNoPool)
 }
 
-func validName(name string) error {
-	if name == "" || len(name) > 255 {
-		return fmt.Errorf("%w: volume name must be 1 to 255 bytes", ErrInvalid)
-	}
-	for _, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.", r)) {
-			return fmt.Errorf("%w: volume name %q: use letters, digits, '-', '_' and '.'", ErrInvalid, name)
-		}
-	}
-	return nil
-}
-
 // CreateVolume creates a thin volume; it is durable when CreateVolume returns.
 func (e *Engine) CreateVolume(spec VolumeSpec) (VolumeInfo, error) {
-	if err := validName(spec.Name); err != nil {
-		return VolumeInfo{}, err
-	}
-	if spec.Size <= 0 || spec.Size%BlockSize != 0 || spec.Size > maxVolumeSize {
-		return VolumeInfo{}, fmt.Errorf("%w: size %d: must be a positive multiple of %d up to %d", ErrInvalid, spec.Size, BlockSize, maxVolumeSize)
-	}
-	if spec.BlockSize != 0 && spec.BlockSize != BlockSize {
-		return VolumeInfo{}, fmt.Errorf("%w: block size %d: only %d is supported", ErrInvalid, spec.BlockSize, BlockSize)
-	}
-	if spec.Repl == 0 {
-		spec.Repl = 1
-	}
-	if spec.Repl != 1 {
-		return VolumeInfo{}, fmt.Errorf("%w: repl %d: this node has no cluster peers, so only repl 1 is possible", ErrInvalid, spec.Repl)
-	}
-	if spec.SnapInterval < 0 {
-		return VolumeInfo{}, fmt.Errorf("%w: snap_interval %d", ErrInvalid, spec.SnapInterval)
-	}
-	if spec.SnapKeep < 0 || spec.SnapKeep > MaxSnapshots {
-		return VolumeInfo{}, fmt.Errorf("%w: snap_keep %d (want 1 to %d)", ErrInvalid, spec.SnapKeep, MaxSnapshots)
-	}
-	if spec.IOPriority == "" {
-		spec.IOPriority = PriorityLow
-	}
-	if _, err := ParseIOPriority(string(spec.IOPriority)); err != nil {
+	if err := spec.check(); err != nil {
 		return VolumeInfo{}, err
 	}
 	e.mu.Lock()
@@ -803,25 +759,17 @@ func (e *Engine) Volumes() []VolumeInfo {
 	return out
 }
 
-// UpdateVolume changes size (grow only), sticky and snap interval; durable on return.
+// UpdateVolume changes size (grow only), sticky, snap interval and snap keep; durable on return.
 func (e *Engine) UpdateVolume(name string, upd VolumeUpdate) (VolumeInfo, error) {
 	v, err := e.Volume(name)
 	if err != nil {
 		return VolumeInfo{}, err
 	}
-	if upd.Size != nil {
-		if *upd.Size < v.Size() {
-			return VolumeInfo{}, fmt.Errorf("%w: volume %q is %d bytes, asked for %d", ErrShrink, name, v.Size(), *upd.Size)
-		}
-		if *upd.Size%BlockSize != 0 || *upd.Size > maxVolumeSize {
-			return VolumeInfo{}, fmt.Errorf("%w: size %d: must be a multiple of %d up to %d", ErrInvalid, *upd.Size, BlockSize, maxVolumeSize)
-		}
+	if err := upd.check(); err != nil {
+		return VolumeInfo{}, err
 	}
-	if upd.SnapInterval != nil && *upd.SnapInterval < 0 {
-		return VolumeInfo{}, fmt.Errorf("%w: snap_interval %d", ErrInvalid, *upd.SnapInterval)
-	}
-	if upd.SnapKeep != nil && (*upd.SnapKeep < 1 || *upd.SnapKeep > MaxSnapshots) {
-		return VolumeInfo{}, fmt.Errorf("%w: snap_keep %d (want 1 to %d)", ErrInvalid, *upd.SnapKeep, MaxSnapshots)
+	if upd.Size != nil && *upd.Size < v.Size() {
+		return VolumeInfo{}, fmt.Errorf("%w: volume %q is %s, asked for %s", ErrShrink, name, size.Exact(v.Size()), size.Exact(*upd.Size))
 	}
 	if v.ReadOnly() && (upd.Size != nil || upd.SnapInterval != nil || upd.SnapKeep != nil) {
 		return VolumeInfo{}, fmt.Errorf("%w: %q is a snapshot", ErrReadOnly, name)

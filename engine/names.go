@@ -18,7 +18,7 @@ import (
 //
 // A name found twice at Open (two pools, from any cause) never stops the
 // node: each copy is served as NAME@poolN, which no valid name can be
-// (validName refuses '@'), and Status lists the duplicates. The aliases are
+// (ValidateName refuses '@'), and Status lists the duplicates. The aliases are
 // not written anywhere; once the operator deletes one copy, the other gets
 // its name back at the next start.
 

@@ -99,10 +99,14 @@ func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) 
 	case !snapshot && !src.meta.readOnly:
 		return VolumeInfo{}, fmt.Errorf("%w: %q is not a snapshot; clone a snapshot of it", ErrInvalid, srcName)
 	}
-	if name == "" {
-		name = fmt.Sprintf("%s.snap-%s", src.meta.name, time.Now().UTC().Format("20060102T150405.000Z"))
+	what := "clone"
+	if snapshot {
+		what = "snapshot"
+		if name == "" {
+			name = fmt.Sprintf("%s.snap-%s", src.meta.name, time.Now().UTC().Format("20060102T150405.000Z"))
+		}
 	}
-	if err := validName(name); err != nil {
+	if err := ValidateName(what, name); err != nil {
 		return VolumeInfo{}, err
 	}
 	if err := e.nameTakenLocked(name); err != nil {

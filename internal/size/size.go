@@ -1,6 +1,7 @@
 // Package size parses and prints the byte sizes people type and read on the
 // command line: "512M", "10G", "1T", a bare number meaning GiB (as in pxctl).
-// All units are powers of 1024.
+// All units are powers of 1024. Parse and Exact are inverses; Format rounds,
+// for tables.
 package size
 
 import (
@@ -45,6 +46,28 @@ func Parse(s string) (int64, error) {
 		return 0, fmt.Errorf("%w %q: must be greater than zero", ErrInvalid, s)
 	}
 	return n << shift, nil
+}
+
+// Exact renders bytes exactly, in the form Parse reads back: "64T", "100P",
+// "1536M", "4K" (the largest unit that divides n). Messages about a size the
+// user typed use it, so they answer in the user's terms. A size that is not a
+// whole number of KiB is given in bytes ("4097 bytes"), since Parse reads a
+// bare number as GiB.
+func Exact(n int64) string {
+	if n == 0 {
+		return "0"
+	}
+	if n%1024 != 0 {
+		return strconv.FormatInt(n, 10) + " bytes"
+	}
+	const units = "KMGTP"
+	n /= 1024
+	i := 0
+	for n%1024 == 0 && i < len(units)-1 {
+		n /= 1024
+		i++
+	}
+	return strconv.FormatInt(n, 10) + string(units[i])
 }
 
 // Format renders bytes for people: "10 GiB", "1.5 TiB", "512 MiB", "0 B".

@@ -63,3 +63,34 @@ func TestFormatSize(t *testing.T) {
 		}
 	}
 }
+
+func TestExactSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   int64
+		want string
+	}{
+		{0, "0"},
+		{1000, "1000 bytes"},
+		{4097, "4097 bytes"},
+		{4096, "4K"},
+		{512 << 20, "512M"},
+		{3 << 29, "1536M"},
+		{10 << 30, "10G"},
+		{64 << 40, "64T"},
+		{100 << 50, "100P"},
+		{8191 << 50, "8191P"},
+		{1<<40 + 4096, "1073741828K"},
+		{-4096, "-4K"},
+	} {
+		got := Exact(tc.in)
+		if got != tc.want {
+			t.Errorf("Exact(%d) = %q, want %q", tc.in, got, tc.want)
+			continue
+		}
+		if tc.in > 0 && tc.in%1024 == 0 {
+			if back, err := Parse(got); err != nil || back != tc.in {
+				t.Errorf("Parse(Exact(%d)) = %d, %v", tc.in, back, err)
+			}
+		}
+	}
+}
