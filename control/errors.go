@@ -67,6 +67,10 @@ func plain(err error) string {
 	return strings.ReplaceAll(err.Error(), "engine: ", "")
 }
 
+// Message is the line an operator reads for err, as the API words it: the
+// CLI shows its own refusals (by the engine's rules) the same way.
+func Message(err error) string { return reason(err) }
+
 // APIError is an error response from the daemon.
 type APIError struct {
 	StatusCode int    // HTTP status

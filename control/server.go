@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,19 +16,9 @@ import (
 	"github.com/cairn-storage/cairn/engine"
 )
 
-// Limits of the control plane.
-const (
-	maxRequestBytes = 64 << 10 // no API body is anywhere near this
-	maxRepl         = 3        // the Portworx limit
-	blockSize       = 4096     // the only block size the engine supports
-	// clusterNodes is the number of nodes a volume can be replicated across.
-	// One until the cluster (stage 2) lands.
-	clusterNodes = 1
-)
-
-// volumeName is what a volume may be called: it appears in URLs, NBD export
-// names and file names, so no slashes, spaces or leading dots.
-var volumeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+// maxRequestBytes bounds a request body: no API body is anywhere near this.
+// (What volumes may be called and hold is the engine's rule, engine/validate.go.)
+const maxRequestBytes = 64 << 10
 
 // invalidError is a request the control plane refuses by itself. Its text is
 // the operator's message alone; it still matches engine.ErrInvalid, so it
@@ -155,104 +144,16 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	spec, err := volumeSpec(req)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	info, err := s.engine.CreateVolume(spec)
+	info, err := s.engine.CreateVolume(engine.VolumeSpec{
+		Name: req.Name, Size: req.Size, Repl: req.Repl, IOPriority: engine.IOPriority(req.IOPriority), Sticky: req.Sticky,
+		SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep, BlockSize: req.BlockSize,
+	})
 	if err != nil {
 		s.fail(w, r, volumeError("create", req.Name, err))
 		return
 	}
 	s.log.Info("volume created", "name", info.Name, "id", info.ID, "size", info.Size, "io_priority", info.IOPriority)
 	reply(w, http.StatusCreated, s.volumeJSON(info.Name, volumeFromEngine(info)))
-}
-
-// volumeSpec validates a create request; everything the control plane can
-// refuse without the engine is refused here, with the limit in the message.
-func volumeSpec(req CreateVolumeRequest) (engine.VolumeSpec, error) {
-	spec := engine.VolumeSpec{
-		Name: req.Name, Size: req.Size, Repl: req.Repl, Sticky: req.Sticky,
-		SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep, BlockSize: req.BlockSize,
-		IOPriority: engine.PriorityLow,
-	}
-	if !volumeName.MatchString(req.Name) {
-		return spec, invalidf("volume name %q: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name)
-	}
-	if spec.BlockSize == 0 {
-		spec.BlockSize = blockSize
-	}
-	if spec.BlockSize != blockSize {
-		return spec, invalidf("block_size %d: only %d is supported", spec.BlockSize, blockSize)
-	}
-	if err := checkSize(req.Size); err != nil {
-		return spec, err
-	}
-	if spec.Repl == 0 {
-		spec.Repl = 1
-	}
-	if err := checkRepl(spec.Repl); err != nil {
-		return spec, err
-	}
-	if req.IOPriority != "" {
-		p, err := parseIOPriority(req.IOPriority)
-		if err != nil {
-			return spec, err
-		}
-		spec.IOPriority = p
-	}
-	if err := checkSnapInterval(req.SnapInterval); err != nil {
-		return spec, err
-	}
-	if req.SnapKeep != 0 { // 0: the default
-		if err := checkSnapKeep(req.SnapKeep); err != nil {
-			return spec, err
-		}
-	}
-	return spec, nil
-}
-
-func checkSize(size int64) error {
-	if size <= 0 {
-		return invalidf("size %d: must be greater than zero", size)
-	}
-	if size%blockSize != 0 {
-		return invalidf("size %d: must be a multiple of %d bytes", size, blockSize)
-	}
-	return nil
-}
-
-func checkRepl(repl int) error {
-	if repl < 1 || repl > maxRepl {
-		return invalidf("repl %d: must be 1, 2 or 3", repl)
-	}
-	if repl > clusterNodes {
-		return invalidf("repl %d needs %d nodes, the cluster has %d (replication comes with the cluster)", repl, repl, clusterNodes)
-	}
-	return nil
-}
-
-func checkSnapInterval(minutes int) error {
-	if minutes < 0 {
-		return invalidf("snap_interval %d: minutes must be 0 (off) or more", minutes)
-	}
-	return nil
-}
-
-func checkSnapKeep(n int) error {
-	if n < 1 || n > engine.MaxSnapshots {
-		return invalidf("snap_keep %d: must be 1 to %d", n, engine.MaxSnapshots)
-	}
-	return nil
-}
-
-func parseIOPriority(s string) (engine.IOPriority, error) {
-	switch p := engine.IOPriority(s); p {
-	case engine.PriorityHigh, engine.PriorityMedium, engine.PriorityLow:
-		return p, nil
-	}
-	return "", invalidf("io_priority %q: must be high, medium or low", s)
 }
 
 func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
@@ -271,24 +172,6 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
 		return
-	}
-	if req.Size != nil {
-		if err := checkSize(*req.Size); err != nil {
-			s.fail(w, r, err)
-			return
-		}
-	}
-	if req.SnapInterval != nil {
-		if err := checkSnapInterval(*req.SnapInterval); err != nil {
-			s.fail(w, r, err)
-			return
-		}
-	}
-	if req.SnapKeep != nil {
-		if err := checkSnapKeep(*req.SnapKeep); err != nil {
-			s.fail(w, r, err)
-			return
-		}
 	}
 	info, err := s.engine.UpdateVolume(name, engine.VolumeUpdate{Size: req.Size, Sticky: req.Sticky, SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep})
 	if err != nil {
@@ -337,9 +220,9 @@ func (s *Server) addDrive(w http.ResponseWriter, r *http.Request) {
 	}
 	spec := engine.DriveSpec{Path: req.Path, Force: req.Force}
 	if req.IOPriority != "" {
-		p, err := parseIOPriority(req.IOPriority)
+		p, err := engine.ParseIOPriority(req.IOPriority)
 		if err != nil {
-			s.fail(w, r, err)
+			s.fail(w, r, &messageError{msg: fmt.Sprintf("cannot add drive %s: %s", req.Path, reason(err)), err: err})
 			return
 		}
 		spec.IOPriority = p
@@ -377,6 +260,8 @@ func volumeError(op, name string, err error) error {
 		msg = fmt.Sprintf("cannot shrink volume %q: volumes can only grow", name)
 	case errors.Is(err, engine.ErrBusy):
 		msg = fmt.Sprintf("cannot %s volume %q: it is in use (exported over NBD or attached); disconnect its clients first", op, name)
+	case errors.Is(err, engine.ErrInvalid):
+		msg = fmt.Sprintf("cannot %s volume %q: %s", op, name, reason(err))
 
 	default:
 		msg = fmt.Sprintf("cannot %s volume %q: %s", op, name, plain(err))

@@ -69,7 +69,27 @@ func TestAPIErrors(t *testing.T) {
 		{"unaligned size", func() error {
 			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "x", Size: 1000})
 			return err
-		}, 400, engine.ErrInvalid, "multiple of 4096"},
+		}, 400, engine.ErrInvalid, "size 1000 bytes: must be a multiple of 4K"},
+		{"size beyond the limit", func() error {
+			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "x", Size: 100 << 50})
+			return err
+		}, 400, engine.ErrInvalid, `cannot create volume "x": size 100P: must be at most 64T`},
+		{"grow beyond the limit", func() error {
+			_, err := c.UpdateVolume(ctx, "b", UpdateVolumeRequest{Size: ptr(int64(100 << 50))})
+			return err
+		}, 400, engine.ErrInvalid, `cannot update volume "b": size 100P: must be at most 64T`},
+		{"leading dot", func() error {
+			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: ".x", Size: 1 << 20})
+			return err
+		}, 400, engine.ErrInvalid, `volume name ".x": use 1 to 255 letters`},
+		{"name of 256 bytes", func() error {
+			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: strings.Repeat("n", 256), Size: 1 << 20})
+			return err
+		}, 400, engine.ErrInvalid, "use 1 to 255 letters"},
+		{"snap_interval beyond a year", func() error {
+			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "x", Size: 1 << 20, SnapInterval: 1 << 32})
+			return err
+		}, 400, engine.ErrInvalid, "snap_interval 4294967296"},
 		{"repl 4", func() error {
 			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "x", Size: 1 << 20, Repl: 4})
 			return err
@@ -155,6 +175,24 @@ func TestAPIErrors(t *testing.T) {
 	}
 	if strings.Join(names, ",") != "a,b" {
 		t.Errorf("volumes after failed calls = %v, want a,b", names)
+	}
+}
+
+// TestAPINamesAsTheEngineAllows checks that the API takes every name the
+// engine's rule allows (the API once had its own rule: 128 bytes, not 255).
+func TestAPINamesAsTheEngineAllows(t *testing.T) {
+	c, _, _ := newTestAPI(t)
+	ctx := context.Background()
+	long := strings.Repeat("v", engine.MaxNameLen)
+	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: long, Size: 1 << 20, IOPriority: "LOW"}); err != nil {
+		t.Fatalf("create with a %d-byte name: %v", len(long), err)
+	}
+	snap := "s" + long[1:]
+	if _, err := c.CreateSnapshot(ctx, long, snap); err != nil {
+		t.Fatalf("snapshot with a %d-byte name: %v", len(snap), err)
+	}
+	if _, err := c.CloneVolume(ctx, snap, "c"+long[1:]); err != nil {
+		t.Fatalf("clone with a %d-byte name: %v", len(long), err)
 	}
 }
 

@@ -70,10 +70,6 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if req.Name != "" && !volumeName.MatchString(req.Name) {
-		s.fail(w, r, invalidf("snapshot name %q: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name))
-		return
-	}
 	info, err := s.engine.CreateSnapshot(volume, req.Name)
 	if err != nil {
 		s.fail(w, r, shareError("snapshot", volume, req.Name, err))
@@ -129,10 +125,6 @@ func (s *Server) cloneVolume(w http.ResponseWriter, r *http.Request) {
 	var req CloneRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
-		return
-	}
-	if !volumeName.MatchString(req.Name) {
-		s.fail(w, r, invalidf("clone name %q: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name))
 		return
 	}
 	info, err := s.engine.CloneVolume(snapshot, req.Name)

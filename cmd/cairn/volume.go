@@ -45,13 +45,14 @@ func newVolumeCreateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// The API reads a repl of 0 as "default"; an explicit 0 is a mistake.
+			// The API reads a repl or snap_keep of 0 as "the default", so an
+			// explicit 0 is refused here, by the engine's rules.
 			if req.Repl < 1 {
-				return fmt.Errorf("repl %d: must be 1, 2 or 3", req.Repl)
+				return errors.New(control.Message(engine.ValidateRepl(req.Repl)))
 			}
 			if cmd.Flags().Changed("snap_keep") {
-				if err := checkSnapKeep(snapKeep); err != nil {
-					return err
+				if err := engine.ValidateSnapKeep(snapKeep); err != nil {
+					return errors.New(control.Message(err))
 				}
 				req.SnapKeep = snapKeep
 			}
@@ -175,9 +176,6 @@ func newVolumeUpdateCommand(g *globals) *cobra.Command {
 				req.SnapInterval = &snapInterval
 			}
 			if f.Changed("snap_keep") {
-				if err := checkSnapKeep(snapKeep); err != nil {
-					return err
-				}
 				req.SnapKeep = &snapKeep
 			}
 			if req.Size == nil && req.Sticky == nil && req.SnapInterval == nil && req.SnapKeep == nil {
@@ -237,13 +235,6 @@ func newVolumeDeleteCommand(g *globals) *cobra.Command {
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "delete the volume's snapshots first (a sticky volume is still refused)")
 	addJSONFlag(cmd, g)
 	return cmd
-}
-
-func checkSnapKeep(n int) error {
-	if n < 1 || n > engine.MaxSnapshots {
-		return fmt.Errorf("snap_keep %d: must be 1 to %d", n, engine.MaxSnapshots)
-	}
-	return nil
 }
 
 func parseOnOff(s string) (bool, error) {
