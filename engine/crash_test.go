@@ -271,7 +271,9 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 	}
 	slices.Sort(names)
 	if len(names) == 0 || rng.IntN(50) == 0 && len(names) < 4 {
-		name := fmt.Sprintf("vol%d", *nextName)
+		// uid: each volume's blocks are its own, so one showing up in
+		// another volume is caught (its snapshots and clones share it).
+		name, uid := fmt.Sprintf("vol%d", *nextName), uint64(1+*nextName)
 		*nextName++
 		size := int64(1+rng.IntN(12)) * ExtentSize / 2
 		spec := VolumeSpec{Name: name, Size: size, IOPriority: priorityCodes[rng.IntN(len(priorityCodes))],
@@ -279,7 +281,7 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		info, err := e.CreateVolume(spec)
 		if err != nil {
 			if errors.Is(err, drive.ErrIO) || errors.Is(err, ErrIO) {
-				m := &modelVolume{name: name, maybeExists: true}
+				m := &modelVolume{name: name, uid: uid, maybeExists: true}
 				m.grow(size)
 				vols[name] = m
 			}
@@ -290,7 +292,7 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		if got := metadataOf(info); got != want {
 			return fmt.Errorf("create %s returned %+v, want %+v", name, got, want)
 		}
-		m := &modelVolume{name: name, info: want}
+		m := &modelVolume{name: name, uid: uid, info: want}
 		traced(histCycle, "create", name, 0, size/BlockSize, nil)
 		m.grow(size)
 		vols[name] = m
@@ -489,7 +491,7 @@ func shareModel(e *Engine, vols map[string]*modelVolume, m *modelVolume, nextNam
 	if err != nil && !maybe {
 		return err
 	}
-	s := &modelVolume{name: name, readOnly: snapshot, parent: m.name, maybeExists: maybe}
+	s := &modelVolume{name: name, uid: m.uid, readOnly: snapshot, parent: m.name, maybeExists: maybe}
 	if err == nil {
 		// A snapshot or clone has its source's size, io_priority and repl,
 		// none of its schedule and stickiness.
