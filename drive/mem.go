@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"syscall"
 )
 
 // Mem is a crash-simulating in-memory drive for tests, after pebble's
@@ -39,8 +40,9 @@ const (
 	FaultSync
 )
 
-// Fault makes matching operations fail with ErrIO. Off/Len bound the byte
-// range (Len 0 = whole drive); Count limits how many times it fires (0 = forever).
+// Fault makes matching operations fail with ErrIO wrapping syscall.EIO, as a
+// real drive's I/O error does. Off/Len bound the byte range (Len 0 = whole
+// drive); Count limits how many times it fires (0 = forever).
 type Fault struct {
 	Ops      FaultOp
 	Off, Len int64
@@ -107,7 +109,7 @@ func (m *Mem) fault(op FaultOp, off int64, n int) error {
 				m.faults = append(m.faults[:i], m.faults[i+1:]...)
 			}
 		}
-		return fmt.Errorf("%w: %s: injected fault at %d", ErrIO, m.path, off)
+		return fmt.Errorf("%w: %s: injected fault at %d: %w", ErrIO, m.path, off, syscall.EIO)
 	}
 	return nil
 }

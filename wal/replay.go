@@ -23,7 +23,9 @@ type ReadAheader interface {
 // a torn tail and returns the Position to continue writing at. A bad frame
 // that a later valid frame of the same log proves was durable is corruption:
 // Replay returns an error wrapping ErrCorrupt that names the offset.
-// An error from fn stops replay and is returned as is.
+// A read error from dev stops replay with an error that wraps it (not
+// ErrCorrupt) and names the offset. An error from fn stops replay and is
+// returned as is.
 func Replay(dev Device, region Region, logID, startSeq uint64, fn func(typ Type, seq uint64, payload []byte) error) (Position, error) {
 	// Replay reads the whole region (the chain, then the tail check) in order.
 	if ra, ok := dev.(ReadAheader); ok {
@@ -85,7 +87,14 @@ func checkTail(dev Device, region Region, pos Position, hbuf []byte, payload *[]
 			if !ok || h.logID != pos.LogID || h.seq <= pos.Seq || h.durableSeq < pos.Seq {
 				continue
 			}
-			if _, ok, err := readFrame(dev, region, base+i, hbuf, payload); err != nil || !ok {
+			// A read error is not "not a frame": taking it as one could turn
+			// mid-log corruption into a torn tail that the next commit
+			// overwrites. Recovery stops instead.
+			_, ok, err := readFrame(dev, region, base+i, hbuf, payload)
+			if err != nil {
+				return err
+			}
+			if !ok {
 				continue
 			}
 			return fmt.Errorf("%w: at offset %d (seq %d): frame seq %d at offset %d was written after it was durable",

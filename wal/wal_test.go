@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/cairn-storage/cairn/drive"
@@ -324,5 +325,33 @@ func TestMidLogHoleInSparseFile(t *testing.T) {
 	}
 	if want := fmt.Sprintf("at offset %d ", from); !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %q does not name offset %d", err, from)
+	}
+}
+
+// An I/O error while the tail check reads a later frame must stop recovery:
+// taken as "not a frame", it would turn the mid-log corruption that frame
+// proves into a torn tail that the next commit round overwrites.
+func TestTailCheckReadErrorStopsReplay(t *testing.T) {
+	dev, r := newLog(t, 1<<20)
+	w := wal.NewWriter(dev, r, wal.Start(11, 1))
+	offs := writeFrames(t, w, 0, 10)
+	b := dev.Bytes()
+	b[regionBase+offs[8]+60] ^= 0x40 // frame 8 is corrupt; frame 9 proves it was durable
+	bad := drive.NewMem("bad", int64(len(b)))
+	bad.Poke(0, b)
+	last := regionBase + offs[9]
+	// The tail check reads frame 9 twice: in its bulk chunk, then as a frame.
+	bad.Inject(drive.Fault{Ops: drive.FaultRead, Off: last, Len: wal.SectorSize, Skip: 1, Count: 1})
+	_, _, err := replayAll(bad, r, 11)
+	if err == nil {
+		t.Fatal("replay succeeded (a torn tail at frame 8), want the read error")
+	}
+	if errors.Is(err, wal.ErrCorrupt) || !errors.Is(err, drive.ErrIO) || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("err %v: want drive.ErrIO and syscall.EIO, not wal.ErrCorrupt", err)
+	}
+	for _, want := range []string{"bad", fmt.Sprint(last)} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %q does not name %q", err, want)
+		}
 	}
 }
