@@ -41,7 +41,7 @@ type File struct {
 func OpenFile(path string, forceDirect bool) (*File, error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrUnusable, path, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnusable, path, err)
 	}
 	isDev := st.Mode()&os.ModeDevice != 0
 	if !isDev && !st.Mode().IsRegular() {
@@ -57,12 +57,12 @@ func OpenFile(path string, forceDirect bool) (*File, error) {
 	}
 	f, err := os.OpenFile(path, flags, 0)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrUnusable, path, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnusable, path, err)
 	}
 	size, err := f.Seek(0, 2)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("%w: %s: size: %v", ErrUnusable, path, err)
+		return nil, fmt.Errorf("%w: %s: size: %w", ErrUnusable, path, err)
 	}
 	d := &File{f: f, path: path, size: size &^ (AtomicSize - 1), direct: direct, kind: KindFile}
 	if isDev {
@@ -74,12 +74,12 @@ func OpenFile(path string, forceDirect bool) (*File, error) {
 		// cachedWriteChunk). A 1 MiB cold read is as fast without it.
 		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("%w: %s: fadvise: %v", ErrUnusable, path, err)
+			return nil, fmt.Errorf("%w: %s: fadvise: %w", ErrUnusable, path, err)
 		}
 		d.mem, err = unix.Mmap(int(f.Fd()), 0, int(d.size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			f.Close()
-			return nil, fmt.Errorf("%w: %s: mmap: %v", ErrUnusable, path, err)
+			return nil, fmt.Errorf("%w: %s: mmap: %w", ErrUnusable, path, err)
 		}
 	}
 	return d, nil
@@ -156,7 +156,7 @@ func (d *File) ReadAt(p []byte, off int64) error {
 
 func (d *File) readFull(p []byte, off int64) error {
 	if _, err := d.f.ReadAt(p, off); err != nil {
-		return fmt.Errorf("%w: %s: read at %d: %v", ErrIO, d.path, off, err)
+		return fmt.Errorf("%w: %s: read at %d: %w", ErrIO, d.path, off, err)
 	}
 	return nil
 }
@@ -178,7 +178,7 @@ func (d *File) WriteAt(p []byte, off int64) error {
 	for len(p) > 0 {
 		n := min(len(p), chunk)
 		if _, err := d.f.WriteAt(p[:n], off); err != nil {
-			return fmt.Errorf("%w: %s: write at %d: %v", ErrIO, d.path, off, err)
+			return fmt.Errorf("%w: %s: write at %d: %w", ErrIO, d.path, off, err)
 		}
 		p, off = p[n:], off+int64(n)
 	}
@@ -213,7 +213,7 @@ func (d *File) Zero(off, n int64) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("%w: %s: zero %d bytes at %d: %v", ErrIO, d.path, n, off, err)
+		return fmt.Errorf("%w: %s: zero %d bytes at %d: %w", ErrIO, d.path, n, off, err)
 	}
 	return nil
 }
@@ -251,7 +251,7 @@ func (d *File) ReadAhead(on bool) {
 
 func (d *File) Sync() error {
 	if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
-		return fmt.Errorf("%w: %s: fdatasync: %v", ErrIO, d.path, err)
+		return fmt.Errorf("%w: %s: fdatasync: %w", ErrIO, d.path, err)
 	}
 	return nil
 }

@@ -40,14 +40,16 @@ const (
 	FaultSync
 )
 
-// Fault makes matching operations fail with ErrIO wrapping syscall.EIO, as a
-// real drive's I/O error does. Off/Len bound the byte range (Len 0 = whole
-// drive); Count limits how many times it fires (0 = forever).
+// Fault makes matching operations fail with ErrIO wrapping an errno (EIO
+// unless Err says otherwise), as a real drive's errors do. Off/Len bound the
+// byte range (Len 0 = whole drive); Count limits how many times it fires
+// (0 = forever).
 type Fault struct {
 	Ops      FaultOp
 	Off, Len int64
 	Count    int
-	Skip     int // let this many matching operations through first
+	Skip     int           // let this many matching operations through first
+	Err      syscall.Errno // e.g. ENOSPC for a full host filesystem; 0 = EIO
 }
 
 func NewMem(path string, size int64) *Mem {
@@ -109,7 +111,11 @@ func (m *Mem) fault(op FaultOp, off int64, n int) error {
 				m.faults = append(m.faults[:i], m.faults[i+1:]...)
 			}
 		}
-		return fmt.Errorf("%w: %s: injected fault at %d: %w", ErrIO, m.path, off, syscall.EIO)
+		errno := f.Err
+		if errno == 0 {
+			errno = syscall.EIO
+		}
+		return fmt.Errorf("%w: %s: injected fault at %d: %w", ErrIO, m.path, off, errno)
 	}
 	return nil
 }

@@ -225,7 +225,7 @@ func openDrive(spec DriveSpec) (drive.Drive, error) {
 	}
 	d, err := drive.OpenFile(spec.Path, false)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrDriveRefused, err)
+		return nil, fmt.Errorf("%w: %w", ErrDriveRefused, err)
 	}
 	return d, nil
 }
@@ -309,7 +309,7 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 		v.table.forEach(func(lext uint32, ext allocator.Extent) {
 			v.used.Add(1)
 			if err := p.alloc.Take(ext); err != nil && terr == nil {
-				terr = fmt.Errorf("%w: %s: volume %q: %v", ErrCorrupt, p, v.meta.name, err)
+				terr = fmt.Errorf("%w: %s: volume %q: %w", ErrCorrupt, p, v.meta.name, err)
 			}
 		})
 		if terr != nil {
@@ -331,7 +331,7 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 			return nil, nil, fmt.Errorf("%w: %s: reserved extent %d is also mapped", ErrCorrupt, p, ext)
 		}
 		if err := p.alloc.Take(ext); err != nil {
-			return nil, nil, fmt.Errorf("%w: %s: reserved extent: %v", ErrCorrupt, p, err)
+			return nil, nil, fmt.Errorf("%w: %s: reserved extent: %w", ErrCorrupt, p, err)
 		}
 		p.reserved = append(p.reserved, ext)
 	}
@@ -390,17 +390,17 @@ func (e *Engine) addDrive(spec DriveSpec, d drive.Drive) error {
 	}
 	dataOff, extents, err := layout(d.Size(), logSize)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrDriveRefused, spec.Path, err)
+		return fmt.Errorf("%w: %s: %w", ErrDriveRefused, spec.Path, err)
 	}
 	sb := superblock{driveSize: d.Size(), logSize: logSize, dataOff: dataOff, extentCount: extents,
 		driveUUID: newUUID(), priority: prio, nodeID: e.opts.NodeID, created: time.Now().UnixNano(), logStartSeq: 1}
 	// Free extents must read as zeros (see mapping.go): zero the data region
 	// before the superblock makes the drive part of a pool.
 	if err := d.Zero(dataOff, int64(extents)*ExtentSize); err != nil {
-		return fmt.Errorf("%w: %s: zeroing the data region: %v", ErrDriveRefused, spec.Path, err)
+		return fmt.Errorf("%w: %s: zeroing the data region: %w", ErrDriveRefused, spec.Path, err)
 	}
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrDriveRefused, spec.Path, err)
+		return fmt.Errorf("%w: %s: %w", ErrDriveRefused, spec.Path, err)
 	}
 	for _, p := range e.pools {
 		if p.priority != prio || p.err() != nil {

@@ -200,7 +200,7 @@ func (p *pool) syncData() error {
 		if pd.dirty.Swap(false) {
 			if err := pd.d.Sync(); err != nil {
 				pd.dirty.Store(true)
-				return fmt.Errorf("%w: %v", ErrIO, err)
+				return fmt.Errorf("%w: %w", ErrIO, err)
 			}
 		}
 	}

@@ -604,7 +604,7 @@ func (v *Volume) Resize(size int64) error {
 func (p *pool) readExtent(ext allocator.Extent, b []byte, in int64) error {
 	pd, base := p.locateShared(ext)
 	if err := pd.d.ReadAt(b, base+in); err != nil {
-		return fmt.Errorf("%w: %v", ErrIO, err)
+		return fmt.Errorf("%w: %w", ErrIO, err)
 	}
 	return nil
 }
@@ -612,7 +612,7 @@ func (p *pool) readExtent(ext allocator.Extent, b []byte, in int64) error {
 func (p *pool) zeroExtent(ext allocator.Extent, in, n int64) error {
 	pd, base := p.locateShared(ext)
 	if err := pd.d.Zero(base+in, n); err != nil {
-		return p.fail(fmt.Errorf("%w: %v", ErrIO, err))
+		return p.fail(fmt.Errorf("%w: %w", ErrIO, err))
 	}
 	pd.dirty.Store(true)
 	return nil
@@ -623,7 +623,7 @@ func (p *pool) writeExtent(ext allocator.Extent, b []byte, in int64) error {
 	if err := pd.d.WriteAt(b, base+in); err != nil {
 		// A drive that fails a write holds unknown data: the pool stops
 		// taking writes (and says so in status) rather than guess.
-		return p.fail(fmt.Errorf("%w: %v", ErrIO, err))
+		return p.fail(fmt.Errorf("%w: %w", ErrIO, err))
 	}
 	pd.dirty.Store(true)
 	return nil
