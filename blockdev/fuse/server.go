@@ -525,24 +525,9 @@ func (r *readResult) Done() {
 	r.pool.Put(r)
 }
 
-// errno maps an engine error to the errno the kernel passes on.
-func errno(err error) gofuse.Status {
-	switch {
-	case err == nil:
-		return gofuse.OK
-	case errors.Is(err, engine.ErrNoSpace):
-		return gofuse.Status(syscall.ENOSPC)
-	case errors.Is(err, engine.ErrOutOfRange):
-		return gofuse.Status(syscall.EFBIG)
-	case errors.Is(err, engine.ErrInvalid):
-		return gofuse.EINVAL
-	case errors.Is(err, engine.ErrReadOnly):
-		return gofuse.EROFS
-	case errors.Is(err, engine.ErrClosed):
-		return gofuse.Status(syscall.ESHUTDOWN)
-	}
-	return gofuse.EIO
-}
+// errno is the status the kernel passes on for an engine error (engine.Errno,
+// the map NBD uses too).
+func errno(err error) gofuse.Status { return gofuse.Status(engine.Errno(err)) }
 
 // slogWriter lets go-fuse's log.Logger write to our slog.Logger.
 type slogWriter struct{ l *slog.Logger }

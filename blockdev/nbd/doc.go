@@ -117,9 +117,9 @@
 //
 // # Errors
 //
-// Engine errors map with errors.Is: engine.ErrNoSpace → ENOSPC,
-// engine.ErrOutOfRange and engine.ErrInvalid → EINVAL, engine.ErrReadOnly →
-// EPERM, anything else → EIO. The server checks ranges itself against the
+// Engine errors map to an errno by engine.Errno (the same map FUSE uses),
+// then to the protocol's error values: EROFS → EPERM, anything the protocol
+// does not name → EIO. The server checks ranges itself against the
 // size sent at GO: reads, trims, caches and block status past the end get
 // EINVAL, writes and write-zeroes past the end ENOSPC. Requests larger than
 // maxRequestLength are refused with EINVAL; an oversized WRITE payload is

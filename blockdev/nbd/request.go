@@ -1,9 +1,9 @@
 package nbd
 
 import (
-	"errors"
 	"math/bits"
 	"sync"
+	"syscall"
 
 	"github.com/cairn-storage/cairn/engine"
 )
@@ -53,22 +53,31 @@ func (r *request) fail(errno uint32, msg string) {
 // failErr records err (if any) as the request's outcome.
 func (r *request) failErr(err error) {
 	if err != nil {
-		r.errno, r.msg = errnoOf(err), err.Error()
+		r.errno, r.msg = nbdError(engine.Errno(err)), err.Error()
 	}
 }
 
-// errnoOf maps an engine error to the NBD error value.
-func errnoOf(err error) uint32 {
-	switch {
-	case errors.Is(err, engine.ErrNoSpace):
-		return ErrnoNoSpc
-	case errors.Is(err, engine.ErrOutOfRange), errors.Is(err, engine.ErrInvalid):
-		return ErrnoInval
-	case errors.Is(err, engine.ErrReadOnly):
+// nbdError translates an errno (engine.Errno decides which) to the error
+// value the protocol allows: it has no EROFS (a write to a read-only export
+// is EPERM, says the spec), and anything it does not name is EIO.
+func nbdError(e syscall.Errno) uint32 {
+	switch e {
+	case syscall.EPERM, syscall.EROFS:
 		return ErrnoPerm
-	default:
-		return ErrnoIO
+	case syscall.ENOMEM:
+		return ErrnoNoMem
+	case syscall.EINVAL:
+		return ErrnoInval
+	case syscall.ENOSPC:
+		return ErrnoNoSpc
+	case syscall.EOVERFLOW:
+		return ErrnoOverflow
+	case syscall.ENOTSUP:
+		return ErrnoNotSup
+	case syscall.ESHUTDOWN:
+		return ErrnoShutdown
 	}
+	return ErrnoIO
 }
 
 // alloc points r.data at a pooled buffer of n bytes.
