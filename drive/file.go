@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -143,12 +142,12 @@ func (d *File) ReadAt(p []byte, off int64) error {
 		return d.copyMapped(p, d.mem[off:off+int64(len(p))], off)
 	}
 	if d.direct && !aligned(p, off) {
-		b := getBounce(len(p))
-		defer putBounce(b)
-		if err := d.readFull(b, off); err != nil {
+		b := GetBuffer(len(p))
+		defer PutBuffer(b)
+		if err := d.readFull(b.B, off); err != nil {
 			return err
 		}
-		copy(p, b)
+		copy(p, b.B)
 		return nil
 	}
 	return d.readFull(p, off)
@@ -166,10 +165,10 @@ func (d *File) WriteAt(p []byte, off int64) error {
 		return err
 	}
 	if d.direct && !aligned(p, off) {
-		b := getBounce(len(p))
-		defer putBounce(b)
-		copy(b, p)
-		p = b
+		b := GetBuffer(len(p))
+		defer PutBuffer(b)
+		copy(b.B, p)
+		p = b.B
 	}
 	chunk := len(p)
 	if d.mem != nil {
@@ -259,26 +258,8 @@ func (d *File) Sync() error {
 const largeRead = 256 << 10
 
 // O_DIRECT needs the buffer address, length and offset aligned; the engine
-// keeps length and offset aligned, and pooled buffers are usually aligned, so
-// bouncing is the rare path.
+// keeps length and offset aligned, and Buffers are aligned, so bouncing is
+// the rare path.
 func aligned(p []byte, off int64) bool {
 	return len(p) > 0 && uintptr(unsafe.Pointer(&p[0]))%AtomicSize == 0 && len(p)%AtomicSize == 0 && off%AtomicSize == 0
-}
-
-var bouncePool sync.Pool // *[]byte, AtomicSize-aligned
-
-func getBounce(n int) []byte {
-	if bp, ok := bouncePool.Get().(*[]byte); ok && cap(*bp) >= n {
-		return (*bp)[:n]
-	}
-	return AlignedBuffer(n)
-}
-
-func putBounce(b []byte) { bouncePool.Put(&b) }
-
-// AlignedBuffer returns n bytes whose address is AtomicSize-aligned.
-func AlignedBuffer(n int) []byte {
-	raw := make([]byte, n+AtomicSize)
-	skip := (AtomicSize - int(uintptr(unsafe.Pointer(&raw[0]))%AtomicSize)) % AtomicSize
-	return raw[skip : skip+n : skip+n]
 }

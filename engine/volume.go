@@ -241,9 +241,9 @@ func (v *Volume) read(p []byte, off int64) error {
 	if off%BlockSize != 0 || len(p)%BlockSize != 0 {
 		lo := off &^ (BlockSize - 1)
 		hi := (off + int64(len(p)) + BlockSize - 1) &^ (BlockSize - 1)
-		pb := getBuf(int(hi - lo))
-		defer putBuf(pb)
-		buf := pb.b
+		pb := drive.GetBuffer(int(hi - lo))
+		defer drive.PutBuffer(pb)
+		buf := pb.B
 		if err := v.readAligned(buf, lo); err != nil {
 			return err
 		}
@@ -305,9 +305,9 @@ func (v *Volume) writePartial(p []byte, off int64) error {
 	mu := &v.rmw[(lo/BlockSize)%int64(len(v.rmw))]
 	mu.Lock()
 	defer mu.Unlock()
-	pb := getBuf(BlockSize)
-	defer putBuf(pb)
-	buf := pb.b
+	pb := drive.GetBuffer(BlockSize)
+	defer drive.PutBuffer(pb)
+	buf := pb.B
 	if err := v.readAligned(buf, lo); err != nil {
 		return err
 	}
@@ -413,13 +413,13 @@ func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
 		p.mu.Unlock()
 		// No write to lext can run now (they all come here and wait on
 		// its cowMu stripe), so the copy is of stable data.
-		pb := getBuf(ExtentSize)
-		buf := pb.b
+		pb := drive.GetBuffer(ExtentSize)
+		buf := pb.B
 		err := p.readExtent(old, buf, 0)
 		if err == nil {
 			err = p.writeExtent(fresh, buf, 0)
 		}
-		putBuf(pb)
+		drive.PutBuffer(pb)
 		if err != nil {
 			// fresh stays reserved on disk, so recovery zeroes it; this pool
 			// is done serving writes.
@@ -466,9 +466,9 @@ func (v *Volume) writeZeroes(off, n int64, noHole bool) error {
 	hi := (off + n) &^ (BlockSize - 1)
 	v.ioMu.RLock()
 	defer v.ioMu.RUnlock()
-	pb := getBuf(ExtentSize)
-	defer putBuf(pb)
-	zeros := pb.b
+	pb := drive.GetBuffer(ExtentSize)
+	defer drive.PutBuffer(pb)
+	zeros := pb.B
 	clear(zeros)
 	writeZeros := func(from, to int64) error {
 		for from < to {
@@ -536,9 +536,9 @@ func (v *Volume) deallocate(off, n int64) error {
 // writeZeroRange writes zeros over [off, off+n) (within one extent) through
 // the normal write path. REQUIRES ioMu.
 func (v *Volume) writeZeroRange(off, n int64) error {
-	pb := getBuf(int(n))
-	defer putBuf(pb)
-	zeros := pb.b
+	pb := drive.GetBuffer(int(n))
+	defer drive.PutBuffer(pb)
+	zeros := pb.B
 	clear(zeros)
 	return v.writeAligned(zeros, off)
 }
@@ -646,28 +646,4 @@ func (p *pool) locateShared(ext allocator.Extent) (*poolDrive, int64) {
 type poolLayout struct {
 	drives []*poolDrive
 	bases  []uint32 // first pool extent of each drive
-}
-
-// Buffers for partial blocks and zero runs, reused (the hot path allocates nothing).
-// pooledBuf is a reusable, AtomicSize-aligned buffer; the pool holds the
-// struct pointer so that Get and Put allocate nothing.
-type pooledBuf struct{ b []byte }
-
-var bufPool = sync.Pool{New: func() any { return &pooledBuf{b: drive.AlignedBuffer(ExtentSize)} }}
-
-// getBuf returns a buffer whose b has length n (pooled up to ExtentSize).
-func getBuf(n int) *pooledBuf {
-	if n > ExtentSize {
-		return &pooledBuf{b: drive.AlignedBuffer(n)}
-	}
-	pb := bufPool.Get().(*pooledBuf)
-	pb.b = pb.b[:n]
-	return pb
-}
-
-func putBuf(pb *pooledBuf) {
-	if cap(pb.b) == ExtentSize {
-		pb.b = pb.b[:ExtentSize]
-		bufPool.Put(pb)
-	}
 }

@@ -14,6 +14,7 @@ import (
 
 	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/cairn-storage/cairn/drive"
 	"github.com/cairn-storage/cairn/engine"
 )
 
@@ -90,8 +91,7 @@ type Server struct {
 	byName map[string]*file // REQUIRES: mu
 	gens   [MaxFiles]uint64 // generation per slot, bumped on reuse; REQUIRES: mu
 
-	bufs sync.Pool // *[]byte of cfg.MaxWrite, for split WRITE payloads
-	rrs  sync.Pool // *readResult
+	rrs sync.Pool // *readResult
 }
 
 // Mount mounts an empty export directory on dir (which must exist) and
@@ -116,7 +116,6 @@ func Mount(dir string, cfg Config) (*Server, error) {
 		mounted:       time.Now(),
 		byName:        map[string]*file{},
 	}
-	s.bufs.New = func() any { b := make([]byte, cfg.MaxWrite); return &b }
 	s.rrs.New = func() any { return &readResult{pool: &s.rrs} }
 	opts := &gofuse.MountOptions{
 		FsName:        "cairn",
@@ -412,13 +411,13 @@ func (s *Server) Writev(cancel <-chan struct{}, in *gofuse.WriteIn, data [][]byt
 	if total > s.cfg.MaxWrite {
 		return 0, gofuse.EINVAL
 	}
-	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
-	buf := (*bp)[:0]
+	b := drive.GetBuffer(total)
+	defer drive.PutBuffer(b)
+	n := 0
 	for _, d := range data {
-		buf = append(buf, d...)
+		n += copy(b.B[n:], d)
 	}
-	return s.Write(cancel, in, buf)
+	return s.Write(cancel, in, b.B)
 }
 
 const (

@@ -17,6 +17,8 @@ import (
 
 	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/cairn-storage/cairn/drive"
 )
 
 // memVolume is a Volume in memory that counts flushes and trims.
@@ -238,7 +240,7 @@ func TestLoopDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer bd.Close()
-	buf := alignedBuf(len(pattern))
+	buf := drive.AlignedBuffer(len(pattern))
 	copy(buf, pattern)
 	if _, err := bd.WriteAt(buf, 1<<20); err != nil {
 		t.Fatal(err)
@@ -261,18 +263,11 @@ func TestLoopDevice(t *testing.T) {
 	}
 }
 
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := 4096 - int(uintptrOf(b)&4095)
-	return b[off : off+n]
-}
-
 // TestDataPathAllocs: READ and WRITE handlers allocate nothing per request
 // (go-fuse's own request handling is outside this count).
 func TestDataPathAllocs(t *testing.T) {
 	s := &Server{cfg: Config{MaxWrite: DefaultMaxWrite}, byName: map[string]*file{}}
 	s.rrs.New = func() any { return &readResult{pool: &s.rrs} }
-	s.bufs.New = func() any { b := make([]byte, DefaultMaxWrite); return &b }
 	vol := newMemVolume(1 << 20)
 	f := &file{name: "v", ino: firstIno, gen: 1, vol: vol}
 	s.slots[0].Store(f)

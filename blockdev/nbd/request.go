@@ -1,10 +1,10 @@
 package nbd
 
 import (
-	"math/bits"
 	"sync"
 	"syscall"
 
+	"github.com/cairn-storage/cairn/drive"
 	"github.com/cairn-storage/cairn/engine"
 )
 
@@ -18,9 +18,9 @@ type request struct {
 	typ    uint16
 	flags  uint16
 
-	buf    *[]byte // pooled buffer backing data, nil when none
-	data   []byte  // WRITE payload, READ data, or BLOCK_STATUS payload
-	budget int64   // bytes reserved in the connection's byteBudget
+	buf    *drive.Buffer // pooled buffer backing data, nil when none
+	data   []byte        // WRITE payload, READ data, or BLOCK_STATUS payload
+	budget int64         // bytes reserved in the connection's byteBudget
 
 	raw       bool   // data is the rest of an encoded reply, sent as is
 	errno     uint32 // NBD error to reply with; 0 = success
@@ -82,13 +82,13 @@ func nbdError(e syscall.Errno) uint32 {
 
 // alloc points r.data at a pooled buffer of n bytes.
 func (r *request) alloc(n int) {
-	r.buf = getBuf(n)
-	r.data = (*r.buf)[:n]
+	r.buf = drive.GetBuffer(n)
+	r.data = r.buf.B
 }
 
 func (r *request) freeBuf() {
 	if r.buf != nil {
-		putBuf(r.buf)
+		drive.PutBuffer(r.buf)
 		r.buf, r.data = nil, nil
 	}
 }
@@ -126,44 +126,6 @@ func (r *request) planChunks(ext []engine.Extent) bool {
 	}
 	r.nchunks = n
 	return true
-}
-
-// Buffers come from size-classed pools (powers of two from 4 KiB to
-// maxRequestLength), so steady-state I/O allocates nothing. The pools hold
-// *[]byte so that Put does not allocate.
-const (
-	minBufShift = 12
-	maxBufShift = 25 // maxRequestLength
-)
-
-var bufPools [maxBufShift - minBufShift + 1]sync.Pool
-
-func bufClass(n int) int {
-	if n <= 1<<minBufShift {
-		return 0
-	}
-	return bits.Len(uint(n-1)) - minBufShift
-}
-
-func getBuf(n int) *[]byte {
-	c := bufClass(n)
-	if c >= len(bufPools) {
-		b := make([]byte, n) // larger than any pool: not pooled
-		return &b
-	}
-	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		return p
-	}
-	b := make([]byte, 1<<(c+minBufShift))
-	return &b
-}
-
-func putBuf(p *[]byte) {
-	n := cap(*p)
-	c := bufClass(n)
-	if c < len(bufPools) && n == 1<<(c+minBufShift) {
-		bufPools[c].Put(p)
-	}
 }
 
 // byteBudget bounds the payload bytes a connection holds. Only the reader
