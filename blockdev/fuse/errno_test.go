@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/cairn-storage/cairn/drive"
-	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/engine/enginetest"
 )
 
 // A drive's errors reach the caller as what they are: a full host
@@ -16,15 +16,7 @@ func TestDriveErrorsReachCaller(t *testing.T) {
 	needRoot(t)
 	s := mountTest(t)
 	d := drive.NewMem("mem0", 64<<20)
-	eng, err := engine.Open(engine.Options{NodeID: "test", LogAreaSize: 256 << 10, Drives: []engine.DriveSpec{{Path: d.Path(), Drive: d}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { eng.Close() })
-	if _, err := eng.CreateVolume(engine.VolumeSpec{Name: "v", Size: 4 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	v, _ := eng.Volume("v")
+	v := enginetest.MemVolume(t, d, "v", 4<<20)
 	path, err := s.Add("v", v)
 	if err != nil {
 		t.Fatal(err)

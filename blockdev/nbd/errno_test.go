@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/cairn-storage/cairn/drive"
-	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/engine/enginetest"
 )
 
 // The protocol's error values for each errno engine.Errno gives.
@@ -37,15 +37,7 @@ func TestNBDError(t *testing.T) {
 func TestDriveErrorsReachClient(t *testing.T) {
 	env := newEnv(t)
 	d := drive.NewMem("mem0", 64<<20)
-	eng, err := engine.Open(engine.Options{NodeID: "test", LogAreaSize: 256 << 10, Drives: []engine.DriveSpec{{Path: d.Path(), Drive: d}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { eng.Close() })
-	if _, err := eng.CreateVolume(engine.VolumeSpec{Name: "v", Size: 4 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	v, _ := eng.Volume("v")
+	v := enginetest.MemVolume(t, d, "v", 4<<20)
 	env.exps.mu.Lock()
 	env.exps.extra["v"] = v
 	env.exps.mu.Unlock()
