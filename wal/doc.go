@@ -27,6 +27,8 @@
 //     a bad frame at seq N followed somewhere later by a valid frame of the
 //     same log that says N was durable is corruption (ErrCorrupt, with the
 //     offset); otherwise the bad frame is a torn tail, and replay stops there.
+//     A read error anywhere in replay stops it with that error: a frame that
+//     could not be read is never taken for a torn tail.
 //
 // Frames are written by one Writer at a time and never overwrite a frame that
 // was synced: each write starts on a fresh sector.
