@@ -102,7 +102,7 @@ prof=()
 "$WORK/cairn-bin" daemon --data-dir "$WORK/cairn" --api "$CAIRN_API" --nbd 127.0.0.1:0 \
 	--default-drive-size 8G "${prof[@]}" >"$WORK/cairn.log" 2>&1 &
 CAIRN_PID=$!
-for _ in $(seq 100); do grep -q "api listening" "$WORK/cairn.log" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q "cairn daemon ready" "$WORK/cairn.log" && break; sleep 0.1; done
 cairn() { "$WORK/cairn-bin" --host "$CAIRN_API" "$@"; }
 cairn volume create bench --size 1G >/dev/null
 DEV=$(cairn host attach bench --via fuse)

@@ -72,7 +72,7 @@ start_daemon() {
 	"$CAIRN" daemon --data-dir "$DIR/d" --api 127.0.0.1:0 --nbd 127.0.0.1:0 --nbd-socket "$DIR/nbd.sock" \
 		--default-drive-size 32G >"$DIR/log" 2>&1 &
 	PID=$!
-	for _ in $(seq 100); do grep -q 'msg="api listening"' "$DIR/log" 2>/dev/null && break; sleep 0.1; done
+	for _ in $(seq 100); do grep -q 'msg="cairn daemon ready"' "$DIR/log" 2>/dev/null && break; sleep 0.1; done
 	API=$(sed -n 's/.*msg="api listening" addr=\([^ ]*\).*/\1/p' "$DIR/log")
 	[ -n "$API" ] || { cat "$DIR/log" >&2; exit 1; }
 }

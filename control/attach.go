@@ -46,6 +46,9 @@ type AttachConfig struct {
 	NBDSocket string // the daemon's NBD unix socket, for kernel NBD attach
 	NodeID    string // shown as a volume's attached_on
 	Logger    *slog.Logger
+	// BeforeRestore, when set, runs once Restore has read what to restore
+	// and before it attaches anything (tests hold the node starting).
+	BeforeRestore func(ctx context.Context)
 }
 
 // Attacher owns the volumes attached to this host as block devices, and the
@@ -68,6 +71,8 @@ type Attacher struct {
 	atts   map[string]*attachment // by volume name; REQUIRES: mu (writes also ops)
 	fuse   *bfuse.Server          // mounted on the first FUSE attach; REQUIRES: mu
 	closed bool                   // after Shutdown; REQUIRES: ops
+
+	restore RestoreState // how far Restore has come; REQUIRES: mu
 }
 
 // attachment is one attached volume.
@@ -532,37 +537,50 @@ func writeFileAtomic(path string, v any) error {
 // Restore cleans up after a daemon that died without shutting down (dead
 // FUSE mount, loop devices on it and filesystems on those), then attaches
 // and mounts again what attachments.json lists. What cannot be restored is
-// logged and dropped from the list; it never stops the daemon.
+// logged, reported in RestoreState and dropped from the list; it never stops
+// the daemon. The node is ready (RestoreState().Done) once Restore returns.
 func (a *Attacher) Restore(ctx context.Context) {
 	a.ops.Lock()
 	defer a.ops.Unlock()
-	a.cleanStale(ctx)
+	defer a.restoreEnd()
+	// Read the list first, so that status counts what is to restore from
+	// the start.
 	raw, err := os.ReadFile(a.statePath)
-	if errors.Is(err, fs.ErrNotExist) {
-		return
-	}
 	var recs []attachRecord
 	if err == nil {
 		err = json.Unmarshal(raw, &recs)
 	}
+	a.restoreBegin(len(recs))
+	a.cleanStale(ctx)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
 	if err != nil {
 		a.log.Error("cannot read the attachment list; nothing restored", "path", a.statePath, "err", err)
+		a.restoreFailed("", "", fmt.Errorf("cannot read the attachment list %s: %w", a.statePath, err))
 		return
+	}
+	if a.cfg.BeforeRestore != nil {
+		a.cfg.BeforeRestore(ctx)
 	}
 	for _, r := range recs {
 		att, err := a.attach(ctx, r.Volume, r.Via, r.Auto)
 		if err != nil {
 			a.log.Error("cannot attach a volume again after restart", "volume", r.Volume, "via", r.Via, "err", err)
+			a.restoreFailed(r.Volume, "", err)
+			a.restoreNext()
 			continue
 		}
 		for _, m := range r.Mounts {
 			if err := a.remount(ctx, att, m); err != nil {
 				a.log.Error("cannot mount a volume again after restart", "volume", r.Volume, "path", m.Path, "err", err)
+				a.restoreFailed(r.Volume, m.Path, err)
 				continue
 			}
 			a.addMount(att, m)
 			a.log.Info("volume mounted again", "volume", r.Volume, "device", att.device, "path", m.Path)
 		}
+		a.restoreNext()
 	}
 	a.persist()
 }

@@ -25,6 +25,10 @@
 //	POST   /v1/volumes/{name}/unmount  UnmountRequest (detach if auto)       → Volume
 //	GET    /metrics                Prometheus text format
 //
+// After a restart the node is "starting" until the attachments and mounts of
+// its previous run are back (restore.go): status says so, reads are served,
+// and every change is refused with 503, code "starting".
+//
 // The JSON shapes of Volume and Status are a public contract: scripts and
 // tests parse them. Add fields if you must; never rename or remove one.
 package control

@@ -38,6 +38,7 @@ var errorKinds = []errorKind{
 	{engine.ErrInvalid, http.StatusBadRequest, "invalid"},
 	{engine.ErrOutOfRange, http.StatusBadRequest, "out_of_range"},
 	{engine.ErrClosed, http.StatusServiceUnavailable, "closed"},
+	{ErrStarting, http.StatusServiceUnavailable, "starting"},
 	{engine.ErrCorrupt, http.StatusInternalServerError, "corrupt"},
 	{engine.ErrIO, http.StatusInternalServerError, "io"},
 }

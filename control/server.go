@@ -74,6 +74,12 @@ func (s *Server) Handler() http.Handler {
 			s.noRoute(mux, w, r)
 			return
 		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			if err := s.starting(); err != nil {
+				s.fail(w, r, err)
+				return
+			}
+		}
 		mux.ServeHTTP(w, r)
 	})
 }
@@ -103,11 +109,34 @@ func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
 func (s *Server) status() Status {
 	st := s.engine.Status()
 	out := Status{NodeID: st.NodeID, Status: statusWord(st), Cluster: s.node.Cluster(), Pools: poolsFromEngine(st), RefusedDrives: refusedFromEngine(st),
-		DuplicateVolumes: duplicatesFromEngine(st), UnavailableVolumes: st.UnavailableVolumes, SnapshotErrors: []SnapshotError{}}
+		DuplicateVolumes: duplicatesFromEngine(st), UnavailableVolumes: st.UnavailableVolumes, SnapshotErrors: []SnapshotError{},
+		RestoreErrors: []RestoreError{}}
 	if s.scheduler != nil {
 		out.SnapshotErrors = s.scheduler.Errors()
 	}
+	if s.attacher != nil {
+		rs := s.attacher.RestoreState()
+		out.Restoring, out.RestoreErrors = rs.Pending, rs.Errors
+		switch {
+		case !rs.Done:
+			out.Status = StatusStarting
+		case len(rs.Errors) > 0:
+			out.Status = "degraded"
+		}
+	}
 	return out
+}
+
+// starting returns an ErrStarting error until the attachments of the
+// previous run are restored (restore.go says what the node serves then).
+func (s *Server) starting() error {
+	if s.attacher == nil {
+		return nil
+	}
+	if rs := s.attacher.RestoreState(); !rs.Done {
+		return startingError(rs.Pending)
+	}
+	return nil
 }
 
 func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
@@ -302,7 +331,7 @@ func reply(w http.ResponseWriter, status int, body any) {
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	k := kindOf(err)
-	if k.status >= 500 {
+	if k.status >= 500 && !errors.Is(err, ErrStarting) {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
 	reply(w, k.status, errorBody{Error: plain(err), Code: k.code})

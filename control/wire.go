@@ -33,7 +33,7 @@ type Volume struct {
 // Status is the JSON shape of `cairn status`.
 type Status struct {
 	NodeID  string `json:"node_id"`
-	Status  string `json:"status"` // "operational", or "degraded" when a pool failed or a drive was refused
+	Status  string `json:"status"` // "operational"; "degraded" (statusWord, or an attachment not restored); "starting" until restored (Status.Ready)
 	Cluster string `json:"cluster"`
 	Pools   []Pool `json:"pools"`
 	// RefusedDrives are drives the node was given but did not use, with the reason.
@@ -47,6 +47,12 @@ type Status struct {
 	// SnapshotErrors are the most recent failures of the snapshot scheduler
 	// (a scheduled snapshot not taken, an old one not pruned), oldest first.
 	SnapshotErrors []SnapshotError `json:"snapshot_errors"`
+	// Restoring is how many attachments of the previous run are still to
+	// be attached and mounted again (while Status is "starting").
+	Restoring int `json:"restoring"`
+	// RestoreErrors are the attachments and mounts of the previous run that
+	// could not be restored at start.
+	RestoreErrors []RestoreError `json:"restore_errors"`
 }
 
 // DuplicateVolume is one volume name found in more than one pool.

@@ -72,6 +72,14 @@ func startDaemon(t *testing.T, dataDir string, extra ...string) *testDaemon {
 // launchDaemon starts a daemon and waits for it to be ready or to exit.
 func launchDaemon(t *testing.T, dataDir string, extra ...string) (*testDaemon, error) {
 	t.Helper()
+	d := spawnDaemon(t, dataDir, extra...)
+	return d, d.waitReady()
+}
+
+// spawnDaemon starts a daemon and returns at once; it is killed in
+// t.Cleanup.
+func spawnDaemon(t *testing.T, dataDir string, extra ...string) *testDaemon {
+	t.Helper()
 	logFile, err := os.CreateTemp(t.TempDir(), "daemon-*.log")
 	if err != nil {
 		t.Fatal(err)
@@ -101,23 +109,30 @@ func launchDaemon(t *testing.T, dataDir string, extra ...string) (*testDaemon, e
 			t.Logf("daemon log (%s):\n%s", dataDir, log)
 		}
 	})
+	return d
+}
+
+// waitReady waits until the daemon logs that it is ready (its attachments
+// restored), and sets d.api from its log.
+func (d *testDaemon) waitReady() error {
 	listening := regexp.MustCompile(`msg="api listening" addr=(\S+)`)
+	ready := regexp.MustCompile(`msg="cairn daemon ready"`)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		log, _ := os.ReadFile(d.logPath)
-		if m := listening.FindSubmatch(log); m != nil {
+		if m := listening.FindSubmatch(log); m != nil && ready.Match(log) {
 			d.api = string(m[1])
-			return d, nil
+			return nil
 		}
 		select {
 		case <-d.exited:
 			log, _ := os.ReadFile(d.logPath)
-			return nil, fmt.Errorf("daemon exited before it was ready (%v):\n%s", d.err, log)
+			return fmt.Errorf("daemon exited before it was ready (%v):\n%s", d.err, log)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	log, _ := os.ReadFile(d.logPath)
-	return nil, fmt.Errorf("daemon not ready after 30s:\n%s", log)
+	return fmt.Errorf("daemon not ready after 30s:\n%s", log)
 }
 
 // stop sends SIGTERM and returns the exit code.
@@ -234,7 +249,7 @@ var (
 		"snapshot", "snap_keep", // issue 5
 		"requested_io_priority") // issue 13
 	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives", "snapshot_errors",
-		"duplicate_volumes", "unavailable_volumes") // issue 13
+		"duplicate_volumes", "unavailable_volumes", "restoring", "restore_errors") // issue 13
 	poolKeys  = sorted("id", "io_priority", "raid", "size", "used", "status", "drives")
 	driveKeys = sorted("path", "size", "used", "status")
 )

@@ -41,6 +41,10 @@ type daemonConfig struct {
 	// snapMinute is how long one snap_interval minute lasts (hidden; tests
 	// shorten it to watch scheduled snapshots come and go in seconds).
 	snapMinute time.Duration
+	// restoreGate holds the node starting, after it has read what to
+	// restore, until this file exists (hidden; tests catch the "starting"
+	// state deterministically).
+	restoreGate string
 }
 
 // defaultDriveName is the embedded default drive: a sparse file in the data
@@ -86,6 +90,8 @@ flushed, and it exits 0.`,
 	f.StringVar(&cfg.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the whole run to FILE (benchmarks)")
 	f.DurationVar(&cfg.snapMinute, "snap-minute", time.Minute, "length of one snap_interval minute (tests)")
 	_ = f.MarkHidden("snap-minute")
+	f.StringVar(&cfg.restoreGate, "restore-gate", "", "restore attachments only once FILE exists (tests)")
+	_ = f.MarkHidden("restore-gate")
 	return cmd
 }
 
@@ -163,7 +169,11 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	if err != nil {
 		return fmt.Errorf("daemon: management API: %w", err)
 	}
-	attacher := control.NewAttacher(eng, control.AttachConfig{DataDir: dataDir, NBDSocket: cfg.nbdSocket, NodeID: node.ID(), Logger: log})
+	attachCfg := control.AttachConfig{DataDir: dataDir, NBDSocket: cfg.nbdSocket, NodeID: node.ID(), Logger: log}
+	if cfg.restoreGate != "" {
+		attachCfg.BeforeRestore = func(ctx context.Context) { waitForFile(ctx, cfg.restoreGate) }
+	}
+	attacher := control.NewAttacher(eng, attachCfg)
 	if cfg.snapMinute <= 0 {
 		return fmt.Errorf("daemon: --snap-minute %v: must be positive", cfg.snapMinute)
 	}
@@ -183,8 +193,11 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		Handler:           apiServer.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
+	// The API answers from here on, but the node is "starting" (status
+	// says so, changes are refused) until attacher.Restore has finished.
 	errc := make(chan error, 3)
 	go func() { errc <- api.Serve(apiListener) }()
+	log.Info("api listening", "addr", apiListener.Addr().String())
 
 	nbdStop, err := startNBD(exports, nbdAddr, cfg.nbdSocket, log, errc)
 	if err != nil {
@@ -193,7 +206,8 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	}
 
 	// Volumes attached (and mounted) when the daemon last stopped are
-	// served again before the daemon says it is ready.
+	// served again before the node is ready: Restore's end is what makes
+	// `cairn status` succeed.
 	attacher.Restore(ctx)
 	schedCtx, stopScheduler := context.WithCancel(context.Background())
 	schedDone := make(chan struct{})
@@ -201,9 +215,9 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		defer close(schedDone)
 		scheduler.Run(schedCtx)
 	}()
-	log.Info("api listening", "addr", apiListener.Addr().String())
 	st := eng.Status()
-	log.Info("cairn daemon ready", "node_id", node.ID(), "cluster", node.Cluster(), "data_dir", dataDir, "pools", len(st.Pools), "drives", len(drives))
+	log.Info("cairn daemon ready", "node_id", node.ID(), "cluster", node.Cluster(), "data_dir", dataDir, "pools", len(st.Pools), "drives", len(drives),
+		"restore_errors", len(attacher.RestoreState().Errors))
 
 	var serveErr error
 	select {
@@ -420,4 +434,20 @@ func withInterface(addr, iface string) (string, error) {
 		return net.JoinHostPort(v6.String(), port), nil
 	}
 	return "", fmt.Errorf("interface %s has no usable address", iface)
+}
+
+// waitForFile returns once path exists or ctx is done (--restore-gate).
+func waitForFile(ctx context.Context, path string) {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

@@ -14,17 +14,27 @@ func newStatusCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the node, its pools and drives (like pxctl status)",
-		Args:  cobra.NoArgs,
+		Long: `Show the node, its pools and drives (like pxctl status).
+
+After a restart the node is "starting" until the volumes attached and mounted
+before it are attached and mounted again: status prints the node and exits
+non-zero until then, so that "cairn status" succeeding means the mounts are in
+place. Attachments that could not be restored are listed first; status then
+says "degraded" and exits 0.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := g.client().Status(cmd.Context())
 			if err != nil {
 				return err
 			}
 			if g.json {
-				return printJSON(cmd.OutOrStdout(), st)
+				if err := printJSON(cmd.OutOrStdout(), st); err != nil {
+					return err
+				}
+			} else {
+				printStatus(cmd.OutOrStdout(), st)
 			}
-			printStatus(cmd.OutOrStdout(), st)
-			return nil
+			return st.Ready()
 		},
 	}
 	addJSONFlag(cmd, g)
@@ -33,6 +43,18 @@ func newStatusCommand(g *globals) *cobra.Command {
 
 func printStatus(w io.Writer, st control.Status) {
 	fmt.Fprintf(w, "Status: cairn is %s\n", st.Status)
+	if st.Status == control.StatusStarting && st.Restoring > 0 {
+		fmt.Fprintf(w, "\tRestoring: %d %s of the previous run\n", st.Restoring, plural(st.Restoring, "attachment"))
+	}
+	if len(st.RestoreErrors) > 0 {
+		fmt.Fprintf(w, "\tNot restored after restart: %d\n", len(st.RestoreErrors))
+		indentedTable(w, func(t io.Writer) {
+			fmt.Fprintln(t, "VOLUME\tMOUNT\tERROR")
+			for _, e := range st.RestoreErrors {
+				fmt.Fprintf(t, "%s\t%s\t%s\n", orDash(e.Volume), orDash(e.Path), e.Error)
+			}
+		})
+	}
 	fmt.Fprintf(w, "Node ID: %s\n", st.NodeID)
 	fmt.Fprintf(w, "Cluster: %s\n", st.Cluster)
 	fmt.Fprintf(w, "\tLocal Storage Pool: %d %s\n", len(st.Pools), plural(len(st.Pools), "pool"))

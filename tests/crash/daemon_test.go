@@ -108,10 +108,12 @@ func launch(t *testing.T, dataDir string, extra ...string) (*daemon, error) {
 			t.Logf("daemon log (%s):\n%s", d.logPath, d.log())
 		}
 	})
+	// Ready: the API listens and the attachments of the last run are back.
 	listening := regexp.MustCompile(`msg="api listening" addr=(\S+)`)
+	ready := regexp.MustCompile(`msg="cairn daemon ready"`)
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		if m := listening.FindStringSubmatch(d.log()); m != nil {
+		if m := listening.FindStringSubmatch(d.log()); m != nil && ready.MatchString(d.log()) {
 			d.api = m[1]
 			return d, nil
 		}
