@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"os"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -137,6 +139,17 @@ func Mount(dir string, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fuse: mount %s: %w", dir, err)
 	}
+	// go-fuse's direct mount opens /dev/fuse without O_CLOEXEC, so every
+	// command the daemon runs (losetup, blkid, mount, mkfs) would inherit
+	// the connection. One still running when the daemon is killed keeps
+	// the dead connection open: its own read of a loop device on this
+	// mount then waits forever, and every losetup on the host with it.
+	// (The Attacher serialises the commands it runs with the mount, so
+	// none can fork in between.)
+	if err := closeOnExecFUSE(); err != nil {
+		srv.Unmount()
+		return nil, fmt.Errorf("fuse: mount %s: %w", dir, err)
+	}
 	s.srv = srv
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
@@ -144,6 +157,25 @@ func Mount(dir string, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("fuse: mount %s: %w", dir, err)
 	}
 	return s, nil
+}
+
+// closeOnExecFUSE marks every /dev/fuse descriptor of the process
+// close-on-exec.
+func closeOnExecFUSE() error {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range fds {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			syscall.CloseOnExec(fd)
+		}
+	}
+	return nil
 }
 
 // Dir is the mount point.

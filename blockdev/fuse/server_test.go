@@ -103,6 +103,21 @@ func mountTest(t *testing.T) *Server {
 	return s
 }
 
+// TestConnectionNotInherited: the commands the daemon runs must not hold
+// its FUSE connection, or one outliving a killed daemon hangs its own I/O
+// (and the host's losetup) on a connection nobody serves.
+func TestConnectionNotInherited(t *testing.T) {
+	needRoot(t)
+	mountTest(t)
+	out, err := exec.Command("ls", "-l", "/proc/self/fd").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ls: %v\n%s", err, out)
+	}
+	if strings.Contains(string(out), "/dev/fuse") {
+		t.Errorf("a child process inherits the FUSE connection:\n%s", out)
+	}
+}
+
 func TestFileIO(t *testing.T) {
 	needRoot(t)
 	s := mountTest(t)
