@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/cairn-storage/cairn/internal/testenv"
 )
 
 func newFile(t *testing.T, dir string, size int64) string {
@@ -56,12 +58,10 @@ func TestFileRoundTrip(t *testing.T) {
 // A sparse drive file on a filesystem that fills up: the write that cannot
 // get a page fails with ErrIO instead of killing the process with SIGBUS.
 func TestFileOnFullFilesystem(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
+	testenv.RequireRoot(t, "to mount a small tmpfs")
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+		testenv.Unavailable(t, "cannot mount tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
 	p := newFile(t, dir, 8<<20)

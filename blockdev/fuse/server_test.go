@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-storage/cairn/drive"
+	"github.com/cairn-storage/cairn/internal/testenv"
 )
 
 // memVolume is a Volume in memory that counts flushes and trims.
@@ -79,12 +80,8 @@ func (m *memVolume) WriteZeroes(off, n int64, _ bool) error {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (FUSE mount, loop devices)")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse: kernel without FUSE")
-	}
+	testenv.RequireRoot(t, "FUSE mount, loop devices")
+	testenv.RequireFUSE(t)
 }
 
 func mountTest(t *testing.T) *Server {
@@ -220,9 +217,7 @@ func TestFileIO(t *testing.T) {
 // file, parallel writes of 1 MiB, discard and flush from the block layer.
 func TestLoopDevice(t *testing.T) {
 	needRoot(t)
-	if _, err := exec.LookPath("losetup"); err != nil {
-		t.Skip("losetup not installed")
-	}
+	testenv.RequireTool(t, "losetup")
 	s := mountTest(t)
 	vol := newMemVolume(64 << 20)
 	path, err := s.Add("loopvol", vol)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/internal/testenv"
 )
 
 // *engine.Volume is what the daemon serves.
@@ -144,15 +145,11 @@ func (w *testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// needTool skips the test when a client binary is missing. `make deps`
-// installs all of them, so in CI nothing is skipped.
+// needTool skips the test when a client binary is missing (fails it in
+// CI, where `make deps` installed all of them).
 func needTool(t *testing.T, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Skipf("%s not installed (run `make deps`): %v", name, err)
-	}
-	return p
+	return testenv.RequireTool(t, name)
 }
 
 // run runs a client to completion with a deadline and returns its output;

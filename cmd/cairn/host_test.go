@@ -2,7 +2,7 @@ package main
 
 // Integration tests of the host verbs on real kernel objects: FUSE mounts,
 // loop devices, ext4/xfs filesystems, fio. They need root and /dev/fuse and
-// skip without them. Every test cleans up after itself, pass or fail: the
+// skip without them (fail, with CI=true: internal/testenv). Every test cleans up after itself, pass or fail: the
 // hostCleanup registered before the daemon starts runs after the daemon is
 // killed, unmounts (lazily) whatever is still mounted under the test's
 // directories, detaches the loop devices backed by the daemon's FUSE files
@@ -24,16 +24,13 @@ import (
 	"time"
 
 	"github.com/cairn-storage/cairn/blockdev/attach"
+	"github.com/cairn-storage/cairn/internal/testenv"
 )
 
 func needHost(t *testing.T, tools ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("host verbs need root (FUSE mount, loop devices, mount)")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse: this kernel has no FUSE")
-	}
+	testenv.RequireRoot(t, "host verbs: FUSE mount, loop devices, mount")
+	testenv.RequireFUSE(t)
 	for _, tool := range append([]string{"losetup", "blkid", "mkfs.ext4"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is not installed: run `make deps`", tool)
@@ -318,9 +315,8 @@ func TestHostFioVerify(t *testing.T) {
 // TestHostKernelNBD attaches through the kernel NBD client where the kernel
 // has one.
 func TestHostKernelNBD(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	testenv.RequireRoot(t, "kernel NBD attach")
+	// The nbd module is not promised (CI's kernel may lack it): a skip.
 	if !attach.HaveNBD() {
 		t.Skip("kernel NBD attach not tested: /dev/nbd0 does not exist (the kernel has no nbd module; `modprobe nbd` where it is available); the FUSE + loop path is tested instead")
 	}

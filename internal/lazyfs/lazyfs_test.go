@@ -11,16 +11,14 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cairn-storage/cairn/internal/testenv"
 )
 
 func mountTest(t *testing.T, size int64) (*FS, string, string) {
 	t.Helper()
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
-	}
-	if _, err := exec.LookPath("fusermount3"); err != nil {
-		t.Skip("no fusermount3")
-	}
+	testenv.RequireFUSE(t)
+	testenv.RequireTool(t, "fusermount3")
 	backing, mnt := t.TempDir(), t.TempDir()
 	if err := os.WriteFile(filepath.Join(backing, "d.img"), nil, 0o600); err != nil {
 		t.Fatal(err)

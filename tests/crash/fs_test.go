@@ -11,14 +11,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cairn-storage/cairn/internal/testenv"
 )
 
 func need(t *testing.T, cmds ...string) {
 	t.Helper()
 	for _, c := range cmds {
-		if _, err := exec.LookPath(c); err != nil {
-			t.Skipf("%s not installed (make deps)", c)
-		}
+		testenv.RequireTool(t, c)
 	}
 }
 
@@ -53,9 +53,7 @@ func cleanupHost(dataDir string) {
 // `fsck -n` finds it clean. Repeated, the filesystem growing each time.
 func TestCrashExt4(t *testing.T) {
 	need(t, "mkfs.ext4", "fsck.ext4", "losetup", "fusermount3")
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, mount)")
-	}
+	testenv.RequireRoot(t, "loop devices, mount")
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
 	t.Cleanup(func() { cleanupHost(dataDir) }) // runs after the daemon is killed

@@ -2,24 +2,19 @@ package crash
 
 import (
 	"math/rand/v2"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/cairn-storage/cairn/internal/lazyfs"
+	"github.com/cairn-storage/cairn/internal/testenv"
 )
 
 // mountLazy serves the files of a new backing directory (made by mk) through
 // lazyfs at a new mount point; unmounted when the test ends.
 func mountLazy(t *testing.T, mk func(backing string)) (*lazyfs.FS, string) {
 	t.Helper()
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse: power-loss tests need FUSE")
-	}
-	if _, err := exec.LookPath("fusermount3"); err != nil {
-		t.Skip("no fusermount3: power-loss tests need FUSE (make deps)")
-	}
+	testenv.RequireFUSE(t)
+	testenv.RequireTool(t, "fusermount3")
 	backing, mnt := t.TempDir(), t.TempDir()
 	mk(backing)
 	l, err := lazyfs.New(backing)
