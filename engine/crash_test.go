@@ -154,11 +154,10 @@ var histCycle int
 var histOp string
 
 type traceEntry struct {
-	cycle      int
-	op, vol    string
-	blk, n     int64
-	err        error
-	flushedAll bool
+	cycle   int
+	op, vol string
+	blk, n  int64
+	err     error
 }
 
 var trace []traceEntry
