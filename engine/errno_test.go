@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/cairn-storage/cairn/drive"
+	"github.com/cairn-storage/cairn/internal/testenv"
 )
 
 func TestErrno(t *testing.T) {
@@ -45,9 +46,7 @@ func TestErrno(t *testing.T) {
 // A full filesystem under a file drive reaches the writer as ENOSPC, not as a
 // bare I/O error: the drive's and the engine's wrapping keep the host's errno.
 func TestHostENOSPCReachesWriter(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
+	testenv.RequireRoot(t, "to mount a tmpfs")
 	dir := t.TempDir()
 	if err := syscall.Mount("cairn-test", dir, "tmpfs", 0, "size=8m"); err != nil {
 		t.Fatalf("mount tmpfs: %v", err)
