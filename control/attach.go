@@ -19,6 +19,7 @@ import (
 	"github.com/cairn-storage/cairn/blockdev/attach"
 	bfuse "github.com/cairn-storage/cairn/blockdev/fuse"
 	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/internal/atomicfile"
 )
 
 // How a volume becomes a block device on this host.
@@ -492,41 +493,18 @@ func (a *Attacher) persist() {
 	}
 	a.mu.Unlock()
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Volume < recs[j].Volume })
-	if err := writeFileAtomic(a.statePath, recs); err != nil {
+	if err := writeJSON(a.statePath, recs); err != nil {
 		a.log.Error("cannot record attachments; a restart will not restore them", "err", err)
 	}
 }
 
-func writeFileAtomic(path string, v any) error {
+// writeJSON publishes v as indented JSON at path (internal/atomicfile).
+func writeJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o600)
 }
 
 // Restore cleans up after a daemon that died without shutting down (dead
