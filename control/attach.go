@@ -164,7 +164,14 @@ func (a *Attacher) Attach(ctx context.Context, volume, via string) (string, erro
 	if err != nil {
 		return "", err
 	}
-	a.persist()
+	if err := a.persist(); err != nil {
+		// Unrecorded, the attachment would silently vanish at the next
+		// start: undo it and say why.
+		if derr := a.detach(ctx, att); derr != nil {
+			return "", fmt.Errorf("cannot attach volume %q: %w; detaching it again failed too: %w", volume, err, derr)
+		}
+		return "", fmt.Errorf("cannot attach volume %q: %w (it was detached again)", volume, err)
+	}
 	return att.device, nil
 }
 
@@ -287,7 +294,9 @@ func (a *Attacher) Detach(ctx context.Context, volume string) error {
 	if err := a.detach(ctx, att); err != nil {
 		return err
 	}
-	a.persist()
+	if err := a.persist(); err != nil {
+		return fmt.Errorf("volume %q detached, but %w; the next start will attach it again", volume, err)
+	}
 	return nil
 }
 
@@ -386,11 +395,20 @@ func (a *Attacher) Mount(ctx context.Context, volume, path, fsType string) (stri
 				a.log.Warn("detach after a failed mount", "volume", volume, "err", derr)
 			}
 		}
-		a.persist()
+		if perr := a.persist(); perr != nil {
+			a.log.Warn("record attachments after a failed mount", "err", perr)
+		}
 		return "", err
 	}
 	a.addMount(att, mountRecord{Path: real, FS: fs})
-	a.persist()
+	if err := a.persist(); err != nil {
+		// Unrecorded, the mount would silently vanish at the next start:
+		// undo it (and the attach, if this mount made it) and say why.
+		if uerr := a.unmountAt(ctx, att, len(att.mounts)-1); uerr != nil {
+			return "", fmt.Errorf("cannot mount volume %q on %s: %w; unmounting it again failed too: %w", volume, path, err, uerr)
+		}
+		return "", fmt.Errorf("cannot mount volume %q on %s: %w (it was unmounted again)", volume, path, err)
+	}
 	a.log.Info("volume mounted", "volume", volume, "device", att.device, "path", real, "fs", fs)
 	return att.device, nil
 }
@@ -460,32 +478,42 @@ func (a *Attacher) Unmount(ctx context.Context, volume, path string) error {
 	if i < 0 {
 		return notMounted
 	}
-	if err := attach.Unmount(real); err != nil {
+	err = a.unmountAt(ctx, att, i)
+	if perr := a.persist(); perr != nil {
+		err = errors.Join(err, fmt.Errorf("volume %q: %w; the next start will mount it on %s again", volume, perr, real))
+	}
+	return err
+}
+
+// unmountAt unmounts att's i-th filesystem and forgets it, then detaches
+// the volume when `host mount` attached it and nothing else is mounted from
+// it. REQUIRES: ops.
+func (a *Attacher) unmountAt(ctx context.Context, att *attachment, i int) error {
+	path := att.mounts[i].Path
+	if err := attach.Unmount(path); err != nil {
 		if errors.Is(err, attach.ErrBusy) {
-			return busyf("cannot unmount volume %q from %s: the filesystem is busy (files open or a process working in it)", volume, path)
+			return busyf("cannot unmount volume %q from %s: the filesystem is busy (files open or a process working in it)", att.volume, path)
 		}
 		return err
 	}
 	a.mu.Lock()
 	att.mounts = slices.Delete(att.mounts, i, i+1)
 	a.mu.Unlock()
-	a.log.Info("volume unmounted", "volume", volume, "path", real)
+	a.log.Info("volume unmounted", "volume", att.volume, "path", path)
 	if att.auto && len(att.mounts) == 0 {
 		if err := a.checkUnused(att); err != nil {
-			a.log.Info("volume stays attached", "volume", volume, "reason", err)
+			a.log.Info("volume stays attached", "volume", att.volume, "reason", err)
 		} else if err := a.detach(ctx, att); err != nil {
-			a.persist()
 			return err
 		}
 	}
-	a.persist()
 	return nil
 }
 
-// persist writes attachments.json (tmp, fsync, rename, fsync dir). A failure
-// is logged: the attachments work, only a restart would not restore them.
-// REQUIRES: ops.
-func (a *Attacher) persist() {
+// persist publishes attachments.json. Callers that changed what is attached
+// or mounted undo the change or report it when this fails: an unrecorded
+// change is lost at the next start. REQUIRES: ops.
+func (a *Attacher) persist() error {
 	a.mu.Lock()
 	recs := make([]attachRecord, 0, len(a.atts))
 	for _, att := range a.atts {
@@ -494,8 +522,9 @@ func (a *Attacher) persist() {
 	a.mu.Unlock()
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Volume < recs[j].Volume })
 	if err := writeJSON(a.statePath, recs); err != nil {
-		a.log.Error("cannot record attachments; a restart will not restore them", "err", err)
+		return fmt.Errorf("cannot record the attachments: %w", err)
 	}
+	return nil
 }
 
 // writeJSON publishes v as indented JSON at path (internal/atomicfile).
@@ -542,7 +571,9 @@ func (a *Attacher) Restore(ctx context.Context) {
 			a.log.Info("volume mounted again", "volume", r.Volume, "device", att.device, "path", m.Path)
 		}
 	}
-	a.persist()
+	if err := a.persist(); err != nil {
+		a.log.Error("the attachments are restored but their record is not updated", "err", err)
+	}
 }
 
 // remount mounts a recorded filesystem again: never a mkfs here.

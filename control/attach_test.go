@@ -1,0 +1,180 @@
+package control
+
+import (
+	"context"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/cairn-storage/cairn/blockdev/attach"
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// hostAPI is the API with the host routes, in-process, on real kernel
+// objects (FUSE mount, loop devices, ext4).
+type hostAPI struct {
+	c       *Client
+	e       *engine.Engine
+	a       *Attacher
+	x       *Exports
+	dataDir string
+}
+
+// newHostTestAPI serves the API with an Attacher and the NBD catalogue. It
+// skips without root or /dev/fuse. Everything the test leaves on the host
+// (mounts under dirs, loop devices on the FUSE files, the FUSE mount) is
+// removed when it ends, pass or fail.
+func newHostTestAPI(t *testing.T, dirs ...string) *hostAPI {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("host operations need root (FUSE mount, loop devices, mount)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse: this kernel has no FUSE")
+	}
+	for _, tool := range []string{"losetup", "blkid", "mkfs.ext4"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed: run `make deps`", tool)
+		}
+	}
+	dir := t.TempDir()
+	drivePath := filepath.Join(dir, "drive.img")
+	if err := os.WriteFile(drivePath, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(drivePath, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	node, err := OpenNode(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := engine.Open(engine.Options{NodeID: node.ID(), Drives: []engine.DriveSpec{{Path: drivePath}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	fuseDir := filepath.Join(dir, "fuse")
+	t.Cleanup(func() { cleanHost(t, fuseDir, append(dirs, dir)) })
+	a := NewAttacher(e, AttachConfig{DataDir: dir, NodeID: node.ID()})
+	t.Cleanup(func() {
+		if err := a.Shutdown(); err != nil {
+			t.Errorf("attacher shutdown: %v", err)
+		}
+	})
+	x := NewExports(e)
+	srv := NewServer(e, node, nil, nil)
+	srv.SetAttacher(a)
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	return &hostAPI{c: NewClient(hs.URL), e: e, a: a, x: x, dataDir: dir}
+}
+
+// cleanHost is the safety net behind Attacher.Shutdown: it unmounts what is
+// mounted under dirs, detaches the loop devices on files under fuseDir and
+// unmounts fuseDir, then fails the test if any of it is left.
+func cleanHost(t *testing.T, fuseDir string, dirs []string) {
+	under := func(p string) bool {
+		for _, d := range dirs {
+			if p == d || strings.HasPrefix(p, d+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	ms, _ := attach.Mounts()
+	for i := len(ms) - 1; i >= 0; i-- { // innermost first
+		if under(ms[i].MountPoint) && ms[i].MountPoint != fuseDir {
+			t.Logf("cleanup: umount -l %s", ms[i].MountPoint)
+			syscall.Unmount(ms[i].MountPoint, syscall.MNT_DETACH)
+		}
+	}
+	loops, _ := attach.LoopsUnder(fuseDir)
+	for _, l := range loops {
+		t.Logf("cleanup: losetup -d %s", l.Dev)
+		exec.Command("losetup", "-d", l.Dev).Run()
+	}
+	if ok, _ := attach.IsMountPoint(fuseDir); ok {
+		t.Logf("cleanup: umount -l %s", fuseDir)
+		syscall.Unmount(fuseDir, syscall.MNT_DETACH)
+	}
+	ms, _ = attach.Mounts()
+	for _, m := range ms {
+		if under(m.MountPoint) {
+			t.Errorf("left behind: %s mounted on %s", m.Source, m.MountPoint)
+		}
+	}
+}
+
+// loops lists the loop devices on the attacher's FUSE files.
+func (h *hostAPI) loops(t *testing.T) []attach.Loop {
+	t.Helper()
+	loops, err := attach.LoopsUnder(filepath.Join(h.dataDir, "fuse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loops
+}
+
+// TestAttachUnrecordedIsUndone: an attach or a mount whose record in
+// attachments.json cannot be written fails, and leaves nothing attached or
+// mounted — else the next start would silently not restore it.
+func TestAttachUnrecordedIsUndone(t *testing.T) {
+	mnt := t.TempDir()
+	h := newHostTestAPI(t, mnt)
+	ctx := context.Background()
+	if _, err := h.c.CreateVolume(ctx, CreateVolumeRequest{Name: "v", Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	// A non-empty directory where attachments.json goes: it cannot be replaced.
+	state := filepath.Join(h.dataDir, attachStateFile)
+	if err := os.MkdirAll(filepath.Join(state, "blocker"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	nothingLeft := func(op string) {
+		t.Helper()
+		if v, err := h.c.Volume(ctx, "v"); err != nil || v.Device != "" {
+			t.Errorf("after the failed %s: volume %+v, %v; want it not attached", op, v, err)
+		}
+		if loops := h.loops(t); len(loops) != 0 {
+			t.Errorf("after the failed %s: loop devices %v", op, loops)
+		}
+		if ok, err := attach.IsMountPoint(mnt); err != nil || ok {
+			t.Errorf("after the failed %s: %s is mounted (%v)", op, mnt, err)
+		}
+	}
+	if _, err := h.c.Attach(ctx, "v", AttachRequest{Via: ViaFUSE}); err == nil || !strings.Contains(err.Error(), "cannot record the attachments") {
+		t.Errorf("attach with an unwritable record: %v, want an error saying it cannot be recorded", err)
+	}
+	nothingLeft("attach")
+	if _, err := h.c.Mount(ctx, "v", MountRequest{Path: mnt}); err == nil || !strings.Contains(err.Error(), "cannot record the attachments") {
+		t.Errorf("mount with an unwritable record: %v, want an error saying it cannot be recorded", err)
+	}
+	nothingLeft("mount")
+	// Nothing holds the volume: it can be deleted.
+	if err := h.c.DeleteVolume(ctx, "v"); err != nil {
+		t.Errorf("delete after the failed attach and mount: %v", err)
+	}
+	if _, err := h.c.CreateVolume(ctx, CreateVolumeRequest{Name: "v", Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+
+	// With the record writable again, attach and mount work and are recorded.
+	if err := os.RemoveAll(state); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.c.Mount(ctx, "v", MountRequest{Path: mnt}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(state); err != nil || !strings.Contains(string(b), mnt) {
+		t.Errorf("attachments.json after a mount: %q, %v", b, err)
+	}
+	if _, err := h.c.Unmount(ctx, "v", UnmountRequest{Path: mnt}); err != nil {
+		t.Fatal(err)
+	}
+	nothingLeft("unmount")
+}
