@@ -73,15 +73,25 @@ type Attacher struct {
 
 // attachment is one attached volume.
 type attachment struct {
-	volume  string
-	via     string
-	device  string // /dev/loopN or /dev/nbdN
-	file    string // the FUSE file behind a loop device
-	nbd     *attach.NBDDevice
-	release func() // the engine hold
+	volume string
+	via    string
+	device string // /dev/loopN or /dev/nbdN
+	file   string // the FUSE file behind a loop device
+	nbd    *attach.NBDDevice
+	hold   *engine.Hold // the engine's record that the volume is in use, and how
 	// auto: made by `host mount`, so the last `host unmount` detaches it.
 	auto   bool
 	mounts []mountRecord
+}
+
+// holder describes the attachment to the engine, for the refusals of a
+// delete or restore. REQUIRES: ops.
+func (att *attachment) holder() engine.Holder {
+	h := engine.Holder{Kind: engine.HeldAttached, Device: att.device, ViaNBD: att.via == ViaNBD}
+	for _, m := range att.mounts {
+		h.Mounts = append(h.Mounts, m.Path)
+	}
+	return h
 }
 
 type mountRecord struct {
@@ -207,11 +217,12 @@ func (a *Attacher) attach(ctx context.Context, volume, via string, auto bool) (*
 	if via == ViaNBD && !attach.HaveNBD() {
 		return nil, invalidf("cannot attach volume %q via nbd: this kernel has no nbd module (/dev/nbd0 is missing; load it with `modprobe nbd`), or attach via FUSE + loop instead: --via fuse", volume)
 	}
-	v, release, err := a.eng.HoldVolume(volume)
+	att := &attachment{volume: volume, via: via, auto: auto}
+	v, hold, err := a.eng.HoldVolume(volume, att.holder())
 	if err != nil {
 		return nil, volumeError("attach", volume, err)
 	}
-	att := &attachment{volume: volume, via: via, release: release, auto: auto}
+	att.hold = hold
 	switch via {
 	case ViaFUSE:
 		err = a.attachFUSE(ctx, att, v)
@@ -222,9 +233,10 @@ func (a *Attacher) attach(ctx context.Context, volume, via string, auto bool) (*
 		}
 	}
 	if err != nil {
-		release()
+		hold.Release()
 		return nil, fmt.Errorf("cannot attach volume %q via %s: %w", volume, via, err)
 	}
+	hold.Set(att.holder())
 	a.mu.Lock()
 	a.atts[volume] = att
 	a.mu.Unlock()
@@ -324,7 +336,9 @@ func (a *Attacher) detach(ctx context.Context, att *attachment) error {
 	case ViaFUSE:
 		err = a.detachFUSE(ctx, att)
 	case ViaNBD:
-		err = att.nbd.Detach()
+		if err = att.nbd.Detach(); err == nil {
+			att.hold.Release()
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("cannot detach volume %q: %w", att.volume, err)
@@ -352,12 +366,12 @@ func (a *Attacher) detachFUSE(ctx context.Context, att *attachment) error {
 		a.log.Warn("loop device still open after losetup -d; the volume stays held until it is closed", "volume", att.volume, "device", att.device)
 		go func() {
 			if srv.Remove(context.Background(), att.volume) == nil {
-				att.release()
+				att.hold.Release()
 			}
 		}()
 		return nil
 	}
-	att.release()
+	att.hold.Release()
 	return nil
 }
 
@@ -417,6 +431,7 @@ func (a *Attacher) addMount(att *attachment, m mountRecord) {
 	a.mu.Lock()
 	att.mounts = append(att.mounts, m)
 	a.mu.Unlock()
+	att.hold.Set(att.holder())
 }
 
 // mountOn formats a blank device and mounts it. REQUIRES: ops.
@@ -499,6 +514,7 @@ func (a *Attacher) unmountAt(ctx context.Context, att *attachment, i int) error 
 	a.mu.Lock()
 	att.mounts = slices.Delete(att.mounts, i, i+1)
 	a.mu.Unlock()
+	att.hold.Set(att.holder())
 	a.log.Info("volume unmounted", "volume", att.volume, "path", path)
 	if att.auto && len(att.mounts) == 0 {
 		if err := a.checkUnused(att); err != nil {

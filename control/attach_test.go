@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -177,4 +178,89 @@ func TestAttachUnrecordedIsUndone(t *testing.T) {
 		t.Fatal(err)
 	}
 	nothingLeft("unmount")
+}
+
+// TestInUseRefusals: delete, delete --force and restore are refused while
+// the volume is attached, mounted or has NBD clients — each refusal naming
+// the holder and what to do — and allowed once it is released.
+func TestInUseRefusals(t *testing.T) {
+	mnt := t.TempDir()
+	h := newHostTestAPI(t, mnt)
+	ctx := context.Background()
+	if _, err := h.c.CreateVolume(ctx, CreateVolumeRequest{Name: "v", Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.c.CreateSnapshot(ctx, "v", "v.s"); err != nil {
+		t.Fatal(err)
+	}
+	refused := func(holder string, want ...string) {
+		t.Helper()
+		for op, err := range map[string]error{
+			"delete":         h.c.DeleteVolume(ctx, "v"),
+			"delete --force": func() error { _, err := h.c.DeleteVolumeForce(ctx, "v"); return err }(),
+			"restore":        func() error { _, err := h.c.RestoreVolume(ctx, "v", "v.s"); return err }(),
+		} {
+			if !errors.Is(err, engine.ErrBusy) {
+				t.Errorf("%s while %s: %v, want busy", op, holder, err)
+				continue
+			}
+			for _, w := range want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%s while %s: %q does not say %q", op, holder, err, w)
+				}
+			}
+			if holder == "mounted" && strings.Contains(err.Error(), "host detach") {
+				t.Errorf("%s while mounted suggests host detach, which is refused while mounted: %q", op, err)
+			}
+		}
+	}
+
+	dev, err := h.a.Attach(ctx, "v", ViaFUSE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused("attached", "is in use: attached as "+dev, "cairn host detach v")
+	if _, err := h.c.Detach(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := h.c.Mount(ctx, "v", MountRequest{Path: mnt}); err != nil {
+		t.Fatal(err)
+	}
+	refused("mounted", "mounted on "+mnt, "cairn host unmount v "+mnt)
+	if _, err := h.c.Unmount(ctx, "v", UnmountRequest{Path: mnt}); err != nil {
+		t.Fatal(err)
+	}
+
+	_, release1, err := h.x.OpenExport("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, release2, err := h.x.OpenExport("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused("held by NBD clients", "2 NBD clients connected", "disconnect its NBD clients")
+	release1()
+	release2()
+
+	// A snapshot in use stops delete --force before anything is deleted.
+	_, releaseSnap, err := h.x.OpenExport("v.s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.c.DeleteVolumeForce(ctx, "v"); !errors.Is(err, engine.ErrBusy) || !strings.Contains(err.Error(), `v.s is in use: 1 NBD client connected`) {
+		t.Errorf("delete --force with a client on its snapshot: %v", err)
+	}
+	if err := h.c.DeleteSnapshot(ctx, "v.s"); !errors.Is(err, engine.ErrBusy) || !strings.Contains(err.Error(), "1 NBD client connected") {
+		t.Errorf("snapshot delete with a client: %v", err)
+	}
+	releaseSnap()
+
+	if _, err := h.c.RestoreVolume(ctx, "v", "v.s"); err != nil {
+		t.Errorf("restore after every holder left: %v", err)
+	}
+	if _, err := h.c.DeleteVolumeForce(ctx, "v"); err != nil {
+		t.Errorf("delete --force after every holder left: %v", err)
+	}
 }

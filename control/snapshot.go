@@ -47,11 +47,6 @@ type SnapshotError struct {
 	Error    string `json:"error"`
 }
 
-// SetExports lets the control plane see NBD clients, so that an operation
-// touching several volumes (delete --force) is refused before it starts
-// rather than failing half-way.
-func (s *Server) SetExports(x *Exports) { s.exports = x }
-
 // SetScheduler makes status report the scheduler's failures.
 func (s *Server) SetScheduler(sc *Scheduler) { s.scheduler = sc }
 
@@ -184,10 +179,11 @@ func (s *Server) deleteForce(w http.ResponseWriter, r *http.Request, name string
 		return
 	}
 	for _, n := range append(snaps, name) {
-		if why := s.inUse(n); why != "" {
+		if hs, _ := s.engine.Holders(n); len(hs) > 0 {
+			what, todo := inUse(n, hs)
 			s.fail(w, r, &messageError{
-				msg: fmt.Sprintf("cannot delete volume %q: %s %s; nothing was deleted", name, n, why),
-				err: engine.ErrBusy,
+				msg: fmt.Sprintf("cannot delete volume %q: %s is in use: %s; %s first; nothing was deleted", name, n, what, todo),
+				err: &engine.BusyError{Volume: n, Holders: hs},
 			})
 			return
 		}
@@ -233,22 +229,6 @@ func deletedSoFar(done []string) string {
 		return "; nothing was deleted"
 	}
 	return fmt.Sprintf("; snapshots deleted before the failure: %s", strings.Join(done, ", "))
-}
-
-// inUse says why a volume is in use ("is attached on this host", "has 2
-// NBD client(s) connected"), or "" when the control plane sees no user.
-func (s *Server) inUse(name string) string {
-	if s.attacher != nil {
-		if ai, ok := s.attacher.Info(name); ok {
-			return fmt.Sprintf("is attached (%s): detach it first (cairn host detach %s)", ai.Device, name)
-		}
-	}
-	if s.exports != nil {
-		if n := s.exports.Clients(name); n > 0 {
-			return fmt.Sprintf("has %d NBD client(s) connected: disconnect them first", n)
-		}
-	}
-	return ""
 }
 
 func (s *Server) forget(name string) {
@@ -316,8 +296,9 @@ func snapshotOpError(op, name string, err error) error {
 	switch {
 	case errors.Is(err, engine.ErrNotFound):
 		msg = fmt.Sprintf("snapshot %q not found", name)
-	case errors.Is(err, engine.ErrBusy):
-		msg = fmt.Sprintf("cannot %s snapshot %q: it is in use (exported to an NBD client or attached); disconnect its clients first", op, name)
+	case errors.As(err, new(*engine.BusyError)):
+		what, todo := inUse(name, holdersOf(err))
+		msg = fmt.Sprintf("cannot %s snapshot %q: it is in use: %s; %s first", op, name, what, todo)
 	default:
 		msg = fmt.Sprintf("cannot %s snapshot %q: %s", op, name, plain(err))
 	}
@@ -327,8 +308,9 @@ func snapshotOpError(op, name string, err error) error {
 func restoreError(volume, snapshot string, err error) error {
 	var msg string
 	switch {
-	case errors.Is(err, engine.ErrBusy):
-		msg = fmt.Sprintf("cannot restore volume %q: it is in use (exported to a connected NBD client or attached); disconnect its NBD clients and detach it (cairn host detach %s), then retry", volume, volume)
+	case errors.As(err, new(*engine.BusyError)):
+		what, todo := inUse(volume, holdersOf(err))
+		msg = fmt.Sprintf("cannot restore volume %q: it is in use: %s; %s, then retry", volume, what, todo)
 	case errors.Is(err, engine.ErrNotFound):
 		msg = strings.TrimPrefix(plain(err), "not found: ") + " not found"
 	default:

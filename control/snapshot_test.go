@@ -36,7 +36,6 @@ func newSnapshotTestAPI(t *testing.T) (*Client, *engine.Engine, *Exports) {
 	t.Cleanup(func() { e.Close() })
 	x := NewExports(e)
 	srv := NewServer(e, node, nil, nil)
-	srv.SetExports(x)
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)
 	return NewClient(hs.URL), e, x
@@ -158,8 +157,8 @@ func TestSnapshotAPI(t *testing.T) {
 	}
 	release()
 	releaseSnap()
-	if x.Clients("db") != 0 {
-		t.Errorf("clients after release: %d", x.Clients("db"))
+	if hs, _ := e.Holders("db"); len(hs) != 0 {
+		t.Errorf("holders after release: %+v", hs)
 	}
 	if _, err := c.RestoreVolume(ctx, "db", "db.a"); err != nil {
 		t.Fatal(err)

@@ -28,7 +28,8 @@ type Volume struct {
 	size      atomic.Int64 // logical size in bytes
 	used      atomic.Int64 // extents mapped
 	deleted   bool         // REQUIRES ioMu (write) to set
-	holds     atomic.Int32
+	holdMu    sync.Mutex
+	holds     holdSet        // REQUIRES holdMu; see hold.go
 	exclusive exclusiveCount // REQUIRES pool.mu
 	rmw       [16]sync.Mutex // partial-block read-modify-write, striped by block
 	cowMu     [16]sync.Mutex // copy-on-write of a shared extent, striped by logical extent
@@ -85,14 +86,6 @@ func (v *Volume) WritesCached() bool {
 		}
 	}
 	return true
-}
-
-// Hold marks the volume in use (exported, attached) until release is called;
-// DeleteVolume refuses a held volume.
-func (v *Volume) Hold() (release func()) {
-	v.holds.Add(1)
-	var once sync.Once
-	return func() { once.Do(func() { v.holds.Add(-1) }) }
 }
 
 // Info describes the volume.
