@@ -264,3 +264,37 @@ func TestInUseRefusals(t *testing.T) {
 		t.Errorf("delete --force after every holder left: %v", err)
 	}
 }
+
+// TestHostByID: the host verbs take a volume's id as well as its name, and
+// both name the same attachment.
+func TestHostByID(t *testing.T) {
+	mnt := t.TempDir()
+	h := newHostTestAPI(t, mnt)
+	ctx := context.Background()
+	v, err := h.c.CreateVolume(ctx, CreateVolumeRequest{Name: "v", Size: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	att, err := h.c.Attach(ctx, v.ID, AttachRequest{Via: ViaFUSE})
+	if err != nil || att.Name != "v" || att.Device == "" {
+		t.Fatalf("attach by id: %+v, %v", att, err)
+	}
+	if again, err := h.c.Attach(ctx, "v", AttachRequest{}); err != nil || again.Device != att.Device {
+		t.Fatalf("attach by name after attach by id: %+v, %v; want the same device %s", again, err, att.Device)
+	}
+	if _, err := h.c.Detach(ctx, v.ID); err != nil {
+		t.Fatalf("detach by id: %v", err)
+	}
+	if _, err := h.c.Mount(ctx, v.ID, MountRequest{Path: mnt}); err != nil {
+		t.Fatalf("mount by id: %v", err)
+	}
+	if got, err := h.c.Volume(ctx, "v"); err != nil || got.Device == "" {
+		t.Fatalf("inspect by name after mount by id: %+v, %v", got, err)
+	}
+	if _, err := h.c.Unmount(ctx, v.ID, UnmountRequest{Path: mnt}); err != nil {
+		t.Fatalf("unmount by id: %v", err)
+	}
+	if loops := h.loops(t); len(loops) != 0 {
+		t.Fatalf("loop devices after unmount by id: %v", loops)
+	}
+}

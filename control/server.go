@@ -154,8 +154,20 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusCreated, s.volumeJSON(info.Name, volumeFromEngine(info)))
 }
 
+// volumeRef is the volume a request's path names. {name} is a volume's (or
+// snapshot's) name or its id, as pxctl takes either; the engine resolves it
+// and the handlers go on with the name. An unknown one comes back as given,
+// for the handler's "not found".
+func (s *Server) volumeRef(r *http.Request) string {
+	ref := r.PathValue("name")
+	if v, err := s.engine.Volume(ref); err == nil {
+		return v.Name()
+	}
+	return ref
+}
+
 func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	v, err := s.engine.Volume(name)
 	if err != nil {
 		s.fail(w, r, volumeError("inspect", name, err))
@@ -165,7 +177,7 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	var req UpdateVolumeRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
@@ -181,7 +193,7 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	force, err := forceParam(r)
 	if err != nil {
 		s.fail(w, r, err)

@@ -59,7 +59,7 @@ func (s *Server) snapshotRoutes(mux *http.ServeMux) {
 }
 
 func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
-	volume := r.PathValue("name")
+	volume := s.volumeRef(r)
 	var req SnapshotRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
@@ -87,6 +87,7 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, invalidf("%q is a snapshot; list the snapshots of its volume", volume))
 			return
 		}
+		volume = v.Name() // it may have been given by id
 	}
 	out := []Volume{}
 	for _, info := range s.engine.Snapshots(volume) {
@@ -96,7 +97,7 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	v, err := s.engine.Volume(name)
 	if err != nil {
 		s.fail(w, r, snapshotNotFound(name, err))
@@ -116,7 +117,7 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) cloneVolume(w http.ResponseWriter, r *http.Request) {
-	snapshot := r.PathValue("name")
+	snapshot := s.volumeRef(r)
 	var req CloneRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
@@ -132,7 +133,7 @@ func (s *Server) cloneVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) restoreVolume(w http.ResponseWriter, r *http.Request) {
-	volume := r.PathValue("name")
+	volume := s.volumeRef(r)
 	var req RestoreRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)

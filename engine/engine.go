@@ -721,7 +721,7 @@ func (e *Engine) CreateVolume(spec VolumeSpec) (VolumeInfo, error) {
 	return v.Info(), nil
 }
 
-// Volume returns the named volume.
+// Volume returns a volume (or snapshot) by name or by id.
 func (e *Engine) Volume(name string) (*Volume, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -88,6 +88,10 @@ func (v *Volume) WritesCached() bool {
 	return true
 }
 
+// volumeID is how a volume's uid is shown (VolumeInfo.ID, the catalog) and
+// looked up.
+func volumeID(uid uint64) string { return fmt.Sprintf("%016x", uid) }
+
 // Info describes the volume.
 func (v *Volume) Info() VolumeInfo {
 	p := v.pool
@@ -103,7 +107,7 @@ func (v *Volume) Info() VolumeInfo {
 		used = v.exclusiveBytes()
 	}
 	return VolumeInfo{
-		ID: fmt.Sprintf("%016x", m.uid), Name: v.served, Size: v.size.Load(), Used: used,
+		ID: volumeID(m.uid), Name: v.served, Size: v.size.Load(), Used: used,
 		Repl: int(m.repl), IOPriority: p.priority, RequestedIOPriority: m.priority, Pool: p.number,
 		Sticky: m.sticky, SnapInterval: int(m.snapInterval), SnapKeep: snapKeepOrDefault(m.snapKeep),
 		BlockSize: int(m.blockSize), Parent: p.eng.servedParent(p, m), ReadOnly: m.readOnly, Snapshot: m.readOnly,
