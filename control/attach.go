@@ -449,7 +449,7 @@ func (a *Attacher) mountOn(ctx context.Context, att *attachment, path, want stri
 		}
 		a.log.Info("device is blank: making a filesystem", "volume", att.volume, "device", att.device, "fs", fs)
 		if err := attach.MakeFS(ctx, att.device, fs); err != nil {
-			return "", err
+			return "", fmt.Errorf("cannot mount volume %q: it is blank, and making an %s filesystem on it failed: %w", att.volume, fs, err)
 		}
 	case want != "" && sig != want:
 		return "", invalidf("cannot mount volume %q as %s: it holds %s (cairn formats only blank volumes); mount it with --fs %s", att.volume, want, sig, sig)

@@ -298,3 +298,37 @@ func TestHostByID(t *testing.T) {
 		t.Fatalf("loop devices after unmount by id: %v", loops)
 	}
 }
+
+// TestMountWithoutMkfs: `host mount` of a blank volume on a host without
+// the filesystem's mkfs says which Debian package to install, and leaves
+// nothing attached.
+func TestMountWithoutMkfs(t *testing.T) {
+	mnt := t.TempDir()
+	h := newHostTestAPI(t, mnt)
+	ctx := context.Background()
+	if _, err := h.c.CreateVolume(ctx, CreateVolumeRequest{Name: "v", Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	// A PATH with the tools of an attach (and fusermount, if any) but no mkfs.
+	bin := t.TempDir()
+	for _, tool := range []string{"losetup", "blkid", "fusermount3", "fusermount"} {
+		if p, err := exec.LookPath(tool); err == nil {
+			if err := os.Symlink(p, filepath.Join(bin, tool)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Setenv("PATH", bin)
+	for fs, pkg := range map[string]string{"xfs": "xfsprogs", "ext4": "e2fsprogs"} {
+		_, err := h.c.Mount(ctx, "v", MountRequest{Path: mnt, FS: fs})
+		if err == nil || !strings.Contains(err.Error(), "mkfs."+fs+" is not installed") || !strings.Contains(err.Error(), "apt-get install "+pkg) {
+			t.Errorf("mount --fs %s without mkfs.%s: %v, want it to name the package %s", fs, fs, err, pkg)
+		}
+		if v, err := h.c.Volume(ctx, "v"); err != nil || v.Device != "" {
+			t.Errorf("after the failed mount --fs %s: %+v, %v; want it not attached", fs, v, err)
+		}
+	}
+	if loops := h.loops(t); len(loops) != 0 {
+		t.Errorf("loop devices after the failed mounts: %v", loops)
+	}
+}
