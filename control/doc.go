@@ -25,10 +25,10 @@
 //	POST   /v1/volumes/{name}/unmount  UnmountRequest (detach if auto)       → Volume
 //	GET    /metrics                Prometheus text format
 //
-// {name}, {snap} and ?volume= take a volume's (or snapshot's) name or its id,
-// as pxctl does. A refusal because a volume is in use (code "busy") says
-// what holds it — the device and mounts of an attachment, the number of NBD
-// clients — and what to run.
+// {name}, {snap}, ?volume= and RestoreRequest.Snapshot take a volume's (or
+// snapshot's) name or its id, as pxctl does. A refusal because a volume is
+// in use (code "busy") says what holds it — the device and mounts of an
+// attachment, the number of NBD clients — and what to run.
 //
 // The JSON shapes of Volume and Status are a public contract: scripts and
 // tests parse them. Add fields if you must; never rename or remove one.
