@@ -3,15 +3,14 @@ package control
 import (
 	"context"
 	"errors"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/cairn-storage/cairn/blockdev/attach"
+	"github.com/cairn-storage/cairn/blockdev/attach/attachtest"
 	"github.com/cairn-storage/cairn/engine"
 )
 
@@ -42,73 +41,19 @@ func newHostTestAPI(t *testing.T, dirs ...string) *hostAPI {
 			t.Fatalf("%s is not installed: run `make deps`", tool)
 		}
 	}
-	dir := t.TempDir()
-	drivePath := filepath.Join(dir, "drive.img")
-	if err := os.WriteFile(drivePath, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(drivePath, 1<<30); err != nil {
-		t.Fatal(err)
-	}
-	node, err := OpenNode(dir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := engine.Open(engine.Options{NodeID: node.ID(), Drives: []engine.DriveSpec{{Path: drivePath}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	fuseDir := filepath.Join(dir, "fuse")
-	t.Cleanup(func() { cleanHost(t, fuseDir, append(dirs, dir)) })
-	a := NewAttacher(e, AttachConfig{DataDir: dir, NodeID: node.ID()})
-	t.Cleanup(func() {
-		if err := a.Shutdown(); err != nil {
-			t.Errorf("attacher shutdown: %v", err)
-		}
-	})
-	x := NewExports(e)
-	srv := NewServer(e, node, nil, nil)
-	srv.SetAttacher(a)
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(hs.Close)
-	return &hostAPI{c: NewClient(hs.URL), e: e, a: a, x: x, dataDir: dir}
-}
-
-// cleanHost is the safety net behind Attacher.Shutdown: it unmounts what is
-// mounted under dirs, detaches the loop devices on files under fuseDir and
-// unmounts fuseDir, then fails the test if any of it is left.
-func cleanHost(t *testing.T, fuseDir string, dirs []string) {
-	under := func(p string) bool {
-		for _, d := range dirs {
-			if p == d || strings.HasPrefix(p, d+"/") {
-				return true
+	h := &hostAPI{}
+	h.c, h.e, h.dataDir = serveTestAPI(t, func(srv *Server, e *engine.Engine, dataDir string) {
+		attachtest.Cleanup(t, filepath.Join(dataDir, "fuse"), append(dirs, dataDir)...)
+		h.a = NewAttacher(e, AttachConfig{DataDir: dataDir, NodeID: e.Status().NodeID})
+		t.Cleanup(func() {
+			if err := h.a.Shutdown(); err != nil {
+				t.Errorf("attacher shutdown: %v", err)
 			}
-		}
-		return false
-	}
-	ms, _ := attach.Mounts()
-	for i := len(ms) - 1; i >= 0; i-- { // innermost first
-		if under(ms[i].MountPoint) && ms[i].MountPoint != fuseDir {
-			t.Logf("cleanup: umount -l %s", ms[i].MountPoint)
-			syscall.Unmount(ms[i].MountPoint, syscall.MNT_DETACH)
-		}
-	}
-	loops, _ := attach.LoopsUnder(fuseDir)
-	for _, l := range loops {
-		t.Logf("cleanup: losetup -d %s", l.Dev)
-		exec.Command("losetup", "-d", l.Dev).Run()
-	}
-	if ok, _ := attach.IsMountPoint(fuseDir); ok {
-		t.Logf("cleanup: umount -l %s", fuseDir)
-		syscall.Unmount(fuseDir, syscall.MNT_DETACH)
-	}
-	ms, _ = attach.Mounts()
-	for _, m := range ms {
-		if under(m.MountPoint) {
-			t.Errorf("left behind: %s mounted on %s", m.Source, m.MountPoint)
-		}
-	}
+		})
+		srv.SetAttacher(h.a)
+	})
+	h.x = NewExports(h.e)
+	return h
 }
 
 // loops lists the loop devices on the attacher's FUSE files.
