@@ -19,6 +19,7 @@ import (
 	"github.com/cairn-storage/cairn/blockdev/attach"
 	bfuse "github.com/cairn-storage/cairn/blockdev/fuse"
 	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/internal/atomicfile"
 )
 
 // How a volume becomes a block device on this host.
@@ -77,15 +78,25 @@ type Attacher struct {
 
 // attachment is one attached volume.
 type attachment struct {
-	volume  string
-	via     string
-	device  string // /dev/loopN or /dev/nbdN
-	file    string // the FUSE file behind a loop device
-	nbd     *attach.NBDDevice
-	release func() // the engine hold
+	volume string
+	via    string
+	device string // /dev/loopN or /dev/nbdN
+	file   string // the FUSE file behind a loop device
+	nbd    *attach.NBDDevice
+	hold   *engine.Hold // the engine's record that the volume is in use, and how
 	// auto: made by `host mount`, so the last `host unmount` detaches it.
 	auto   bool
 	mounts []mountRecord
+}
+
+// holder describes the attachment to the engine, for the refusals of a
+// delete or restore. REQUIRES: ops.
+func (att *attachment) holder() engine.Holder {
+	h := engine.Holder{Kind: engine.HeldAttached, Device: att.device, ViaNBD: att.via == ViaNBD}
+	for _, m := range att.mounts {
+		h.Mounts = append(h.Mounts, m.Path)
+	}
+	return h
 }
 
 type mountRecord struct {
@@ -168,7 +179,14 @@ func (a *Attacher) Attach(ctx context.Context, volume, via string) (string, erro
 	if err != nil {
 		return "", err
 	}
-	a.persist()
+	if err := a.persist(); err != nil {
+		// Unrecorded, the attachment would silently vanish at the next
+		// start: undo it and say why.
+		if derr := a.detach(ctx, att); derr != nil {
+			return "", fmt.Errorf("cannot attach volume %q: %w; detaching it again failed too: %w", volume, err, derr)
+		}
+		return "", fmt.Errorf("cannot attach volume %q: %w (it was detached again)", volume, err)
+	}
 	return att.device, nil
 }
 
@@ -204,11 +222,12 @@ func (a *Attacher) attach(ctx context.Context, volume, via string, auto bool) (*
 	if via == ViaNBD && !attach.HaveNBD() {
 		return nil, invalidf("cannot attach volume %q via nbd: this kernel has no nbd module (/dev/nbd0 is missing; load it with `modprobe nbd`), or attach via FUSE + loop instead: --via fuse", volume)
 	}
-	v, release, err := a.eng.HoldVolume(volume)
+	att := &attachment{volume: volume, via: via, auto: auto}
+	v, hold, err := a.eng.HoldVolume(volume, att.holder())
 	if err != nil {
 		return nil, volumeError("attach", volume, err)
 	}
-	att := &attachment{volume: volume, via: via, release: release, auto: auto}
+	att.hold = hold
 	switch via {
 	case ViaFUSE:
 		err = a.attachFUSE(ctx, att, v)
@@ -219,9 +238,10 @@ func (a *Attacher) attach(ctx context.Context, volume, via string, auto bool) (*
 		}
 	}
 	if err != nil {
-		release()
+		hold.Release()
 		return nil, fmt.Errorf("cannot attach volume %q via %s: %w", volume, via, err)
 	}
+	hold.Set(att.holder())
 	a.mu.Lock()
 	a.atts[volume] = att
 	a.mu.Unlock()
@@ -291,7 +311,9 @@ func (a *Attacher) Detach(ctx context.Context, volume string) error {
 	if err := a.detach(ctx, att); err != nil {
 		return err
 	}
-	a.persist()
+	if err := a.persist(); err != nil {
+		return fmt.Errorf("volume %q detached, but %w; the next start will attach it again", volume, err)
+	}
 	return nil
 }
 
@@ -319,7 +341,9 @@ func (a *Attacher) detach(ctx context.Context, att *attachment) error {
 	case ViaFUSE:
 		err = a.detachFUSE(ctx, att)
 	case ViaNBD:
-		err = att.nbd.Detach()
+		if err = att.nbd.Detach(); err == nil {
+			att.hold.Release()
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("cannot detach volume %q: %w", att.volume, err)
@@ -347,12 +371,12 @@ func (a *Attacher) detachFUSE(ctx context.Context, att *attachment) error {
 		a.log.Warn("loop device still open after losetup -d; the volume stays held until it is closed", "volume", att.volume, "device", att.device)
 		go func() {
 			if srv.Remove(context.Background(), att.volume) == nil {
-				att.release()
+				att.hold.Release()
 			}
 		}()
 		return nil
 	}
-	att.release()
+	att.hold.Release()
 	return nil
 }
 
@@ -390,11 +414,20 @@ func (a *Attacher) Mount(ctx context.Context, volume, path, fsType string) (stri
 				a.log.Warn("detach after a failed mount", "volume", volume, "err", derr)
 			}
 		}
-		a.persist()
+		if perr := a.persist(); perr != nil {
+			a.log.Warn("record attachments after a failed mount", "err", perr)
+		}
 		return "", err
 	}
 	a.addMount(att, mountRecord{Path: real, FS: fs})
-	a.persist()
+	if err := a.persist(); err != nil {
+		// Unrecorded, the mount would silently vanish at the next start:
+		// undo it (and the attach, if this mount made it) and say why.
+		if uerr := a.unmountAt(ctx, att, len(att.mounts)-1); uerr != nil {
+			return "", fmt.Errorf("cannot mount volume %q on %s: %w; unmounting it again failed too: %w", volume, path, err, uerr)
+		}
+		return "", fmt.Errorf("cannot mount volume %q on %s: %w (it was unmounted again)", volume, path, err)
+	}
 	a.log.Info("volume mounted", "volume", volume, "device", att.device, "path", real, "fs", fs)
 	return att.device, nil
 }
@@ -403,6 +436,7 @@ func (a *Attacher) addMount(att *attachment, m mountRecord) {
 	a.mu.Lock()
 	att.mounts = append(att.mounts, m)
 	a.mu.Unlock()
+	att.hold.Set(att.holder())
 }
 
 // mountOn formats a blank device and mounts it. REQUIRES: ops.
@@ -420,7 +454,7 @@ func (a *Attacher) mountOn(ctx context.Context, att *attachment, path, want stri
 		}
 		a.log.Info("device is blank: making a filesystem", "volume", att.volume, "device", att.device, "fs", fs)
 		if err := attach.MakeFS(ctx, att.device, fs); err != nil {
-			return "", err
+			return "", fmt.Errorf("cannot mount volume %q: it is blank, and making an %s filesystem on it failed: %w", att.volume, fs, err)
 		}
 	case want != "" && sig != want:
 		return "", invalidf("cannot mount volume %q as %s: it holds %s (cairn formats only blank volumes); mount it with --fs %s", att.volume, want, sig, sig)
@@ -464,32 +498,43 @@ func (a *Attacher) Unmount(ctx context.Context, volume, path string) error {
 	if i < 0 {
 		return notMounted
 	}
-	if err := attach.Unmount(real); err != nil {
+	err = a.unmountAt(ctx, att, i)
+	if perr := a.persist(); perr != nil {
+		err = errors.Join(err, fmt.Errorf("volume %q: %w; the next start will mount it on %s again", volume, perr, real))
+	}
+	return err
+}
+
+// unmountAt unmounts att's i-th filesystem and forgets it, then detaches
+// the volume when `host mount` attached it and nothing else is mounted from
+// it. REQUIRES: ops.
+func (a *Attacher) unmountAt(ctx context.Context, att *attachment, i int) error {
+	path := att.mounts[i].Path
+	if err := attach.Unmount(path); err != nil {
 		if errors.Is(err, attach.ErrBusy) {
-			return busyf("cannot unmount volume %q from %s: the filesystem is busy (files open or a process working in it)", volume, path)
+			return busyf("cannot unmount volume %q from %s: the filesystem is busy (files open or a process working in it)", att.volume, path)
 		}
 		return err
 	}
 	a.mu.Lock()
 	att.mounts = slices.Delete(att.mounts, i, i+1)
 	a.mu.Unlock()
-	a.log.Info("volume unmounted", "volume", volume, "path", real)
+	att.hold.Set(att.holder())
+	a.log.Info("volume unmounted", "volume", att.volume, "path", path)
 	if att.auto && len(att.mounts) == 0 {
 		if err := a.checkUnused(att); err != nil {
-			a.log.Info("volume stays attached", "volume", volume, "reason", err)
+			a.log.Info("volume stays attached", "volume", att.volume, "reason", err)
 		} else if err := a.detach(ctx, att); err != nil {
-			a.persist()
 			return err
 		}
 	}
-	a.persist()
 	return nil
 }
 
-// persist writes attachments.json (tmp, fsync, rename, fsync dir). A failure
-// is logged: the attachments work, only a restart would not restore them.
-// REQUIRES: ops.
-func (a *Attacher) persist() {
+// persist publishes attachments.json. Callers that changed what is attached
+// or mounted undo the change or report it when this fails: an unrecorded
+// change is lost at the next start. REQUIRES: ops.
+func (a *Attacher) persist() error {
 	a.mu.Lock()
 	recs := make([]attachRecord, 0, len(a.atts))
 	for _, att := range a.atts {
@@ -497,41 +542,19 @@ func (a *Attacher) persist() {
 	}
 	a.mu.Unlock()
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Volume < recs[j].Volume })
-	if err := writeFileAtomic(a.statePath, recs); err != nil {
-		a.log.Error("cannot record attachments; a restart will not restore them", "err", err)
+	if err := writeJSON(a.statePath, recs); err != nil {
+		return fmt.Errorf("cannot record the attachments: %w", err)
 	}
+	return nil
 }
 
-func writeFileAtomic(path string, v any) error {
+// writeJSON publishes v as indented JSON at path (internal/atomicfile).
+func writeJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o600)
 }
 
 // Restore cleans up after a daemon that died without shutting down (dead
@@ -582,7 +605,9 @@ func (a *Attacher) Restore(ctx context.Context) {
 		}
 		a.restoreNext()
 	}
-	a.persist()
+	if err := a.persist(); err != nil {
+		a.log.Error("the attachments are restored but their record is not updated", "err", err)
+	}
 }
 
 // remount mounts a recorded filesystem again: never a mkfs here.

@@ -58,7 +58,7 @@ func (s *Server) replyVolume(w http.ResponseWriter, r *http.Request, name string
 }
 
 func (s *Server) attachVolume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	var req AttachRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
@@ -72,7 +72,7 @@ func (s *Server) attachVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) detachVolume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	if err := s.attacher.Detach(r.Context(), name); err != nil {
 		s.fail(w, r, err)
 		return
@@ -81,7 +81,7 @@ func (s *Server) detachVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) mountVolume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	var req MountRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
@@ -95,7 +95,7 @@ func (s *Server) mountVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) unmountVolume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	var req UnmountRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)

@@ -29,6 +29,11 @@
 // its previous run are back (restore.go): status says so, reads are served,
 // and every change is refused with 503, code "starting".
 //
+// {name}, {snap}, ?volume= and RestoreRequest.Snapshot take a volume's (or
+// snapshot's) name or its id, as pxctl does. A refusal because a volume is
+// in use (code "busy") says what holds it — the device and mounts of an
+// attachment, the number of NBD clients — and what to run.
+//
 // The JSON shapes of Volume and Status are a public contract: scripts and
 // tests parse them. Add fields if you must; never rename or remove one.
 package control

@@ -130,35 +130,12 @@ func (n *Node) RememberDrives(specs ...engine.DriveSpec) error {
 	return n.saveLocked()
 }
 
-// saveLocked publishes the state with tmp + fsync + rename + fsync(dir), so a
-// crash leaves either the old or the new file, never a torn one.
+// saveLocked publishes the state (internal/atomicfile), so a crash leaves
+// either the old or the new file, never a torn one.
 // REQUIRES: n.mu held (or n not yet shared).
 func (n *Node) saveLocked() error {
-	buf, err := json.MarshalIndent(n.state, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := n.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
+	if err := writeJSON(n.path, n.state); err != nil {
 		return fmt.Errorf("control: save node state: %w", err)
-	}
-	_, werr := f.Write(append(buf, '\n'))
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		return fmt.Errorf("control: save node state: %w", err)
-	}
-	if err := os.Rename(tmp, n.path); err != nil {
-		return fmt.Errorf("control: save node state: %w", err)
-	}
-	dir, err := os.Open(filepath.Dir(n.path))
-	if err != nil {
-		return fmt.Errorf("control: save node state: %w", err)
-	}
-	defer dir.Close()
-	if err := dir.Sync(); err != nil {
-		return fmt.Errorf("control: save node state: sync dir: %w", err)
 	}
 	return nil
 }

@@ -335,5 +335,5 @@ func (s *Scheduler) saveLocked() error {
 		st.Snapshots = append(st.Snapshots, r)
 	}
 	slices.SortFunc(st.Snapshots, func(a, b scheduledSnap) int { return a.Taken.Compare(b.Taken) })
-	return writeFileAtomic(s.cfg.StatePath, st)
+	return writeJSON(s.cfg.StatePath, st)
 }

@@ -40,8 +40,6 @@ type Server struct {
 	log     *slog.Logger
 	// attacher, when set (SetAttacher), serves the host routes.
 	attacher *Attacher
-	// exports, when set (SetExports), tells which volumes have NBD clients.
-	exports *Exports
 	// scheduler, when set (SetScheduler), has its failures in status.
 	scheduler *Scheduler
 }
@@ -185,8 +183,20 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusCreated, s.volumeJSON(info.Name, volumeFromEngine(info)))
 }
 
+// volumeRef is the volume a request's path names. {name} is a volume's (or
+// snapshot's) name or its id, as pxctl takes either; the engine resolves it
+// and the handlers go on with the name. An unknown one comes back as given,
+// for the handler's "not found".
+func (s *Server) volumeRef(r *http.Request) string {
+	ref := r.PathValue("name")
+	if v, err := s.engine.Volume(ref); err == nil {
+		return v.Name()
+	}
+	return ref
+}
+
 func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	v, err := s.engine.Volume(name)
 	if err != nil {
 		s.fail(w, r, volumeError("inspect", name, err))
@@ -196,7 +206,7 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	var req UpdateVolumeRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
@@ -212,7 +222,7 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	force, err := forceParam(r)
 	if err != nil {
 		s.fail(w, r, err)
@@ -287,15 +297,45 @@ func volumeError(op, name string, err error) error {
 		msg = fmt.Sprintf("cannot %s volume %q: sticky volume: turn sticky off first (cairn volume update %s --sticky off)", op, name, name)
 	case errors.Is(err, engine.ErrShrink):
 		msg = fmt.Sprintf("cannot shrink volume %q: volumes can only grow", name)
-	case errors.Is(err, engine.ErrBusy):
-		msg = fmt.Sprintf("cannot %s volume %q: it is in use (exported over NBD or attached); disconnect its clients first", op, name)
+	case errors.As(err, new(*engine.BusyError)):
+		what, todo := inUse(name, holdersOf(err))
+		msg = fmt.Sprintf("cannot %s volume %q: it is in use: %s; %s first", op, name, what, todo)
 	case errors.Is(err, engine.ErrInvalid):
 		msg = fmt.Sprintf("cannot %s volume %q: %s", op, name, reason(err))
-
 	default:
 		msg = fmt.Sprintf("cannot %s volume %q: %s", op, name, plain(err))
 	}
 	return &messageError{msg: msg, err: err}
+}
+
+// holdersOf returns what holds the volume a refusal (*engine.BusyError) is about.
+func holdersOf(err error) []engine.Holder {
+	var be *engine.BusyError
+	if errors.As(err, &be) {
+		return be.Holders
+	}
+	return nil
+}
+
+// inUse words what holds a volume (the engine's holders, the one record of
+// it) and what the operator does about it: "attached as /dev/loop3, mounted
+// on /mnt/db" and "unmount it (cairn host unmount db /mnt/db)".
+func inUse(name string, hs []engine.Holder) (what, todo string) {
+	var todos []string
+	for _, h := range hs {
+		if h.Kind != engine.HeldAttached {
+			continue
+		}
+		if len(h.Mounts) > 0 {
+			todos = append(todos, fmt.Sprintf("unmount it (cairn host unmount %s %s)", name, h.Mounts[0]))
+		} else {
+			todos = append(todos, fmt.Sprintf("detach it (cairn host detach %s)", name))
+		}
+	}
+	if engine.NBDClients(hs) > 0 {
+		todos = append(todos, "disconnect its NBD clients")
+	}
+	return engine.DescribeHolders(hs), strings.Join(todos, " and ")
 }
 
 // messageError replaces an error's text and keeps it for errors.Is.

@@ -47,11 +47,6 @@ type SnapshotError struct {
 	Error    string `json:"error"`
 }
 
-// SetExports lets the control plane see NBD clients, so that an operation
-// touching several volumes (delete --force) is refused before it starts
-// rather than failing half-way.
-func (s *Server) SetExports(x *Exports) { s.exports = x }
-
 // SetScheduler makes status report the scheduler's failures.
 func (s *Server) SetScheduler(sc *Scheduler) { s.scheduler = sc }
 
@@ -64,7 +59,7 @@ func (s *Server) snapshotRoutes(mux *http.ServeMux) {
 }
 
 func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
-	volume := r.PathValue("name")
+	volume := s.volumeRef(r)
 	var req SnapshotRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
@@ -92,6 +87,7 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, invalidf("%q is a snapshot; list the snapshots of its volume", volume))
 			return
 		}
+		volume = v.Name() // it may have been given by id
 	}
 	out := []Volume{}
 	for _, info := range s.engine.Snapshots(volume) {
@@ -101,7 +97,7 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+	name := s.volumeRef(r)
 	v, err := s.engine.Volume(name)
 	if err != nil {
 		s.fail(w, r, snapshotNotFound(name, err))
@@ -121,7 +117,7 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) cloneVolume(w http.ResponseWriter, r *http.Request) {
-	snapshot := r.PathValue("name")
+	snapshot := s.volumeRef(r)
 	var req CloneRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
@@ -137,7 +133,7 @@ func (s *Server) cloneVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) restoreVolume(w http.ResponseWriter, r *http.Request) {
-	volume := r.PathValue("name")
+	volume := s.volumeRef(r)
 	var req RestoreRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
@@ -184,10 +180,11 @@ func (s *Server) deleteForce(w http.ResponseWriter, r *http.Request, name string
 		return
 	}
 	for _, n := range append(snaps, name) {
-		if why := s.inUse(n); why != "" {
+		if hs, _ := s.engine.Holders(n); len(hs) > 0 {
+			what, todo := inUse(n, hs)
 			s.fail(w, r, &messageError{
-				msg: fmt.Sprintf("cannot delete volume %q: %s %s; nothing was deleted", name, n, why),
-				err: engine.ErrBusy,
+				msg: fmt.Sprintf("cannot delete volume %q: %s is in use: %s; %s first; nothing was deleted", name, n, what, todo),
+				err: &engine.BusyError{Volume: n, Holders: hs},
 			})
 			return
 		}
@@ -233,22 +230,6 @@ func deletedSoFar(done []string) string {
 		return "; nothing was deleted"
 	}
 	return fmt.Sprintf("; snapshots deleted before the failure: %s", strings.Join(done, ", "))
-}
-
-// inUse says why a volume is in use ("is attached on this host", "has 2
-// NBD client(s) connected"), or "" when the control plane sees no user.
-func (s *Server) inUse(name string) string {
-	if s.attacher != nil {
-		if ai, ok := s.attacher.Info(name); ok {
-			return fmt.Sprintf("is attached (%s): detach it first (cairn host detach %s)", ai.Device, name)
-		}
-	}
-	if s.exports != nil {
-		if n := s.exports.Clients(name); n > 0 {
-			return fmt.Sprintf("has %d NBD client(s) connected: disconnect them first", n)
-		}
-	}
-	return ""
 }
 
 func (s *Server) forget(name string) {
@@ -316,8 +297,9 @@ func snapshotOpError(op, name string, err error) error {
 	switch {
 	case errors.Is(err, engine.ErrNotFound):
 		msg = fmt.Sprintf("snapshot %q not found", name)
-	case errors.Is(err, engine.ErrBusy):
-		msg = fmt.Sprintf("cannot %s snapshot %q: it is in use (exported to an NBD client or attached); disconnect its clients first", op, name)
+	case errors.As(err, new(*engine.BusyError)):
+		what, todo := inUse(name, holdersOf(err))
+		msg = fmt.Sprintf("cannot %s snapshot %q: it is in use: %s; %s first", op, name, what, todo)
 	default:
 		msg = fmt.Sprintf("cannot %s snapshot %q: %s", op, name, plain(err))
 	}
@@ -327,8 +309,9 @@ func snapshotOpError(op, name string, err error) error {
 func restoreError(volume, snapshot string, err error) error {
 	var msg string
 	switch {
-	case errors.Is(err, engine.ErrBusy):
-		msg = fmt.Sprintf("cannot restore volume %q: it is in use (exported to a connected NBD client or attached); disconnect its NBD clients and detach it (cairn host detach %s), then retry", volume, volume)
+	case errors.As(err, new(*engine.BusyError)):
+		what, todo := inUse(volume, holdersOf(err))
+		msg = fmt.Sprintf("cannot restore volume %q: it is in use: %s; %s, then retry", volume, what, todo)
 	case errors.Is(err, engine.ErrNotFound):
 		msg = strings.TrimPrefix(plain(err), "not found: ") + " not found"
 	default:

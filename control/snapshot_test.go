@@ -17,6 +17,15 @@ import (
 // so tests can open exports the way NBD clients do.
 func newSnapshotTestAPI(t *testing.T) (*Client, *engine.Engine, *Exports) {
 	t.Helper()
+	c, e, _ := serveTestAPI(t, nil)
+	return c, e, NewExports(e)
+}
+
+// serveTestAPI serves the API over a real engine on a sparse 1 GiB file in
+// a new data directory, which it returns; setup, when set, configures the
+// server before it serves.
+func serveTestAPI(t *testing.T, setup func(srv *Server, e *engine.Engine, dataDir string)) (*Client, *engine.Engine, string) {
+	t.Helper()
 	dir := t.TempDir()
 	drivePath := filepath.Join(dir, "drive.img")
 	if err := os.WriteFile(drivePath, nil, 0o600); err != nil {
@@ -34,12 +43,13 @@ func newSnapshotTestAPI(t *testing.T) (*Client, *engine.Engine, *Exports) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
-	x := NewExports(e)
 	srv := NewServer(e, node, nil, nil)
-	srv.SetExports(x)
+	if setup != nil {
+		setup(srv, e, dir)
+	}
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)
-	return NewClient(hs.URL), e, x
+	return NewClient(hs.URL), e, dir
 }
 
 func names(vols []Volume) []string {
@@ -158,8 +168,8 @@ func TestSnapshotAPI(t *testing.T) {
 	}
 	release()
 	releaseSnap()
-	if x.Clients("db") != 0 {
-		t.Errorf("clients after release: %d", x.Clients("db"))
+	if hs, _ := e.Holders("db"); len(hs) != 0 {
+		t.Errorf("holders after release: %+v", hs)
 	}
 	if _, err := c.RestoreVolume(ctx, "db", "db.a"); err != nil {
 		t.Fatal(err)

@@ -721,23 +721,11 @@ func (e *Engine) CreateVolume(spec VolumeSpec) (VolumeInfo, error) {
 	return v.Info(), nil
 }
 
-// Volume returns the named volume.
+// Volume returns a volume (or snapshot) by name or by id.
 func (e *Engine) Volume(name string) (*Volume, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.lookupLocked(name)
-}
-
-// HoldVolume looks a volume up and holds it in one step, so a concurrent
-// DeleteVolume either sees the hold (and refuses) or wins and the lookup fails.
-func (e *Engine) HoldVolume(name string) (*Volume, func(), error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	v, err := e.lookupLocked(name)
-	if err != nil {
-		return nil, nil, err
-	}
-	return v, v.Hold(), nil
 }
 
 // Volumes lists every volume, by name.
@@ -821,8 +809,8 @@ func (e *Engine) DeleteVolume(name string) error {
 	if sticky {
 		return fmt.Errorf("%w: volume %q", ErrSticky, name)
 	}
-	if n := v.holds.Load(); n > 0 {
-		return fmt.Errorf("%w: volume %q has %d user(s) (exported or attached); disconnect them first", ErrBusy, name, n)
+	if err := v.busy(); err != nil {
+		return err
 	}
 	if snaps := e.snapshotsLocked(v); len(snaps) > 0 {
 		return fmt.Errorf("%w: volume %q has %d snapshot(s) (%s); delete them first, or use force", ErrHasSnapshots, name, len(snaps), strings.Join(snaps, ", "))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -164,11 +165,14 @@ func TestBadInput(t *testing.T) {
 	}
 	sticky = false
 	e.UpdateVolume("v", VolumeUpdate{Sticky: &sticky})
-	release := vol.Hold()
-	if err := e.DeleteVolume("v"); !errors.Is(err, ErrBusy) {
+	_, hold, err := e.HoldVolume("v", Holder{Kind: HeldAttached, Device: "/dev/loop7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.DeleteVolume("v"); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "attached as /dev/loop7") {
 		t.Fatalf("delete held: %v", err)
 	}
-	release()
+	hold.Release()
 	if err := e.DeleteVolume("v"); err != nil {
 		t.Fatal(err)
 	}

@@ -156,7 +156,10 @@ func (e *Engine) nameTakenLocked(name string) error {
 	return nil
 }
 
-// lookupLocked returns the volume served as name, or says why there is none.
+// lookupLocked returns the volume served as name or, failing that, the one
+// whose id (VolumeInfo.ID) it is, as pxctl takes either; or it says why
+// there is none. Names come first, so a volume named like another's id is
+// found by its name. Every entry point that takes a volume comes here.
 // REQUIRES: e.mu held.
 func (e *Engine) lookupLocked(name string) (*Volume, error) {
 	if v, ok := e.byName[name]; ok {
@@ -168,6 +171,16 @@ func (e *Engine) lookupLocked(name string) (*Volume, error) {
 	if e.duplicated[name] {
 		return nil, fmt.Errorf("%w: volume %q is in more than one pool; name one copy as %s@poolN (see status)", ErrNotFound, name, name)
 	}
+	for _, v := range e.byName {
+		if volumeID(v.meta.uid) == name { // uid never changes: no pool.mu needed
+			return v, nil
+		}
+	}
+	for _, u := range e.unavailable {
+		if u.ID == name {
+			return nil, fmt.Errorf("%w: volume %q (id %s) is unavailable (%s)", ErrUnavailable, u.served, name, u.reason)
+		}
+	}
 	return nil, fmt.Errorf("%w: volume %q", ErrNotFound, name)
 }
 
@@ -178,7 +191,7 @@ func (e *Engine) catalogLocked(extra ...CatalogEntry) []CatalogEntry {
 	for _, p := range e.pools {
 		p.mu.Lock()
 		for _, v := range p.vols {
-			out = append(out, CatalogEntry{Name: v.meta.name, ID: fmt.Sprintf("%016x", v.meta.uid), Pool: p.number,
+			out = append(out, CatalogEntry{Name: v.meta.name, ID: volumeID(v.meta.uid), Pool: p.number,
 				PoolUUID: uuidString(p.uuid), IOPriority: p.priority, Snapshot: v.meta.readOnly, Parent: v.meta.parent})
 		}
 		p.mu.Unlock()
@@ -210,7 +223,7 @@ func (e *Engine) saveCatalogLocked(extra ...CatalogEntry) error {
 
 // entryFor is the catalog entry of a volume about to be made in p.
 func entryFor(p *pool, m volumeMeta) CatalogEntry {
-	return CatalogEntry{Name: m.name, ID: fmt.Sprintf("%016x", m.uid), Pool: p.number, PoolUUID: uuidString(p.uuid),
+	return CatalogEntry{Name: m.name, ID: volumeID(m.uid), Pool: p.number, PoolUUID: uuidString(p.uuid),
 		IOPriority: p.priority, Snapshot: m.readOnly, Parent: m.parent}
 }
 

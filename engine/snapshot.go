@@ -182,8 +182,8 @@ func (e *Engine) RestoreVolume(volume, snapshot string) error {
 	if v.meta.readOnly {
 		return fmt.Errorf("%w: %q is a snapshot", ErrReadOnly, volume)
 	}
-	if n := v.holds.Load(); n > 0 {
-		return fmt.Errorf("%w: volume %q has %d user(s) (exported or attached); detach and disconnect them before restoring", ErrBusy, volume, n)
+	if err := v.busy(); err != nil {
+		return err
 	}
 	p := v.pool
 	if err := p.err(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/cairn-storage/cairn/drive"
@@ -73,11 +74,14 @@ func TestSnapshotCloneRestore(t *testing.T) {
 	if err := e.DeleteVolume("db"); !errors.Is(err, ErrHasSnapshots) || !bytes.Contains([]byte(err.Error()), []byte("db.before")) {
 		t.Fatalf("delete of a volume with snapshots: %v", err)
 	}
-	release := v.Hold()
-	if err := e.RestoreVolume("db", "db.before"); !errors.Is(err, ErrBusy) {
+	_, h1, _ := e.HoldVolume("db", Holder{Kind: HeldByNBD})
+	_, h2, _ := e.HoldVolume("db", Holder{Kind: HeldByNBD})
+	if err := e.RestoreVolume("db", "db.before"); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "2 NBD clients connected") {
 		t.Fatalf("restore of a volume in use: %v", err)
 	}
-	release()
+	h1.Release()
+	h2.Release()
+	h2.Release() // a second release does nothing
 	if err := e.RestoreVolume("db", "db.before"); err != nil {
 		t.Fatal(err)
 	}

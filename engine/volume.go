@@ -28,7 +28,8 @@ type Volume struct {
 	size      atomic.Int64 // logical size in bytes
 	used      atomic.Int64 // extents mapped
 	deleted   bool         // REQUIRES ioMu (write) to set
-	holds     atomic.Int32
+	holdMu    sync.Mutex
+	holds     holdSet        // REQUIRES holdMu; see hold.go
 	exclusive exclusiveCount // REQUIRES pool.mu
 	rmw       [16]sync.Mutex // partial-block read-modify-write, striped by block
 	cowMu     [16]sync.Mutex // copy-on-write of a shared extent, striped by logical extent
@@ -87,13 +88,9 @@ func (v *Volume) WritesCached() bool {
 	return true
 }
 
-// Hold marks the volume in use (exported, attached) until release is called;
-// DeleteVolume refuses a held volume.
-func (v *Volume) Hold() (release func()) {
-	v.holds.Add(1)
-	var once sync.Once
-	return func() { once.Do(func() { v.holds.Add(-1) }) }
-}
+// volumeID is how a volume's uid is shown (VolumeInfo.ID, the catalog) and
+// looked up.
+func volumeID(uid uint64) string { return fmt.Sprintf("%016x", uid) }
 
 // Info describes the volume.
 func (v *Volume) Info() VolumeInfo {
@@ -110,7 +107,7 @@ func (v *Volume) Info() VolumeInfo {
 		used = v.exclusiveBytes()
 	}
 	return VolumeInfo{
-		ID: fmt.Sprintf("%016x", m.uid), Name: v.served, Size: v.size.Load(), Used: used,
+		ID: volumeID(m.uid), Name: v.served, Size: v.size.Load(), Used: used,
 		Repl: int(m.repl), IOPriority: p.priority, RequestedIOPriority: m.priority, Pool: p.number,
 		Sticky: m.sticky, SnapInterval: int(m.snapInterval), SnapKeep: snapKeepOrDefault(m.snapKeep),
 		BlockSize: int(m.blockSize), Parent: p.eng.servedParent(p, m), ReadOnly: m.readOnly, Snapshot: m.readOnly,

@@ -18,6 +18,19 @@ import (
 // Filesystems `host mount` can make.
 var Filesystems = []string{"ext4", "xfs"}
 
+// mkfsPackage is the Debian package that installs each filesystem's mkfs.
+var mkfsPackage = map[string]string{"ext4": "e2fsprogs", "xfs": "xfsprogs"}
+
+// MissingToolError says a program a host operation needs is not installed,
+// and which Debian package has it.
+type MissingToolError struct {
+	Tool, Package string
+}
+
+func (e *MissingToolError) Error() string {
+	return fmt.Sprintf("%s is not installed on this host: install the Debian package %s (apt-get install %s)", e.Tool, e.Package, e.Package)
+}
+
 // MountEntry is one line of /proc/self/mountinfo.
 type MountEntry struct {
 	Dev        uint64 // st_dev of the mounted filesystem (major:minor)
@@ -168,6 +181,9 @@ func MakeFS(ctx context.Context, dev, fs string) error {
 		cmd = exec.CommandContext(ctx, "mkfs.xfs", "-q", dev)
 	default:
 		return fmt.Errorf("attach: filesystem %q: want one of %s", fs, strings.Join(Filesystems, ", "))
+	}
+	if errors.Is(cmd.Err, exec.ErrNotFound) {
+		return &MissingToolError{Tool: cmd.Args[0], Package: mkfsPackage[fs]}
 	}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("attach: mkfs.%s %s: %v: %s", fs, dev, err, strings.TrimSpace(string(out)))

@@ -37,11 +37,11 @@ func (x *engineExports) OpenExport(name string) (Export, func(), error) {
 	if ok {
 		return exp, func() {}, nil
 	}
-	v, err := x.e.Volume(name)
+	v, h, err := x.e.HoldVolume(name, engine.Holder{Kind: engine.HeldByNBD})
 	if err != nil {
 		return nil, nil, err
 	}
-	return v, v.Hold(), nil
+	return v, h.Release, nil
 }
 
 func (x *engineExports) ExportNames() []string {

@@ -187,7 +187,6 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	exports := control.NewExports(eng)
 	apiServer := control.NewServer(eng, node, metrics, log)
 	apiServer.SetAttacher(attacher)
-	apiServer.SetExports(exports)
 	apiServer.SetScheduler(scheduler)
 	api := &http.Server{
 		Handler:           apiServer.Handler(),

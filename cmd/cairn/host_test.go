@@ -19,11 +19,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cairn-storage/cairn/blockdev/attach"
+	"github.com/cairn-storage/cairn/blockdev/attach/attachtest"
 	"github.com/cairn-storage/cairn/internal/testenv"
 )
 
@@ -43,55 +43,7 @@ func needHost(t *testing.T, tools ...string) {
 // starting the daemon, so that it runs after the daemon is killed.
 func hostCleanup(t *testing.T, dataDir string, dirs ...string) {
 	t.Helper()
-	all := append([]string{dataDir}, dirs...)
-	under := func(p string) bool {
-		for _, d := range all {
-			if p == d || strings.HasPrefix(p, d+"/") {
-				return true
-			}
-		}
-		return false
-	}
-	t.Cleanup(func() {
-		fuseDir := filepath.Join(dataDir, "fuse")
-		for attempt := 0; attempt < 3; attempt++ {
-			ms, _ := attach.Mounts()
-			for i := len(ms) - 1; i >= 0; i-- { // innermost first
-				if under(ms[i].MountPoint) && ms[i].MountPoint != fuseDir {
-					t.Logf("cleanup: umount -l %s", ms[i].MountPoint)
-					syscall.Unmount(ms[i].MountPoint, syscall.MNT_DETACH)
-				}
-			}
-			loops, _ := attach.LoopsUnder(fuseDir)
-			for _, l := range loops {
-				t.Logf("cleanup: losetup -d %s", l.Dev)
-				exec.Command("losetup", "-d", l.Dev).Run()
-			}
-			if ok, _ := attach.IsMountPoint(fuseDir); ok {
-				if exec.Command("fusermount3", "-u", fuseDir).Run() != nil {
-					syscall.Unmount(fuseDir, syscall.MNT_DETACH)
-				}
-			}
-		}
-		// Nothing of this test may be left behind.
-		ms, _ := attach.Mounts()
-		for _, m := range ms {
-			if under(m.MountPoint) {
-				t.Errorf("left behind: %s mounted on %s", m.Source, m.MountPoint)
-			}
-		}
-		// Loop devices detach asynchronously once their last user is gone.
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			loops, _ := attach.LoopsUnder(fuseDir)
-			if len(loops) == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("left behind: loop devices %v", loops)
-				break
-			}
-		}
-	})
+	attachtest.Cleanup(t, filepath.Join(dataDir, "fuse"), append([]string{dataDir}, dirs...)...)
 }
 
 // loopsOf lists the loop devices on the daemon's FUSE files.

@@ -253,7 +253,7 @@ func TestSnapshotLimitsAndErrors(t *testing.T) {
 	// nothing deleted.
 	snaps := strings.Fields(jq(t, listJSON, `[.[].name] | join(" ")`))
 	conn := holdExport(t, socket, snaps[10])
-	mustFail(t, host, fmt.Sprintf("%s has 1 NBD client(s) connected: disconnect them first; nothing was deleted", snaps[10]), "volume", "delete", "many", "--force")
+	mustFail(t, host, fmt.Sprintf("%s is in use: 1 NBD client connected; disconnect its NBD clients first; nothing was deleted", snaps[10]), "volume", "delete", "many", "--force")
 	jq(t, mustCairn(t, host, "volume", "snapshot", "list", "many", "-j"), `length == 64`)
 	conn.Close()
 

@@ -86,11 +86,11 @@ func startEngineServer(f *testing.F) (string, *engine.Engine) {
 type engineExports struct{ eng *engine.Engine }
 
 func (x engineExports) OpenExport(name string) (nbd.Export, func(), error) {
-	v, release, err := x.eng.HoldVolume(name)
+	v, h, err := x.eng.HoldVolume(name, engine.Holder{Kind: engine.HeldByNBD})
 	if err != nil {
 		return nil, nil, err
 	}
-	return v, release, nil
+	return v, h.Release, nil
 }
 
 func (x engineExports) ExportNames() []string { return []string{"v"} }

@@ -1,0 +1,73 @@
+package engine
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/cairn-storage/cairn/drive"
+)
+
+func TestDescribeHolders(t *testing.T) {
+	attached := Holder{Kind: HeldAttached, Device: "/dev/loop3"}
+	mounted := Holder{Kind: HeldAttached, Device: "/dev/loop3", Mounts: []string{"/mnt/db"}}
+	kernelNBD := Holder{Kind: HeldAttached, Device: "/dev/nbd0", ViaNBD: true}
+	client := Holder{Kind: HeldByNBD}
+	for _, tc := range []struct {
+		holders []Holder
+		want    string
+	}{
+		{[]Holder{attached}, "attached as /dev/loop3"},
+		{[]Holder{mounted}, "attached as /dev/loop3, mounted on /mnt/db"},
+		{[]Holder{client}, "1 NBD client connected"},
+		{[]Holder{client, client}, "2 NBD clients connected"},
+		// The kernel NBD client's own connection is not another client.
+		{[]Holder{kernelNBD, client}, "attached as /dev/nbd0"},
+		{[]Holder{kernelNBD, client, client}, "attached as /dev/nbd0; 1 NBD client connected"},
+		{[]Holder{{Kind: HeldAttached}}, "being attached"},
+	} {
+		if got := DescribeHolders(tc.holders); got != tc.want {
+			t.Errorf("DescribeHolders(%+v) = %q, want %q", tc.holders, got, tc.want)
+		}
+	}
+}
+
+// TestHoldsRefuseDeleteAndRestore: delete and restore are refused while any
+// hold is taken, with the holder named, and allowed once every hold is
+// released; a hold's description follows Set.
+func TestHoldsRefuseDeleteAndRestore(t *testing.T) {
+	e := memEngine(t, drive.NewMem("d0", 256<<20))
+	if _, err := e.CreateVolume(VolumeSpec{Name: "v", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateSnapshot("v", "v.s"); err != nil {
+		t.Fatal(err)
+	}
+	_, h, err := e.HoldVolume("v", Holder{Kind: HeldAttached})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Set(Holder{Kind: HeldAttached, Device: "/dev/loop3", Mounts: []string{"/mnt/v"}})
+	for _, err := range []error{e.RestoreVolume("v", "v.s"), e.DeleteVolume("v")} {
+		var be *BusyError
+		if !errors.As(err, &be) || !errors.Is(err, ErrBusy) || be.Volume != "v" || DescribeHolders(be.Holders) != "attached as /dev/loop3, mounted on /mnt/v" {
+			t.Fatalf("refusal of a held volume: %v", err)
+		}
+	}
+	if hs, _ := e.Holders("v"); len(hs) != 1 {
+		t.Fatalf("holders %+v, want the one attachment", hs)
+	}
+	h.Release()
+	h.Set(Holder{Kind: HeldByNBD}) // after Release: nothing
+	if hs, _ := e.Holders("v"); len(hs) != 0 {
+		t.Fatalf("holders after release: %+v", hs)
+	}
+	if err := e.RestoreVolume("v", "v.s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.DeleteVolume("v.s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.DeleteVolume("v"); err != nil {
+		t.Fatal(err)
+	}
+}
