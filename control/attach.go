@@ -74,6 +74,13 @@ type Attacher struct {
 	closed bool                   // after Shutdown; REQUIRES: ops
 
 	restore RestoreState // how far Restore has come; REQUIRES: mu
+
+	// pending is what attachments.json asked for that Restore could not
+	// bring back: the volume's pool missing, a mount point gone, a stop in
+	// the middle of the restore. It stays recorded, so the next start tries
+	// again, until the operator forgets it: host detach VOL (the whole
+	// record) or host unmount VOL PATH (one mount). By volume; REQUIRES: ops.
+	pending map[string]attachRecord
 }
 
 // attachment is one attached volume.
@@ -126,6 +133,7 @@ func NewAttacher(e *engine.Engine, cfg AttachConfig) *Attacher {
 		fuseDir:   filepath.Join(cfg.DataDir, "fuse"),
 		statePath: filepath.Join(cfg.DataDir, attachStateFile),
 		atts:      map[string]*attachment{},
+		pending:   map[string]attachRecord{},
 	}
 }
 
@@ -303,7 +311,15 @@ func (a *Attacher) Detach(ctx context.Context, volume string) error {
 	}
 	att := a.lookup(volume)
 	if att == nil {
-		return invalidf("volume %q is not attached", volume)
+		if _, ok := a.pending[volume]; !ok {
+			return invalidf("volume %q is not attached", volume)
+		}
+		// Not restored at start: forgetting the record is the detach.
+		a.forgetPending(volume, "")
+		if err := a.persist(); err != nil {
+			return fmt.Errorf("volume %q: %w; the next start will try to attach it again", volume, err)
+		}
+		return nil
 	}
 	if err := a.checkUnused(att); err != nil {
 		return err
@@ -311,6 +327,7 @@ func (a *Attacher) Detach(ctx context.Context, volume string) error {
 	if err := a.detach(ctx, att); err != nil {
 		return err
 	}
+	a.forgetPending(volume, "")
 	if err := a.persist(); err != nil {
 		return fmt.Errorf("volume %q detached, but %w; the next start will attach it again", volume, err)
 	}
@@ -420,6 +437,7 @@ func (a *Attacher) Mount(ctx context.Context, volume, path, fsType string) (stri
 		return "", err
 	}
 	a.addMount(att, mountRecord{Path: real, FS: fs})
+	a.forgetPendingMount(volume, real) // mounted now: no longer only recorded
 	if err := a.persist(); err != nil {
 		// Unrecorded, the mount would silently vanish at the next start:
 		// undo it (and the attach, if this mount made it) and say why.
@@ -486,6 +504,18 @@ func (a *Attacher) Unmount(ctx context.Context, volume, path string) error {
 		return err
 	}
 	notMounted := invalidf("volume %q is not mounted on %s", volume, path)
+	if a.forgetPendingMount(volume, path) {
+		// A volume host mount attached for that mount alone goes too.
+		if att := a.lookup(volume); att != nil && att.auto && len(att.mounts) == 0 {
+			if err := a.detach(ctx, att); err != nil {
+				return err
+			}
+		}
+		if err := a.persist(); err != nil {
+			return fmt.Errorf("volume %q: %w; the next start will try to mount it on %s again", volume, err, path)
+		}
+		return nil
+	}
 	att := a.lookup(volume)
 	if att == nil {
 		return notMounted
@@ -536,9 +566,16 @@ func (a *Attacher) unmountAt(ctx context.Context, att *attachment, i int) error 
 // change is lost at the next start. REQUIRES: ops.
 func (a *Attacher) persist() error {
 	a.mu.Lock()
-	recs := make([]attachRecord, 0, len(a.atts))
+	recs := make([]attachRecord, 0, len(a.atts)+len(a.pending))
 	for _, att := range a.atts {
-		recs = append(recs, attachRecord{Volume: att.volume, Via: att.via, Auto: att.auto, Mounts: slices.Clone(att.mounts)})
+		rec := attachRecord{Volume: att.volume, Via: att.via, Auto: att.auto, Mounts: slices.Clone(att.mounts)}
+		rec.Mounts = append(rec.Mounts, a.pending[att.volume].Mounts...)
+		recs = append(recs, rec)
+	}
+	for volume, rec := range a.pending {
+		if a.atts[volume] == nil {
+			recs = append(recs, rec)
+		}
 	}
 	a.mu.Unlock()
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Volume < recs[j].Volume })
@@ -560,8 +597,8 @@ func writeJSON(path string, v any) error {
 // Restore cleans up after a daemon that died without shutting down (dead
 // FUSE mount, loop devices on it and filesystems on those), then attaches
 // and mounts again what attachments.json lists. What cannot be restored is
-// logged, reported in RestoreState and dropped from the list; it never stops
-// the daemon. The node is ready (RestoreState().Done) once Restore returns.
+// logged, reported in RestoreState and kept in the list (a.pending) for the
+// next start; it never stops the daemon. The node is ready (RestoreState().Done) once Restore returns.
 func (a *Attacher) Restore(ctx context.Context) {
 	a.ops.Lock()
 	defer a.ops.Unlock()
@@ -589,15 +626,20 @@ func (a *Attacher) Restore(ctx context.Context) {
 	for _, r := range recs {
 		att, err := a.attach(ctx, r.Volume, r.Via, r.Auto)
 		if err != nil {
-			a.log.Error("cannot attach a volume again after restart", "volume", r.Volume, "via", r.Via, "err", err)
+			a.log.Error("cannot attach a volume again after restart; kept for the next start (host detach forgets it)", "volume", r.Volume, "via", r.Via, "err", err)
 			a.restoreFailed(r.Volume, "", err)
+			a.pending[r.Volume] = r
 			a.restoreNext()
 			continue
 		}
 		for _, m := range r.Mounts {
 			if err := a.remount(ctx, att, m); err != nil {
-				a.log.Error("cannot mount a volume again after restart", "volume", r.Volume, "path", m.Path, "err", err)
+				a.log.Error("cannot mount a volume again after restart; kept for the next start (host unmount forgets it)", "volume", r.Volume, "path", m.Path, "err", err)
 				a.restoreFailed(r.Volume, m.Path, err)
+				p := a.pending[r.Volume]
+				p.Volume, p.Via, p.Auto = r.Volume, r.Via, r.Auto
+				p.Mounts = append(p.Mounts, m)
+				a.pending[r.Volume] = p
 				continue
 			}
 			a.addMount(att, m)
@@ -608,6 +650,44 @@ func (a *Attacher) Restore(ctx context.Context) {
 	if err := a.persist(); err != nil {
 		a.log.Error("the attachments are restored but their record is not updated", "err", err)
 	}
+}
+
+// forgetPendingMount forgets a mount that Restore could not bring back, if
+// path (as given, or with its symlinks resolved) is one; a record left with
+// no mount that existed only for its mounts (auto) goes too. REQUIRES: ops.
+func (a *Attacher) forgetPendingMount(volume, path string) bool {
+	p, ok := a.pending[volume]
+	if !ok {
+		return false
+	}
+	paths := []string{filepath.Clean(path)}
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		paths = append(paths, real)
+	}
+	i := slices.IndexFunc(p.Mounts, func(m mountRecord) bool { return slices.Contains(paths, m.Path) })
+	if i < 0 {
+		return false
+	}
+	a.forgetPending(volume, p.Mounts[i].Path)
+	return true
+}
+
+// forgetPending drops what Restore could not bring back for volume: one
+// mount (path), or the whole record (path ""), and its restore error, so
+// status stops reporting what the operator has let go. REQUIRES: ops.
+func (a *Attacher) forgetPending(volume, path string) {
+	p := a.pending[volume]
+	p.Mounts = slices.DeleteFunc(p.Mounts, func(m mountRecord) bool { return path == "" || m.Path == path })
+	if path == "" || (len(p.Mounts) == 0 && (p.Auto || a.lookup(volume) != nil)) {
+		delete(a.pending, volume)
+	} else {
+		a.pending[volume] = p
+	}
+	a.mu.Lock()
+	a.restore.Errors = slices.DeleteFunc(a.restore.Errors, func(e RestoreError) bool {
+		return e.Volume == volume && (path == "" || e.Path == path)
+	})
+	a.mu.Unlock()
 }
 
 // remount mounts a recorded filesystem again: never a mkfs here.

@@ -42,6 +42,7 @@ func newHostTestAPI(t *testing.T, dirs ...string) *hostAPI {
 	h.c, h.e, h.dataDir = serveTestAPI(t, func(srv *Server, e *engine.Engine, dataDir string) {
 		attachtest.Cleanup(t, filepath.Join(dataDir, "fuse"), append(dirs, dataDir)...)
 		h.a = NewAttacher(e, AttachConfig{DataDir: dataDir, NodeID: e.Status().NodeID})
+		h.a.Restore(context.Background()) // nothing to restore: the node is ready
 		t.Cleanup(func() {
 			if err := h.a.Shutdown(); err != nil {
 				t.Errorf("attacher shutdown: %v", err)

@@ -22,7 +22,9 @@ const StatusStarting = "starting"
 //     delete or restore racing the restore of the same volume would leave
 //     either the operator's request or the restore half done.
 // A failed restore does not keep the node starting: it is ready (degraded),
-// and the failures are listed first in `cairn status`.
+// and the failures are listed first in `cairn status`. What failed (or was
+// not reached before a stop) stays in attachments.json for the next start,
+// until host detach or host unmount forgets it (Attacher.pending).
 
 // RestoreError is one attachment or mount of the previous run that could not
 // be restored at start.

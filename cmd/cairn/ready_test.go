@@ -202,4 +202,72 @@ func TestHostRestoreErrorsInStatus(t *testing.T) {
 	// The node is ready: changes are served again.
 	mustCairn(t, d.api, "volume", "create", "next", "--size", "64M")
 	d.stop(t)
+
+	// What was not restored stays recorded: once the mount point is back,
+	// the next start mounts it again.
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, dataDir)
+	jq(t, mustCairn(t, d.api, "status", "-j"), `.status == "operational" and .restore_errors == []`)
+	if !isMounted(t, mnt) {
+		t.Fatalf("%s not mounted again once it was back", mnt)
+	}
+	mustCairn(t, d.api, "host", "unmount", "lost", mnt)
+	mustCairn(t, d.api, "host", "mount", "lost", mnt)
+	d.stop(t)
+
+	// Forgetting a mount that was not restored: host unmount.
+	if err := os.Remove(mnt); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, dataDir)
+	jq(t, mustCairn(t, d.api, "status", "-j"), `.status == "degraded" and (.restore_errors | length == 1)`)
+	mustCairn(t, d.api, "host", "unmount", "lost", mnt)
+	jq(t, mustCairn(t, d.api, "status", "-j"), `.status == "operational" and .restore_errors == []`)
+	jq(t, mustCairn(t, d.api, "volume", "inspect", "lost", "-j"), `.device == ""`)
+	d.stop(t)
+	d = startDaemon(t, dataDir)
+	jq(t, mustCairn(t, d.api, "status", "-j"), `.status == "operational" and .restore_errors == []`)
+	d.stop(t)
+}
+
+// TestHostStopWhileRestoringKeepsRecord: a daemon stopped (SIGTERM) while
+// it is still restoring keeps the attachments it had not restored yet in
+// its record, so the start after that mounts them (before the fix they were
+// dropped, and the application found a bare directory).
+func TestHostStopWhileRestoringKeepsRecord(t *testing.T) {
+	needHost(t)
+	dataDir, mnt := t.TempDir(), t.TempDir()
+	hostCleanup(t, dataDir, mnt)
+	api := freeAPIAddr(t)
+	d := startDaemon(t, dataDir, "--api", api)
+	mustCairn(t, d.api, "volume", "create", "kept", "--size", "64M")
+	mustCairn(t, d.api, "host", "mount", "kept", mnt)
+	writeSynced(t, filepath.Join(mnt, "data"), "kept")
+	if code := d.stop(t); code != 0 {
+		t.Fatalf("daemon exit code %d", code)
+	}
+
+	gate := filepath.Join(t.TempDir(), "gate") // never created: the restore waits
+	d = spawnDaemon(t, dataDir, "--api", api, "--restore-gate", gate)
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(cairn(t, api, "status", "-j").stdout, `"status": "starting"`); {
+		if time.Now().After(deadline) {
+			t.Fatal("the node never said it was starting")
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+	if code := d.stop(t); code != 0 {
+		t.Fatalf("daemon stopped while restoring: exit code %d", code)
+	}
+
+	d = startDaemon(t, dataDir, "--api", api)
+	pollStatus(t, d, api)
+	if !isMounted(t, mnt) {
+		t.Fatalf("%s not mounted after a start that follows a stop during the restore", mnt)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "data")); err != nil || string(got) != "kept" {
+		t.Fatalf("data after the restore: %q, %v", got, err)
+	}
+	d.stop(t)
 }
