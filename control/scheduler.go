@@ -38,8 +38,6 @@ import (
 // maxSnapshotErrors bounds the failures kept for status (newest kept).
 const maxSnapshotErrors = 32
 
-// snapTimeFormat is the timestamp of default snapshot names (the engine's).
-const snapTimeFormat = "20060102T150405.000Z"
 
 // SchedulerConfig configures a Scheduler. Zero values take the defaults.
 type SchedulerConfig struct {
@@ -193,7 +191,7 @@ func (s *Scheduler) last(volume string, now time.Time) time.Time {
 }
 
 func (s *Scheduler) take(volume string, now time.Time) {
-	name := fmt.Sprintf("%s.snap-%s", volume, now.UTC().Format(snapTimeFormat))
+	name := engine.DefaultSnapshotName(volume, now)
 	s.mu.Lock()
 	s.since[volume] = now // a failure is retried one interval later
 	s.taken[name] = scheduledSnap{Volume: volume, Name: name, Taken: now}

@@ -67,7 +67,7 @@ func TestSchedulerTakesAndPrunes(t *testing.T) {
 			clock.advance(9 * time.Minute)
 		}
 		s.RunOnce()
-		taken = append(taken, "db.snap-"+clock.t.UTC().Format(snapTimeFormat))
+		taken = append(taken, "db.snap-"+clock.t.UTC().Format("20060102T150405.000Z"))
 	}
 	got := snapNames(e, "db")
 	want := append([]string{"db.mine", manual.Name}, taken[3:]...)

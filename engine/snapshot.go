@@ -71,6 +71,12 @@ func (e *Engine) Snapshots(volume string) []VolumeInfo {
 	return out
 }
 
+// DefaultSnapshotName is the name of a snapshot taken without one (by an
+// operator or by the scheduler): VOLUME.snap-<UTC timestamp, ms>.
+func DefaultSnapshotName(volume string, t time.Time) string {
+	return volume + ".snap-" + t.UTC().Format("20060102T150405.000Z")
+}
+
 // CreateSnapshot freezes the current content of a volume (everything written
 // to it so far, flushed or not) under a new read-only name; durable on return.
 // name "" means "VOLUME.snap-<UTC timestamp>".
@@ -103,7 +109,7 @@ func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) 
 	if snapshot {
 		what = "snapshot"
 		if name == "" {
-			name = fmt.Sprintf("%s.snap-%s", src.meta.name, time.Now().UTC().Format("20060102T150405.000Z"))
+			name = DefaultSnapshotName(src.meta.name, time.Now())
 		}
 	}
 	if err := ValidateName(what, name); err != nil {
