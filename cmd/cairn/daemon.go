@@ -132,7 +132,7 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
-	drives, err := chooseDrives(cfg, node, dataDir, defaultSize, log)
+	drives, err := chooseDrives(cfg, node, newDriveScanner(), dataDir, defaultSize, log)
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
@@ -282,7 +282,7 @@ func logStorageProblems(log *slog.Logger, eng *engine.Engine) {
 
 // chooseDrives merges the remembered drives with -s and -a, and falls back to
 // the embedded default when there is none and the node is not storageless.
-func chooseDrives(cfg daemonConfig, node *control.Node, dataDir string, defaultSize int64, log *slog.Logger) ([]engine.DriveSpec, error) {
+func chooseDrives(cfg daemonConfig, node *control.Node, scanner driveScanner, dataDir string, defaultSize int64, log *slog.Logger) ([]engine.DriveSpec, error) {
 	remembered := node.Drives()
 	if cfg.storageless {
 		if len(remembered) > 0 {
@@ -310,7 +310,7 @@ func chooseDrives(cfg daemonConfig, node *control.Node, dataDir string, defaultS
 		given = append(given, engine.DriveSpec{Path: abs, Force: cfg.force})
 	}
 	if cfg.allDrives {
-		found, skipped, err := newDriveScanner().unusedDrives(cfg.force)
+		found, skipped, err := scanner.unusedDrives(cfg.force)
 		if err != nil {
 			return nil, fmt.Errorf("-a: %w", err)
 		}

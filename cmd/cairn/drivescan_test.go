@@ -1,11 +1,15 @@
 package main
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cairn-storage/cairn/control"
+	"github.com/cairn-storage/cairn/engine"
 )
 
 // fakeDisk describes one /sys/block entry of a fake sysfs.
@@ -126,5 +130,45 @@ func TestUnusedDrivesOnThisMachine(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// -a -f finds the node's own drive (a scan sees only "unused" disks: ours is
+// not mounted and blkid knows no cairn superblock) under another path than
+// the one remembered: the daemon hands it to the engine once, not twice
+// (the engine refuses the second and never formats its own, see engine's
+// TestOpenNeverReformatsOwnDrives).
+func TestChooseDrivesOwnDriveFoundByScan(t *testing.T) {
+	devDir := t.TempDir()
+	own := filepath.Join(devDir, "sdc")
+	if err := createSparseFile(own, 2<<30); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "by-id-own")
+	if err := os.Symlink(own, link); err != nil {
+		t.Fatal(err)
+	}
+	scanner := fakeScanner(t, []fakeDisk{{name: "sdc", dev: "8:32", size: "1000"}}, "", "Filename Type Size Used Priority\n")
+	scanner.devDir = devDir
+	dataDir := t.TempDir()
+	node, err := control.OpenNode(dataDir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := node.RememberDrives(engine.DriveSpec{Path: link}); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	drives, err := chooseDrives(daemonConfig{allDrives: true, force: true}, node, scanner, dataDir, 1<<30, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(drives) != 1 || drives[0].Path != own {
+		t.Fatalf("-a -f with the node's own drive remembered as %s: %+v", link, drives)
+	}
+	// -s naming one drive by two paths is refused before anything is opened.
+	_, err = chooseDrives(daemonConfig{drives: []string{own, link}}, node, scanner, dataDir, 1<<30, log)
+	if err == nil || !strings.Contains(err.Error(), "same drive") {
+		t.Fatalf("-s %s -s %s: %v", own, link, err)
 	}
 }
