@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -18,28 +17,6 @@ import (
 // cannot be restored does not keep it starting: it is listed in status,
 // which says degraded.
 func TestStatusStartingUntilRestored(t *testing.T) {
-	dir := t.TempDir()
-	drivePath := filepath.Join(dir, "drive.img")
-	if err := os.WriteFile(drivePath, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(drivePath, 1<<30); err != nil {
-		t.Fatal(err)
-	}
-	node, err := OpenNode(dir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := engine.Open(engine.Options{NodeID: node.ID(), Drives: []engine.DriveSpec{{Path: drivePath}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	// The previous run had a volume attached that is gone now.
-	if err := os.WriteFile(filepath.Join(dir, attachStateFile), []byte(`[{"volume": "gone", "via": "fuse"}]`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
 	ctx := context.Background()
 	var c *Client
 	checkStarting := func(wantRestoring int) {
@@ -64,15 +41,18 @@ func TestStatusStartingUntilRestored(t *testing.T) {
 		}
 	}
 	var hookRan bool
-	a := NewAttacher(e, AttachConfig{DataDir: dir, BeforeRestore: func(context.Context) {
-		hookRan = true
-		checkStarting(1)
-	}})
-	srv := NewServer(e, node, nil, nil)
-	srv.SetAttacher(a)
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(hs.Close)
-	c = NewClient(hs.URL)
+	var a *Attacher
+	c, _, _ = serveTestAPI(t, func(srv *Server, e *engine.Engine, dir string) {
+		// The previous run had a volume attached that is gone now.
+		if err := os.WriteFile(filepath.Join(dir, attachStateFile), []byte(`[{"volume": "gone", "via": "fuse"}]`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		a = NewAttacher(e, AttachConfig{DataDir: dir, BeforeRestore: func(context.Context) {
+			hookRan = true
+			checkStarting(1)
+		}})
+		srv.SetAttacher(a)
+	})
 
 	checkStarting(0) // before Restore has read the list
 	a.Restore(ctx)

@@ -820,16 +820,7 @@ func (e *Engine) DeleteVolume(name string) error {
 	}
 	v.ioMu.Lock()
 	p.mu.Lock()
-	var ferr error
-	v.table.forEach(func(_ uint32, ext allocator.Extent) {
-		if p.alloc.Refs(ext) > 1 { // shared with a snapshot or clone: only drop our reference
-			if err := p.alloc.Free(ext); err != nil && ferr == nil {
-				ferr = err
-			}
-			return
-		}
-		p.condemned[ext] = struct{}{}
-	})
+	ferr := p.dropMapping(v.table)
 	if ferr != nil {
 		p.mu.Unlock()
 		v.ioMu.Unlock()

@@ -37,6 +37,20 @@ func memOptions(drives ...*drive.Mem) Options {
 	return o
 }
 
+// memVolume opens an engine on d and creates the volume "v" of size bytes.
+func memVolume(t *testing.T, d *drive.Mem, size int64) (*Engine, *Volume) {
+	t.Helper()
+	e := memEngine(t, d)
+	if _, err := e.CreateVolume(VolumeSpec{Name: "v", Size: size}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.Volume("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, v
+}
+
 func pattern(seed, n int) []byte {
 	r := rand.New(rand.NewPCG(uint64(seed), 7))
 	b := make([]byte, n)
@@ -593,11 +607,7 @@ func TestConcurrentFlushesMakeWritesDurable(t *testing.T) {
 // writes; no later flush succeeds.
 func TestFailedDataSyncIsFatal(t *testing.T) {
 	d := drive.NewMem("mem0", 64<<20)
-	e := memEngine(t, d)
-	if _, err := e.CreateVolume(VolumeSpec{Name: "v", Size: 4 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	v, _ := e.Volume("v")
+	_, v := memVolume(t, d, 4<<20)
 	b := pattern(1, BlockSize)
 	if err := v.WriteAt(b, 0, false); err != nil {
 		t.Fatal(err)

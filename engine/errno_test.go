@@ -84,11 +84,7 @@ func TestHostENOSPCReachesWriter(t *testing.T) {
 // A drive's I/O error reaches the writer and reader as EIO.
 func TestDriveEIOReachesCaller(t *testing.T) {
 	d := drive.NewMem("mem0", 64<<20)
-	e := memEngine(t, d)
-	if _, err := e.CreateVolume(VolumeSpec{Name: "v", Size: 4 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	v, _ := e.Volume("v")
+	_, v := memVolume(t, d, 4<<20)
 	b := pattern(1, BlockSize)
 	if err := v.WriteAt(b, 0, true); err != nil {
 		t.Fatal(err)

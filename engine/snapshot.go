@@ -197,16 +197,7 @@ func (e *Engine) RestoreVolume(volume, snapshot string) error {
 	}
 	v.ioMu.Lock()
 	p.mu.Lock()
-	var ferr error
-	v.table.forEach(func(_ uint32, ext allocator.Extent) {
-		if p.alloc.Refs(ext) > 1 {
-			if err := p.alloc.Free(ext); err != nil && ferr == nil {
-				ferr = err
-			}
-			return
-		}
-		p.condemned[ext] = struct{}{}
-	})
+	ferr := p.dropMapping(v.table)
 	v.table.copyFrom(snap.table)
 	v.used.Store(0)
 	snap.table.forEach(func(_ uint32, ext allocator.Extent) {
