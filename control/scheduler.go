@@ -38,7 +38,6 @@ import (
 // maxSnapshotErrors bounds the failures kept for status (newest kept).
 const maxSnapshotErrors = 32
 
-
 // SchedulerConfig configures a Scheduler. Zero values take the defaults.
 type SchedulerConfig struct {
 	// StatePath records the scheduled snapshots; "" keeps them in memory
