@@ -312,36 +312,34 @@ func (s *Server) entry(f *file, out *gofuse.EntryOut) {
 }
 
 func (s *Server) GetAttr(_ <-chan struct{}, in *gofuse.GetAttrIn, out *gofuse.AttrOut) gofuse.Status {
-	out.SetTimeout(attrTTL)
-	if in.NodeId == rootIno {
-		s.dirAttr(&out.Attr)
-		return gofuse.OK
-	}
-	f := s.fileOf(in.NodeId)
-	if f == nil {
-		return gofuse.ENOENT
-	}
-	s.fileAttr(f, &out.Attr)
-	return gofuse.OK
+	_, st := s.attr(in.NodeId, out)
+	return st
 }
 
 // SetAttr accepts only what leaves the volume as it is: a volume is resized
 // through the API, never truncated through its file.
 func (s *Server) SetAttr(_ <-chan struct{}, in *gofuse.SetAttrIn, out *gofuse.AttrOut) gofuse.Status {
-	out.SetTimeout(attrTTL)
-	if in.NodeId == rootIno {
-		s.dirAttr(&out.Attr)
-		return gofuse.OK
-	}
-	f := s.fileOf(in.NodeId)
-	if f == nil {
-		return gofuse.ENOENT
-	}
-	if sz, ok := in.GetSize(); ok && int64(sz) != f.vol.Size() {
+	f, st := s.attr(in.NodeId, out)
+	if sz, ok := in.GetSize(); ok && f != nil && int64(sz) != f.vol.Size() {
 		return gofuse.EPERM
 	}
+	return st
+}
+
+// attr fills out with the attributes of the directory or of a volume's
+// file, and returns the file (nil for the directory or an unknown node).
+func (s *Server) attr(node uint64, out *gofuse.AttrOut) (*file, gofuse.Status) {
+	out.SetTimeout(attrTTL)
+	if node == rootIno {
+		s.dirAttr(&out.Attr)
+		return nil, gofuse.OK
+	}
+	f := s.fileOf(node)
+	if f == nil {
+		return nil, gofuse.ENOENT
+	}
 	s.fileAttr(f, &out.Attr)
-	return gofuse.OK
+	return f, gofuse.OK
 }
 
 func (s *Server) Access(_ <-chan struct{}, in *gofuse.AccessIn) gofuse.Status {
