@@ -63,6 +63,20 @@ func pollStatus(t *testing.T, d *testDaemon, api string) []result {
 	}
 }
 
+// daemonWithMount starts a daemon on a fixed API address (restarts keep it)
+// with the volume name made and mounted on a temporary directory.
+func daemonWithMount(t *testing.T, name string) (d *testDaemon, dataDir, mnt, api string) {
+	t.Helper()
+	needHost(t)
+	dataDir, mnt = t.TempDir(), t.TempDir()
+	hostCleanup(t, dataDir, mnt)
+	api = freeAPIAddr(t)
+	d = startDaemon(t, dataDir, "--api", api)
+	mustCairn(t, d.api, "volume", "create", name, "--size", "64M")
+	mustCairn(t, d.api, "host", "mount", name, mnt)
+	return d, dataDir, mnt, api
+}
+
 // TestHostReadyOnlyOnceMounted restarts a daemon with a mounted volume, by
 // SIGTERM and by SIGKILL, and polls `cairn status` as fast as it can: the
 // instant status first succeeds the volume must be mounted again with the
@@ -70,13 +84,7 @@ func pollStatus(t *testing.T, d *testDaemon, api string) []result {
 // must never find the bare mount point. The first restarts hold the restore
 // (--restore-gate) to check what the node says while it is starting.
 func TestHostReadyOnlyOnceMounted(t *testing.T) {
-	needHost(t)
-	dataDir, mnt := t.TempDir(), t.TempDir()
-	hostCleanup(t, dataDir, mnt)
-	api := freeAPIAddr(t)
-	d := startDaemon(t, dataDir, "--api", api)
-	mustCairn(t, d.api, "volume", "create", "pgdata", "--size", "64M")
-	mustCairn(t, d.api, "host", "mount", "pgdata", mnt)
+	d, dataDir, mnt, api := daemonWithMount(t, "pgdata")
 
 	const restarts = 20
 	for i := range restarts {
@@ -237,13 +245,7 @@ func TestHostRestoreErrorsInStatus(t *testing.T) {
 // its record, so the start after that mounts them (before the fix they were
 // dropped, and the application found a bare directory).
 func TestHostStopWhileRestoringKeepsRecord(t *testing.T) {
-	needHost(t)
-	dataDir, mnt := t.TempDir(), t.TempDir()
-	hostCleanup(t, dataDir, mnt)
-	api := freeAPIAddr(t)
-	d := startDaemon(t, dataDir, "--api", api)
-	mustCairn(t, d.api, "volume", "create", "kept", "--size", "64M")
-	mustCairn(t, d.api, "host", "mount", "kept", mnt)
+	d, dataDir, mnt, api := daemonWithMount(t, "kept")
 	writeSynced(t, filepath.Join(mnt, "data"), "kept")
 	if code := d.stop(t); code != 0 {
 		t.Fatalf("daemon exit code %d", code)
