@@ -51,8 +51,10 @@ type Engine struct {
 // reason and nothing is written to it. A pool whose metadata cannot be
 // replayed (corruption, a missing drive) is reported in Status as failed, with
 // the error naming drive and offset, and its drives are left untouched. The
-// other pools are served. Open fails only when drives were given and none of
-// them can be used.
+// other pools are served; the volumes of pools that are not open stay named
+// (Options.Catalog, names.go). Force formats over another node's drive or
+// foreign data, never over one of this node's. Open fails only when drives
+// were given, none of them can be used and no volume of this node is known.
 func Open(opts Options) (*Engine, error) {
 	if opts.NodeID == "" || len(opts.NodeID) > maxNodeIDLen {
 		return nil, fmt.Errorf("%w: node id %q", ErrInvalid, opts.NodeID)
