@@ -81,11 +81,11 @@ func TestAPIErrors(t *testing.T) {
 		{"leading dot", func() error {
 			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: ".x", Size: 1 << 20})
 			return err
-		}, 400, engine.ErrInvalid, `volume name ".x": use 1 to 255 letters`},
+		}, 400, engine.ErrInvalid, `volume name ".x": use 1 to 229 letters`},
 		{"name of 256 bytes", func() error {
 			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: strings.Repeat("n", 256), Size: 1 << 20})
 			return err
-		}, 400, engine.ErrInvalid, "use 1 to 255 letters"},
+		}, 400, engine.ErrInvalid, "use 1 to 229 letters"},
 		{"snap_interval beyond a year", func() error {
 			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "x", Size: 1 << 20, SnapInterval: 1 << 32})
 			return err
@@ -179,17 +179,21 @@ func TestAPIErrors(t *testing.T) {
 }
 
 // TestAPINamesAsTheEngineAllows checks that the API takes every name the
-// engine's rule allows (the API once had its own rule: 128 bytes, not 255).
+// engine's rule allows (the API once had its own rule: 128 bytes), and that
+// the longest volume name still gets a default snapshot name.
 func TestAPINamesAsTheEngineAllows(t *testing.T) {
 	c, _, _ := newTestAPI(t)
 	ctx := context.Background()
-	long := strings.Repeat("v", engine.MaxNameLen)
+	long := strings.Repeat("v", engine.MaxVolumeNameLen)
 	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: long, Size: 1 << 20, IOPriority: "LOW"}); err != nil {
 		t.Fatalf("create with a %d-byte name: %v", len(long), err)
 	}
-	snap := "s" + long[1:]
+	snap := strings.Repeat("s", engine.MaxNameLen)
 	if _, err := c.CreateSnapshot(ctx, long, snap); err != nil {
 		t.Fatalf("snapshot with a %d-byte name: %v", len(snap), err)
+	}
+	if _, err := c.CreateSnapshot(ctx, long, ""); err != nil {
+		t.Fatalf("default-named snapshot of a %d-byte volume name: %v", len(long), err)
 	}
 	if _, err := c.CloneVolume(ctx, snap, "c"+long[1:]); err != nil {
 		t.Fatalf("clone with a %d-byte name: %v", len(long), err)

@@ -18,6 +18,10 @@ const (
 	// MaxNameLen bounds a name in bytes: a name is also an NBD export name
 	// and a file or directory name (255 bytes on Linux filesystems).
 	MaxNameLen = 255
+	// MaxVolumeNameLen bounds the name of a volume or clone: it leaves room
+	// for ".snap-<timestamp>", so that a snapshot taken without a name (by
+	// the scheduler too) always has a valid one (DefaultSnapshotName).
+	MaxVolumeNameLen = MaxNameLen - len(".snap-20060102T150405.000Z")
 	// MaxRepl is the most copies a volume may have (Portworx's limit).
 	MaxRepl = 3
 	// MaxSnapInterval is the longest snapshot schedule: a year, in minutes.
@@ -27,16 +31,21 @@ const (
 )
 
 // ValidateName checks the name of a volume, snapshot or clone (what says
-// which, for the message): 1 to MaxNameLen letters, digits, '.', '_' and
-// '-', starting with a letter or digit. So a name is never empty, hidden
-// ('.x'), a path ('a/b', '..'), an option ('-x') or split by whitespace.
+// which): 1 to MaxVolumeNameLen (a snapshot: MaxNameLen) letters, digits,
+// '.', '_' and '-', starting with a letter or digit. So a name is never
+// empty, hidden ('.x'), a path ('a/b', '..'), an option ('-x') or split by
+// whitespace.
 func ValidateName(what, name string) error {
-	ok := name != "" && len(name) <= MaxNameLen && isAlnum(rune(name[0]))
+	maxLen := MaxVolumeNameLen
+	if what == "snapshot" {
+		maxLen = MaxNameLen
+	}
+	ok := name != "" && len(name) <= maxLen && isAlnum(rune(name[0]))
 	for _, r := range name {
 		ok = ok && (isAlnum(r) || strings.ContainsRune("._-", r))
 	}
 	if !ok {
-		return fmt.Errorf("%w: %s name %q: use 1 to %d letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, what, name, MaxNameLen)
+		return fmt.Errorf("%w: %s name %q: use 1 to %d letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, what, name, maxLen)
 	}
 	return nil
 }

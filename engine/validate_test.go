@@ -20,8 +20,8 @@ func TestValidateName(t *testing.T) {
 		{"my_vol.v2", true},
 		{"db.snap-20260101T000000.000Z", true},
 		{"Data-01", true},
-		{strings.Repeat("x", MaxNameLen), true},
-		{strings.Repeat("x", MaxNameLen+1), false},
+		{strings.Repeat("x", MaxVolumeNameLen), true},
+		{strings.Repeat("x", MaxVolumeNameLen+1), false},
 		{"", false},
 		{".hidden", false}, // leading '.': hidden file, '.' and '..'
 		{".", false},
@@ -98,7 +98,7 @@ func TestCreateUpdateUseTheRules(t *testing.T) {
 	e := memEngine(t, drive.NewMem("mem0", 64<<20))
 	for _, spec := range []VolumeSpec{
 		{Name: ".x", Size: 4096},
-		{Name: strings.Repeat("x", MaxNameLen+1), Size: 4096},
+		{Name: strings.Repeat("x", MaxVolumeNameLen+1), Size: 4096},
 		{Name: "x", Size: 100 << 50},
 		{Name: "x", Size: 4096, BlockSize: 512},
 		{Name: "x", Size: 4096, Repl: 4},
@@ -114,7 +114,7 @@ func TestCreateUpdateUseTheRules(t *testing.T) {
 	if n := len(e.Volumes()); n != 0 {
 		t.Fatalf("%d volumes after refused creates", n)
 	}
-	info, err := e.CreateVolume(VolumeSpec{Name: strings.Repeat("x", MaxNameLen), Size: 4096, IOPriority: "HIGH"})
+	info, err := e.CreateVolume(VolumeSpec{Name: strings.Repeat("x", MaxVolumeNameLen), Size: 4096, IOPriority: "HIGH"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -343,7 +343,7 @@ func TestCLIAgainstDaemon(t *testing.T) {
 		{`io_priority "fast": must be high, medium or low`, []string{"volume", "create", "x", "--size", "1G", "--io_priority", "fast"}},
 		{"block_size 512: only 4096", []string{"volume", "create", "x", "--size", "1G", "--block_size", "512"}},
 		{"volume name", []string{"volume", "create", "a/b", "--size", "1G"}},
-		{`volume name ".x": use 1 to 255 letters`, []string{"volume", "create", ".x", "--size", "1G"}},
+		{`volume name ".x": use 1 to 229 letters`, []string{"volume", "create", ".x", "--size", "1G"}},
 		{"size 100P: must be at most 64T", []string{"volume", "create", "x", "--size", "100P"}},
 		{"size 100P: must be at most 64T", []string{"volume", "update", "v1", "--size", "100P"}},
 		{"snap_keep 0: must be 1 to 64", []string{"volume", "create", "x", "--size", "1G", "--snap_keep", "0"}},
