@@ -61,17 +61,16 @@ func TestVolumeByID(t *testing.T) {
 		t.Fatalf("delete --force by id: %v, %v", deleted, err)
 	}
 
-	// A name wins over an id: a volume named like another's id is found
-	// by its name.
+	// No name may look like an id: an id always means the volume it names.
 	a, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "a", Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: a.ID, Size: 2 << 20}); err != nil {
-		t.Fatal(err)
+	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: a.ID, Size: 2 << 20}); !errors.Is(err, engine.ErrInvalid) {
+		t.Fatalf("create of a volume named like another's id: %v", err)
 	}
-	if got, err := c.Volume(ctx, a.ID); err != nil || got.Name != a.ID {
-		t.Fatalf("inspect %s: %+v, %v; want the volume of that name", a.ID, got, err)
+	if got, err := c.Volume(ctx, a.ID); err != nil || got.Name != "a" {
+		t.Fatalf("inspect %s: %+v, %v", a.ID, got, err)
 	}
 	if _, err := c.Volume(ctx, "0123456789abcdef"); !errors.Is(err, engine.ErrNotFound) {
 		t.Fatalf("inspect of an unknown id: %v", err)

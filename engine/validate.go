@@ -47,7 +47,25 @@ func ValidateName(what, name string) error {
 	if !ok {
 		return fmt.Errorf("%w: %s name %q: use 1 to %d letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, what, name, maxLen)
 	}
+	if looksLikeID(name) {
+		// Every verb takes a name or an id: such a name could hide another
+		// volume's id, and a delete by id would then delete the wrong one.
+		return fmt.Errorf("%w: %s name %q has the form of a volume id (16 hex digits); choose another", ErrInvalid, what, name)
+	}
 	return nil
+}
+
+// looksLikeID reports whether s has the form of a volume id (volumeID).
+func looksLikeID(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func isAlnum(r rune) bool {

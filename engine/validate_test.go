@@ -38,6 +38,9 @@ func TestValidateName(t *testing.T) {
 		{"a:b", false},
 		{"v@pool1", false}, // the alias of a name found in two pools (names.go)
 		{"a%2Fb", false},
+		{"0123456789abcdef", false}, // the form of a volume id
+		{"0123456789abcdeF", true},
+		{"0123456789abcde", true},
 	} {
 		err := ValidateName("volume", tc.name)
 		if tc.ok != (err == nil) {
