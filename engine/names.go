@@ -158,8 +158,9 @@ func (e *Engine) nameTakenLocked(name string) error {
 
 // lookupLocked returns the volume served as name or, failing that, the one
 // whose id (VolumeInfo.ID) it is, as pxctl takes either; or it says why
-// there is none. Names come first, so a volume named like another's id is
-// found by its name. Every entry point that takes a volume comes here.
+// there is none. No valid name looks like an id (ValidateName); names come
+// first only for volumes made before that rule. Every entry point that
+// takes a volume comes here.
 // REQUIRES: e.mu held.
 func (e *Engine) lookupLocked(name string) (*Volume, error) {
 	if v, ok := e.byName[name]; ok {
