@@ -426,7 +426,7 @@ func (a *Attacher) Mount(ctx context.Context, volume, path, fsType string) (stri
 	}
 	fs, err := a.mountOn(ctx, att, real, fsType)
 	if err != nil {
-		if att.auto && len(att.mounts) == 0 {
+		if att.auto && len(att.mounts) == 0 && a.checkUnused(att) == nil {
 			if derr := a.detach(ctx, att); derr != nil {
 				a.log.Warn("detach after a failed mount", "volume", volume, "err", derr)
 			}
@@ -505,8 +505,9 @@ func (a *Attacher) Unmount(ctx context.Context, volume, path string) error {
 	}
 	notMounted := invalidf("volume %q is not mounted on %s", volume, path)
 	if a.forgetPendingMount(volume, path) {
-		// A volume host mount attached for that mount alone goes too.
-		if att := a.lookup(volume); att != nil && att.auto && len(att.mounts) == 0 {
+		// A volume host mount attached for that mount alone goes too,
+		// unless someone mounted it by hand meanwhile.
+		if att := a.lookup(volume); att != nil && att.auto && len(att.mounts) == 0 && a.checkUnused(att) == nil {
 			if err := a.detach(ctx, att); err != nil {
 				return err
 			}
@@ -616,8 +617,13 @@ func (a *Attacher) Restore(ctx context.Context) {
 		return
 	}
 	if err != nil {
-		a.log.Error("cannot read the attachment list; nothing restored", "path", a.statePath, "err", err)
-		a.restoreFailed("", "", fmt.Errorf("cannot read the attachment list %s: %w", a.statePath, err))
+		// Kept aside for the operator: the next change rewrites the list.
+		aside := a.statePath + ".damaged-" + time.Now().UTC().Format("20060102T150405Z")
+		if rerr := os.Rename(a.statePath, aside); rerr != nil {
+			aside = a.statePath
+		}
+		a.log.Error("cannot read the attachment list; nothing restored", "path", aside, "err", err)
+		a.restoreFailed("", "", fmt.Errorf("cannot read the attachment list (kept as %s): %w", aside, err))
 		return
 	}
 	if a.cfg.BeforeRestore != nil {
@@ -649,6 +655,21 @@ func (a *Attacher) Restore(ctx context.Context) {
 	}
 	if err := a.persist(); err != nil {
 		a.log.Error("the attachments are restored but their record is not updated", "err", err)
+	}
+}
+
+// ForgetDeleted drops what attachments.json still records of a deleted
+// volume (a record a restart could not restore). A deleted volume is never
+// attached, so nothing else is to be done.
+func (a *Attacher) ForgetDeleted(volume string) {
+	a.ops.Lock()
+	defer a.ops.Unlock()
+	if _, ok := a.pending[volume]; !ok {
+		return
+	}
+	a.forgetPending(volume, "")
+	if err := a.persist(); err != nil {
+		a.log.Error("a deleted volume stays in the attachment record; the next start will report it", "volume", volume, "err", err)
 	}
 }
 

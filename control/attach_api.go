@@ -2,8 +2,11 @@ package control
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/url"
+
+	"github.com/cairn-storage/cairn/engine"
 )
 
 // AttachRequest is the body of POST /v1/volumes/{name}/attach.
@@ -50,6 +53,17 @@ func (s *Server) volumeJSON(name string, v Volume) Volume {
 
 func (s *Server) replyVolume(w http.ResponseWriter, r *http.Request, name string) {
 	v, err := s.engine.Volume(name)
+	if errors.Is(err, engine.ErrUnavailable) {
+		// Its pool is missing (a detach or unmount that forgot what a
+		// restart could not restore): the operation is done; answer with
+		// what the listing shows of it.
+		for _, info := range s.engine.Volumes() {
+			if info.Name == name {
+				reply(w, http.StatusOK, s.volumeJSON(name, volumeFromEngine(info)))
+				return
+			}
+		}
+	}
 	if err != nil {
 		s.fail(w, r, volumeError("inspect", name, err))
 		return

@@ -34,6 +34,9 @@ type VolumeCatalog struct {
 }
 
 func NewVolumeCatalog(dataDir string, log *slog.Logger) *VolumeCatalog {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &VolumeCatalog{path: filepath.Join(dataDir, catalogFile), log: log}
 }
 

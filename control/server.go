@@ -107,7 +107,7 @@ func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
 func (s *Server) status() Status {
 	st := s.engine.Status()
 	out := Status{NodeID: st.NodeID, Status: statusWord(st), Cluster: s.node.Cluster(), Pools: poolsFromEngine(st), RefusedDrives: refusedFromEngine(st),
-		DuplicateVolumes: duplicatesFromEngine(st), UnavailableVolumes: st.UnavailableVolumes, SnapshotErrors: []SnapshotError{},
+		DuplicateVolumes: duplicatesFromEngine(st), UnavailableVolumes: st.UnavailableVolumes, CatalogError: st.CatalogError, SnapshotErrors: []SnapshotError{},
 		RestoreErrors: []RestoreError{}}
 	if s.scheduler != nil {
 		out.SnapshotErrors = s.scheduler.Errors()
@@ -240,9 +240,7 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, volumeError("delete", name, err))
 		return
 	}
-	if s.metrics != nil {
-		s.metrics.ForgetVolume(name)
-	}
+	s.forget(name)
 	s.log.Info("volume deleted", "name", name)
 	w.WriteHeader(http.StatusNoContent)
 }

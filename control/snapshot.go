@@ -232,9 +232,15 @@ func deletedSoFar(done []string) string {
 	return fmt.Sprintf("; snapshots deleted before the failure: %s", strings.Join(done, ", "))
 }
 
+// forget drops what the node keeps about a deleted volume: its metrics,
+// and a record of it that a restart could not restore (so that a new
+// volume of that name is never attached in its place).
 func (s *Server) forget(name string) {
 	if s.metrics != nil {
 		s.metrics.ForgetVolume(name)
+	}
+	if s.attacher != nil {
+		s.attacher.ForgetDeleted(name)
 	}
 }
 

@@ -44,6 +44,9 @@ type Status struct {
 	// UnavailableVolumes counts volumes whose pool is missing (volume list
 	// shows them with the reason).
 	UnavailableVolumes int `json:"unavailable_volumes"`
+	// CatalogError is the last failure to save DATA_DIR/volumes.json (the
+	// names kept for missing pools), "" once a save succeeds.
+	CatalogError string `json:"catalog_error"`
 	// SnapshotErrors are the most recent failures of the snapshot scheduler
 	// (a scheduled snapshot not taken, an old one not pruned), oldest first.
 	SnapshotErrors []SnapshotError `json:"snapshot_errors"`
@@ -169,9 +172,10 @@ func refusedFromEngine(st engine.Status) []Drive {
 }
 
 // statusWord is "operational" unless a pool failed, a drive was refused,
-// a volume name is in two pools or a volume's pool is missing.
+// a volume name is in two pools, a volume's pool is missing or the volume
+// catalog could not be saved.
 func statusWord(st engine.Status) string {
-	if len(st.RefusedDrives) > 0 || len(st.DuplicateNames) > 0 || st.UnavailableVolumes > 0 {
+	if len(st.RefusedDrives) > 0 || len(st.DuplicateNames) > 0 || st.UnavailableVolumes > 0 || st.CatalogError != "" {
 		return "degraded"
 	}
 	for _, p := range st.Pools {

@@ -125,7 +125,8 @@ type VolumeInfo struct {
 	Parent              string // snapshot: its volume; clone: its snapshot
 	ReadOnly            bool
 	Snapshot            bool   // read-only, sharing extents with Parent
-	State               string // "up", "error"
+	State               string // "up", "error: …", "unavailable: …"
+	Unavailable         bool   // its pool is not open (names.go): listed, not served
 	Created             time.Time
 }
 
@@ -155,6 +156,9 @@ type Status struct {
 	DuplicateNames []DuplicateName
 	// UnavailableVolumes counts volumes and snapshots whose pool is not open.
 	UnavailableVolumes int
+	// CatalogError is the last failure to save the volume catalog (names.go),
+	// "" once a save succeeds.
+	CatalogError string
 }
 
 type PoolInfo struct {

@@ -41,6 +41,7 @@ type Engine struct {
 	aliases     map[nameInPool]string         // served names of duplicated volumes
 	duplicated  map[string]bool               // names found in more than one pool
 	duplicates  []DuplicateName
+	catalogErr  error // REQUIRES mu; the last catalog save's failure, nil once one succeeds
 }
 
 // Open opens (and formats, when blank) the drives in opts, replays each
@@ -101,25 +102,20 @@ func Open(opts Options) (*Engine, error) {
 			continue
 		}
 		f := found{spec: spec, d: d, sb: sb}
-		ours := state == sbValid && sb.nodeID == opts.NodeID
 		switch {
-		case state == sbValid && !ours && !spec.Force:
-			err = fmt.Errorf("%w: %s belongs to node %q (%s; this node is %q); use force to reformat it", ErrDriveRefused, spec.Path, sb.nodeID, sb.placeString(), opts.NodeID)
-		case ours && sb.driveSize > d.Size():
+		case !isOurs(sb, state, opts.NodeID):
+			if err = formatRefusal(spec, sb, state, opts.NodeID); err == nil {
+				blank = append(blank, f)
+			}
+		case sb.driveSize > d.Size():
 			err = fmt.Errorf("%w: %s is %d bytes but was formatted as %d (it shrank)", ErrDriveRefused, spec.Path, d.Size(), sb.driveSize)
-		case ours:
+		default:
 			if prev, dup := seen[sb.driveUUID]; dup {
 				err = fmt.Errorf("%w: %s is the same drive as %s (or a copy of it)", ErrDriveRefused, spec.Path, prev)
 				break
 			}
 			seen[sb.driveUUID] = spec.Path
 			formatted = append(formatted, f)
-		case state == sbDamaged && !spec.Force:
-			err = fmt.Errorf("%w: %s: damaged superblock (both copies at offsets 0 and %d fail their checksum); refusing to touch it", ErrDriveRefused, spec.Path, superblockSize)
-		case state == sbForeign && !spec.Force:
-			err = fmt.Errorf("%w: %s holds data that is not cairn's (a filesystem?); refusing to overwrite it without force", ErrDriveRefused, spec.Path)
-		default:
-			blank = append(blank, f)
 		}
 		if err != nil {
 			refuse(spec.Path, d, err)
@@ -507,7 +503,7 @@ func (e *Engine) AddDrive(spec DriveSpec) error {
 	if err != nil {
 		err = fmt.Errorf("%w: %s: reading superblock: %w", ErrDriveRefused, spec.Path, err)
 	} else {
-		err = e.refuseFormatLocked(spec, sb, state)
+		err = e.refuseAddLocked(spec, sb, state)
 	}
 	if err != nil {
 		d.Close()
@@ -541,33 +537,49 @@ func (e *Engine) inUseLocked(path string, key any) error {
 	return nil
 }
 
-// refuseFormatLocked says why the drive with this superblock must not be
-// formatted, or nil. REQUIRES: e.mu held.
-func (e *Engine) refuseFormatLocked(spec DriveSpec, sb superblock, state sbState) error {
-	if state == sbValid && sb.nodeID == e.opts.NodeID {
-		for _, p := range e.pools {
-			if p.uuid == sb.poolUUID {
-				return fmt.Errorf("%w: %s carries the superblock of drive %d of %s, which is in use (a copy of that drive?); it is never reformatted, force or not", ErrDriveRefused, spec.Path, sb.driveIndex, p)
-			}
-		}
-		for _, fp := range e.failedPools {
-			if fp.UUID == uuidString(sb.poolUUID) {
-				return fmt.Errorf("%w: %s is drive %d of this node's pool %d, which could not be opened (%s); it is kept for when the pool comes back, force or not", ErrDriveRefused, spec.Path, sb.driveIndex, fp.ID, fp.Status)
-			}
-		}
-	}
-	if spec.Force {
+// isOurs reports whether a drive carries this node's superblock: it is one
+// of the node's drives, opened as such and never formatted, force or not.
+func isOurs(sb superblock, state sbState, nodeID string) bool {
+	return state == sbValid && sb.nodeID == nodeID
+}
+
+// formatRefusal says why a drive that is not one of this node's must not be
+// formatted, or nil when it may be: blank, or force given. Force formats
+// over another node's drive, foreign data (a filesystem) or a damaged
+// superblock; the refusal says which, and whose.
+func formatRefusal(spec DriveSpec, sb superblock, state sbState, nodeID string) error {
+	if spec.Force || state == sbBlank {
 		return nil
 	}
 	switch state {
-	case sbBlank:
-		return nil
 	case sbValid:
-		return fmt.Errorf("%w: %s belongs to node %q (%s); use force to reformat it", ErrDriveRefused, spec.Path, sb.nodeID, sb.placeString())
+		return fmt.Errorf("%w: %s belongs to node %q (%s; this node is %q); use force to reformat it", ErrDriveRefused, spec.Path, sb.nodeID, sb.placeString(), nodeID)
 	case sbDamaged:
-		return fmt.Errorf("%w: %s: damaged cairn superblock (both copies fail their checksum); use force to reformat it", ErrDriveRefused, spec.Path)
+		return fmt.Errorf("%w: %s: damaged cairn superblock (both copies at offsets 0 and %d fail their checksum); use force to reformat it", ErrDriveRefused, spec.Path, superblockSize)
 	}
 	return fmt.Errorf("%w: %s holds data that is not cairn's (a filesystem?); use force to overwrite it", ErrDriveRefused, spec.Path)
+}
+
+// refuseAddLocked says why the drive with this superblock cannot be added
+// online, or nil. A drive of this node never is, force or not: its pool is
+// open (a copy of one of its drives), failed, or missing — and then a
+// restart that gives the drive (-s) brings the pool and its volumes back.
+// REQUIRES: e.mu held.
+func (e *Engine) refuseAddLocked(spec DriveSpec, sb superblock, state sbState) error {
+	if !isOurs(sb, state, e.opts.NodeID) {
+		return formatRefusal(spec, sb, state, e.opts.NodeID)
+	}
+	for _, p := range e.pools {
+		if p.uuid == sb.poolUUID {
+			return fmt.Errorf("%w: %s carries the superblock of drive %d of %s, which is in use (a copy of that drive?); it is never reformatted, force or not", ErrDriveRefused, spec.Path, sb.driveIndex, p)
+		}
+	}
+	for _, fp := range e.failedPools {
+		if fp.UUID == uuidString(sb.poolUUID) {
+			return fmt.Errorf("%w: %s is drive %d of this node's pool %d, which could not be opened (%s); it is kept for when the pool comes back, force or not", ErrDriveRefused, spec.Path, sb.driveIndex, fp.ID, fp.Status)
+		}
+	}
+	return fmt.Errorf("%w: %s is drive %d of this node's %s, which is not open; restart the daemon with it (-s %s) to bring that pool and its volumes back; it is never reformatted, force or not", ErrDriveRefused, spec.Path, sb.driveIndex, sb.placeString(), spec.Path)
 }
 
 // Close flushes every pool and closes the drives.
@@ -650,6 +662,11 @@ func (e *Engine) Status() Status {
 	st.RefusedDrives = e.refused
 	st.DuplicateNames = e.duplicates
 	st.UnavailableVolumes = len(e.unavailable)
+	e.mu.Lock()
+	if e.catalogErr != nil {
+		st.CatalogError = e.catalogErr.Error()
+	}
+	e.mu.Unlock()
 	return st
 }
 
@@ -834,16 +851,16 @@ func (e *Engine) DeleteVolume(name string) error {
 	p.enqueue(&record{typ: recDeleteVolume, vol: v.id})
 	p.mu.Unlock()
 	v.ioMu.Unlock()
-	delete(e.byName, name)
+	delete(e.byName, v.served) // name may be its id
 	if err := p.commit(); err != nil {
 		return err
 	}
-	// A failed save leaves the name in the catalog, which only keeps it
-	// taken while this pool is missing; the next save drops it.
-	if err := e.saveCatalogLocked(); err != nil {
-		return err
-	}
-	return p.reclaimCondemned()
+	err = p.reclaimCondemned()
+	// The delete is done: a failed save of the catalog only leaves the name
+	// there, which keeps it taken while this pool is missing, until the next
+	// save. It is reported in Status, not as a failed delete.
+	e.saveCatalogNoting()
+	return err
 }
 
 // Check verifies the engine's invariants (tests): every pool's allocator is

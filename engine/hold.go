@@ -155,6 +155,9 @@ func NBDClients(hs []Holder) int {
 func (e *Engine) HoldVolume(name string, holder Holder) (*Volume, *Hold, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.closed {
+		return nil, nil, ErrClosed
+	}
 	v, err := e.lookupLocked(name)
 	if err != nil {
 		return nil, nil, err

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"sort"
@@ -60,17 +61,17 @@ type DuplicateName struct {
 // nameInPool names a volume by its own name and the uuid of its pool.
 type nameInPool struct{ pool, name string }
 
-// aliasLocked picks the name a duplicated volume is served under: NAME@poolN,
-// and the pool uuid's first 8 digits too when two pools have one number
-// (a pool made while another was missing, before the catalog kept its number).
-// REQUIRES: e.mu held or e not yet shared.
-func (e *Engine) aliasLocked(name string, pool int, poolUUID string) string {
+// aliasFor is the name a copy of a duplicated volume is served under:
+// NAME@poolN, with the pool uuid's first 8 digits added when two copies'
+// pools have one number (a pool made while another was missing, before the
+// catalog kept its number). It depends only on the copies, never on the
+// order the drives were given, so an alias recorded in attachments.json or
+// used by an NBD client names the same volume after a restart.
+func aliasFor(name string, pool int, poolUUID string, numberShared bool) string {
 	alias := fmt.Sprintf("%s@pool%d", name, pool)
-	if _, used := e.byName[alias]; used || e.unavailable[alias] != nil {
+	if numberShared {
 		alias += "-" + poolUUID[:8]
 	}
-	e.aliases[nameInPool{poolUUID, name}] = alias
-	e.duplicated[name] = true
 	return alias
 }
 
@@ -84,39 +85,52 @@ func (e *Engine) indexNames(catalog []CatalogEntry) {
 	}
 	var missing []unavailableVolume
 	for _, c := range catalog {
-		if !open[c.PoolUUID] {
+		if !open[c.PoolUUID] && validUUID(c.PoolUUID) && c.Name != "" {
 			missing = append(missing, unavailableVolume{CatalogEntry: c, reason: e.missingPoolReason(c)})
 		}
 	}
-	count := map[string]int{}
+	// Every copy of every name: which pool numbers it is in, and how often.
+	numbers := map[string]map[int]int{}
+	copyOf := func(name string, pool int) {
+		if numbers[name] == nil {
+			numbers[name] = map[int]int{}
+		}
+		numbers[name][pool]++
+	}
 	for _, p := range e.pools {
 		for _, v := range p.vols {
-			count[v.meta.name]++
+			copyOf(v.meta.name, p.number)
 		}
 	}
 	for _, u := range missing {
-		count[u.Name]++
+		copyOf(u.Name, u.Pool)
 	}
 	e.aliases, e.duplicated = map[nameInPool]string{}, map[string]bool{}
 	e.unavailable = map[string]*unavailableVolume{}
 	dups := map[string][]string{}
+	served := func(name string, pool int, poolUUID string) string {
+		n := 0
+		for _, c := range numbers[name] {
+			n += c
+		}
+		if n < 2 {
+			return name
+		}
+		alias := aliasFor(name, pool, poolUUID, numbers[name][pool] > 1)
+		e.aliases[nameInPool{poolUUID, name}] = alias
+		e.duplicated[name] = true
+		dups[name] = append(dups[name], alias)
+		return alias
+	}
 	for _, p := range e.pools {
 		for _, v := range p.vols {
-			v.served = v.meta.name
-			if count[v.meta.name] > 1 {
-				v.served = e.aliasLocked(v.meta.name, p.number, uuidString(p.uuid))
-				dups[v.meta.name] = append(dups[v.meta.name], v.served)
-			}
+			v.served = served(v.meta.name, p.number, uuidString(p.uuid))
 			e.byName[v.served] = v
 		}
 	}
 	for i := range missing {
 		u := &missing[i]
-		u.served = u.Name
-		if count[u.Name] > 1 {
-			u.served = e.aliasLocked(u.Name, u.Pool, u.PoolUUID)
-			dups[u.Name] = append(dups[u.Name], u.served)
-		}
+		u.served = served(u.Name, u.Pool, u.PoolUUID)
 		e.unavailable[u.served] = u
 	}
 	for name, served := range dups {
@@ -124,6 +138,16 @@ func (e *Engine) indexNames(catalog []CatalogEntry) {
 		e.duplicates = append(e.duplicates, DuplicateName{Name: name, ServedAs: served})
 	}
 	sort.Slice(e.duplicates, func(i, j int) bool { return e.duplicates[i].Name < e.duplicates[j].Name })
+}
+
+// validUUID reports whether s is a pool uuid as uuidString writes it (the
+// catalog is a file an operator could edit).
+func validUUID(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
 }
 
 // missingPoolReason says why c's pool is not open.
@@ -216,11 +240,17 @@ func (e *Engine) saveCatalogLocked(extra ...CatalogEntry) error {
 	if e.opts.Catalog == nil {
 		return nil
 	}
-	if err := e.opts.Catalog.Save(e.catalogLocked(extra...)); err != nil {
-		return fmt.Errorf("engine: saving the volume catalog: %w", err)
+	err := e.opts.Catalog.Save(e.catalogLocked(extra...))
+	if err != nil {
+		err = fmt.Errorf("engine: saving the volume catalog: %w", err)
 	}
-	return nil
+	e.catalogErr = err
+	return err
 }
+
+// saveCatalogNoting saves the catalog after a change that is already done:
+// a failure is kept for Status rather than returned. REQUIRES: e.mu held.
+func (e *Engine) saveCatalogNoting() { _ = e.saveCatalogLocked() }
 
 // entryFor is the catalog entry of a volume about to be made in p.
 func entryFor(p *pool, m volumeMeta) CatalogEntry {
@@ -245,5 +275,5 @@ func (e *Engine) servedName(poolUUID, name string) string {
 func (u *unavailableVolume) info(e *Engine) VolumeInfo {
 	parent := e.servedName(u.PoolUUID, u.Parent)
 	return VolumeInfo{ID: u.ID, Name: u.served, Pool: u.Pool, IOPriority: u.IOPriority, Snapshot: u.Snapshot,
-		ReadOnly: u.Snapshot, Parent: parent, State: "unavailable: " + u.reason}
+		ReadOnly: u.Snapshot, Parent: parent, State: "unavailable: " + u.reason, Unavailable: true}
 }

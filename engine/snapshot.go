@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cairn-storage/cairn/allocator"
@@ -72,8 +73,13 @@ func (e *Engine) Snapshots(volume string) []VolumeInfo {
 }
 
 // DefaultSnapshotName is the name of a snapshot taken without one (by an
-// operator or by the scheduler): VOLUME.snap-<UTC timestamp, ms>.
+// operator or by the scheduler): VOLUME.snap-<UTC timestamp, ms>. volume
+// may be the served name of a duplicated volume (NAME@poolN, names.go):
+// the snapshot is named after NAME.
 func DefaultSnapshotName(volume string, t time.Time) string {
+	if i := strings.IndexByte(volume, '@'); i >= 0 {
+		volume = volume[:i]
+	}
 	return volume + ".snap-" + t.UTC().Format("20060102T150405.000Z")
 }
 

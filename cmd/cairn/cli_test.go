@@ -249,7 +249,7 @@ var (
 		"snapshot", "snap_keep", // issue 5
 		"requested_io_priority") // issue 13
 	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives", "snapshot_errors",
-		"duplicate_volumes", "unavailable_volumes", "restoring", "restore_errors") // issue 13
+		"duplicate_volumes", "unavailable_volumes", "restoring", "restore_errors", "catalog_error") // issue 13
 	poolKeys  = sorted("id", "io_priority", "raid", "size", "used", "status", "drives")
 	driveKeys = sorted("path", "size", "used", "status")
 )

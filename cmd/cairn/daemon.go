@@ -150,8 +150,9 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 			eng.Close()
 		}
 	}()
-	// Remember the drives only once the engine took them, so a refused
-	// drive is not retried on every start.
+	// Remember the drives once the engine has opened, refused ones too: a
+	// drive missing now (its pool's volumes unavailable) is opened again
+	// when it is back; status lists the refusals meanwhile.
 	if err := node.RememberDrives(drives...); err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
@@ -271,7 +272,7 @@ func logStorageProblems(log *slog.Logger, eng *engine.Engine) {
 		}
 	}
 	for _, v := range eng.Volumes() {
-		if strings.HasPrefix(v.State, "unavailable") {
+		if v.Unavailable {
 			log.Error("volume unavailable", "name", v.Name, "reason", strings.TrimPrefix(v.State, "unavailable: "))
 		}
 	}

@@ -99,6 +99,9 @@ func printStatus(w io.Writer, st control.Status) {
 	if st.UnavailableVolumes > 0 {
 		fmt.Fprintf(w, "\tUnavailable volumes: %d (their pool is missing; names kept; see volume list --all)\n", st.UnavailableVolumes)
 	}
+	if st.CatalogError != "" {
+		fmt.Fprintf(w, "\tVolume catalog not saved: %s\n", st.CatalogError)
+	}
 	for _, d := range st.DuplicateVolumes {
 		fmt.Fprintf(w, "\tVolume name %q is in more than one pool: served as %s\n", d.Name, strings.Join(d.ServedAs, ", "))
 	}
