@@ -41,7 +41,8 @@ type Engine struct {
 	aliases     map[nameInPool]string         // served names of duplicated volumes
 	duplicated  map[string]bool               // names found in more than one pool
 	duplicates  []DuplicateName
-	catalogErr  error // REQUIRES mu; the last catalog save's failure, nil once one succeeds
+	catalogErr  error          // REQUIRES mu; the last catalog save's failure, nil once one succeeds
+	adding      map[any]string // REQUIRES mu; drives AddDrive is zeroing (driveKey → path)
 }
 
 // Open opens (and formats, when blank) the drives in opts, replays each
@@ -380,7 +381,20 @@ func (p *pool) publishLayout() {
 
 // addDrive formats a blank drive into the matching pool (same io_priority,
 // capacity within 1 GiB of its drives) or a new pool.
+// REQUIRES: e.mu held (or e not yet shared).
 func (e *Engine) addDrive(spec DriveSpec, d drive.Drive) error {
+	sb, err := e.prepareDrive(spec, d)
+	if err != nil {
+		return err
+	}
+	return e.addPreparedLocked(spec, d, sb)
+}
+
+// prepareDrive lays a blank drive out and zeroes its data region: the slow
+// part of adding a drive (BLKZEROOUT writes a whole disk), which touches no
+// engine state, so AddDrive runs it without e.mu. It returns the superblock
+// to format the drive with; nothing on the drive names a pool yet.
+func (e *Engine) prepareDrive(spec DriveSpec, d drive.Drive) (superblock, error) {
 	prio := detectPriority(spec, d)
 	logSize := e.opts.LogAreaSize
 	if logSize == 0 {
@@ -388,18 +402,26 @@ func (e *Engine) addDrive(spec DriveSpec, d drive.Drive) error {
 	}
 	dataOff, extents, err := layout(d.Size(), logSize)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %w", ErrDriveRefused, spec.Path, err)
+		return superblock{}, fmt.Errorf("%w: %s: %w", ErrDriveRefused, spec.Path, err)
 	}
 	sb := superblock{driveSize: d.Size(), logSize: logSize, dataOff: dataOff, extentCount: extents,
 		driveUUID: newUUID(), priority: prio, nodeID: e.opts.NodeID, created: time.Now().UnixNano(), logStartSeq: 1}
 	// Free extents must read as zeros (see mapping.go): zero the data region
 	// before the superblock makes the drive part of a pool.
 	if err := d.Zero(dataOff, int64(extents)*ExtentSize); err != nil {
-		return fmt.Errorf("%w: %s: zeroing the data region: %w", ErrDriveRefused, spec.Path, err)
+		return superblock{}, fmt.Errorf("%w: %s: zeroing the data region: %w", ErrDriveRefused, spec.Path, err)
 	}
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("%w: %s: %w", ErrDriveRefused, spec.Path, err)
+		return superblock{}, fmt.Errorf("%w: %s: %w", ErrDriveRefused, spec.Path, err)
 	}
+	return sb, nil
+}
+
+// addPreparedLocked formats a prepared drive into the matching pool (same
+// io_priority, capacity within 1 GiB of its drives) or a new pool.
+// REQUIRES: e.mu held (or e not yet shared).
+func (e *Engine) addPreparedLocked(spec DriveSpec, d drive.Drive, sb superblock) error {
+	prio, logSize, extents := sb.priority, sb.logSize, sb.extentCount
 	for _, p := range e.pools {
 		if p.priority != prio || p.err() != nil {
 			continue
@@ -487,17 +509,51 @@ func (e *Engine) AddDrive(spec DriveSpec) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrDriveRefused, err)
 	}
+	d, err := e.claimForAdd(spec, key)
+	if err != nil {
+		return err
+	}
+	// Zeroing a whole drive can take hours: not under e.mu, which every
+	// lookup (an NBD client connecting, each API call, status) takes.
+	sb, err := e.prepareDrive(spec, d)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.adding, key)
+	if err == nil && e.closed {
+		err = ErrClosed
+	}
+	before := len(e.pools)
+	if err == nil {
+		err = e.addPreparedLocked(spec, d, sb)
+	}
+	if err != nil {
+		d.Close()
+		return err
+	}
+	if len(e.pools) > before {
+		e.startBackground(e.pools[len(e.pools)-1])
+	}
+	return nil
+}
+
+// claimForAdd opens the drive AddDrive is given after the checks that
+// refuse it (in use, being added, this node's, not blank without force),
+// and marks it being added until AddDrive is done with it.
+func (e *Engine) claimForAdd(spec DriveSpec, key any) (drive.Drive, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	if err := e.inUseLocked(spec.Path, key); err != nil {
-		return err
+		return nil, err
+	}
+	if prev, busy := e.adding[key]; busy {
+		return nil, fmt.Errorf("%w: %s is being added already (as %s)", ErrDriveRefused, spec.Path, prev)
 	}
 	d, err := openDrive(spec)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sb, state, err := readSuperblock(d)
 	if err != nil {
@@ -507,17 +563,13 @@ func (e *Engine) AddDrive(spec DriveSpec) error {
 	}
 	if err != nil {
 		d.Close()
-		return err
+		return nil, err
 	}
-	before := len(e.pools)
-	if err := e.addDrive(spec, d); err != nil {
-		d.Close()
-		return err
+	if e.adding == nil {
+		e.adding = map[any]string{}
 	}
-	if len(e.pools) > before {
-		e.startBackground(e.pools[len(e.pools)-1])
-	}
-	return nil
+	e.adding[key] = spec.Path
+	return d, nil
 }
 
 // inUseLocked refuses a drive that one of this node's pools has open,

@@ -227,3 +227,47 @@ func TestDeleteSnapshotByIDThenItsVolume(t *testing.T) {
 		t.Errorf("delete of a after its only snapshot was deleted by id: %v", err)
 	}
 }
+
+// slowZero is a drive whose Zero waits (BLKZEROOUT over a large HDD
+// writes every byte: hours).
+type slowZero struct {
+	*drive.Mem
+	started chan struct{}
+	release chan struct{}
+}
+
+func (s *slowZero) Zero(off, n int64) error {
+	close(s.started)
+	<-s.release
+	return s.Mem.Zero(off, n)
+}
+
+// AddDrive zeroes the new drive's data region without e.mu: lookups (API
+// calls, NBD connects via HoldVolume, Status) go on meanwhile.
+func TestAddDriveZeroesOutsideTheEngineLock(t *testing.T) {
+	d := drive.NewMem("d", 32<<20)
+	e, err := Open(catalogOptions(&memCatalog{}, d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.CreateVolume(VolumeSpec{Name: "a", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	sz := &slowZero{Mem: drive.NewMem("big", 32<<20), started: make(chan struct{}), release: make(chan struct{})}
+	added := make(chan error, 1)
+	go func() { added <- e.AddDrive(DriveSpec{Path: "big", Drive: sz}) }()
+	<-sz.started
+	looked := make(chan struct{})
+	go func() { e.Volume("a"); e.Status(); close(looked) }()
+	select {
+	case <-looked:
+	case <-time.After(30 * time.Second): // a deadline, not a timing: the lookups never wait on the zeroing
+		t.Errorf("Volume/Status blocked while AddDrive zeroes the new drive (e.mu held)")
+	}
+	close(sz.release)
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+	<-looked
+}
