@@ -607,7 +607,7 @@ func formatRefusal(spec DriveSpec, sb superblock, state sbState, nodeID string) 
 	case sbValid:
 		return fmt.Errorf("%w: %s belongs to node %q (%s; this node is %q); use force to reformat it", ErrDriveRefused, spec.Path, sb.nodeID, sb.placeString(), nodeID)
 	case sbDamaged:
-		return fmt.Errorf("%w: %s: damaged cairn superblock (both copies at offsets 0 and %d fail their checksum); use force to reformat it", ErrDriveRefused, spec.Path, superblockSize)
+		return fmt.Errorf("%w: %s: damaged superblock (both copies at offsets 0 and %d fail their checksum); use force to reformat it", ErrDriveRefused, spec.Path, superblockSize)
 	}
 	return fmt.Errorf("%w: %s holds data that is not cairn's (a filesystem?); use force to overwrite it", ErrDriveRefused, spec.Path)
 }
