@@ -187,6 +187,12 @@ func (a *Attacher) Attach(ctx context.Context, volume, via string) (string, erro
 	if err != nil {
 		return "", err
 	}
+	if p, ok := a.pending[volume]; ok {
+		// Attached again by hand: only the record's mounts stay pending.
+		p.Via, p.Auto = att.via, false
+		a.pending[volume] = p
+		a.clearRestoreErrors(func(e RestoreError) bool { return e.Volume == volume && e.Path == "" })
+	}
 	if err := a.persist(); err != nil {
 		// Unrecorded, the attachment would silently vanish at the next
 		// start: undo it and say why.
@@ -704,10 +710,13 @@ func (a *Attacher) forgetPending(volume, path string) {
 	} else {
 		a.pending[volume] = p
 	}
+	a.clearRestoreErrors(func(e RestoreError) bool { return e.Volume == volume && (path == "" || e.Path == path) })
+}
+
+// clearRestoreErrors drops the restore errors that no longer hold.
+func (a *Attacher) clearRestoreErrors(gone func(RestoreError) bool) {
 	a.mu.Lock()
-	a.restore.Errors = slices.DeleteFunc(a.restore.Errors, func(e RestoreError) bool {
-		return e.Volume == volume && (path == "" || e.Path == path)
-	})
+	a.restore.Errors = slices.DeleteFunc(a.restore.Errors, gone)
 	a.mu.Unlock()
 }
 
