@@ -21,6 +21,25 @@ func catalogOptions(cat Catalog, drives ...*drive.Mem) Options {
 	return o
 }
 
+// catalogEngine opens an engine on drives with cat as its catalog; it is
+// closed when the test ends.
+func catalogEngine(t *testing.T, cat Catalog, drives ...*drive.Mem) *Engine {
+	t.Helper()
+	e, err := Open(catalogOptions(cat, drives...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+// lowAndSSD are two drives that make two pools: low and medium.
+func lowAndSSD() (low, ssd *drive.Mem) {
+	low, ssd = drive.NewMem("low", 32<<20), drive.NewMem("ssd", 32<<20)
+	ssd.SetKind(drive.KindSSD)
+	return low, ssd
+}
+
 func volumeNames(e *Engine) map[string]string {
 	out := map[string]string{}
 	for _, v := range e.Volumes() {
@@ -34,8 +53,7 @@ func volumeNames(e *Engine) map[string]string {
 // (issue 13: "v6" taken again while its pool was missing, then the node
 // could not start).
 func TestMissingPoolKeepsItsNames(t *testing.T) {
-	low, ssd := drive.NewMem("low", 32<<20), drive.NewMem("ssd", 32<<20)
-	ssd.SetKind(drive.KindSSD)
+	low, ssd := lowAndSSD()
 	cat := &memCatalog{}
 	e, err := Open(catalogOptions(cat, low, ssd))
 	if err != nil {
@@ -111,8 +129,7 @@ func TestMissingPoolKeepsItsNames(t *testing.T) {
 // A name in two pools at start (made before the catalog existed) never
 // stops the node: each copy is served as NAME@poolN and status says so.
 func TestDuplicateNamesAreServedUnderAliases(t *testing.T) {
-	low, ssd := drive.NewMem("low", 32<<20), drive.NewMem("ssd", 32<<20)
-	ssd.SetKind(drive.KindSSD)
+	low, ssd := lowAndSSD()
 	e, err := Open(memOptions(low))
 	if err != nil {
 		t.Fatal(err)

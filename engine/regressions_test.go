@@ -13,8 +13,7 @@ import (
 // as unavailable) is never formatted by a forced AddDrive: the refusal says
 // to restart with it, and the pool comes back with its data.
 func TestAddDriveRefusesMissingPoolsDrive(t *testing.T) {
-	low, ssd := drive.NewMem("low", 32<<20), drive.NewMem("ssd", 32<<20)
-	ssd.SetKind(drive.KindSSD)
+	low, ssd := lowAndSSD()
 	cat := &memCatalog{}
 	e, err := Open(catalogOptions(cat, low, ssd))
 	if err != nil {
@@ -57,12 +56,7 @@ func TestAddDriveRefusesMissingPoolsDrive(t *testing.T) {
 
 // A volume deleted by its id is gone by its name too.
 func TestDeleteByIDFreesTheName(t *testing.T) {
-	d := drive.NewMem("d", 32<<20)
-	e, err := Open(catalogOptions(&memCatalog{}, d))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := catalogEngine(t, &memCatalog{}, drive.NewMem("d", 32<<20))
 	a, err := e.CreateVolume(VolumeSpec{Name: "a", Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -207,12 +201,7 @@ func TestDeleteIsDoneDespiteACatalogFailure(t *testing.T) {
 
 // A snapshot deleted by its id no longer keeps its volume from a delete.
 func TestDeleteSnapshotByIDThenItsVolume(t *testing.T) {
-	d := drive.NewMem("d", 32<<20)
-	e, err := Open(catalogOptions(&memCatalog{}, d))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := catalogEngine(t, &memCatalog{}, drive.NewMem("d", 32<<20))
 	if _, err := e.CreateVolume(VolumeSpec{Name: "a", Size: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
@@ -245,12 +234,7 @@ func (s *slowZero) Zero(off, n int64) error {
 // AddDrive zeroes the new drive's data region without e.mu: lookups (API
 // calls, NBD connects via HoldVolume, Status) go on meanwhile.
 func TestAddDriveZeroesOutsideTheEngineLock(t *testing.T) {
-	d := drive.NewMem("d", 32<<20)
-	e, err := Open(catalogOptions(&memCatalog{}, d))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := catalogEngine(t, &memCatalog{}, drive.NewMem("d", 32<<20))
 	if _, err := e.CreateVolume(VolumeSpec{Name: "a", Size: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
