@@ -13,6 +13,15 @@
 # dropped before each server. Prints one table: IOPS and MiB/s per server and
 # cairn's ratio to each peer.
 #
+# Durable rows (a write waits for a flush): 4k randwrite QD32 fsync=32 (fio
+# flushes after every 32 writes), 8k seq write QD1 fsync=1 (a database WAL:
+# each write then an NBD flush) and 4k randwrite QD1 fsync=1. fio's nbd engine
+# sends its fsync as NBD_CMD_FLUSH; on the raw file the same rows run with
+# io_uring, direct=1 and an fsync (IORING_OP_FSYNC), the disk's own limit. The
+# QD1 fsync=1 rows also show the p99 latency of the write and of the flush
+# (fio's clat and sync latencies, µs, of the median round): one commit is a
+# write and a flush.
+#
 # Usage: bench/compare.sh [-r SECONDS] [-s SERVERS] [-c daemon|nbdserve|mem] [-w REGEX] [-n N] [-m] [-o FILE] [-p PROFILE]
 #   -r  seconds per workload (default 15)
 #   -s  space-separated subset of: cairn nbdkit-memory nbdkit-file qemu-nbd-raw qemu-nbd-qcow2 raw
@@ -55,7 +64,7 @@ while getopts "r:s:c:w:n:mo:p:h" opt; do
 	w) WFILTER=$OPTARG ;;
 	n) ROUNDS=$OPTARG ;;
 	m) CPUSTAT=1 ;;
-	*) sed -n '2,37p' "$0"; exit 2 ;;
+	*) sed -n '2,46p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -220,7 +229,8 @@ cpu_stop() {
 		'BEGIN { if (n > 0) printf "%s %.1f\n", s, b * 1e6 / hz / n; else printf "%s -\n", s }'
 }
 
-# fio_run NAME RW BS QD [extra...] → prints "iops bw_bytes total_ios"
+# fio_run NAME RW BS QD [extra...] → prints "iops bw_bytes total_ios
+# write_p99_us flush_p99_us" (flush 0 when fio sent no flushes)
 fio_run() {
 	local name=$1 rw=$2 bs=$3 qd=$4
 	shift 4
@@ -233,14 +243,16 @@ fio_run() {
 	fio --name="$name" "${target[@]}" --rw="$rw" --bs="$bs" --iodepth="$qd" --size=$SIZE \
 		--output-format=json --output="$WORK/fio.json" "$@" >"$WORK/fio.err" 2>&1 || {
 		cat "$WORK/fio.err" >&2
-		echo "0 0"
+		echo "0 0 0 0 0"
 		return
 	}
 	local dir=write
 	case $rw in *read*) dir=read ;; esac
-	jq -r ".jobs[0].$dir | \"\(.iops) \(.bw_bytes) \(.total_ios)\"" "$WORK/fio.json"
+	jq -r ".jobs[0] | .$dir as \$d | (.sync.lat_ns.percentile[\"99.000000\"] // 0) as \$f |
+		\"\(\$d.iops) \(\$d.bw_bytes) \(\$d.total_ios) \((\$d.clat_ns.percentile[\"99.000000\"] // 0) / 1000) \(\$f / 1000)\"" "$WORK/fio.json"
 }
 
+# label|rw|bs|iodepth|extra fio options|p99 (show p99 latencies in the table)
 WORKLOADS=(
 	"4k randwrite QD32|randwrite|4k|32"
 	"4k randread QD32|randread|4k|32"
@@ -249,6 +261,8 @@ WORKLOADS=(
 	"1M seq write QD8|write|1M|8"
 	"1M seq read QD8|read|1M|8"
 	"4k randwrite QD32 fsync=32|randwrite|4k|32|--fsync=32"
+	"8k seq write QD1 fsync=1 (WAL)|write|8k|1|--fsync=1|p99"
+	"4k randwrite QD1 fsync=1|randwrite|4k|1|--fsync=1|p99"
 )
 
 if [ -n "$WFILTER" ]; then
@@ -271,26 +285,26 @@ for round in $(seq "$ROUNDS"); do
 		log "$s: prefill ($SIZE sequential write)"
 		fio_run prefill write 1M 8 >/dev/null
 		for w in "${WORKLOADS[@]}"; do
-			IFS='|' read -r label rw bs qd extra <<<"$w"
+			IFS='|' read -r label rw bs qd extra _ <<<"$w"
 			cpu_start
 			# shellcheck disable=SC2086
-			read -r iops bw ios < <(fio_run bench "$rw" "$bs" "$qd" --time_based --runtime="$RUNTIME" --randrepeat=0 $extra)
+			read -r iops bw ios p99w p99f < <(fio_run bench "$rw" "$bs" "$qd" --time_based --runtime="$RUNTIME" --randrepeat=0 $extra)
 			read -r cpu cs mcpu < <(cpu_stop "$ios") || true
-			log "$s: $label: $(printf '%.0f' "$iops") IOPS${cpu:+, server $cpu µs CPU and $cs context switches, machine $mcpu µs CPU per I/O}"
-			printf '%s|%s|%s|%s|%s|%s|%s\n' "$s" "$label" "$iops" "$bw" "$cpu" "$cs" "$mcpu" >>"$RESULTS"
+			log "$s: $label: $(printf '%.0f' "$iops") IOPS, p99 write $(printf '%.0f' "$p99w") µs${extra:+, flush $(printf '%.0f' "$p99f") µs}${cpu:+, server $cpu µs CPU and $cs context switches, machine $mcpu µs CPU per I/O}"
+			printf '%s|%s|%s|%s|%s|%s|%s|%s|%s\n' "$s" "$label" "$iops" "$bw" "$cpu" "$cs" "$mcpu" "$p99w" "$p99f" >>"$RESULTS"
 		done
 		stop_server
 	done
 done
 
-# median SERVER LABEL → "iops bw" of the median round (by IOPS), then the
-# server's CPU µs and context switches and the machine's CPU µs per I/O of the
-# median round by machine CPU (-m).
+# median SERVER LABEL → "iops bw p99_write_us p99_flush_us" of the median
+# round (by IOPS), then the server's CPU µs and context switches and the
+# machine's CPU µs per I/O of the median round by machine CPU (-m).
 median() {
 	local cpu
 	cpu=$(awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l && $7 != "" { print $7, $5, $6 }' "$RESULTS" |
 		sort -g | awk '{ v[NR] = $2 " " $3 " " $1 } END { if (NR) print v[int((NR + 1) / 2)] }')
-	awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l { print $3, $4 }' "$RESULTS" |
+	awk -F'|' -v s="$1" -v l="$2" '$1==s && $2==l { print $3, $4, ($8 == "" ? 0 : $8), ($9 == "" ? 0 : $9) }' "$RESULTS" |
 		sort -g | awk -v cpu="$cpu" '{ v[NR] = $0 } END { if (NR) print v[int((NR + 1) / 2)], cpu }'
 }
 
@@ -310,12 +324,13 @@ table() {
 	fi
 	echo
 	for w in "${WORKLOADS[@]}"; do
-		local label=${w%%|*}
+		local label=${w%%|*} p99=${w##*|}
 		printf '| %s |' "$label"
 		for s in "${servers[@]}"; do
-			median "$s" "$label" | awk '{ printf " %.0f IOPS (%.0f MiB/s", $1, $2/1048576
-				if ($3 != "" && $3 != "-") printf "; %s µs, %s cs", $3, $4
-				if ($5 != "") printf "; machine %s µs", $5
+			median "$s" "$label" | awk -v p99="$p99" '{ printf " %.0f IOPS (%.0f MiB/s", $1, $2/1048576
+				if (p99 == "p99") printf "; p99 write %.0f µs, flush %.0f µs", $3, $4
+				if ($5 != "" && $5 != "-") printf "; %s µs, %s cs", $5, $6
+				if ($7 != "") printf "; machine %s µs", $7
 				printf ") |" }'
 		done
 		if [[ " $SERVERS " == *" cairn "* ]]; then
