@@ -12,6 +12,14 @@
 #         and what the block device did per fio write (from
 #         /sys/dev/block/M:m/stat: device writes, device flushes, ms the
 #         device spent on writes and on flushes per 1000 fio writes).
+#  commit bench/cmd/commitlat on a raw file: one commit (a write, a spin of
+#         GAP standing in for the NBD round trip, the flush) at a time, for
+#         each way a server could write: buffered + fdatasync (cairn today),
+#         buffered + sync_file_range(WRITE) after the write (write-behind),
+#         O_DIRECT + fdatasync (qemu-nbd --cache=none), O_DIRECT on another
+#         thread, O_DIRECT|O_DSYNC, and a journal (the flush writes the data
+#         to a sequential log with O_DIRECT|O_DSYNC); 8k sequential and 4k
+#         random, gap 40 µs and 0.
 #  cairn  a cairn daemon (built from this checkout, or CAIRN_BIN) with
 #         --cpu-profile, under the durable rows of compare.sh (fio nbd engine):
 #         per row IOPS, fio's write and flush latency (mean, p99), the daemon's
@@ -26,7 +34,7 @@
 #
 # Usage: bench/durprof.sh [-r SECONDS] [-p disk|cairn|all] [-o DIR]
 #   -r  seconds per fio run (default 5)
-#   -p  which part (default all)
+#   -p  which part: disk, commit, cairn or all (default)
 #   -o  keep the raw outputs (fio JSON, strace and pprof reports) in DIR
 # Needs root (drop_caches), fio, jq, perf, strace, nbdinfo (`make deps`).
 # Wrap in `flock /tmp/cairn-bench.lock` on a shared machine.
@@ -40,7 +48,7 @@ while getopts "r:p:o:h" opt; do
 	r) RUNTIME=$OPTARG ;;
 	p) PART=$OPTARG ;;
 	o) OUTDIR=$OPTARG ;;
-	*) sed -n '2,31p' "$0"; exit 2 ;;
+	*) sed -n '2,39p' "$0"; exit 2 ;;
 	esac
 done
 
@@ -65,18 +73,18 @@ log() { echo "[$(date +%T)] $*" >&2; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || log "warning: cannot drop caches"; }
 
 # The block device under the work dir: /sys/dev/block/MAJ:MIN/stat fields
-# (Documentation/block/stat.rst): 5 writes, 8 write ticks (ms), 16 flushes,
-# 17 flush ticks (ms). A flush is also counted as one write on this kernel
+# (Documentation/block/stat.rst): 5 writes, 7 sectors written, 8 write ticks
+# (ms), 16 flushes, 17 flush ticks (ms). A flush is also counted as one write on this kernel
 # (dev writes is 2 per fio write for a write + fdatasync).
 DEVSTAT=/sys/dev/block/$(stat -c '%Hd:%Ld' "$WORK")/stat
 [ -r "$DEVSTAT" ] || { echo "durprof.sh: no $DEVSTAT" >&2; exit 1; }
-dev_snap() { awk '{ print $5, $8, $16, $17 }' "$DEVSTAT"; }
-# dev_per BEFORE... AFTER... N → "writes flushes write_ms flush_ms", the first
-# two per fio write, the ms per 1000 fio writes
+dev_snap() { awk '{ print $5, $8, $16, $17, $7 }' "$DEVSTAT"; }
+# dev_per BEFORE(5) AFTER(5) N → "writes flushes write_ms flush_ms KiB", writes,
+# flushes and KiB written per fio write, the ms per 1000 fio writes
 dev_per() {
-	awk -v n="$9" -v a="$1 $2 $3 $4" -v b="$5 $6 $7 $8" 'BEGIN { split(a, x, " "); split(b, y, " ")
-		if (n <= 0) { print "- - - -"; exit }
-		printf "%.2f %.2f %.0f %.0f\n", (y[1]-x[1])/n, (y[3]-x[3])/n, (y[2]-x[2])*1000/n, (y[4]-x[4])*1000/n }'
+	awk -v n="${11}" -v a="$1 $2 $3 $4 $5" -v b="$6 $7 $8 $9 ${10}" 'BEGIN { split(a, x, " "); split(b, y, " ")
+		if (n <= 0) { print "- - - - -"; exit }
+		printf "%.2f %.2f %.0f %.0f %.1f\n", (y[1]-x[1])/n, (y[3]-x[3])/n, (y[2]-x[2])*1000/n, (y[4]-x[4])*1000/n, (y[5]-x[5])/2/n }'
 }
 
 # fio_lat JSON → "iops write_mean_us write_p99_us sync_mean_us sync_p99_us total_ios"
@@ -85,7 +93,7 @@ fio_lat() {
 		"\($w.iops) \(($w.clat_ns.mean // 0) / 1000) \(($w.clat_ns.percentile["99.000000"] // 0) / 1000) \(($s.lat_ns.mean // 0) / 1000) \(($s.lat_ns.percentile["99.000000"] // 0) / 1000) \($w.total_ios)"' "$1"
 }
 
-row() { # label iops wmean wp99 smean sp99 dw df dwms dfms [more columns...]
+row() { # label iops wmean wp99 smean sp99 [more columns...]
 	local label=$1
 	shift
 	printf '| %s |' "$label"
@@ -101,8 +109,8 @@ disk_part() {
 	fio --name=prefill --filename="$f" --rw=write --bs=1M --size=1G --ioengine=psync --direct=1 --end_fsync=1 >/dev/null
 	echo "Disk alone: fio on a prefilled 1 GiB raw file, ${RUNTIME} s per row, $(date -u '+%Y-%m-%d %H:%M UTC'). Latencies in µs; device columns per fio write (ms per 1000 writes)."
 	echo
-	echo "| fio job | IOPS | write mean | write p99 | sync mean | sync p99 | dev writes | dev flushes | dev write ms | dev flush ms |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	echo "| fio job | IOPS | write mean | write p99 | sync mean | sync p99 | dev writes | dev flushes | dev write ms | dev flush ms | dev KiB |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	local jobs=(
 		"4k rand QD1 buffered + fdatasync|--rw=randwrite --bs=4k --ioengine=psync --fdatasync=1"
 		"4k rand QD1 direct + fdatasync|--rw=randwrite --bs=4k --ioengine=io_uring --direct=1 --fdatasync=1"
@@ -139,6 +147,20 @@ disk_part() {
 	echo
 }
 
+commit_part() {
+	local bin=${COMMITLAT_BIN:-$WORK/commitlat} f="$WORK/commit.img" t
+	[ -n "${COMMITLAT_BIN:-}" ] || (cd "$ROOT" && $GO build -o "$bin" ./bench/cmd/commitlat)
+	t=$(awk -v r="$RUNTIME" 'BEGIN { printf "%ds", r > 3 ? 3 : r }')
+	for c in "8k seq, gap 40 µs|-bs 8k -seq -gap 40us" "4k random, gap 40 µs|-bs 4k -gap 40us" \
+		"8k seq, gap 0|-bs 8k -seq -gap 0s" "4k random, gap 0|-bs 4k -gap 0s"; do
+		echo "One commit at a time on a 1 GiB raw file ($(date -u '+%Y-%m-%d %H:%M UTC')), ${c%%|*}, $t per mode; µs:"
+		echo
+		# shellcheck disable=SC2086
+		"$bin" -file "$f" -size 1G -time "$t" ${c#*|}
+		echo
+	done
+}
+
 cairn_part() {
 	local cairn=${CAIRN_BIN:-$WORK/cairn-bin} d="$WORK/cairn"
 	[ -n "${CAIRN_BIN:-}" ] || (cd "$ROOT" && $GO build -o "$cairn" ./cmd/cairn)
@@ -165,8 +187,8 @@ cairn_part() {
 	)
 	echo "cairn daemon (fio nbd engine over the unix socket), ${RUNTIME} s per row, $(date -u '+%Y-%m-%d %H:%M UTC'). Latencies in µs; CPU and context switches are the daemon's per fio write; device columns per fio write."
 	echo
-	echo "| row | IOPS | write mean | write p99 | flush mean | flush p99 | dev writes | dev flushes | dev write ms | dev flush ms | daemon CPU µs | daemon cs |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	echo "| row | IOPS | write mean | write p99 | flush mean | flush p99 | dev writes | dev flushes | dev write ms | dev flush ms | dev KiB | daemon CPU µs | daemon cs |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	local w label opts i=0
 	for w in "${rows[@]}"; do
 		label=${w%%|*} opts=${w#*|}
@@ -225,13 +247,13 @@ cairn_part() {
 		echo "Go CPU profile of the daemon over all of the above (\`go tool pprof -top\`, flat, first 25):"
 		echo
 		echo '```'
-		(cd "$ROOT" && $GO tool pprof -top -nodecount=25 "$cairn" "$WORK/cpu.pprof" 2>/dev/null | sed -n '1,32p')
+		(cd "$ROOT" && $GO tool pprof -top -nodecount=25 "$WORK/cpu.pprof" 2>/dev/null | sed -n '1,32p')
 		echo '```'
 		echo
 		echo "Cumulative, first 30 (\`-top -cum\`):"
 		echo
 		echo '```'
-		(cd "$ROOT" && $GO tool pprof -top -cum -nodecount=30 "$cairn" "$WORK/cpu.pprof" 2>/dev/null | sed -n '6,37p')
+		(cd "$ROOT" && $GO tool pprof -top -cum -nodecount=30 "$WORK/cpu.pprof" 2>/dev/null | sed -n '6,37p')
 		echo '```'
 		keep "$WORK/cpu.pprof" cpu.pprof
 	fi
@@ -242,6 +264,11 @@ echo
 case $PART in
 disk) disk_part ;;
 cairn) cairn_part ;;
-all) disk_part; cairn_part ;;
+commit) commit_part ;;
+all)
+	disk_part
+	commit_part
+	cairn_part
+	;;
 *) echo "durprof.sh: -p $PART?" >&2; exit 2 ;;
 esac
