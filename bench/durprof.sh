@@ -150,7 +150,7 @@ disk_part() {
 commit_part() {
 	local bin=${COMMITLAT_BIN:-$WORK/commitlat} f="$WORK/commit.img" t
 	[ -n "${COMMITLAT_BIN:-}" ] || (cd "$ROOT" && $GO build -o "$bin" ./bench/cmd/commitlat)
-	t=$(awk -v r="$RUNTIME" 'BEGIN { printf "%ds", r > 3 ? 3 : r }')
+	t=$((RUNTIME < 3 ? RUNTIME : 3))s
 	for c in "8k seq, gap 40 µs|-bs 8k -seq -gap 40us" "4k random, gap 40 µs|-bs 4k -gap 40us" \
 		"8k seq, gap 0|-bs 8k -seq -gap 0s" "4k random, gap 0|-bs 4k -gap 0s"; do
 		echo "One commit at a time on a 1 GiB raw file ($(date -u '+%Y-%m-%d %H:%M UTC')), ${c%%|*}, $t per mode; µs:"
