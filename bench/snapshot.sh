@@ -87,7 +87,7 @@ while getopts "r:s:n:V:B:A:o:w:c:h" opt; do
 	o) KEEP=$OPTARG ;;
 	w) WORKLOADS=$OPTARG ;;
 	c) CASES=$OPTARG ;;
-	*) sed -n '2,70p' "$0"; exit 2 ;;
+	*) sed -n '2,66p' "$0"; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
