@@ -62,6 +62,9 @@ type pool struct {
 	failed    atomic.Pointer[error]      // set when a round fails: the pool is read-only-dead
 	// writeWaits counts writes that waited for a round (Volume.WriteWaits).
 	writeWaits atomic.Uint64
+	// lastFlush is when a volume of the pool was last flushed (unix ns):
+	// writes start their write-back while flushes come (writeBehind).
+	lastFlush atomic.Int64
 
 	// round state: touched only by commit rounds (which never overlap) and Open.
 	log     *wal.Writer

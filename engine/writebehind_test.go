@@ -1,0 +1,65 @@
+package engine
+
+import (
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+
+	"github.com/cairn-storage/cairn/drive"
+)
+
+// countingDrive is a Mem drive that counts the write-backs started on it.
+type countingDrive struct {
+	*drive.Mem
+	started atomic.Int64
+}
+
+func (c *countingDrive) StartWriteback(off, n int64) { c.started.Add(1) }
+
+// Writes start their write-back only while the pool sees flushes: a volume
+// that is never flushed keeps the page cache's batching.
+func TestWriteBehindOnlyWhileFlushed(t *testing.T) {
+	d := &countingDrive{Mem: drive.NewMem("d", 32<<20)}
+	e, err := Open(Options{NodeID: testNode, LogAreaSize: 256 << 10, Drives: []DriveSpec{{Path: "d", Drive: d}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.CreateVolume(VolumeSpec{Name: "v", Size: 4 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := e.Volume("v")
+	for i := range 8 {
+		if err := v.WriteAt(pattern(i, BlockSize), int64(i)*BlockSize, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := d.started.Load(); n != 0 {
+		t.Fatalf("%d write-backs started before any flush", n)
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(pattern(9, BlockSize), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.started.Load(); n == 0 {
+		t.Fatal("a write right after a flush started no write-back")
+	}
+	// The flush that follows still makes the write durable.
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	d.Crash(rand.New(rand.NewPCG(1, 2)))
+	e.Close()
+	e2, err := Open(Options{NodeID: testNode, Drives: []DriveSpec{{Path: "d", Drive: d.Reopen()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Close()
+	v2, _ := e2.Volume("v")
+	got := make([]byte, BlockSize)
+	if err := v2.ReadAt(got, 0); err != nil || string(got) != string(pattern(9, BlockSize)) {
+		t.Fatalf("flushed write after a crash: %v", err)
+	}
+}
