@@ -911,7 +911,7 @@ func (e *Engine) DeleteVolume(name string) error {
 	// The delete is done: a failed save of the catalog only leaves the name
 	// there, which keeps it taken while this pool is missing, until the next
 	// save. It is reported in Status, not as a failed delete.
-	e.saveCatalogNoting()
+	_ = e.saveCatalogLocked() // a failure stays in e.catalogErr, for Status
 	return err
 }
 

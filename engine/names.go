@@ -248,10 +248,6 @@ func (e *Engine) saveCatalogLocked(extra ...CatalogEntry) error {
 	return err
 }
 
-// saveCatalogNoting saves the catalog after a change that is already done:
-// a failure is kept for Status rather than returned. REQUIRES: e.mu held.
-func (e *Engine) saveCatalogNoting() { _ = e.saveCatalogLocked() }
-
 // entryFor is the catalog entry of a volume about to be made in p.
 func entryFor(p *pool, m volumeMeta) CatalogEntry {
 	return CatalogEntry{Name: m.name, ID: volumeID(m.uid), Pool: p.number, PoolUUID: uuidString(p.uuid),
