@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/bits"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -87,8 +88,23 @@ type pool struct {
 	// short by a crash never destroys a volume that survives it; recovery
 	// zeroes whatever a logged delete left condemned.
 	condemned map[allocator.Extent]struct{} // REQUIRES mu
-	bgStarted bool                          // set once, before the engine is shared
-	wake      chan struct{}                 // background committer
+
+	// Redirect-on-write (fill.go).
+	fills        sync.Map                   // allocator.Extent → *fillState: the extents filling
+	fillCount    atomic.Int64               // entries in fills; 0 lets the I/O path skip the lookup
+	unfilled     atomic.Int64               // blocks of filling extents not filled: space that holds no data
+	fillQueue    []*fillState               // REQUIRES mu; worth completing, for the filler
+	pendingUnref []allocator.Extent         // REQUIRES mu; bases of ended fill states, released after the next round
+	reclaimable  []allocator.Extent         // REQUIRES mu; condemned bases whose release is durable: the filler zeroes them
+	copierMu     sync.Mutex                 // held by the filler while it writes into a filling extent
+	reclaimMu    sync.Mutex                 // one reclaim at a time (reclaim)
+	baseRefs     map[allocator.Extent]int32 // REQUIRES mu; references fill states (live or ending) hold on each base
+	baseGen      uint64                     // REQUIRES mu; changes with baseRefs (exclusiveBytes' cache)
+	fillWake     chan struct{}              // wakes the filler
+	fillDone     chan struct{}              // closed when the filler has stopped
+
+	bgStarted bool          // set once, before the engine is shared
+	wake      chan struct{} // background committer
 	stop      chan struct{}
 	done      chan struct{}
 }
@@ -166,7 +182,7 @@ func (p *pool) round() error {
 	// Extents being reserved or freed stay listed in p.reserving and
 	// p.pendingFree (Status, Check and checkpoints see them) until this round
 	// has logged their records; later ones are appended behind them.
-	freed, reserving := len(p.pendingFree), len(p.reserving)
+	freed, reserving, unrefs := len(p.pendingFree), len(p.reserving), len(p.pendingUnref)
 	p.mu.Unlock()
 
 	if err := p.syncData(); err != nil {
@@ -182,8 +198,12 @@ func (p *pool) round() error {
 		return p.fail(err)
 	}
 	p.spare, p.spareCs = recs[:0], cuts[:0]
-	if freed > 0 || reserving > 0 {
+	if freed > 0 || reserving > 0 || unrefs > 0 {
 		p.mu.Lock()
+		if err := p.releaseBasesLocked(unrefs); err != nil {
+			p.mu.Unlock()
+			return p.fail(err)
+		}
 		p.reserved = append(p.reserved, p.reserving[:reserving]...)
 		p.reserving = append(p.reserving[:0], p.reserving[reserving:]...)
 		for _, e := range p.pendingFree[:freed] {
@@ -298,7 +318,7 @@ func (p *pool) background() {
 		if len(p.reserved)+len(p.reserving) < p.reserveLow() {
 			p.reserveLocked()
 		}
-		idle := len(p.pending) == 0 && len(p.pendingFree) == 0 && len(p.reserving) == 0
+		idle := len(p.pending) == 0 && len(p.pendingFree) == 0 && len(p.reserving) == 0 && len(p.pendingUnref) == 0
 		p.mu.Unlock()
 		if !idle && p.err() == nil {
 			p.commit() // a failure is recorded in p.failed and reported by every later I/O
@@ -354,12 +374,35 @@ func (p *pool) takeReserved() (allocator.Extent, bool) {
 	return ext, true
 }
 
-// reclaimCondemned zeroes the extents of deleted volumes (whose delete is
-// durable) and queues them to be freed by the next round.
-func (p *pool) reclaimCondemned() error {
+// reclaimCondemned zeroes every condemned extent (the caller has made the
+// change that condemned them durable: a delete or restore, under the
+// engine's lock, which serializes them) and queues them to be freed by the
+// next round.
+func (p *pool) reclaimCondemned() error { return p.reclaim(true) }
+
+// reclaim zeroes condemned extents and queues them to be freed: all of them,
+// or only the bases the filler may zero (p.reclaimable: released after a
+// round, so durably). reclaimMu keeps two reclaims from zeroing one extent
+// twice — the second could zero it after the first freed it for reuse.
+func (p *pool) reclaim(all bool) error {
+	p.reclaimMu.Lock()
+	defer p.reclaimMu.Unlock()
 	p.mu.Lock()
-	exts := slices.Collect(maps.Keys(p.condemned))
+	var exts []allocator.Extent
+	if all {
+		exts = slices.Collect(maps.Keys(p.condemned))
+	} else {
+		for _, x := range p.reclaimable {
+			if _, ok := p.condemned[x]; ok {
+				exts = append(exts, x)
+			}
+		}
+	}
+	p.reclaimable = nil
 	p.mu.Unlock()
+	if len(exts) == 0 {
+		return nil
+	}
 	for _, ext := range exts {
 		if err := p.zeroExtent(ext, 0, ExtentSize); err != nil {
 			return p.fail(err)
@@ -406,9 +449,31 @@ func (p *pool) encodeCheckpoint() []byte {
 	for _, x := range append(slices.Clip(p.reserved), p.reserving...) {
 		e.u32(uint32(x))
 	}
-	e.u32(uint32(len(p.condemned)))
-	for _, x := range slices.Sorted(maps.Keys(p.condemned)) {
+	// Bases waiting for their release are candidates too: if no one maps
+	// them at load, nothing zeroed them yet.
+	condemned := slices.Collect(maps.Keys(p.condemned))
+	for _, x := range p.pendingUnref {
+		if _, ok := p.condemned[x]; !ok && !slices.Contains(condemned, x) {
+			condemned = append(condemned, x)
+		}
+	}
+	slices.Sort(condemned)
+	e.u32(uint32(len(condemned)))
+	for _, x := range condemned {
 		e.u32(uint32(x))
+	}
+	if p.fillCount.Load() > 0 {
+		var fills []*fillState
+		p.fills.Range(func(_, v any) bool { fills = append(fills, v.(*fillState)); return true })
+		slices.SortFunc(fills, func(a, b *fillState) int { return int(a.ext) - int(b.ext) })
+		e.u32(uint32(len(fills)))
+		for _, fs := range fills {
+			e.u32(uint32(fs.ext))
+			e.u32(uint32(fs.base))
+			for i := range fs.bits {
+				e.b = binary.LittleEndian.AppendUint64(e.b, fs.bits[i].Load())
+			}
+		}
 	}
 	return e.b
 }
@@ -419,7 +484,8 @@ type poolState struct {
 	drives    []driveRef
 	vols      map[uint32]*Volume
 	reserved  map[allocator.Extent]bool
-	condemned map[allocator.Extent]bool
+	condemned map[allocator.Extent]bool // candidates: zeroed at load unless referenced
+	fills     map[allocator.Extent]*fillState
 	last      *Volume // the volume of the last record applied
 }
 
@@ -434,7 +500,8 @@ func (p *pool) decodeCheckpoint(b []byte) (*poolState, error) {
 	if d.u32() != checkpointMagic {
 		return nil, fmt.Errorf("%w: checkpoint magic", ErrCorrupt)
 	}
-	st := &poolState{nextVolID: d.u32(), vols: map[uint32]*Volume{}, reserved: map[allocator.Extent]bool{}, condemned: map[allocator.Extent]bool{}}
+	st := &poolState{nextVolID: d.u32(), vols: map[uint32]*Volume{}, reserved: map[allocator.Extent]bool{},
+		condemned: map[allocator.Extent]bool{}, fills: map[allocator.Extent]*fillState{}}
 	nd := d.count(20)
 	for i := 0; i < nd; i++ {
 		var r driveRef
@@ -482,6 +549,20 @@ func (p *pool) decodeCheckpoint(b []byte) (*poolState, error) {
 	for i := 0; i < nc && d.err == nil; i++ {
 		st.condemned[allocator.Extent(d.u32())] = true
 	}
+	if d.err == nil && !d.done() { // the filling section, present only when some extent is filling
+		nf := d.count(8 + blocksPerExtent/8)
+		for i := 0; i < nf && d.err == nil; i++ {
+			fs := &fillState{ext: allocator.Extent(d.u32()), base: allocator.Extent(d.u32())}
+			for w := range fs.bits {
+				fs.bits[w].Store(d.u64())
+				fs.filled.Add(int32(bits.OnesCount64(fs.bits[w].Load())))
+			}
+			if d.err == nil && (st.fills[fs.ext] != nil || fs.ext == fs.base) {
+				return nil, fmt.Errorf("%w: checkpoint fill state of extent %d repeated or its own base", ErrCorrupt, fs.ext)
+			}
+			st.fills[fs.ext] = fs
+		}
+	}
 	if !d.done() {
 		if d.err != nil {
 			return nil, d.err
@@ -501,6 +582,29 @@ func (p *pool) apply(st *poolState, r *record) error {
 		for _, x := range r.exts {
 			st.reserved[allocator.Extent(x)] = true
 			delete(st.condemned, allocator.Extent(x))
+			if fs := st.fills[allocator.Extent(x)]; fs != nil {
+				// x was free again, so its fill state had ended (dropped
+				// with its last mapping); its base may be unreferenced.
+				delete(st.fills, fs.ext)
+				st.condemned[fs.base] = true
+			}
+		}
+		return nil
+	}
+	if r.typ == recFilled || r.typ == recFillDone {
+		fs := st.fills[allocator.Extent(r.phys)]
+		switch {
+		case fs == nil:
+			return fmt.Errorf("%w: record type %d for extent %d, which is not filling", ErrCorrupt, r.typ, r.phys)
+		case r.typ == recFilled && (r.count == 0 || int(r.first)+int(r.count) > blocksPerExtent):
+			return fmt.Errorf("%w: extent %d filled blocks %d+%d", ErrCorrupt, r.phys, r.first, r.count)
+		case r.typ == recFilled:
+			fs.set(int(r.first), int(r.count))
+		case !fs.complete():
+			return fmt.Errorf("%w: extent %d done filling with %d of %d blocks", ErrCorrupt, r.phys, fs.filled.Load(), blocksPerExtent)
+		default:
+			delete(st.fills, fs.ext)
+			st.condemned[fs.base] = true // if no one else maps it any more
 		}
 		return nil
 	}
@@ -571,8 +675,16 @@ func (p *pool) apply(st *poolState, r *record) error {
 			delete(st.reserved, allocator.Extent(r.phys))
 		case r.typ == recUnmapExtent:
 			v.table.unset(r.lext)
-		case r.typ == recRemap && !mapped:
+		case (r.typ == recRemap || r.typ == recRedirect) && !mapped:
 			return fmt.Errorf("%w: volume id %d extent %d remapped while unmapped", ErrCorrupt, r.vol, r.lext)
+		case r.typ == recRedirect:
+			old, _ := v.table.lookup(r.lext)
+			if st.fills[allocator.Extent(r.phys)] != nil || old == allocator.Extent(r.phys) {
+				return fmt.Errorf("%w: volume id %d extent %d redirected to extent %d, which is filling already", ErrCorrupt, r.vol, r.lext, r.phys)
+			}
+			st.fills[allocator.Extent(r.phys)] = &fillState{ext: allocator.Extent(r.phys), base: old}
+			v.table.set(r.lext, allocator.Extent(r.phys))
+			delete(st.reserved, allocator.Extent(r.phys))
 		case r.typ == recRemap:
 			old, _ := v.table.lookup(r.lext)
 			st.condemned[old] = true // if no one else maps it any more
@@ -597,6 +709,7 @@ func (p *pool) dropMapping(t *table) error {
 			return
 		}
 		p.condemned[ext] = struct{}{}
+		p.dropFillLocked(ext)
 	})
 	return ferr
 }

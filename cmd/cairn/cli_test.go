@@ -250,7 +250,7 @@ var (
 		"requested_io_priority") // issue 13
 	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives", "snapshot_errors",
 		"duplicate_volumes", "unavailable_volumes", "restoring", "restore_errors", "catalog_error") // issue 13
-	poolKeys  = sorted("id", "io_priority", "raid", "size", "used", "status", "drives")
+	poolKeys  = sorted("id", "io_priority", "raid", "size", "used", "allocated", "status", "drives")
 	driveKeys = sorted("path", "size", "used", "status")
 )
 
