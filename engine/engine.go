@@ -955,9 +955,11 @@ func (e *Engine) Check() error {
 				refs[ext]++
 			})
 		}
+		p.copierMu.Lock() // the filler sets bits and counts them apart
 		if ferr := p.fillCheckLocked(refs); ferr != nil && err == nil {
 			err = ferr
 		}
+		p.copierMu.Unlock()
 		hold := func(ext allocator.Extent, who string) {
 			if refs[ext] > 0 || held[ext] != "" {
 				if err == nil {

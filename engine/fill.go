@@ -44,13 +44,17 @@ import (
 //     fillRun), and bits are never cleared. A reader that finds a bit clear
 //     reads the base while holding fs.mu for reading, and completion waits
 //     for such readers before it lets the base go.
-//   - Durability: a bit reaches the log (recFilled) only in a round that
-//     synced F's data first, as every record does; recFillDone comes after
-//     the recFilled records that set the last bits. A crash loses unlogged
-//     bits: those blocks read their old content from the base, which the
-//     contract allows for a write that was not flushed. F's unfilled blocks
-//     are never read, so what an unlogged write or copy left there is
-//     invisible.
+//   - Durability: bits are logged per round, not per write: a round gathers
+//     the bits set since the last one (pool.dirtyFills) into one recFilled
+//     record per extent before it syncs the data, so a logged bit always
+//     describes durable data; completion logs the last bits just before its
+//     recFillDone. A crash loses unlogged bits: those blocks read their old
+//     content from the base, which the contract allows for a write that was
+//     not flushed. F's unfilled blocks are never read, so what an unlogged
+//     write or copy left there is invisible. Fill records are lazy: they
+//     never make the background committer run early (lazyRecord), so a
+//     volume whose extents fill costs no more syncs than one whose extents
+//     are its own; a flush commits them like everything else.
 //   - F comes from a durable reservation (recReserve), so a lost recRedirect
 //     leaves F to be zeroed by recovery, as for a first write.
 //   - Only the filler writes into F besides the volume's writers; fs.mu
@@ -80,6 +84,10 @@ type fillState struct {
 	base   allocator.Extent // where F's clear blocks read from
 	bits   [blocksPerExtent / 64]atomic.Uint64
 	filled atomic.Int32 // bits set
+	// logged: the bits already queued in a recFilled record. REQUIRES pool.mu.
+	logged [blocksPerExtent / 64]uint64
+	// dirty: bits set that may not be logged; fs is in pool.dirtyFills.
+	dirty atomic.Bool
 	// mu: held for reading by writers into F and readers of F; for writing
 	// by the filler while it copies a run, and once by completion, as a
 	// barrier for readers still reading the base.
@@ -253,35 +261,71 @@ func (p *pool) writeMapped(ext allocator.Extent, b []byte, in int64) error {
 	if fs == nil {
 		return p.writeExtent(ext, b, in)
 	}
-	first, n := int(in/BlockSize), len(b)/BlockSize
 	fs.mu.RLock()
 	err := p.writeExtent(ext, b, in)
 	newly := 0
 	if err == nil {
-		newly = fs.set(first, n)
+		newly = fs.set(int(in/BlockSize), len(b)/BlockSize)
+		p.unfilled.Add(-int64(newly))
 	}
 	fs.mu.RUnlock()
 	if newly > 0 {
-		p.mu.Lock()
-		p.filledLocked(fs, first, n, newly)
-		p.mu.Unlock()
+		p.noteFilled(fs, newly)
 	}
 	return err
 }
 
-// filledLocked logs that blocks [first, first+n) of fs hold their data
-// (newly of them for the first time) and queues fs for the filler when that
-// made it worth completing. REQUIRES mu.
-func (p *pool) filledLocked(fs *fillState, first, n, newly int) {
-	if fs.done {
-		return // completed meanwhile: recFillDone covers these blocks
+// noteFilled records that newly bits of fs were set: its bits are to be
+// logged by the next round, and the filler hears when fs became worth
+// completing.
+func (p *pool) noteFilled(fs *fillState, newly int) {
+	filled := int(fs.filled.Load())
+	crossed := 2*(filled-newly) < blocksPerExtent && 2*filled >= blocksPerExtent || filled == blocksPerExtent
+	if !fs.dirty.CompareAndSwap(false, true) && !crossed {
+		return
 	}
-	p.unfilled.Add(-int64(newly))
-	p.enqueue(&record{typ: recFilled, phys: uint32(fs.ext), first: uint16(first), count: uint16(n)})
-	if !fs.queued && (fs.complete() || 2*int(fs.filled.Load()) >= blocksPerExtent) {
-		fs.queued = true
-		p.fillQueue = append(p.fillQueue, fs)
-		p.wakeFiller()
+	p.mu.Lock()
+	if !fs.done {
+		if !slices.Contains(p.dirtyFills, fs) {
+			p.dirtyFills = append(p.dirtyFills, fs)
+		}
+		if crossed && !fs.queued {
+			fs.queued = true
+			p.fillQueue = append(p.fillQueue, fs)
+			p.wakeFiller()
+		}
+	}
+	p.mu.Unlock()
+}
+
+// logFillsLocked queues a recFilled record for each extent with bits set
+// since it was last logged. A round calls it before it takes the queue (and
+// so before it syncs the data: every bit set by then describes data already
+// written). REQUIRES mu.
+func (p *pool) logFillsLocked() {
+	for _, fs := range p.dirtyFills {
+		fs.dirty.Store(false) // a bit set from now on marks it again
+		p.logFillLocked(fs)
+	}
+	p.dirtyFills = p.dirtyFills[:0]
+}
+
+// logFillLocked queues the bits of fs not yet logged. REQUIRES mu.
+func (p *pool) logFillLocked(fs *fillState) {
+	if fs.done {
+		return
+	}
+	var r record
+	any := false
+	for w := range fs.bits {
+		b := fs.bits[w].Load()
+		r.bitmap[w] = b &^ fs.logged[w]
+		fs.logged[w] = b
+		any = any || r.bitmap[w] != 0
+	}
+	if any {
+		r.typ, r.phys = recFilled, uint32(fs.ext)
+		p.enqueue(&r)
 	}
 }
 
@@ -399,9 +443,11 @@ func (p *pool) completeFill(fs *fillState, pace func(int), runs int) error {
 	// Every block is filled. Readers that found a bit clear before the last
 	// copy may still be reading the base: wait them out.
 	fs.mu.Lock()
-	fs.mu.Unlock() //nolint:staticcheck // an empty critical section is the point: a barrier
+	//lint:ignore SA2001 an empty critical section is the point: a barrier
+	fs.mu.Unlock()
 	p.mu.Lock()
 	if !fs.done {
+		p.logFillLocked(fs)
 		p.endFillLocked(fs)
 		p.enqueue(&record{typ: recFillDone, phys: uint32(fs.ext)})
 	}
@@ -411,7 +457,7 @@ func (p *pool) completeFill(fs *fillState, pace func(int), runs int) error {
 }
 
 // fillRun copies the clear blocks of [blk, blk+fillRunBlocks) of fs from its
-// base and logs them filled. Returns the blocks copied, -1 when fs was
+// base and marks them filled. Returns the blocks copied, -1 when fs was
 // dropped.
 func (p *pool) fillRun(fs *fillState, blk int, buf []byte) (int, error) {
 	if set, n := fs.runOf(blk, fillRunBlocks); set && n == fillRunBlocks {
@@ -435,25 +481,39 @@ func (p *pool) fillRun(fs *fillState, blk int, buf []byte) (int, error) {
 		}
 		b += n
 	}
-	newly := make([]int, len(runs))
-	for i, r := range runs {
-		newly[i] = fs.set(r[0], r[1])
+	newly := 0
+	for _, r := range runs {
+		newly += fs.set(r[0], r[1])
 	}
+	p.unfilled.Add(-int64(newly))
 	fs.mu.Unlock()
 	p.copierMu.Unlock()
 	if err != nil {
 		return 0, err
 	}
-	copied := 0
-	p.mu.Lock()
-	for i, r := range runs {
-		if newly[i] > 0 {
-			p.filledLocked(fs, r[0], r[1], newly[i])
-		}
-		copied += r[1]
+	if newly > 0 {
+		p.noteFilled(fs, newly)
 	}
+	return newly, nil
+}
+
+// maxReserveAhead bounds the extents a snapshot reserves ahead (4 GiB):
+// past it, redirects reserve in the usual batches.
+const maxReserveAhead = 4096
+
+// reserveAhead makes up to n extents (at most maxReserveAhead, at most half
+// of what is free) reserved and durable before a snapshot shares a volume's
+// extents.
+func (p *pool) reserveAhead(n int) error {
+	p.mu.Lock()
+	have := len(p.reserved) + len(p.reserving)
+	want := min(n, maxReserveAhead, int(p.alloc.Total()-p.alloc.Used())/2)
+	reserved := want > have && p.reserveNLocked(want-have)
 	p.mu.Unlock()
-	return copied, nil
+	if !reserved {
+		return nil
+	}
+	return p.commit()
 }
 
 // newPacer returns a function that sleeps so that the bytes it is told of

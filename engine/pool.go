@@ -35,7 +35,22 @@ const (
 	commitSoonBytes = 1 << 20
 	// maxRecordFrame bounds one records frame; rounds split at record boundaries.
 	maxRecordFrame = 4 << 20
+	// lazyCommitInterval bounds how long lazy records (lazyRecord) wait for
+	// a round when nothing else needs one: as long as the kernel keeps
+	// dirty data by default (vm.dirty_expire_centisecs), so their rounds
+	// sync little that the kernel would not have written by then.
+	lazyCommitInterval = 30 * time.Second
 )
+
+// lazyRecord reports whether a record may wait for the next round that
+// something else needs (a flush, a reservation, lazyCommitInterval):
+// losing it in a crash loses only writes that were not flushed, and it
+// describes data whose sync the kernel is doing anyway. Fill records
+// (fill.go) are lazy, so that extents redirected after a snapshot cost no
+// syncs beyond those of extents never shared.
+func lazyRecord(typ byte) bool {
+	return typ == recRedirect || typ == recFilled || typ == recFillDone
+}
 
 // pool is a set of drives with one io_priority, striped (raid0), with one
 // metadata log on drive 0. Every volume lives in exactly one pool.
@@ -94,6 +109,9 @@ type pool struct {
 	fillCount    atomic.Int64               // entries in fills; 0 lets the I/O path skip the lookup
 	unfilled     atomic.Int64               // blocks of filling extents not filled: space that holds no data
 	fillQueue    []*fillState               // REQUIRES mu; worth completing, for the filler
+	dirtyFills   []*fillState               // REQUIRES mu; with bits set that the next round logs
+	urgent       bool                       // REQUIRES mu; a record that is not lazy waits for a round
+	lastRound    time.Time                  // REQUIRES mu; when the last round took the queue
 	pendingUnref []allocator.Extent         // REQUIRES mu; bases of ended fill states, released after the next round
 	reclaimable  []allocator.Extent         // REQUIRES mu; condemned bases whose release is durable: the filler zeroes them
 	copierMu     sync.Mutex                 // held by the filler while it writes into a filling extent
@@ -149,6 +167,7 @@ func (p *pool) fail(err error) error {
 
 // enqueue appends a record to the pending queue. REQUIRES mu.
 func (p *pool) enqueue(r *record) {
+	p.urgent = p.urgent || !lazyRecord(r.typ)
 	p.pending = appendRecord(p.pending, r)
 	if len(p.cuts) == 0 && len(p.pending) >= maxRecordFrame || len(p.cuts) > 0 && len(p.pending)-p.cuts[len(p.cuts)-1] >= maxRecordFrame {
 		p.cuts = append(p.cuts, len(p.pending))
@@ -171,6 +190,8 @@ func (p *pool) commit() error {
 
 func (p *pool) round() error {
 	p.mu.Lock()
+	p.logFillsLocked()
+	p.urgent, p.lastRound = false, time.Now()
 	// The checkpoint (if any) is encoded before anything is taken from the
 	// queues, so it describes exactly the state the taken records lead to.
 	var snap []byte
@@ -318,7 +339,9 @@ func (p *pool) background() {
 		if len(p.reserved)+len(p.reserving) < p.reserveLow() {
 			p.reserveLocked()
 		}
-		idle := len(p.pending) == 0 && len(p.pendingFree) == 0 && len(p.reserving) == 0 && len(p.pendingUnref) == 0
+		lazy := len(p.pending) > 0 || len(p.dirtyFills) > 0
+		idle := !p.urgent && len(p.pending) < commitSoonBytes && len(p.pendingFree) == 0 && len(p.reserving) == 0 &&
+			len(p.pendingUnref) == 0 && !(lazy && time.Since(p.lastRound) >= lazyCommitInterval)
 		p.mu.Unlock()
 		if !idle && p.err() == nil {
 			p.commit() // a failure is recorded in p.failed and reported by every later I/O
@@ -338,10 +361,13 @@ func (p *pool) reserveLow() int   { return max(1, p.reserveBatch()/2) }
 // reserveLocked takes a batch of free extents into p.reserving and queues the
 // record that reserves them; they become usable after the round that logs it.
 // Reports whether it reserved anything. REQUIRES mu.
-func (p *pool) reserveLocked() bool {
+func (p *pool) reserveLocked() bool { return p.reserveNLocked(p.reserveBatch()) }
+
+// reserveNLocked reserves up to n free extents. REQUIRES mu.
+func (p *pool) reserveNLocked(n int) bool {
 	var r record
 	r.typ = recReserve
-	for i := 0; i < p.reserveBatch(); i++ {
+	for i := 0; i < n; i++ {
 		ext, err := p.alloc.Allocate()
 		if err != nil {
 			break
@@ -399,9 +425,18 @@ func (p *pool) reclaim(all bool) error {
 		}
 	}
 	p.reclaimable = nil
+	vols := slices.Collect(maps.Values(p.vols))
 	p.mu.Unlock()
 	if len(exts) == 0 {
 		return nil
+	}
+	// A read that looked an extent up before its volume moved off it
+	// (redirect, copy) may still be reading it: wait out every I/O that
+	// began before now. Later ones cannot reach these extents.
+	for _, v := range vols {
+		v.ioMu.Lock()
+		//lint:ignore SA2001 an empty critical section is the point: a barrier
+		v.ioMu.Unlock()
 	}
 	for _, ext := range exts {
 		if err := p.zeroExtent(ext, 0, ExtentSize); err != nil {
@@ -596,10 +631,10 @@ func (p *pool) apply(st *poolState, r *record) error {
 		switch {
 		case fs == nil:
 			return fmt.Errorf("%w: record type %d for extent %d, which is not filling", ErrCorrupt, r.typ, r.phys)
-		case r.typ == recFilled && (r.count == 0 || int(r.first)+int(r.count) > blocksPerExtent):
-			return fmt.Errorf("%w: extent %d filled blocks %d+%d", ErrCorrupt, r.phys, r.first, r.count)
 		case r.typ == recFilled:
-			fs.set(int(r.first), int(r.count))
+			for w, b := range r.bitmap {
+				fs.filled.Add(int32(bits.OnesCount64(b &^ fs.bits[w].Or(b))))
+			}
 		case !fs.complete():
 			return fmt.Errorf("%w: extent %d done filling with %d of %d blocks", ErrCorrupt, r.phys, fs.filled.Load(), blocksPerExtent)
 		default:

@@ -22,7 +22,7 @@ import (
 //	recReserve       n u32 | n × phys u32        (extents writers may map; zeroed at recovery if still unmapped)
 //	recAddDrive      uuid [16] | extents u32
 //	recRedirect      vol u32 | lext u32 | phys u32       (lext now on phys, filling from lext's previous extent: fill.go)
-//	recFilled        phys u32 | first u16 | count u16    (blocks [first, first+count) of filling phys hold their data)
+//	recFilled        phys u32 | bitmap 4 × u64           (these blocks of filling phys hold their data; bit i of word w = block 64w+i)
 //	recFillDone      phys u32                            (phys is complete; its base loses phys's reference)
 //
 // A checkpoint (one or more frames of type frameCheckpoint, the last of type
@@ -208,8 +208,7 @@ type record struct {
 	exts    []uint32 // recReserve
 	uuid    [16]byte
 	extents uint32
-	first   uint16 // recFilled
-	count   uint16 // recFilled
+	bitmap  [blocksPerExtent / 64]uint64 // recFilled
 }
 
 func appendRecord(b []byte, r *record) []byte {
@@ -233,8 +232,9 @@ func appendRecord(b []byte, r *record) []byte {
 		e.u32(r.phys)
 	case recFilled:
 		e.u32(r.phys)
-		e.b = binary.LittleEndian.AppendUint16(e.b, r.first)
-		e.b = binary.LittleEndian.AppendUint16(e.b, r.count)
+		for _, w := range r.bitmap {
+			e.u64(w)
+		}
 	case recFillDone:
 		e.u32(r.phys)
 	case recRestore:
@@ -300,10 +300,8 @@ func decodeRecords(p []byte, fn func(*record) error) error {
 			r.vol, r.lext, r.phys = d.u32(), d.u32(), d.u32()
 		case recFilled:
 			r.phys = d.u32()
-			if d.need(4) {
-				r.first = binary.LittleEndian.Uint16(d.b[d.off:])
-				r.count = binary.LittleEndian.Uint16(d.b[d.off+2:])
-				d.off += 4
+			for w := range r.bitmap {
+				r.bitmap[w] = d.u64()
 			}
 		case recFillDone:
 			r.phys = d.u32()

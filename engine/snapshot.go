@@ -137,6 +137,14 @@ func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) 
 	if err := e.saveCatalogLocked(entryFor(p, volumeMeta{uid: uid, name: name, readOnly: snapshot, parent: src.meta.name})); err != nil {
 		return VolumeInfo{}, err
 	}
+	// Every extent the source maps is about to be shared, and the first
+	// write to each takes a reserved one (a redirect): reserve them ahead,
+	// in a round of their own, so that writers after the snapshot do not
+	// wait for rounds. This round also syncs what was written before: the
+	// snapshot's own round then has little left to sync.
+	if err := p.reserveAhead(int(src.used.Load())); err != nil {
+		return VolumeInfo{}, err
+	}
 	// Quiesce the source so the copy is one instant of it.
 	src.ioMu.Lock()
 	p.mu.Lock()

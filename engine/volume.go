@@ -371,7 +371,7 @@ func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
 
 // redirect gives lext an extent of its own before it is written, without
 // copying: a fresh extent filling from the shared one (fill.go). Past the
-// pool's hard cap on filling extents it copies instead (copyExtent).
+// pool's hard cap on filling extents it copies instead (copyInto).
 // REQUIRES ioMu (read or write).
 func (v *Volume) redirect(lext uint32) (allocator.Extent, error) {
 	mu := &v.cowMu[lext%uint32(len(v.cowMu))]
@@ -390,16 +390,16 @@ func (v *Volume) redirect(lext uint32) (allocator.Extent, error) {
 			p.mu.Unlock()
 			return old, nil
 		}
-		if p.fillCount.Load() >= 2*p.fillCap() {
-			p.mu.Unlock()
-			return v.copyExtent(lext)
-		}
 		fresh, ok := p.takeReserved()
 		if !ok {
 			if err := v.waitReserved("redirect"); err != nil {
 				return 0, err
 			}
 			continue
+		}
+		if p.fillCount.Load() >= 2*p.fillCap() {
+			p.mu.Unlock()
+			return v.copyInto(lext, old, fresh)
 		}
 		// The volume's reference on old becomes the fill state's.
 		p.startFillLocked(fresh, old)
@@ -424,49 +424,36 @@ func (v *Volume) waitReserved(what string) error {
 	return p.commit()
 }
 
-// copyExtent gives lext a private extent before it is written: a whole copy
-// of the shared one (the fallback when too many extents are filling). The
-// remap record may reach the log before the copy is on the drive: that is
-// safe because the round that logs it syncs the data first, and until then a
-// crash leaves lext on the shared extent (old data). REQUIRES ioMu and
-// lext's cowMu stripe (no write to lext can run, so the copy is of stable
-// data).
-func (v *Volume) copyExtent(lext uint32) (allocator.Extent, error) {
+// copyInto gives lext the reserved extent fresh holding a whole copy of
+// the shared old (the fallback when too many extents are filling). The remap
+// record may reach the log before the copy is on the drive: that is safe
+// because the round that logs it syncs the data first, and until then a
+// crash leaves lext on old. REQUIRES ioMu and lext's cowMu stripe (no write
+// to lext can run, so the copy is of stable data).
+func (v *Volume) copyInto(lext uint32, old, fresh allocator.Extent) (allocator.Extent, error) {
 	p := v.pool
-	for {
-		p.mu.Lock()
-		old, mapped, shared := v.table.lookupShared(lext)
-		if !mapped || !shared || p.alloc.Refs(old) == 1 {
-			p.mu.Unlock()
-			return 0, fmt.Errorf("engine: copyExtent of an extent that is not shared") // unreachable: the stripe is held
-		}
-		fresh, ok := p.takeReserved()
-		if !ok {
-			if err := v.waitReserved("copy-on-write"); err != nil {
-				return 0, err
-			}
-			continue
-		}
-		p.mu.Unlock()
-		pb := drive.GetBuffer(ExtentSize)
-		buf := pb.B
-		err := p.readMapped(old, buf, 0)
-		if err == nil {
-			err = p.writeExtent(fresh, buf, 0)
-		}
-		drive.PutBuffer(pb)
-		if err != nil {
-			// fresh stays reserved on disk, so recovery zeroes it; this pool
-			// is done serving writes.
-			return 0, p.fail(err)
-		}
-		p.mu.Lock()
-		v.table.set(lext, fresh)
-		p.enqueue(&record{typ: recRemap, vol: v.id, lext: lext, phys: uint32(fresh)})
-		err = p.alloc.Free(old) // drops this volume's reference; others keep it
-		p.mu.Unlock()
-		return fresh, err
+	pb := drive.GetBuffer(ExtentSize)
+	buf := pb.B
+	err := p.readMapped(old, buf, 0)
+	if err == nil {
+		err = p.writeExtent(fresh, buf, 0)
 	}
+	drive.PutBuffer(pb)
+	if err != nil {
+		// fresh stays reserved on disk, so recovery zeroes it; this pool
+		// is done serving writes.
+		return 0, p.fail(err)
+	}
+	p.mu.Lock()
+	v.table.set(lext, fresh)
+	p.enqueue(&record{typ: recRemap, vol: v.id, lext: lext, phys: uint32(fresh)})
+	// This volume's reference on old goes once the remap is durable; if the
+	// others let go meanwhile (a snapshot deleted during the copy), old is
+	// then zeroed before it is freed (releaseBasesLocked).
+	p.addBaseRefLocked(old, 1)
+	p.pendingUnref = append(p.pendingUnref, old)
+	p.mu.Unlock()
+	return fresh, nil
 }
 
 // Trim makes the whole blocks in [off, off+n) read as zeros and gives back
