@@ -516,7 +516,7 @@ func fillStep(e *Engine, rng *rand.Rand) error {
 		return p.fillPass(true, nil, nil)
 	}
 	var all []*fillState
-	p.fills.Range(func(_, v any) bool { all = append(all, v.(*fillState)); return true })
+	p.fills.each(func(fs *fillState) bool { all = append(all, fs); return true })
 	if len(all) == 0 {
 		return nil
 	}

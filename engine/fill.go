@@ -84,8 +84,6 @@ type fillState struct {
 	base   allocator.Extent // where F's clear blocks read from
 	bits   [blocksPerExtent / 64]atomic.Uint64
 	filled atomic.Int32 // bits set
-	// logged: the bits already queued in a recFilled record. REQUIRES pool.mu.
-	logged [blocksPerExtent / 64]uint64
 	// dirty: bits set that may not be logged; fs is in pool.dirtyFills.
 	dirty atomic.Bool
 	// mu: held for reading by writers into F and readers of F; for writing
@@ -133,27 +131,99 @@ func (p *pool) fillOf(ext allocator.Extent) *fillState {
 	if p.fillCount.Load() == 0 {
 		return nil
 	}
-	if fs, ok := p.fills.Load(ext); ok {
-		return fs.(*fillState)
+	return p.fills.load(ext)
+}
+
+// fillTable finds the fill state of an extent without locks: a directory
+// of chunks of fillChunkSlots pointers, a chunk allocated when one of its
+// extents first fills (8 bytes per extent of the chunks in use, so at most
+// 8 MiB per TiB of pool). Changed only under pool.mu.
+type fillTable struct {
+	dir atomic.Pointer[[]atomic.Pointer[fillChunk]]
+}
+
+const fillChunkSlots = 4096
+
+type fillChunk [fillChunkSlots]atomic.Pointer[fillState]
+
+func (t *fillTable) load(ext allocator.Extent) *fillState {
+	d := t.dir.Load()
+	if d == nil || int(ext/fillChunkSlots) >= len(*d) {
+		return nil
 	}
-	return nil
+	c := (*d)[ext/fillChunkSlots].Load()
+	if c == nil {
+		return nil
+	}
+	return c[ext%fillChunkSlots].Load()
+}
+
+// store sets ext's fill state (nil clears it). REQUIRES pool.mu.
+func (t *fillTable) store(ext allocator.Extent, fs *fillState) {
+	i := int(ext / fillChunkSlots)
+	d := t.dir.Load()
+	if d == nil || i >= len(*d) {
+		if fs == nil {
+			return
+		}
+		nd := make([]atomic.Pointer[fillChunk], i+1)
+		if d != nil {
+			for j := range *d {
+				nd[j].Store((*d)[j].Load())
+			}
+		}
+		t.dir.Store(&nd)
+		d = &nd
+	}
+	c := (*d)[i].Load()
+	if c == nil {
+		if fs == nil {
+			return
+		}
+		c = new(fillChunk)
+		(*d)[i].Store(c)
+	}
+	c[ext%fillChunkSlots].Store(fs)
+}
+
+// each calls fn for every fill state until it returns false. REQUIRES pool.mu
+// for a consistent view.
+func (t *fillTable) each(fn func(*fillState) bool) {
+	d := t.dir.Load()
+	if d == nil {
+		return
+	}
+	for i := range *d {
+		c := (*d)[i].Load()
+		if c == nil {
+			continue
+		}
+		for j := range c {
+			if fs := c[j].Load(); fs != nil && !fn(fs) {
+				return
+			}
+		}
+	}
 }
 
 // fillCap is how many extents of the pool may be filling before the filler
-// completes some whatever their fill: an eighth of the pool's extents keeps
-// fill states (~150 B each) within 20 MiB per TiB.
+// completes some whatever their fill: a quarter of the pool's extents keeps
+// fill states (~80 B each, and their table's 8 B per extent) within
+// 22 MiB per TiB of pool, 26 with the mapping: the budget is 32.
+// Past twice the cap (a transient the filler has not caught up with), a
+// write to a shared extent copies it whole instead (copyInto).
 func (p *pool) fillCap() int64 {
 	if c := p.eng.opts.fillCap; c > 0 {
 		return int64(c)
 	}
-	return max(1024, p.alloc.Total()/8)
+	return max(1024, p.alloc.Total()/4)
 }
 
 // startFillLocked makes fresh a filling extent on base. REQUIRES mu.
 func (p *pool) startFillLocked(fresh, base allocator.Extent) *fillState {
 	fs := &fillState{ext: fresh, base: base}
 	p.addBaseRefLocked(base, 1)
-	p.fills.Store(fresh, fs)
+	p.fills.store(fresh, fs)
 	p.fillCount.Add(1)
 	p.unfilled.Add(blocksPerExtent)
 	return fs
@@ -163,10 +233,21 @@ func (p *pool) startFillLocked(fresh, base allocator.Extent) *fillState {
 // the next round (pendingUnref). REQUIRES mu.
 func (p *pool) endFillLocked(fs *fillState) {
 	fs.done = true
-	p.fills.Delete(fs.ext)
+	p.fills.store(fs.ext, nil)
 	p.fillCount.Add(-1)
 	p.unfilled.Add(-int64(blocksPerExtent - fs.filled.Load()))
-	p.pendingUnref = append(p.pendingUnref, fs.base)
+	p.releaseAfterRoundLocked(fs.base)
+}
+
+// releaseAfterRoundLocked lets go of a reference on base once the next
+// round has logged what ended it (releaseBasesLocked). That round is hurried
+// only when the release gives space back; otherwise it waits like a lazy
+// record. REQUIRES mu.
+func (p *pool) releaseAfterRoundLocked(base allocator.Extent) {
+	p.pendingUnref = append(p.pendingUnref, base)
+	if p.alloc.Refs(base) == 1 {
+		p.urgent = true
+	}
 }
 
 // dropFillLocked forgets the fill state of an extent that lost its last
@@ -310,23 +391,18 @@ func (p *pool) logFillsLocked() {
 	p.dirtyFills = p.dirtyFills[:0]
 }
 
-// logFillLocked queues the bits of fs not yet logged. REQUIRES mu.
+// logFillLocked queues a record of the bits of fs (all of them: records
+// are OR-ed at replay, so logging a bit twice is harmless, and no per-state
+// memory of what was logged is needed). REQUIRES mu.
 func (p *pool) logFillLocked(fs *fillState) {
 	if fs.done {
 		return
 	}
-	var r record
-	any := false
+	r := record{typ: recFilled, phys: uint32(fs.ext)}
 	for w := range fs.bits {
-		b := fs.bits[w].Load()
-		r.bitmap[w] = b &^ fs.logged[w]
-		fs.logged[w] = b
-		any = any || r.bitmap[w] != 0
+		r.bitmap[w] = fs.bits[w].Load()
 	}
-	if any {
-		r.typ, r.phys = recFilled, uint32(fs.ext)
-		p.enqueue(&r)
-	}
+	p.enqueue(&r)
 }
 
 // worthFilling says whether the filler should complete fs now (see the top
@@ -345,8 +421,8 @@ func (p *pool) fillCandidatesLocked(scan bool) []*fillState {
 		return out
 	}
 	var all []*fillState
-	p.fills.Range(func(_, v any) bool {
-		if fs := v.(*fillState); !fs.queued {
+	p.fills.each(func(fs *fillState) bool {
+		if !fs.queued {
 			all = append(all, fs)
 		}
 		return true
@@ -541,12 +617,11 @@ func (p *pool) fillCheckLocked(refs map[allocator.Extent]int) error {
 	var unfilled int64
 	var n int64
 	var err error
-	p.fills.Range(func(k, v any) bool {
-		fs := v.(*fillState)
+	p.fills.each(func(fs *fillState) bool {
 		n++
 		unfilled += int64(blocksPerExtent - fs.filled.Load())
 		refs[fs.base]++
-		if k.(allocator.Extent) != fs.ext || fs.done {
+		if p.fills.load(fs.ext) != fs || fs.done {
 			err = fmt.Errorf("%s: fill state of extent %d is stale", p, fs.ext)
 			return false
 		}
@@ -568,7 +643,7 @@ func (p *pool) fillCheckLocked(refs map[allocator.Extent]int) error {
 		return err
 	}
 	counted := map[allocator.Extent]int32{}
-	p.fills.Range(func(_, v any) bool { counted[v.(*fillState).base]++; return true })
+	p.fills.each(func(fs *fillState) bool { counted[fs.base]++; return true })
 	for _, b := range p.pendingUnref {
 		refs[b]++
 		counted[b]++
@@ -612,7 +687,7 @@ func (p *pool) loadFills(st *poolState) error {
 			}
 		}
 		p.addBaseRefLocked(fs.base, 1)
-		p.fills.Store(f, fs)
+		p.fills.store(f, fs)
 		p.fillCount.Add(1)
 		p.unfilled.Add(int64(blocksPerExtent - fs.filled.Load()))
 	}

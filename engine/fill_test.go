@@ -215,7 +215,7 @@ func TestRedirectChains(t *testing.T) {
 	// Complete them in a random order, interrupting some copies.
 	for p.fillCount.Load() > 0 {
 		var all []*fillState
-		p.fills.Range(func(_, x any) bool { all = append(all, x.(*fillState)); return true })
+		p.fills.each(func(fs *fillState) bool { all = append(all, fs); return true })
 		fs := all[rng.IntN(len(all))]
 		if err := p.completeFill(fs, nil, rng.IntN(20)); err != nil {
 			t.Fatal(err)

@@ -105,7 +105,7 @@ type pool struct {
 	condemned map[allocator.Extent]struct{} // REQUIRES mu
 
 	// Redirect-on-write (fill.go).
-	fills        sync.Map                   // allocator.Extent → *fillState: the extents filling
+	fills        fillTable                  // the extents filling
 	fillCount    atomic.Int64               // entries in fills; 0 lets the I/O path skip the lookup
 	unfilled     atomic.Int64               // blocks of filling extents not filled: space that holds no data
 	fillQueue    []*fillState               // REQUIRES mu; worth completing, for the filler
@@ -340,8 +340,9 @@ func (p *pool) background() {
 			p.reserveLocked()
 		}
 		lazy := len(p.pending) > 0 || len(p.dirtyFills) > 0
+		lazy = lazy || len(p.pendingUnref) > 0
 		idle := !p.urgent && len(p.pending) < commitSoonBytes && len(p.pendingFree) == 0 && len(p.reserving) == 0 &&
-			len(p.pendingUnref) == 0 && !(lazy && time.Since(p.lastRound) >= lazyCommitInterval)
+			!(lazy && time.Since(p.lastRound) >= lazyCommitInterval)
 		p.mu.Unlock()
 		if !idle && p.err() == nil {
 			p.commit() // a failure is recorded in p.failed and reported by every later I/O
@@ -499,8 +500,7 @@ func (p *pool) encodeCheckpoint() []byte {
 	}
 	if p.fillCount.Load() > 0 {
 		var fills []*fillState
-		p.fills.Range(func(_, v any) bool { fills = append(fills, v.(*fillState)); return true })
-		slices.SortFunc(fills, func(a, b *fillState) int { return int(a.ext) - int(b.ext) })
+		p.fills.each(func(fs *fillState) bool { fills = append(fills, fs); return true })
 		e.u32(uint32(len(fills)))
 		for _, fs := range fills {
 			e.u32(uint32(fs.ext))

@@ -13,8 +13,10 @@ import (
 // Snapshots and clones share extents with their source: creating one copies
 // the source's mapping (4 bytes per mapped extent) and adds a reference to
 // each extent, and marks both sides' entries shared. The first write to a
-// shared extent copies it (copyOnWrite). A snapshot is read-only; a clone is
-// an ordinary volume that started as a snapshot's content.
+// shared extent redirects it to a fresh extent that fills from the shared
+// one (fill.go): nothing is copied on the write path. A snapshot is
+// read-only; a clone is an ordinary volume that started as a snapshot's
+// content.
 
 func snapKeepOrDefault(n uint32) int {
 	if n == 0 {

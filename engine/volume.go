@@ -451,7 +451,7 @@ func (v *Volume) copyInto(lext uint32, old, fresh allocator.Extent) (allocator.E
 	// others let go meanwhile (a snapshot deleted during the copy), old is
 	// then zeroed before it is freed (releaseBasesLocked).
 	p.addBaseRefLocked(old, 1)
-	p.pendingUnref = append(p.pendingUnref, old)
+	p.releaseAfterRoundLocked(old)
 	p.mu.Unlock()
 	return fresh, nil
 }
