@@ -41,9 +41,13 @@ import (
 //     logs them: pendingUnref). A base is never written where F reads it: a
 //     base is shared (writers of shared extents redirect) or held by F alone.
 //   - A bit is set only after its block's data is in F (writeMapped,
-//     fillRun), and bits are never cleared. A reader that finds a bit clear
-//     reads the base while holding fs.mu for reading, and completion waits
-//     for such readers before it lets the base go.
+//     fillRun), and bits are never cleared. So a reader needs no lock: a
+//     set bit means F holds the block; a clear one, that the base does, and
+//     the base stays allocated while the fill state exists and until the
+//     round after it ends. An extent is zeroed only after every I/O that
+//     began before its release has finished (reclaim's barrier), so a read
+//     that looked at a bit just before the last one was set still finds the
+//     base's data.
 //   - Durability: bits are logged per round, not per write: a round gathers
 //     the bits set since the last one (pool.dirtyFills) into one recFilled
 //     record per extent before it syncs the data, so a logged bit always
@@ -57,12 +61,13 @@ import (
 //     are its own; a flush commits them like everything else.
 //   - F comes from a durable reservation (recReserve), so a lost recRedirect
 //     leaves F to be zeroed by recovery, as for a first write.
-//   - Only the filler writes into F besides the volume's writers; fs.mu
-//     (write) keeps it off blocks a writer is writing, and p.copierMu keeps
-//     it off an F that lost its last reference and is being zeroed
-//     (dropFillLocked). Lock order: pool.mu → copierMu → fs.mu of F → fs.mu
-//     of its base; writers take fs.mu (read) alone and pool.mu after
-//     releasing it.
+//   - Only the filler writes into F besides the volume's writers. A stripe
+//     of pool.fillLocks (by F) keeps it off blocks a writer is writing:
+//     writers hold it for reading, the filler for writing while it writes a
+//     run. p.copierMu keeps it off an F that lost its last reference and is
+//     being zeroed (dropFillLocked). Lock order: pool.mu → copierMu → a
+//     fillLocks stripe; writers take a stripe alone, and pool.mu only after
+//     releasing it. Nothing holds a stripe while it takes another.
 
 const (
 	blocksPerExtent = ExtentSize / BlockSize
@@ -79,6 +84,7 @@ const (
 )
 
 // fillState is a filling extent. Lives in pool.fills while F is filling.
+// Kept small (64 B): the pool may hold a third of its extents' worth.
 type fillState struct {
 	ext    allocator.Extent // F
 	base   allocator.Extent // where F's clear blocks read from
@@ -86,10 +92,6 @@ type fillState struct {
 	filled atomic.Int32 // bits set
 	// dirty: bits set that may not be logged; fs is in pool.dirtyFills.
 	dirty atomic.Bool
-	// mu: held for reading by writers into F and readers of F; for writing
-	// by the filler while it copies a run, and once by completion, as a
-	// barrier for readers still reading the base.
-	mu sync.RWMutex
 	// done: completed or dropped; no more recFilled records for it.
 	// REQUIRES pool.mu.
 	done bool
@@ -207,16 +209,17 @@ func (t *fillTable) each(fn func(*fillState) bool) {
 }
 
 // fillCap is how many extents of the pool may be filling before the filler
-// completes some whatever their fill: a quarter of the pool's extents keeps
-// fill states (~80 B each, and their table's 8 B per extent) within
-// 22 MiB per TiB of pool, 26 with the mapping: the budget is 32.
+// completes some whatever their fill: a third of the pool's extents keeps
+// fill states (64 B each, and their table's 8 B per extent) within 24 MiB
+// per TiB of pool, 28 with the mapping: the budget is 32 (BENCHMARKS.md,
+// "Mapping RAM", measures it).
 // Past twice the cap (a transient the filler has not caught up with), a
 // write to a shared extent copies it whole instead (copyInto).
 func (p *pool) fillCap() int64 {
 	if c := p.eng.opts.fillCap; c > 0 {
 		return int64(c)
 	}
-	return max(1024, p.alloc.Total()/4)
+	return max(1024, p.alloc.Total()/3)
 }
 
 // startFillLocked makes fresh a filling extent on base. REQUIRES mu.
@@ -315,8 +318,6 @@ func (p *pool) readMapped(ext allocator.Extent, b []byte, in int64) error {
 	if fs == nil {
 		return p.readExtent(ext, b, in)
 	}
-	fs.mu.RLock()
-	defer fs.mu.RUnlock()
 	for len(b) > 0 {
 		blk := int(in / BlockSize)
 		set, n := fs.runOf(blk, (len(b)+BlockSize-1)/BlockSize)
@@ -342,18 +343,24 @@ func (p *pool) writeMapped(ext allocator.Extent, b []byte, in int64) error {
 	if fs == nil {
 		return p.writeExtent(ext, b, in)
 	}
-	fs.mu.RLock()
+	lock := p.fillLock(ext)
+	lock.RLock()
 	err := p.writeExtent(ext, b, in)
 	newly := 0
 	if err == nil {
 		newly = fs.set(int(in/BlockSize), len(b)/BlockSize)
 		p.unfilled.Add(-int64(newly))
 	}
-	fs.mu.RUnlock()
+	lock.RUnlock()
 	if newly > 0 {
 		p.noteFilled(fs, newly)
 	}
 	return err
+}
+
+// fillLock is the stripe of pool.fillLocks that guards writes into ext.
+func (p *pool) fillLock(ext allocator.Extent) *sync.RWMutex {
+	return &p.fillLocks[uint32(ext)%uint32(len(p.fillLocks))]
 }
 
 // noteFilled records that newly bits of fs were set: its bits are to be
@@ -516,11 +523,9 @@ func (p *pool) completeFill(fs *fillState, pace func(int), runs int) error {
 			}
 		}
 	}
-	// Every block is filled. Readers that found a bit clear before the last
-	// copy may still be reading the base: wait them out.
-	fs.mu.Lock()
-	//lint:ignore SA2001 an empty critical section is the point: a barrier
-	fs.mu.Unlock()
+	// Every block is filled. Reads that found a bit clear before the last
+	// copy may still be reading the base: it is zeroed, if ever, only after
+	// reclaim's barrier has waited them out.
 	p.mu.Lock()
 	if !fs.done {
 		p.logFillLocked(fs)
@@ -533,37 +538,45 @@ func (p *pool) completeFill(fs *fillState, pace func(int), runs int) error {
 }
 
 // fillRun copies the clear blocks of [blk, blk+fillRunBlocks) of fs from its
-// base and marks them filled. Returns the blocks copied, -1 when fs was
-// dropped.
+// base and marks them filled. The run is written whole, in one write: its
+// clear blocks from the base, its set ones re-read from F under the stripe
+// lock (no writer can change them meanwhile). Returns the blocks copied, -1
+// when fs was dropped.
 func (p *pool) fillRun(fs *fillState, blk int, buf []byte) (int, error) {
 	if set, n := fs.runOf(blk, fillRunBlocks); set && n == fillRunBlocks {
 		return 0, nil
 	}
-	var runs [][2]int // [first, n] of each clear run copied
+	off := int64(blk) * BlockSize
+	// The base does not change while fs holds it: read it unlocked.
+	if err := p.readMapped(fs.base, buf, off); err != nil {
+		return 0, err
+	}
 	p.copierMu.Lock()
 	if fs.dropped.Load() {
 		p.copierMu.Unlock()
 		return -1, nil
 	}
-	fs.mu.Lock()
-	err := p.readMapped(fs.base, buf, int64(blk)*BlockSize)
+	lock := p.fillLock(fs.ext)
+	lock.Lock()
+	var err error
 	for b := blk; err == nil && b < blk+fillRunBlocks; {
 		set, n := fs.runOf(b, blk+fillRunBlocks-b)
-		if !set {
-			off := (b - blk) * BlockSize
-			if err = p.writeExtent(fs.ext, buf[off:off+n*BlockSize], int64(b)*BlockSize); err == nil {
-				runs = append(runs, [2]int{b, n})
-			}
+		if set {
+			o := (b - blk) * BlockSize
+			err = p.readExtent(fs.ext, buf[o:o+n*BlockSize], int64(b)*BlockSize)
 		}
 		b += n
 	}
-	newly := 0
-	for _, r := range runs {
-		newly += fs.set(r[0], r[1])
+	if err == nil {
+		err = p.writeExtent(fs.ext, buf, off)
 	}
-	p.unfilled.Add(-int64(newly))
-	fs.mu.Unlock()
-	p.copierMu.Unlock()
+	newly := 0
+	if err == nil {
+		newly = fs.set(blk, fillRunBlocks)
+		p.unfilled.Add(-int64(newly))
+	}
+	lock.Unlock()
+	p.copierMu.Unlock() // before noteFilled takes pool.mu: the lock order
 	if err != nil {
 		return 0, err
 	}

@@ -115,6 +115,7 @@ type pool struct {
 	pendingUnref []allocator.Extent         // REQUIRES mu; bases of ended fill states, released after the next round
 	reclaimable  []allocator.Extent         // REQUIRES mu; condemned bases whose release is durable: the filler zeroes them
 	copierMu     sync.Mutex                 // held by the filler while it writes into a filling extent
+	fillLocks    [64]sync.RWMutex           // by extent: writers into a filling extent (read) against the filler (write)
 	reclaimMu    sync.Mutex                 // one reclaim at a time (reclaim)
 	baseRefs     map[allocator.Extent]int32 // REQUIRES mu; references fill states (live or ending) hold on each base
 	baseGen      uint64                     // REQUIRES mu; changes with baseRefs (exclusiveBytes' cache)

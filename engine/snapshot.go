@@ -98,6 +98,11 @@ func (e *Engine) CloneVolume(snapshot, name string) (VolumeInfo, error) {
 }
 
 func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) {
+	if snapshot {
+		if err := e.reserveAheadFor(srcName); err != nil {
+			return VolumeInfo{}, err
+		}
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
@@ -139,14 +144,7 @@ func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) 
 	if err := e.saveCatalogLocked(entryFor(p, volumeMeta{uid: uid, name: name, readOnly: snapshot, parent: src.meta.name})); err != nil {
 		return VolumeInfo{}, err
 	}
-	// Every extent the source maps is about to be shared, and the first
-	// write to each takes a reserved one (a redirect): reserve them ahead,
-	// in a round of their own, so that writers after the snapshot do not
-	// wait for rounds. This round also syncs what was written before: the
-	// snapshot's own round then has little left to sync.
-	if err := p.reserveAhead(int(src.used.Load())); err != nil {
-		return VolumeInfo{}, err
-	}
+
 	// Quiesce the source so the copy is one instant of it.
 	src.ioMu.Lock()
 	p.mu.Lock()
@@ -180,6 +178,24 @@ func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) 
 	}
 	e.byName[name] = v
 	return v.Info(), nil
+}
+
+// reserveAheadFor prepares a snapshot of a volume: every extent it maps is
+// about to be shared, and the first write to each will take a reserved one
+// (a redirect). Reserving them ahead, in a round of their own, keeps the
+// writers after the snapshot from waiting for rounds. That round also syncs
+// what was written before, so the snapshot's own round has little left to
+// sync. It runs without the engine's lock: status and other volumes' calls
+// need not wait for the sync. (Nothing else is decided here: share checks
+// everything again under the lock.)
+func (e *Engine) reserveAheadFor(volume string) error {
+	e.mu.Lock()
+	src, err := e.lookupLocked(volume)
+	e.mu.Unlock()
+	if err != nil || src.meta.readOnly {
+		return nil // share reports it
+	}
+	return src.pool.reserveAhead(int(src.used.Load()))
 }
 
 // RestoreVolume makes a volume's content its snapshot's; durable on return.
