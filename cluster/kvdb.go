@@ -24,7 +24,7 @@ var (
 	ErrNotFound = errors.New("cluster: not found")
 	// ErrMismatch: the node, the kvdb or the flags belong to different
 	// clusters; joining would mix them.
-	ErrMismatch = errors.New("cluster: mismatch")
+	ErrMismatch = errors.New("cluster mismatch")
 	// ErrInvalid: a name or argument the cluster cannot take.
 	ErrInvalid = errors.New("cluster: invalid argument")
 )
@@ -121,7 +121,7 @@ func boundDialer(localIP string) func(context.Context, string) (net.Conn, error)
 // unavailable wraps an etcd error as ErrUnavailable, naming the endpoints.
 func unavailable(endpoints []string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) {
-		err = fmt.Errorf("no answer within %v", CallTimeout)
+		err = errors.New("no answer in time")
 	}
 	return fmt.Errorf("%w (%s): %v", ErrUnavailable, strings.Join(endpoints, ","), err)
 }

@@ -90,18 +90,18 @@ func (s *Store) Register(ctx context.Context, cfg MemberConfig) (*Member, error)
 	return m, nil
 }
 
-// checkNotTaken refuses a node id that is Online from another host or
-// management address: a copied data directory, not this node restarted
-// (a restart after a crash finds its own heartbeat not yet expired, and
-// takes it over).
+// checkNotTaken refuses a node id that is Online from another host: a
+// copied data directory, not this node restarted. A restart after a crash
+// finds its own heartbeat not yet expired (its management port may differ:
+// port 0) and takes it over.
 func (m *Member) checkNotTaken(ctx context.Context, rec NodeRecord) error {
 	nodes, err := m.s.Nodes(ctx)
 	if err != nil {
 		return err
 	}
 	for _, n := range nodes {
-		if n.ID == rec.ID && n.Status == StatusOnline && (n.Hostname != rec.Hostname || n.MgmtAddr != rec.MgmtAddr) {
-			return fmt.Errorf("%w: node id %s is Online in cluster %q as %s (%s); is this data directory a copy of that node's?",
+		if n.ID == rec.ID && n.Status == StatusOnline && n.Hostname != rec.Hostname {
+			return fmt.Errorf("%w: node id %s is Online in cluster %q on host %s (%s); is this data directory a copy of that node's?",
 				ErrExists, rec.ID, m.s.identity.Name, n.Hostname, n.MgmtAddr)
 		}
 	}

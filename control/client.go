@@ -76,6 +76,19 @@ func (c *Client) AddDrive(ctx context.Context, req AddDriveRequest) (Status, err
 	return st, c.do(ctx, http.MethodPost, "/v1/drives", req, &st)
 }
 
+// ClusterNodes lists the nodes of the daemon's cluster.
+func (c *Client) ClusterNodes(ctx context.Context) ([]ClusterNode, error) {
+	var nodes []ClusterNode
+	return nodes, c.do(ctx, http.MethodGet, "/v1/cluster/nodes", nil, &nodes)
+}
+
+// ClusterNode returns one node: by id, or by a hostname or management
+// address only it has.
+func (c *Client) ClusterNode(ctx context.Context, ref string) (ClusterNode, error) {
+	var n ClusterNode
+	return n, c.do(ctx, http.MethodGet, "/v1/cluster/nodes/"+url.PathEscape(ref), nil, &n)
+}
+
 // Metrics returns the Prometheus text exposition.
 func (c *Client) Metrics(ctx context.Context) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)
