@@ -25,25 +25,25 @@ import (
 
 // daemonConfig is `cairn daemon`'s flags. Short names follow Portworx.
 type daemonConfig struct {
-	dataDir          string
-	apiAddr          string
-	mgmtIface        string // -m
-	nbdAddr          string
-	dataIface        string // -d
-	nbdSocket        string
-	drives           []string // -s
-	allDrives        bool     // -a
-	force            bool     // -f
-	storageless      bool     // -z
-	cluster          string   // -c
-	kvdb             string   // -k: external etcd endpoints; "" runs the embedded one
-	kvdbListen       string   // embedded etcd's client address
-	kvdbPeer         string   // embedded etcd's peer address
-	kvdbFlagsSet     bool     // --kvdb-listen or --kvdb-peer given
-	zone, rack       string
+	dataDir      string
+	apiAddr      string
+	mgmtIface    string // -m
+	nbdAddr      string
+	dataIface    string // -d
+	nbdSocket    string
+	drives       []string // -s
+	allDrives    bool     // -a
+	force        bool     // -f
+	storageless  bool     // -z
+	cluster      string   // -c
+	kvdb         string   // -k: external etcd endpoints; "" runs the embedded one
+	kvdbListen   string   // embedded etcd's client address
+	kvdbPeer     string   // embedded etcd's peer address
+	kvdbFlagsSet bool     // --kvdb-listen or --kvdb-peer given
+	zone, rack   string
 	// clockOffset shifts the clock the node reports to the cluster
 	// (hidden; tests stand a node with a wrong clock up with it).
-	clockOffset time.Duration
+	clockOffset      time.Duration
 	defaultDriveSize string
 	cpuProfile       string
 	// snapMinute is how long one snap_interval minute lasts (hidden; tests
