@@ -56,6 +56,11 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = "1h"
 	ec.QuotaBackendBytes = 2 << 30
+	// A restarted single member without a raft snapshot waits one full
+	// election timeout before it elects itself (etcd's tick fast-forward
+	// applies only to fresh or snapshot-restored members); with no peer
+	// there is nothing to tolerate, so keep that wait short.
+	ec.TickMs, ec.ElectionMs = 50, 250
 	// etcd's info logs would drown the daemon's; errors still reach stderr.
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	e, err := embed.StartEtcd(ec)

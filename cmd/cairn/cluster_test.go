@@ -285,7 +285,7 @@ func TestClusterKvdbDown(t *testing.T) {
 	run(t, "nbdinfo", nbdURI)
 
 	// The kvdb back (node 1 restarted on its data dir and address).
-	d1 = startDaemon(t, d1Dir, "--kvdb-listen", kvdbAddr)
+	startDaemon(t, d1Dir, "--kvdb-listen", kvdbAddr)
 	back := time.Now()
 	for {
 		r := cairn(t, d2.api, "cluster", "list", "-j")

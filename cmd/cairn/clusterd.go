@@ -57,12 +57,13 @@ func joinCluster(ctx context.Context, cfg daemonConfig, node *control.Node, data
 		}
 	} else {
 		dir := filepath.Join(dataDir, kvdbDirName)
+		began := time.Now()
 		c.embedded, err = cluster.StartEmbedded(ctx, cluster.EmbeddedConfig{Name: node.ID(), Dir: dir, ClientAddr: cfg.kvdbListen, PeerAddr: cfg.kvdbPeer})
 		if err != nil {
 			return nil, err
 		}
 		endpoints = c.embedded.Endpoints()
-		log.Info("kvdb listening", "addr", c.embedded.ClientAddr(), "dir", dir)
+		log.Info("kvdb listening", "addr", c.embedded.ClientAddr(), "dir", dir, "start_ms", time.Since(began).Milliseconds())
 		go func() {
 			if err, ok := <-c.embedded.Err(); ok && err != nil {
 				// Served volumes go on without it; cluster operations
