@@ -74,8 +74,12 @@ func Connect(ctx context.Context, endpoints []string, localIP string) (*clientv3
 	cfg := clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: dialTimeout,
-		// Find a dead connection within seconds, not at the next TCP timeout.
-		DialKeepAliveTime:    2 * time.Second,
+		// Find a dead connection (a blackholed member) within ~8 s, not at
+		// the next TCP timeout, and so move to another endpoint before the
+		// node's 10 s lease runs out. Not more often: etcd servers refuse
+		// pings closer than 5 s apart (grpc-keepalive-min-time) and drop
+		// the connection of a client that sends them.
+		DialKeepAliveTime:    6 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
 		DialOptions:          []grpc.DialOption{grpc.WithContextDialer(boundDialer(localIP))},
 		Logger:               zap.NewNop(), // our callers log what matters

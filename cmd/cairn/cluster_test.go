@@ -91,6 +91,7 @@ func threeNodes(t *testing.T, extra3 ...string) (ds [3]*testDaemon, args [3][]st
 }
 
 func TestClusterThreeNodes(t *testing.T) {
+	t.Parallel() // own addresses, ports and data dirs; overlaps the waits of the other cluster tests
 	ds, args := threeNodes(t, "--clock-offset", "5s")
 	ids := make([]string, 3)
 	for i, d := range ds {
@@ -217,6 +218,7 @@ func TestClusterThreeNodes(t *testing.T) {
 // Joining is refused, with the reason, when it would mix clusters or
 // cannot reach the kvdb; nothing hangs.
 func TestClusterJoinRefusals(t *testing.T) {
+	t.Parallel() // own addresses, ports and data dirs; overlaps the waits of the other cluster tests
 	d1 := startDaemon(t, t.TempDir(), "-c", "alpha")
 	kvdb := "etcd://" + d1.kvdbAddr(t)
 	dead := freeAPIAddr(t) // nothing listens there
@@ -257,6 +259,7 @@ func TestClusterJoinRefusals(t *testing.T) {
 // with "kvdb unavailable", status says so, volumes and NBD go on; when the
 // kvdb is back, everything works again without a restart.
 func TestClusterKvdbDown(t *testing.T) {
+	t.Parallel() // own addresses, ports and data dirs; overlaps the waits of the other cluster tests
 	d1Dir := t.TempDir()
 	d1 := startDaemon(t, d1Dir)
 	kvdbAddr := d1.kvdbAddr(t)
