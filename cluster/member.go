@@ -54,6 +54,10 @@ type Member struct {
 	stop context.CancelFunc
 	done sync.WaitGroup
 
+	// lastRetryLog paces the warnings of a kvdb that stays down (run's
+	// goroutine only).
+	lastRetryLog time.Time
+
 	mu      sync.Mutex               // protects the fields below
 	offsets map[string]time.Duration // node id → its clock minus ours, from its last heartbeat
 	lease   clientv3.LeaseID         // the current lease, 0 while not registered
@@ -78,11 +82,12 @@ func (s *Store) Register(ctx context.Context, cfg MemberConfig) (*Member, error)
 	if err := m.checkNotTaken(ctx, rec); err != nil {
 		return nil, err
 	}
-	lease, ka, err := m.register(ctx)
+	runCtx, stop := context.WithCancel(context.Background())
+	lease, ka, err := m.register(ctx, runCtx)
 	if err != nil {
+		stop()
 		return nil, err
 	}
-	runCtx, stop := context.WithCancel(context.Background())
 	m.stop = stop
 	m.done.Add(2)
 	go func() { defer m.done.Done(); m.run(runCtx, lease, ka) }()
@@ -109,8 +114,9 @@ func (m *Member) checkNotTaken(ctx context.Context, rec NodeRecord) error {
 }
 
 // register grants a lease and writes the record and the heartbeat under it
-// in one transaction, then starts the keep-alive.
-func (m *Member) register(ctx context.Context) (clientv3.LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, error) {
+// in one transaction (each call bounded by ctx and CallTimeout), then keeps
+// the lease alive until runCtx ends or the lease is lost.
+func (m *Member) register(ctx, runCtx context.Context) (clientv3.LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, error) {
 	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
 	g, err := m.s.cli.Grant(cctx, LeaseTTL)
@@ -120,9 +126,7 @@ func (m *Member) register(ctx context.Context) (clientv3.LeaseID, <-chan *client
 	if err := m.write(cctx, g.ID); err != nil {
 		return 0, nil, err
 	}
-	// The keep-alive runs until the lease is lost (its channel closes) or
-	// the member stops; its context is the member's, not this call's.
-	ka, err := m.s.cli.KeepAlive(context.WithoutCancel(ctx), g.ID)
+	ka, err := m.s.cli.KeepAlive(runCtx, g.ID)
 	if err != nil {
 		return 0, nil, m.s.unavailable(err)
 	}
@@ -165,9 +169,9 @@ func (m *Member) run(ctx context.Context, lease clientv3.LeaseID, ka <-chan *cli
 	for {
 		if lease == 0 {
 			var err error
-			if lease, ka, err = m.register(ctx); err != nil {
+			if lease, ka, err = m.register(ctx, ctx); err != nil {
 				if ctx.Err() == nil {
-					m.log.Warn("cluster: registering this node again failed; retrying", "err", err)
+					m.retryWarn("cluster: registering this node again failed; retrying every second", "err", err)
 				}
 				select {
 				case <-ctx.Done():
@@ -177,6 +181,7 @@ func (m *Member) run(ctx context.Context, lease clientv3.LeaseID, ka <-chan *cli
 				continue
 			}
 			m.log.Info("cluster: node registered again", "lease", strconv.FormatInt(int64(lease), 16))
+			m.lastRetryLog = time.Time{}
 		}
 		select {
 		case <-ctx.Done():
@@ -198,11 +203,23 @@ func (m *Member) run(ctx context.Context, lease clientv3.LeaseID, ka <-chan *cli
 			case err != nil && ctx.Err() == nil:
 				// The keep-alive decides when the lease is gone; one
 				// missed heartbeat is only logged.
-				m.log.Warn("cluster: heartbeat failed", "err", err)
+				m.retryWarn("cluster: heartbeat failed", "err", err)
 			}
 		}
 	}
 }
+
+// retryWarn logs a failure that repeats while the kvdb is down at most
+// every retryLogInterval, so that an outage does not flood the log.
+func (m *Member) retryWarn(msg string, args ...any) {
+	if time.Since(m.lastRetryLog) < retryLogInterval {
+		return
+	}
+	m.lastRetryLog = time.Now()
+	m.log.Warn(msg, args...)
+}
+
+const retryLogInterval = 30 * time.Second
 
 func (m *Member) lost() clientv3.LeaseID {
 	m.mu.Lock()

@@ -116,15 +116,20 @@ func (c *clusterRun) register(ctx context.Context, cfg daemonConfig, node *contr
 
 // close leaves the cluster: the lease is revoked (the node shows Offline
 // at once), then the client and the embedded kvdb are closed.
+// Idempotent: the daemon calls it in its shutdown sequence and again,
+// deferred, on every error path.
 func (c *clusterRun) close() {
 	if c.member != nil {
 		c.member.Stop()
+		c.member = nil
 	}
 	if c.cli != nil {
 		c.cli.Close()
+		c.cli = nil
 	}
 	if c.embedded != nil {
 		c.embedded.Close()
+		c.embedded = nil
 	}
 }
 

@@ -284,6 +284,10 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	nbdErr := nbdStop()
 	engineOpen = false
 	closeErr := eng.Close()
+	// Leave the cluster last: the node shows Online until its data is
+	// safe, then Offline at once (its lease revoked). An embedded kvdb
+	// stops after that; other nodes' streams to it get a few seconds.
+	clus.close()
 	if err := errors.Join(attachErr, nbdErr, closeErr); err != nil {
 		return fmt.Errorf("daemon: shutdown: %w", err)
 	}
