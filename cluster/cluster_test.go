@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -385,5 +387,94 @@ func TestKvdbDownFailsFast(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "member")); err != nil {
 		t.Fatalf("embedded data not in its dir: %v", err)
+	}
+}
+
+// Connections to etcd leave from the node's management address: a relay in
+// front of etcd sees every connection come from 127.0.0.5.
+func TestConnectBindsManagementAddress(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	relay, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { relay.Close() })
+	sources := make(chan string, 16)
+	go func() {
+		for {
+			c, err := relay.Accept()
+			if err != nil {
+				return
+			}
+			sources <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+			up, err := net.Dial("tcp", e.ClientAddr())
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { io.Copy(up, c); up.Close() }()
+			go func() { io.Copy(c, up); c.Close() }()
+		}
+	}()
+	eps := []string{"http://" + relay.Addr().String()}
+	s, err := Join(context.Background(), connect(t, eps, "127.0.0.5"), eps, "alpha", JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Health(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n := len(sources) // the connections made so far (the relay may get more later)
+	for range n {
+		if src := <-sources; src != "127.0.0.5" {
+			t.Errorf("a connection to etcd came from %s, want 127.0.0.5", src)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no connection went through the relay")
+	}
+}
+
+// A node whose lease is lost while etcd is down (longer than LeaseTTL)
+// registers again by itself when etcd is back, and is Online.
+func TestMemberRegistersAgainAfterOutage(t *testing.T) {
+	t.Parallel()
+	cfg := EmbeddedConfig{Name: "test", Dir: filepath.Join(t.TempDir(), "kvdb"), ClientAddr: "127.0.0.1:0", PeerAddr: "127.0.0.1:0"}
+	e, err := StartEmbedded(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ClientAddr = e.ClientAddr()
+	s := join(t, e, "alpha", JoinOptions{})
+	m, err := s.Register(context.Background(), MemberConfig{Record: record("node-1", "h1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	e.Close()
+
+	deadline := time.Now().Add(3 * LeaseTTL * time.Second)
+	for m.Registered() {
+		if time.Now().After(deadline) {
+			t.Fatalf("member still holds its lease %v after etcd went down", 3*LeaseTTL*time.Second)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e2, err := StartEmbedded(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e2.Close)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		nodes, err := s.Nodes(context.Background())
+		if err == nil && m.Registered() && statusOf(t, nodes, "node-1") == StatusOnline {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("member not registered again 30 s after etcd came back: registered %v, nodes %+v, %v", m.Registered(), nodes, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
