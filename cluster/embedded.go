@@ -2,9 +2,11 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -64,6 +66,9 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	// etcd's info logs would drown the daemon's; errors still reach stderr.
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	e, err := embed.StartEtcd(ec)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("cluster: start embedded kvdb: %w (another node's embedded kvdb? join it with -k etcd://%s, or give this node its own --kvdb-listen and --kvdb-peer)", err, clientAddr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cluster: start embedded kvdb in %s: %w", cfg.Dir, err)
 	}

@@ -240,6 +240,7 @@ func TestClusterJoinRefusals(t *testing.T) {
 		{"TLS is not supported yet", t.TempDir(), []string{"-k", "etcd:https://127.0.0.1:2379"}},
 		{"with -k (an external etcd) none is started", t.TempDir(), []string{"-k", kvdb, "--kvdb-listen", "127.0.0.1:0"}},
 		{"--zone and --rack cannot be empty", t.TempDir(), []string{"--zone", ""}},
+		{"another node's embedded kvdb? join it with -k etcd://" + d1.kvdbAddr(t), t.TempDir(), []string{"--kvdb-listen", d1.kvdbAddr(t), "--kvdb-peer", "127.0.0.1:0"}},
 	} {
 		began := time.Now()
 		_, err := launchDaemon(t, tc.dataDir, append([]string{"--api", "127.0.0.3:0", "--nbd", "127.0.0.3:0"}, tc.args...)...)
