@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 var (
@@ -81,7 +82,16 @@ func Connect(ctx context.Context, endpoints []string, localIP string) (*clientv3
 		// the connection of a client that sends them.
 		DialKeepAliveTime:    6 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
-		DialOptions:          []grpc.DialOption{grpc.WithContextDialer(boundDialer(localIP))},
+		DialOptions: []grpc.DialOption{
+			grpc.WithContextDialer(boundDialer(localIP)),
+			// gRPC's reconnect backoff grows to 2 minutes: after an outage
+			// or a partition the node would stay cut off long after etcd
+			// is reachable again. Retry at least every 5 s.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+				MinConnectTimeout: dialTimeout,
+			}),
+		},
 		Logger:               zap.NewNop(), // our callers log what matters
 		Context:              ctx,
 	}
