@@ -92,8 +92,9 @@ func Connect(ctx context.Context, endpoints []string, localIP string) (*clientv3
 				MinConnectTimeout: dialTimeout,
 			}),
 		},
-		Logger:               zap.NewNop(), // our callers log what matters
-		Context:              ctx,
+		Logger: zap.NewNop(), // our callers log what matters
+		// No Context: the client lives until Close, not until ctx ends (a
+		// daemon's ctx ends at SIGTERM, and it still revokes its lease).
 	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
