@@ -150,7 +150,8 @@ type storageCollector struct {
 
 var (
 	poolSizeDesc   = prometheus.NewDesc("cairn_pool_size_bytes", "Usable bytes of a storage pool.", []string{"pool", "io_priority"}, nil)
-	poolUsedDesc   = prometheus.NewDesc("cairn_pool_used_bytes", "Allocated bytes of a storage pool.", []string{"pool", "io_priority"}, nil)
+	poolUsedDesc   = prometheus.NewDesc("cairn_pool_used_bytes", "Bytes of a storage pool holding data.", []string{"pool", "io_priority"}, nil)
+	poolAllocDesc  = prometheus.NewDesc("cairn_pool_allocated_bytes", "Bytes of a storage pool's extents in use (more than used while redirected extents fill after a snapshot).", []string{"pool", "io_priority"}, nil)
 	driveSizeDesc  = prometheus.NewDesc("cairn_drive_size_bytes", "Bytes of a drive.", []string{"pool", "path"}, nil)
 	driveUsedDesc  = prometheus.NewDesc("cairn_drive_used_bytes", "Allocated bytes of a drive.", []string{"pool", "path"}, nil)
 	volumeSizeDesc = prometheus.NewDesc("cairn_volume_size_bytes", "Provisioned size of a volume.", []string{"volume"}, nil)
@@ -158,7 +159,7 @@ var (
 )
 
 func (c *storageCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{poolSizeDesc, poolUsedDesc, driveSizeDesc, driveUsedDesc, volumeSizeDesc, volumeUsedDesc} {
+	for _, d := range []*prometheus.Desc{poolSizeDesc, poolUsedDesc, poolAllocDesc, driveSizeDesc, driveUsedDesc, volumeSizeDesc, volumeUsedDesc} {
 		ch <- d
 	}
 }
@@ -168,6 +169,7 @@ func (c *storageCollector) Collect(ch chan<- prometheus.Metric) {
 		id := strconv.Itoa(p.ID)
 		ch <- prometheus.MustNewConstMetric(poolSizeDesc, prometheus.GaugeValue, float64(p.Size), id, string(p.IOPriority))
 		ch <- prometheus.MustNewConstMetric(poolUsedDesc, prometheus.GaugeValue, float64(p.Used), id, string(p.IOPriority))
+		ch <- prometheus.MustNewConstMetric(poolAllocDesc, prometheus.GaugeValue, float64(p.Allocated), id, string(p.IOPriority))
 		for _, d := range p.Drives {
 			ch <- prometheus.MustNewConstMetric(driveSizeDesc, prometheus.GaugeValue, float64(d.Size), id, d.Path)
 			ch <- prometheus.MustNewConstMetric(driveUsedDesc, prometheus.GaugeValue, float64(d.Used), id, d.Path)

@@ -73,7 +73,8 @@ type Pool struct {
 	IOPriority string  `json:"io_priority"`
 	Raid       string  `json:"raid"`
 	Size       int64   `json:"size"`
-	Used       int64   `json:"used"`
+	Used       int64   `json:"used"`      // bytes holding data
+	Allocated  int64   `json:"allocated"` // bytes of extents in use: more than used while snapshot-redirected extents fill
 	Status     string  `json:"status"`
 	Drives     []Drive `json:"drives"`
 }
@@ -152,7 +153,7 @@ func poolsFromEngine(st engine.Status) []Pool {
 		}
 		pools = append(pools, Pool{
 			ID: p.ID, IOPriority: string(p.IOPriority), Raid: p.Raid,
-			Size: p.Size, Used: p.Used, Status: p.Status, Drives: drives,
+			Size: p.Size, Used: p.Used, Allocated: p.Allocated, Status: p.Status, Drives: drives,
 		})
 	}
 	return pools

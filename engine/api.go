@@ -61,9 +61,15 @@ type Options struct {
 	// small areas to exercise checkpoints often.
 	LogAreaSize int64
 
-	// manualCommit turns off the background committer (tests that replay a
-	// seed need every commit to come from the test itself).
+	// FillRate is how fast, in bytes per second, each pool's filler copies
+	// into extents redirected after a snapshot (fill.go); 0 = DefaultFillRate.
+	FillRate int64
+
+	// manualCommit turns off the background committer and the filler (tests
+	// that replay a seed need every commit to come from the test itself).
 	manualCommit bool
+	// fillCap overrides the pool's cap on filling extents (tests).
+	fillCap int
 }
 
 // Op names a volume operation for the Observer.
@@ -167,7 +173,8 @@ type PoolInfo struct {
 	IOPriority IOPriority
 	Raid       string // "raid0"
 	Size       int64  // bytes usable for data
-	Used       int64
+	Used       int64  // bytes holding data: Allocated less the blocks of redirected extents not filled yet
+	Allocated  int64  // bytes of extents in use
 	Status     string // "Online", "Error: …"
 	Drives     []DriveInfo
 }

@@ -315,6 +315,9 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 			return nil, nil, terr
 		}
 	}
+	if err := p.loadFills(st); err != nil {
+		return nil, nil, err
+	}
 	for _, v := range p.vols {
 		v.table.forEach(func(lext uint32, ext allocator.Extent) {
 			v.table.setShared(lext, ext, p.alloc.Refs(ext) > 1)
@@ -361,8 +364,9 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 
 func (e *Engine) newPool(number int, uuid [16]byte, prio IOPriority, logSize int64) *pool {
 	p := &pool{eng: e, number: number, uuid: uuid, priority: prio, logSize: logSize,
-		alloc: allocator.New(), vols: map[uint32]*Volume{}, condemned: map[allocator.Extent]struct{}{},
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		alloc: allocator.New(), vols: map[uint32]*Volume{}, condemned: map[allocator.Extent]struct{}{}, baseRefs: map[allocator.Extent]int32{},
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		fillWake: make(chan struct{}, 1), fillDone: make(chan struct{})}
 	p.committer = wal.NewCommitter(p.round)
 	return p
 }
@@ -656,10 +660,12 @@ func (e *Engine) Close() error {
 func (e *Engine) startBackground(p *pool) {
 	if e.opts.manualCommit {
 		close(p.done)
+		close(p.fillDone)
 		return
 	}
 	p.bgStarted = true
 	go p.background()
+	go p.filler()
 }
 
 // stopBackground stops every pool's background committer (idempotent).
@@ -671,6 +677,7 @@ func (e *Engine) stopBackground() {
 			close(p.stop)
 			if p.bgStarted {
 				<-p.done
+				<-p.fillDone
 			}
 		}
 	}
@@ -694,8 +701,9 @@ func (e *Engine) Status() Status {
 	for _, p := range pools {
 		p.mu.Lock()
 		spare := int64(len(p.reserved) + len(p.reserving)) // reserved for writers, not used
+		allocated := (p.alloc.Used() - spare) * ExtentSize
 		pi := PoolInfo{ID: p.number, UUID: uuidString(p.uuid), IOPriority: p.priority, Raid: "raid0",
-			Size: p.alloc.Total() * ExtentSize, Used: (p.alloc.Used() - spare) * ExtentSize, Status: "Online"}
+			Size: p.alloc.Total() * ExtentSize, Used: allocated - p.unfilled.Load()*BlockSize, Allocated: allocated, Status: "Online"}
 		for i, pd := range p.drives {
 			pi.Drives = append(pi.Drives, DriveInfo{Path: pd.d.Path(), Size: int64(pd.sb.extentCount) * ExtentSize,
 				Used: int64(p.alloc.DriveUsed(i)) * ExtentSize, Status: "Online"})
@@ -947,6 +955,11 @@ func (e *Engine) Check() error {
 				refs[ext]++
 			})
 		}
+		p.copierMu.Lock() // the filler sets bits and counts them apart
+		if ferr := p.fillCheckLocked(refs); ferr != nil && err == nil {
+			err = ferr
+		}
+		p.copierMu.Unlock()
 		hold := func(ext allocator.Extent, who string) {
 			if refs[ext] > 0 || held[ext] != "" {
 				if err == nil {

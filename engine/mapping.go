@@ -14,7 +14,11 @@ import (
 // the drives, and new drives are zeroed when formatted. So a newly mapped
 // extent reads zeros wherever it was not written — never a previous owner's
 // data — and the mapping needs no per-block state: 4 bytes per extent, and a
-// first write costs one record per 1 MiB extent, not one per block.
+// first write costs one record per 1 MiB extent, not one per block. The one
+// exception is an extent redirected after a snapshot while it fills from the
+// shared one (fill.go): 256 bits say which of its blocks hold data, for as
+// long as it is filling, in a pool-wide table keyed by the extent — the
+// entry here stays 4 bytes.
 //
 // Shape: two levels allocated on first write: a directory (2 KiB) per 64 GiB
 // of logical space holding chunk pointers, a chunk (1 KiB) per 256 MiB holding
@@ -29,7 +33,8 @@ import (
 const (
 	chunkExtents = 256
 	// sharedFlag marks an entry whose extent another volume (a snapshot or
-	// clone) may also map: a write to it copies the extent first. It may be
+	// clone) may also map, or a fill state reads from: a write to it
+	// redirects to a fresh extent first (fill.go). It may be
 	// stale in one direction only — set while the extent is no longer shared
 	// (the write path then finds one reference and clears it) — never clear
 	// while shared.

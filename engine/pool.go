@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/bits"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -34,7 +35,22 @@ const (
 	commitSoonBytes = 1 << 20
 	// maxRecordFrame bounds one records frame; rounds split at record boundaries.
 	maxRecordFrame = 4 << 20
+	// lazyCommitInterval bounds how long lazy records (lazyRecord) wait for
+	// a round when nothing else needs one: as long as the kernel keeps
+	// dirty data by default (vm.dirty_expire_centisecs), so their rounds
+	// sync little that the kernel would not have written by then.
+	lazyCommitInterval = 30 * time.Second
 )
+
+// lazyRecord reports whether a record may wait for the next round that
+// something else needs (a flush, a reservation, lazyCommitInterval):
+// losing it in a crash loses only writes that were not flushed, and it
+// describes data whose sync the kernel is doing anyway. Fill records
+// (fill.go) are lazy, so that extents redirected after a snapshot cost no
+// syncs beyond those of extents never shared.
+func lazyRecord(typ byte) bool {
+	return typ == recRedirect || typ == recFilled || typ == recFillDone
+}
 
 // pool is a set of drives with one io_priority, striped (raid0), with one
 // metadata log on drive 0. Every volume lives in exactly one pool.
@@ -87,8 +103,26 @@ type pool struct {
 	// short by a crash never destroys a volume that survives it; recovery
 	// zeroes whatever a logged delete left condemned.
 	condemned map[allocator.Extent]struct{} // REQUIRES mu
-	bgStarted bool                          // set once, before the engine is shared
-	wake      chan struct{}                 // background committer
+
+	// Redirect-on-write (fill.go).
+	fills        fillTable                  // the extents filling
+	fillCount    atomic.Int64               // entries in fills; 0 lets the I/O path skip the lookup
+	unfilled     atomic.Int64               // blocks of filling extents not filled: space that holds no data
+	fillQueue    []*fillState               // REQUIRES mu; worth completing, for the filler
+	dirtyFills   []*fillState               // REQUIRES mu; with bits set that the next round logs
+	urgent       bool                       // REQUIRES mu; a record that is not lazy waits for a round
+	lastRound    time.Time                  // REQUIRES mu; when the last round took the queue
+	pendingUnref []allocator.Extent         // REQUIRES mu; bases of ended fill states, released after the next round
+	reclaimable  []allocator.Extent         // REQUIRES mu; condemned bases whose release is durable: the filler zeroes them
+	copierMu     sync.Mutex                 // held by the filler while it writes into a filling extent
+	reclaimMu    sync.Mutex                 // one reclaim at a time (reclaim)
+	baseRefs     map[allocator.Extent]int32 // REQUIRES mu; references fill states (live or ending) hold on each base
+	baseGen      uint64                     // REQUIRES mu; changes with baseRefs (exclusiveBytes' cache)
+	fillWake     chan struct{}              // wakes the filler
+	fillDone     chan struct{}              // closed when the filler has stopped
+
+	bgStarted bool          // set once, before the engine is shared
+	wake      chan struct{} // background committer
 	stop      chan struct{}
 	done      chan struct{}
 }
@@ -133,6 +167,7 @@ func (p *pool) fail(err error) error {
 
 // enqueue appends a record to the pending queue. REQUIRES mu.
 func (p *pool) enqueue(r *record) {
+	p.urgent = p.urgent || !lazyRecord(r.typ)
 	p.pending = appendRecord(p.pending, r)
 	if len(p.cuts) == 0 && len(p.pending) >= maxRecordFrame || len(p.cuts) > 0 && len(p.pending)-p.cuts[len(p.cuts)-1] >= maxRecordFrame {
 		p.cuts = append(p.cuts, len(p.pending))
@@ -155,6 +190,8 @@ func (p *pool) commit() error {
 
 func (p *pool) round() error {
 	p.mu.Lock()
+	p.logFillsLocked()
+	p.urgent, p.lastRound = false, time.Now()
 	// The checkpoint (if any) is encoded before anything is taken from the
 	// queues, so it describes exactly the state the taken records lead to.
 	var snap []byte
@@ -166,7 +203,7 @@ func (p *pool) round() error {
 	// Extents being reserved or freed stay listed in p.reserving and
 	// p.pendingFree (Status, Check and checkpoints see them) until this round
 	// has logged their records; later ones are appended behind them.
-	freed, reserving := len(p.pendingFree), len(p.reserving)
+	freed, reserving, unrefs := len(p.pendingFree), len(p.reserving), len(p.pendingUnref)
 	p.mu.Unlock()
 
 	if err := p.syncData(); err != nil {
@@ -182,8 +219,12 @@ func (p *pool) round() error {
 		return p.fail(err)
 	}
 	p.spare, p.spareCs = recs[:0], cuts[:0]
-	if freed > 0 || reserving > 0 {
+	if freed > 0 || reserving > 0 || unrefs > 0 {
 		p.mu.Lock()
+		if err := p.releaseBasesLocked(unrefs); err != nil {
+			p.mu.Unlock()
+			return p.fail(err)
+		}
 		p.reserved = append(p.reserved, p.reserving[:reserving]...)
 		p.reserving = append(p.reserving[:0], p.reserving[reserving:]...)
 		for _, e := range p.pendingFree[:freed] {
@@ -298,7 +339,10 @@ func (p *pool) background() {
 		if len(p.reserved)+len(p.reserving) < p.reserveLow() {
 			p.reserveLocked()
 		}
-		idle := len(p.pending) == 0 && len(p.pendingFree) == 0 && len(p.reserving) == 0
+		lazy := len(p.pending) > 0 || len(p.dirtyFills) > 0
+		lazy = lazy || len(p.pendingUnref) > 0
+		idle := !p.urgent && len(p.pending) < commitSoonBytes && len(p.pendingFree) == 0 && len(p.reserving) == 0 &&
+			!(lazy && time.Since(p.lastRound) >= lazyCommitInterval)
 		p.mu.Unlock()
 		if !idle && p.err() == nil {
 			p.commit() // a failure is recorded in p.failed and reported by every later I/O
@@ -318,10 +362,13 @@ func (p *pool) reserveLow() int   { return max(1, p.reserveBatch()/2) }
 // reserveLocked takes a batch of free extents into p.reserving and queues the
 // record that reserves them; they become usable after the round that logs it.
 // Reports whether it reserved anything. REQUIRES mu.
-func (p *pool) reserveLocked() bool {
+func (p *pool) reserveLocked() bool { return p.reserveNLocked(p.reserveBatch()) }
+
+// reserveNLocked reserves up to n free extents. REQUIRES mu.
+func (p *pool) reserveNLocked(n int) bool {
 	var r record
 	r.typ = recReserve
-	for i := 0; i < p.reserveBatch(); i++ {
+	for i := 0; i < n; i++ {
 		ext, err := p.alloc.Allocate()
 		if err != nil {
 			break
@@ -354,12 +401,44 @@ func (p *pool) takeReserved() (allocator.Extent, bool) {
 	return ext, true
 }
 
-// reclaimCondemned zeroes the extents of deleted volumes (whose delete is
-// durable) and queues them to be freed by the next round.
-func (p *pool) reclaimCondemned() error {
+// reclaimCondemned zeroes every condemned extent (the caller has made the
+// change that condemned them durable: a delete or restore, under the
+// engine's lock, which serializes them) and queues them to be freed by the
+// next round.
+func (p *pool) reclaimCondemned() error { return p.reclaim(true) }
+
+// reclaim zeroes condemned extents and queues them to be freed: all of them,
+// or only the bases the filler may zero (p.reclaimable: released after a
+// round, so durably). reclaimMu keeps two reclaims from zeroing one extent
+// twice — the second could zero it after the first freed it for reuse.
+func (p *pool) reclaim(all bool) error {
+	p.reclaimMu.Lock()
+	defer p.reclaimMu.Unlock()
 	p.mu.Lock()
-	exts := slices.Collect(maps.Keys(p.condemned))
+	var exts []allocator.Extent
+	if all {
+		exts = slices.Collect(maps.Keys(p.condemned))
+	} else {
+		for _, x := range p.reclaimable {
+			if _, ok := p.condemned[x]; ok {
+				exts = append(exts, x)
+			}
+		}
+	}
+	p.reclaimable = nil
+	vols := slices.Collect(maps.Values(p.vols))
 	p.mu.Unlock()
+	if len(exts) == 0 {
+		return nil
+	}
+	// A read that looked an extent up before its volume moved off it
+	// (redirect, copy) may still be reading it: wait out every I/O that
+	// began before now. Later ones cannot reach these extents.
+	for _, v := range vols {
+		v.ioMu.Lock()
+		//lint:ignore SA2001 an empty critical section is the point: a barrier
+		v.ioMu.Unlock()
+	}
 	for _, ext := range exts {
 		if err := p.zeroExtent(ext, 0, ExtentSize); err != nil {
 			return p.fail(err)
@@ -406,9 +485,30 @@ func (p *pool) encodeCheckpoint() []byte {
 	for _, x := range append(slices.Clip(p.reserved), p.reserving...) {
 		e.u32(uint32(x))
 	}
-	e.u32(uint32(len(p.condemned)))
-	for _, x := range slices.Sorted(maps.Keys(p.condemned)) {
+	// Bases waiting for their release are candidates too: if no one maps
+	// them at load, nothing zeroed them yet.
+	condemned := slices.Collect(maps.Keys(p.condemned))
+	for _, x := range p.pendingUnref {
+		if _, ok := p.condemned[x]; !ok && !slices.Contains(condemned, x) {
+			condemned = append(condemned, x)
+		}
+	}
+	slices.Sort(condemned)
+	e.u32(uint32(len(condemned)))
+	for _, x := range condemned {
 		e.u32(uint32(x))
+	}
+	if p.fillCount.Load() > 0 {
+		var fills []*fillState
+		p.fills.each(func(fs *fillState) bool { fills = append(fills, fs); return true })
+		e.u32(uint32(len(fills)))
+		for _, fs := range fills {
+			e.u32(uint32(fs.ext))
+			e.u32(uint32(fs.base))
+			for i := range fs.bits {
+				e.b = binary.LittleEndian.AppendUint64(e.b, fs.bits[i].Load())
+			}
+		}
 	}
 	return e.b
 }
@@ -419,7 +519,8 @@ type poolState struct {
 	drives    []driveRef
 	vols      map[uint32]*Volume
 	reserved  map[allocator.Extent]bool
-	condemned map[allocator.Extent]bool
+	condemned map[allocator.Extent]bool // candidates: zeroed at load unless referenced
+	fills     map[allocator.Extent]*fillState
 	last      *Volume // the volume of the last record applied
 }
 
@@ -434,7 +535,8 @@ func (p *pool) decodeCheckpoint(b []byte) (*poolState, error) {
 	if d.u32() != checkpointMagic {
 		return nil, fmt.Errorf("%w: checkpoint magic", ErrCorrupt)
 	}
-	st := &poolState{nextVolID: d.u32(), vols: map[uint32]*Volume{}, reserved: map[allocator.Extent]bool{}, condemned: map[allocator.Extent]bool{}}
+	st := &poolState{nextVolID: d.u32(), vols: map[uint32]*Volume{}, reserved: map[allocator.Extent]bool{},
+		condemned: map[allocator.Extent]bool{}, fills: map[allocator.Extent]*fillState{}}
 	nd := d.count(20)
 	for i := 0; i < nd; i++ {
 		var r driveRef
@@ -482,6 +584,20 @@ func (p *pool) decodeCheckpoint(b []byte) (*poolState, error) {
 	for i := 0; i < nc && d.err == nil; i++ {
 		st.condemned[allocator.Extent(d.u32())] = true
 	}
+	if d.err == nil && !d.done() { // the filling section, present only when some extent is filling
+		nf := d.count(8 + blocksPerExtent/8)
+		for i := 0; i < nf && d.err == nil; i++ {
+			fs := &fillState{ext: allocator.Extent(d.u32()), base: allocator.Extent(d.u32())}
+			for w := range fs.bits {
+				fs.bits[w].Store(d.u64())
+				fs.filled.Add(int32(bits.OnesCount64(fs.bits[w].Load())))
+			}
+			if d.err == nil && (st.fills[fs.ext] != nil || fs.ext == fs.base) {
+				return nil, fmt.Errorf("%w: checkpoint fill state of extent %d repeated or its own base", ErrCorrupt, fs.ext)
+			}
+			st.fills[fs.ext] = fs
+		}
+	}
 	if !d.done() {
 		if d.err != nil {
 			return nil, d.err
@@ -501,6 +617,29 @@ func (p *pool) apply(st *poolState, r *record) error {
 		for _, x := range r.exts {
 			st.reserved[allocator.Extent(x)] = true
 			delete(st.condemned, allocator.Extent(x))
+			if fs := st.fills[allocator.Extent(x)]; fs != nil {
+				// x was free again, so its fill state had ended (dropped
+				// with its last mapping); its base may be unreferenced.
+				delete(st.fills, fs.ext)
+				st.condemned[fs.base] = true
+			}
+		}
+		return nil
+	}
+	if r.typ == recFilled || r.typ == recFillDone {
+		fs := st.fills[allocator.Extent(r.phys)]
+		switch {
+		case fs == nil:
+			return fmt.Errorf("%w: record type %d for extent %d, which is not filling", ErrCorrupt, r.typ, r.phys)
+		case r.typ == recFilled:
+			for w, b := range r.bitmap {
+				fs.filled.Add(int32(bits.OnesCount64(b &^ fs.bits[w].Or(b))))
+			}
+		case !fs.complete():
+			return fmt.Errorf("%w: extent %d done filling with %d of %d blocks", ErrCorrupt, r.phys, fs.filled.Load(), blocksPerExtent)
+		default:
+			delete(st.fills, fs.ext)
+			st.condemned[fs.base] = true // if no one else maps it any more
 		}
 		return nil
 	}
@@ -571,8 +710,16 @@ func (p *pool) apply(st *poolState, r *record) error {
 			delete(st.reserved, allocator.Extent(r.phys))
 		case r.typ == recUnmapExtent:
 			v.table.unset(r.lext)
-		case r.typ == recRemap && !mapped:
+		case (r.typ == recRemap || r.typ == recRedirect) && !mapped:
 			return fmt.Errorf("%w: volume id %d extent %d remapped while unmapped", ErrCorrupt, r.vol, r.lext)
+		case r.typ == recRedirect:
+			old, _ := v.table.lookup(r.lext)
+			if st.fills[allocator.Extent(r.phys)] != nil || old == allocator.Extent(r.phys) {
+				return fmt.Errorf("%w: volume id %d extent %d redirected to extent %d, which is filling already", ErrCorrupt, r.vol, r.lext, r.phys)
+			}
+			st.fills[allocator.Extent(r.phys)] = &fillState{ext: allocator.Extent(r.phys), base: old}
+			v.table.set(r.lext, allocator.Extent(r.phys))
+			delete(st.reserved, allocator.Extent(r.phys))
 		case r.typ == recRemap:
 			old, _ := v.table.lookup(r.lext)
 			st.condemned[old] = true // if no one else maps it any more
@@ -597,6 +744,7 @@ func (p *pool) dropMapping(t *table) error {
 			return
 		}
 		p.condemned[ext] = struct{}{}
+		p.dropFillLocked(ext)
 	})
 	return ferr
 }

@@ -21,6 +21,9 @@ import (
 //	recUnmapExtent   vol u32 | lext u32
 //	recReserve       n u32 | n × phys u32        (extents writers may map; zeroed at recovery if still unmapped)
 //	recAddDrive      uuid [16] | extents u32
+//	recRedirect      vol u32 | lext u32 | phys u32       (lext now on phys, filling from lext's previous extent: fill.go)
+//	recFilled        phys u32 | bitmap 4 × u64           (these blocks of filling phys hold their data; bit i of word w = block 64w+i)
+//	recFillDone      phys u32                            (phys is complete; its base loses phys's reference)
 //
 // A checkpoint (one or more frames of type frameCheckpoint, the last of type
 // frameCheckpointEnd, concatenated) is the whole pool state at one instant:
@@ -28,6 +31,8 @@ import (
 //	magic u32 "CKP1" | next vol u32 | drives u32 | drives × (uuid [16] | extents u32)
 //	| volumes u32 | volumes × (create-record fields | mapped u32 | mapped × (lext u32 | phys u32))
 //	| reserved u32 | reserved × phys u32
+//	| condemned u32 | condemned × phys u32                (candidates: zeroed at load unless referenced)
+//	[ | filling u32 | filling × (phys u32 | base u32 | filled bitmap [32]) ]   (only when some extent is filling)
 //
 // Every count and length read back is bounded by the bytes that remain before
 // anything is allocated for it.
@@ -43,6 +48,9 @@ const (
 	recSnapshot
 	recRemap
 	recRestore
+	recRedirect
+	recFilled
+	recFillDone
 )
 
 // Frame types in the pool's log.
@@ -200,6 +208,7 @@ type record struct {
 	exts    []uint32 // recReserve
 	uuid    [16]byte
 	extents uint32
+	bitmap  [blocksPerExtent / 64]uint64 // recFilled
 }
 
 func appendRecord(b []byte, r *record) []byte {
@@ -217,9 +226,16 @@ func appendRecord(b []byte, r *record) []byte {
 	case recSnapshot:
 		e.u32(r.src)
 		e.meta(&r.meta)
-	case recRemap:
+	case recRemap, recRedirect:
 		e.u32(r.vol)
 		e.u32(r.lext)
+		e.u32(r.phys)
+	case recFilled:
+		e.u32(r.phys)
+		for _, w := range r.bitmap {
+			e.u64(w)
+		}
+	case recFillDone:
 		e.u32(r.phys)
 	case recRestore:
 		e.u32(r.vol)
@@ -253,7 +269,7 @@ func decodeRecords(p []byte, fn func(*record) error) error {
 	var r record
 	for d.err == nil && d.off < len(p) {
 		// Fast path for the extent records most of a log is made of.
-		if t, left := p[d.off], p[d.off+1:]; (t == recMapExtent || t == recRemap) && len(left) >= 12 || t == recUnmapExtent && len(left) >= 8 {
+		if t, left := p[d.off], p[d.off+1:]; (t == recMapExtent || t == recRemap || t == recRedirect) && len(left) >= 12 || t == recUnmapExtent && len(left) >= 8 {
 			r = record{typ: t, vol: binary.LittleEndian.Uint32(left), lext: binary.LittleEndian.Uint32(left[4:])}
 			d.off += 9
 			if t != recUnmapExtent {
@@ -280,8 +296,15 @@ func decodeRecords(p []byte, fn func(*record) error) error {
 			r.src = d.u32()
 			r.meta = d.meta()
 			r.vol = r.meta.id
-		case recRemap:
+		case recRemap, recRedirect:
 			r.vol, r.lext, r.phys = d.u32(), d.u32(), d.u32()
+		case recFilled:
+			r.phys = d.u32()
+			for w := range r.bitmap {
+				r.bitmap[w] = d.u64()
+			}
+		case recFillDone:
+			r.phys = d.u32()
 		case recRestore:
 			r.vol, r.src = d.u32(), d.u32()
 		case recDeleteVolume:

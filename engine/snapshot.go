@@ -13,8 +13,10 @@ import (
 // Snapshots and clones share extents with their source: creating one copies
 // the source's mapping (4 bytes per mapped extent) and adds a reference to
 // each extent, and marks both sides' entries shared. The first write to a
-// shared extent copies it (copyOnWrite). A snapshot is read-only; a clone is
-// an ordinary volume that started as a snapshot's content.
+// shared extent redirects it to a fresh extent that fills from the shared
+// one (fill.go): nothing is copied on the write path. A snapshot is
+// read-only; a clone is an ordinary volume that started as a snapshot's
+// content.
 
 func snapKeepOrDefault(n uint32) int {
 	if n == 0 {
@@ -135,6 +137,14 @@ func (e *Engine) share(srcName, name string, snapshot bool) (VolumeInfo, error) 
 	}
 	uid := randomU64()
 	if err := e.saveCatalogLocked(entryFor(p, volumeMeta{uid: uid, name: name, readOnly: snapshot, parent: src.meta.name})); err != nil {
+		return VolumeInfo{}, err
+	}
+	// Every extent the source maps is about to be shared, and the first
+	// write to each takes a reserved one (a redirect): reserve them ahead,
+	// in a round of their own, so that writers after the snapshot do not
+	// wait for rounds. This round also syncs what was written before: the
+	// snapshot's own round then has little left to sync.
+	if err := p.reserveAhead(int(src.used.Load())); err != nil {
 		return VolumeInfo{}, err
 	}
 	// Quiesce the source so the copy is one instant of it.

@@ -164,12 +164,13 @@ func (v *Volume) exclusiveBytes() int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	gen := p.alloc.Generation()
-	if v.exclusive.valid && v.exclusive.gen == gen && v.exclusive.table == v.table {
+	if v.exclusive.valid && v.exclusive.gen == gen && v.exclusive.baseGen == p.baseGen && v.exclusive.table == v.table {
 		return v.exclusive.bytes
 	}
+	baseGen := p.baseGen
 	var n, seen int64
 	v.table.forEach(func(_ uint32, ext allocator.Extent) {
-		if p.alloc.Refs(ext) == 1 {
+		if p.alloc.Refs(ext)-int(p.baseRefs[ext]) == 1 {
 			n++
 		}
 		// Let writers that need the pool lock in now and then.
@@ -178,21 +179,22 @@ func (v *Volume) exclusiveBytes() int64 {
 			p.mu.Lock()
 		}
 	})
-	if p.alloc.Generation() != gen {
+	if p.alloc.Generation() != gen || p.baseGen != baseGen {
 		// References changed while the lock was let go: the count is a
 		// mix of before and after. Good enough to report; not kept.
 		return n * ExtentSize
 	}
-	v.exclusive = exclusiveCount{valid: true, gen: gen, table: v.table, bytes: n * ExtentSize}
+	v.exclusive = exclusiveCount{valid: true, gen: gen, baseGen: baseGen, table: v.table, bytes: n * ExtentSize}
 	return n * ExtentSize
 }
 
 // exclusiveCount is a remembered exclusiveBytes result. REQUIRES pool.mu.
 type exclusiveCount struct {
-	valid bool
-	gen   uint64
-	table *table
-	bytes int64
+	valid   bool
+	gen     uint64
+	baseGen uint64
+	table   *table
+	bytes   int64
 }
 
 // checkWrite validates a modifying request.
@@ -259,7 +261,7 @@ func (v *Volume) readAligned(p []byte, off int64) error {
 		in := off % ExtentSize
 		n := min(int64(len(p)), ExtentSize-in)
 		if ext, mapped := t.lookup(lext); mapped {
-			if err := v.pool.readExtent(ext, p[:n], in); err != nil {
+			if err := v.pool.readMapped(ext, p[:n], in); err != nil {
 				return err
 			}
 		} else {
@@ -324,7 +326,7 @@ func (v *Volume) writeAligned(p []byte, off int64) error {
 		if err != nil {
 			return err
 		}
-		if err := v.pool.writeExtent(ext, p[:n], in); err != nil {
+		if err := v.pool.writeMapped(ext, p[:n], in); err != nil {
 			return err
 		}
 		p, off = p[n:], off+n
@@ -339,7 +341,7 @@ func (v *Volume) writeAligned(p []byte, off int64) error {
 func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
 	if ext, mapped, shared := v.table.lookupShared(lext); mapped {
 		if shared {
-			return v.copyOnWrite(lext)
+			return v.redirect(lext)
 		}
 		return ext, nil
 	}
@@ -361,24 +363,17 @@ func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
 			p.mu.Unlock()
 			return ext, nil
 		}
-		worthWaiting := len(p.reserving) > 0 || p.reserveLocked() || len(p.pendingFree) > 0
-		p.mu.Unlock()
-		if !worthWaiting {
-			return 0, fmt.Errorf("%w: %s: volume %q", ErrNoSpace, p, v.meta.name)
-		}
-		p.writeWaits.Add(1)
-		if err := p.commit(); err != nil {
+		if err := v.waitReserved("first write"); err != nil {
 			return 0, err
 		}
 	}
 }
 
-// copyOnWrite gives lext a private extent before it is written: a copy of
-// the shared one. The remap record may reach the log before the copy is on
-// the drive: that is safe because the round that logs it syncs the data
-// first, and until then a crash leaves lext on the shared extent (old data).
+// redirect gives lext an extent of its own before it is written, without
+// copying: a fresh extent filling from the shared one (fill.go). Past the
+// pool's hard cap on filling extents it copies instead (copyInto).
 // REQUIRES ioMu (read or write).
-func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
+func (v *Volume) redirect(lext uint32) (allocator.Extent, error) {
 	mu := &v.cowMu[lext%uint32(len(v.cowMu))]
 	mu.Lock()
 	defer mu.Unlock()
@@ -397,39 +392,68 @@ func (v *Volume) copyOnWrite(lext uint32) (allocator.Extent, error) {
 		}
 		fresh, ok := p.takeReserved()
 		if !ok {
-			worthWaiting := len(p.reserving) > 0 || p.reserveLocked() || len(p.pendingFree) > 0
-			p.mu.Unlock()
-			if !worthWaiting {
-				return 0, fmt.Errorf("%w: %s: volume %q (copy-on-write)", ErrNoSpace, p, v.meta.name)
-			}
-			p.writeWaits.Add(1)
-			if err := p.commit(); err != nil {
+			if err := v.waitReserved("redirect"); err != nil {
 				return 0, err
 			}
 			continue
 		}
-		p.mu.Unlock()
-		// No write to lext can run now (they all come here and wait on
-		// its cowMu stripe), so the copy is of stable data.
-		pb := drive.GetBuffer(ExtentSize)
-		buf := pb.B
-		err := p.readExtent(old, buf, 0)
-		if err == nil {
-			err = p.writeExtent(fresh, buf, 0)
+		if p.fillCount.Load() >= 2*p.fillCap() {
+			p.mu.Unlock()
+			return v.copyInto(lext, old, fresh)
 		}
-		drive.PutBuffer(pb)
-		if err != nil {
-			// fresh stays reserved on disk, so recovery zeroes it; this pool
-			// is done serving writes.
-			return 0, p.fail(err)
-		}
-		p.mu.Lock()
+		// The volume's reference on old becomes the fill state's.
+		p.startFillLocked(fresh, old)
 		v.table.set(lext, fresh)
-		p.enqueue(&record{typ: recRemap, vol: v.id, lext: lext, phys: uint32(fresh)})
-		err = p.alloc.Free(old) // drops this volume's reference; others keep it
+		p.enqueue(&record{typ: recRedirect, vol: v.id, lext: lext, phys: uint32(fresh)})
 		p.mu.Unlock()
-		return fresh, err
+		return fresh, nil
 	}
+}
+
+// waitReserved waits for a round when no reserved extent was ready, or
+// fails with ENOSPC when no round can bring one. Called with pool.mu held;
+// returns with it released.
+func (v *Volume) waitReserved(what string) error {
+	p := v.pool
+	worthWaiting := len(p.reserving) > 0 || p.reserveLocked() || len(p.pendingFree) > 0
+	p.mu.Unlock()
+	if !worthWaiting {
+		return fmt.Errorf("%w: %s: volume %q (%s)", ErrNoSpace, p, v.meta.name, what)
+	}
+	p.writeWaits.Add(1)
+	return p.commit()
+}
+
+// copyInto gives lext the reserved extent fresh holding a whole copy of
+// the shared old (the fallback when too many extents are filling). The remap
+// record may reach the log before the copy is on the drive: that is safe
+// because the round that logs it syncs the data first, and until then a
+// crash leaves lext on old. REQUIRES ioMu and lext's cowMu stripe (no write
+// to lext can run, so the copy is of stable data).
+func (v *Volume) copyInto(lext uint32, old, fresh allocator.Extent) (allocator.Extent, error) {
+	p := v.pool
+	pb := drive.GetBuffer(ExtentSize)
+	buf := pb.B
+	err := p.readMapped(old, buf, 0)
+	if err == nil {
+		err = p.writeExtent(fresh, buf, 0)
+	}
+	drive.PutBuffer(pb)
+	if err != nil {
+		// fresh stays reserved on disk, so recovery zeroes it; this pool
+		// is done serving writes.
+		return 0, p.fail(err)
+	}
+	p.mu.Lock()
+	v.table.set(lext, fresh)
+	p.enqueue(&record{typ: recRemap, vol: v.id, lext: lext, phys: uint32(fresh)})
+	// This volume's reference on old goes once the remap is durable; if the
+	// others let go meanwhile (a snapshot deleted during the copy), old is
+	// then zeroed before it is freed (releaseBasesLocked).
+	p.addBaseRefLocked(old, 1)
+	p.releaseAfterRoundLocked(old)
+	p.mu.Unlock()
+	return fresh, nil
 }
 
 // Trim makes the whole blocks in [off, off+n) read as zeros and gives back
@@ -517,7 +541,7 @@ func (v *Volume) deallocate(off, n int64) error {
 				p.mu.Lock()
 				err = v.unmapLocked(lext, ext)
 				p.mu.Unlock()
-			case shared:
+			case shared || p.fillOf(ext) != nil: // zeros are data a filling extent must mark
 				err = v.writeZeroRange(o, c)
 			default:
 				err = p.zeroExtent(ext, in, c)
@@ -551,6 +575,7 @@ func (v *Volume) unmapLocked(lext uint32, ext allocator.Extent) error {
 		v.pool.enqueue(&record{typ: recUnmapExtent, vol: v.id, lext: lext})
 		return v.pool.alloc.Free(ext) // drops a reference; the extent stays in use
 	}
+	v.pool.dropFillLocked(ext)
 	if err := v.pool.zeroExtent(ext, 0, ExtentSize); err != nil {
 		return err
 	}

@@ -1,0 +1,695 @@
+package engine
+
+import (
+	"fmt"
+	"maps"
+	"math/bits"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cairn-storage/cairn/allocator"
+	"github.com/cairn-storage/cairn/drive"
+)
+
+// Redirect-on-write: how a write to a shared extent costs what any write costs.
+//
+// The first write to an extent S that another volume also maps (a snapshot,
+// a clone) does not copy S. It takes a fresh reserved extent F, maps the
+// volume's logical extent to F, and marks F *filling* from base S: a
+// 256-bit map says which blocks of F hold their data; every other block of F
+// still reads from S. The write goes into F and sets its bits. Reads take
+// each block from F when its bit is set, else from the base — which may be
+// filling itself (a snapshot taken of a volume with filling extents, then
+// written again): a chain, always ending at a complete extent.
+//
+// The filler (one goroutine per pool) completes an F by copying its clear
+// blocks from the base at a throttled rate (Options.FillRate), but only when
+// that is worth it (worthFilling): F is at least half filled, so the copy
+// costs no more space than was written (space ≤ 2× the bytes changed); or
+// the base is held by F alone (the snapshot went away, and completing gives
+// the base back); or the pool has more filling extents than its cap (RAM).
+// Once all 256 blocks are filled the state goes away and F's reference on
+// the base is dropped: F is an ordinary extent again. A sparsely written F
+// stays filling until one of those becomes true.
+//
+// Invariants (each kept where noted):
+//   - A filling F holds one allocator reference on its base for as long as
+//     its fill state exists (a redirect hands the writer's reference on S to
+//     the state; completion and dropping F give it back after the round that
+//     logs them: pendingUnref). A base is never written where F reads it: a
+//     base is shared (writers of shared extents redirect) or held by F alone.
+//   - A bit is set only after its block's data is in F (writeMapped,
+//     fillRun), and bits are never cleared. A reader that finds a bit clear
+//     reads the base while holding fs.mu for reading, and completion waits
+//     for such readers before it lets the base go.
+//   - Durability: bits are logged per round, not per write: a round gathers
+//     the bits set since the last one (pool.dirtyFills) into one recFilled
+//     record per extent before it syncs the data, so a logged bit always
+//     describes durable data; completion logs the last bits just before its
+//     recFillDone. A crash loses unlogged bits: those blocks read their old
+//     content from the base, which the contract allows for a write that was
+//     not flushed. F's unfilled blocks are never read, so what an unlogged
+//     write or copy left there is invisible. Fill records are lazy: they
+//     never make the background committer run early (lazyRecord), so a
+//     volume whose extents fill costs no more syncs than one whose extents
+//     are its own; a flush commits them like everything else.
+//   - F comes from a durable reservation (recReserve), so a lost recRedirect
+//     leaves F to be zeroed by recovery, as for a first write.
+//   - Only the filler writes into F besides the volume's writers; fs.mu
+//     (write) keeps it off blocks a writer is writing, and p.copierMu keeps
+//     it off an F that lost its last reference and is being zeroed
+//     (dropFillLocked). Lock order: pool.mu → copierMu → fs.mu of F → fs.mu
+//     of its base; writers take fs.mu (read) alone and pool.mu after
+//     releasing it.
+
+const (
+	blocksPerExtent = ExtentSize / BlockSize
+	// fillRunBlocks is what the filler copies at once while writers of that
+	// extent wait: 64 KiB.
+	fillRunBlocks = 16
+	// DefaultFillRate is the filler's copy rate per pool, bytes per second:
+	// a fraction of any disk's sequential rate, so the foreground keeps the
+	// rest.
+	DefaultFillRate = 64 << 20
+	// fillScanInterval: how often the filler looks over every filling extent
+	// for one worth completing (writes that make one worth it wake it at once).
+	fillScanInterval = time.Second
+)
+
+// fillState is a filling extent. Lives in pool.fills while F is filling.
+type fillState struct {
+	ext    allocator.Extent // F
+	base   allocator.Extent // where F's clear blocks read from
+	bits   [blocksPerExtent / 64]atomic.Uint64
+	filled atomic.Int32 // bits set
+	// dirty: bits set that may not be logged; fs is in pool.dirtyFills.
+	dirty atomic.Bool
+	// mu: held for reading by writers into F and readers of F; for writing
+	// by the filler while it copies a run, and once by completion, as a
+	// barrier for readers still reading the base.
+	mu sync.RWMutex
+	// done: completed or dropped; no more recFilled records for it.
+	// REQUIRES pool.mu.
+	done bool
+	// queued: in pool.fillQueue. REQUIRES pool.mu.
+	queued bool
+	// dropped: F lost its last reference and is zeroed; set under copierMu.
+	dropped atomic.Bool
+}
+
+func (fs *fillState) isSet(blk int) bool { return fs.bits[blk/64].Load()&(1<<(blk%64)) != 0 }
+
+// runOf returns how many blocks from blk on share blk's state, up to max.
+func (fs *fillState) runOf(blk, max int) (set bool, n int) {
+	set = fs.isSet(blk)
+	for n = 1; n < max && fs.isSet(blk+n) == set; n++ {
+	}
+	return set, n
+}
+
+// set marks blocks [first, first+n) filled and returns how many were not.
+func (fs *fillState) set(first, n int) int {
+	newly := 0
+	for n > 0 {
+		w, b := first/64, first%64
+		k := min(n, 64-b)
+		mask := ^uint64(0) >> (64 - k) << b
+		old := fs.bits[w].Or(mask)
+		newly += bits.OnesCount64(mask &^ old)
+		first, n = first+k, n-k
+	}
+	fs.filled.Add(int32(newly))
+	return newly
+}
+
+func (fs *fillState) complete() bool { return fs.filled.Load() == blocksPerExtent }
+
+// fillOf returns F's fill state, or nil when ext is not filling.
+func (p *pool) fillOf(ext allocator.Extent) *fillState {
+	if p.fillCount.Load() == 0 {
+		return nil
+	}
+	return p.fills.load(ext)
+}
+
+// fillTable finds the fill state of an extent without locks: a directory
+// of chunks of fillChunkSlots pointers, a chunk allocated when one of its
+// extents first fills (8 bytes per extent of the chunks in use, so at most
+// 8 MiB per TiB of pool). Changed only under pool.mu.
+type fillTable struct {
+	dir atomic.Pointer[[]atomic.Pointer[fillChunk]]
+}
+
+const fillChunkSlots = 4096
+
+type fillChunk [fillChunkSlots]atomic.Pointer[fillState]
+
+func (t *fillTable) load(ext allocator.Extent) *fillState {
+	d := t.dir.Load()
+	if d == nil || int(ext/fillChunkSlots) >= len(*d) {
+		return nil
+	}
+	c := (*d)[ext/fillChunkSlots].Load()
+	if c == nil {
+		return nil
+	}
+	return c[ext%fillChunkSlots].Load()
+}
+
+// store sets ext's fill state (nil clears it). REQUIRES pool.mu.
+func (t *fillTable) store(ext allocator.Extent, fs *fillState) {
+	i := int(ext / fillChunkSlots)
+	d := t.dir.Load()
+	if d == nil || i >= len(*d) {
+		if fs == nil {
+			return
+		}
+		nd := make([]atomic.Pointer[fillChunk], i+1)
+		if d != nil {
+			for j := range *d {
+				nd[j].Store((*d)[j].Load())
+			}
+		}
+		t.dir.Store(&nd)
+		d = &nd
+	}
+	c := (*d)[i].Load()
+	if c == nil {
+		if fs == nil {
+			return
+		}
+		c = new(fillChunk)
+		(*d)[i].Store(c)
+	}
+	c[ext%fillChunkSlots].Store(fs)
+}
+
+// each calls fn for every fill state until it returns false. REQUIRES pool.mu
+// for a consistent view.
+func (t *fillTable) each(fn func(*fillState) bool) {
+	d := t.dir.Load()
+	if d == nil {
+		return
+	}
+	for i := range *d {
+		c := (*d)[i].Load()
+		if c == nil {
+			continue
+		}
+		for j := range c {
+			if fs := c[j].Load(); fs != nil && !fn(fs) {
+				return
+			}
+		}
+	}
+}
+
+// fillCap is how many extents of the pool may be filling before the filler
+// completes some whatever their fill: a quarter of the pool's extents keeps
+// fill states (~80 B each, and their table's 8 B per extent) within
+// 22 MiB per TiB of pool, 26 with the mapping: the budget is 32.
+// Past twice the cap (a transient the filler has not caught up with), a
+// write to a shared extent copies it whole instead (copyInto).
+func (p *pool) fillCap() int64 {
+	if c := p.eng.opts.fillCap; c > 0 {
+		return int64(c)
+	}
+	return max(1024, p.alloc.Total()/4)
+}
+
+// startFillLocked makes fresh a filling extent on base. REQUIRES mu.
+func (p *pool) startFillLocked(fresh, base allocator.Extent) *fillState {
+	fs := &fillState{ext: fresh, base: base}
+	p.addBaseRefLocked(base, 1)
+	p.fills.store(fresh, fs)
+	p.fillCount.Add(1)
+	p.unfilled.Add(blocksPerExtent)
+	return fs
+}
+
+// endFillLocked forgets F's fill state; its base loses F's reference after
+// the next round (pendingUnref). REQUIRES mu.
+func (p *pool) endFillLocked(fs *fillState) {
+	fs.done = true
+	p.fills.store(fs.ext, nil)
+	p.fillCount.Add(-1)
+	p.unfilled.Add(-int64(blocksPerExtent - fs.filled.Load()))
+	p.releaseAfterRoundLocked(fs.base)
+}
+
+// releaseAfterRoundLocked lets go of a reference on base once the next
+// round has logged what ended it (releaseBasesLocked). That round is hurried
+// only when the release gives space back; otherwise it waits like a lazy
+// record. REQUIRES mu.
+func (p *pool) releaseAfterRoundLocked(base allocator.Extent) {
+	p.pendingUnref = append(p.pendingUnref, base)
+	if p.alloc.Refs(base) == 1 {
+		p.urgent = true
+	}
+}
+
+// dropFillLocked forgets the fill state of an extent that lost its last
+// reference (it is about to be zeroed), waiting out a filler run that may be
+// writing into it. REQUIRES mu.
+func (p *pool) dropFillLocked(ext allocator.Extent) {
+	fs := p.fillOf(ext)
+	if fs == nil {
+		return
+	}
+	p.copierMu.Lock()
+	fs.dropped.Store(true)
+	p.copierMu.Unlock()
+	p.endFillLocked(fs)
+}
+
+// releaseBasesLocked gives back the base references of fill states that
+// ended before the round that just logged their end: a base still used
+// elsewhere loses one reference; one held only by this is condemned (zeroed
+// by the filler, then freed). REQUIRES mu; called by a round after its log
+// write, with the count of pendingUnref taken before it.
+func (p *pool) releaseBasesLocked(n int) error {
+	bases := slices.Clone(p.pendingUnref[:n])
+	p.pendingUnref = append(p.pendingUnref[:0], p.pendingUnref[n:]...)
+	for _, b := range bases {
+		p.addBaseRefLocked(b, -1)
+		if p.alloc.Refs(b) > 1 {
+			if err := p.alloc.Free(b); err != nil {
+				return err
+			}
+			continue
+		}
+		p.condemned[b] = struct{}{}
+		p.reclaimable = append(p.reclaimable, b)
+		p.dropFillLocked(b) // b's own base waits for the next round
+	}
+	if len(bases) > 0 {
+		p.wakeFiller()
+	}
+	return nil
+}
+
+// addBaseRefLocked counts a fill state's reference on base (or its
+// release). A snapshot's extent whose other references are all fill states'
+// is its alone: deleting the snapshot gives it back once they complete.
+// REQUIRES mu.
+func (p *pool) addBaseRefLocked(base allocator.Extent, n int32) {
+	p.baseGen++
+	if p.baseRefs[base] += n; p.baseRefs[base] == 0 {
+		delete(p.baseRefs, base)
+	}
+}
+
+func (p *pool) wakeFiller() {
+	select {
+	case p.fillWake <- struct{}{}:
+	default:
+	}
+}
+
+// readMapped reads from extent ext as its volumes see it: through its fill
+// state (and its base's) when it is filling.
+func (p *pool) readMapped(ext allocator.Extent, b []byte, in int64) error {
+	fs := p.fillOf(ext)
+	if fs == nil {
+		return p.readExtent(ext, b, in)
+	}
+	fs.mu.RLock()
+	defer fs.mu.RUnlock()
+	for len(b) > 0 {
+		blk := int(in / BlockSize)
+		set, n := fs.runOf(blk, (len(b)+BlockSize-1)/BlockSize)
+		c := min(int64(n)*BlockSize-in%BlockSize, int64(len(b)))
+		var err error
+		if set {
+			err = p.readExtent(ext, b[:c], in)
+		} else {
+			err = p.readMapped(fs.base, b[:c], in)
+		}
+		if err != nil {
+			return err
+		}
+		b, in = b[c:], in+c
+	}
+	return nil
+}
+
+// writeMapped writes whole blocks into a volume's own extent ext, setting
+// their bits when it is filling.
+func (p *pool) writeMapped(ext allocator.Extent, b []byte, in int64) error {
+	fs := p.fillOf(ext)
+	if fs == nil {
+		return p.writeExtent(ext, b, in)
+	}
+	fs.mu.RLock()
+	err := p.writeExtent(ext, b, in)
+	newly := 0
+	if err == nil {
+		newly = fs.set(int(in/BlockSize), len(b)/BlockSize)
+		p.unfilled.Add(-int64(newly))
+	}
+	fs.mu.RUnlock()
+	if newly > 0 {
+		p.noteFilled(fs, newly)
+	}
+	return err
+}
+
+// noteFilled records that newly bits of fs were set: its bits are to be
+// logged by the next round, and the filler hears when fs became worth
+// completing.
+func (p *pool) noteFilled(fs *fillState, newly int) {
+	filled := int(fs.filled.Load())
+	crossed := 2*(filled-newly) < blocksPerExtent && 2*filled >= blocksPerExtent || filled == blocksPerExtent
+	if !fs.dirty.CompareAndSwap(false, true) && !crossed {
+		return
+	}
+	p.mu.Lock()
+	if !fs.done {
+		if !slices.Contains(p.dirtyFills, fs) {
+			p.dirtyFills = append(p.dirtyFills, fs)
+		}
+		if crossed && !fs.queued {
+			fs.queued = true
+			p.fillQueue = append(p.fillQueue, fs)
+			p.wakeFiller()
+		}
+	}
+	p.mu.Unlock()
+}
+
+// logFillsLocked queues a recFilled record for each extent with bits set
+// since it was last logged. A round calls it before it takes the queue (and
+// so before it syncs the data: every bit set by then describes data already
+// written). REQUIRES mu.
+func (p *pool) logFillsLocked() {
+	for _, fs := range p.dirtyFills {
+		fs.dirty.Store(false) // a bit set from now on marks it again
+		p.logFillLocked(fs)
+	}
+	p.dirtyFills = p.dirtyFills[:0]
+}
+
+// logFillLocked queues a record of the bits of fs (all of them: records
+// are OR-ed at replay, so logging a bit twice is harmless, and no per-state
+// memory of what was logged is needed). REQUIRES mu.
+func (p *pool) logFillLocked(fs *fillState) {
+	if fs.done {
+		return
+	}
+	r := record{typ: recFilled, phys: uint32(fs.ext)}
+	for w := range fs.bits {
+		r.bitmap[w] = fs.bits[w].Load()
+	}
+	p.enqueue(&r)
+}
+
+// worthFilling says whether the filler should complete fs now (see the top
+// of this file). REQUIRES mu.
+func (p *pool) worthFilling(fs *fillState, overCap bool) bool {
+	return overCap || fs.complete() || 2*int(fs.filled.Load()) >= blocksPerExtent || p.alloc.Refs(fs.base) == 1
+}
+
+// fillCandidates returns the fill states the filler should complete now:
+// those queued by writers, and with scan, any other worth it (fullest first
+// when the pool is over its cap). REQUIRES mu.
+func (p *pool) fillCandidatesLocked(scan bool) []*fillState {
+	out := p.fillQueue
+	p.fillQueue = nil
+	if !scan && p.fillCount.Load() <= p.fillCap() {
+		return out
+	}
+	var all []*fillState
+	p.fills.each(func(fs *fillState) bool {
+		if !fs.queued {
+			all = append(all, fs)
+		}
+		return true
+	})
+	slices.SortFunc(all, func(a, b *fillState) int { return int(b.filled.Load() - a.filled.Load()) })
+	over := p.fillCount.Load() - p.fillCap()
+	for _, fs := range all {
+		if p.worthFilling(fs, over > 0) {
+			fs.queued = true
+			out = append(out, fs)
+			over--
+		}
+	}
+	return out
+}
+
+// filler completes filling extents worth completing, and zeroes the bases
+// that completions left unreferenced.
+func (p *pool) filler() {
+	defer close(p.fillDone)
+	t := time.NewTicker(fillScanInterval)
+	defer t.Stop()
+	pace := newPacer(p.eng.opts.FillRate)
+	for {
+		scan := false
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+			scan = true
+		case <-p.fillWake:
+		}
+		if p.err() != nil {
+			continue
+		}
+		if err := p.fillPass(scan, pace, p.stop); err != nil {
+			p.fail(err)
+		}
+	}
+}
+
+// fillPass does one round of the filler's work; stop (when not nil) cuts it short.
+func (p *pool) fillPass(scan bool, pace func(int), stop <-chan struct{}) error {
+	if err := p.reclaim(false); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	cands := p.fillCandidatesLocked(scan)
+	p.mu.Unlock()
+	for i, fs := range cands {
+		select {
+		case <-stop:
+			p.mu.Lock()
+			for _, fs := range cands[i:] {
+				fs.queued = false
+			}
+			p.mu.Unlock()
+			return nil
+		default:
+		}
+		if err := p.completeFill(fs, pace, -1); err != nil {
+			return err
+		}
+	}
+	return p.reclaim(false)
+}
+
+// completeFill copies fs's clear blocks from its base, then ends its fill
+// state. runs >= 0 stops after that many runs (tests: an interrupted copy).
+func (p *pool) completeFill(fs *fillState, pace func(int), runs int) error {
+	pb := drive.GetBuffer(fillRunBlocks * BlockSize)
+	defer drive.PutBuffer(pb)
+	for blk := 0; blk < blocksPerExtent; blk += fillRunBlocks {
+		if runs == 0 {
+			p.mu.Lock()
+			fs.queued = false
+			p.mu.Unlock()
+			return nil
+		}
+		copied, err := p.fillRun(fs, blk, pb.B)
+		if err != nil {
+			return err
+		}
+		if copied < 0 { // dropped: nothing left to do
+			return nil
+		}
+		if copied > 0 {
+			runs--
+			if pace != nil {
+				pace(copied * BlockSize)
+			}
+		}
+	}
+	// Every block is filled. Readers that found a bit clear before the last
+	// copy may still be reading the base: wait them out.
+	fs.mu.Lock()
+	//lint:ignore SA2001 an empty critical section is the point: a barrier
+	fs.mu.Unlock()
+	p.mu.Lock()
+	if !fs.done {
+		p.logFillLocked(fs)
+		p.endFillLocked(fs)
+		p.enqueue(&record{typ: recFillDone, phys: uint32(fs.ext)})
+	}
+	fs.queued = false
+	p.mu.Unlock()
+	return nil
+}
+
+// fillRun copies the clear blocks of [blk, blk+fillRunBlocks) of fs from its
+// base and marks them filled. Returns the blocks copied, -1 when fs was
+// dropped.
+func (p *pool) fillRun(fs *fillState, blk int, buf []byte) (int, error) {
+	if set, n := fs.runOf(blk, fillRunBlocks); set && n == fillRunBlocks {
+		return 0, nil
+	}
+	var runs [][2]int // [first, n] of each clear run copied
+	p.copierMu.Lock()
+	if fs.dropped.Load() {
+		p.copierMu.Unlock()
+		return -1, nil
+	}
+	fs.mu.Lock()
+	err := p.readMapped(fs.base, buf, int64(blk)*BlockSize)
+	for b := blk; err == nil && b < blk+fillRunBlocks; {
+		set, n := fs.runOf(b, blk+fillRunBlocks-b)
+		if !set {
+			off := (b - blk) * BlockSize
+			if err = p.writeExtent(fs.ext, buf[off:off+n*BlockSize], int64(b)*BlockSize); err == nil {
+				runs = append(runs, [2]int{b, n})
+			}
+		}
+		b += n
+	}
+	newly := 0
+	for _, r := range runs {
+		newly += fs.set(r[0], r[1])
+	}
+	p.unfilled.Add(-int64(newly))
+	fs.mu.Unlock()
+	p.copierMu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if newly > 0 {
+		p.noteFilled(fs, newly)
+	}
+	return newly, nil
+}
+
+// maxReserveAhead bounds the extents a snapshot reserves ahead (4 GiB):
+// past it, redirects reserve in the usual batches.
+const maxReserveAhead = 4096
+
+// reserveAhead makes up to n extents (at most maxReserveAhead, at most half
+// of what is free) reserved and durable before a snapshot shares a volume's
+// extents.
+func (p *pool) reserveAhead(n int) error {
+	p.mu.Lock()
+	have := len(p.reserved) + len(p.reserving)
+	want := min(n, maxReserveAhead, int(p.alloc.Total()-p.alloc.Used())/2)
+	reserved := want > have && p.reserveNLocked(want-have)
+	p.mu.Unlock()
+	if !reserved {
+		return nil
+	}
+	return p.commit()
+}
+
+// newPacer returns a function that sleeps so that the bytes it is told of
+// flow at rate per second at most (0 = DefaultFillRate).
+func newPacer(rate int64) func(int) {
+	if rate <= 0 {
+		rate = DefaultFillRate
+	}
+	start, done := time.Now(), int64(0)
+	return func(n int) {
+		done += int64(n)
+		due := start.Add(time.Duration(done * int64(time.Second) / rate))
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		} else if d < -time.Second { // idle for a while: no burst to catch up
+			start, done = time.Now(), 0
+		}
+	}
+}
+
+// fillCheck verifies the fill states (Check): each F is in use and not
+// reserved, its base is in use, chains end, and the unfilled count adds up.
+// REQUIRES mu.
+func (p *pool) fillCheckLocked(refs map[allocator.Extent]int) error {
+	var unfilled int64
+	var n int64
+	var err error
+	p.fills.each(func(fs *fillState) bool {
+		n++
+		unfilled += int64(blocksPerExtent - fs.filled.Load())
+		refs[fs.base]++
+		if p.fills.load(fs.ext) != fs || fs.done {
+			err = fmt.Errorf("%s: fill state of extent %d is stale", p, fs.ext)
+			return false
+		}
+		depth := 0
+		for b := fs.base; ; depth++ {
+			if depth > int(p.fillCount.Load()) {
+				err = fmt.Errorf("%s: fill chain from extent %d does not end", p, fs.ext)
+				return false
+			}
+			next := p.fillOf(b)
+			if next == nil {
+				break
+			}
+			b = next.base
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	counted := map[allocator.Extent]int32{}
+	p.fills.each(func(fs *fillState) bool { counted[fs.base]++; return true })
+	for _, b := range p.pendingUnref {
+		refs[b]++
+		counted[b]++
+	}
+	if !maps.Equal(counted, p.baseRefs) {
+		return fmt.Errorf("%s: fill states reference bases %v, counted %v", p, counted, p.baseRefs)
+	}
+	if n != p.fillCount.Load() || unfilled != p.unfilled.Load() {
+		return fmt.Errorf("%s: %d fill states with %d unfilled blocks, counted %d and %d", p, n, unfilled, p.fillCount.Load(), p.unfilled.Load())
+	}
+	return nil
+}
+
+// loadFills installs the fill states replayed from the log: a state is live
+// while its extent is referenced (mapped, or the base of a live state), and
+// a live state references its base. States of unreferenced extents are
+// dropped, their extents and bases left as candidates for zeroing.
+func (p *pool) loadFills(st *poolState) error {
+	live := map[allocator.Extent]bool{}
+	for changed := true; changed; {
+		changed = false
+		for f, fs := range st.fills {
+			if live[f] || p.alloc.Refs(f) == 0 {
+				continue
+			}
+			live[f], changed = true, true
+			if err := p.alloc.Take(fs.base); err != nil {
+				return fmt.Errorf("%w: %s: base of filling extent %d: %w", ErrCorrupt, p, f, err)
+			}
+		}
+	}
+	for f, fs := range st.fills {
+		if !live[f] {
+			st.condemned[f], st.condemned[fs.base] = true, true
+			continue
+		}
+		depth := 0
+		for b := fs.base; live[b]; b = st.fills[b].base {
+			if depth++; depth > len(live) {
+				return fmt.Errorf("%w: %s: fill chain from extent %d does not end", ErrCorrupt, p, f)
+			}
+		}
+		p.addBaseRefLocked(fs.base, 1)
+		p.fills.store(f, fs)
+		p.fillCount.Add(1)
+		p.unfilled.Add(int64(blocksPerExtent - fs.filled.Load()))
+	}
+	return nil
+}
