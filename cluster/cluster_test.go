@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -476,5 +477,55 @@ func TestMemberRegistersAgainAfterOutage(t *testing.T) {
 			t.Fatalf("member not registered again 30 s after etcd came back: registered %v, nodes %+v, %v", m.Registered(), nodes, err)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// cluster delete: refused for an unknown or Online node and, unless force,
+// for one holding volumes; a deleted node never registers again.
+func TestDeleteNode(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	s := join(t, e, "alpha", JoinOptions{})
+	ctx := context.Background()
+	withVolumes := func() NodeRecord {
+		r := record("node-v", "h1")()
+		r.Volumes, r.VolumeCount = []string{"db", "logs"}, 2
+		return r
+	}
+	mv, err := join(t, e, "alpha", JoinOptions{}).Register(ctx, MemberConfig{Record: withVolumes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	me, err := join(t, e, "alpha", JoinOptions{}).Register(ctx, MemberConfig{Record: record("node-e", "h2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeleteNode(ctx, "nope", false); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("delete of an unknown node: %v, want ErrNotFound", err)
+	}
+	if _, err := s.DeleteNode(ctx, "node-e", true); !errors.Is(err, ErrOnline) {
+		t.Fatalf("delete of an Online node: %v, want ErrOnline", err)
+	}
+	mv.Stop()
+	me.Stop()
+	if _, err := s.DeleteNode(ctx, "node-v", false); !errors.Is(err, ErrHasVolumes) || !strings.Contains(err.Error(), "db, logs") {
+		t.Fatalf("delete of a node with volumes: %v, want ErrHasVolumes naming db, logs", err)
+	}
+	rec, err := s.DeleteNode(ctx, "node-v", true)
+	if err != nil || fmt.Sprint(rec.Volumes) != "[db logs]" {
+		t.Fatalf("forced delete: %+v, %v; want the record with its volumes", rec, err)
+	}
+	if _, err := s.DeleteNode(ctx, "node-e", false); err != nil {
+		t.Fatalf("delete of an Offline node without volumes: %v", err)
+	}
+	nodes, err := s.Nodes(ctx)
+	if err != nil || len(nodes) != 0 {
+		t.Fatalf("nodes after deletes: %+v, %v; want none", nodes, err)
+	}
+	if _, err := join(t, e, "alpha", JoinOptions{}).Register(ctx, MemberConfig{Record: record("node-e", "h2")}); !errors.Is(err, ErrRemoved) {
+		t.Fatalf("a deleted node registering again: %v, want ErrRemoved", err)
+	}
+	if _, err := s.DeleteNode(ctx, "node-e", false); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v, want ErrNotFound", err)
 	}
 }

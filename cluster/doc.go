@@ -21,6 +21,11 @@
 //	                                    node's lease (TTL LeaseTTL): present
 //	                                    means Online; rewritten every
 //	                                    HeartbeatInterval with the node's clock
+//	/cairn/v1/<cluster>/deleted/<id>    Tombstone {"deleted","hostname",
+//	                                    "mgmt_addr","lost_volumes"}: written
+//	                                    with the delete of nodes/<id> by
+//	                                    `cluster delete`; a node with a
+//	                                    tombstone never registers again
 //	/cairn/v1/<cluster>/volumes/<name>  VolumeSpec; created by a transaction
 //	                                    that requires the key to be absent, so
 //	                                    of two creates of one name exactly one

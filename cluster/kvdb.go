@@ -28,7 +28,29 @@ var (
 	ErrMismatch = errors.New("cluster mismatch")
 	// ErrInvalid: a name or argument the cluster cannot take.
 	ErrInvalid = errors.New("cluster: invalid argument")
+	// ErrOnline: the node is Online; only an Offline node can be deleted.
+	ErrOnline = errors.New("cluster: node is online")
+	// ErrHasVolumes: deleting the node would lose the volumes it holds.
+	ErrHasVolumes = errors.New("cluster: node holds volumes")
+	// ErrRemoved: the node was deleted from the cluster and may not
+	// register again.
+	ErrRemoved = errors.New("cluster: node removed from the cluster")
 )
+
+// kindError is an error whose text is the operator's message alone and
+// which matches its sentinel (errors.Is): "node X is Online: ..." rather
+// than "cluster: node is online: node X is Online: ...".
+type kindError struct {
+	kind error
+	msg  string
+}
+
+func (e *kindError) Error() string        { return e.msg }
+func (e *kindError) Is(target error) bool { return target == e.kind }
+
+func errorf(kind error, format string, args ...any) error {
+	return &kindError{kind: kind, msg: fmt.Sprintf(format, args...)}
+}
 
 // CallTimeout bounds every etcd call: a control operation fails with
 // ErrUnavailable after this long rather than hanging on a dead kvdb.
@@ -51,17 +73,17 @@ func ParseEndpoints(flag string) ([]string, error) {
 		rest := strings.TrimPrefix(item, "etcd:")
 		rest = strings.TrimPrefix(rest, "//")
 		if strings.HasPrefix(rest, "https://") {
-			return nil, fmt.Errorf("%w: kvdb endpoint %q: TLS is not supported yet; use http", ErrInvalid, item)
+			return nil, errorf(ErrInvalid, "kvdb endpoint %q: TLS is not supported yet; use http", item)
 		}
 		rest = strings.TrimPrefix(rest, "http://")
 		host, port, err := net.SplitHostPort(rest)
 		if err != nil || host == "" || port == "" || strings.ContainsAny(rest, "/?#@") {
-			return nil, fmt.Errorf("%w: kvdb endpoint %q: want etcd://HOST:PORT", ErrInvalid, item)
+			return nil, errorf(ErrInvalid, "kvdb endpoint %q: want etcd://HOST:PORT", item)
 		}
 		out = append(out, (&url.URL{Scheme: "http", Host: net.JoinHostPort(host, port)}).String())
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%w: no kvdb endpoint in %q: want etcd://HOST:PORT[,HOST:PORT...]", ErrInvalid, flag)
+		return nil, errorf(ErrInvalid, "no kvdb endpoint in %q: want etcd://HOST:PORT[,HOST:PORT...]", flag)
 	}
 	return out, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sort"
 	"strconv"
@@ -106,8 +105,7 @@ func (m *Member) checkNotTaken(ctx context.Context, rec NodeRecord) error {
 	}
 	for _, n := range nodes {
 		if n.ID == rec.ID && n.Status == StatusOnline && n.Hostname != rec.Hostname {
-			return fmt.Errorf("%w: node id %s is Online in cluster %q on host %s (%s); is this data directory a copy of that node's?",
-				ErrExists, rec.ID, m.s.identity.Name, n.Hostname, n.MgmtAddr)
+			return errorf(ErrExists, "node id %s is Online in cluster %q on host %s (%s); is this data directory a copy of that node's?", rec.ID, m.s.identity.Name, n.Hostname, n.MgmtAddr)
 		}
 	}
 	return nil
@@ -146,15 +144,27 @@ func (m *Member) write(ctx context.Context, lease clientv3.LeaseID) error {
 	if err != nil {
 		return err
 	}
-	_, err = m.s.cli.Txn(ctx).Then(
-		clientv3.OpPut(m.s.prefix+"nodes/"+m.id, string(rec)),
-		clientv3.OpPut(m.s.prefix+"alive/"+m.id, string(hb), clientv3.WithLease(lease)),
-	).Commit()
+	// A deleted node's tombstone stops it here, in the same transaction
+	// as DeleteNode's: a node deleted while cut off never comes back.
+	tombKey := m.s.prefix + "deleted/" + m.id
+	resp, err := m.s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(tombKey), "=", 0)).
+		Then(
+			clientv3.OpPut(m.s.prefix+"nodes/"+m.id, string(rec)),
+			clientv3.OpPut(m.s.prefix+"alive/"+m.id, string(hb), clientv3.WithLease(lease)),
+		).Else(clientv3.OpGet(tombKey)).Commit()
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return errLeaseLost
 	}
 	if err != nil {
 		return m.s.unavailable(err)
+	}
+	if !resp.Succeeded {
+		var tomb Tombstone
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
+			_ = json.Unmarshal(kvs[0].Value, &tomb) // damaged: still removed
+		}
+		return errorf(ErrRemoved, "node %s was deleted from cluster %q (cairn cluster delete, %s); this data directory cannot join again: give the node a fresh data directory to join as a new node", m.id, m.s.identity.Name, tomb.Deleted.Format(time.RFC3339))
 	}
 	return nil
 }
@@ -169,7 +179,10 @@ func (m *Member) run(ctx context.Context, lease clientv3.LeaseID, ka <-chan *cli
 	for {
 		if lease == 0 {
 			var err error
-			if lease, ka, err = m.register(ctx, ctx); err != nil {
+			if lease, ka, err = m.register(ctx, ctx); errors.Is(err, ErrRemoved) {
+				m.log.Error("cluster: this node was deleted from the cluster; it stops registering", "err", err)
+				return
+			} else if err != nil {
 				if ctx.Err() == nil {
 					m.retryWarn("cluster: registering this node again failed; retrying every second", "err", err)
 				}
@@ -200,6 +213,11 @@ func (m *Member) run(ctx context.Context, lease clientv3.LeaseID, ka <-chan *cli
 			case errors.Is(err, errLeaseLost):
 				m.log.Warn("cluster: node lease expired; registering again")
 				lease = m.lost()
+			case errors.Is(err, ErrRemoved):
+				m.log.Error("cluster: this node was deleted from the cluster; it stops heartbeating", "err", err)
+				m.revoke(lease)
+				m.lost()
+				return
 			case err != nil && ctx.Err() == nil:
 				// The keep-alive decides when the lease is gone; one
 				// missed heartbeat is only logged.

@@ -119,8 +119,7 @@ func (s *Store) checkEmbedded(ctx context.Context, name string, owner bool) erro
 		_ = json.Unmarshal(kvs[0].Value, &m) // damaged: Cluster "" and refused below
 	}
 	if m.Cluster != name {
-		return fmt.Errorf("%w: the kvdb at %s is the embedded kvdb of cluster %q; this node is of cluster %q (start it with -c %s, or point -k elsewhere)",
-			ErrMismatch, strings.Join(s.endpoints, ","), m.Cluster, name, m.Cluster)
+		return errorf(ErrMismatch, "the kvdb at %s is the embedded kvdb of cluster %q; this node is of cluster %q (start it with -c %s, or point -k elsewhere)", strings.Join(s.endpoints, ","), m.Cluster, name, m.Cluster)
 	}
 	return nil
 }
@@ -161,7 +160,17 @@ type NodeRecord struct {
 	Version  string        `json:"version"`
 	Pools    []PoolSummary `json:"pools"`
 	Started  time.Time     `json:"started"`
+	// Volumes names the volumes (not snapshots) whose data is on the
+	// node, at most MaxRecordVolumes of them; VolumeCount counts them all.
+	// What `cluster delete` says is lost with an Offline node.
+	Volumes     []string `json:"volumes"`
+	VolumeCount int      `json:"volume_count"`
 }
+
+// MaxRecordVolumes bounds the names in a NodeRecord: the record is
+// rewritten every heartbeat and must stay far below etcd's request limit
+// (1.5 MiB) with names of up to 255 bytes.
+const MaxRecordVolumes = 256
 
 // PoolSummary is one pool of a node, as the cluster sees it.
 type PoolSummary struct {
@@ -228,6 +237,72 @@ func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
 	return nodes, nil
 }
 
+// Tombstone marks a node deleted from the cluster (key deleted/<id>): it
+// may not register again (its data directory must be wiped and the node
+// join as a new one). Written once, never removed.
+type Tombstone struct {
+	Deleted     time.Time `json:"deleted"`
+	Hostname    string    `json:"hostname"`
+	MgmtAddr    string    `json:"mgmt_addr"`
+	LostVolumes []string  `json:"lost_volumes"`
+}
+
+// DeleteNode removes node id from the cluster and returns its last record.
+// Refused (ErrOnline) while the node holds its lease, and (ErrHasVolumes)
+// while its record lists volumes, unless force. One transaction: the node
+// must still be Offline with the very record read (not registered again in
+// between), and its tombstone is written with the delete, so that the node
+// can never register again (Member.write checks it).
+func (s *Store) DeleteNode(ctx context.Context, id string, force bool) (NodeRecord, error) {
+	if err := validateName("node", id); err != nil {
+		return NodeRecord{}, err
+	}
+	recKey, aliveKey := s.prefix+"nodes/"+id, s.prefix+"alive/"+id
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	resp, err := s.cli.Txn(cctx).Then(clientv3.OpGet(recKey), clientv3.OpGet(aliveKey, clientv3.WithCountOnly())).Commit()
+	if err != nil {
+		return NodeRecord{}, s.unavailable(err)
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return NodeRecord{}, errorf(ErrNotFound, "node %s is not in cluster %q", id, s.identity.Name)
+	}
+	if resp.Responses[1].GetResponseRange().Count > 0 {
+		return NodeRecord{}, errorf(ErrOnline, "node %s is Online: only an Offline node can be deleted (stop it, or wait for it to go Offline)", id)
+	}
+	var rec NodeRecord
+	_ = json.Unmarshal(kvs[0].Value, &rec) // damaged: deleted as a node without volumes
+	rec.ID = id
+	if rec.VolumeCount > 0 && !force {
+		return rec, errorf(ErrHasVolumes, "node %s holds %d volume(s) (%s): they would be lost; --force deletes the node and them from the cluster", id, rec.VolumeCount, volumeList(rec))
+	}
+	tomb, err := json.Marshal(Tombstone{Deleted: time.Now().UTC(), Hostname: rec.Hostname, MgmtAddr: rec.MgmtAddr, LostVolumes: rec.Volumes})
+	if err != nil {
+		return rec, err
+	}
+	del, err := s.cli.Txn(cctx).If(
+		clientv3.Compare(clientv3.ModRevision(recKey), "=", kvs[0].ModRevision),
+		clientv3.Compare(clientv3.CreateRevision(aliveKey), "=", 0),
+	).Then(clientv3.OpDelete(recKey), clientv3.OpPut(s.prefix+"deleted/"+id, string(tomb))).Commit()
+	if err != nil {
+		return rec, s.unavailable(err)
+	}
+	if !del.Succeeded {
+		return rec, errorf(ErrOnline, "node %s registered again while it was being deleted", id)
+	}
+	return rec, nil
+}
+
+// volumeList words a record's volumes for a message: "a, b and 3 more".
+func volumeList(rec NodeRecord) string {
+	list := strings.Join(rec.Volumes, ", ")
+	if more := rec.VolumeCount - len(rec.Volumes); more > 0 {
+		list += fmt.Sprintf(" and %d more", more)
+	}
+	return list
+}
+
 // VolumeSpec is a volume as a cluster object (key volumes/<name>).
 type VolumeSpec struct {
 	Name         string    `json:"name"`
@@ -272,7 +347,7 @@ func (s *Store) CreateVolume(ctx context.Context, spec VolumeSpec) error {
 		return s.unavailable(err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("%w: volume %q", ErrExists, spec.Name)
+		return errorf(ErrExists, "volume %q already exists in cluster %q", spec.Name, s.identity.Name)
 	}
 	return nil
 }
@@ -289,7 +364,7 @@ func (s *Store) Volume(ctx context.Context, name string) (VolumeSpec, error) {
 		return VolumeSpec{}, s.unavailable(err)
 	}
 	if len(resp.Kvs) == 0 {
-		return VolumeSpec{}, fmt.Errorf("%w: volume %q", ErrNotFound, name)
+		return VolumeSpec{}, errorf(ErrNotFound, "volume %q not found in cluster %q", name, s.identity.Name)
 	}
 	var spec VolumeSpec
 	if err := json.Unmarshal(resp.Kvs[0].Value, &spec); err != nil {
@@ -329,7 +404,7 @@ func (s *Store) DeleteVolume(ctx context.Context, name string) error {
 		return s.unavailable(err)
 	}
 	if resp.Deleted == 0 {
-		return fmt.Errorf("%w: volume %q", ErrNotFound, name)
+		return errorf(ErrNotFound, "volume %q not found in cluster %q", name, s.identity.Name)
 	}
 	return nil
 }
@@ -338,7 +413,7 @@ func (s *Store) DeleteVolume(ctx context.Context, name string) error {
 // bounded, and without '/' (which would reach into another key's space).
 func validateName(what, name string) error {
 	if name == "" || len(name) > maxNameLen || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
-		return fmt.Errorf("%w: %s name %q: use 1 to %d characters, no '/'", ErrInvalid, what, name, maxNameLen)
+		return errorf(ErrInvalid, "%s name %q: use 1 to %d characters, no '/'", what, name, maxNameLen)
 	}
 	return nil
 }

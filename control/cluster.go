@@ -34,6 +34,20 @@ type ClusterNode struct {
 	ClockSkew     bool   `json:"clock_skew"`
 	// ThisNode marks the node that answered.
 	ThisNode bool `json:"this_node"`
+	// Volumes names the volumes on the node (at most 256; VolumeCount
+	// counts them all), as it last reported them.
+	Volumes     []string `json:"volumes"`
+	VolumeCount int      `json:"volume_count"`
+}
+
+// DeletedNode is the reply to `cluster delete`.
+type DeletedNode struct {
+	ID       string `json:"id"`
+	Hostname string `json:"hostname"`
+	// LostVolumes are the volumes that lived on the node (forced delete),
+	// removed from the cluster's view with it.
+	LostVolumes []string `json:"lost_volumes"`
+	LostCount   int      `json:"lost_count"`
 }
 
 // ClusterPool is one pool of a node, as the cluster sees it.
@@ -85,6 +99,7 @@ func (s *Server) member() *cluster.Member {
 func (s *Server) clusterRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/cluster/nodes", s.listNodes)
 	mux.HandleFunc("GET /v1/cluster/nodes/{node}", s.getNode)
+	mux.HandleFunc("DELETE /v1/cluster/nodes/{node}", s.deleteNode)
 }
 
 // errNoCluster: a server without a cluster (only in unit tests).
@@ -109,7 +124,7 @@ func (s *Server) nodes(ctx context.Context) ([]ClusterNode, error) {
 func nodeFromCluster(n cluster.Node, self string) ClusterNode {
 	c := ClusterNode{ID: n.ID, Hostname: n.Hostname, MgmtAddr: n.MgmtAddr, DataAddr: n.DataAddr, Zone: n.Zone, Rack: n.Rack,
 		Status: n.Status, Version: n.Version, Pools: []ClusterPool{}, ClockSkew: n.ClockSkew, ThisNode: n.ID == self,
-		ClockOffsetMS: n.ClockOffset.Milliseconds()}
+		ClockOffsetMS: n.ClockOffset.Milliseconds(), Volumes: append([]string{}, n.Volumes...), VolumeCount: n.VolumeCount}
 	if !n.Started.IsZero() {
 		c.Started = n.Started.UTC().Format(time.RFC3339)
 	}
@@ -133,20 +148,27 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusOK, nodes)
 }
 
-// getNode answers GET /v1/cluster/nodes/{node}: {node} is a node id, or a
-// hostname or management address that only one node has.
+// getNode answers GET /v1/cluster/nodes/{node}.
 func (s *Server) getNode(w http.ResponseWriter, r *http.Request) {
-	ref := r.PathValue("node")
-	nodes, err := s.nodes(r.Context())
+	n, err := s.findNode(r.Context(), r.PathValue("node"))
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	reply(w, http.StatusOK, n)
+}
+
+// findNode resolves a node reference: a node id, or a hostname or
+// management address that only one node has.
+func (s *Server) findNode(ctx context.Context, ref string) (ClusterNode, error) {
+	nodes, err := s.nodes(ctx)
+	if err != nil {
+		return ClusterNode{}, err
+	}
 	var match []ClusterNode
 	for _, n := range nodes {
 		if n.ID == ref {
-			reply(w, http.StatusOK, n)
-			return
+			return n, nil
 		}
 		if n.Hostname == ref || n.MgmtAddr == ref {
 			match = append(match, n)
@@ -154,16 +176,39 @@ func (s *Server) getNode(w http.ResponseWriter, r *http.Request) {
 	}
 	switch len(match) {
 	case 0:
-		s.fail(w, r, fmt.Errorf("%w: node %q is not in cluster %q (cairn cluster list shows its nodes)", cluster.ErrNotFound, ref, s.node.Cluster()))
+		return ClusterNode{}, fmt.Errorf("%w: node %q is not in cluster %q (cairn cluster list shows its nodes)", cluster.ErrNotFound, ref, s.node.Cluster())
 	case 1:
-		reply(w, http.StatusOK, match[0])
+		return match[0], nil
 	default:
 		ids := make([]string, 0, len(match))
 		for _, n := range match {
 			ids = append(ids, n.ID)
 		}
-		s.fail(w, r, invalidf("%d nodes are %q: name one by id (%s)", len(match), ref, strings.Join(ids, ", ")))
+		return ClusterNode{}, invalidf("%d nodes are %q: name one by id (%s)", len(match), ref, strings.Join(ids, ", "))
 	}
+}
+
+// deleteNode answers DELETE /v1/cluster/nodes/{node}[?force=true]: an
+// Offline node leaves the cluster for good (cluster.Store.DeleteNode says
+// what is refused).
+func (s *Server) deleteNode(w http.ResponseWriter, r *http.Request) {
+	force, err := forceParam(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	n, err := s.findNode(r.Context(), r.PathValue("node"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	rec, err := s.member().Store().DeleteNode(r.Context(), n.ID, force)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Warn("node deleted from the cluster", "node", rec.ID, "hostname", rec.Hostname, "lost_volumes", rec.VolumeCount)
+	reply(w, http.StatusOK, DeletedNode{ID: rec.ID, Hostname: rec.Hostname, LostVolumes: append([]string{}, rec.Volumes...), LostCount: rec.VolumeCount})
 }
 
 // clusterSummary is status's cluster part; nil without a cluster. The

@@ -26,6 +26,9 @@
 //	GET    /v1/cluster/nodes       every node of the cluster, by id          → []ClusterNode
 //	GET    /v1/cluster/nodes/{node}  one node (id, or a unique hostname or
 //	                               management address)                        → ClusterNode
+//	DELETE /v1/cluster/nodes/{node}[?force=true]  an Offline node leaves the
+//	                               cluster for good; refused Online, and with
+//	                               volumes unless force                       → DeletedNode
 //	GET    /metrics                Prometheus text format
 //
 // The cluster routes and status's cluster_summary read the cluster's etcd

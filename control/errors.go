@@ -42,6 +42,8 @@ var errorKinds = []errorKind{
 	{ErrStarting, http.StatusServiceUnavailable, "starting"},
 	{cluster.ErrUnavailable, http.StatusServiceUnavailable, "kvdb_unavailable"},
 	{cluster.ErrNotFound, http.StatusNotFound, "node_not_found"},
+	{cluster.ErrOnline, http.StatusConflict, "node_online"},
+	{cluster.ErrHasVolumes, http.StatusConflict, "node_has_volumes"},
 	{engine.ErrCorrupt, http.StatusInternalServerError, "corrupt"},
 	{engine.ErrIO, http.StatusInternalServerError, "io"},
 }

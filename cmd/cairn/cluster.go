@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -11,7 +12,7 @@ import (
 
 func newClusterCommand(g *globals) *cobra.Command {
 	cmd := newGroupCommand("cluster", "Show the cluster's nodes (like pxctl cluster)")
-	cmd.AddCommand(newClusterListCommand(g), newClusterInspectCommand(g))
+	cmd.AddCommand(newClusterListCommand(g), newClusterInspectCommand(g), newClusterDeleteCommand(g))
 	return cmd
 }
 
@@ -91,6 +92,43 @@ func newClusterInspectCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
+func newClusterDeleteCommand(g *globals) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "delete NODE",
+		Short: "Remove an Offline node from the cluster for good (--force: also when volumes live on it, which are lost)",
+		Long: `Remove an Offline node from the cluster (NODE: id, or a hostname or
+management address only it has).
+
+Refused while the node is Online, and while volumes live on it unless
+--force, which names the volumes lost with it. A deleted node cannot join
+again with its data directory: its daemon refuses to start (give it a fresh
+data directory to join as a new node).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := g.client().DeleteNode(cmd.Context(), args[0], force)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), d)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Node %s deleted from the cluster\n", d.ID)
+			if d.LostCount > 0 {
+				lost := strings.Join(d.LostVolumes, ", ")
+				if more := d.LostCount - len(d.LostVolumes); more > 0 {
+					lost += fmt.Sprintf(" and %d more", more)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Volumes lost with it: %s\n", lost)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "delete even though volumes live on the node (they are lost)")
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
 func printNode(w io.Writer, n control.ClusterNode) {
 	t := newTable(w)
 	fmt.Fprintf(t, "ID\t:  %s\n", n.ID)
@@ -104,6 +142,7 @@ func printNode(w io.Writer, n control.ClusterNode) {
 	fmt.Fprintf(t, "Started\t:  %s\n", orDash(n.Started))
 	fmt.Fprintf(t, "Clock\t:  %s\n", clockLine(n))
 	fmt.Fprintf(t, "Used / size\t:  %s / %s\n", formatSize(n.Used), formatSize(n.Size))
+	fmt.Fprintf(t, "Volumes\t:  %d\n", n.VolumeCount)
 	t.Flush()
 	fmt.Fprintf(w, "Pools: %d\n", len(n.Pools))
 	if len(n.Pools) > 0 {

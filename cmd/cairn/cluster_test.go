@@ -304,3 +304,67 @@ func TestClusterKvdbDown(t *testing.T) {
 	}
 	jq(t, mustCairn(t, d2.api, "status", "-j"), `.status == "operational" and .cluster_summary.kvdb.healthy == true`)
 }
+
+// cluster delete: refused for an Online node; for an Offline one holding
+// volumes refused unless --force, which names them; the deleted node is
+// gone from every list and cannot start again on its data directory.
+func TestClusterDelete(t *testing.T) {
+	t.Parallel()
+	d1 := startDaemon(t, t.TempDir())
+	kvdb := "etcd://" + d1.kvdbAddr(t)
+	args2 := []string{"--api", "127.0.0.2:0", "--nbd", "127.0.0.2:0", "-k", kvdb}
+	d2 := startDaemon(t, t.TempDir(), args2...)
+	args3 := []string{"--api", "127.0.0.3:0", "--nbd", "127.0.0.3:0", "-k", kvdb}
+	d3 := startDaemon(t, t.TempDir(), args3...)
+	id1, id2, id3 := nodeID(t, d1.api), nodeID(t, d2.api), nodeID(t, d3.api)
+	mustCairn(t, d2.api, "volume", "create", "db", "--size", "64M")
+	mustCairn(t, d2.api, "volume", "create", "logs", "--size", "64M")
+	mustCairn(t, d2.api, "volume", "snapshot", "create", "db", "--name", "db.s1")
+	// The node's record carries its volumes (not snapshots) by its next heartbeat.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		in := mustCairn(t, d1.api, "cluster", "inspect", id2, "-j")
+		if jqQuiet(in, `.volumes == ["db", "logs"] and .volume_count == 2`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node 2's volumes not in its record after 15 s:\n%s", in)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+
+	mustFail(t, d1.api, "is Online: only an Offline node can be deleted", "cluster", "delete", id1)
+	mustFail(t, d1.api, "is Online", "cluster", "delete", id2, "--force")
+	mustFail(t, d1.api, `node "nope" is not in cluster`, "cluster", "delete", "nope")
+	mustFail(t, d1.api, "accepts 1 arg", "cluster", "delete")
+
+	// Node 3, without volumes, stopped: deleted without --force.
+	if code := d3.stop(t); code != 0 {
+		t.Fatalf("node 3 exit code %d", code)
+	}
+	out := mustCairn(t, d1.api, "cluster", "delete", id3)
+	if !strings.Contains(out, "Node "+id3+" deleted from the cluster") || strings.Contains(out, "lost") {
+		t.Errorf("cluster delete of node 3 printed:\n%s", out)
+	}
+
+	// Node 2 killed: Offline, then refused for its volumes, then forced.
+	d2.cmd.Process.Kill()
+	<-d2.exited
+	waitStatus(t, d1.api, id2, "Offline", time.Now(), offlineWithin)
+	mustFail(t, d1.api, "holds 2 volume(s) (db, logs): they would be lost; --force", "cluster", "delete", id2)
+	del := mustCairn(t, d1.api, "cluster", "delete", id2, "--force", "-j")
+	jq(t, del, fmt.Sprintf(`.id == %q and .lost_volumes == ["db", "logs"] and .lost_count == 2`, id2))
+	jq(t, mustCairn(t, d1.api, "cluster", "list", "-j"), fmt.Sprintf(`length == 1 and .[0].id == %q`, id1))
+	jq(t, mustCairn(t, d1.api, "status", "-j"), `.cluster_summary.nodes_total == 1 and .cluster_summary.nodes_online == 1`)
+
+	// Deleted nodes stay out: neither starts on its data directory.
+	for _, tc := range []struct {
+		d    *testDaemon
+		args []string
+	}{{d2, args2}, {d3, args3}} {
+		_, err := launchDaemon(t, tc.d.dataDir, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), "was deleted from cluster \"cairn\"") {
+			t.Errorf("a deleted node restarted: want a refusal, got %v", err)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sort"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -99,8 +100,19 @@ func (c *clusterRun) register(ctx context.Context, cfg daemonConfig, node *contr
 		for _, p := range st.Pools {
 			pools = append(pools, cluster.PoolSummary{ID: p.ID, IOPriority: string(p.IOPriority), Size: p.Size, Used: p.Used, Status: p.Status})
 		}
+		var vols []string
+		for _, v := range eng.Volumes() {
+			if !v.Snapshot { // a snapshot goes with its volume
+				vols = append(vols, v.Name)
+			}
+		}
+		sort.Strings(vols)
+		count := len(vols)
+		if len(vols) > cluster.MaxRecordVolumes {
+			vols = vols[:cluster.MaxRecordVolumes]
+		}
 		return cluster.NodeRecord{ID: node.ID(), Hostname: hostname, MgmtAddr: mgmtAddr, DataAddr: dataAddr, Zone: cfg.zone, Rack: cfg.rack,
-			Version: version, Pools: pools, Started: started}
+			Version: version, Pools: pools, Started: started, Volumes: vols, VolumeCount: count}
 	}
 	clock := time.Now
 	if cfg.clockOffset != 0 {
