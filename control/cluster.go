@@ -67,6 +67,9 @@ type ClusterSummary struct {
 	Kvdb        Kvdb   `json:"kvdb"`
 	// ClockSkew lists the nodes whose clock is more than 1 s from the others'.
 	ClockSkew []string `json:"clock_skew"`
+	// Nodes are the cluster's nodes (as `cluster list`), for the table
+	// pxctl status prints; empty while the kvdb is unavailable.
+	Nodes []ClusterNode `json:"nodes"`
 }
 
 // Kvdb is the state of the cluster's etcd as this node sees it.
@@ -221,7 +224,7 @@ func (s *Server) clusterSummary(ctx context.Context) *ClusterSummary {
 	}
 	m := cfg.Member
 	st := m.Store()
-	sum := &ClusterSummary{UUID: st.Identity().UUID, Kvdb: Kvdb{Endpoints: st.Endpoints(), Embedded: cfg.Embedded}, ClockSkew: []string{}}
+	sum := &ClusterSummary{UUID: st.Identity().UUID, Kvdb: Kvdb{Endpoints: st.Endpoints(), Embedded: cfg.Embedded}, ClockSkew: []string{}, Nodes: []ClusterNode{}}
 	nodes, err := m.Nodes(ctx)
 	if err != nil {
 		sum.Kvdb.Error = plain(err)
@@ -236,6 +239,7 @@ func (s *Server) clusterSummary(ctx context.Context) *ClusterSummary {
 		if n.ClockSkew {
 			sum.ClockSkew = append(sum.ClockSkew, n.ID)
 		}
+		sum.Nodes = append(sum.Nodes, nodeFromCluster(n, m.ID()))
 	}
 	return sum
 }

@@ -127,6 +127,7 @@ func TestClusterThreeNodes(t *testing.T) {
 		checkKeys(t, st)
 		jq(t, st, `.cluster == "cairn" and .status == "operational"`)
 		jq(t, st, `.cluster_summary.nodes_online == 3 and .cluster_summary.nodes_total == 3 and .cluster_summary.kvdb.healthy == true`)
+		jq(t, st, `(.cluster_summary.nodes | length) == 3 and ([.cluster_summary.nodes[] | select(.this_node)] | length) == 1`)
 		jq(t, st, fmt.Sprintf(`.cluster_summary.kvdb.endpoints == ["http://%s"] and .cluster_summary.kvdb.embedded == %v`, ds[0].kvdbAddr(t), i == 0))
 		u := jq(t, st, `.cluster_summary.uuid`)
 		if i == 0 {
@@ -135,7 +136,7 @@ func TestClusterThreeNodes(t *testing.T) {
 			t.Errorf("node %d says cluster uuid %s, node 1 %s", i+1, u, uuid)
 		}
 		human := mustCairn(t, d.api, "status")
-		for _, want := range []string{"Cluster Summary", "Cluster UUID: " + uuid, "Nodes: 3 online of 3", "healthy"} {
+		for _, want := range []string{"Cluster Summary", "Cluster UUID: " + uuid, "Nodes: 3 online of 3", "healthy", ids[i] + " (this node)"} {
 			if !strings.Contains(human, want) {
 				t.Errorf("status on node %d does not say %q:\n%s", i+1, want, human)
 			}

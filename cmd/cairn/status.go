@@ -129,6 +129,16 @@ func printClusterSummary(w io.Writer, name string, c *control.ClusterSummary) {
 	if c.Kvdb.Healthy {
 		fmt.Fprintf(w, "\tNodes: %d online of %d\n", c.NodesOnline, c.NodesTotal)
 		fmt.Fprintf(w, "\tKVDB: %s, healthy\n", kvdb)
+		indentedTable(w, func(t io.Writer) {
+			fmt.Fprintln(t, "MGMT ADDR\tID\tZONE\tRACK\tUSED\tCAPACITY\tSTATUS")
+			for _, n := range c.Nodes {
+				id := n.ID
+				if n.ThisNode {
+					id += " (this node)"
+				}
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(n.MgmtAddr), id, orDash(n.Zone), orDash(n.Rack), formatSize(n.Used), formatSize(n.Size), n.Status)
+			}
+		})
 	} else {
 		fmt.Fprintln(w, "\tNodes: unknown (kvdb unavailable)")
 		fmt.Fprintf(w, "\tKVDB: %s, UNAVAILABLE: %s\n", kvdb, c.Kvdb.Error)
