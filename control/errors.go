@@ -44,6 +44,8 @@ var errorKinds = []errorKind{
 	{cluster.ErrNotFound, http.StatusNotFound, "node_not_found"},
 	{cluster.ErrOnline, http.StatusConflict, "node_online"},
 	{cluster.ErrHasVolumes, http.StatusConflict, "node_has_volumes"},
+	{cluster.ErrExists, http.StatusConflict, "cluster_exists"},
+	{cluster.ErrInvalid, http.StatusBadRequest, "cluster_invalid"},
 	{engine.ErrCorrupt, http.StatusInternalServerError, "corrupt"},
 	{engine.ErrIO, http.StatusInternalServerError, "io"},
 }
