@@ -15,8 +15,8 @@
 //	                                    written once, by the transaction that
 //	                                    creates the cluster; never changed
 //	/cairn/v1/<cluster>/nodes/<id>      NodeRecord: what a node says about
-//	                                    itself; no lease, so an Offline node
-//	                                    stays listed
+//	                                    itself, rewritten when it changes; no
+//	                                    lease, so an Offline node stays listed
 //	/cairn/v1/<cluster>/alive/<id>      Heartbeat {"clock","lease"} under the
 //	                                    node's lease (TTL LeaseTTL): present
 //	                                    means Online; rewritten every

@@ -53,10 +53,11 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{purl}, []url.URL{purl}
 	ec.InitialCluster = cfg.Name + "=" + purl.String()
 	ec.ClusterState = embed.ClusterStateFlagNew // ignored once Dir holds data
-	// Heartbeats rewrite a few keys every few seconds: keep one hour of
-	// history and a bounded backend.
+	// Heartbeats rewrite a small key per node every few seconds: keep ten
+	// minutes of history (a watcher away longer starts again from now)
+	// and a bounded backend.
 	ec.AutoCompactionMode = "periodic"
-	ec.AutoCompactionRetention = "1h"
+	ec.AutoCompactionRetention = "10m"
 	ec.QuotaBackendBytes = 2 << 30
 	// A restarted single member without a raft snapshot waits one full
 	// election timeout before it elects itself (etcd's tick fast-forward

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -53,9 +54,13 @@ type Member struct {
 	stop context.CancelFunc
 	done sync.WaitGroup
 
-	// lastRetryLog paces the warnings of a kvdb that stays down (run's
-	// goroutine only).
+	// lastRetryLog paces the warnings of a kvdb that stays down.
+	// lastRecord is the record last written: a heartbeat rewrites the
+	// record only when it changed (it may hold 256 volume names; the
+	// heartbeat key stays small). Both are used by one goroutine at a
+	// time: Register's, then run's.
 	lastRetryLog time.Time
+	lastRecord   []byte
 
 	mu      sync.Mutex               // protects the fields below
 	offsets map[string]time.Duration // node id → its clock minus ours, from its last heartbeat
@@ -121,6 +126,7 @@ func (m *Member) register(ctx, runCtx context.Context) (clientv3.LeaseID, <-chan
 	if err != nil {
 		return 0, nil, m.s.unavailable(err)
 	}
+	m.lastRecord = nil // a registration always writes the record
 	if err := m.write(cctx, g.ID); err != nil {
 		return 0, nil, err
 	}
@@ -140,6 +146,10 @@ func (m *Member) write(ctx context.Context, lease clientv3.LeaseID) error {
 	if err != nil {
 		return err
 	}
+	ops := []clientv3.Op{}
+	if !bytes.Equal(rec, m.lastRecord) {
+		ops = append(ops, clientv3.OpPut(m.s.prefix+"nodes/"+m.id, string(rec)))
+	}
 	hb, err := json.Marshal(Heartbeat{Clock: m.clock().UTC(), Lease: strconv.FormatInt(int64(lease), 16)})
 	if err != nil {
 		return err
@@ -149,10 +159,8 @@ func (m *Member) write(ctx context.Context, lease clientv3.LeaseID) error {
 	tombKey := m.s.prefix + "deleted/" + m.id
 	resp, err := m.s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(tombKey), "=", 0)).
-		Then(
-			clientv3.OpPut(m.s.prefix+"nodes/"+m.id, string(rec)),
-			clientv3.OpPut(m.s.prefix+"alive/"+m.id, string(hb), clientv3.WithLease(lease)),
-		).Else(clientv3.OpGet(tombKey)).Commit()
+		Then(append(ops, clientv3.OpPut(m.s.prefix+"alive/"+m.id, string(hb), clientv3.WithLease(lease)))...).
+		Else(clientv3.OpGet(tombKey)).Commit()
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return errLeaseLost
 	}
@@ -166,6 +174,7 @@ func (m *Member) write(ctx context.Context, lease clientv3.LeaseID) error {
 		}
 		return errorf(ErrRemoved, "node %s was deleted from cluster %q (cairn cluster delete, %s); this data directory cannot join again: give the node a fresh data directory to join as a new node", m.id, m.s.identity.Name, tomb.Deleted.Format(time.RFC3339))
 	}
+	m.lastRecord = rec
 	return nil
 }
 
