@@ -2,14 +2,16 @@
 GO        ?= /usr/local/go/bin/go
 export PATH := /usr/local/go/bin:$(PATH)
 BIN       := bin/cairn
-DEB_PKGS  := fio libnbd-bin nbdkit qemu-utils fuse3 e2fsprogs xfsprogs jq util-linux linux-perf strace
+DEB_PKGS  := fio libnbd-bin nbdkit qemu-utils fuse3 e2fsprogs xfsprogs jq util-linux linux-perf strace etcd-server nftables
 FUZZTIME  ?= 30s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: deps build run test bench fuzz lint crash clean
 
 # deps installs the Debian packages the tests drive (real clients, real peers)
-# and the benchmarks use (perf and strace: compare.sh -m, durprof.sh).
+# and the benchmarks use (perf and strace: compare.sh -m, durprof.sh), and
+# etcd-server for the external 3-member etcd the cluster tests start, nftables
+# for the test that cuts a node off the kvdb by its address.
 # Idempotent and quiet when everything is present.
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \

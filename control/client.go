@@ -76,6 +76,30 @@ func (c *Client) AddDrive(ctx context.Context, req AddDriveRequest) (Status, err
 	return st, c.do(ctx, http.MethodPost, "/v1/drives", req, &st)
 }
 
+// ClusterNodes lists the nodes of the daemon's cluster.
+func (c *Client) ClusterNodes(ctx context.Context) ([]ClusterNode, error) {
+	var nodes []ClusterNode
+	return nodes, c.do(ctx, http.MethodGet, "/v1/cluster/nodes", nil, &nodes)
+}
+
+// ClusterNode returns one node: by id, or by a hostname or management
+// address only it has.
+func (c *Client) ClusterNode(ctx context.Context, ref string) (ClusterNode, error) {
+	var n ClusterNode
+	return n, c.do(ctx, http.MethodGet, "/v1/cluster/nodes/"+url.PathEscape(ref), nil, &n)
+}
+
+// DeleteNode removes an Offline node from the cluster; force also when
+// volumes live on it (they are lost with it).
+func (c *Client) DeleteNode(ctx context.Context, ref string, force bool) (DeletedNode, error) {
+	var d DeletedNode
+	path := "/v1/cluster/nodes/" + url.PathEscape(ref)
+	if force {
+		path += "?force=true"
+	}
+	return d, c.do(ctx, http.MethodDelete, path, nil, &d)
+}
+
 // Metrics returns the Prometheus text exposition.
 func (c *Client) Metrics(ctx context.Context) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metrics", nil)

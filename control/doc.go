@@ -23,7 +23,18 @@
 //	POST   /v1/volumes/{name}/detach   refuses a volume with a mounted fs    → Volume
 //	POST   /v1/volumes/{name}/mount    MountRequest (attach, mkfs if blank)  → Volume
 //	POST   /v1/volumes/{name}/unmount  UnmountRequest (detach if auto)       → Volume
+//	GET    /v1/cluster/nodes       every node of the cluster, by id          → []ClusterNode
+//	GET    /v1/cluster/nodes/{node}  one node (id, or a unique hostname or
+//	                               management address)                        → ClusterNode
+//	DELETE /v1/cluster/nodes/{node}[?force=true]  an Offline node leaves the
+//	                               cluster for good; refused Online, and with
+//	                               volumes unless force                       → DeletedNode
 //	GET    /metrics                Prometheus text format
+//
+// The cluster routes and status's cluster_summary read the cluster's etcd
+// under a short deadline: with etcd down they answer 503, code
+// "kvdb_unavailable", within seconds (status answers, with
+// cluster_summary.kvdb.healthy false and status "degraded").
 //
 // After a restart the node is "starting" until the attachments and mounts of
 // its previous run are back (restore.go): status says so, reads are served,

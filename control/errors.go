@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/cairn-storage/cairn/cluster"
 	"github.com/cairn-storage/cairn/engine"
 )
 
@@ -39,6 +40,12 @@ var errorKinds = []errorKind{
 	{engine.ErrOutOfRange, http.StatusBadRequest, "out_of_range"},
 	{engine.ErrClosed, http.StatusServiceUnavailable, "closed"},
 	{ErrStarting, http.StatusServiceUnavailable, "starting"},
+	{cluster.ErrUnavailable, http.StatusServiceUnavailable, "kvdb_unavailable"},
+	{cluster.ErrNotFound, http.StatusNotFound, "node_not_found"},
+	{cluster.ErrOnline, http.StatusConflict, "node_online"},
+	{cluster.ErrHasVolumes, http.StatusConflict, "node_has_volumes"},
+	{cluster.ErrExists, http.StatusConflict, "cluster_exists"},
+	{cluster.ErrInvalid, http.StatusBadRequest, "cluster_invalid"},
 	{engine.ErrCorrupt, http.StatusInternalServerError, "corrupt"},
 	{engine.ErrIO, http.StatusInternalServerError, "io"},
 }
@@ -65,7 +72,7 @@ func sentinelForCode(code string) error {
 // sentinels carry ("engine: ") help in logs but are noise on a terminal. This
 // is presentation only; errors are classified with errors.Is, never by text.
 func plain(err error) string {
-	return strings.ReplaceAll(err.Error(), "engine: ", "")
+	return strings.NewReplacer("engine: ", "", "cluster: ", "").Replace(err.Error())
 }
 
 // Message is the line an operator reads for err, as the API words it: the

@@ -33,9 +33,13 @@ type Node struct {
 }
 
 type nodeState struct {
-	NodeID  string        `json:"node_id"`
-	Cluster string        `json:"cluster"`
-	Drives  []storedDrive `json:"drives"`
+	NodeID  string `json:"node_id"`
+	Cluster string `json:"cluster"`
+	// ClusterUUID is the identity of the cluster the node joined (empty
+	// for a data directory of a single-node release, which joins the
+	// cluster -c names on its first start with a kvdb).
+	ClusterUUID string        `json:"cluster_uuid,omitempty"`
+	Drives      []storedDrive `json:"drives"`
 }
 
 // storedDrive deliberately has no Force: once the engine has formatted a
@@ -47,7 +51,9 @@ type storedDrive struct {
 }
 
 // OpenNode loads the node state from dataDir, creating it (with a fresh node
-// id) on first start. A non-empty cluster replaces the stored name.
+// id) on first start. A non-empty cluster replaces the stored name, unless
+// the node has joined a cluster (its UUID is recorded): a node belongs to
+// one cluster, and a different -c is refused rather than mixing two.
 func OpenNode(dataDir, cluster string) (*Node, error) {
 	n := &Node{path: filepath.Join(dataDir, nodeFile)}
 	buf, err := os.ReadFile(n.path)
@@ -67,6 +73,10 @@ func OpenNode(dataDir, cluster string) (*Node, error) {
 		if n.state.NodeID == "" {
 			return nil, fmt.Errorf("control: node state %s has no node id", n.path)
 		}
+	}
+	if cluster != "" && cluster != n.state.Cluster && n.state.ClusterUUID != "" {
+		return nil, fmt.Errorf("control: this node (data dir %s) belongs to cluster %q (uuid %s); it cannot join cluster %q: start it with -c %s, or give the new node a fresh data dir",
+			dataDir, n.state.Cluster, n.state.ClusterUUID, cluster, n.state.Cluster)
 	}
 	if cluster != "" {
 		n.state.Cluster = cluster
@@ -99,6 +109,32 @@ func (n *Node) Cluster() string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.state.Cluster
+}
+
+// ClusterUUID is the UUID of the cluster the node joined, "" before it
+// joined one.
+func (n *Node) ClusterUUID() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.state.ClusterUUID
+}
+
+// JoinCluster records that the node is a member of the cluster with uuid.
+// A node that was a member of another cluster of the same name (a kvdb
+// wiped, or another cluster's) is refused: its volumes and node id belong
+// to the cluster it came from.
+func (n *Node) JoinCluster(uuid string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state.ClusterUUID == uuid {
+		return nil
+	}
+	if n.state.ClusterUUID != "" {
+		return fmt.Errorf("control: this node is a member of cluster %q with uuid %s, but the kvdb holds cluster %q with uuid %s (a new kvdb, or another cluster of that name); refusing to join it",
+			n.state.Cluster, n.state.ClusterUUID, n.state.Cluster, uuid)
+	}
+	n.state.ClusterUUID = uuid
+	return n.saveLocked()
 }
 
 // Drives returns the remembered drives, in the order they were added.

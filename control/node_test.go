@@ -60,3 +60,32 @@ func TestNodeRefusesDamagedState(t *testing.T) {
 		t.Fatalf("want a damaged-state error, got %v", err)
 	}
 }
+
+// Once a node has joined a cluster it keeps to it: another -c, or another
+// cluster of the same name (another uuid), is refused; the same is not.
+func TestNodeKeepsToItsCluster(t *testing.T) {
+	dir := t.TempDir()
+	n, err := OpenNode(dir, "alpha")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.JoinCluster("uuid-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.JoinCluster("uuid-1"); err != nil {
+		t.Fatalf("rejoin of the same cluster: %v", err)
+	}
+	if err := n.JoinCluster("uuid-2"); err == nil || !strings.Contains(err.Error(), "uuid-1") {
+		t.Fatalf("join of another cluster named alpha: %v, want a refusal naming uuid-1", err)
+	}
+	if _, err := OpenNode(dir, "beta"); err == nil || !strings.Contains(err.Error(), `belongs to cluster "alpha"`) {
+		t.Fatalf("open with -c beta: %v, want a refusal", err)
+	}
+	again, err := OpenNode(dir, "alpha")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ClusterUUID() != "uuid-1" {
+		t.Fatalf("cluster uuid not kept: %q", again.ClusterUUID())
+	}
+}

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -42,6 +44,9 @@ type Server struct {
 	attacher *Attacher
 	// scheduler, when set (SetScheduler), has its failures in status.
 	scheduler *Scheduler
+	// cluster, once set (SetCluster, possibly while serving), serves the
+	// cluster routes and the cluster summary in status.
+	cluster atomic.Pointer[ClusterConfig]
 }
 
 // NewServer returns the API server. metrics may be nil (no /metrics).
@@ -64,6 +69,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/drives", s.addDrive)
 	s.snapshotRoutes(mux)
 	s.attachRoutes(mux)
+	s.clusterRoutes(mux)
 	if s.metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	}
@@ -104,13 +110,19 @@ func (r *statusRecorder) Header() http.Header         { return r.header }
 func (r *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
 func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
 
-func (s *Server) status() Status {
+func (s *Server) status(ctx context.Context) Status {
 	st := s.engine.Status()
 	out := Status{NodeID: st.NodeID, Status: statusWord(st), Cluster: s.node.Cluster(), Pools: poolsFromEngine(st), RefusedDrives: refusedFromEngine(st),
 		DuplicateVolumes: duplicatesFromEngine(st), UnavailableVolumes: st.UnavailableVolumes, CatalogError: st.CatalogError, SnapshotErrors: []SnapshotError{},
 		RestoreErrors: []RestoreError{}}
 	if s.scheduler != nil {
 		out.SnapshotErrors = s.scheduler.Errors()
+	}
+	if sum := s.clusterSummary(ctx); sum != nil {
+		out.ClusterSummary = sum
+		if !sum.Kvdb.Healthy {
+			out.Status = "degraded"
+		}
 	}
 	if s.attacher != nil {
 		rs := s.attacher.RestoreState()
@@ -138,7 +150,7 @@ func (s *Server) starting() error {
 }
 
 func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
-	reply(w, http.StatusOK, s.status())
+	reply(w, http.StatusOK, s.status(r.Context()))
 }
 
 // listVolumes answers GET /v1/volumes: the volumes (clones included), not
@@ -276,7 +288,7 @@ func (s *Server) addDrive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("drive added", "path", req.Path, "io_priority", req.IOPriority)
-	reply(w, http.StatusOK, s.status())
+	reply(w, http.StatusOK, s.status(r.Context()))
 }
 
 // volumeError words an engine error about a volume for an operator. The

@@ -56,6 +56,9 @@ type Status struct {
 	// RestoreErrors are the attachments and mounts of the previous run that
 	// could not be restored at start.
 	RestoreErrors []RestoreError `json:"restore_errors"`
+	// ClusterSummary is the cluster this node is a member of (Cluster is
+	// its name): uuid, nodes online of total, the kvdb and its health.
+	ClusterSummary *ClusterSummary `json:"cluster_summary,omitempty"`
 }
 
 // DuplicateVolume is one volume name found in more than one pool.

@@ -59,6 +59,10 @@ type testDaemon struct {
 // embedded default drive.
 var defaultTestFlags = []string{"--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--default-drive-size", "2G"}
 
+// embeddedKvdbFlags put the embedded kvdb on ephemeral ports too; a daemon
+// given -k (an external etcd) runs none and takes neither flag.
+var embeddedKvdbFlags = []string{"--kvdb-listen", "127.0.0.1:0", "--kvdb-peer", "127.0.0.1:0"}
+
 // startDaemon starts a daemon on dataDir and waits until its API answers.
 func startDaemon(t *testing.T, dataDir string, extra ...string) *testDaemon {
 	t.Helper()
@@ -85,6 +89,9 @@ func spawnDaemon(t *testing.T, dataDir string, extra ...string) *testDaemon {
 		t.Fatal(err)
 	}
 	args := append([]string{"daemon", "--data-dir", dataDir}, defaultTestFlags...)
+	if !slices.Contains(extra, "-k") && !slices.Contains(extra, "--kvdb-listen") {
+		args = append(args, embeddedKvdbFlags...)
+	}
 	args = append(args, extra...)
 	d := &testDaemon{dataDir: dataDir, logPath: logFile.Name(), exited: make(chan struct{})}
 	d.cmd = exec.Command(cairnBin, args...)
@@ -249,7 +256,8 @@ var (
 		"snapshot", "snap_keep", // issue 5
 		"requested_io_priority") // issue 13
 	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives", "snapshot_errors",
-		"duplicate_volumes", "unavailable_volumes", "restoring", "restore_errors", "catalog_error") // issue 13
+		"duplicate_volumes", "unavailable_volumes", "restoring", "restore_errors", "catalog_error", // issue 13
+		"cluster_summary") // issue 15
 	poolKeys  = sorted("id", "io_priority", "raid", "size", "used", "allocated", "status", "drives")
 	driveKeys = sorted("path", "size", "used", "status")
 )

@@ -25,17 +25,25 @@ import (
 
 // daemonConfig is `cairn daemon`'s flags. Short names follow Portworx.
 type daemonConfig struct {
-	dataDir          string
-	apiAddr          string
-	mgmtIface        string // -m
-	nbdAddr          string
-	dataIface        string // -d
-	nbdSocket        string
-	drives           []string // -s
-	allDrives        bool     // -a
-	force            bool     // -f
-	storageless      bool     // -z
-	cluster          string   // -c
+	dataDir      string
+	apiAddr      string
+	mgmtIface    string // -m
+	nbdAddr      string
+	dataIface    string // -d
+	nbdSocket    string
+	drives       []string // -s
+	allDrives    bool     // -a
+	force        bool     // -f
+	storageless  bool     // -z
+	cluster      string   // -c
+	kvdb         string   // -k: external etcd endpoints; "" runs the embedded one
+	kvdbListen   string   // embedded etcd's client address
+	kvdbPeer     string   // embedded etcd's peer address
+	kvdbFlagsSet bool     // --kvdb-listen or --kvdb-peer given
+	zone, rack   string
+	// clockOffset shifts the clock the node reports to the cluster
+	// (hidden; tests stand a node with a wrong clock up with it).
+	clockOffset      time.Duration
 	defaultDriveSize string
 	cpuProfile       string
 	// snapMinute is how long one snap_interval minute lasts (hidden; tests
@@ -71,6 +79,7 @@ SIGTERM or SIGINT stops it cleanly: in-flight I/O finishes, everything is
 flushed, and it exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.kvdbFlagsSet = cmd.Flags().Changed("kvdb-listen") || cmd.Flags().Changed("kvdb-peer")
 			return runDaemon(cmd.Context(), cfg)
 		},
 	}
@@ -86,6 +95,13 @@ flushed, and it exits 0.`,
 	f.BoolVarP(&cfg.force, "force", "f", false, "also take drives with a filesystem or another node's superblock (never mounted ones, never this node's own)")
 	f.BoolVarP(&cfg.storageless, "storageless", "z", false, "run without storage")
 	f.StringVarP(&cfg.cluster, "cluster", "c", "", "cluster name (default: the stored one, or "+control.DefaultCluster+")")
+	f.StringVarP(&cfg.kvdb, "kvdb", "k", "", "external etcd: etcd://HOST:PORT[,HOST:PORT...] (default: run an embedded one in DATA_DIR/"+kvdbDirName+")")
+	f.StringVar(&cfg.kvdbListen, "kvdb-listen", defaultKvdbListen, "client address of the embedded kvdb (other nodes join with -k etcd://ADDR)")
+	f.StringVar(&cfg.kvdbPeer, "kvdb-peer", defaultKvdbPeer, "peer address of the embedded kvdb")
+	f.StringVar(&cfg.zone, "zone", defaultTopology, "failure zone of this node")
+	f.StringVar(&cfg.rack, "rack", defaultTopology, "rack of this node")
+	f.DurationVar(&cfg.clockOffset, "clock-offset", 0, "shift the clock this node reports to the cluster (tests)")
+	_ = f.MarkHidden("clock-offset")
 	f.StringVar(&cfg.defaultDriveSize, "default-drive-size", "64G", "size of the embedded default drive file (sparse)")
 	f.StringVar(&cfg.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the whole run to FILE (benchmarks)")
 	f.DurationVar(&cfg.snapMinute, "snap-minute", time.Minute, "length of one snap_interval minute (tests)")
@@ -99,6 +115,12 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if cfg.storageless && (len(cfg.drives) > 0 || cfg.allDrives) {
 		return errors.New("daemon: -z (storageless) cannot be combined with -s or -a")
+	}
+	if cfg.kvdb != "" && cfg.kvdbFlagsSet {
+		return errKvdbFlags
+	}
+	if cfg.zone == "" || cfg.rack == "" {
+		return errors.New("daemon: --zone and --rack cannot be empty (default: " + defaultTopology + ")")
 	}
 	defaultSize, err := parseSize(cfg.defaultDriveSize)
 	if err != nil {
@@ -132,6 +154,14 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
+	// The cluster is joined before any drive is touched: a node refused by
+	// its cluster (another cluster's kvdb, another cluster's node) stops
+	// here, having changed nothing.
+	clus, err := joinCluster(ctx, cfg, node, dataDir, hostOf(apiAddr), log)
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	defer clus.close()
 	drives, err := chooseDrives(cfg, node, newDriveScanner(), dataDir, defaultSize, log)
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
@@ -199,11 +229,18 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	go func() { errc <- api.Serve(apiListener) }()
 	log.Info("api listening", "addr", apiListener.Addr().String())
 
-	nbdStop, err := startNBD(exports, nbdAddr, cfg.nbdSocket, log, errc)
+	nbdStop, nbdTCP, err := startNBD(exports, nbdAddr, cfg.nbdSocket, log, errc)
 	if err != nil {
 		api.Close()
 		return fmt.Errorf("daemon: %w", err)
 	}
+	// Registered once both addresses are known: other nodes find it there.
+	if err := clus.register(ctx, cfg, node, eng, apiListener.Addr().String(), nbdTCP); err != nil {
+		api.Close()
+		nbdStop()
+		return fmt.Errorf("daemon: %w", err)
+	}
+	apiServer.SetCluster(clus.serverConfig())
 
 	// Volumes attached (and mounted) when the daemon last stopped are
 	// served again before the node is ready: Restore's end is what makes
@@ -216,7 +253,7 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		scheduler.Run(schedCtx)
 	}()
 	st := eng.Status()
-	log.Info("cairn daemon ready", "node_id", node.ID(), "cluster", node.Cluster(), "data_dir", dataDir, "pools", len(st.Pools), "drives", len(drives),
+	log.Info("cairn daemon ready", "node_id", node.ID(), "cluster", node.Cluster(), "cluster_uuid", node.ClusterUUID(), "data_dir", dataDir, "pools", len(st.Pools), "drives", len(drives),
 		"restore_errors", len(attacher.RestoreState().Errors))
 
 	var serveErr error
@@ -247,6 +284,10 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	nbdErr := nbdStop()
 	engineOpen = false
 	closeErr := eng.Close()
+	// Leave the cluster last: the node shows Online until its data is
+	// safe, then Offline at once (its lease revoked). An embedded kvdb
+	// stops after that; other nodes' streams to it get a few seconds.
+	clus.close()
 	if err := errors.Join(attachErr, nbdErr, closeErr); err != nil {
 		return fmt.Errorf("daemon: shutdown: %w", err)
 	}

@@ -67,6 +67,7 @@ Run "cairn daemon" on the node; every other verb talks to that daemon
 		newVolumeCommand(g),
 		newServiceCommand(g),
 		newHostCommand(g),
+		newClusterCommand(g),
 	)
 	return root
 }

@@ -109,9 +109,44 @@ func printStatus(w io.Writer, st control.Status) {
 		last := st.SnapshotErrors[n-1]
 		fmt.Fprintf(w, "\tScheduled snapshot failures: %d (latest %s %s of %s: %s)\n", n, last.Time, last.Op, orDash(last.Snapshot), last.Error)
 	}
+	if c := st.ClusterSummary; c != nil {
+		printClusterSummary(w, st.Cluster, c)
+	}
 	fmt.Fprintln(w, "Global Storage Pool")
 	fmt.Fprintf(w, "\tTotal Used    \t:  %s\n", formatSize(used))
 	fmt.Fprintf(w, "\tTotal Capacity\t:  %s\n", formatSize(size))
+}
+
+// printClusterSummary is pxctl status's "Cluster Summary" block.
+func printClusterSummary(w io.Writer, name string, c *control.ClusterSummary) {
+	fmt.Fprintln(w, "Cluster Summary")
+	fmt.Fprintf(w, "\tCluster ID: %s\n", name)
+	fmt.Fprintf(w, "\tCluster UUID: %s\n", c.UUID)
+	kvdb := strings.Join(c.Kvdb.Endpoints, ",")
+	if c.Kvdb.Embedded {
+		kvdb += " (embedded in this node)"
+	}
+	if c.Kvdb.Healthy {
+		fmt.Fprintf(w, "\tNodes: %d online of %d\n", c.NodesOnline, c.NodesTotal)
+		fmt.Fprintf(w, "\tKVDB: %s, healthy\n", kvdb)
+		indentedTable(w, func(t io.Writer) {
+			fmt.Fprintln(t, "MGMT ADDR\tID\tZONE\tRACK\tUSED\tCAPACITY\tSTATUS")
+			for _, n := range c.Nodes {
+				id := n.ID
+				if n.ThisNode {
+					id += " (this node)"
+				}
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(n.MgmtAddr), id, orDash(n.Zone), orDash(n.Rack), formatSize(n.Used), formatSize(n.Size), n.Status)
+			}
+		})
+	} else {
+		fmt.Fprintln(w, "\tNodes: unknown (kvdb unavailable)")
+		fmt.Fprintf(w, "\tKVDB: %s, UNAVAILABLE: %s\n", kvdb, c.Kvdb.Error)
+		fmt.Fprintln(w, "\t      volumes being served go on; cluster operations fail until it is back")
+	}
+	if len(c.ClockSkew) > 0 {
+		fmt.Fprintf(w, "\tClock more than 1s off (check NTP): %s\n", strings.Join(c.ClockSkew, ", "))
+	}
 }
 
 func plural(n int, word string) string {

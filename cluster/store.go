@@ -1,0 +1,431 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// LayoutPrefix is the root of every key of layout version 1 (doc.go).
+// Part of the stored format — do not change; a new layout gets a new prefix.
+const LayoutPrefix = "/cairn/v1/"
+
+// embeddedKey marks an embedded etcd with the cluster of the node running it.
+const embeddedKey = LayoutPrefix + "embedded"
+
+// maxNameLen bounds cluster and volume names in keys (engine.MaxNameLen).
+const maxNameLen = 255
+
+// Identity is the cluster's identity, created once.
+type Identity struct {
+	Name    string    `json:"name"`
+	UUID    string    `json:"uuid"`
+	Created time.Time `json:"created"`
+}
+
+// Store is one cluster's state in etcd: every method is one or two etcd
+// calls under CallTimeout, and fails with ErrUnavailable when etcd does not
+// answer. Safe for concurrent use.
+type Store struct {
+	cli       *clientv3.Client
+	endpoints []string
+	prefix    string // LayoutPrefix + name + "/"
+	identity  Identity
+}
+
+// JoinOptions say how a node joins.
+type JoinOptions struct {
+	// Embedded is set by the node that runs the etcd (no -k): it marks the
+	// etcd as its cluster's, so that nodes of another cluster are refused.
+	Embedded bool
+}
+
+// Join opens cluster name in etcd, creating its identity (a new UUID) if
+// this is the first node, by a transaction: of two first nodes at once, one
+// creates it and the other reads it. It fails with ErrMismatch when the etcd
+// is another cluster's embedded kvdb.
+func Join(ctx context.Context, cli *clientv3.Client, endpoints []string, name string, opts JoinOptions) (*Store, error) {
+	if err := validateName("cluster", name); err != nil {
+		return nil, err
+	}
+	s := &Store{cli: cli, endpoints: endpoints, prefix: LayoutPrefix + name + "/"}
+	if err := s.checkEmbedded(ctx, name, opts.Embedded); err != nil {
+		return nil, err
+	}
+	uuid, err := newUUID()
+	if err != nil {
+		return nil, err
+	}
+	fresh, err := json.Marshal(Identity{Name: name, UUID: uuid, Created: time.Now().UTC()})
+	if err != nil {
+		return nil, err
+	}
+	key := s.prefix + "identity"
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	resp, err := cli.Txn(cctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(fresh))).
+		Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return nil, s.unavailable(err)
+	}
+	raw := fresh
+	if !resp.Succeeded {
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) != 1 {
+			return nil, fmt.Errorf("cluster: identity %s vanished while joining", key)
+		}
+		raw = kvs[0].Value
+	}
+	if err := json.Unmarshal(raw, &s.identity); err != nil || s.identity.UUID == "" {
+		return nil, fmt.Errorf("cluster: identity %s is damaged: %q", key, raw)
+	}
+	return s, nil
+}
+
+// checkEmbedded refuses a node of another cluster name in an embedded etcd,
+// and has the node running one mark it as its cluster's.
+func (s *Store) checkEmbedded(ctx context.Context, name string, owner bool) error {
+	mark, err := json.Marshal(map[string]string{"cluster": name})
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	txn := s.cli.Txn(cctx).If(clientv3.Compare(clientv3.CreateRevision(embeddedKey), "=", 0))
+	if owner {
+		txn = txn.Then(clientv3.OpPut(embeddedKey, string(mark)))
+	}
+	resp, err := txn.Else(clientv3.OpGet(embeddedKey)).Commit()
+	if err != nil {
+		return s.unavailable(err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	var m struct {
+		Cluster string `json:"cluster"`
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 1 {
+		_ = json.Unmarshal(kvs[0].Value, &m) // damaged: Cluster "" and refused below
+	}
+	if m.Cluster != name {
+		return errorf(ErrMismatch, "the kvdb at %s is the embedded kvdb of cluster %q; this node is of cluster %q (start it with -c %s, or point -k elsewhere)", strings.Join(s.endpoints, ","), m.Cluster, name, m.Cluster)
+	}
+	return nil
+}
+
+// Identity is the cluster's name, UUID and creation time.
+func (s *Store) Identity() Identity { return s.identity }
+
+// Endpoints are the etcd client URLs the store talks to.
+func (s *Store) Endpoints() []string { return append([]string(nil), s.endpoints...) }
+
+// Health returns nil when etcd answers a linearizable read (it has quorum)
+// within CallTimeout.
+func (s *Store) Health(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	if _, err := s.cli.Get(cctx, s.prefix+"identity", clientv3.WithCountOnly()); err != nil {
+		return s.unavailable(err)
+	}
+	return nil
+}
+
+func (s *Store) unavailable(err error) error { return unavailable(s.endpoints, err) }
+
+// Node status words, as pxctl prints them.
+const (
+	StatusOnline  = "Online"
+	StatusOffline = "Offline"
+)
+
+// NodeRecord is what a node says about itself (key nodes/<id>).
+type NodeRecord struct {
+	ID       string        `json:"id"`
+	Hostname string        `json:"hostname"`
+	MgmtAddr string        `json:"mgmt_addr"` // management API host:port
+	DataAddr string        `json:"data_addr"` // NBD (later replication) host:port
+	Zone     string        `json:"zone"`
+	Rack     string        `json:"rack"`
+	Version  string        `json:"version"`
+	Pools    []PoolSummary `json:"pools"`
+	Started  time.Time     `json:"started"`
+	// Volumes names the volumes (not snapshots) whose data is on the
+	// node, at most MaxRecordVolumes of them; VolumeCount counts them all.
+	// What `cluster delete` says is lost with an Offline node.
+	Volumes     []string `json:"volumes"`
+	VolumeCount int      `json:"volume_count"`
+}
+
+// MaxRecordVolumes bounds the names in a NodeRecord: the record is
+// rewritten every heartbeat and must stay far below etcd's request limit
+// (1.5 MiB) with names of up to 255 bytes.
+const MaxRecordVolumes = 256
+
+// PoolSummary is one pool of a node, as the cluster sees it.
+type PoolSummary struct {
+	ID         int    `json:"id"`
+	IOPriority string `json:"io_priority"`
+	Size       int64  `json:"size"`
+	Used       int64  `json:"used"`
+	Status     string `json:"status"`
+}
+
+// Heartbeat is the leased key alive/<id>: present while the node lives.
+type Heartbeat struct {
+	Clock time.Time `json:"clock"` // the node's clock when it wrote this
+	Lease string    `json:"lease"` // hex lease id, for etcdctl
+}
+
+// Node is a node as the cluster sees it: its record and its liveness.
+type Node struct {
+	NodeRecord
+	Status string    // StatusOnline or StatusOffline
+	Clock  time.Time // the clock of its last heartbeat (zero when Offline)
+	// ClockOffset is its clock minus the observer's, as last measured
+	// (Member.Nodes); ClockMeasured says whether there is a measurement.
+	ClockOffset   time.Duration
+	ClockMeasured bool
+	// ClockSkew: the clock is more than MaxClockSkew from the others'.
+	ClockSkew bool
+}
+
+// Nodes returns every node ever registered, by id, with its liveness, read
+// at one revision.
+func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	resp, err := s.cli.Txn(cctx).Then(
+		clientv3.OpGet(s.prefix+"nodes/", clientv3.WithPrefix()),
+		clientv3.OpGet(s.prefix+"alive/", clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, s.unavailable(err)
+	}
+	alive := map[string]Heartbeat{}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		var hb Heartbeat
+		if json.Unmarshal(kv.Value, &hb) == nil {
+			alive[strings.TrimPrefix(string(kv.Key), s.prefix+"alive/")] = hb
+		}
+	}
+	var nodes []Node
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		id := strings.TrimPrefix(string(kv.Key), s.prefix+"nodes/")
+		n := Node{Status: StatusOffline}
+		if err := json.Unmarshal(kv.Value, &n.NodeRecord); err != nil {
+			// One damaged record must not hide the others: show the id.
+			n.NodeRecord = NodeRecord{Hostname: "(damaged record)"}
+		}
+		n.ID = id
+		if hb, ok := alive[id]; ok {
+			n.Status, n.Clock = StatusOnline, hb.Clock
+		}
+		nodes = append(nodes, n)
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].ID < nodes[j].ID })
+	return nodes, nil
+}
+
+// Tombstone marks a node deleted from the cluster (key deleted/<id>): it
+// may not register again (its data directory must be wiped and the node
+// join as a new one). Written once, never removed.
+type Tombstone struct {
+	Deleted     time.Time `json:"deleted"`
+	Hostname    string    `json:"hostname"`
+	MgmtAddr    string    `json:"mgmt_addr"`
+	LostVolumes []string  `json:"lost_volumes"`
+}
+
+// DeleteNode removes node id from the cluster and returns its last record.
+// Refused (ErrOnline) while the node holds its lease, and (ErrHasVolumes)
+// while its record lists volumes, unless force. One transaction: the node
+// must still be Offline with the very record read (not registered again in
+// between), and its tombstone is written with the delete, so that the node
+// can never register again (Member.write checks it).
+func (s *Store) DeleteNode(ctx context.Context, id string, force bool) (NodeRecord, error) {
+	if err := validateName("node", id); err != nil {
+		return NodeRecord{}, err
+	}
+	recKey, aliveKey := s.prefix+"nodes/"+id, s.prefix+"alive/"+id
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	resp, err := s.cli.Txn(cctx).Then(clientv3.OpGet(recKey), clientv3.OpGet(aliveKey, clientv3.WithCountOnly())).Commit()
+	if err != nil {
+		return NodeRecord{}, s.unavailable(err)
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return NodeRecord{}, errorf(ErrNotFound, "node %s is not in cluster %q", id, s.identity.Name)
+	}
+	if resp.Responses[1].GetResponseRange().Count > 0 {
+		return NodeRecord{}, errorf(ErrOnline, "node %s is Online: only an Offline node can be deleted (stop it, or wait for it to go Offline)", id)
+	}
+	var rec NodeRecord
+	_ = json.Unmarshal(kvs[0].Value, &rec) // damaged: deleted as a node without volumes
+	rec.ID = id
+	if rec.VolumeCount > 0 && !force {
+		return rec, errorf(ErrHasVolumes, "node %s holds %d volume(s) (%s): they would be lost; --force deletes the node and them from the cluster", id, rec.VolumeCount, volumeList(rec))
+	}
+	tomb, err := json.Marshal(Tombstone{Deleted: time.Now().UTC(), Hostname: rec.Hostname, MgmtAddr: rec.MgmtAddr, LostVolumes: rec.Volumes})
+	if err != nil {
+		return rec, err
+	}
+	del, err := s.cli.Txn(cctx).If(
+		clientv3.Compare(clientv3.ModRevision(recKey), "=", kvs[0].ModRevision),
+		clientv3.Compare(clientv3.CreateRevision(aliveKey), "=", 0),
+	).Then(clientv3.OpDelete(recKey), clientv3.OpPut(s.prefix+"deleted/"+id, string(tomb))).Commit()
+	if err != nil {
+		return rec, s.unavailable(err)
+	}
+	if !del.Succeeded {
+		return rec, errorf(ErrOnline, "node %s registered again while it was being deleted", id)
+	}
+	return rec, nil
+}
+
+// volumeList words a record's volumes for a message: "a, b and 3 more".
+func volumeList(rec NodeRecord) string {
+	list := strings.Join(rec.Volumes, ", ")
+	if more := rec.VolumeCount - len(rec.Volumes); more > 0 {
+		list += fmt.Sprintf(" and %d more", more)
+	}
+	return list
+}
+
+// VolumeSpec is a volume as a cluster object (key volumes/<name>).
+type VolumeSpec struct {
+	Name         string    `json:"name"`
+	ID           string    `json:"id"`
+	Size         int64     `json:"size"`
+	Repl         int       `json:"repl"`
+	IOPriority   string    `json:"io_priority"`
+	Sticky       bool      `json:"sticky"`
+	SnapInterval int       `json:"snap_interval"`
+	SnapKeep     int       `json:"snap_keep"`
+	Replicas     []Replica `json:"replicas"` // where the data lives
+	// Epoch grows with every change of Replicas (replication's fencing
+	// token); changes compare the revision they read.
+	Epoch   uint64    `json:"epoch"`
+	Created time.Time `json:"created"`
+}
+
+// Replica is one copy of a volume: a pool of a node.
+type Replica struct {
+	Node string `json:"node"`
+	Pool int    `json:"pool"`
+}
+
+// CreateVolume records spec under its name. The transaction requires the
+// name to be unused: of concurrent creates of one name, from any nodes,
+// exactly one succeeds and the others get ErrExists.
+func (s *Store) CreateVolume(ctx context.Context, spec VolumeSpec) error {
+	if err := validateName("volume", spec.Name); err != nil {
+		return err
+	}
+	val, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	key := s.prefix + "volumes/" + spec.Name
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	resp, err := s.cli.Txn(cctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(val))).Commit()
+	if err != nil {
+		return s.unavailable(err)
+	}
+	if !resp.Succeeded {
+		return errorf(ErrExists, "volume %q already exists in cluster %q", spec.Name, s.identity.Name)
+	}
+	return nil
+}
+
+// Volume returns the spec of volume name.
+func (s *Store) Volume(ctx context.Context, name string) (VolumeSpec, error) {
+	if err := validateName("volume", name); err != nil {
+		return VolumeSpec{}, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	resp, err := s.cli.Get(cctx, s.prefix+"volumes/"+name)
+	if err != nil {
+		return VolumeSpec{}, s.unavailable(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return VolumeSpec{}, errorf(ErrNotFound, "volume %q not found in cluster %q", name, s.identity.Name)
+	}
+	var spec VolumeSpec
+	if err := json.Unmarshal(resp.Kvs[0].Value, &spec); err != nil {
+		return VolumeSpec{}, fmt.Errorf("cluster: volume %q: damaged spec: %v", name, err)
+	}
+	return spec, nil
+}
+
+// Volumes returns every volume spec, by name. A damaged spec is skipped
+// rather than hiding the others.
+func (s *Store) Volumes(ctx context.Context) ([]VolumeSpec, error) {
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	resp, err := s.cli.Get(cctx, s.prefix+"volumes/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, s.unavailable(err)
+	}
+	specs := make([]VolumeSpec, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var spec VolumeSpec
+		if json.Unmarshal(kv.Value, &spec) == nil {
+			specs = append(specs, spec)
+		}
+	}
+	return specs, nil
+}
+
+// DeleteVolume removes the spec of volume name.
+func (s *Store) DeleteVolume(ctx context.Context, name string) error {
+	if err := validateName("volume", name); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	resp, err := s.cli.Delete(cctx, s.prefix+"volumes/"+name)
+	if err != nil {
+		return s.unavailable(err)
+	}
+	if resp.Deleted == 0 {
+		return errorf(ErrNotFound, "volume %q not found in cluster %q", name, s.identity.Name)
+	}
+	return nil
+}
+
+// validateName keeps a name from changing the key it goes into: non-empty,
+// bounded, and without '/' (which would reach into another key's space).
+func validateName(what, name string) error {
+	if name == "" || len(name) > maxNameLen || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
+		return errorf(ErrInvalid, "%s name %q: use 1 to %d characters, no '/'", what, name, maxNameLen)
+	}
+	return nil
+}
+
+// newUUID returns a random UUID (version 4).
+func newUUID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("cluster: uuid: %w", err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], nil
+}
