@@ -137,8 +137,11 @@ start_server() {
 				(cd "$ROOT" && $GO build -o "$cairn" ./cmd/cairn)
 			fi
 			api=$(free_port) nbdport=$(free_port)
+			# Its embedded kvdb on ports of its own (the base build may predate it).
+			local kvdb=()
+			"$cairn" daemon --help 2>&1 | grep -q -- --kvdb-listen && kvdb=(--kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0)
 			"$cairn" daemon --data-dir "$d" --api "127.0.0.1:$api" --nbd "127.0.0.1:$nbdport" \
-				--nbd-socket "$d/nbd.sock" --default-drive-size 4G >"$d/log" 2>&1 &
+				--nbd-socket "$d/nbd.sock" --default-drive-size 4G "${kvdb[@]}" >"$d/log" 2>&1 &
 			PIDS+=($!)
 			for _ in $(seq 100); do [ -S "$d/nbd.sock" ] && break; sleep 0.1; done
 			"$cairn" --host "127.0.0.1:$api" volume create bench --size $SIZE >/dev/null

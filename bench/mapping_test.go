@@ -57,33 +57,37 @@ func BenchmarkMappingRAM(b *testing.B) {
 
 // BenchmarkFillingRAM reports the RAM that extents redirected after a
 // snapshot cost while they fill (engine/fill.go), per TiB of volume space
-// they cover: a 4 GiB range written whole, a snapshot, then one 4 KiB block
-// written into every extent of it, so that every extent is filling (the
-// worst case). The pool is big enough for all of them to fill (its cap is a
-// quarter of its extents). Run with -benchtime=1x.
+// they cover: each extent of a 16 GiB range mapped (one 4 KiB block), two
+// snapshots, then one more 4 KiB block written into every extent, so that
+// every extent is filling (the worst case). Three snapshots, so that the
+// filling cap (a quarter of the extents mapped) lets all of them fill; per
+// TiB of space mapped (volume and snapshots) it is a quarter of the figure.
+// Run with -benchtime=1x.
 func BenchmarkFillingRAM(b *testing.B) {
-	const rangeSize = 4 << 30
+	const rangeSize = 16 << 30
 	for i := 0; i < b.N; i++ {
-		e := fileEngine(b, 6*rangeSize, engine.Options{})
+		e := fileEngine(b, 3*rangeSize, engine.Options{})
 		if _, err := e.CreateVolume(engine.VolumeSpec{Name: "v", Size: rangeSize}); err != nil {
 			b.Fatal(err)
 		}
 		v, _ := e.Volume("v")
-		buf := make([]byte, mib1)
+		buf := make([]byte, kib4)
 		for off := int64(0); off < rangeSize; off += mib1 {
 			if err := v.WriteAt(buf, off, false); err != nil {
 				b.Fatal(err)
 			}
 		}
-		if _, err := e.CreateSnapshot("v", "v.s"); err != nil {
-			b.Fatal(err)
+		for _, name := range []string{"v.s1", "v.s2", "v.s3"} {
+			if _, err := e.CreateSnapshot("v", name); err != nil {
+				b.Fatal(err)
+			}
 		}
 		if err := v.Flush(); err != nil {
 			b.Fatal(err)
 		}
 		before := heapInUse()
 		for off := int64(0); off < rangeSize; off += mib1 {
-			if err := v.WriteAt(buf[:kib4], off, false); err != nil {
+			if err := v.WriteAt(buf, off+kib4, false); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -91,8 +95,9 @@ func BenchmarkFillingRAM(b *testing.B) {
 			b.Fatal(err)
 		}
 		after := heapInUse()
+		p := e.Status().Pools[0]
 		b.ReportMetric(float64(int64(after)-int64(before))/float64(rangeSize)*float64(1<<40)/(1<<20), "MiB/TiB")
-		b.ReportMetric(float64(e.Status().Pools[0].Allocated-e.Status().Pools[0].Used)/float64(rangeSize), "unfilled/range")
+		b.ReportMetric(float64(p.Allocated-p.Used)/float64(rangeSize), "unfilled/range")
 		runtime.KeepAlive(v)
 	}
 }

@@ -135,8 +135,12 @@ start_daemon() {
 	DIR=$WORK/$1
 	mkdir -p "$DIR"
 	# shellcheck disable=SC2086 # CAIRN_DAEMON_ARGS is a list of flags
+	# Its embedded kvdb on ports of its own (CAIRN_BIN may predate it).
+	local kvdb=""
+	"$CAIRN" daemon --help 2>&1 | grep -q -- --kvdb-listen && kvdb="--kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0"
+	# shellcheck disable=SC2086 # kvdb and CAIRN_DAEMON_ARGS are lists of flags
 	"$CAIRN" daemon --data-dir "$DIR/d" --api 127.0.0.1:0 --nbd 127.0.0.1:0 --nbd-socket "$DIR/nbd.sock" \
-		--default-drive-size "$DRIVE_SIZE" ${CAIRN_DAEMON_ARGS:-} >"$DIR/log" 2>&1 &
+		--default-drive-size "$DRIVE_SIZE" $kvdb ${CAIRN_DAEMON_ARGS:-} >"$DIR/log" 2>&1 &
 	PID=$!
 	for _ in $(seq 100); do grep -q 'msg="cairn daemon ready"' "$DIR/log" 2>/dev/null && break; sleep 0.1; done
 	API=$(sed -n 's/.*msg="api listening" addr=\([^ ]*\).*/\1/p' "$DIR/log")

@@ -364,7 +364,7 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 
 func (e *Engine) newPool(number int, uuid [16]byte, prio IOPriority, logSize int64) *pool {
 	p := &pool{eng: e, number: number, uuid: uuid, priority: prio, logSize: logSize,
-		alloc: allocator.New(), vols: map[uint32]*Volume{}, condemned: map[allocator.Extent]struct{}{}, baseRefs: map[allocator.Extent]int32{},
+		alloc: allocator.New(), vols: map[uint32]*Volume{}, condemned: map[allocator.Extent]struct{}{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		fillWake: make(chan struct{}, 1), fillDone: make(chan struct{})}
 	p.committer = wal.NewCommitter(p.round)

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"maps"
 	"math/bits"
 	"slices"
 	"sync"
@@ -137,16 +136,20 @@ func (p *pool) fillOf(ext allocator.Extent) *fillState {
 }
 
 // fillTable finds the fill state of an extent without locks: a directory
-// of chunks of fillChunkSlots pointers, a chunk allocated when one of its
-// extents first fills (8 bytes per extent of the chunks in use, so at most
-// 8 MiB per TiB of pool). Changed only under pool.mu.
+// of chunks of fillChunkSlots slots, a chunk allocated when one of its
+// extents first fills or is a base (12 bytes per extent of the chunks in
+// use: at most 12 MiB per TiB of pool). It also counts the references fill
+// states hold on each base. Changed only under pool.mu.
 type fillTable struct {
 	dir atomic.Pointer[[]atomic.Pointer[fillChunk]]
 }
 
 const fillChunkSlots = 4096
 
-type fillChunk [fillChunkSlots]atomic.Pointer[fillState]
+type fillChunk struct {
+	states   [fillChunkSlots]atomic.Pointer[fillState]
+	baseRefs [fillChunkSlots]int32 // REQUIRES pool.mu; see addBaseRefLocked
+}
 
 func (t *fillTable) load(ext allocator.Extent) *fillState {
 	d := t.dir.Load()
@@ -157,16 +160,39 @@ func (t *fillTable) load(ext allocator.Extent) *fillState {
 	if c == nil {
 		return nil
 	}
-	return c[ext%fillChunkSlots].Load()
+	return c.states[ext%fillChunkSlots].Load()
 }
 
 // store sets ext's fill state (nil clears it). REQUIRES pool.mu.
 func (t *fillTable) store(ext allocator.Extent, fs *fillState) {
+	if c := t.chunk(ext, fs != nil); c != nil {
+		c.states[ext%fillChunkSlots].Store(fs)
+	}
+}
+
+// baseRefs returns how many references fill states hold on ext. REQUIRES
+// pool.mu.
+func (t *fillTable) baseRefs(ext allocator.Extent) int32 {
+	if c := t.chunk(ext, false); c != nil {
+		return c.baseRefs[ext%fillChunkSlots]
+	}
+	return 0
+}
+
+// addBaseRef counts n more references of fill states on ext. REQUIRES
+// pool.mu.
+func (t *fillTable) addBaseRef(ext allocator.Extent, n int32) {
+	t.chunk(ext, true).baseRefs[ext%fillChunkSlots] += n
+}
+
+// chunk returns ext's chunk, made when create says so (else nil if there
+// is none). REQUIRES pool.mu to create.
+func (t *fillTable) chunk(ext allocator.Extent, create bool) *fillChunk {
 	i := int(ext / fillChunkSlots)
 	d := t.dir.Load()
 	if d == nil || i >= len(*d) {
-		if fs == nil {
-			return
+		if !create {
+			return nil
 		}
 		nd := make([]atomic.Pointer[fillChunk], i+1)
 		if d != nil {
@@ -178,14 +204,22 @@ func (t *fillTable) store(ext allocator.Extent, fs *fillState) {
 		d = &nd
 	}
 	c := (*d)[i].Load()
-	if c == nil {
-		if fs == nil {
-			return
-		}
+	if c == nil && create {
 		c = new(fillChunk)
 		(*d)[i].Store(c)
 	}
-	c[ext%fillChunkSlots].Store(fs)
+	return c
+}
+
+// eachChunk calls fn for every chunk. REQUIRES pool.mu.
+func (t *fillTable) eachChunk(fn func(*fillChunk)) {
+	if d := t.dir.Load(); d != nil {
+		for i := range *d {
+			if c := (*d)[i].Load(); c != nil {
+				fn(c)
+			}
+		}
+	}
 }
 
 // each calls fn for every fill state until it returns false. REQUIRES pool.mu
@@ -200,8 +234,8 @@ func (t *fillTable) each(fn func(*fillState) bool) {
 		if c == nil {
 			continue
 		}
-		for j := range c {
-			if fs := c[j].Load(); fs != nil && !fn(fs) {
+		for j := range c.states {
+			if fs := c.states[j].Load(); fs != nil && !fn(fs) {
 				return
 			}
 		}
@@ -209,17 +243,25 @@ func (t *fillTable) each(fn func(*fillState) bool) {
 }
 
 // fillCap is how many extents of the pool may be filling before the filler
-// completes some whatever their fill: a third of the pool's extents keeps
-// fill states (64 B each, and their table's 8 B per extent) within 24 MiB
-// per TiB of pool, 28 with the mapping: the budget is 32 (BENCHMARKS.md,
-// "Mapping RAM", measures it).
+// completes some whatever their fill. Every filling extent exists because
+// an extent is mapped more than once (a snapshot or clone shares it), so
+// the cap follows the extents the pool's volumes, snapshots and clones map:
+// a quarter of them. A filling extent costs its 64 B state and, in the
+// table, 12 B for it and for its base (BENCHMARKS.md, "Mapping RAM": ~110 B
+// each all told), so at the cap that is under 28 B per mapped extent, 32
+// MiB per TiB of mapped space with the mapping's own 4 B: the budget.
 // Past twice the cap (a transient the filler has not caught up with), a
 // write to a shared extent copies it whole instead (copyInto).
+// REQUIRES mu.
 func (p *pool) fillCap() int64 {
 	if c := p.eng.opts.fillCap; c > 0 {
 		return int64(c)
 	}
-	return max(1024, p.alloc.Total()/3)
+	var mapped int64
+	for _, v := range p.vols {
+		mapped += v.used.Load()
+	}
+	return max(1024, mapped/4)
 }
 
 // startFillLocked makes fresh a filling extent on base. REQUIRES mu.
@@ -299,9 +341,7 @@ func (p *pool) releaseBasesLocked(n int) error {
 // REQUIRES mu.
 func (p *pool) addBaseRefLocked(base allocator.Extent, n int32) {
 	p.baseGen++
-	if p.baseRefs[base] += n; p.baseRefs[base] == 0 {
-		delete(p.baseRefs, base)
-	}
+	p.fills.addBaseRef(base, n)
 }
 
 func (p *pool) wakeFiller() {
@@ -395,7 +435,7 @@ func (p *pool) logFillsLocked() {
 		fs.dirty.Store(false) // a bit set from now on marks it again
 		p.logFillLocked(fs)
 	}
-	p.dirtyFills = p.dirtyFills[:0]
+	p.dirtyFills = nil // not kept at its largest: a burst of fills is rare
 }
 
 // logFillLocked queues a record of the bits of fs (all of them: records
@@ -452,7 +492,7 @@ func (p *pool) filler() {
 	defer close(p.fillDone)
 	t := time.NewTicker(fillScanInterval)
 	defer t.Stop()
-	pace := newPacer(p.eng.opts.FillRate)
+	pace := newPacer(p.eng.opts.FillRate, p.stop)
 	for {
 		scan := false
 		select {
@@ -606,8 +646,9 @@ func (p *pool) reserveAhead(n int) error {
 }
 
 // newPacer returns a function that sleeps so that the bytes it is told of
-// flow at rate per second at most (0 = DefaultFillRate).
-func newPacer(rate int64) func(int) {
+// flow at rate per second at most (0 = DefaultFillRate); a sleep ends early
+// when stop closes.
+func newPacer(rate int64, stop <-chan struct{}) func(int) {
 	if rate <= 0 {
 		rate = DefaultFillRate
 	}
@@ -616,7 +657,12 @@ func newPacer(rate int64) func(int) {
 		done += int64(n)
 		due := start.Add(time.Duration(done * int64(time.Second) / rate))
 		if d := time.Until(due); d > 0 {
-			time.Sleep(d)
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-stop:
+				t.Stop()
+			}
 		} else if d < -time.Second { // idle for a while: no burst to catch up
 			start, done = time.Now(), 0
 		}
@@ -661,8 +707,19 @@ func (p *pool) fillCheckLocked(refs map[allocator.Extent]int) error {
 		refs[b]++
 		counted[b]++
 	}
-	if !maps.Equal(counted, p.baseRefs) {
-		return fmt.Errorf("%s: fill states reference bases %v, counted %v", p, counted, p.baseRefs)
+	for b, n := range counted {
+		if got := p.fills.baseRefs(b); got != n {
+			return fmt.Errorf("%s: fill states hold %d references on extent %d, counted %d", p, n, b, got)
+		}
+	}
+	var total int32
+	p.fills.eachChunk(func(c *fillChunk) {
+		for _, n := range c.baseRefs {
+			total += n
+		}
+	})
+	if want := int32(len(p.pendingUnref)) + int32(p.fillCount.Load()); total != want {
+		return fmt.Errorf("%s: %d base references counted, %d held", p, total, want)
 	}
 	if n != p.fillCount.Load() || unfilled != p.unfilled.Load() {
 		return fmt.Errorf("%s: %d fill states with %d unfilled blocks, counted %d and %d", p, n, unfilled, p.fillCount.Load(), p.unfilled.Load())

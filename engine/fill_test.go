@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cairn-storage/cairn/drive"
 )
@@ -374,5 +375,12 @@ func TestRedirectUnderConcurrentIO(t *testing.T) {
 	}
 	if !bytes.Equal(readAll(t, snap), base) {
 		t.Fatal("snapshot content changed")
+	}
+}
+
+// The fill state's size is part of the RAM budget (fillCap's comment).
+func TestFillStateSize(t *testing.T) {
+	if n := unsafe.Sizeof(fillState{}); n > 64 {
+		t.Fatalf("fillState is %d bytes; fillCap assumes 64", n)
 	}
 }

@@ -105,22 +105,21 @@ type pool struct {
 	condemned map[allocator.Extent]struct{} // REQUIRES mu
 
 	// Redirect-on-write (fill.go).
-	fills        fillTable                  // the extents filling
-	fillCount    atomic.Int64               // entries in fills; 0 lets the I/O path skip the lookup
-	unfilled     atomic.Int64               // blocks of filling extents not filled: space that holds no data
-	fillQueue    []*fillState               // REQUIRES mu; worth completing, for the filler
-	dirtyFills   []*fillState               // REQUIRES mu; with bits set that the next round logs
-	urgent       bool                       // REQUIRES mu; a record that is not lazy waits for a round
-	lastRound    time.Time                  // REQUIRES mu; when the last round took the queue
-	pendingUnref []allocator.Extent         // REQUIRES mu; bases of ended fill states, released after the next round
-	reclaimable  []allocator.Extent         // REQUIRES mu; condemned bases whose release is durable: the filler zeroes them
-	copierMu     sync.Mutex                 // held by the filler while it writes into a filling extent
-	fillLocks    [64]sync.RWMutex           // by extent: writers into a filling extent (read) against the filler (write)
-	reclaimMu    sync.Mutex                 // one reclaim at a time (reclaim)
-	baseRefs     map[allocator.Extent]int32 // REQUIRES mu; references fill states (live or ending) hold on each base
-	baseGen      uint64                     // REQUIRES mu; changes with baseRefs (exclusiveBytes' cache)
-	fillWake     chan struct{}              // wakes the filler
-	fillDone     chan struct{}              // closed when the filler has stopped
+	fills        fillTable          // the extents filling
+	fillCount    atomic.Int64       // entries in fills; 0 lets the I/O path skip the lookup
+	unfilled     atomic.Int64       // blocks of filling extents not filled: space that holds no data
+	fillQueue    []*fillState       // REQUIRES mu; worth completing, for the filler
+	dirtyFills   []*fillState       // REQUIRES mu; with bits set that the next round logs
+	urgent       bool               // REQUIRES mu; a record that is not lazy waits for a round
+	lastRound    time.Time          // REQUIRES mu; when the last round took the queue
+	pendingUnref []allocator.Extent // REQUIRES mu; bases of ended fill states, released after the next round
+	reclaimable  []allocator.Extent // REQUIRES mu; condemned bases whose release is durable: the filler zeroes them
+	copierMu     sync.Mutex         // held by the filler while it writes into a filling extent
+	fillLocks    [64]sync.RWMutex   // by extent: writers into a filling extent (read) against the filler (write)
+	reclaimMu    sync.Mutex         // one reclaim at a time (reclaim)
+	baseGen      uint64             // REQUIRES mu; changes with fills' base references (exclusiveBytes' cache)
+	fillWake     chan struct{}      // wakes the filler
+	fillDone     chan struct{}      // closed when the filler has stopped
 
 	bgStarted bool          // set once, before the engine is shared
 	wake      chan struct{} // background committer
@@ -220,6 +219,9 @@ func (p *pool) round() error {
 		return p.fail(err)
 	}
 	p.spare, p.spareCs = recs[:0], cuts[:0]
+	if cap(recs) > commitSoonBytes/4 { // a burst: do not keep its buffer
+		p.spare = nil
+	}
 	if freed > 0 || reserving > 0 || unrefs > 0 {
 		p.mu.Lock()
 		if err := p.releaseBasesLocked(unrefs); err != nil {

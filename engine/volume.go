@@ -170,7 +170,7 @@ func (v *Volume) exclusiveBytes() int64 {
 	baseGen := p.baseGen
 	var n, seen int64
 	v.table.forEach(func(_ uint32, ext allocator.Extent) {
-		if p.alloc.Refs(ext)-int(p.baseRefs[ext]) == 1 {
+		if p.alloc.Refs(ext)-int(p.fills.baseRefs(ext)) == 1 {
 			n++
 		}
 		// Let writers that need the pool lock in now and then.
