@@ -243,25 +243,18 @@ func (t *fillTable) each(fn func(*fillState) bool) {
 }
 
 // fillCap is how many extents of the pool may be filling before the filler
-// completes some whatever their fill. Every filling extent exists because
-// an extent is mapped more than once (a snapshot or clone shares it), so
-// the cap follows the extents the pool's volumes, snapshots and clones map:
-// a quarter of them. A filling extent costs its 64 B state and, in the
-// table, 12 B for it and for its base (BENCHMARKS.md, "Mapping RAM": ~110 B
-// each all told), so at the cap that is under 28 B per mapped extent, 32
-// MiB per TiB of mapped space with the mapping's own 4 B: the budget.
-// Past twice the cap (a transient the filler has not caught up with), a
-// write to a shared extent copies it whole instead (copyInto).
-// REQUIRES mu.
+// completes some whatever their fill: a quarter of the pool's extents. A
+// filling extent costs its 64 B state and, in the table, 12 B for it and
+// for its base (BENCHMARKS.md, "Mapping RAM": ~110 B each all told), so at
+// the cap that is under 28 B per extent of the pool, 32 MiB per TiB with
+// the mapping's own 4 B: the budget. Past twice the cap (a transient the
+// filler has not caught up with), a write to a shared extent copies it
+// whole instead (copyInto). REQUIRES mu.
 func (p *pool) fillCap() int64 {
 	if c := p.eng.opts.fillCap; c > 0 {
 		return int64(c)
 	}
-	var mapped int64
-	for _, v := range p.vols {
-		mapped += v.used.Load()
-	}
-	return max(1024, mapped/4)
+	return max(1024, p.alloc.Total()/4)
 }
 
 // startFillLocked makes fresh a filling extent on base. REQUIRES mu.

@@ -45,6 +45,7 @@ type daemonConfig struct {
 	// (hidden; tests stand a node with a wrong clock up with it).
 	clockOffset      time.Duration
 	defaultDriveSize string
+	fillRate         string
 	cpuProfile       string
 	// snapMinute is how long one snap_interval minute lasts (hidden; tests
 	// shorten it to watch scheduled snapshots come and go in seconds).
@@ -103,6 +104,7 @@ flushed, and it exits 0.`,
 	f.DurationVar(&cfg.clockOffset, "clock-offset", 0, "shift the clock this node reports to the cluster (tests)")
 	_ = f.MarkHidden("clock-offset")
 	f.StringVar(&cfg.defaultDriveSize, "default-drive-size", "64G", "size of the embedded default drive file (sparse)")
+	f.StringVar(&cfg.fillRate, "fill-rate", "64M", "bytes per second each pool's filler copies into extents redirected after a snapshot")
 	f.StringVar(&cfg.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the whole run to FILE (benchmarks)")
 	f.DurationVar(&cfg.snapMinute, "snap-minute", time.Minute, "length of one snap_interval minute (tests)")
 	_ = f.MarkHidden("snap-minute")
@@ -125,6 +127,10 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	defaultSize, err := parseSize(cfg.defaultDriveSize)
 	if err != nil {
 		return fmt.Errorf("daemon: --default-drive-size: %w", err)
+	}
+	fillRate, err := parseSize(cfg.fillRate)
+	if err != nil {
+		return fmt.Errorf("daemon: --fill-rate: %w", err)
 	}
 	apiAddr, err := withInterface(cfg.apiAddr, cfg.mgmtIface)
 	if err != nil {
@@ -168,7 +174,7 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	}
 
 	metrics := control.NewMetrics()
-	eng, err := engine.Open(engine.Options{NodeID: node.ID(), Drives: drives, Observer: metrics,
+	eng, err := engine.Open(engine.Options{NodeID: node.ID(), Drives: drives, Observer: metrics, FillRate: fillRate,
 		Catalog: control.NewVolumeCatalog(dataDir, log)})
 	if err != nil {
 		return fmt.Errorf("daemon: open engine: %w", err)
