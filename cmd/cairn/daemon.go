@@ -164,6 +164,12 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	// its cluster (another cluster's kvdb, another cluster's node) stops
 	// here, having changed nothing.
 	clus, err := joinCluster(ctx, cfg, node, dataDir, hostOf(apiAddr), log)
+	if err != nil && ctx.Err() != nil {
+		// Stopped (a signal) while joining: a clean stop, nothing touched.
+		log.Info("stopped while joining the cluster", "err", err)
+		log.Info("cairn daemon stopped")
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
