@@ -110,6 +110,14 @@ func buildTemplate() (template, error) {
 	v, _ := e.Volume("a")
 	v.WriteAt(bytes.Repeat(block, 256), 2<<20, false) // a whole extent
 	v.Flush()
+	// A snapshot, and writes after it: redirect and fill records, and in
+	// the checkpoints after them the filling section (engine/fill.go).
+	if _, err := e.CreateSnapshot("a", "a.snap"); err != nil {
+		return template{}, err
+	}
+	v.WriteAt(block, 1<<20+4096, false)
+	v.WriteAt(block, 2<<20+8192, false)
+	v.Flush()
 	if err := e.Close(); err != nil {
 		return template{}, err
 	}
