@@ -704,9 +704,17 @@ func (e *Engine) Status() Status {
 		allocated := (p.alloc.Used() - spare) * ExtentSize
 		pi := PoolInfo{ID: p.number, UUID: uuidString(p.uuid), IOPriority: p.priority, Raid: "raid0",
 			Size: p.alloc.Total() * ExtentSize, Used: allocated - p.unfilled.Load()*BlockSize, Allocated: allocated, Status: "Online"}
+		// A drive's used space, like its pool's, leaves out the extents
+		// reserved for writers.
+		spareOn := make([]int64, len(p.drives))
+		for _, ext := range append(slices.Clip(p.reserved), p.reserving...) {
+			if d, _, ok := p.alloc.Drive(ext); ok {
+				spareOn[d]++
+			}
+		}
 		for i, pd := range p.drives {
 			pi.Drives = append(pi.Drives, DriveInfo{Path: pd.d.Path(), Size: int64(pd.sb.extentCount) * ExtentSize,
-				Used: int64(p.alloc.DriveUsed(i)) * ExtentSize, Status: "Online"})
+				Used: (int64(p.alloc.DriveUsed(i)) - spareOn[i]) * ExtentSize, Status: "Online"})
 		}
 		p.mu.Unlock()
 		if err := p.err(); err != nil {

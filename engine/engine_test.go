@@ -691,3 +691,28 @@ func TestFlushWaitsForRecordsBeingLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A drive's used space agrees with its pool's: neither counts the extents
+// reserved for writers (an empty pool showed its drive 64 MiB used).
+func TestDriveUsedLeavesOutReserved(t *testing.T) {
+	e, v := memVolume(t, drive.NewMem("mem0", 256<<20), 16<<20)
+	check := func(when string) {
+		t.Helper()
+		p := e.Status().Pools[0]
+		var drives int64
+		for _, d := range p.Drives {
+			drives += d.Used
+		}
+		if drives != p.Allocated {
+			t.Fatalf("%s: drives used %d, pool allocated %d", when, drives, p.Allocated)
+		}
+	}
+	check("empty")
+	if err := v.WriteAt(pattern(1, 3*ExtentSize), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if e.pools[0].alloc.Used() <= 3 {
+		t.Fatal("no extents reserved: the test checks nothing")
+	}
+	check("3 extents written")
+}
