@@ -700,8 +700,7 @@ func (e *Engine) Status() Status {
 	st := Status{NodeID: e.opts.NodeID}
 	for _, p := range pools {
 		p.mu.Lock()
-		spare := int64(len(p.reserved) + len(p.reserving)) // reserved for writers, not used
-		allocated := (p.alloc.Used() - spare) * ExtentSize
+		allocated := p.allocatedLocked() * ExtentSize
 		pi := PoolInfo{ID: p.number, UUID: uuidString(p.uuid), IOPriority: p.priority, Raid: "raid0",
 			Size: p.alloc.Total() * ExtentSize, Used: allocated - p.unfilled.Load()*BlockSize, Allocated: allocated, Status: "Online"}
 		// A drive's used space, like its pool's, leaves out the extents
@@ -754,7 +753,7 @@ func (e *Engine) choosePool(want IOPriority) (*pool, error) {
 				continue
 			}
 			p.mu.Lock()
-			free := p.alloc.Total() - p.alloc.Used()
+			free := p.alloc.Total() - p.allocatedLocked() // reserved extents are free to any volume
 			p.mu.Unlock()
 			if best == nil || free > bestFree {
 				best, bestFree = p, free

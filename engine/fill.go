@@ -258,13 +258,11 @@ func (p *pool) fillCap() int64 {
 }
 
 // startFillLocked makes fresh a filling extent on base. REQUIRES mu.
-func (p *pool) startFillLocked(fresh, base allocator.Extent) *fillState {
-	fs := &fillState{ext: fresh, base: base}
+func (p *pool) startFillLocked(fresh, base allocator.Extent) {
 	p.addBaseRefLocked(base, 1)
-	p.fills.store(fresh, fs)
+	p.fills.store(fresh, &fillState{ext: fresh, base: base})
 	p.fillCount.Add(1)
 	p.unfilled.Add(blocksPerExtent)
-	return fs
 }
 
 // endFillLocked forgets F's fill state; its base loses F's reference after
@@ -402,12 +400,15 @@ func (p *pool) fillLock(ext allocator.Extent) *sync.RWMutex {
 func (p *pool) noteFilled(fs *fillState, newly int) {
 	filled := int(fs.filled.Load())
 	crossed := 2*(filled-newly) < blocksPerExtent && 2*filled >= blocksPerExtent || filled == blocksPerExtent
-	if !fs.dirty.CompareAndSwap(false, true) && !crossed {
+	// Whoever marks fs dirty lists it (the round that logs it clears the
+	// mark first): listed once, with no search.
+	marked := fs.dirty.CompareAndSwap(false, true)
+	if !marked && !crossed {
 		return
 	}
 	p.mu.Lock()
 	if !fs.done {
-		if !slices.Contains(p.dirtyFills, fs) {
+		if marked {
 			p.dirtyFills = append(p.dirtyFills, fs)
 		}
 		if crossed && !fs.queued {
@@ -451,13 +452,14 @@ func (p *pool) worthFilling(fs *fillState, overCap bool) bool {
 	return overCap || fs.complete() || 2*int(fs.filled.Load()) >= blocksPerExtent || p.alloc.Refs(fs.base) == 1
 }
 
-// fillCandidates returns the fill states the filler should complete now:
-// those queued by writers, and with scan, any other worth it (fullest first
-// when the pool is over its cap). REQUIRES mu.
+// fillCandidatesLocked returns the fill states the filler should complete
+// now: those queued by writers, and with scan (once per fillScanInterval:
+// it walks and sorts every filling extent under the pool lock), any other
+// worth it, fullest first when the pool is over its cap. REQUIRES mu.
 func (p *pool) fillCandidatesLocked(scan bool) []*fillState {
 	out := p.fillQueue
 	p.fillQueue = nil
-	if !scan && p.fillCount.Load() <= p.fillCap() {
+	if !scan {
 		return out
 	}
 	var all []*fillState

@@ -342,8 +342,7 @@ func (p *pool) background() {
 		if len(p.reserved)+len(p.reserving) < p.reserveLow() {
 			p.reserveLocked()
 		}
-		lazy := len(p.pending) > 0 || len(p.dirtyFills) > 0
-		lazy = lazy || len(p.pendingUnref) > 0
+		lazy := len(p.pending) > 0 || len(p.dirtyFills) > 0 || len(p.pendingUnref) > 0
 		idle := !p.urgent && len(p.pending) < commitSoonBytes && len(p.pendingFree) == 0 && len(p.reserving) == 0 &&
 			!(lazy && time.Since(p.lastRound) >= lazyCommitInterval)
 		p.mu.Unlock()
@@ -384,6 +383,13 @@ func (p *pool) reserveNLocked(n int) bool {
 	}
 	p.enqueue(&r)
 	return true
+}
+
+// allocatedLocked counts the extents in use by volumes, snapshots and what
+// is being freed: the allocator's, less those reserved for writers (free
+// space for everything but the allocator). REQUIRES mu.
+func (p *pool) allocatedLocked() int64 {
+	return p.alloc.Used() - int64(len(p.reserved)+len(p.reserving))
 }
 
 // takeReserved returns a reserved extent for a writer to map, or false when
@@ -490,13 +496,11 @@ func (p *pool) encodeCheckpoint() []byte {
 	}
 	// Bases waiting for their release are candidates too: if no one maps
 	// them at load, nothing zeroed them yet.
-	condemned := slices.Collect(maps.Keys(p.condemned))
+	candidates := maps.Clone(p.condemned)
 	for _, x := range p.pendingUnref {
-		if _, ok := p.condemned[x]; !ok && !slices.Contains(condemned, x) {
-			condemned = append(condemned, x)
-		}
+		candidates[x] = struct{}{}
 	}
-	slices.Sort(condemned)
+	condemned := slices.Sorted(maps.Keys(candidates))
 	e.u32(uint32(len(condemned)))
 	for _, x := range condemned {
 		e.u32(uint32(x))
