@@ -100,7 +100,9 @@
 // the server's CPU per request. So when nothing is in flight — every reply
 // already on the wire, no further request buffered — the reader runs a
 // small READ or WRITE itself: it executes it (a WRITE straight from its read
-// buffer) and sends the reply with one non-blocking write. The writer is
+// buffer) and sends the reply with one non-blocking write. A FLUSH runs
+// there too when the request before it did (a client waiting for each
+// reply: a database's commit), never behind pipelined requests. The writer is
 // idle then and owns nothing the reader touches; conn.pending (queued
 // requests whose reply is not yet flushed, an atomic) is the hand-over. If
 // the socket cannot take the whole reply at once, the rest is queued to the

@@ -304,3 +304,90 @@ func TestSlowCachedWriteOpensTheFullPool(t *testing.T) {
 		t.Fatalf("only %d of %d plain writes ran at once after a slow one; the small pool has %d workers", exp.most, burst, defaultCachedWriteWorkers)
 	}
 }
+
+// heldFlushExport holds every Flush until release is closed.
+type heldFlushExport struct {
+	Export
+	entered chan struct{} // one send per Flush that started
+	release chan struct{}
+}
+
+func (e *heldFlushExport) Flush() error {
+	e.entered <- struct{}{}
+	<-e.release
+	return e.Export.Flush()
+}
+
+// A FLUSH runs on the reader only when the request before it did too (a
+// client waiting for each reply); behind pipelined requests it goes to a
+// worker, so a slow flush never holds up the reads queued after it.
+func TestFlushInlineOnlyAtQueueDepthOne(t *testing.T) {
+	env := newEnv(t)
+	env.volume("vol", 64<<20)
+	v, err := env.eng.Volume("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := bytes.Repeat([]byte{9}, 4096)
+	for _, tc := range []struct {
+		name      string
+		pipelined bool // the write before the flush came in a batch of two
+		inline    bool
+	}{{"after a lone write", false, true}, {"after pipelined writes", true, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			exp := &heldFlushExport{Export: v, entered: make(chan struct{}, 1), release: make(chan struct{})}
+			name := "held-" + fmt.Sprint(tc.pipelined)
+			env.exps.mu.Lock()
+			env.exps.extra[name] = exp
+			env.exps.mu.Unlock()
+			c := connectRaw(t, env.sock, name, false)
+			c.nc.SetDeadline(time.Now().Add(20 * time.Second))
+			if tc.pipelined {
+				b := append(AppendRequest(nil, CmdWrite, 0, 1, 0, 4096), p...)
+				c.write(append(AppendRequest(b, CmdWrite, 0, 2, 4096, 4096), p...))
+				c.readReply(0)
+				c.readReply(0)
+			} else {
+				c.request(CmdWrite, 0, 1, 0, 4096, p)
+				c.readReply(0)
+			}
+			c.request(CmdFlush, 0, 3, 0, 0, nil)
+			<-exp.entered
+			c.request(CmdRead, 0, 4, 0, 4096, nil)
+			answered := make(chan reply, 2)
+			go func() {
+				for range 2 {
+					answered <- c.readReplyFor(func(h uint64) int {
+						if h == 4 {
+							return 4096
+						}
+						return 0
+					})
+				}
+			}()
+			wait := 5 * time.Second // the read must come while the flush is held
+			if tc.inline {
+				wait = 300 * time.Millisecond // nothing may come: the reader is in the flush
+			}
+			select {
+			case r := <-answered:
+				if tc.inline {
+					t.Fatalf("reply %d came while the flush ran on the reader", r.handle)
+				}
+				if r.handle != 4 || r.errno != 0 || !bytes.Equal(r.data, p) {
+					t.Fatalf("read behind a held flush: handle %d errno %d", r.handle, r.errno)
+				}
+			case <-time.After(wait):
+				if !tc.inline {
+					t.Fatal("a read queued behind a flush waited for it")
+				}
+			}
+			close(exp.release)
+			for range map[bool]int{true: 2, false: 1}[tc.inline] {
+				if r := <-answered; r.errno != 0 {
+					t.Fatalf("handle %d: errno %d", r.handle, r.errno)
+				}
+			}
+		})
+	}
+}
