@@ -210,11 +210,27 @@ func (v *Volume) checkWrite(off, n int64) error {
 
 // WriteAt writes p at off. With fua, p is durable when WriteAt returns.
 func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
+	return v.writeAt(p, off, fua, true)
+}
+
+// WriteAtDeferWriteback is WriteAt without the write-behind (see
+// pool.writeBehind): the caller starts it with StartWriteback once it has
+// answered the write, so that the write's reply does not wait for it. (The
+// NBD server does: the device write then overlaps the round trip to the
+// client and back, which a database's commit spends before its flush.)
+func (v *Volume) WriteAtDeferWriteback(p []byte, off int64, fua bool) error {
+	return v.writeAt(p, off, fua, false)
+}
+
+func (v *Volume) writeAt(p []byte, off int64, fua, writeBehind bool) error {
 	start := v.now()
 	err := v.checkWrite(off, int64(len(p)))
 	if err == nil {
 		v.ioMu.RLock()
 		err = v.write(p, off)
+		if err == nil && writeBehind && !fua {
+			v.startWriteback(off, int64(len(p)))
+		}
 		v.ioMu.RUnlock()
 	}
 	if err == nil && fua {
@@ -222,6 +238,38 @@ func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
 	}
 	v.observe(OpWrite, len(p), start, err)
 	return err
+}
+
+// StartWriteback starts the write-back of [off, off+n) now while the
+// volume's pool sees flushes; otherwise, and on drives without a page cache,
+// it does nothing. It never changes what is durable.
+func (v *Volume) StartWriteback(off, n int64) {
+	if !v.pool.writeBehindActive() || v.checkIO(off, n) != nil {
+		return
+	}
+	v.ioMu.RLock()
+	v.startWriteback(off, n)
+	v.ioMu.RUnlock()
+}
+
+// startWriteback: StartWriteback for a range checkIO accepted. REQUIRES ioMu.
+func (v *Volume) startWriteback(off, n int64) {
+	if v.deleted || !v.pool.writeBehindActive() {
+		return
+	}
+	lo := off &^ (BlockSize - 1)
+	hi := (off + n + BlockSize - 1) &^ (BlockSize - 1)
+	for lo < hi {
+		in := lo % ExtentSize
+		run := min(hi-lo, ExtentSize-in)
+		if ext, mapped := v.table.lookup(uint32(lo / ExtentSize)); mapped {
+			pd, base := v.pool.locateShared(ext)
+			if wb, ok := pd.d.(interface{ StartWriteback(off, n int64) }); ok {
+				wb.StartWriteback(base+in, run)
+			}
+		}
+		lo += run
+	}
 }
 
 // Flush makes every write acknowledged before the call durable.
@@ -649,29 +697,23 @@ func (p *pool) writeExtent(ext allocator.Extent, b []byte, in int64) error {
 		return p.fail(fmt.Errorf("%w: %w", ErrIO, err))
 	}
 	pd.dirty.Store(true)
-	p.writeBehind(pd, base+in, len(b))
 	return nil
 }
 
 // writeBehindWindow is how recently a flush must have come for writes to
-// start their write-back at once: a volume seeing flushes (a database's
-// commits) gets them cheaper, since the flush then finds its data already
-// on the way; writes that are never flushed keep the page cache's batching.
+// start their write-back at once (write-behind): a volume seeing flushes (a
+// database's commits) gets them cheaper, since the flush then finds its data
+// already on the way; writes that are never flushed keep the page cache's
+// batching. Write-behind (drive.File.StartWriteback) changes what is on the
+// device early, never what is durable: a Flush still syncs.
 const writeBehindWindow = 50 * time.Millisecond
 
-// writeBehind starts the write-back of a write to a cached drive while the
-// pool sees flushes (drive.File.StartWriteback). It changes what is on the
-// device early, never what is durable: a Flush still syncs.
-func (p *pool) writeBehind(pd *poolDrive, off int64, n int) {
-	// The clock first: a write to a pool without recent flushes (the
-	// common case) pays one atomic load and one clock read, nothing more.
+// writeBehindActive reports whether the pool saw a flush within
+// writeBehindWindow. A write to a pool without recent flushes (the common
+// case) pays one atomic load and one clock read for it, nothing more.
+func (p *pool) writeBehindActive() bool {
 	last := p.lastFlush.Load()
-	if last == 0 || time.Now().UnixNano()-last >= int64(writeBehindWindow) {
-		return
-	}
-	if wb, ok := pd.d.(interface{ StartWriteback(off, n int64) }); ok {
-		wb.StartWriteback(off, int64(n))
-	}
+	return last != 0 && time.Now().UnixNano()-last < int64(writeBehindWindow)
 }
 
 // locateShared finds an extent's drive without pool.mu: the drive table is

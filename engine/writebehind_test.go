@@ -46,6 +46,19 @@ func TestWriteBehindOnlyWhileFlushed(t *testing.T) {
 	if n := d.started.Load(); n == 0 {
 		t.Fatal("a write right after a flush started no write-back")
 	}
+	// The NBD server's way: the write, its reply, then the write-back.
+	before := d.started.Load()
+	if err := v.WriteAtDeferWriteback(pattern(10, 2*BlockSize), ExtentSize-BlockSize, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.started.Load(); n != before {
+		t.Fatalf("WriteAtDeferWriteback started %d write-backs itself", n-before)
+	}
+	v.StartWriteback(ExtentSize-BlockSize, 2*BlockSize)
+	if n := d.started.Load(); n != before+2 {
+		t.Fatalf("StartWriteback over two extents started %d write-backs, want 2", n-before)
+	}
+	v.StartWriteback(4<<20, BlockSize) // past the end: nothing, no panic
 	// The flush that follows still makes the write durable.
 	if err := v.Flush(); err != nil {
 		t.Fatal(err)

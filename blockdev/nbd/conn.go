@@ -66,8 +66,9 @@ type conn struct {
 	readOnly    bool
 	blockStatus bool
 
-	free chan *request // slots not in flight; its capacity is MaxInFlight
-	work chan *request // reader → workers
+	wb   DeferredWriteback // the export, when it is one; nil otherwise
+	free chan *request     // slots not in flight; its capacity is MaxInFlight
+	work chan *request     // reader → workers
 	// cachedWrites: reader → the cached-write workers, for plain writes to
 	// a CachedWriter export; nil when the export is not one.
 	cachedWrites chan *request
@@ -215,7 +216,11 @@ func (c *conn) transmit() error {
 				defer workers.Done()
 				for r := range queue {
 					run(r)
+					off, n, wb := r.offset, int64(r.length), r.writeback
 					c.done <- r
+					if wb {
+						c.wb.StartWriteback(int64(off), n)
+					}
 				}
 			}()
 		}
@@ -400,6 +405,9 @@ func (c *conn) runInline(handle, off uint64, length uint32, typ, flags uint16) e
 	if err := c.sendInline(c.ibuf.Bytes()); err != nil {
 		c.fail(err)
 	}
+	if r.writeback {
+		c.wb.StartWriteback(int64(off), int64(length))
+	}
 	return nil
 }
 
@@ -538,6 +546,9 @@ func (c *conn) execute(r *request) {
 		switch {
 		case beyond:
 			r.fail(ErrnoNoSpc, "write beyond the end of the export")
+		case n > 0 && c.wb != nil && !fua:
+			r.failErr(c.wb.WriteAtDeferWriteback(r.data, int64(off), false))
+			r.writeback = r.errno == 0
 		case n > 0:
 			r.failErr(exp.WriteAt(r.data, int64(off), fua))
 		}

@@ -261,6 +261,7 @@ func truncate(s string, n int) string {
 // enter records the export chosen for transmission.
 func (c *conn) enter(name string, exp Export, release func()) {
 	c.exp, c.release = exp, release
+	c.wb, _ = exp.(DeferredWriteback)
 	c.size = uint64(exp.Size())
 	c.tflags = c.transmissionFlags(exp)
 	c.readOnly = exp.ReadOnly()

@@ -23,6 +23,7 @@ type request struct {
 	budget int64         // bytes reserved in the connection's byteBudget
 
 	raw       bool   // data is the rest of an encoded reply, sent as is
+	writeback bool   // a WRITE whose write-back starts once it is answered (DeferredWriteback)
 	errno     uint32 // NBD error to reply with; 0 = success
 	msg       string // message for a structured error reply
 	errOffset int64  // offset for ERROR_OFFSET; -1 = plain ERROR
@@ -43,7 +44,7 @@ type readChunk struct {
 
 func (r *request) reset(handle, off uint64, length uint32, typ, flags uint16) {
 	r.handle, r.offset, r.length, r.typ, r.flags = handle, off, length, typ, flags
-	r.errno, r.msg, r.errOffset, r.nchunks, r.budget, r.raw = 0, "", -1, 0, 0, false
+	r.errno, r.msg, r.errOffset, r.nchunks, r.budget, r.raw, r.writeback = 0, "", -1, 0, 0, false, false
 }
 
 func (r *request) fail(errno uint32, msg string) {

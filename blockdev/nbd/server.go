@@ -43,6 +43,17 @@ type CachedWriter interface {
 	WriteWaits() uint64
 }
 
+// DeferredWriteback is implemented by an export that starts the write-back
+// of a write to the device early while the volume sees flushes (the
+// engine's write-behind). The server then writes with WriteAtDeferWriteback
+// and calls StartWriteback once the write is answered (inline) or handed to
+// the writer (a worker), so the reply does not wait for it and the device
+// write overlaps the client's round trip to its flush.
+type DeferredWriteback interface {
+	WriteAtDeferWriteback(p []byte, off int64, fua bool) error
+	StartWriteback(off, n int64)
+}
+
 // Exports is the catalogue the server serves from (the daemon implements it
 // on top of the engine).
 type Exports interface {
