@@ -217,6 +217,43 @@ func (d *File) Zero(off, n int64) error {
 	return nil
 }
 
+// FillHoles writes zeros into the holes of [off, off+n) of a regular file,
+// never over data: a later write there is then an overwrite, which a sync
+// makes durable without a filesystem journal commit for the allocation
+// (on ext4 that commit roughly doubles an fdatasync). The zeros reach the
+// device with the next Sync; their write-back starts at once. Block devices
+// have no holes: nothing to do.
+func (d *File) FillHoles(off, n int64) error {
+	if d.kind != KindFile {
+		return nil
+	}
+	if err := checkRange(d, int(n), off); err != nil {
+		return err
+	}
+	fd := int(d.f.Fd())
+	end := off + n
+	for off < end {
+		hole, err := unix.Seek(fd, off, unix.SEEK_HOLE) // I/O uses pread/pwrite: the file offset is free
+		if err != nil || hole >= end {
+			break // ENXIO: no hole before EOF
+		}
+		data, err := unix.Seek(fd, hole, unix.SEEK_DATA)
+		if err != nil || data > end {
+			data = end // ENXIO: a hole to EOF
+		}
+		zeros := make([]byte, min(data-hole, 1<<20))
+		for at := hole; at < data; at += int64(len(zeros)) {
+			z := zeros[:min(int64(len(zeros)), data-at)]
+			if err := d.WriteAt(z, at); err != nil {
+				return err
+			}
+		}
+		_ = unix.SyncFileRange(fd, hole, data-hole, unix.SYNC_FILE_RANGE_WRITE)
+		off = data
+	}
+	return nil
+}
+
 // NextData returns the first offset ≥ off that may hold data: a regular
 // file's holes (never written, or punched) read as zeros and can be skipped.
 // Block devices report off itself.

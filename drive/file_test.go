@@ -100,3 +100,42 @@ func TestFileZero(t *testing.T) {
 		t.Fatal("Zero did not zero exactly its range")
 	}
 }
+
+// FillHoles writes zeros into holes only: data already there stays, and
+// afterwards the range has no hole.
+func TestFileFillHoles(t *testing.T) {
+	path := newFile(t, t.TempDir(), 16<<20)
+	d, err := OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	data := bytes.Repeat([]byte{0xab}, 64<<10)
+	if err := d.WriteAt(data, 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.FillHoles(1<<20, 6<<20); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if err := d.ReadAt(got, 3<<20); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("data inside the filled range: err %v, unchanged %v", err, bytes.Equal(got, data))
+	}
+	if next, ok := d.NextData(1 << 20); !ok || next != 1<<20 {
+		t.Fatalf("first data at or after 1 MiB: %d (%v), want 1 MiB: the hole was not filled", next, ok)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if hole, err := f.Seek(1<<20, 4 /* SEEK_HOLE */); err != nil || hole < 7<<20 {
+		t.Fatalf("a hole at %d (err %v) inside the filled range [1 MiB, 7 MiB)", hole, err)
+	}
+	if next, ok := d.NextData(8 << 20); ok && next < 16<<20 {
+		t.Fatalf("data at %d, past the filled range", next)
+	}
+}
