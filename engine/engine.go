@@ -367,7 +367,7 @@ func (e *Engine) newPool(number int, uuid [16]byte, prio IOPriority, logSize int
 		alloc: allocator.New(), vols: map[uint32]*Volume{}, condemned: map[allocator.Extent]struct{}{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		fillWake: make(chan struct{}, 1), fillDone: make(chan struct{})}
-	p.committer = wal.NewCommitter(p.round)
+	p.committer = wal.NewCommitterCounting(p.round, p.changes.Load)
 	return p
 }
 

@@ -74,6 +74,13 @@ type pool struct {
 	logSize  int64
 
 	committer *wal.Committer
+	// changes counts what a client's flush must make durable: every
+	// record queued (enqueue) and every write, trim and write-zeroes of a
+	// volume once it is complete (Volume.changed). Rounds read it as they
+	// begin (wal.Committer.Covering): a flush waits only for a round that
+	// began after the changes it covers, and a flush with nothing new
+	// since the last round returns at once.
+	changes atomic.Uint64
 	layoutPtr atomic.Pointer[poolLayout] // drives for the I/O path; replaced when a drive is added
 	failed    atomic.Pointer[error]      // set when a round fails: the pool is read-only-dead
 	// writeWaits counts writes that waited for a round (Volume.WriteWaits).
@@ -172,6 +179,7 @@ func (p *pool) fail(err error) error {
 func (p *pool) enqueue(r *record) {
 	p.urgent = p.urgent || !lazyRecord(r.typ)
 	p.pending = appendRecord(p.pending, r)
+	p.changes.Add(1)
 	if len(p.cuts) == 0 && len(p.pending) >= maxRecordFrame || len(p.cuts) > 0 && len(p.pending)-p.cuts[len(p.cuts)-1] >= maxRecordFrame {
 		p.cuts = append(p.cuts, len(p.pending))
 	}
@@ -183,12 +191,23 @@ func (p *pool) enqueue(r *record) {
 	}
 }
 
-// commit makes everything written to the pool before the call durable.
+// commit makes everything written to the pool before the call durable,
+// and runs a round that begins after the call: callers that need a round's
+// side effects (reservations, freed extents) get one.
 func (p *pool) commit() error {
 	if err := p.err(); err != nil {
 		return err
 	}
 	return p.committer.Commit()
+}
+
+// flush makes every change counted before the call durable (a client's
+// flush or FUA write): the running round may be enough, or none at all.
+func (p *pool) flush() error {
+	if err := p.err(); err != nil {
+		return err
+	}
+	return p.committer.Covering(p.changes.Load())
 }
 
 func (p *pool) round() error {

@@ -232,9 +232,10 @@ func (v *Volume) writeAt(p []byte, off int64, fua, writeBehind bool) error {
 			v.startWriteback(off, int64(len(p)))
 		}
 		v.ioMu.RUnlock()
+		v.changed()
 	}
 	if err == nil && fua {
-		err = v.pool.commit()
+		err = v.pool.flush()
 	}
 	v.observe(OpWrite, len(p), start, err)
 	return err
@@ -272,11 +273,15 @@ func (v *Volume) startWriteback(off, n int64) {
 	}
 }
 
+// changed counts a write, trim or write-zeroes that is complete (even one
+// that failed part way: what it did must be flushed) in pool.changes.
+func (v *Volume) changed() { v.pool.changes.Add(1) }
+
 // Flush makes every write acknowledged before the call durable.
 func (v *Volume) Flush() error {
 	start := v.now()
 	v.pool.lastFlush.Store(time.Now().UnixNano())
-	err := v.pool.commit()
+	err := v.pool.flush()
 	v.observe(OpFlush, 0, start, err)
 	return err
 }
@@ -514,6 +519,7 @@ func (v *Volume) Trim(off, n int64) error {
 		v.ioMu.Lock()
 		err = v.deallocate(off, n)
 		v.ioMu.Unlock()
+		v.changed()
 	}
 	v.observe(OpTrim, int(n), start, err)
 	return err
@@ -526,6 +532,7 @@ func (v *Volume) WriteZeroes(off, n int64, noHole bool) error {
 	err := v.checkWrite(off, n)
 	if err == nil {
 		err = v.writeZeroes(off, n, noHole)
+		v.changed()
 	}
 	v.observe(OpWriteZeroes, int(n), start, err)
 	return err

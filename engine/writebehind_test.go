@@ -140,3 +140,52 @@ func TestLogAreaAheadHasNoHoles(t *testing.T) {
 		}
 	}
 }
+
+// syncCountingDrive counts Syncs.
+type syncCountingDrive struct {
+	*drive.Mem
+	syncs atomic.Int64
+}
+
+func (d *syncCountingDrive) Sync() error { d.syncs.Add(1); return d.Mem.Sync() }
+
+// A flush with nothing written since the last round syncs nothing; one
+// after a write, trim or write-zeroes does. (No background committer: its
+// rounds would sync in between.)
+func TestFlushWithNothingNewSyncsNothing(t *testing.T) {
+	d := &syncCountingDrive{Mem: drive.NewMem("d", 32<<20)}
+	e, err := Open(Options{NodeID: testNode, LogAreaSize: 256 << 10, Drives: []DriveSpec{{Path: "d", Drive: d}}, manualCommit: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.CreateVolume(VolumeSpec{Name: "v", Size: 4 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := e.Volume("v")
+	for i, change := range []func() error{
+		func() error { return v.WriteAt(pattern(1, BlockSize), 0, false) },
+		func() error { return v.WriteZeroes(BlockSize, BlockSize, true) },
+		func() error { return v.Trim(0, ExtentSize) },
+	} {
+		if err := v.Flush(); err != nil { // settles whatever came before
+			t.Fatal(err)
+		}
+		before := d.syncs.Load()
+		if err := v.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if n := d.syncs.Load() - before; n != 0 {
+			t.Fatalf("change %d: a flush with nothing new synced %d times", i, n)
+		}
+		if err := change(); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if d.syncs.Load() == before {
+			t.Fatalf("change %d: the flush after it synced nothing", i)
+		}
+	}
+}

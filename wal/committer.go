@@ -11,19 +11,36 @@ import "sync"
 // has finished. Rounds never overlap. A failed round is fatal: its error is
 // returned by every later Commit (a failed fsync cannot be retried into
 // success — the data it covered may already be gone).
+//
+// With a change counter (NewCommitterCounting), Covering lets a caller wait
+// only for what it needs: the owner counts every change a round makes
+// durable, after the change is complete; each round reads the counter as it
+// begins, before it takes anything, so a round that read n covers every
+// change counted up to n. A caller that saw the counter at n waits for the
+// running round if that round read n or more, and returns at once if the
+// last round did and succeeded — nothing changed since (QEMU's block layer
+// skips such flushes the same way: write_gen against flushed_gen).
 type Committer struct {
 	round func() error
+	count func() uint64 // the owner's change counter; nil: none
 
-	mu       sync.Mutex
-	cond     sync.Cond
-	started  uint64 // REQUIRES mu; rounds begun
-	finished uint64 // REQUIRES mu; rounds ended
-	running  bool   // REQUIRES mu
-	err      error  // REQUIRES mu; sticky
+	mu         sync.Mutex
+	cond       sync.Cond
+	started    uint64 // REQUIRES mu; rounds begun
+	finished   uint64 // REQUIRES mu; rounds ended
+	running    bool   // REQUIRES mu
+	runningGen uint64 // REQUIRES mu; the counter as the running round began
+	doneGen    uint64 // REQUIRES mu; the counter as the last round that succeeded began
+	err        error  // REQUIRES mu; sticky
 }
 
-func NewCommitter(round func() error) *Committer {
-	c := &Committer{round: round}
+func NewCommitter(round func() error) *Committer { return NewCommitterCounting(round, nil) }
+
+// NewCommitterCounting is NewCommitter with the owner's change counter
+// (see Covering); count must be monotonic, start at 0 and be safe to call
+// concurrently.
+func NewCommitterCounting(round func() error, count func() uint64) *Committer {
+	c := &Committer{round: round, count: count}
 	c.cond.L = &c.mu
 	return c
 }
@@ -38,20 +55,61 @@ func (c *Committer) Commit() error {
 			c.cond.Wait()
 			continue
 		}
-		c.running = true
-		c.started++
-		r := c.started
-		c.mu.Unlock()
-		err := c.round()
-		c.mu.Lock()
-		c.running = false
-		c.finished = r
-		if err != nil && c.err == nil {
-			c.err = err
-		}
-		c.cond.Broadcast()
+		c.lead()
 	}
 	return c.err
+}
+
+// Covering waits until a round that covers change gen of the counter
+// (NewCommitterCounting) has succeeded, leading one if none will. Without
+// a counter it is Commit.
+func (c *Committer) Covering(gen uint64) error {
+	if c.count == nil {
+		return c.Commit()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.err == nil {
+		switch {
+		case c.running:
+			c.cond.Wait() // it may cover gen; if not, the next round will
+		case c.doneGen >= gen:
+			return nil
+		default:
+			c.lead()
+		}
+	}
+	return c.err
+}
+
+// Gen reads the change counter: what a later Covering call waits for.
+func (c *Committer) Gen() uint64 {
+	if c.count == nil {
+		return 0
+	}
+	return c.count()
+}
+
+// lead runs one round. REQUIRES mu, held again on return; !c.running.
+func (c *Committer) lead() {
+	c.running = true
+	c.started++
+	r := c.started
+	if c.count != nil {
+		c.runningGen = c.count() // before the round takes anything
+	}
+	c.mu.Unlock()
+	err := c.round()
+	c.mu.Lock()
+	c.running = false
+	c.finished = r
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	if err == nil {
+		c.doneGen = max(c.doneGen, c.runningGen)
+	}
+	c.cond.Broadcast()
 }
 
 // Err returns the sticky error of a failed round, if any.

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cairn-storage/cairn/drive"
 	"github.com/cairn-storage/cairn/wal"
@@ -353,5 +354,81 @@ func TestTailCheckReadErrorStopsReplay(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Fatalf("error %q does not name %q", err, want)
 		}
+	}
+}
+
+// Covering returns only once every change counted before it is durable,
+// runs no round when nothing changed since the last one, and lets callers
+// share rounds. Writers make a change (counted after it is complete), then
+// ask for it to be covered; the round makes durable what was complete when
+// it took its queue. Seeded; the goroutines interleave as they will.
+func TestCommitterCovering(t *testing.T) {
+	var mu sync.Mutex
+	var counter atomic.Uint64
+	made, durable := 0, 0 // REQUIRES mu: changes complete, changes durable
+	var rounds atomic.Int64
+	c := wal.NewCommitterCounting(func() error {
+		rounds.Add(1)
+		mu.Lock()
+		taken := made
+		mu.Unlock()
+		time.Sleep(50 * time.Microsecond) // the sync
+		mu.Lock()
+		durable = max(durable, taken)
+		mu.Unlock()
+		return nil
+	}, counter.Load)
+
+	if err := c.Covering(c.Gen()); err != nil || rounds.Load() != 0 {
+		t.Fatalf("nothing changed: err %v, %d rounds", err, rounds.Load())
+	}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for range 300 {
+				if rng.IntN(3) > 0 { // a change, complete, then counted
+					mu.Lock()
+					made++
+					mu.Unlock()
+					counter.Add(1)
+				}
+				g := c.Gen()
+				if err := c.Covering(g); err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if uint64(durable) < g {
+					t.Errorf("Covering(%d) returned with %d changes durable", g, durable)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	before := rounds.Load()
+	for range 10 {
+		if err := c.Covering(c.Gen()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rounds.Load() != before {
+		t.Fatalf("%d rounds for flushes with nothing new", rounds.Load()-before)
+	}
+	t.Logf("%d rounds for %d changes and 2400 flushes", before, counter.Load())
+
+	// A failed round is sticky for Covering too, changed or not.
+	boom := errors.New("fsync failed")
+	var n atomic.Uint64
+	c2 := wal.NewCommitterCounting(func() error { return boom }, n.Load)
+	n.Add(1)
+	if err := c2.Covering(c2.Gen()); !errors.Is(err, boom) {
+		t.Fatal(err)
+	}
+	if err := c2.Covering(0); !errors.Is(err, boom) {
+		t.Fatalf("after a failed round: %v", err)
 	}
 }
