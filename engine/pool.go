@@ -80,7 +80,7 @@ type pool struct {
 	// begin (wal.Committer.Covering): a flush waits only for a round that
 	// began after the changes it covers, and a flush with nothing new
 	// since the last round returns at once.
-	changes atomic.Uint64
+	changes   atomic.Uint64
 	layoutPtr atomic.Pointer[poolLayout] // drives for the I/O path; replaced when a drive is added
 	failed    atomic.Pointer[error]      // set when a round fails: the pool is read-only-dead
 	// writeWaits counts writes that waited for a round (Volume.WriteWaits).
