@@ -109,6 +109,9 @@ func Open(c Credential) (*Store, error) {
 // Bucket is the store's bucket.
 func (s *Store) Bucket() string { return s.cred.Bucket }
 
+// CredentialName is the name of the store's credential.
+func (s *Store) CredentialName() string { return s.cred.Name }
+
 // Passphrase is the credential's encryption passphrase ("" = none).
 func (s *Store) Passphrase() string { return s.cred.Passphrase }
 
