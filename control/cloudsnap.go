@@ -104,8 +104,9 @@ const DefaultCloudsnapKeep = 7
 
 // cloudsnapJob is one backup or restore, running or finished.
 type cloudsnapJob struct {
-	info CloudsnapJob // REQUIRES Cloudsnaps.mu (except the progress counters)
-	prog cloudsnap.Progress
+	info             CloudsnapJob // REQUIRES Cloudsnaps.mu (except the progress counters)
+	started, stopped time.Time    // REQUIRES Cloudsnaps.mu
+	prog             cloudsnap.Progress
 }
 
 // NewCloudsnaps loads the state and cleans up what a previous run left in
@@ -372,8 +373,9 @@ func (c *Cloudsnaps) DeleteCredential(ctx context.Context, name string) error {
 
 // addJob registers a job for status.
 func (c *Cloudsnaps) addJob(info CloudsnapJob) *cloudsnapJob {
-	info.State, info.Started = "running", time.Now().UTC().Format(time.RFC3339)
-	j := &cloudsnapJob{info: info}
+	now := time.Now()
+	info.State, info.Started = "running", now.UTC().Format(time.RFC3339Nano)
+	j := &cloudsnapJob{info: info, started: now}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.jobs = append(c.jobs, j)
@@ -391,7 +393,8 @@ func (c *Cloudsnaps) addJob(info CloudsnapJob) *cloudsnapJob {
 func (c *Cloudsnaps) finish(j *cloudsnapJob, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	j.info.Finished = time.Now().UTC().Format(time.RFC3339)
+	j.stopped = time.Now()
+	j.info.Finished = j.stopped.UTC().Format(time.RFC3339Nano)
 	if err != nil {
 		j.info.State, j.info.Error = "failed", plain(err)
 		return
@@ -410,12 +413,14 @@ func (c *Cloudsnaps) Jobs(volume string) []CloudsnapJob {
 		}
 		info := j.info
 		info.BytesTotal, info.BytesDone, info.BytesStored = j.prog.Total.Load(), j.prog.Done.Load(), j.prog.Stored.Load()
-		if start, err := time.Parse(time.RFC3339, info.Started); err == nil && info.State == "running" {
-			secs := max(time.Since(start).Seconds(), 1)
-			info.RateBytesPerSec = float64(info.BytesDone) / secs
-			if info.RateBytesPerSec > 0 && info.BytesTotal >= info.BytesDone {
-				info.ETASeconds = float64(info.BytesTotal-info.BytesDone) / info.RateBytesPerSec
-			}
+		end := j.stopped
+		if end.IsZero() {
+			end = time.Now()
+		}
+		// The rate over the whole job so far (or all of it, once ended).
+		info.RateBytesPerSec = float64(info.BytesDone) / max(end.Sub(j.started).Seconds(), 1e-3)
+		if info.State == "running" && info.RateBytesPerSec > 0 && info.BytesTotal >= info.BytesDone {
+			info.ETASeconds = float64(info.BytesTotal-info.BytesDone) / info.RateBytesPerSec
 		}
 		out = append(out, info)
 	}

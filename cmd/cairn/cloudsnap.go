@@ -47,7 +47,11 @@ func newCloudsnapBackupCommand(g *globals) *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "Cloudsnap backup started: %s (follow it with: cairn cloudsnap status %s)\n", job.Cloudsnap, job.Volume)
 				return nil
 			}
-			job, err = waitJob(cmd.Context(), c, job, cmd.OutOrStdout())
+			progress := cmd.OutOrStdout()
+			if g.json {
+				progress = io.Discard // stdout is the JSON alone
+			}
+			job, err = waitJob(cmd.Context(), c, job, progress)
 			if err != nil {
 				return err
 			}
@@ -94,7 +98,11 @@ func newCloudsnapRestoreCommand(g *globals) *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "Cloudsnap restore started: volume %s from %s (follow it with: cairn cloudsnap status %s)\n", job.Volume, id, job.Volume)
 				return nil
 			}
-			job, err = waitJob(cmd.Context(), c, job, cmd.OutOrStdout())
+			progress := cmd.OutOrStdout()
+			if g.json {
+				progress = io.Discard // stdout is the JSON alone
+			}
+			job, err = waitJob(cmd.Context(), c, job, progress)
 			if err != nil {
 				return err
 			}
