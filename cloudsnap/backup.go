@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -200,10 +199,9 @@ func upload(ctx context.Context, sv *engine.Volume, st *Store, prefix string, ae
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type job struct {
-		seq   int
-		exts  []int64
-		key   string
-		index int
+		seq  int
+		exts []int64
+		key  string
 	}
 	jobs := make(chan job)
 	var (
@@ -364,6 +362,3 @@ func ReadManifest(ctx context.Context, st *Store, id string) (*Manifest, error) 
 	}
 	return m, nil
 }
-
-// elapsed is for rates: never zero.
-func elapsed(since time.Time) float64 { return max(time.Since(since).Seconds(), 1e-3) }
