@@ -28,6 +28,9 @@ type Progress struct {
 	Done  atomic.Int64
 	// Stored: bytes uploaded (backup) or downloaded (restore) so far.
 	Stored atomic.Int64
+	// FlushNanos: how long a restore's final flush took (the volume's data
+	// made durable).
+	FlushNanos atomic.Int64
 }
 
 // BackupRequest says what to back up.

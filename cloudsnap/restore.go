@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -156,5 +157,8 @@ feed:
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return v.Flush()
+	start := time.Now()
+	err = v.Flush()
+	prog.FlushNanos.Store(int64(time.Since(start)))
+	return err
 }

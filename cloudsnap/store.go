@@ -186,15 +186,20 @@ func (s *Store) get(ctx context.Context, key string, limit int64, timeout time.D
 		return nil, s.storeError("get "+key, err)
 	}
 	defer obj.Close()
-	b, err := io.ReadAll(io.LimitReader(obj, limit+1))
+	oi, err := obj.Stat()
 	if err != nil {
 		if minio.ToErrorResponse(err).Code == "NoSuchKey" {
 			return nil, fmt.Errorf("%w: object %s is missing", ErrNotFound, key)
 		}
 		return nil, s.storeError("get "+key, err)
 	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%w: object %s is larger than %d bytes", ErrCorrupt, key, limit)
+	if oi.Size > limit || oi.Size < 0 {
+		return nil, fmt.Errorf("%w: object %s is %d bytes, more than the %d expected", ErrCorrupt, key, oi.Size, limit)
+	}
+	// One buffer of the object's size: no growing copies of 16 MiB.
+	b := make([]byte, oi.Size)
+	if _, err := io.ReadFull(obj, b); err != nil {
+		return nil, s.storeError("get "+key, err)
 	}
 	return b, nil
 }
