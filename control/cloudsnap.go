@@ -437,6 +437,13 @@ func (c *Cloudsnaps) Backup(ctx context.Context, volume, credName string, full, 
 	if info.Snapshot {
 		return CloudsnapJob{}, invalidf("%q is a snapshot: back up its volume %q", volume, info.Parent)
 	}
+	if credName == "" {
+		// Without --cred, a volume's chain goes on in its bucket (the only
+		// credential is taken when it has none yet).
+		c.mu.Lock()
+		credName = c.state.Chains[info.ID].Credential
+		c.mu.Unlock()
+	}
 	cred, err := c.credential(ctx, credName)
 	if err != nil {
 		return CloudsnapJob{}, err
