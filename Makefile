@@ -5,19 +5,25 @@ BIN       := bin/cairn
 DEB_PKGS  := fio libnbd-bin nbdkit qemu-utils fuse3 e2fsprogs xfsprogs jq util-linux linux-perf strace etcd-server nftables
 FUZZTIME  ?= 30s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# The S3 server the cloudsnap tests start (internal/s3test finds it in GOPATH/bin).
+VERSITYGW := github.com/versity/versitygw/cmd/versitygw@v1.8.0
 
 .PHONY: deps build run test bench fuzz lint crash clean
 
 # deps installs the Debian packages the tests drive (real clients, real peers)
 # and the benchmarks use (perf and strace: compare.sh -m, durprof.sh), and
 # etcd-server for the external 3-member etcd the cluster tests start, nftables
-# for the test that cuts a node off the kvdb by its address.
+# for the test that cuts a node off the kvdb by its address; and versitygw
+# (go install, pinned) for the cloudsnap tests' S3 server.
 # Idempotent and quiet when everything is present.
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+	@gw="$$($(GO) env GOPATH)/bin/versitygw"; stamp="$$gw.version"; \
+	if [ ! -x "$$gw" ] || [ "$$(cat $$stamp 2>/dev/null)" != "$(VERSITYGW)" ]; then \
+	  echo "installing $(VERSITYGW)"; $(GO) install $(VERSITYGW) && echo "$(VERSITYGW)" > "$$stamp"; fi
 
 build:
 	$(GO) build -o $(BIN) ./cmd/cairn

@@ -42,6 +42,9 @@ func (s *Server) attachRoutes(mux *http.ServeMux) {
 
 // volumeJSON is a volume as the API shows it, with its attachment.
 func (s *Server) volumeJSON(name string, v Volume) Volume {
+	if s.cloudsnaps != nil && !v.Snapshot {
+		v.CloudsnapInterval, v.CloudsnapKeep = s.cloudsnaps.Schedule(name)
+	}
 	if s.attacher == nil {
 		return v
 	}

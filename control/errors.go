@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/cairn-storage/cairn/cloudsnap"
 	"github.com/cairn-storage/cairn/cluster"
 	"github.com/cairn-storage/cairn/engine"
 )
@@ -46,6 +47,11 @@ var errorKinds = []errorKind{
 	{cluster.ErrHasVolumes, http.StatusConflict, "node_has_volumes"},
 	{cluster.ErrExists, http.StatusConflict, "cluster_exists"},
 	{cluster.ErrInvalid, http.StatusBadRequest, "cluster_invalid"},
+	{cloudsnap.ErrNotFound, http.StatusNotFound, "cloudsnap_not_found"},
+	{cloudsnap.ErrCorrupt, http.StatusUnprocessableEntity, "cloudsnap_corrupt"},
+	{cloudsnap.ErrWrongPassphrase, http.StatusForbidden, "wrong_passphrase"},
+	{cloudsnap.ErrStore, http.StatusBadGateway, "store_error"},
+	{cloudsnap.ErrInvalid, http.StatusBadRequest, "cloudsnap_invalid"},
 	{engine.ErrCorrupt, http.StatusInternalServerError, "corrupt"},
 	{engine.ErrIO, http.StatusInternalServerError, "io"},
 }
@@ -72,7 +78,7 @@ func sentinelForCode(code string) error {
 // sentinels carry ("engine: ") help in logs but are noise on a terminal. This
 // is presentation only; errors are classified with errors.Is, never by text.
 func plain(err error) string {
-	return strings.NewReplacer("engine: ", "", "cluster: ", "").Replace(err.Error())
+	return strings.NewReplacer("engine: ", "", "cluster: ", "", "cloudsnap: ", "").Replace(err.Error())
 }
 
 // Message is the line an operator reads for err, as the API words it: the

@@ -47,6 +47,8 @@ type Server struct {
 	// cluster, once set (SetCluster, possibly while serving), serves the
 	// cluster routes and the cluster summary in status.
 	cluster atomic.Pointer[ClusterConfig]
+	// cloudsnaps, when set (SetCloudsnaps), serves credentials and cloudsnaps.
+	cloudsnaps *Cloudsnaps
 }
 
 // NewServer returns the API server. metrics may be nil (no /metrics).
@@ -70,6 +72,7 @@ func (s *Server) Handler() http.Handler {
 	s.snapshotRoutes(mux)
 	s.attachRoutes(mux)
 	s.clusterRoutes(mux)
+	s.cloudsnapRoutes(mux)
 	if s.metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	}
@@ -183,6 +186,10 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := s.checkCloudsnapSchedule(req.CloudsnapInterval, req.CloudsnapKeep); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	info, err := s.engine.CreateVolume(engine.VolumeSpec{
 		Name: req.Name, Size: req.Size, Repl: req.Repl, IOPriority: engine.IOPriority(req.IOPriority), Sticky: req.Sticky,
 		SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep, BlockSize: req.BlockSize,
@@ -192,6 +199,10 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("volume created", "name", info.Name, "id", info.ID, "size", info.Size, "io_priority", info.IOPriority)
+	if err := s.setCloudsnapSchedule(info.Name, setIfNonZero(req.CloudsnapInterval), setIfNonZero(req.CloudsnapKeep)); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	reply(w, http.StatusCreated, s.volumeJSON(info.Name, volumeFromEngine(info)))
 }
 
@@ -224,12 +235,20 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := s.checkCloudsnapSchedule(deref(req.CloudsnapInterval), deref(req.CloudsnapKeep)); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	info, err := s.engine.UpdateVolume(name, engine.VolumeUpdate{Size: req.Size, Sticky: req.Sticky, SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep})
 	if err != nil {
 		s.fail(w, r, volumeError("update", name, err))
 		return
 	}
 	s.log.Info("volume updated", "name", name, "size", info.Size, "sticky", info.Sticky, "snap_interval", info.SnapInterval, "snap_keep", info.SnapKeep)
+	if err := s.setCloudsnapSchedule(name, req.CloudsnapInterval, req.CloudsnapKeep); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	reply(w, http.StatusOK, s.volumeJSON(name, volumeFromEngine(info)))
 }
 

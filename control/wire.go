@@ -24,6 +24,9 @@ type Volume struct {
 	Device       string `json:"device"`    // block device while attached (/dev/loopN, /dev/nbdN), else ""
 	Snapshot     bool   `json:"snapshot"`  // a read-only snapshot of Parent
 	SnapKeep     int    `json:"snap_keep"` // scheduled snapshots kept (default engine.DefaultSnapKeep)
+	// CloudsnapInterval (minutes, 0 = off) and CloudsnapKeep: scheduled cloudsnaps.
+	CloudsnapInterval int `json:"cloudsnap_interval"`
+	CloudsnapKeep     int `json:"cloudsnap_keep"`
 
 	// RequestedIOPriority is what create asked for; io_priority differs
 	// when no pool of that class existed (high → medium → low).
@@ -98,15 +101,20 @@ type CreateVolumeRequest struct {
 	SnapInterval int    `json:"snap_interval,omitempty"`
 	SnapKeep     int    `json:"snap_keep,omitempty"` // 0 = engine.DefaultSnapKeep
 	BlockSize    int    `json:"block_size,omitempty"`
+	// Scheduled cloudsnaps (cloudsnap.go): minutes (0 = off), and how many to keep.
+	CloudsnapInterval int `json:"cloudsnap_interval,omitempty"`
+	CloudsnapKeep     int `json:"cloudsnap_keep,omitempty"`
 }
 
 // UpdateVolumeRequest is the body of PATCH /v1/volumes/{name}; absent fields
 // are left alone.
 type UpdateVolumeRequest struct {
-	Size         *int64 `json:"size,omitempty"`
-	Sticky       *bool  `json:"sticky,omitempty"`
-	SnapInterval *int   `json:"snap_interval,omitempty"`
-	SnapKeep     *int   `json:"snap_keep,omitempty"`
+	Size              *int64 `json:"size,omitempty"`
+	Sticky            *bool  `json:"sticky,omitempty"`
+	SnapInterval      *int   `json:"snap_interval,omitempty"`
+	SnapKeep          *int   `json:"snap_keep,omitempty"`
+	CloudsnapInterval *int   `json:"cloudsnap_interval,omitempty"`
+	CloudsnapKeep     *int   `json:"cloudsnap_keep,omitempty"`
 }
 
 // AddDriveRequest is the body of POST /v1/drives.

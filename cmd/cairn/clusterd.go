@@ -150,6 +150,9 @@ func (c *clusterRun) serverConfig() control.ClusterConfig {
 	return control.ClusterConfig{Member: c.member, Embedded: c.embedded != nil}
 }
 
+// cloudsnapStore is where credentials live: the cluster's store.
+func (c *clusterRun) cloudsnapStore() *cluster.Store { return c.store }
+
 // hostOf returns the IP of a host:port listen address ("" when the host is
 // not an IP): the address the node's outgoing connections leave from.
 func hostOf(addr string) string {

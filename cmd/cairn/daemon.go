@@ -227,10 +227,19 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		apiListener.Close()
 		return fmt.Errorf("daemon: %w", err)
 	}
+	cloudsnaps, err := control.NewCloudsnaps(eng, control.CloudsnapsConfig{
+		StatePath: filepath.Join(dataDir, "cloudsnap.json"), NodeID: node.ID(), Cluster: clus.cloudsnapStore, Minute: cfg.snapMinute, Logger: log,
+	})
+	if err != nil {
+		apiListener.Close()
+		return fmt.Errorf("daemon: %w", err)
+	}
+	defer cloudsnaps.Shutdown() // error paths; the shutdown below stops it before the engine closes
 	exports := control.NewExports(eng)
 	apiServer := control.NewServer(eng, node, metrics, log)
 	apiServer.SetAttacher(attacher)
 	apiServer.SetScheduler(scheduler)
+	apiServer.SetCloudsnaps(cloudsnaps)
 	api := &http.Server{
 		Handler:           apiServer.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -264,6 +273,7 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		defer close(schedDone)
 		scheduler.Run(schedCtx)
 	}()
+	cloudsnaps.Start()
 	st := eng.Status()
 	log.Info("cairn daemon ready", "node_id", node.ID(), "cluster", node.Cluster(), "cluster_uuid", node.ClusterUUID(), "data_dir", dataDir, "pools", len(st.Pools), "drives", len(drives),
 		"restore_errors", len(attacher.RestoreState().Errors))
@@ -290,6 +300,9 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	// No snapshot is taken or pruned once shutdown has begun.
 	stopScheduler()
 	<-schedDone
+	// Running cloudsnaps stop and clean up (their snapshots, their
+	// uploads, a restore's volume) while the engine is still open.
+	cloudsnaps.Shutdown()
 	// Host attachments next: unmount what host mount mounted, detach the
 	// devices (kernel NBD ones are clients of the NBD server), unmount FUSE.
 	attachErr := attacher.Shutdown()

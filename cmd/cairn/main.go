@@ -68,6 +68,8 @@ Run "cairn daemon" on the node; every other verb talks to that daemon
 		newServiceCommand(g),
 		newHostCommand(g),
 		newClusterCommand(g),
+		newCredentialsCommand(g),
+		newCloudsnapCommand(g),
 	)
 	return root
 }

@@ -31,6 +31,7 @@ func newVolumeCreateCommand(g *globals) *cobra.Command {
 	var req control.CreateVolumeRequest
 	var size string
 	var snapKeep int
+	var cs cloudsnapScheduleFlags
 	cmd := &cobra.Command{
 		Use:   "create NAME --size SIZE",
 		Short: "Create a thin volume",
@@ -57,6 +58,7 @@ func newVolumeCreateCommand(g *globals) *cobra.Command {
 				req.SnapKeep = snapKeep
 			}
 			req.Name, req.Size = args[0], n
+			req.CloudsnapInterval, req.CloudsnapKeep = cs.create()
 			v, err := g.client().CreateVolume(cmd.Context(), req)
 			if err != nil {
 				return err
@@ -79,6 +81,7 @@ func newVolumeCreateCommand(g *globals) *cobra.Command {
 	f.IntVar(&req.SnapInterval, "snap_interval", 0, "snapshot every MIN minutes (0 = off)")
 	f.IntVar(&snapKeep, "snap_keep", engine.DefaultSnapKeep, "scheduled snapshots to keep, 1 to 64 (the oldest are deleted)")
 	f.IntVar(&req.BlockSize, "block_size", 4096, "block size in bytes (only 4096)")
+	cs.add(cmd)
 	addJSONFlag(cmd, g)
 	return cmd
 }
@@ -151,6 +154,7 @@ func newVolumeInspectCommand(g *globals) *cobra.Command {
 func newVolumeUpdateCommand(g *globals) *cobra.Command {
 	var size, sticky string
 	var snapInterval, snapKeep int
+	var cs cloudsnapScheduleFlags
 	cmd := &cobra.Command{
 		Use:   "update NAME [--size SIZE] [--sticky on|off] [--snap_interval MIN] [--snap_keep N]",
 		Short: "Grow a volume or change its settings",
@@ -178,8 +182,9 @@ func newVolumeUpdateCommand(g *globals) *cobra.Command {
 			if f.Changed("snap_keep") {
 				req.SnapKeep = &snapKeep
 			}
-			if req.Size == nil && req.Sticky == nil && req.SnapInterval == nil && req.SnapKeep == nil {
-				return errors.New("volume update: nothing to change: give --size, --sticky, --snap_interval or --snap_keep")
+			req.CloudsnapInterval, req.CloudsnapKeep = cs.update()
+			if req.Size == nil && req.Sticky == nil && req.SnapInterval == nil && req.SnapKeep == nil && req.CloudsnapInterval == nil && req.CloudsnapKeep == nil {
+				return errors.New("volume update: nothing to change: give --size, --sticky, --snap_interval, --snap_keep, --cloudsnap_interval or --cloudsnap_keep")
 			}
 			v, err := g.client().UpdateVolume(cmd.Context(), args[0], req)
 			if err != nil {
@@ -197,6 +202,7 @@ func newVolumeUpdateCommand(g *globals) *cobra.Command {
 	f.StringVar(&sticky, "sticky", "", "on or off")
 	f.IntVar(&snapInterval, "snap_interval", 0, "snapshot every MIN minutes (0 = off)")
 	f.IntVar(&snapKeep, "snap_keep", engine.DefaultSnapKeep, "scheduled snapshots to keep, 1 to 64")
+	cs.add(cmd)
 	addJSONFlag(cmd, g)
 	return cmd
 }
@@ -289,6 +295,7 @@ func printVolume(w io.Writer, v control.Volume) {
 		{"IO Priority", upper(v.IOPriority)},
 		{"Sticky", yesNo(v.Sticky)},
 		{"Snap Interval", snap},
+		{"Cloudsnap", cloudsnapSchedule(v)},
 		{"Snapshot", yesNo(v.Snapshot)},
 		{"Parent", orDash(v.Parent)},
 		{"Read-only", yesNo(v.ReadOnly)},

@@ -1,0 +1,156 @@
+package cloudsnap
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Entry is one complete backup as `cloudsnap list` shows it.
+type Entry struct {
+	ID        string    `json:"id"`
+	Volume    string    `json:"volume"`
+	VolumeID  string    `json:"volume_id"`
+	Created   time.Time `json:"created"`
+	Full      bool      `json:"full"`
+	Base      string    `json:"base,omitempty"`
+	Size      int64     `json:"size"`           // the volume's size
+	Data      int64     `json:"data_bytes"`     // bytes holding data
+	Uploaded  int64     `json:"uploaded_bytes"` // bytes this backup stored
+	Encrypted bool      `json:"encrypted"`
+	// Error: the manifest is unreadable (listed so it can be deleted).
+	Error string `json:"error,omitempty"`
+}
+
+func entryOf(m *Manifest) Entry {
+	return Entry{ID: m.ID, Volume: m.Volume, VolumeID: m.VolumeID, Created: m.Created, Full: m.Full, Base: m.Base,
+		Size: m.Size, Data: m.DataBytes, Uploaded: m.Uploaded, Encrypted: m.Encryption != nil}
+}
+
+// manifests reads every manifest under prefix (several at once).
+func manifests(ctx context.Context, st *Store, prefix string) ([]*Manifest, []Entry, error) {
+	keys, err := st.list(ctx, prefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ids []string
+	for _, k := range keys {
+		if rest, ok := strings.CutSuffix(k, "/"+manifestName); ok {
+			ids = append(ids, rest[strings.LastIndexByte(rest, '/')+1:])
+		}
+	}
+	ms := make([]*Manifest, len(ids))
+	bad := make([]*Entry, len(ids))
+	errs := make([]error, len(ids))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			m, err := ReadManifest(ctx, st, id)
+			switch {
+			case errors.Is(err, ErrCorrupt):
+				bad[i] = &Entry{ID: id, Error: err.Error()}
+			case errors.Is(err, ErrNotFound): // deleted meanwhile
+			case err != nil:
+				errs[i] = err
+			default:
+				ms[i] = m
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	var out []*Manifest
+	var broken []Entry
+	for i := range ids {
+		if ms[i] != nil {
+			out = append(out, ms[i])
+		}
+		if bad[i] != nil {
+			broken = append(broken, *bad[i])
+		}
+	}
+	return out, broken, nil
+}
+
+// List returns the complete backups in the bucket, oldest first; volume,
+// when set, keeps those of a volume (its name or id).
+func List(ctx context.Context, st *Store, volume string) ([]Entry, error) {
+	ms, broken, err := manifests(ctx, st, rootPrefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for _, m := range ms {
+		if volume == "" || m.Volume == volume || m.VolumeID == volume {
+			out = append(out, entryOf(m))
+		}
+	}
+	if volume == "" {
+		out = append(out, broken...)
+	}
+	slices.SortFunc(out, func(a, b Entry) int {
+		return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.ID, b.ID))
+	})
+	return out, nil
+}
+
+// Delete removes backup id: its manifest first (from then on it is not
+// listed), then every object it names or stored that no other manifest of
+// its volume names. Every other backup of the chain stays restorable.
+func Delete(ctx context.Context, st *Store, id string) error {
+	target, err := ReadManifest(ctx, st, id)
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	prefix, err := backupPrefix(id)
+	if err != nil {
+		return err
+	}
+	volPrefix := prefix[:strings.LastIndexByte(strings.TrimSuffix(prefix, "/"), '/')+1]
+	if err := st.remove(ctx, prefix+manifestName); err != nil {
+		return err
+	}
+	others, _, err := manifests(ctx, st, volPrefix)
+	if err != nil {
+		return fmt.Errorf("backup %s deleted, but its objects were kept (listing the others failed): %w", id, err)
+	}
+	keep := map[string]bool{}
+	for _, m := range others {
+		for _, o := range m.Objects {
+			keep[o.Key] = true
+		}
+	}
+	candidates := map[string]bool{}
+	if target != nil {
+		for _, o := range target.Objects {
+			candidates[o.Key] = true
+		}
+	}
+	own, err := st.list(ctx, prefix)
+	if err != nil {
+		return fmt.Errorf("backup %s deleted, but its objects were kept: %w", id, err)
+	}
+	for _, k := range own {
+		candidates[k] = true
+	}
+	for k := range candidates {
+		if keep[k] {
+			continue
+		}
+		if err := st.remove(ctx, k); err != nil {
+			return fmt.Errorf("backup %s deleted, but not all of its objects: %w", id, err)
+		}
+	}
+	return nil
+}

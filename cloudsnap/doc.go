@@ -1,0 +1,75 @@
+// Package cloudsnap backs up snapshots of volumes to an S3-compatible store
+// and restores them, on this node or any other: the bucket alone is enough
+// to list and restore every backup.
+//
+// # What a backup is
+//
+// A backup (a "cloudsnap") uploads one local snapshot of a volume. The first
+// backup of a volume's chain is full: every extent the snapshot maps. Each
+// later one is incremental: only the extents that changed between the
+// previous backup's local snapshot and this one (engine.ChangedExtents,
+// exact at 1 MiB extent granularity; holes are never uploaded, and an
+// extent that reads all zeros is recorded as a hole). Every 7th backup of a
+// chain is full again (as Portworx does), and so is one whose base is gone
+// (its local snapshot or its manifest deleted) or whose encryption changed.
+//
+// Every manifest is complete on its own: it lists every data extent of the
+// volume at that snapshot and the object holding it, whichever backup
+// uploaded that object. So a restore reads one manifest and the objects it
+// names, and deleting a backup deletes only the objects no other manifest
+// of the volume names: every other backup stays restorable.
+//
+// # Layout in the bucket (format 1)
+//
+//	cairn-cloudsnap/v1/<volume-id>/<backup-id>/data/<nnnnnn>     data objects
+//	cairn-cloudsnap/v1/<volume-id>/<backup-id>/manifest.json     the manifest
+//
+// <volume-id> is the 16-hex-digit id of the backed-up volume (not of its
+// snapshot): one chain per volume. <backup-id> is "<volume-id>-<UTC time
+// 20060102T150405.000Z>", the ID operators pass to restore and delete.
+// The manifest is written last, after every data object it names is
+// stored: a backup without a manifest is incomplete, never listed and never
+// restored (an interrupted upload leaves at most unreferenced data objects,
+// which the daemon deletes when it can).
+//
+// A data object is a concatenation of frames, one per extent, each the
+// extent's bytes (1 MiB, less at the end of the volume) compressed as one
+// zstd frame:
+//
+//	unencrypted:  | zstd frame                                   |
+//	encrypted:    | nonce (12 B) | AES-256-GCM(zstd frame) + tag (16 B) |
+//
+// The GCM additional data is the object's key followed by the extent's
+// index (8 bytes, big endian), so a frame moved to another place in the
+// bucket does not decrypt. The manifest gives each frame's offset and
+// length in its object, and each object's size and xxhash64 (of the bytes
+// as stored): a restore checks both before it decodes anything, and names
+// the object that fails.
+//
+// The manifest is JSON (Manifest): format (1; readers refuse a higher one),
+// id, volume name and id, size, creation time, full or incremental, base
+// (the previous backup's id), chain index (0 = full), compression ("zstd"),
+// encryption (nil, or cipher "aes-256-gcm", KDF "argon2id" with its salt
+// and cost, and a key check: a sealed constant that tells a wrong
+// passphrase from a damaged object), the object table and the extent
+// table. Fields are only ever added; a field is never reused for another
+// meaning.
+//
+// # Encryption
+//
+// With a passphrase, the key is argon2id(passphrase, salt, 1 pass, 64 MiB,
+// 4 lanes, 32 bytes) — RFC 9106's second recommended setting. argon2id
+// over scrypt: it is the RFC-standard memory-hard KDF, its data-
+// independent first pass resists side channels, and x/crypto has it. The
+// salt (16 random bytes) is chosen by a chain's full backup and kept by its
+// incrementals, so one manifest has one key. Manifests are not encrypted:
+// they hold the volume's name, size and which extents hold data, not data.
+//
+// # Faults
+//
+// Every store call runs under a deadline and minio-go retries failed
+// requests with backoff; a backup that still cannot store an object fails,
+// deletes what it stored, and writes no manifest. A restore that finds a
+// missing or damaged object fails naming it and deletes the volume it was
+// filling.
+package cloudsnap

@@ -1,0 +1,297 @@
+package cloudsnap
+
+import (
+	"cmp"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/crypto/argon2"
+
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// Errors. Callers test them with errors.Is; messages name the backup and
+// the object involved.
+var (
+	ErrNotFound        = errors.New("cloudsnap: not found")
+	ErrCorrupt         = errors.New("cloudsnap: corrupt backup")
+	ErrWrongPassphrase = errors.New("cloudsnap: wrong encryption passphrase")
+	ErrStore           = errors.New("cloudsnap: object store")
+	ErrInvalid         = errors.New("cloudsnap: invalid argument")
+)
+
+// Part of the bucket format — do not change.
+const (
+	FormatVersion = 1
+	rootPrefix    = "cairn-cloudsnap/v1/"
+	manifestName  = "manifest.json"
+	// FullEvery: every FullEvery-th backup of a chain is full.
+	FullEvery = 7
+	// extentSize is the unit of a frame. Manifests record it; a reader
+	// refuses another.
+	extentSize = engine.ExtentSize
+	nonceSize  = 12
+	tagSize    = 16
+	keyCheck   = "cairn-cloudsnap key check v1"
+	// Argon2id cost (RFC 9106, second recommended option).
+	argonTime    = 1
+	argonMemKiB  = 64 << 10
+	argonThreads = 4
+)
+
+// Bounds on what a manifest read from the bucket may claim, checked before
+// anything is allocated from it.
+const (
+	maxManifestBytes = 256 << 20
+	maxVolumeSize    = int64(64) << 40
+	maxObjectBytes   = 1 << 30
+)
+
+// Manifest describes one complete backup. Its JSON is the bucket format.
+type Manifest struct {
+	Format      int         `json:"format"`
+	ID          string      `json:"id"`
+	Volume      string      `json:"volume"`
+	VolumeID    string      `json:"volume_id"`
+	Size        int64       `json:"size"`
+	ExtentSize  int64       `json:"extent_size"`
+	Created     time.Time   `json:"created"`
+	Full        bool        `json:"full"`
+	Base        string      `json:"base,omitempty"`
+	ChainIndex  int         `json:"chain_index"`
+	Node        string      `json:"node,omitempty"`
+	Snapshot    string      `json:"local_snapshot,omitempty"`
+	Compression string      `json:"compression"`
+	Encryption  *Encryption `json:"encryption,omitempty"`
+	// Uploaded is the bytes this backup stored (its data objects);
+	// DataBytes the volume's bytes holding data at the snapshot.
+	Uploaded  int64    `json:"uploaded_bytes"`
+	DataBytes int64    `json:"data_bytes"`
+	Objects   []Object `json:"objects"`
+	Extents   []Frame  `json:"extents"`
+}
+
+// Object is one data object a manifest names.
+type Object struct {
+	Key    string `json:"key"`
+	Size   int64  `json:"size"`
+	XXH64  uint64 `json:"xxh64"`
+	Frames int    `json:"frames"`
+}
+
+// Frame places one extent's data: extent index X, object O (index into
+// Objects), offset and length of its frame in the object.
+type Frame struct {
+	X   int64 `json:"x"`
+	O   int   `json:"o"`
+	Off int64 `json:"off"`
+	Len int64 `json:"len"`
+}
+
+// Encryption is how a manifest's frames are sealed.
+type Encryption struct {
+	Cipher    string `json:"cipher"` // "aes-256-gcm"
+	KDF       string `json:"kdf"`    // "argon2id"
+	Salt      []byte `json:"salt"`
+	Time      uint32 `json:"time"`
+	MemoryKiB uint32 `json:"memory_kib"`
+	Threads   uint8  `json:"threads"`
+	Check     []byte `json:"check"` // nonce ‖ GCM(keyCheck)
+}
+
+func volumePrefix(volumeID string) string { return rootPrefix + volumeID + "/" }
+
+func backupPrefix(id string) (string, error) {
+	vol, _, ok := strings.Cut(id, "-")
+	if !ok || len(vol) != 16 || strings.ContainsAny(id, "/\x00") || len(id) > 64 {
+		return "", fmt.Errorf("%w: %q is not a cloudsnap id (VOLUMEID-TIME, as cloudsnap list shows)", ErrInvalid, id)
+	}
+	return volumePrefix(vol) + id + "/", nil
+}
+
+func manifestKey(id string) (string, error) {
+	p, err := backupPrefix(id)
+	return p + manifestName, err
+}
+
+// NewID names a backup of volume volumeID taken at t.
+func NewID(volumeID string, t time.Time) string {
+	return volumeID + "-" + t.UTC().Format("20060102T150405.000Z")
+}
+
+// decodeManifest parses and checks a manifest read from key.
+func decodeManifest(key string, raw []byte) (*Manifest, error) {
+	var m Manifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("%w: manifest %s: %v", ErrCorrupt, key, err)
+	}
+	if err := m.check(); err != nil {
+		return nil, fmt.Errorf("%w: manifest %s: %v", ErrCorrupt, key, err)
+	}
+	return &m, nil
+}
+
+func (m *Manifest) check() error {
+	switch {
+	case m.Format != FormatVersion:
+		return fmt.Errorf("format %d (this cairn reads format %d)", m.Format, FormatVersion)
+	case m.ExtentSize != extentSize:
+		return fmt.Errorf("extent size %d (want %d)", m.ExtentSize, extentSize)
+	case m.Size <= 0 || m.Size > maxVolumeSize || m.Size%engine.BlockSize != 0:
+		return fmt.Errorf("volume size %d", m.Size)
+	case m.Compression != "zstd":
+		return fmt.Errorf("compression %q", m.Compression)
+	}
+	if e := m.Encryption; e != nil {
+		if e.Cipher != "aes-256-gcm" || e.KDF != "argon2id" || len(e.Salt) < 16 || e.Time == 0 || e.Time > 16 ||
+			e.MemoryKiB == 0 || e.MemoryKiB > 1<<20 || e.Threads == 0 || len(e.Check) != nonceSize+len(keyCheck)+tagSize {
+			return fmt.Errorf("encryption parameters %s/%s not readable", e.Cipher, e.KDF)
+		}
+	}
+	for i, o := range m.Objects {
+		if o.Size < 0 || o.Size > maxObjectBytes || !strings.HasPrefix(o.Key, rootPrefix) {
+			return fmt.Errorf("object %d (%q): bad entry", i, o.Key)
+		}
+	}
+	exts := (m.Size + extentSize - 1) / extentSize
+	last := int64(-1)
+	for _, f := range m.Extents {
+		if f.X <= last || f.X >= exts || f.O < 0 || f.O >= len(m.Objects) || f.Off < 0 || f.Len <= 0 ||
+			f.Len > 2*extentSize || f.Off+f.Len > m.Objects[f.O].Size {
+			return fmt.Errorf("extent entry %+v out of range", f)
+		}
+		last = f.X
+	}
+	return nil
+}
+
+// keyCache keeps derived keys: argon2id costs 64 MiB and a fraction of a
+// second, and a chain's backups share one salt.
+var keyCache sync.Map // string(passphrase ‖ 0 ‖ salt ‖ params) → []byte
+
+func deriveKey(passphrase string, e *Encryption) []byte {
+	ck := fmt.Sprintf("%s\x00%x\x00%d/%d/%d", passphrase, e.Salt, e.Time, e.MemoryKiB, e.Threads)
+	if k, ok := keyCache.Load(ck); ok {
+		return k.([]byte)
+	}
+	k := argon2.IDKey([]byte(passphrase), e.Salt, e.Time, e.MemoryKiB, e.Threads, 32)
+	keyCache.Store(ck, k)
+	return k
+}
+
+// newEncryption starts a chain's encryption: a fresh salt and key check.
+func newEncryption(passphrase string) (*Encryption, cipher.AEAD, error) {
+	e := &Encryption{Cipher: "aes-256-gcm", KDF: "argon2id", Salt: make([]byte, 16), Time: argonTime, MemoryKiB: argonMemKiB, Threads: argonThreads}
+	if _, err := rand.Read(e.Salt); err != nil {
+		return nil, nil, err
+	}
+	aead, err := newAEAD(deriveKey(passphrase, e))
+	if err != nil {
+		return nil, nil, err
+	}
+	nonce := make([]byte, nonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, nil, err
+	}
+	e.Check = aead.Seal(nonce, nonce, []byte(keyCheck), nil)
+	return e, aead, nil
+}
+
+// openEncryption returns the cipher of a manifest for passphrase, or
+// ErrWrongPassphrase.
+func openEncryption(id, passphrase string, e *Encryption) (cipher.AEAD, error) {
+	if passphrase == "" {
+		return nil, fmt.Errorf("%w: backup %s is encrypted and the credential has no passphrase", ErrWrongPassphrase, id)
+	}
+	aead, err := newAEAD(deriveKey(passphrase, e))
+	if err != nil {
+		return nil, err
+	}
+	if got, err := aead.Open(nil, e.Check[:nonceSize], e.Check[nonceSize:], nil); err != nil || string(got) != keyCheck {
+		return nil, fmt.Errorf("%w for backup %s", ErrWrongPassphrase, id)
+	}
+	return aead, nil
+}
+
+func newAEAD(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+func frameAAD(objectKey string, x int64) []byte {
+	return binary.BigEndian.AppendUint64([]byte(objectKey), uint64(x))
+}
+
+// codec compresses and seals frames; one per goroutine (zstd state).
+type codec struct {
+	enc  *zstd.Encoder
+	dec  *zstd.Decoder
+	aead cipher.AEAD // nil: not encrypted
+	tmp  []byte
+}
+
+func newCodec(aead cipher.AEAD) (*codec, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2*extentSize))
+	if err != nil {
+		return nil, err
+	}
+	return &codec{enc: enc, dec: dec, aead: aead}, nil
+}
+
+func (c *codec) close() { c.enc.Close(); c.dec.Close() }
+
+// seal appends extent x's frame to dst.
+func (c *codec) seal(dst []byte, objectKey string, x int64, data []byte) ([]byte, error) {
+	if c.aead == nil {
+		return c.enc.EncodeAll(data, dst), nil
+	}
+	c.tmp = c.enc.EncodeAll(data, c.tmp[:0])
+	nonce := make([]byte, nonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	dst = append(dst, nonce...)
+	return c.aead.Seal(dst, nonce, c.tmp, frameAAD(objectKey, x)), nil
+}
+
+// open decodes a frame into dst (whose length is the extent's).
+func (c *codec) open(dst, frame []byte, objectKey string, x int64) error {
+	z := frame
+	if c.aead != nil {
+		if len(frame) < nonceSize+tagSize {
+			return fmt.Errorf("%w: object %s: extent %d: frame too short", ErrCorrupt, objectKey, x)
+		}
+		var err error
+		c.tmp, err = c.aead.Open(c.tmp[:0], frame[:nonceSize], frame[nonceSize:], frameAAD(objectKey, x))
+		if err != nil {
+			return fmt.Errorf("%w: object %s: extent %d does not decrypt (damaged)", ErrCorrupt, objectKey, x)
+		}
+		z = c.tmp
+	}
+	out, err := c.dec.DecodeAll(z, dst[:0])
+	if err != nil || len(out) != len(dst) || &out[0] != &dst[0] {
+		return fmt.Errorf("%w: object %s: extent %d does not decompress to %d bytes", ErrCorrupt, objectKey, x, len(dst))
+	}
+	return nil
+}
+
+func sortFrames(fs []Frame) {
+	slices.SortFunc(fs, func(a, b Frame) int { return cmp.Compare(a.X, b.X) })
+}

@@ -1,0 +1,164 @@
+package cloudsnap
+
+import (
+	"context"
+	"crypto/cipher"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/cairn-storage/cairn/engine"
+)
+
+const downloadWorkers = 4
+
+// CheckRestore reads backup id's manifest and checks that it can be
+// restored under name: the name is free, the passphrase opens it. It is
+// what a restore does before creating anything.
+func CheckRestore(ctx context.Context, eng *engine.Engine, st *Store, id, name string) (*Manifest, cipher.AEAD, error) {
+	m, err := ReadManifest(ctx, st, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if name == "" {
+		name = m.Volume
+	}
+	if err := engine.ValidateName("volume", name); err != nil {
+		return nil, nil, err
+	}
+	if _, err := eng.Volume(name); err == nil {
+		return nil, nil, fmt.Errorf("%w: volume %q already exists; restore under another name (--name)", engine.ErrExists, name)
+	}
+	var aead cipher.AEAD
+	if m.Encryption != nil {
+		if aead, err = openEncryption(id, st.Passphrase(), m.Encryption); err != nil {
+			return nil, nil, err
+		}
+	}
+	return m, aead, nil
+}
+
+// Restore makes a new volume name ("" = the backed-up volume's name) with
+// exactly backup id's content: a repl-1 volume on this node. On any failure
+// (a missing or damaged object, named in the error) the volume is deleted:
+// nothing partial is left.
+func Restore(ctx context.Context, eng *engine.Engine, st *Store, id, name string, prog *Progress) (engine.VolumeInfo, error) {
+	if prog == nil {
+		prog = new(Progress)
+	}
+	m, aead, err := CheckRestore(ctx, eng, st, id, name)
+	if err != nil {
+		return engine.VolumeInfo{}, err
+	}
+	if name == "" {
+		name = m.Volume
+	}
+	info, err := eng.CreateVolume(engine.VolumeSpec{Name: name, Size: m.Size, Repl: 1})
+	if err != nil {
+		return engine.VolumeInfo{}, err
+	}
+	if err := fill(ctx, eng, st, m, aead, name, prog); err != nil {
+		if derr := eng.DeleteVolume(name); derr != nil {
+			return engine.VolumeInfo{}, fmt.Errorf("%w (and the partial volume %q could not be deleted: %v)", err, name, derr)
+		}
+		return engine.VolumeInfo{}, err
+	}
+	return info, nil
+}
+
+// fill writes every frame of m into volume name and flushes it.
+func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead cipher.AEAD, name string, prog *Progress) error {
+	v, err := eng.Volume(name)
+	if err != nil {
+		return err
+	}
+	byObject := make([][]Frame, len(m.Objects))
+	for _, f := range m.Extents {
+		byObject[f.O] = append(byObject[f.O], f)
+		prog.Total.Add(min(extentSize, m.Size-f.X*extentSize))
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	jobs := make(chan int)
+	var (
+		mu       sync.Mutex
+		firstErr error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+			cancel()
+		}
+		mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	for range downloadWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := newCodec(aead)
+			if err != nil {
+				fail(err)
+				return
+			}
+			defer c.close()
+			data := make([]byte, extentSize)
+			for oi := range jobs {
+				o := m.Objects[oi]
+				raw, err := st.get(ctx, o.Key, o.Size, dataTimeout)
+				if errors.Is(err, ErrNotFound) {
+					fail(fmt.Errorf("%w: object %s is missing from bucket %s", ErrCorrupt, o.Key, st.Bucket()))
+					return
+				}
+				if err != nil {
+					fail(err)
+					return
+				}
+				if int64(len(raw)) != o.Size || xxhash.Sum64(raw) != o.XXH64 {
+					fail(fmt.Errorf("%w: object %s is damaged (size %d, want %d; checksum mismatch)", ErrCorrupt, o.Key, len(raw), o.Size))
+					return
+				}
+				prog.Stored.Add(int64(len(raw)))
+				for _, f := range byObject[oi] {
+					n := min(extentSize, m.Size-f.X*extentSize)
+					if err := c.open(data[:n], raw[f.Off:f.Off+f.Len], o.Key, f.X); err != nil {
+						fail(err)
+						return
+					}
+					if err := v.WriteAt(data[:n], f.X*extentSize, false); err != nil {
+						fail(fmt.Errorf("write volume %q: %w", name, err))
+						return
+					}
+					prog.Done.Add(n)
+				}
+			}
+		}()
+	}
+feed:
+	for oi := range m.Objects {
+		if len(byObject[oi]) == 0 {
+			continue
+		}
+		select {
+		case jobs <- oi:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	start := time.Now()
+	err = v.Flush()
+	prog.FlushNanos.Store(int64(time.Since(start)))
+	return err
+}
