@@ -42,6 +42,10 @@ func (s *Server) attachRoutes(mux *http.ServeMux) {
 
 // volumeJSON is a volume as the API shows it, with its attachment.
 func (s *Server) volumeJSON(name string, v Volume) Volume {
+	v.Node = s.node.ID()
+	if cfg := s.clusterOf(); cfg != nil {
+		v.NodeAddr = cfg.MgmtAddr
+	}
 	if s.attacher == nil {
 		return v
 	}
@@ -72,6 +76,9 @@ func (s *Server) replyVolume(w http.ResponseWriter, r *http.Request, name string
 }
 
 func (s *Server) attachVolume(w http.ResponseWriter, r *http.Request) {
+	if s.elsewhere(w, r) {
+		return
+	}
 	name := s.volumeRef(r)
 	var req AttachRequest
 	if err := decode(r, &req); err != nil {
@@ -86,6 +93,9 @@ func (s *Server) attachVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) detachVolume(w http.ResponseWriter, r *http.Request) {
+	if s.elsewhere(w, r) {
+		return
+	}
 	name := s.volumeRef(r)
 	if err := s.attacher.Detach(r.Context(), name); err != nil {
 		s.fail(w, r, err)
@@ -95,6 +105,9 @@ func (s *Server) detachVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) mountVolume(w http.ResponseWriter, r *http.Request) {
+	if s.elsewhere(w, r) {
+		return
+	}
 	name := s.volumeRef(r)
 	var req MountRequest
 	if err := decode(r, &req); err != nil {
@@ -109,6 +122,9 @@ func (s *Server) mountVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) unmountVolume(w http.ResponseWriter, r *http.Request) {
+	if s.elsewhere(w, r) {
+		return
+	}
 	name := s.volumeRef(r)
 	var req UnmountRequest
 	if err := decode(r, &req); err != nil {
@@ -142,4 +158,19 @@ func (c *Client) Mount(ctx context.Context, name string, req MountRequest) (Volu
 func (c *Client) Unmount(ctx context.Context, name string, req UnmountRequest) (Volume, error) {
 	var v Volume
 	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/unmount", req, &v)
+}
+
+// elsewhere refuses, naming the node and its addresses, a host operation
+// on a volume that another node holds: the host can only attach what this
+// node serves (remote access comes with replication).
+func (s *Server) elsewhere(w http.ResponseWriter, r *http.Request) bool {
+	ref := r.PathValue("name")
+	if _, err := s.engine.Volume(ref); err == nil {
+		return false
+	}
+	if err := s.Locate(r.Context(), ref); err != nil {
+		s.fail(w, r, err)
+		return true
+	}
+	return false
 }

@@ -46,6 +46,10 @@ var errorKinds = []errorKind{
 	{cluster.ErrHasVolumes, http.StatusConflict, "node_has_volumes"},
 	{cluster.ErrExists, http.StatusConflict, "cluster_exists"},
 	{cluster.ErrInvalid, http.StatusBadRequest, "cluster_invalid"},
+	{cluster.ErrConflict, http.StatusConflict, "conflict"},
+	{cluster.ErrNoPlacement, http.StatusInsufficientStorage, "no_placement"},
+	{ErrNodeUnreachable, http.StatusServiceUnavailable, "node_unreachable"},
+	{ErrElsewhere, http.StatusConflict, "elsewhere"},
 	{engine.ErrCorrupt, http.StatusInternalServerError, "corrupt"},
 	{engine.ErrIO, http.StatusInternalServerError, "io"},
 }

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -47,6 +48,13 @@ type Server struct {
 	// cluster, once set (SetCluster, possibly while serving), serves the
 	// cluster routes and the cluster summary in status.
 	cluster atomic.Pointer[ClusterConfig]
+	// busy are the volumes this node is changing (clustervol.go).
+	busy busySet
+	// peerClient talks to other nodes' APIs, made once (peers).
+	peerOnce   sync.Once
+	peerClient *http.Client
+	// recon is the last reconciliation's report (reconcile.go).
+	recon atomic.Pointer[ReconcileReport]
 }
 
 // NewServer returns the API server. metrics may be nil (no /metrics).
@@ -120,7 +128,7 @@ func (s *Server) status(ctx context.Context) Status {
 	}
 	if sum := s.clusterSummary(ctx); sum != nil {
 		out.ClusterSummary = sum
-		if !sum.Kvdb.Healthy {
+		if !sum.Kvdb.Healthy || len(sum.UnregisteredVolumes) > 0 || len(sum.MissingVolumes) > 0 {
 			out.Status = "degraded"
 		}
 	}
@@ -165,6 +173,16 @@ func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
 		}
 		all = b
 	}
+	if cfg := s.clusterOf(); cfg != nil && r.Header.Get(forwardedHeader) == "" {
+		out, done := s.listClustered(w, r, cfg, all)
+		if done {
+			return
+		}
+		if out != nil {
+			reply(w, http.StatusOK, out)
+			return
+		}
+	}
 	infos := s.engine.Volumes()
 	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
 	out := make([]Volume, 0, len(infos))
@@ -181,6 +199,10 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 	var req CreateVolumeRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if cfg := s.clusterOf(); cfg != nil {
+		s.createClustered(w, r, cfg, req)
 		return
 	}
 	info, err := s.engine.CreateVolume(engine.VolumeSpec{
@@ -208,6 +230,9 @@ func (s *Server) volumeRef(r *http.Request) string {
 }
 
 func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
+	if _, done := s.route(w, r, r.PathValue("name")); done {
+		return
+	}
 	name := s.volumeRef(r)
 	v, err := s.engine.Volume(name)
 	if err != nil {
@@ -218,6 +243,10 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
+	spec, done := s.route(w, r, r.PathValue("name"))
+	if done {
+		return
+	}
 	name := s.volumeRef(r)
 	var req UpdateVolumeRequest
 	if err := decode(r, &req); err != nil {
@@ -229,11 +258,18 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, volumeError("update", name, err))
 		return
 	}
+	if err := s.recordUpdate(r.Context(), spec, info); err != nil {
+		s.fail(w, r, fmt.Errorf("volume %q was updated on this node but the change is not recorded in the kvdb (it is, by itself, once the kvdb answers): %w", name, err))
+		return
+	}
 	s.log.Info("volume updated", "name", name, "size", info.Size, "sticky", info.Sticky, "snap_interval", info.SnapInterval, "snap_keep", info.SnapKeep)
 	reply(w, http.StatusOK, s.volumeJSON(name, volumeFromEngine(info)))
 }
 
 func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
+	if _, done := s.route(w, r, r.PathValue("name")); done {
+		return
+	}
 	name := s.volumeRef(r)
 	force, err := forceParam(r)
 	if err != nil {
@@ -244,7 +280,18 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
 		s.deleteForce(w, r, name)
 		return
 	}
-	if err := s.engine.DeleteVolume(name); err != nil {
+	deleted, err := s.deleteHeld(r.Context(), []string{name}, func() ([]string, error) {
+		if err := s.engine.DeleteVolume(name); err != nil {
+			return nil, err
+		}
+		s.forget(name)
+		return []string{name}, nil
+	})
+	if err != nil && len(deleted) > 0 {
+		s.fail(w, r, err) // deleted, not recorded: the error says so
+		return
+	}
+	if err != nil {
 		if errors.Is(err, engine.ErrHasSnapshots) {
 			s.fail(w, r, s.hasSnapshotsError(name, err))
 			return
@@ -252,7 +299,6 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, volumeError("delete", name, err))
 		return
 	}
-	s.forget(name)
 	s.log.Info("volume deleted", "name", name)
 	w.WriteHeader(http.StatusNoContent)
 }

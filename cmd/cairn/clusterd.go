@@ -146,8 +146,8 @@ func (c *clusterRun) close() {
 }
 
 // serverConfig is what the API server needs of the cluster.
-func (c *clusterRun) serverConfig() control.ClusterConfig {
-	return control.ClusterConfig{Member: c.member, Embedded: c.embedded != nil}
+func (c *clusterRun) serverConfig(mgmtAddr, localIP string) control.ClusterConfig {
+	return control.ClusterConfig{Member: c.member, Embedded: c.embedded != nil, MgmtAddr: mgmtAddr, LocalIP: localIP}
 }
 
 // hostOf returns the IP of a host:port listen address ("" when the host is
