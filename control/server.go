@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/cairn-storage/cairn/cluster"
 	"github.com/cairn-storage/cairn/engine"
 )
 
@@ -230,11 +231,24 @@ func (s *Server) volumeRef(r *http.Request) string {
 }
 
 func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
-	if _, done := s.route(w, r, r.PathValue("name")); done {
+	spec, done := s.route(w, r, r.PathValue("name"))
+	if done {
 		return
 	}
 	name := s.volumeRef(r)
 	v, err := s.engine.Volume(name)
+	if errors.Is(err, engine.ErrNotFound) && spec != nil {
+		// The cluster places it here and the drives lack it: show what
+		// the cluster knows, and say so (reconcile reports it too).
+		self := s.clusterOf()
+		n := cluster.Node{NodeRecord: cluster.NodeRecord{ID: self.Member.ID(), MgmtAddr: self.MgmtAddr}, Status: cluster.StatusOnline}
+		state := spec.State
+		if state == cluster.VolumeReady {
+			state = "missing: not on the drives of its node " + n.ID
+		}
+		reply(w, http.StatusOK, volumeFromSpec(*spec, n, state))
+		return
+	}
 	if err != nil {
 		s.fail(w, r, volumeError("inspect", name, err))
 		return
