@@ -621,7 +621,7 @@ func TestPlace(t *testing.T) {
 		{"racks", PlaceRequest{Size: G, Placement: Placement{Racks: []string{"r5", "r3"}}}, "n5", false},
 		{"nodes", PlaceRequest{Size: G, Placement: Placement{Nodes: []string{"n5"}}}, "n5", false},
 		{"zone without Online storage", PlaceRequest{Name: "v", Size: G, Placement: Placement{Zones: []string{"z3", "z9"}}},
-			`cannot place volume "v": no Online node with a storage pool in zones z3, z9: node n1 is in zone z1; node n2 is Offline; node n3 is in zone z2; node n4 has no usable storage pool; node n5 is in zone z1`, true},
+			`cannot create volume "v": no Online node with a storage pool in zones z3, z9: node n1 is in zone z1; node n2 is Offline; node n3 is in zone z2; node n4 has no usable storage pool; node n5 is in zone z1`, true},
 		{"nodes offline or unknown", PlaceRequest{Name: "v", Size: G, Placement: Placement{Nodes: []string{"n2", "n9"}}},
 			`no Online node with a storage pool among nodes n2, n9: node n2 is Offline; node n9 is not in the cluster`, true},
 		{"no nodes", PlaceRequest{Name: "v", Size: G, Placement: Placement{Racks: []string{"r1"}}}, "", false},

@@ -84,7 +84,7 @@ func Place(nodes []Node, req PlaceRequest) (Node, error) {
 	if len(why) == 0 {
 		why = append(why, "the cluster has no nodes")
 	}
-	return Node{}, errorf(ErrNoPlacement, "cannot place volume %q: no Online node with a storage pool%s: %s", req.Name, describe(pc), strings.Join(why, "; "))
+	return Node{}, errorf(ErrNoPlacement, "cannot create volume %q: no Online node with a storage pool%s: %s", req.Name, describe(pc), strings.Join(why, "; "))
 }
 
 // freeIn returns the free bytes of n's Online pool of class prio with the
