@@ -445,6 +445,10 @@ func (s *Server) deleteHeld(ctx context.Context, names []string, del func() ([]s
 		return del()
 	}
 	st := cfg.Member.Store()
+	inflight := map[string]bool{}
+	for _, n := range names {
+		inflight[n] = s.busy.has(n)
+	}
 	defer s.busy.add(names...)()
 	specs := map[string]cluster.VolumeSpec{}
 	for _, n := range names {
@@ -458,9 +462,13 @@ func (s *Server) deleteHeld(ctx context.Context, names []string, del func() ([]s
 		if sp.Node() != cfg.Member.ID() {
 			continue // the name is another node's volume: leave its spec
 		}
-		if sp.State == cluster.VolumeCreating {
+		if sp.State == cluster.VolumeCreating && inflight[n] {
+			s.restoreReady(ctx, st, specs)
 			return nil, fmt.Errorf("%w: %q is being created; retry in a moment", engine.ErrBusy, n)
 		}
+		// Otherwise a create or delete an earlier run left half-done
+		// (reconcile has not come by yet): the engine, which has it, is
+		// the truth, and the delete goes on from there.
 		sp.State = cluster.VolumeDeleting
 		if sp, err = st.UpdateVolume(ctx, sp); err != nil {
 			s.restoreReady(ctx, st, specs)
