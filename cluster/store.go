@@ -251,7 +251,8 @@ type Tombstone struct {
 
 // DeleteNode removes node id from the cluster and returns its last record.
 // Refused (ErrOnline) while the node holds its lease, and (ErrHasVolumes)
-// while its record lists volumes, unless force. One transaction: the node
+// while volumes live on it (specs placing them there, or its record's
+// list), unless force; then their specs are removed after the node. One transaction: the node
 // must still be Offline with the very record read (not registered again in
 // between), and its tombstone is written with the delete, so that the node
 // can never register again (Member.write checks it).
