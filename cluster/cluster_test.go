@@ -569,7 +569,19 @@ func TestDeleteNodeRemovesItsVolumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Stop()
+	m.Stop() // revokes its lease: Offline at once, unless the revoke is lost
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		nodes, err := s.Nodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if statusOf(t, nodes, "node-x") == StatusOffline {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("node-x not Offline 15 s after it stopped")
+		}
+	}
 	for _, v := range []VolumeSpec{
 		{Name: "a", Replicas: []Replica{{Node: "node-x"}}},
 		{Name: "a.snap", Snapshot: true, Parent: "a", Replicas: []Replica{{Node: "node-x"}}},

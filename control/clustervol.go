@@ -326,8 +326,14 @@ func (s *Server) createClustered(w http.ResponseWriter, r *http.Request, cfg *Cl
 			return
 		}
 		// The name first: "already exists" says more than any placement.
-		if _, err := m.Store().Volume(r.Context(), req.Name); err == nil {
-			s.fail(w, r, volumeError("create", req.Name, fmt.Errorf("%w: %q", engine.ErrExists, req.Name)))
+		if sp, err := m.Store().Volume(r.Context(), req.Name); err == nil {
+			exists := volumeError("create", req.Name, fmt.Errorf("%w: %q", engine.ErrExists, req.Name))
+			if _, uerr := s.engine.Volume(req.Name); sp.Node() == m.ID() && errors.Is(uerr, engine.ErrUnavailable) {
+				// Its pool is missing here: say why it is not listed as usable.
+				exists = &messageError{msg: fmt.Sprintf("%s; it is unavailable on this node (%s): its name stays taken until the pool is back",
+					exists.Error(), strings.TrimPrefix(plain(uerr), "volume unavailable: ")), err: uerr}
+			}
+			s.fail(w, r, exists)
 			return
 		} else if !errors.Is(err, cluster.ErrNotFound) {
 			s.fail(w, r, err)
