@@ -164,7 +164,7 @@ func TestVolumeNameUnique(t *testing.T) {
 	for i, s := range stores {
 		wg.Go(func() {
 			<-start
-			errs[i] = s.CreateVolume(context.Background(), VolumeSpec{Name: "db", ID: fmt.Sprint(i), Size: 1 << 30, Repl: 1,
+			_, errs[i] = s.CreateVolume(context.Background(), VolumeSpec{Name: "db", ID: fmt.Sprint(i), Size: 1 << 30, Repl: 1,
 				Replicas: []Replica{{Node: fmt.Sprintf("node-%d", i)}}})
 		})
 	}
@@ -192,23 +192,26 @@ func TestVolumeNameUnique(t *testing.T) {
 	if err != nil || len(vols) != 1 {
 		t.Fatalf("Volumes = %+v, %v; want one", vols, err)
 	}
-	if err := stores[2].DeleteVolume(context.Background(), "db"); err != nil {
+	if err := stores[2].DeleteVolume(context.Background(), "db", spec.Rev+1); !errors.Is(err, ErrConflict) {
+		t.Fatalf("delete at another revision: %v, want ErrConflict", err)
+	}
+	if err := stores[2].DeleteVolume(context.Background(), "db", spec.Rev); err != nil {
 		t.Fatal(err)
 	}
-	if err := stores[2].DeleteVolume(context.Background(), "db"); !errors.Is(err, ErrNotFound) {
+	if err := stores[2].DeleteVolume(context.Background(), "db", 0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second delete: %v, want ErrNotFound", err)
 	}
 	if _, err := stores[0].Volume(context.Background(), "db"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Volume after delete: %v, want ErrNotFound", err)
 	}
-	if err := stores[3].CreateVolume(context.Background(), VolumeSpec{Name: "db"}); err != nil {
+	if _, err := stores[3].CreateVolume(context.Background(), VolumeSpec{Name: "db"}); err != nil {
 		t.Fatalf("create after delete: %v", err)
 	}
-	if err := stores[3].CreateVolume(context.Background(), VolumeSpec{Name: "../x"}); !errors.Is(err, ErrInvalid) {
+	if _, err := stores[3].CreateVolume(context.Background(), VolumeSpec{Name: "../x"}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("name with '/': %v, want ErrInvalid", err)
 	}
 	// A beta volume of the same name is another cluster's business.
-	if err := join(t, e, "beta", JoinOptions{}).CreateVolume(context.Background(), VolumeSpec{Name: "db"}); err != nil {
+	if _, err := join(t, e, "beta", JoinOptions{}).CreateVolume(context.Background(), VolumeSpec{Name: "db"}); err != nil {
 		t.Fatalf("same name in another cluster: %v", err)
 	}
 }
@@ -354,7 +357,7 @@ func TestKvdbDownFailsFast(t *testing.T) {
 	for name, call := range map[string]func() error{
 		"Health":       func() error { return s.Health(ctx) },
 		"Nodes":        func() error { _, err := s.Nodes(ctx); return err },
-		"CreateVolume": func() error { return s.CreateVolume(ctx, VolumeSpec{Name: "v"}) },
+		"CreateVolume": func() error { _, err := s.CreateVolume(ctx, VolumeSpec{Name: "v"}); return err },
 		"Volumes":      func() error { _, err := s.Volumes(ctx); return err },
 	} {
 		began := time.Now()
@@ -383,7 +386,7 @@ func TestKvdbDownFailsFast(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if err := s.CreateVolume(ctx, VolumeSpec{Name: "v"}); err != nil {
+	if _, err := s.CreateVolume(ctx, VolumeSpec{Name: "v"}); err != nil {
 		t.Fatalf("create after etcd came back: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "member")); err != nil {
@@ -527,5 +530,124 @@ func TestDeleteNode(t *testing.T) {
 	}
 	if _, err := s.DeleteNode(ctx, "node-e", false); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second delete: %v, want ErrNotFound", err)
+	}
+}
+
+// An update compares the revision it read: of two writers that read the
+// same spec, the second is refused and changes nothing.
+func TestUpdateVolumeComparesRevision(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	s := join(t, e, "alpha", JoinOptions{})
+	ctx := context.Background()
+	spec, err := s.CreateVolume(ctx, VolumeSpec{Name: "db", State: VolumeCreating, Replicas: []Replica{{Node: "n1", Pool: -1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := spec, spec
+	a.State, b.State = VolumeReady, VolumeDeleting
+	if a, err = s.UpdateVolume(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateVolume(ctx, b); !errors.Is(err, ErrConflict) {
+		t.Fatalf("update at a stale revision: %v, want ErrConflict", err)
+	}
+	got, err := s.Volume(ctx, "db")
+	if err != nil || got.State != VolumeReady || got.Rev != a.Rev || got.Node() != "n1" {
+		t.Fatalf("spec = %+v, %v; want the first update's", got, err)
+	}
+}
+
+// A forced node delete removes the specs of the volumes on the node (and
+// only those); the delete without force names them.
+func TestDeleteNodeRemovesItsVolumes(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t)
+	s := join(t, e, "alpha", JoinOptions{})
+	ctx := context.Background()
+	m, err := join(t, e, "alpha", JoinOptions{}).Register(ctx, MemberConfig{Record: record("node-x", "hx")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Stop() // revokes its lease: Offline at once, unless the revoke is lost
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		nodes, err := s.Nodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if statusOf(t, nodes, "node-x") == StatusOffline {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("node-x not Offline 15 s after it stopped")
+		}
+	}
+	for _, v := range []VolumeSpec{
+		{Name: "a", Replicas: []Replica{{Node: "node-x"}}},
+		{Name: "a.snap", Snapshot: true, Parent: "a", Replicas: []Replica{{Node: "node-x"}}},
+		{Name: "b", Replicas: []Replica{{Node: "node-y"}}},
+	} {
+		if _, err := s.CreateVolume(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.DeleteNode(ctx, "node-x", false); !errors.Is(err, ErrHasVolumes) || !strings.Contains(err.Error(), "holds 1 volume(s) (a)") {
+		t.Fatalf("delete without force: %v, want ErrHasVolumes naming a", err)
+	}
+	rec, err := s.DeleteNode(ctx, "node-x", true)
+	if err != nil || fmt.Sprint(rec.Volumes) != "[a]" || rec.VolumeCount != 1 {
+		t.Fatalf("forced delete: %+v, %v", rec, err)
+	}
+	vols, err := s.Volumes(ctx)
+	if err != nil || len(vols) != 1 || vols[0].Name != "b" {
+		t.Fatalf("volumes after the forced delete: %+v, %v; want only b", vols, err)
+	}
+}
+
+func TestPlace(t *testing.T) {
+	pool := func(prio string, size, used int64) PoolSummary {
+		return PoolSummary{IOPriority: prio, Size: size, Used: used, Status: "Online"}
+	}
+	node := func(id, status, zone, rack string, pools ...PoolSummary) Node {
+		return Node{NodeRecord: NodeRecord{ID: id, Zone: zone, Rack: rack, Pools: pools}, Status: status}
+	}
+	const G = 1 << 30
+	nodes := []Node{
+		node("n1", StatusOnline, "z1", "r1", pool("low", 100*G, 10*G)),
+		node("n2", StatusOffline, "z2", "r2", pool("high", 100*G, 0)),
+		node("n3", StatusOnline, "z2", "r3", pool("medium", 20*G, 16*G)),
+		node("n4", StatusOnline, "z3", "r4"), // storageless
+		node("n5", StatusOnline, "z1", "r5", pool("low", 50*G, 0)),
+	}
+	for _, tc := range []struct {
+		name    string
+		req     PlaceRequest
+		want    string // node id, or the words of the error
+		wantErr bool
+	}{
+		{"low: most free", PlaceRequest{Size: G, IOPriority: "low"}, "n1", false},
+		{"high falls back to medium (n2 Offline)", PlaceRequest{Size: G, IOPriority: "high"}, "n3", false},
+		{"medium short of space still beats low", PlaceRequest{Size: 10 * G, IOPriority: "medium"}, "n3", false},
+		{"room for the size beats more free", PlaceRequest{Size: 95 * G, IOPriority: "low"}, "n1", false},
+		{"zones", PlaceRequest{Size: G, IOPriority: "low", Placement: Placement{Zones: []string{"z2"}}}, "n3", false},
+		{"racks", PlaceRequest{Size: G, Placement: Placement{Racks: []string{"r5", "r3"}}}, "n5", false},
+		{"nodes", PlaceRequest{Size: G, Placement: Placement{Nodes: []string{"n5"}}}, "n5", false},
+		{"zone without Online storage", PlaceRequest{Name: "v", Size: G, Placement: Placement{Zones: []string{"z3", "z9"}}},
+			`cannot create volume "v": no Online node with a storage pool in zones z3, z9: node n1 is in zone z1; node n2 is Offline; node n3 is in zone z2; node n4 has no usable storage pool; node n5 is in zone z1`, true},
+		{"nodes offline or unknown", PlaceRequest{Name: "v", Size: G, Placement: Placement{Nodes: []string{"n2", "n9"}}},
+			`no Online node with a storage pool among nodes n2, n9: node n2 is Offline; node n9 is not in the cluster`, true},
+		{"no nodes", PlaceRequest{Name: "v", Size: G, Placement: Placement{Racks: []string{"r1"}}}, "", false},
+	} {
+		in := nodes
+		if tc.name == "no nodes" {
+			in, tc.want, tc.wantErr = nil, "the cluster has no nodes", true
+		}
+		got, err := Place(in, tc.req)
+		switch {
+		case tc.wantErr && (!errors.Is(err, ErrNoPlacement) || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: err %v, want ErrNoPlacement saying %q", tc.name, err, tc.want)
+		case !tc.wantErr && (err != nil || got.ID != tc.want):
+			t.Errorf("%s: got %s, %v; want %s", tc.name, got.ID, err, tc.want)
+		}
 	}
 }

@@ -1,7 +1,8 @@
 // Package cluster keeps a cairn cluster's shared state in etcd: the
 // cluster's identity, its nodes (and which of them are alive) and volume
-// specs whose names are unique across the cluster. The data path never
-// waits on it; only control operations do.
+// specs whose names are unique across the cluster, with the node that
+// holds each one's data. The data path never waits on it; only control
+// operations do.
 //
 // # Key layout (version 1)
 //
@@ -26,10 +27,25 @@
 //	                                    with the delete of nodes/<id> by
 //	                                    `cluster delete`; a node with a
 //	                                    tombstone never registers again
-//	/cairn/v1/<cluster>/volumes/<name>  VolumeSpec; created by a transaction
-//	                                    that requires the key to be absent, so
-//	                                    of two creates of one name exactly one
-//	                                    wins
+//	/cairn/v1/<cluster>/volumes/<name>  VolumeSpec {"name","id","size","repl",
+//	                                    "io_priority","sticky","snap_interval",
+//	                                    "snap_keep","snapshot","parent",
+//	                                    "placement":{"nodes","zones","racks"},
+//	                                    "state","replicas":[{"node","pool",
+//	                                    "io_priority"}],"epoch","created"}:
+//	                                    one per volume, snapshot and clone.
+//	                                    Created (state "creating", pool -1) by
+//	                                    a transaction that requires the key to
+//	                                    be absent, so of two creates of one
+//	                                    name exactly one wins; then "ready"
+//	                                    once on the node's drives, "deleting"
+//	                                    while it is being deleted. After the
+//	                                    create, only the node in replicas[0]
+//	                                    writes it, each write comparing the
+//	                                    revision it read (control/clustervol.go
+//	                                    has the order of steps and the
+//	                                    invariant). Removed with its node by
+//	                                    a forced `cluster delete`.
 //	/cairn/v1/embedded                  {"cluster"}: set in an embedded etcd by
 //	                                    the node that runs it; nodes of another
 //	                                    cluster name are refused there

@@ -32,6 +32,12 @@ var (
 	ErrOnline = errors.New("cluster: node is online")
 	// ErrHasVolumes: deleting the node would lose the volumes it holds.
 	ErrHasVolumes = errors.New("cluster: node holds volumes")
+	// ErrConflict: what a change was based on changed meanwhile (a
+	// compare-and-swap on a revision failed); nothing was changed.
+	ErrConflict = errors.New("cluster: changed concurrently")
+	// ErrNoPlacement: no node may hold a new volume under its
+	// constraints (Place says which node lacked what).
+	ErrNoPlacement = errors.New("cluster: no node to place the volume on")
 	// ErrRemoved: the node was deleted from the cluster and may not
 	// register again.
 	ErrRemoved = errors.New("cluster: node removed from the cluster")
@@ -105,7 +111,7 @@ func Connect(ctx context.Context, endpoints []string, localIP string) (*clientv3
 		DialKeepAliveTime:    6 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
 		DialOptions: []grpc.DialOption{
-			grpc.WithContextDialer(boundDialer(localIP)),
+			grpc.WithContextDialer(BoundDialer(localIP)),
 			// gRPC's reconnect backoff grows to 2 minutes: after an outage
 			// or a partition the node would stay cut off long after etcd
 			// is reachable again. Retry at least every 5 s.
@@ -133,11 +139,11 @@ func Connect(ctx context.Context, endpoints []string, localIP string) (*clientv3
 	return cli, nil
 }
 
-// boundDialer dials from localIP. A loopback source cannot reach another
+// BoundDialer dials from localIP. A loopback source cannot reach another
 // host, so a node whose management address is loopback (the default) binds
 // it only for loopback destinations: on one machine that still tells nodes
 // apart, and a node pointed at a remote etcd still reaches it.
-func boundDialer(localIP string) func(context.Context, string) (net.Conn, error) {
+func BoundDialer(localIP string) func(context.Context, string) (net.Conn, error) {
 	src := net.ParseIP(localIP)
 	if src != nil && src.IsUnspecified() {
 		src = nil

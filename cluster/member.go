@@ -210,6 +210,13 @@ func (m *Member) run(ctx context.Context, lease clientv3.LeaseID, ka <-chan *cli
 			m.revoke(lease)
 			return
 		case _, ok := <-ka:
+			if !ok && ctx.Err() != nil {
+				// Stopping: the keep-alive channel closes with ctx, and
+				// may win the select over ctx.Done. The lease is still
+				// ours to revoke.
+				m.revoke(lease)
+				return
+			}
 			if !ok {
 				m.log.Warn("cluster: node lease lost (kvdb unreachable for longer than the lease); registering again")
 				lease = m.lost()

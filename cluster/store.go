@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -249,7 +251,8 @@ type Tombstone struct {
 
 // DeleteNode removes node id from the cluster and returns its last record.
 // Refused (ErrOnline) while the node holds its lease, and (ErrHasVolumes)
-// while its record lists volumes, unless force. One transaction: the node
+// while volumes live on it (specs placing them there, or its record's
+// list), unless force; then their specs are removed after the node. One transaction: the node
 // must still be Offline with the very record read (not registered again in
 // between), and its tombstone is written with the delete, so that the node
 // can never register again (Member.write checks it).
@@ -274,6 +277,32 @@ func (s *Store) DeleteNode(ctx context.Context, id string, force bool) (NodeReco
 	var rec NodeRecord
 	_ = json.Unmarshal(kvs[0].Value, &rec) // damaged: deleted as a node without volumes
 	rec.ID = id
+	// What is lost: the volumes the cluster places on the node, and those
+	// its record lists (the node's own view, which may hold volumes it
+	// could not register).
+	specs, err := s.Volumes(ctx)
+	if err != nil {
+		return rec, err
+	}
+	var held []VolumeSpec
+	names := map[string]bool{}
+	for _, n := range rec.Volumes {
+		names[n] = true
+	}
+	extra := rec.VolumeCount - len(rec.Volumes) // listed only by count
+	for _, sp := range specs {
+		if sp.Node() == id {
+			held = append(held, sp)
+			if !sp.Snapshot {
+				names[sp.Name] = true
+			}
+		}
+	}
+	rec.Volumes = slices.Sorted(maps.Keys(names))
+	rec.VolumeCount = len(rec.Volumes) + max(extra, 0)
+	if len(rec.Volumes) > MaxRecordVolumes {
+		rec.Volumes = rec.Volumes[:MaxRecordVolumes]
+	}
 	if rec.VolumeCount > 0 && !force {
 		return rec, errorf(ErrHasVolumes, "node %s holds %d volume(s) (%s): they would be lost; --force deletes the node and them from the cluster", id, rec.VolumeCount, volumeList(rec))
 	}
@@ -291,6 +320,13 @@ func (s *Store) DeleteNode(ctx context.Context, id string, force bool) (NodeReco
 	if !del.Succeeded {
 		return rec, errorf(ErrOnline, "node %s registered again while it was being deleted", id)
 	}
+	// The node is gone for good (its tombstone keeps it out); its volumes
+	// leave the cluster's view after it. Should this fail half-way, the
+	// specs left name a deleted node: volume list shows them lost and
+	// volume delete removes them.
+	if err := s.deleteSpecs(ctx, held); err != nil {
+		return rec, fmt.Errorf("node %s deleted, but removing its volumes from the cluster failed (volume delete removes them): %w", id, err)
+	}
 	return rec, nil
 }
 
@@ -301,112 +337,6 @@ func volumeList(rec NodeRecord) string {
 		list += fmt.Sprintf(" and %d more", more)
 	}
 	return list
-}
-
-// VolumeSpec is a volume as a cluster object (key volumes/<name>).
-type VolumeSpec struct {
-	Name         string    `json:"name"`
-	ID           string    `json:"id"`
-	Size         int64     `json:"size"`
-	Repl         int       `json:"repl"`
-	IOPriority   string    `json:"io_priority"`
-	Sticky       bool      `json:"sticky"`
-	SnapInterval int       `json:"snap_interval"`
-	SnapKeep     int       `json:"snap_keep"`
-	Replicas     []Replica `json:"replicas"` // where the data lives
-	// Epoch grows with every change of Replicas (replication's fencing
-	// token); changes compare the revision they read.
-	Epoch   uint64    `json:"epoch"`
-	Created time.Time `json:"created"`
-}
-
-// Replica is one copy of a volume: a pool of a node.
-type Replica struct {
-	Node string `json:"node"`
-	Pool int    `json:"pool"`
-}
-
-// CreateVolume records spec under its name. The transaction requires the
-// name to be unused: of concurrent creates of one name, from any nodes,
-// exactly one succeeds and the others get ErrExists.
-func (s *Store) CreateVolume(ctx context.Context, spec VolumeSpec) error {
-	if err := validateName("volume", spec.Name); err != nil {
-		return err
-	}
-	val, err := json.Marshal(spec)
-	if err != nil {
-		return err
-	}
-	key := s.prefix + "volumes/" + spec.Name
-	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
-	defer cancel()
-	resp, err := s.cli.Txn(cctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val))).Commit()
-	if err != nil {
-		return s.unavailable(err)
-	}
-	if !resp.Succeeded {
-		return errorf(ErrExists, "volume %q already exists in cluster %q", spec.Name, s.identity.Name)
-	}
-	return nil
-}
-
-// Volume returns the spec of volume name.
-func (s *Store) Volume(ctx context.Context, name string) (VolumeSpec, error) {
-	if err := validateName("volume", name); err != nil {
-		return VolumeSpec{}, err
-	}
-	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
-	defer cancel()
-	resp, err := s.cli.Get(cctx, s.prefix+"volumes/"+name)
-	if err != nil {
-		return VolumeSpec{}, s.unavailable(err)
-	}
-	if len(resp.Kvs) == 0 {
-		return VolumeSpec{}, errorf(ErrNotFound, "volume %q not found in cluster %q", name, s.identity.Name)
-	}
-	var spec VolumeSpec
-	if err := json.Unmarshal(resp.Kvs[0].Value, &spec); err != nil {
-		return VolumeSpec{}, fmt.Errorf("cluster: volume %q: damaged spec: %v", name, err)
-	}
-	return spec, nil
-}
-
-// Volumes returns every volume spec, by name. A damaged spec is skipped
-// rather than hiding the others.
-func (s *Store) Volumes(ctx context.Context) ([]VolumeSpec, error) {
-	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
-	defer cancel()
-	resp, err := s.cli.Get(cctx, s.prefix+"volumes/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-	if err != nil {
-		return nil, s.unavailable(err)
-	}
-	specs := make([]VolumeSpec, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		var spec VolumeSpec
-		if json.Unmarshal(kv.Value, &spec) == nil {
-			specs = append(specs, spec)
-		}
-	}
-	return specs, nil
-}
-
-// DeleteVolume removes the spec of volume name.
-func (s *Store) DeleteVolume(ctx context.Context, name string) error {
-	if err := validateName("volume", name); err != nil {
-		return err
-	}
-	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
-	defer cancel()
-	resp, err := s.cli.Delete(cctx, s.prefix+"volumes/"+name)
-	if err != nil {
-		return s.unavailable(err)
-	}
-	if resp.Deleted == 0 {
-		return errorf(ErrNotFound, "volume %q not found in cluster %q", name, s.identity.Name)
-	}
-	return nil
 }
 
 // validateName keeps a name from changing the key it goes into: non-empty,

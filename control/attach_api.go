@@ -45,6 +45,10 @@ func (s *Server) volumeJSON(name string, v Volume) Volume {
 	if s.cloudsnaps != nil && !v.Snapshot {
 		v.CloudsnapInterval, v.CloudsnapKeep = s.cloudsnaps.Schedule(name)
 	}
+	v.Node = s.node.ID()
+	if cfg := s.clusterOf(); cfg != nil {
+		v.NodeAddr = cfg.MgmtAddr
+	}
 	if s.attacher == nil {
 		return v
 	}
@@ -75,6 +79,9 @@ func (s *Server) replyVolume(w http.ResponseWriter, r *http.Request, name string
 }
 
 func (s *Server) attachVolume(w http.ResponseWriter, r *http.Request) {
+	if s.elsewhere(w, r) {
+		return
+	}
 	name := s.volumeRef(r)
 	var req AttachRequest
 	if err := decode(r, &req); err != nil {
@@ -89,6 +96,9 @@ func (s *Server) attachVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) detachVolume(w http.ResponseWriter, r *http.Request) {
+	if s.elsewhere(w, r) {
+		return
+	}
 	name := s.volumeRef(r)
 	if err := s.attacher.Detach(r.Context(), name); err != nil {
 		s.fail(w, r, err)
@@ -98,6 +108,9 @@ func (s *Server) detachVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) mountVolume(w http.ResponseWriter, r *http.Request) {
+	if s.elsewhere(w, r) {
+		return
+	}
 	name := s.volumeRef(r)
 	var req MountRequest
 	if err := decode(r, &req); err != nil {
@@ -112,6 +125,9 @@ func (s *Server) mountVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) unmountVolume(w http.ResponseWriter, r *http.Request) {
+	if s.elsewhere(w, r) {
+		return
+	}
 	name := s.volumeRef(r)
 	var req UnmountRequest
 	if err := decode(r, &req); err != nil {
@@ -145,4 +161,19 @@ func (c *Client) Mount(ctx context.Context, name string, req MountRequest) (Volu
 func (c *Client) Unmount(ctx context.Context, name string, req UnmountRequest) (Volume, error) {
 	var v Volume
 	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/unmount", req, &v)
+}
+
+// elsewhere refuses, naming the node and its addresses, a host operation
+// on a volume that another node holds: the host can only attach what this
+// node serves (remote access comes with replication).
+func (s *Server) elsewhere(w http.ResponseWriter, r *http.Request) bool {
+	ref := r.PathValue("name")
+	if _, err := s.engine.Volume(ref); err == nil {
+		return false
+	}
+	if err := s.Locate(r.Context(), ref); err != nil {
+		s.fail(w, r, err)
+		return true
+	}
+	return false
 }

@@ -22,6 +22,10 @@ type Client struct {
 	addr string // host:port as given, for messages
 	base string // http://host:port
 	http *http.Client
+	// Warn, when set, receives the warning a daemon sends with a
+	// successful reply (a listing from one node while the kvdb is
+	// unavailable).
+	Warn func(msg string)
 }
 
 // NewClient returns a client for the daemon at addr ("host:port" or an
@@ -147,6 +151,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		return decodeError(resp)
+	}
+	if w := resp.Header.Get(warningHeader); w != "" && c.Warn != nil {
+		c.Warn(w)
 	}
 	if out == nil {
 		return nil

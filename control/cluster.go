@@ -70,6 +70,12 @@ type ClusterSummary struct {
 	// Nodes are the cluster's nodes (as `cluster list`), for the table
 	// pxctl status prints; empty while the kvdb is unavailable.
 	Nodes []ClusterNode `json:"nodes"`
+	// UnregisteredVolumes and MissingVolumes are what this node's last
+	// reconciliation left to the operator (Server.Reconcile): volumes on
+	// its drives the cluster does not have as its own, and volumes the
+	// cluster places on it that its drives lack.
+	UnregisteredVolumes []UnregisteredVolume `json:"unregistered_volumes"`
+	MissingVolumes      []string             `json:"missing_volumes"`
 }
 
 // Kvdb is the state of the cluster's etcd as this node sees it.
@@ -84,6 +90,10 @@ type Kvdb struct {
 type ClusterConfig struct {
 	Member   *cluster.Member
 	Embedded bool
+	// MgmtAddr is this node's management API address as other nodes
+	// reach it; LocalIP the address its connections to them leave from.
+	MgmtAddr string
+	LocalIP  string
 }
 
 // SetCluster serves the cluster routes and the cluster summary in status.
@@ -224,7 +234,11 @@ func (s *Server) clusterSummary(ctx context.Context) *ClusterSummary {
 	}
 	m := cfg.Member
 	st := m.Store()
-	sum := &ClusterSummary{UUID: st.Identity().UUID, Kvdb: Kvdb{Endpoints: st.Endpoints(), Embedded: cfg.Embedded}, ClockSkew: []string{}, Nodes: []ClusterNode{}}
+	sum := &ClusterSummary{UUID: st.Identity().UUID, Kvdb: Kvdb{Endpoints: st.Endpoints(), Embedded: cfg.Embedded}, ClockSkew: []string{}, Nodes: []ClusterNode{},
+		UnregisteredVolumes: []UnregisteredVolume{}, MissingVolumes: []string{}}
+	if rep := s.recon.Load(); rep != nil {
+		sum.UnregisteredVolumes, sum.MissingVolumes = rep.Unregistered, rep.Missing
+	}
 	nodes, err := m.Nodes(ctx)
 	if err != nil {
 		sum.Kvdb.Error = plain(err)

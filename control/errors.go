@@ -52,6 +52,10 @@ var errorKinds = []errorKind{
 	{cloudsnap.ErrWrongPassphrase, http.StatusForbidden, "wrong_passphrase"},
 	{cloudsnap.ErrStore, http.StatusBadGateway, "store_error"},
 	{cloudsnap.ErrInvalid, http.StatusBadRequest, "cloudsnap_invalid"},
+	{cluster.ErrConflict, http.StatusConflict, "conflict"},
+	{cluster.ErrNoPlacement, http.StatusInsufficientStorage, "no_placement"},
+	{ErrNodeUnreachable, http.StatusServiceUnavailable, "node_unreachable"},
+	{ErrElsewhere, http.StatusConflict, "elsewhere"},
 	{engine.ErrCorrupt, http.StatusInternalServerError, "corrupt"},
 	{engine.ErrIO, http.StatusInternalServerError, "io"},
 }

@@ -1,7 +1,9 @@
 package control
 
 import (
+	"errors"
 	"sort"
+	"sync/atomic"
 
 	"github.com/cairn-storage/cairn/blockdev/nbd"
 	"github.com/cairn-storage/cairn/engine"
@@ -11,7 +13,14 @@ import (
 // engine, exported under its name (snapshots read-only).
 type Exports struct {
 	engine *engine.Engine
+	// locate, once set (SetLocate), says which node serves a name this
+	// node does not have.
+	locate atomic.Pointer[func(name string) error]
 }
+
+// SetLocate makes an unknown export's error name the node that serves it
+// (Server.Locate); safe while serving.
+func (x *Exports) SetLocate(f func(name string) error) { x.locate.Store(&f) }
 
 func NewExports(e *engine.Engine) *Exports {
 	return &Exports{engine: e}
@@ -22,6 +31,13 @@ func NewExports(e *engine.Engine) *Exports {
 // deleted or restored under a client.
 func (x *Exports) OpenExport(name string) (nbd.Export, func(), error) {
 	v, h, err := x.engine.HoldVolume(name, engine.Holder{Kind: engine.HeldByNBD}) // an unknown name wraps engine.ErrNotFound
+	if errors.Is(err, engine.ErrNotFound) {
+		if f := x.locate.Load(); f != nil {
+			if lerr := (*f)(name); lerr != nil {
+				return nil, nil, lerr // wraps engine.ErrNotFound too: "unknown export", with the node to ask
+			}
+		}
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -40,6 +40,11 @@ type nodeState struct {
 	// cluster -c names on its first start with a kvdb).
 	ClusterUUID string        `json:"cluster_uuid,omitempty"`
 	Drives      []storedDrive `json:"drives"`
+	// VolumesRegistered: the volumes on the node's drives were entered in
+	// the cluster (once, by the first start of a release that keeps
+	// volumes in etcd; Server.Reconcile). Absent in data directories of
+	// earlier releases.
+	VolumesRegistered bool `json:"volumes_registered,omitempty"`
 }
 
 // storedDrive deliberately has no Force: once the engine has formatted a
@@ -134,6 +139,27 @@ func (n *Node) JoinCluster(uuid string) error {
 			n.state.Cluster, n.state.ClusterUUID, n.state.Cluster, uuid)
 	}
 	n.state.ClusterUUID = uuid
+	return n.saveLocked()
+}
+
+// VolumesRegistered reports whether the node's volumes were entered in
+// the cluster (see nodeState).
+func (n *Node) VolumesRegistered() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.state.VolumesRegistered
+}
+
+// MarkVolumesRegistered records, durably, that the node's volumes were
+// entered in the cluster: later starts report a volume the cluster does not
+// know instead of registering it.
+func (n *Node) MarkVolumesRegistered() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state.VolumesRegistered {
+		return nil
+	}
+	n.state.VolumesRegistered = true
 	return n.saveLocked()
 }
 

@@ -51,6 +51,11 @@ type SchedulerConfig struct {
 	// Now is the clock; time.Now by default.
 	Now    func() time.Time
 	Logger *slog.Logger
+	// Snapshot takes a snapshot and Delete prunes one; nil: the engine's
+	// own. A node in a cluster passes Server.SnapshotHeld and DeleteHeld,
+	// so that scheduled snapshots are cluster objects like the others.
+	Snapshot func(volume, name string) (engine.VolumeInfo, error)
+	Delete   func(name string) error
 }
 
 // Scheduler takes and prunes scheduled snapshots. Run drives it; RunOnce
@@ -94,6 +99,12 @@ func NewScheduler(e *engine.Engine, cfg SchedulerConfig) (*Scheduler, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Snapshot == nil {
+		cfg.Snapshot = e.CreateSnapshot
+	}
+	if cfg.Delete == nil {
+		cfg.Delete = e.DeleteVolume
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -203,7 +214,7 @@ func (s *Scheduler) take(volume string, now time.Time) {
 		s.report("create", volume, name, fmt.Errorf("not taken: cannot record it: %w", err))
 		return
 	}
-	info, err := s.engine.CreateSnapshot(volume, name)
+	info, err := s.cfg.Snapshot(volume, name)
 	if err != nil {
 		s.mu.Lock()
 		delete(s.taken, name)
@@ -244,7 +255,7 @@ func (s *Scheduler) prune(info engine.VolumeInfo) {
 		keep = engine.DefaultSnapKeep
 	}
 	for _, r := range mine[:max(0, len(mine)-keep)] {
-		if err := s.engine.DeleteVolume(r.Name); err != nil {
+		if err := s.cfg.Delete(r.Name); err != nil {
 			s.report("prune", info.Name, r.Name, err)
 			continue
 		}

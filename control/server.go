@@ -11,10 +11,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/cairn-storage/cairn/cluster"
 	"github.com/cairn-storage/cairn/engine"
 )
 
@@ -49,6 +51,13 @@ type Server struct {
 	cluster atomic.Pointer[ClusterConfig]
 	// cloudsnaps, when set (SetCloudsnaps), serves credentials and cloudsnaps.
 	cloudsnaps *Cloudsnaps
+	// busy are the volumes this node is changing (clustervol.go).
+	busy busySet
+	// peerClient talks to other nodes' APIs, made once (peers).
+	peerOnce   sync.Once
+	peerClient *http.Client
+	// recon is the last reconciliation's report (reconcile.go).
+	recon atomic.Pointer[ReconcileReport]
 }
 
 // NewServer returns the API server. metrics may be nil (no /metrics).
@@ -123,7 +132,7 @@ func (s *Server) status(ctx context.Context) Status {
 	}
 	if sum := s.clusterSummary(ctx); sum != nil {
 		out.ClusterSummary = sum
-		if !sum.Kvdb.Healthy {
+		if !sum.Kvdb.Healthy || len(sum.UnregisteredVolumes) > 0 || len(sum.MissingVolumes) > 0 {
 			out.Status = "degraded"
 		}
 	}
@@ -168,6 +177,16 @@ func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
 		}
 		all = b
 	}
+	if cfg := s.clusterOf(); cfg != nil && r.Header.Get(forwardedHeader) == "" {
+		out, done := s.listClustered(w, r, cfg, all)
+		if done {
+			return
+		}
+		if out != nil {
+			reply(w, http.StatusOK, out)
+			return
+		}
+	}
 	infos := s.engine.Volumes()
 	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
 	out := make([]Volume, 0, len(infos))
@@ -188,6 +207,10 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := s.checkCloudsnapSchedule(req.CloudsnapInterval, req.CloudsnapKeep); err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if cfg := s.clusterOf(); cfg != nil {
+		s.createClustered(w, r, cfg, req)
 		return
 	}
 	info, err := s.engine.CreateVolume(engine.VolumeSpec{
@@ -219,8 +242,24 @@ func (s *Server) volumeRef(r *http.Request) string {
 }
 
 func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
+	spec, done := s.route(w, r, r.PathValue("name"))
+	if done {
+		return
+	}
 	name := s.volumeRef(r)
 	v, err := s.engine.Volume(name)
+	if errors.Is(err, engine.ErrNotFound) && spec != nil {
+		// The cluster places it here and the drives lack it: show what
+		// the cluster knows, and say so (reconcile reports it too).
+		self := s.clusterOf()
+		n := cluster.Node{NodeRecord: cluster.NodeRecord{ID: self.Member.ID(), MgmtAddr: self.MgmtAddr}, Status: cluster.StatusOnline}
+		state := spec.State
+		if state == cluster.VolumeReady {
+			state = "missing: not on the drives of its node " + n.ID
+		}
+		reply(w, http.StatusOK, volumeFromSpec(*spec, n, state))
+		return
+	}
 	if err != nil {
 		s.fail(w, r, volumeError("inspect", name, err))
 		return
@@ -229,6 +268,10 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
+	spec, done := s.route(w, r, r.PathValue("name"))
+	if done {
+		return
+	}
 	name := s.volumeRef(r)
 	var req UpdateVolumeRequest
 	if err := decode(r, &req); err != nil {
@@ -244,6 +287,10 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, volumeError("update", name, err))
 		return
 	}
+	if err := s.recordUpdate(r.Context(), spec, info); err != nil {
+		s.fail(w, r, fmt.Errorf("volume %q was updated on this node but the change is not recorded in the kvdb (it is, by itself, once the kvdb answers): %w", name, err))
+		return
+	}
 	s.log.Info("volume updated", "name", name, "size", info.Size, "sticky", info.Sticky, "snap_interval", info.SnapInterval, "snap_keep", info.SnapKeep)
 	if err := s.setCloudsnapSchedule(name, req.CloudsnapInterval, req.CloudsnapKeep); err != nil {
 		s.fail(w, r, err)
@@ -253,6 +300,9 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
+	if _, done := s.route(w, r, r.PathValue("name")); done {
+		return
+	}
 	name := s.volumeRef(r)
 	force, err := forceParam(r)
 	if err != nil {
@@ -263,7 +313,18 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
 		s.deleteForce(w, r, name)
 		return
 	}
-	if err := s.engine.DeleteVolume(name); err != nil {
+	deleted, err := s.deleteHeld(r.Context(), []string{name}, func() ([]string, error) {
+		if err := s.engine.DeleteVolume(name); err != nil {
+			return nil, err
+		}
+		s.forget(name)
+		return []string{name}, nil
+	})
+	if err != nil && len(deleted) > 0 {
+		s.fail(w, r, err) // deleted, not recorded: the error says so
+		return
+	}
+	if err != nil {
 		if errors.Is(err, engine.ErrHasSnapshots) {
 			s.fail(w, r, s.hasSnapshotsError(name, err))
 			return
@@ -271,7 +332,6 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, volumeError("delete", name, err))
 		return
 	}
-	s.forget(name)
 	s.log.Info("volume deleted", "name", name)
 	w.WriteHeader(http.StatusNoContent)
 }

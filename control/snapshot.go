@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/cairn-storage/cairn/cluster"
 	"github.com/cairn-storage/cairn/engine"
 )
 
@@ -59,13 +62,16 @@ func (s *Server) snapshotRoutes(mux *http.ServeMux) {
 }
 
 func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
+	if _, done := s.route(w, r, r.PathValue("name")); done {
+		return
+	}
 	volume := s.volumeRef(r)
 	var req SnapshotRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	info, err := s.engine.CreateSnapshot(volume, req.Name)
+	info, err := s.SnapshotHeld(r.Context(), volume, req.Name)
 	if err != nil {
 		s.fail(w, r, shareError("snapshot", volume, req.Name, err))
 		return
@@ -74,9 +80,58 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusCreated, s.volumeJSON(info.Name, volumeFromEngine(info)))
 }
 
+// SnapshotHeld takes a snapshot of a volume of this node (name "" = the
+// default name) and registers it in the cluster: the API's snapshot
+// create and the scheduler's.
+func (s *Server) SnapshotHeld(ctx context.Context, volume, name string) (engine.VolumeInfo, error) {
+	if name == "" {
+		name = engine.DefaultSnapshotName(volume, time.Now())
+	}
+	if err := engine.ValidateName("snapshot", name); err != nil {
+		return engine.VolumeInfo{}, err
+	}
+	return s.createHeld(ctx, cluster.VolumeSpec{Name: name, Snapshot: true, Parent: volume, Repl: 1}, func() (engine.VolumeInfo, error) {
+		return s.engine.CreateSnapshot(volume, name)
+	})
+}
+
+// DeleteHeld deletes a snapshot (or volume) of this node and its spec:
+// the scheduler's prune.
+func (s *Server) DeleteHeld(ctx context.Context, name string) error {
+	_, err := s.deleteHeld(ctx, []string{name}, func() ([]string, error) {
+		if err := s.engine.DeleteVolume(name); err != nil {
+			return nil, err
+		}
+		s.forget(name)
+		return []string{name}, nil
+	})
+	return err
+}
+
 // listSnapshots answers GET /v1/snapshots[?volume=NAME], oldest first.
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 	volume := r.URL.Query().Get("volume")
+	if volume != "" {
+		if _, done := s.route(w, r, volume); done {
+			return
+		}
+	} else if cfg := s.clusterOf(); cfg != nil && r.Header.Get(forwardedHeader) == "" {
+		all, done := s.listClustered(w, r, cfg, true)
+		if done {
+			return
+		}
+		if all != nil {
+			out := []Volume{}
+			for _, v := range all {
+				if v.Snapshot {
+					out = append(out, v)
+				}
+			}
+			sort.SliceStable(out, func(i, j int) bool { return out[i].Created < out[j].Created })
+			reply(w, http.StatusOK, out)
+			return
+		}
+	}
 	if volume != "" {
 		v, err := s.engine.Volume(volume)
 		if err != nil {
@@ -97,6 +152,9 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
+	if _, done := s.route(w, r, r.PathValue("name")); done {
+		return
+	}
 	name := s.volumeRef(r)
 	v, err := s.engine.Volume(name)
 	if err != nil {
@@ -107,23 +165,32 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, invalidf("%q is a volume, not a snapshot (delete volumes with cairn volume delete)", name))
 		return
 	}
-	if err := s.engine.DeleteVolume(name); err != nil {
+	if err := s.DeleteHeld(r.Context(), name); err != nil {
 		s.fail(w, r, snapshotOpError("delete", name, err))
 		return
 	}
-	s.forget(name)
 	s.log.Info("snapshot deleted", "snapshot", name)
 	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) cloneVolume(w http.ResponseWriter, r *http.Request) {
+	if _, done := s.route(w, r, r.PathValue("name")); done {
+		return
+	}
 	snapshot := s.volumeRef(r)
 	var req CloneRequest
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	info, err := s.engine.CloneVolume(snapshot, req.Name)
+	if err := engine.ValidateName("clone", req.Name); err != nil {
+		s.fail(w, r, shareError("clone", snapshot, req.Name, err))
+		return
+	}
+	// A clone lives where its snapshot does: on this node.
+	info, err := s.createHeld(r.Context(), cluster.VolumeSpec{Name: req.Name, Parent: snapshot, Repl: 1}, func() (engine.VolumeInfo, error) {
+		return s.engine.CloneVolume(snapshot, req.Name)
+	})
 	if err != nil {
 		s.fail(w, r, shareError("clone", snapshot, req.Name, err))
 		return
@@ -133,6 +200,9 @@ func (s *Server) cloneVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) restoreVolume(w http.ResponseWriter, r *http.Request) {
+	if _, done := s.route(w, r, r.PathValue("name")); done {
+		return
+	}
 	volume := s.volumeRef(r)
 	var req RestoreRequest
 	if err := decode(r, &req); err != nil {
@@ -189,27 +259,32 @@ func (s *Server) deleteForce(w http.ResponseWriter, r *http.Request, name string
 			return
 		}
 	}
-	var done []string
-	for _, n := range snaps {
-		if err := s.engine.DeleteVolume(n); err != nil {
-			s.fail(w, r, &messageError{
-				msg: fmt.Sprintf("cannot delete volume %q: deleting its snapshot %q failed: %s%s", name, n, plain(err), deletedSoFar(done)),
-				err: err,
-			})
-			return
+	done, err := s.deleteHeld(r.Context(), append(snaps, name), func() ([]string, error) {
+		var done []string
+		for _, n := range snaps {
+			if err := s.engine.DeleteVolume(n); err != nil {
+				return done, &messageError{
+					msg: fmt.Sprintf("cannot delete volume %q: deleting its snapshot %q failed: %s%s", name, n, plain(err), deletedSoFar(done)),
+					err: err,
+				}
+			}
+			s.forget(n)
+			s.log.Info("snapshot deleted", "snapshot", n, "reason", "volume delete --force")
+			done = append(done, n)
 		}
-		s.forget(n)
-		s.log.Info("snapshot deleted", "snapshot", n, "reason", "volume delete --force")
-		done = append(done, n)
-	}
-	if err := s.engine.DeleteVolume(name); err != nil {
-		e := volumeError("delete", name, err)
-		s.fail(w, r, &messageError{msg: e.Error() + deletedSoFar(done), err: err})
+		if err := s.engine.DeleteVolume(name); err != nil {
+			e := volumeError("delete", name, err)
+			return done, &messageError{msg: e.Error() + deletedSoFar(done), err: err}
+		}
+		s.forget(name)
+		return append(done, name), nil
+	})
+	if err != nil {
+		s.fail(w, r, err)
 		return
 	}
-	s.forget(name)
 	s.log.Info("volume deleted", "name", name, "snapshots_deleted", len(snaps))
-	reply(w, http.StatusOK, DeleteResult{Deleted: append(done, name)})
+	reply(w, http.StatusOK, DeleteResult{Deleted: done})
 }
 
 // hasSnapshotsError names the snapshots that keep a volume from being deleted.

@@ -31,6 +31,12 @@ type Volume struct {
 	// RequestedIOPriority is what create asked for; io_priority differs
 	// when no pool of that class existed (high → medium → low).
 	RequestedIOPriority string `json:"requested_io_priority"`
+
+	// Node is the id of the node that holds the volume's data (and serves
+	// it over NBD); NodeAddr is that node's management address ("" when
+	// the node is not in a cluster yet).
+	Node     string `json:"node"`
+	NodeAddr string `json:"node_addr"`
 }
 
 // Status is the JSON shape of `cairn status`.
@@ -104,6 +110,11 @@ type CreateVolumeRequest struct {
 	// Scheduled cloudsnaps (cloudsnap.go): minutes (0 = off), and how many to keep.
 	CloudsnapInterval int `json:"cloudsnap_interval,omitempty"`
 	CloudsnapKeep     int `json:"cloudsnap_keep,omitempty"`
+	// Nodes, Zones and Racks restrict where the volume may be created
+	// (pxctl's --nodes, --zones, --racks): node ids, zone and rack names.
+	Nodes []string `json:"nodes,omitempty"`
+	Zones []string `json:"zones,omitempty"`
+	Racks []string `json:"racks,omitempty"`
 }
 
 // UpdateVolumeRequest is the body of PATCH /v1/volumes/{name}; absent fields

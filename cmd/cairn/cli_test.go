@@ -255,7 +255,8 @@ var (
 		"snap_interval", "parent", "readonly", "attached_on", "created", "device",
 		"snapshot", "snap_keep", // issue 5
 		"requested_io_priority",                // issue 13
-		"cloudsnap_interval", "cloudsnap_keep") // issue 18
+		"cloudsnap_interval", "cloudsnap_keep", // issue 18
+		"node", "node_addr") // issue 15
 	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives", "snapshot_errors",
 		"duplicate_volumes", "unavailable_volumes", "restoring", "restore_errors", "catalog_error", // issue 13
 		"cluster_summary") // issue 15

@@ -267,7 +267,7 @@ func TestClusterKvdbDown(t *testing.T) {
 	kvdbAddr := d1.kvdbAddr(t)
 	d2 := startDaemon(t, t.TempDir(), "--api", "127.0.0.2:0", "--nbd", "127.0.0.2:0", "-k", "etcd://"+kvdbAddr)
 	id2 := nodeID(t, d2.api)
-	mustCairn(t, d2.api, "volume", "create", "v", "--size", "64M")
+	mustCairn(t, d2.api, "volume", "create", "v", "--size", "64M", "--nodes", id2)
 	_, socket := d2.nbdAddrs(t)
 	nbdURI := "nbd+unix:///v?socket=" + socket
 
@@ -285,8 +285,23 @@ func TestClusterKvdbDown(t *testing.T) {
 	if human := mustCairn(t, d2.api, "status"); !strings.Contains(human, "UNAVAILABLE") {
 		t.Errorf("status does not say the kvdb is unavailable:\n%s", human)
 	}
-	// Run flat: the node's volumes and NBD exports do not need the kvdb.
-	mustCairn(t, d2.api, "volume", "create", "w", "--size", "64M")
+	// Run flat: the node's volumes and NBD exports do not need the kvdb;
+	// changes do (a name is unique only by the kvdb's say), and listings
+	// show this node's own volumes, with a warning.
+	mustFail(t, d2.api, "kvdb unavailable", "volume", "create", "w", "--size", "64M")
+	mustFail(t, d2.api, "kvdb unavailable", "volume", "update", "v", "--size", "128M")
+	mustFail(t, d2.api, "kvdb unavailable", "volume", "snapshot", "create", "v")
+	mustFail(t, d2.api, "kvdb unavailable", "volume", "delete", "v")
+	for _, args := range [][]string{{"volume", "list", "-j"}, {"volume", "inspect", "v", "-j"}} {
+		r := cairn(t, d2.api, args...)
+		if r.code != 0 || !strings.HasPrefix(r.stderr, "warning: kvdb unavailable") || !strings.Contains(r.stderr, "this node's own volumes only") {
+			t.Errorf("%v with the kvdb down: want success with a warning, got %s", args, r)
+		}
+		jq(t, r.stdout, `[.. | objects | select(has("name")) | .name] == ["v"]`)
+	}
+	if took := time.Since(began); took > 30*time.Second {
+		t.Errorf("cluster and volume verbs with the kvdb down took %v", took)
+	}
 	run(t, "nbdinfo", nbdURI)
 
 	// The kvdb back (node 1 restarted on its data dir and address).
@@ -318,8 +333,8 @@ func TestClusterDelete(t *testing.T) {
 	args3 := []string{"--api", "127.0.0.3:0", "--nbd", "127.0.0.3:0", "-k", kvdb}
 	d3 := startDaemon(t, t.TempDir(), args3...)
 	id1, id2, id3 := nodeID(t, d1.api), nodeID(t, d2.api), nodeID(t, d3.api)
-	mustCairn(t, d2.api, "volume", "create", "db", "--size", "64M")
-	mustCairn(t, d2.api, "volume", "create", "logs", "--size", "64M")
+	mustCairn(t, d2.api, "volume", "create", "db", "--size", "64M", "--nodes", id2)
+	mustCairn(t, d1.api, "volume", "create", "logs", "--size", "64M", "--nodes", id2)
 	mustCairn(t, d2.api, "volume", "snapshot", "create", "db", "--name", "db.s1")
 	// The node's record carries its volumes (not snapshots) by its next heartbeat.
 	deadline := time.Now().Add(15 * time.Second)
@@ -357,6 +372,8 @@ func TestClusterDelete(t *testing.T) {
 	jq(t, del, fmt.Sprintf(`.id == %q and .lost_volumes == ["db", "logs"] and .lost_count == 2`, id2))
 	jq(t, mustCairn(t, d1.api, "cluster", "list", "-j"), fmt.Sprintf(`length == 1 and .[0].id == %q`, id1))
 	jq(t, mustCairn(t, d1.api, "status", "-j"), `.cluster_summary.nodes_total == 1 and .cluster_summary.nodes_online == 1`)
+	// Its volumes (and their snapshots) left the cluster's view with it.
+	jq(t, mustCairn(t, d1.api, "volume", "list", "--all", "-j"), `length == 0`)
 
 	// Deleted nodes stay out: neither starts on its data directory.
 	for _, tc := range []struct {

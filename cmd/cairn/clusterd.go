@@ -146,8 +146,8 @@ func (c *clusterRun) close() {
 }
 
 // serverConfig is what the API server needs of the cluster.
-func (c *clusterRun) serverConfig() control.ClusterConfig {
-	return control.ClusterConfig{Member: c.member, Embedded: c.embedded != nil}
+func (c *clusterRun) serverConfig(mgmtAddr, localIP string) control.ClusterConfig {
+	return control.ClusterConfig{Member: c.member, Embedded: c.embedded != nil, MgmtAddr: mgmtAddr, LocalIP: localIP}
 }
 
 // cloudsnapStore is where credentials live: the cluster's store.

@@ -220,8 +220,17 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	if cfg.snapMinute <= 0 {
 		return fmt.Errorf("daemon: --snap-minute %v: must be positive", cfg.snapMinute)
 	}
+	apiServer := control.NewServer(eng, node, metrics, log)
+	// Scheduled snapshots are cluster objects: taken and pruned through
+	// the server, which registers them (once the node has joined).
+	schedCtx, stopScheduler := context.WithCancel(context.Background())
+	defer stopScheduler()
 	scheduler, err := control.NewScheduler(eng, control.SchedulerConfig{
 		StatePath: filepath.Join(dataDir, "snapschedule.json"), Minute: cfg.snapMinute, Logger: log,
+		Snapshot: func(volume, name string) (engine.VolumeInfo, error) {
+			return apiServer.SnapshotHeld(schedCtx, volume, name)
+		},
+		Delete: func(name string) error { return apiServer.DeleteHeld(schedCtx, name) },
 	})
 	if err != nil {
 		apiListener.Close()
@@ -236,7 +245,6 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	}
 	defer cloudsnaps.Shutdown() // error paths; the shutdown below stops it before the engine closes
 	exports := control.NewExports(eng)
-	apiServer := control.NewServer(eng, node, metrics, log)
 	apiServer.SetAttacher(attacher)
 	apiServer.SetScheduler(scheduler)
 	apiServer.SetCloudsnaps(cloudsnaps)
@@ -261,13 +269,20 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		nbdStop()
 		return fmt.Errorf("daemon: %w", err)
 	}
-	apiServer.SetCluster(clus.serverConfig())
+	apiServer.SetCluster(clus.serverConfig(apiListener.Addr().String(), hostOf(apiAddr)))
+	exports.SetLocate(func(name string) error { return apiServer.Locate(context.Background(), name) })
+	// The drives and the cluster's specs agree before the node takes
+	// changes (the attachments' restore below is what opens it to them);
+	// what cannot agree is reported, and the node starts anyway.
+	if err := apiServer.Reconcile(ctx); err != nil {
+		log.Error("cluster: reconciliation at start failed; retried every 30 s", "err", err)
+	}
+	go apiServer.RunReconcile(schedCtx)
 
 	// Volumes attached (and mounted) when the daemon last stopped are
 	// served again before the node is ready: Restore's end is what makes
 	// `cairn status` succeed.
 	attacher.Restore(ctx)
-	schedCtx, stopScheduler := context.WithCancel(context.Background())
 	schedDone := make(chan struct{})
 	go func() {
 		defer close(schedDone)

@@ -177,7 +177,7 @@ func TestClusterExternalEtcd(t *testing.T) {
 	}
 
 	// A volume on node 2 with data on it, over NBD.
-	mustCairn(t, ds[1].api, "volume", "create", "v", "--size", "64M")
+	mustCairn(t, ds[1].api, "volume", "create", "v", "--size", "64M", "--nodes", nodeID(t, ds[1].api))
 	data := patternFile(t, t.TempDir(), "a.bin", 1<<20, 1)
 	nbdWriteFile(t, ds[1], "v", data)
 
@@ -206,7 +206,7 @@ func TestClusterExternalEtcd(t *testing.T) {
 	if got := nbdReadBack(t, ds[1], "v", len(want)); !bytes.Equal(got, want) {
 		t.Fatal("NBD read-back after a write with the kvdb down differs")
 	}
-	mustCairn(t, ds[1].api, "volume", "create", "w", "--size", "64M")
+	mustFail(t, ds[1].api, "kvdb unavailable", "volume", "create", "w", "--size", "64M")
 
 	// Members back: cluster verbs work again, both nodes Online, no restart.
 	ms[0].start(t)

@@ -96,4 +96,8 @@ func addJSONFlag(cmd *cobra.Command, g *globals) {
 	cmd.Flags().BoolVarP(&g.json, "json", "j", false, "print JSON instead of a table")
 }
 
-func (g *globals) client() *control.Client { return control.NewClient(g.host) }
+func (g *globals) client() *control.Client {
+	c := control.NewClient(g.host)
+	c.Warn = func(msg string) { fmt.Fprintln(os.Stderr, "warning: "+msg) }
+	return c
+}

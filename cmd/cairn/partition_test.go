@@ -64,7 +64,7 @@ func TestClusterPartition(t *testing.T) {
 	d2 := startDaemon(t, t.TempDir(), "--api", "127.0.0.4:0", "--nbd", "127.0.0.4:0", "-k", "etcd://"+kvdb)
 	id2 := nodeID(t, d2.api)
 	waitCluster(t, d1.api, 2, 15*time.Second)
-	mustCairn(t, d2.api, "volume", "create", "v", "--size", "64M")
+	mustCairn(t, d2.api, "volume", "create", "v", "--size", "64M", "--nodes", id2)
 	data := patternFile(t, t.TempDir(), "a.bin", 1<<20, 3)
 
 	heal := partition(t, "127.0.0.4", kvdb)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -81,8 +82,14 @@ func TestUpgradeInPlace(t *testing.T) {
 			t.Errorf("node.json cluster_uuid %q, want %q:\n%s", node.ClusterUUID, uuid, raw)
 		}
 		jq(t, mustCairn(t, d.api, "cluster", "list", "-j"), fmt.Sprintf(`length == 1 and .[0].id == %q and .[0].status == "Online"`, releaseNodeID))
+		// The volumes are registered in the cluster (the listing is the
+		// cluster's view), as this node's, on the first start.
 		jq(t, mustCairn(t, d.api, "volume", "list", "--all", "-j"),
-			`[.[] | [.name, .id]] == [["old", "5826d4eb9c89a7b3"], ["old.before", "549c4355e7e41901"]]`)
+			fmt.Sprintf(`[.[] | [.name, .id, .node]] == [["old", "5826d4eb9c89a7b3", %[1]q], ["old.before", "549c4355e7e41901", %[1]q]]`, releaseNodeID))
+		jq(t, st, `.cluster_summary.unregistered_volumes == [] and .cluster_summary.missing_volumes == []`)
+		if registered := strings.Count(d.log(), "cluster: volume registered"); registered != 2*(1-run) {
+			t.Errorf("run %d: %d volumes registered, want %d:\n%s", run, registered, 2*(1-run), d.log())
+		}
 		for _, export := range []string{"old", "old.before"} {
 			if got := nbdReadBack(t, d, export, len(want)); !bytes.Equal(got, want) {
 				t.Errorf("run %d: %s does not read back what the release wrote", run, export)
@@ -91,5 +98,32 @@ func TestUpgradeInPlace(t *testing.T) {
 		if code := d.stop(t); code != 0 {
 			t.Fatalf("exit code %d", code)
 		}
+	}
+}
+
+// An upgraded node joining a cluster where one of its volumes' names is
+// already another node's: that volume is reported (status, log), served on
+// the node and kept; the cluster's volume of that name is left alone; the
+// other volume is registered.
+func TestUpgradeNameTaken(t *testing.T) {
+	t.Parallel() // its own addresses, ports and data dirs
+	d1 := startDaemon(t, t.TempDir())
+	id1 := nodeID(t, d1.api)
+	mustCairn(t, d1.api, "volume", "create", "old", "--size", "1G")
+	dir := unpackRelease(t)
+	d2 := startDaemon(t, dir, "--api", "127.0.0.2:0", "--nbd", "127.0.0.2:0", "-k", "etcd://"+d1.kvdbAddr(t))
+	st := mustCairn(t, d2.api, "status", "-j")
+	jq(t, st, fmt.Sprintf(`.status == "degraded" and .cluster_summary.unregistered_volumes == [{"name": "old", "reason": "the name is taken in the cluster by a volume of node %s"}]`, id1))
+	if !strings.Contains(d2.log(), `msg="cluster: volume on this node's drives is not in the cluster; it is served here and kept" name=old`) {
+		t.Errorf("node 2 did not log the unregistered volume:\n%s", d2.log())
+	}
+	jq(t, mustCairn(t, d1.api, "volume", "inspect", "old", "-j"), fmt.Sprintf(`.node == %q and .size == 1073741824`, id1))
+	jq(t, mustCairn(t, d1.api, "volume", "inspect", "old.before", "-j"), fmt.Sprintf(`.node == %q and .snapshot`, releaseNodeID))
+	want, err := os.ReadFile(patternFile(t, t.TempDir(), "p.bin", 64<<10, 42))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := nbdReadBack(t, d2, "old", len(want)); !bytes.Equal(got, want) {
+		t.Error("the unregistered volume does not read back what the release wrote")
 	}
 }

@@ -35,8 +35,13 @@ func newVolumeCreateCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create NAME --size SIZE",
 		Short: "Create a thin volume",
+		Long: `Create a thin volume. In a cluster, it is placed on an Online node: one
+with a pool of the io_priority asked for (else the next lower one), then the
+one with the most free space; --nodes, --zones and --racks restrict the
+choice. The volume's data lives on that node, which serves it over NBD.`,
 		Example: `  cairn volume create db --size 10G
-  cairn volume create scratch --size 512M --io_priority high --sticky`,
+  cairn volume create scratch --size 512M --io_priority high --sticky
+  cairn volume create logs --size 20G --zones eu-1a,eu-1b --racks r2`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if size == "" {
@@ -81,6 +86,9 @@ func newVolumeCreateCommand(g *globals) *cobra.Command {
 	f.IntVar(&req.SnapInterval, "snap_interval", 0, "snapshot every MIN minutes (0 = off)")
 	f.IntVar(&snapKeep, "snap_keep", engine.DefaultSnapKeep, "scheduled snapshots to keep, 1 to 64 (the oldest are deleted)")
 	f.IntVar(&req.BlockSize, "block_size", 4096, "block size in bytes (only 4096)")
+	f.StringSliceVar(&req.Nodes, "nodes", nil, "create it on one of these nodes (ids, comma-separated)")
+	f.StringSliceVar(&req.Zones, "zones", nil, "create it on a node in one of these zones (comma-separated)")
+	f.StringSliceVar(&req.Racks, "racks", nil, "create it on a node on one of these racks (comma-separated)")
 	cs.add(cmd)
 	addJSONFlag(cmd, g)
 	return cmd
@@ -302,7 +310,16 @@ func printVolume(w io.Writer, v control.Volume) {
 		{"Creation time", v.Created},
 		{"Status", v.State},
 		{"Attached on", orDash(v.AttachedOn)},
+		{"Node", nodeOf(v)},
 	} {
 		fmt.Fprintf(w, "\t%-15s:  %s\n", row[0], row[1])
 	}
+}
+
+// nodeOf words where a volume's data lives: "ID (ADDR)".
+func nodeOf(v control.Volume) string {
+	if v.NodeAddr == "" {
+		return orDash(v.Node)
+	}
+	return v.Node + " (" + v.NodeAddr + ")"
 }
