@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"sync"
 	"sync/atomic"
 
@@ -199,36 +200,23 @@ type segment struct {
 // segmentExtents to an object, uploadWorkers at a time. An extent that
 // reads as all zeros is not stored (a hole on restore).
 func upload(ctx context.Context, sv *engine.Volume, st *Store, prefix string, aead cipher.AEAD, todo []int64, prog *Progress) ([]segment, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	type job struct {
-		seq  int
 		exts []int64
 		key  string
 	}
 	jobs := make(chan job)
 	var (
-		mu       sync.Mutex
-		out      []segment
-		firstErr error
+		mu  sync.Mutex
+		out []segment
 	)
-	fail := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
-			cancel()
-		}
-		mu.Unlock()
-	}
-	var wg sync.WaitGroup
+	// The first error cancels ctx: the feeder stops, the workers' next
+	// store call fails, and Wait returns that first error.
+	g, ctx := errgroup.WithContext(ctx)
 	for range uploadWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			c, err := newCodec(aead)
 			if err != nil {
-				fail(err)
-				return
+				return err
 			}
 			defer c.close()
 			data := make([]byte, extentSize)
@@ -239,8 +227,7 @@ func upload(ctx context.Context, sv *engine.Volume, st *Store, prefix string, ae
 				for _, x := range j.exts {
 					n := min(extentSize, sv.Size()-x*extentSize)
 					if err := sv.ReadAt(data[:n], x*extentSize); err != nil {
-						fail(fmt.Errorf("read snapshot at extent %d: %w", x, err))
-						return
+						return fmt.Errorf("read snapshot at extent %d: %w", x, err)
 					}
 					prog.Done.Add(n)
 					if allZero(data[:n]) {
@@ -248,8 +235,7 @@ func upload(ctx context.Context, sv *engine.Volume, st *Store, prefix string, ae
 					}
 					off := int64(len(buf))
 					if buf, err = c.seal(buf, j.key, x, data[:n]); err != nil {
-						fail(err)
-						return
+						return err
 					}
 					seg.frames = append(seg.frames, Frame{X: x, Off: off, Len: int64(len(buf)) - off})
 				}
@@ -258,32 +244,29 @@ func upload(ctx context.Context, sv *engine.Volume, st *Store, prefix string, ae
 				}
 				seg.obj.Size, seg.obj.XXH64, seg.obj.Frames = int64(len(buf)), xxhash.Sum64(buf), len(seg.frames)
 				if err := st.put(ctx, j.key, buf, dataTimeout); err != nil {
-					fail(err)
-					return
+					return err
 				}
 				prog.Stored.Add(int64(len(buf)))
 				mu.Lock()
 				out = append(out, seg)
 				mu.Unlock()
 			}
-		}()
+			return nil
+		})
 	}
-feed:
-	for i := 0; i < len(todo); i += segmentExtents {
-		j := job{seq: i / segmentExtents, exts: todo[i:min(len(todo), i+segmentExtents)]}
-		j.key = fmt.Sprintf("%sdata/%06d", prefix, j.seq)
-		select {
-		case jobs <- j:
-		case <-ctx.Done():
-			break feed
+	g.Go(func() error {
+		defer close(jobs)
+		for i := 0; i < len(todo); i += segmentExtents {
+			j := job{exts: todo[i:min(len(todo), i+segmentExtents)], key: fmt.Sprintf("%sdata/%06d", prefix, i/segmentExtents)}
+			select {
+			case jobs <- j:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
-	}
-	close(jobs)
-	wg.Wait()
-	if firstErr != nil {
-		return nil, firstErr
-	}
-	if err := ctx.Err(); err != nil {
+		return nil
+	})
+	if err := g.Wait(); err != nil {
 		return nil, err
 	}
 	return out, nil
