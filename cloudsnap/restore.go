@@ -41,11 +41,26 @@ func CheckRestore(ctx context.Context, eng *engine.Engine, st *Store, id, name s
 	return m, aead, nil
 }
 
+// Creator makes the volume a restore fills, around build: build creates
+// it on the engine, fills it, and deletes it again when the fill fails; the
+// Creator returns what build returned. The daemon's Creator registers the
+// volume in its cluster (control: createHeld): the name is reserved
+// cluster-wide before the volume exists, stays reserved (creating) while it
+// is filled, and is given back when build fails — so no other node takes
+// the name meanwhile, and no half-filled volume is ever listed as ready.
+type Creator func(spec engine.VolumeSpec, build func() (engine.VolumeInfo, error)) (engine.VolumeInfo, error)
+
 // Restore makes a new volume name ("" = the backed-up volume's name) with
 // exactly backup id's content: a repl-1 volume on this node. On any failure
 // (a missing or damaged object, named in the error) the volume is deleted:
 // nothing partial is left.
 func Restore(ctx context.Context, eng *engine.Engine, st *Store, id, name string, prog *Progress) (engine.VolumeInfo, error) {
+	return RestoreWith(ctx, eng, st, id, name, prog, nil)
+}
+
+// RestoreWith is Restore with the volume made through create (nil: on the
+// engine alone).
+func RestoreWith(ctx context.Context, eng *engine.Engine, st *Store, id, name string, prog *Progress, create Creator) (engine.VolumeInfo, error) {
 	if prog == nil {
 		prog = new(Progress)
 	}
@@ -56,17 +71,24 @@ func Restore(ctx context.Context, eng *engine.Engine, st *Store, id, name string
 	if name == "" {
 		name = m.Volume
 	}
-	info, err := eng.CreateVolume(engine.VolumeSpec{Name: name, Size: m.Size, Repl: 1})
-	if err != nil {
-		return engine.VolumeInfo{}, err
-	}
-	if err := fill(ctx, eng, st, m, aead, name, prog); err != nil {
-		if derr := eng.DeleteVolume(name); derr != nil {
-			return engine.VolumeInfo{}, fmt.Errorf("%w (and the partial volume %q could not be deleted: %v)", err, name, derr)
+	spec := engine.VolumeSpec{Name: name, Size: m.Size, Repl: 1}
+	build := func() (engine.VolumeInfo, error) {
+		info, err := eng.CreateVolume(spec)
+		if err != nil {
+			return engine.VolumeInfo{}, err
 		}
-		return engine.VolumeInfo{}, err
+		if err := fill(ctx, eng, st, m, aead, name, prog); err != nil {
+			if derr := eng.DeleteVolume(name); derr != nil {
+				return engine.VolumeInfo{}, fmt.Errorf("%w (and the partial volume %q could not be deleted: %v)", err, name, derr)
+			}
+			return engine.VolumeInfo{}, err
+		}
+		return info, nil
 	}
-	return info, nil
+	if create == nil {
+		return build()
+	}
+	return create(spec, build)
 }
 
 // fill writes every frame of m into volume name and flushes it.

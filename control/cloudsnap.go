@@ -54,6 +54,16 @@ type CloudsnapsConfig struct {
 	// Minute is one cloudsnap_interval minute (tests shorten it).
 	Minute time.Duration
 	Logger *slog.Logger
+	// Snapshot takes a backup's local snapshot, Delete deletes one (and,
+	// at start, what an interrupted job left), Create makes a restored
+	// volume around its fill; nil: the engine's own. A node in a cluster
+	// passes Server.SnapshotHeld, DeleteHeld and CreateRestored, so that
+	// what cloudsnaps make is a cluster object like any volume: registered
+	// (never reported unregistered), its name unique in the cluster, and
+	// its spec removed with it.
+	Snapshot func(ctx context.Context, volume, name string) (engine.VolumeInfo, error)
+	Delete   func(ctx context.Context, name string) error
+	Create   func(ctx context.Context, spec engine.VolumeSpec, build func() (engine.VolumeInfo, error)) (engine.VolumeInfo, error)
 }
 
 // Cloudsnaps runs cloud backups and restores.
@@ -119,6 +129,14 @@ func NewCloudsnaps(e *engine.Engine, cfg CloudsnapsConfig) (*Cloudsnaps, error) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Snapshot == nil {
+		cfg.Snapshot = func(_ context.Context, volume, name string) (engine.VolumeInfo, error) {
+			return e.CreateSnapshot(volume, name)
+		}
+	}
+	if cfg.Delete == nil {
+		cfg.Delete = func(_ context.Context, name string) error { return e.DeleteVolume(name) }
+	}
 	c := &Cloudsnaps{eng: e, cfg: cfg, log: log}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.state = cloudsnapState{Chains: map[string]chainRecord{}, Schedules: map[string]scheduleRecord{}}
@@ -181,7 +199,7 @@ func (c *Cloudsnaps) recover() {
 		switch r.Kind {
 		case "backup":
 			if r.Snapshot != "" {
-				if err := c.eng.DeleteVolume(r.Snapshot); err != nil && !errors.Is(err, engine.ErrNotFound) {
+				if err := c.deleteLocal(r.Snapshot); err != nil {
 					errs = append(errs, fmt.Errorf("delete local snapshot %s: %w", r.Snapshot, err))
 				}
 			}
@@ -191,7 +209,7 @@ func (c *Cloudsnaps) recover() {
 				errs = append(errs, fmt.Errorf("delete its objects: %w", err))
 			}
 		case "restore":
-			if err := c.eng.DeleteVolume(r.Volume); err != nil && !errors.Is(err, engine.ErrNotFound) {
+			if err := c.deleteLocal(r.Volume); err != nil {
 				errs = append(errs, fmt.Errorf("delete partial volume %s: %w", r.Volume, err))
 			}
 		}
@@ -210,6 +228,23 @@ func (c *Cloudsnaps) recover() {
 			c.mu.Unlock()
 		}
 	}
+}
+
+// deleteLocal deletes a snapshot or volume a cloudsnap job made on this
+// node, with its spec in the cluster (cfg.Delete). One the engine does not
+// have is not deleted at all: the job stopped before making it, and a spec
+// it may have reserved (creating) is reconciliation's to remove — never
+// another node's volume of that name. It runs when the job's own context
+// may be cancelled (Shutdown): the kvdb steps must still happen.
+func (c *Cloudsnaps) deleteLocal(name string) error {
+	if _, err := c.eng.Volume(name); errors.Is(err, engine.ErrNotFound) {
+		return nil
+	}
+	err := c.cfg.Delete(context.WithoutCancel(c.ctx), name)
+	if errors.Is(err, engine.ErrNotFound) {
+		return nil // deleted meanwhile
+	}
+	return err
 }
 
 // store opens the bucket of credential name ("" = the only credential).
@@ -476,7 +511,7 @@ func (c *Cloudsnaps) Backup(ctx context.Context, volume, credName string, full, 
 		return CloudsnapJob{}, fmt.Errorf("cannot record the backup: %w", err)
 	}
 	c.mu.Unlock()
-	if _, err := c.eng.CreateSnapshot(info.Name, snap); err != nil {
+	if err := c.takeSnapshot(ctx, info.Name, snap); err != nil {
 		c.mu.Lock()
 		c.dropRunningLocked(id, "backup")
 		c.saveLocked()
@@ -496,6 +531,25 @@ func (c *Cloudsnaps) Backup(ctx context.Context, volume, credName string, full, 
 	return c.jobInfo(j), nil
 }
 
+// takeSnapshot takes a backup's local snapshot (cfg.Snapshot). Should it
+// fail after the engine made it (the kvdb did not record it ready), the
+// snapshot is deleted again: no backup builds on it. Only a name the engine
+// did not have before is deleted, never someone else's snapshot.
+func (c *Cloudsnaps) takeSnapshot(ctx context.Context, volume, snap string) error {
+	if _, err := c.eng.Volume(snap); err == nil {
+		return fmt.Errorf("%w: snapshot %q", engine.ErrExists, snap)
+	}
+	_, err := c.cfg.Snapshot(ctx, volume, snap)
+	if err == nil {
+		return nil
+	}
+	if derr := c.deleteLocal(snap); derr != nil {
+		c.log.Error("cloudsnap: cannot delete the snapshot of a backup that did not start", "snapshot", snap, "err", derr)
+		return fmt.Errorf("%w (and its snapshot %q could not be deleted: %v)", err, snap, plain(derr))
+	}
+	return err
+}
+
 func (c *Cloudsnaps) jobInfo(j *cloudsnapJob) CloudsnapJob {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -507,7 +561,7 @@ func (c *Cloudsnaps) runBackup(j *cloudsnapJob, st *cloudsnap.Store, info engine
 	m, err := cloudsnap.Backup(c.ctx, c.eng, st, req, &j.prog)
 	if err != nil {
 		// Backup deleted what it stored; the snapshot goes too.
-		if derr := c.eng.DeleteVolume(req.Snapshot); derr != nil && !errors.Is(derr, engine.ErrNotFound) {
+		if derr := c.deleteLocal(req.Snapshot); derr != nil {
 			c.log.Error("cloudsnap: cannot delete the snapshot of a failed backup", "snapshot", req.Snapshot, "err", derr)
 		}
 		c.log.Error("cloudsnap backup failed", "volume", info.Name, "id", req.ID, "err", err)
@@ -535,7 +589,7 @@ func (c *Cloudsnaps) runBackup(j *cloudsnapJob, st *cloudsnap.Store, info engine
 	}
 	// The previous local snapshot is no base any more.
 	if prev.Snapshot != "" && prev.Snapshot != req.Snapshot {
-		if err := c.eng.DeleteVolume(prev.Snapshot); err != nil && !errors.Is(err, engine.ErrNotFound) {
+		if err := c.deleteLocal(prev.Snapshot); err != nil {
 			c.log.Warn("cloudsnap: cannot delete the previous base snapshot", "snapshot", prev.Snapshot, "err", err)
 		}
 	}
@@ -567,6 +621,12 @@ func (c *Cloudsnaps) Restore(ctx context.Context, id, credName, name string) (Cl
 	if name == "" {
 		name = m.Volume
 	}
+	// CheckRestore looked at this node's engine; the name must be free in
+	// the whole cluster. (A create elsewhere racing this one is caught
+	// when the restore reserves the name: its job fails "already exists".)
+	if err := c.nameFree(ctx, name); err != nil {
+		return CloudsnapJob{}, err
+	}
 	c.mu.Lock()
 	for _, r := range c.state.Running {
 		if r.Kind == "restore" && r.Volume == name {
@@ -585,7 +645,7 @@ func (c *Cloudsnaps) Restore(ctx context.Context, id, credName, name string) (Cl
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		_, err := cloudsnap.Restore(c.ctx, c.eng, st, id, name, &j.prog)
+		_, err := cloudsnap.RestoreWith(c.ctx, c.eng, st, id, name, &j.prog, c.creator())
 		if err != nil {
 			c.log.Error("cloudsnap restore failed", "id", id, "volume", name, "err", err)
 		} else {
@@ -602,6 +662,34 @@ func (c *Cloudsnaps) Restore(ctx context.Context, id, credName, name string) (Cl
 		c.finish(j, err)
 	}()
 	return c.jobInfo(j), nil
+}
+
+// nameFree refuses a name the cluster has given to a volume (any node's).
+func (c *Cloudsnaps) nameFree(ctx context.Context, name string) error {
+	cs, err := c.clusterStore()
+	if err != nil {
+		return nil // not in a cluster: the engine's check is the whole check
+	}
+	sp, err := cs.Volume(ctx, name)
+	switch {
+	case errors.Is(err, cluster.ErrNotFound):
+		return nil
+	case err != nil:
+		return err
+	}
+	return fmt.Errorf("%w: volume %q already exists in the cluster (node %s); restore under another name (--name)", engine.ErrExists, name, sp.Node())
+}
+
+// creator makes a restored volume through cfg.Create. Its kvdb steps run
+// without the jobs' cancellation: when Shutdown stops a fill, the name
+// must still be given back now, not left to reconciliation.
+func (c *Cloudsnaps) creator() cloudsnap.Creator {
+	if c.cfg.Create == nil {
+		return nil
+	}
+	return func(spec engine.VolumeSpec, build func() (engine.VolumeInfo, error)) (engine.VolumeInfo, error) {
+		return c.cfg.Create(context.WithoutCancel(c.ctx), spec, build)
+	}
 }
 
 // List reads the backups in the bucket of credName.

@@ -1,8 +1,10 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 
@@ -167,9 +169,26 @@ func (s *Server) backupCloudsnap(w http.ResponseWriter, r *http.Request) {
 	if c == nil {
 		return
 	}
+	// The volume is named in the body: read it here, and forward the same
+	// bytes to the volume's node (a backup snapshots the volume and reads
+	// it where its data is; its job lives there).
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestBytes))
+	if err != nil {
+		s.fail(w, r, invalidf("request body: %v", err))
+		return
+	}
 	var req CloudsnapBackupRequest
+	r.Body = io.NopCloser(bytes.NewReader(raw))
 	if err := decode(r, &req); err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if req.Volume == "" {
+		s.fail(w, r, invalidf("name the volume to back up"))
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(raw))
+	if _, done := s.route(w, r, req.Volume); done {
 		return
 	}
 	job, err := c.Backup(r.Context(), req.Volume, req.Credential, req.Full, false)
@@ -199,7 +218,16 @@ func (s *Server) cloudsnapJobs(w http.ResponseWriter, r *http.Request) {
 	if c == nil {
 		return
 	}
-	reply(w, http.StatusOK, c.Jobs(r.URL.Query().Get("volume")))
+	// A volume's jobs are kept by the node that holds it (its backups run
+	// there, a restore runs where the volume is made): ask that node. All
+	// jobs (no volume) are this node's.
+	volume := r.URL.Query().Get("volume")
+	if volume != "" {
+		if _, done := s.route(w, r, volume); done {
+			return
+		}
+	}
+	reply(w, http.StatusOK, c.Jobs(volume))
 }
 
 func (s *Server) deleteCloudsnap(w http.ResponseWriter, r *http.Request) {

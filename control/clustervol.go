@@ -184,7 +184,9 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, ref string) (spec
 		return nil, true
 	}
 	if node.Status != cluster.StatusOnline {
-		if read && !strings.HasSuffix(r.URL.Path, "/snapshots") && r.URL.Path != "/v1/snapshots" {
+		// A volume's own view (GET /v1/volumes/NAME) is answered from the
+		// cluster's; lists of its snapshots or cloudsnap jobs cannot be.
+		if read && strings.HasPrefix(r.URL.Path, "/v1/volumes/") && !strings.HasSuffix(r.URL.Path, "/snapshots") {
 			reply(w, http.StatusOK, volumeFromSpec(sp, node, stateWithout(sp, node)))
 			return nil, true
 		}

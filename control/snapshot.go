@@ -108,6 +108,15 @@ func (s *Server) DeleteHeld(ctx context.Context, name string) error {
 	return err
 }
 
+// CreateRestored makes a volume restored from a cloudsnap on this node
+// (build creates and fills it) through createHeld: its name is reserved
+// in the cluster, and stays creating while build fills it, so that no other
+// node takes the name and nothing half-filled is listed ready; a build that
+// fails gives the name back.
+func (s *Server) CreateRestored(ctx context.Context, spec engine.VolumeSpec, build func() (engine.VolumeInfo, error)) (engine.VolumeInfo, error) {
+	return s.createHeld(ctx, cluster.VolumeSpec{Name: spec.Name, Size: spec.Size, Repl: max(spec.Repl, 1)}, build)
+}
+
 // listSnapshots answers GET /v1/snapshots[?volume=NAME], oldest first.
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 	volume := r.URL.Query().Get("volume")

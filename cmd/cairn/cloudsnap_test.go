@@ -198,6 +198,8 @@ func TestCloudsnapDaemonKilledMidUpload(t *testing.T) {
 	if snaps := mustCairn(t, host, "volume", "snapshot", "list", "big"); strings.Contains(snaps, "cloudsnap") {
 		t.Errorf("the interrupted backup's snapshot is left:\n%s", snaps)
 	}
+	// Its spec went with it: the cluster lists no such snapshot.
+	jq(t, mustCairn(t, host, "volume", "list", "--all", "-j"), `[.[].name | select(contains("cloudsnap"))] == []`)
 	if l := mustCairn(t, host, "cloudsnap", "list", "-j"); jq(t, l, "length") != "0" {
 		t.Errorf("an interrupted backup is listed:\n%s", l)
 	}
@@ -219,4 +221,85 @@ func TestCloudsnapDaemonKilledMidUpload(t *testing.T) {
 	if !strings.Contains(out, "(full, ") {
 		t.Errorf("backup after the restart:\n%s", out)
 	}
+}
+
+// Cloudsnaps in a 2-node cluster: what they make on a node (the backup's
+// local snapshot, a restored volume) is a cluster object — listed from the
+// other node, never reported unregistered, its name taken cluster-wide —
+// and a backup asked of the node without the volume runs on its holder.
+func TestCloudsnapCluster(t *testing.T) {
+	testenv.RequireTool(t, "nbdcopy")
+	srv := s3test.Start(t, "cairn")
+	n1 := startDaemon(t, t.TempDir())
+	args2 := []string{"--api", "127.0.0.2:0", "--nbd", "127.0.0.2:0", "-k", "etcd://" + n1.kvdbAddr(t)}
+	n2 := startDaemon(t, t.TempDir(), args2...)
+	id1, id2 := nodeID(t, n1.api), nodeID(t, n2.api)
+	createCredential(t, n1.api, "s3", srv, "cairn", "")
+
+	// v lives on node 2 (the joiner: it can restart without the kvdb going).
+	mustCairn(t, n1.api, "volume", "create", "v", "--size", "64M", "--nodes", id2)
+	_, socket2 := n2.nbdAddrs(t)
+	tmp := t.TempDir()
+	src := patternFile(t, tmp, "A", 8<<20, 3)
+	run(t, "nbdcopy", src, fmt.Sprintf("nbd+unix:///v?socket=%s", socket2))
+
+	// Asked of node 1, done by node 2 (forwarded), followed through node 1.
+	out := mustCairn(t, n1.api, "cloudsnap", "backup", "v", "--wait", "-j")
+	id := jq(t, out, ".cloudsnap")
+	jq(t, mustCairn(t, n2.api, "cloudsnap", "status", "-j"), fmt.Sprintf(`[.[] | select(.cloudsnap == %q and .state == "done")] | length == 1`, id))
+	jq(t, mustCairn(t, n1.api, "cloudsnap", "status", "-j"), `length == 0`)
+	jq(t, mustCairn(t, n1.api, "cloudsnap", "status", "v", "-j"), fmt.Sprintf(`.[0].cloudsnap == %q`, id))
+
+	// A restore lands on the node that runs it; a name another node has
+	// is refused there.
+	mustCairn(t, n1.api, "volume", "create", "taken", "--size", "64M", "--nodes", id1)
+	mustFail(t, n2.api, `volume "taken" already exists in the cluster`, "cloudsnap", "restore", "--snap", id, "--name", "taken")
+	mustCairn(t, n2.api, "cloudsnap", "restore", "--snap", id, "--name", "r", "--wait")
+	if got := volumeNode(t, n1.api, "r"); got != id2 {
+		t.Errorf("restored volume r is on node %q, want node 2 (%s)", got, id2)
+	}
+	dst := filepath.Join(tmp, "r")
+	run(t, "nbdcopy", fmt.Sprintf("nbd+unix:///r?socket=%s", socket2), dst)
+	if b, err := os.ReadFile(dst); err != nil || len(b) != 64<<20 {
+		t.Fatalf("read back r: %d bytes, %v", len(b), err)
+	} else if want, _ := os.ReadFile(src); string(b[:len(want)]) != string(want) {
+		t.Error("restored volume r does not hold what v held")
+	}
+
+	// A restore that fails mid-fill (a damaged object) leaves no volume
+	// and no spec.
+	var victim string
+	filepath.Walk(filepath.Join(srv.Dir, "cairn"), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && filepath.Base(p) != "manifest.json" {
+			victim = p
+		}
+		return nil
+	})
+	if victim == "" {
+		t.Fatal("the backup stored no data object")
+	}
+	b, err := os.ReadFile(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x40
+	if err := os.WriteFile(victim, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := cairn(t, n2.api, "cloudsnap", "restore", "--snap", id, "--name", "bad", "--wait"); r.code == 0 || !strings.Contains(r.stderr, "damaged") {
+		t.Errorf("restore of a damaged backup: %s", r)
+	}
+	mustFail(t, n2.api, "not found", "volume", "inspect", "bad")
+
+	// Node 2 restarted reconciles at its start: nothing unregistered. Node
+	// 1 lists the restored volume and the backup's local snapshot, and not
+	// the failed restore.
+	if code := n2.stop(t); code != 0 {
+		t.Fatalf("node 2 exit code %d", code)
+	}
+	n2 = startDaemon(t, n2.dataDir, args2...)
+	jq(t, mustCairn(t, n2.api, "status", "-j"), `.status == "operational" and .cluster_summary.unregistered_volumes == [] and .cluster_summary.missing_volumes == []`)
+	all := mustCairn(t, n1.api, "volume", "list", "--all", "-j")
+	jq(t, all, fmt.Sprintf(`[.[] | select(.node == %q and (.name == "r" or (.name | startswith("v.cloudsnap-"))) and .state == "up")] | length == 2`, id2))
+	jq(t, all, `[.[].name] | index("bad") == null`)
 }

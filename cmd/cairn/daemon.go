@@ -238,6 +238,8 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	}
 	cloudsnaps, err := control.NewCloudsnaps(eng, control.CloudsnapsConfig{
 		StatePath: filepath.Join(dataDir, "cloudsnap.json"), NodeID: node.ID(), Cluster: clus.cloudsnapStore, Minute: cfg.snapMinute, Logger: log,
+		// Its snapshots and restored volumes are cluster objects too.
+		Snapshot: apiServer.SnapshotHeld, Delete: apiServer.DeleteHeld, Create: apiServer.CreateRestored,
 	})
 	if err != nil {
 		apiListener.Close()
