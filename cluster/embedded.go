@@ -36,6 +36,22 @@ type Embedded struct {
 // data (the whole cluster state when no other node runs etcd) is in
 // cfg.Dir; a restart on the same Dir finds it again.
 func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
+	// A port picked for port 0 may be taken by another process before etcd
+	// binds it (pickPort): then pick again, a few times.
+	for attempt := 1; ; attempt++ {
+		e, err := startEmbedded(ctx, cfg)
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 5 || !picksPort(cfg.ClientAddr) && !picksPort(cfg.PeerAddr) {
+			return e, err
+		}
+	}
+}
+
+func picksPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port == "0"
+}
+
+func startEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	clientAddr, err := pickPort(cfg.ClientAddr)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: --kvdb-listen %s: %w", cfg.ClientAddr, err)
@@ -102,7 +118,7 @@ func (e *Embedded) Close() { e.etcd.Close() }
 
 // pickPort returns addr with port 0 replaced by a port free right now.
 // etcd takes addresses, not listeners, so there is a short window in which
-// another process could take the port; tests, which use port 0, accept it.
+// another process could take the port; StartEmbedded then picks again.
 func pickPort(addr string) (string, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
