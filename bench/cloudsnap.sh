@@ -10,8 +10,9 @@
 #             zeros arrive as holes and are never uploaded)
 # For each: `cloudsnap backup --wait` (full) and `cloudsnap restore --wait`
 # into a new volume, timed by the job's own start and end (what `cloudsnap
-# status -j` reports); the restored volume is read back over NBD and
-# compared with cmp. The rate is the volume's size over that time.
+# status -j` reports), each after a sync (see below); the restored volume is
+# read back over NBD and compared with cmp. The rate is the volume's size
+# over that time.
 # Baseline (bench/cmd/s3baseline): minio-go putting and getting the same
 # file as 16 MiB objects 4 at a time (the shape cairn uses), and as one
 # multipart PutObject / one GetObject. Targets (issue 18): backup and
@@ -22,7 +23,11 @@
 # fio randwrite with fresh random buffers), and an incremental backup:
 # target ≤ 70 MiB uploaded.
 #
-# Usage: bash bench/cloudsnap.sh [-o DIR]   (DIR keeps the logs)
+# Usage: bash bench/cloudsnap.sh [-o DIR] [-p PROFILE]
+#   -o  keep the logs in DIR
+#   -p  write the daemon's Go CPU profile of the whole run to PROFILE
+#       (look at one stage with e.g. `go tool pprof -top -focus
+#       'cloudsnap.fill' cairn PROFILE`; the binary is copied next to it)
 # Needs: versitygw (make deps), nbdcopy, fio, jq, cmp. Takes ~10 GiB of disk
 # in $TMPDIR and a few minutes.
 set -euo pipefail
@@ -30,13 +35,21 @@ GO=${GO:-/usr/local/go/bin/go}
 export PATH=/usr/local/go/bin:$PATH
 root=$(cd "$(dirname "$0")/.." && pwd)
 keep=""
-if [ "${1:-}" = "-o" ]; then keep=$2; mkdir -p "$keep"; fi
+profile=""
+while getopts o:p: opt; do
+	case $opt in
+	o) keep=$OPTARG; mkdir -p "$keep" ;;
+	p) profile=$(realpath -m "$OPTARG") ;;
+	*) exit 2 ;;
+	esac
+done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/cloudsnap-bench.XXXXXX")
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	if [ -n "$profile" ] && [ -x "$work/bin/cairn" ]; then cp "$work/bin/cairn" "$profile.cairn"; fi
 	if [ -n "$keep" ]; then cp "$work"/*.log "$keep"/ 2>/dev/null || true; fi
 	rm -rf "$work"
 }
@@ -55,7 +68,9 @@ s3port=$(freeport)
 "$gw" --port 127.0.0.1:$s3port --access bench --secret benchsecret --quiet --health /health posix "$work/s3" >"$work/versitygw.log" 2>&1 &
 pids+=($!)
 api=127.0.0.1:$(freeport)
-"$cairn" daemon --data-dir "$work/data" --api "$api" --nbd 127.0.0.1:0 --kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0 \
+prof=()
+[ -n "$profile" ] && prof=(--cpu-profile "$profile")
+"$cairn" daemon "${prof[@]}" --data-dir "$work/data" --api "$api" --nbd 127.0.0.1:0 --kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0 \
 	--default-drive-size 16G >"$work/daemon.log" 2>&1 &
 pids+=($!)
 export CAIRN_HOST=$api
@@ -81,9 +96,15 @@ for case in random halfzero; do
 	fi
 	"$cairn" volume create $case --size 1G >/dev/null
 	nbdcopy "$src" "$(uri $case)"
+	# Each timed job starts with no dirty page cache left by the step
+	# before it (nbdcopy's 1 GiB, the backup's objects in versitygw): else
+	# the kernel's background write-back of those runs during the job,
+	# throttles its writes, and the job pays for another step's I/O.
+	sync
 	b=$("$cairn" cloudsnap backup $case --wait -j)
 	bsecs=$(jobsecs "$b")
 	id=$(jq -r .cloudsnap <<<"$b")
+	sync
 	r=$("$cairn" cloudsnap restore --snap "$id" --name $case-restored --wait -j)
 	rsecs=$(jobsecs "$r")
 	nbdcopy "$(uri $case-restored)" "$work/$case.back"

@@ -5,10 +5,10 @@ import (
 	"crypto/cipher"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/cairn-storage/cairn/engine"
 )
@@ -92,6 +92,12 @@ func RestoreWith(ctx context.Context, eng *engine.Engine, st *Store, id, name st
 }
 
 // fill writes every frame of m into volume name and flushes it.
+//
+// downloadWorkers objects are fetched, checked, decoded and written at once,
+// each worker with its own codec, object buffer and extent buffer, reused
+// from one object to the next: a restore is CPU-bound next to the S3 server
+// on small machines (profile in BENCHMARKS.md, cloudsnaps), and a fresh
+// 16 MiB buffer per object cost a zeroing pass and GC work per object.
 func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead cipher.AEAD, name string, prog *Progress) error {
 	v, err := eng.Volume(name)
 	if err != nil {
@@ -102,79 +108,62 @@ func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead 
 		byObject[f.O] = append(byObject[f.O], f)
 		prog.Total.Add(min(extentSize, m.Size-f.X*extentSize))
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	jobs := make(chan int)
-	var (
-		mu       sync.Mutex
-		firstErr error
-	)
-	fail := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
-			cancel()
-		}
-		mu.Unlock()
-	}
-	var wg sync.WaitGroup
+	// The first error cancels ctx: the feeder stops, the workers' next
+	// store call fails, and Wait returns that first error.
+	g, gctx := errgroup.WithContext(ctx)
 	for range downloadWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			c, err := newCodec(aead)
 			if err != nil {
-				fail(err)
-				return
+				return err
 			}
 			defer c.close()
 			data := make([]byte, extentSize)
+			var raw []byte
 			for oi := range jobs {
 				o := m.Objects[oi]
-				raw, err := st.get(ctx, o.Key, o.Size, dataTimeout)
+				raw, err = st.getInto(gctx, raw, o.Key, o.Size, dataTimeout)
 				if errors.Is(err, ErrNotFound) {
-					fail(fmt.Errorf("%w: object %s is missing from bucket %s", ErrCorrupt, o.Key, st.Bucket()))
-					return
+					return fmt.Errorf("%w: object %s is missing from bucket %s", ErrCorrupt, o.Key, st.Bucket())
 				}
 				if err != nil {
-					fail(err)
-					return
+					return err
 				}
 				if int64(len(raw)) != o.Size || xxhash.Sum64(raw) != o.XXH64 {
-					fail(fmt.Errorf("%w: object %s is damaged (size %d, want %d; checksum mismatch)", ErrCorrupt, o.Key, len(raw), o.Size))
-					return
+					return fmt.Errorf("%w: object %s is damaged (size %d, want %d; checksum mismatch)", ErrCorrupt, o.Key, len(raw), o.Size)
 				}
 				prog.Stored.Add(int64(len(raw)))
 				for _, f := range byObject[oi] {
 					n := min(extentSize, m.Size-f.X*extentSize)
 					if err := c.open(data[:n], raw[f.Off:f.Off+f.Len], o.Key, f.X); err != nil {
-						fail(err)
-						return
+						return err
 					}
 					if err := v.WriteAt(data[:n], f.X*extentSize, false); err != nil {
-						fail(fmt.Errorf("write volume %q: %w", name, err))
-						return
+						return fmt.Errorf("write volume %q: %w", name, err)
 					}
 					prog.Done.Add(n)
 				}
 			}
-		}()
+			return nil
+		})
 	}
-feed:
-	for oi := range m.Objects {
-		if len(byObject[oi]) == 0 {
-			continue
+	g.Go(func() error {
+		defer close(jobs)
+		for oi := range m.Objects {
+			if len(byObject[oi]) == 0 {
+				continue
+			}
+			select {
+			case jobs <- oi:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
 		}
-		select {
-		case jobs <- oi:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(jobs)
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err

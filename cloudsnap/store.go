@@ -179,27 +179,36 @@ func (s *Store) put(ctx context.Context, key string, b []byte, timeout time.Dura
 
 // get reads a whole object of at most limit bytes.
 func (s *Store) get(ctx context.Context, key string, limit int64, timeout time.Duration) ([]byte, error) {
+	return s.getInto(ctx, nil, key, limit, timeout)
+}
+
+// getInto is get reading into buf when it is large enough (else into a
+// new buffer of the object's size: no growing copies of 16 MiB); it
+// returns the object's bytes, buf or the new buffer, for the next call.
+func (s *Store) getInto(ctx context.Context, buf []byte, key string, limit int64, timeout time.Duration) ([]byte, error) {
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	obj, err := s.cli.GetObject(cctx, s.cred.Bucket, key, minio.GetObjectOptions{})
 	if err != nil {
-		return nil, s.storeError("get "+key, err)
+		return buf, s.storeError("get "+key, err)
 	}
 	defer obj.Close()
 	oi, err := obj.Stat()
 	if err != nil {
 		if minio.ToErrorResponse(err).Code == "NoSuchKey" {
-			return nil, fmt.Errorf("%w: object %s is missing", ErrNotFound, key)
+			return buf, fmt.Errorf("%w: object %s is missing", ErrNotFound, key)
 		}
-		return nil, s.storeError("get "+key, err)
+		return buf, s.storeError("get "+key, err)
 	}
 	if oi.Size > limit || oi.Size < 0 {
-		return nil, fmt.Errorf("%w: object %s is %d bytes, more than the %d expected", ErrCorrupt, key, oi.Size, limit)
+		return buf, fmt.Errorf("%w: object %s is %d bytes, more than the %d expected", ErrCorrupt, key, oi.Size, limit)
 	}
-	// One buffer of the object's size: no growing copies of 16 MiB.
-	b := make([]byte, oi.Size)
+	if int64(cap(buf)) < oi.Size {
+		buf = make([]byte, oi.Size)
+	}
+	b := buf[:oi.Size]
 	if _, err := io.ReadFull(obj, b); err != nil {
-		return nil, s.storeError("get "+key, err)
+		return buf, s.storeError("get "+key, err)
 	}
 	return b, nil
 }
