@@ -5,8 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -252,9 +255,12 @@ func TestHelloRefusals(t *testing.T) {
 	srv := startServer(t, engineVolumes{e}, "", Config{})
 	ctx := context.Background()
 
-	cfg := clientConfig(srv.addr, "nope", 1)
+	cfg := clientConfig(srv.addr, "nope", 9)
 	if _, err := Dial(ctx, cfg); !errors.Is(err, ErrUnknownVolume) {
 		t.Fatalf("unknown volume: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(srv.stateDir, "nope.epoch")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a hello for an unknown volume left a state file: %v", err)
 	}
 	cfg = clientConfig(srv.addr, "v", 1)
 	cfg.Cluster[0]++

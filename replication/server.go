@@ -231,21 +231,12 @@ func (c *conn) hello() error {
 	if hello.Cluster != c.srv.cfg.Cluster {
 		return refuse(HelloWrongCluster, 0, fmt.Errorf("%w: hello from cluster %s, this is %s", ErrWrongCluster, uuidString(hello.Cluster), uuidString(c.srv.cfg.Cluster)))
 	}
-	st, err := c.srv.epochState(hello.Volume)
-	if err != nil {
-		if errors.Is(err, ErrInvalid) {
-			return refuse(HelloUnknownVolume, 0, err)
-		}
-		return refuse(HelloError, 0, err)
+	if !validVolume(hello.Volume) {
+		return refuse(HelloUnknownVolume, 0, fmt.Errorf("%w: %q is not a valid replica name", ErrUnknownVolume, hello.Volume))
 	}
-	// The hello's epoch is raised durably before it is answered (see
-	// epochState): the new coordinator's hello is what fences the old one.
-	if err := st.advance(hello.Epoch); err != nil {
-		return refuse(HelloError, st.epoch.Load(), err)
-	}
-	if cur := st.epoch.Load(); hello.Epoch < cur {
-		return refuse(HelloStaleEpoch, cur, &StaleEpochError{Sent: hello.Epoch, Epoch: cur})
-	}
+	// The volume is opened before its state is loaded or its epoch raised,
+	// so that a hello for a volume this node does not have leaves nothing
+	// behind, in memory or on disk.
 	vol, release, err := c.srv.vols.OpenReplica(hello.Volume)
 	if err != nil {
 		status := HelloError
@@ -253,7 +244,22 @@ func (c *conn) hello() error {
 			status = HelloUnknownVolume
 			err = fmt.Errorf("%w: %w", ErrUnknownVolume, err)
 		}
-		return refuse(status, st.epoch.Load(), err)
+		return refuse(status, 0, err)
+	}
+	st, err := c.srv.epochState(hello.Volume)
+	if err != nil {
+		release()
+		return refuse(HelloError, 0, err)
+	}
+	// The hello's epoch is raised durably before it is answered (see
+	// epochState): the new coordinator's hello is what fences the old one.
+	if err := st.advance(hello.Epoch); err != nil {
+		release()
+		return refuse(HelloError, st.epoch.Load(), err)
+	}
+	if cur := st.epoch.Load(); hello.Epoch < cur {
+		release()
+		return refuse(HelloStaleEpoch, cur, &StaleEpochError{Sent: hello.Epoch, Epoch: cur})
 	}
 	c.vol, c.release, c.state = vol, release, st
 	return c.send(appendHelloReply(nil, helloReply{version: Version, status: HelloOK, epoch: st.epoch.Load(), size: uint64(vol.Size())}))
