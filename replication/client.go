@@ -1,0 +1,433 @@
+package replication
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ClientConfig says where and as whom a Client connects.
+type ClientConfig struct {
+	Addr string // the replica's --repl-listen address
+	// LocalAddr is the source address to bind: this node's data address
+	// (port 0 = any). Tests cut one link with an nftables rule on a pair of
+	// addresses, so a connection must come from the node's own.
+	LocalAddr *net.TCPAddr
+	Cluster   [16]byte
+	Node      string // this node's id
+	Volume    string // the replica to open on the remote node
+	Epoch     uint64 // the epoch the coordinator holds; SetEpoch raises it
+	// Timeout bounds every request and the dial with its hello; 0 = 5 s.
+	Timeout     time.Duration
+	MaxInFlight int // requests in flight; 0 = 128 (callers beyond wait for a slot)
+}
+
+// DefaultTimeout is a request's timeout when ClientConfig.Timeout is 0.
+const DefaultTimeout = 5 * time.Second
+
+// Client is one connection to one replica volume. Its methods may be called
+// from many goroutines at once; each call sends one request and waits for
+// its own reply, and many are in flight together.
+//
+// A call that fails for the connection — a timeout, a broken socket, a
+// protocol violation, its context ending before the reply — closes the
+// connection, and every call in flight and after returns that error: the
+// caller evicts the replica (its state is unknown) and dials anew. Error
+// replies (stale epoch, EIO, ENOSPC, EINVAL) fail only their own call.
+//
+// Goroutines: the caller encodes and sends its own request (under wmu; the
+// last of a burst of senders flushes, so a burst shares syscalls); one
+// reader goroutine matches replies to calls by handle; one watchdog
+// goroutine fails the connection when a request is older than the timeout.
+// None is started per request, and a call allocates nothing but its error.
+type Client struct {
+	nc      net.Conn
+	timeout time.Duration
+	size    int64
+	epoch   atomic.Uint64 // sent with every request
+	// replicaEpoch is the highest durable epoch the replica has reported.
+	replicaEpoch atomic.Uint64
+
+	calls []call
+	free  chan uint32 // indices of idle calls
+
+	wmu    sync.Mutex
+	bw     *bufio.Writer // REQUIRES wmu
+	queued atomic.Int32  // callers between announcing a send and finishing it
+
+	br         *bufio.Reader // reader goroutine only
+	msgBuf     [MaxMessageLen]byte
+	readerDone chan struct{}
+
+	errMu  sync.Mutex
+	err    error         // REQUIRES errMu; the connection's failure, set once
+	closed chan struct{} // closed when err is set
+}
+
+// call is one request slot. The caller owns it from taking its index off
+// free to putting it back; the reader reads cmd, dst and length only after
+// loading handle, which the caller stores after writing them (the atomic is
+// the happens-before edge the socket is not).
+type call struct {
+	handle atomic.Uint64 // the handle in flight; 0 = none
+	start  atomic.Int64  // UnixNano the request was queued; 0 = idle (watchdog)
+	gen    uint32        // caller only: makes each use's handle distinct
+	cmd    uint16
+	dst    []byte // READ destination
+	length uint32
+	hdr    [RequestHeaderLen]byte
+	done   chan error // capacity 1: the reader's (or failAll's) one answer
+}
+
+// Dial connects to a replica, binding cfg.LocalAddr as the source, and
+// says hello. A refused hello returns ErrStaleEpoch (a *StaleEpochError),
+// ErrWrongCluster, ErrUnknownVolume, ErrVersion or ErrIO.
+func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = defaultMaxInFlight
+	}
+	if len(cfg.Node) > MaxNameLen || !validVolume(cfg.Volume) {
+		return nil, fmt.Errorf("%w: node %q, volume %q", ErrInvalid, cfg.Node, cfg.Volume)
+	}
+	d := net.Dialer{Timeout: cfg.Timeout}
+	if cfg.LocalAddr != nil {
+		d.LocalAddr = cfg.LocalAddr
+	}
+	nc, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("replication: dial %s: %w", cfg.Addr, err)
+	}
+	c := &Client{
+		nc: nc, timeout: cfg.Timeout,
+		calls: make([]call, cfg.MaxInFlight), free: make(chan uint32, cfg.MaxInFlight),
+		bw: bufio.NewWriterSize(nc, writeBufferSize), br: bufio.NewReaderSize(nc, readBufferSize),
+		readerDone: make(chan struct{}), closed: make(chan struct{}),
+	}
+	if err := c.hello(cfg); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	for i := range c.calls {
+		c.calls[i].done = make(chan error, 1)
+		c.free <- uint32(i)
+	}
+	c.epoch.Store(cfg.Epoch)
+	go c.readLoop()
+	go c.watchdog()
+	return c, nil
+}
+
+func (c *Client) hello(cfg ClientConfig) error {
+	c.nc.SetDeadline(time.Now().Add(cfg.Timeout))
+	defer c.nc.SetDeadline(time.Time{})
+	h := Hello{Version: Version, Cluster: cfg.Cluster, Epoch: cfg.Epoch, Node: cfg.Node, Volume: cfg.Volume}
+	if _, err := c.nc.Write(AppendHello(nil, h)); err != nil {
+		return fmt.Errorf("replication: hello to %s: %w", cfg.Addr, err)
+	}
+	var b [HelloReplyLen]byte
+	if _, err := io.ReadFull(c.br, b[:]); err != nil {
+		return fmt.Errorf("replication: hello to %s: %w", cfg.Addr, err)
+	}
+	if m := be.Uint64(b[0:]); m != MagicHelloReply {
+		return fmt.Errorf("%w: %s: bad hello reply magic %#x", ErrProtocol, cfg.Addr, m)
+	}
+	status, msgLen := be.Uint16(b[10:]), be.Uint32(b[12:])
+	epoch, size := be.Uint64(b[16:]), be.Uint64(b[24:])
+	if msgLen > MaxMessageLen {
+		return fmt.Errorf("%w: %s: hello reply message of %d bytes", ErrProtocol, cfg.Addr, msgLen)
+	}
+	msg := make([]byte, msgLen)
+	if _, err := io.ReadFull(c.br, msg); err != nil {
+		return fmt.Errorf("replication: hello to %s: %w", cfg.Addr, err)
+	}
+	c.replicaEpoch.Store(epoch)
+	switch status {
+	case HelloOK:
+		if size > 1<<62 {
+			return fmt.Errorf("%w: %s: volume size %d", ErrProtocol, cfg.Addr, size)
+		}
+		c.size = int64(size)
+		return nil
+	case HelloStaleEpoch:
+		return &StaleEpochError{Sent: cfg.Epoch, Epoch: epoch}
+	case HelloWrongCluster:
+		return fmt.Errorf("%w: %s: %s", ErrWrongCluster, cfg.Addr, msg)
+	case HelloUnknownVolume:
+		return fmt.Errorf("%w: %s: %s", ErrUnknownVolume, cfg.Addr, msg)
+	case HelloBadVersion:
+		return fmt.Errorf("%w: %s: %s", ErrVersion, cfg.Addr, msg)
+	}
+	return fmt.Errorf("%w: %s refused the hello: %s", ErrIO, cfg.Addr, msg)
+}
+
+// Size is the replica volume's size as its hello reported it.
+func (c *Client) Size() int64 { return c.size }
+
+// SetEpoch makes later requests carry e (the coordinator's new epoch after
+// an eviction). It never lowers the epoch.
+func (c *Client) SetEpoch(e uint64) {
+	for {
+		cur := c.epoch.Load()
+		if e <= cur || c.epoch.CompareAndSwap(cur, e) {
+			return
+		}
+	}
+}
+
+// ReplicaEpoch is the highest durable epoch the replica has reported (in
+// its hello reply and in every reply since).
+func (c *Client) ReplicaEpoch() uint64 { return c.replicaEpoch.Load() }
+
+// WriteAt writes p at off on the replica; with fua, p is durable there when
+// WriteAt returns nil. len(p) ≤ MaxPayload.
+func (c *Client) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if len(p) > MaxPayload {
+		return fmt.Errorf("%w: write of %d bytes (limit %d)", ErrInvalid, len(p), MaxPayload)
+	}
+	var flags uint16
+	if fua {
+		flags = FlagFUA
+	}
+	return c.do(ctx, CmdWrite, flags, off, uint32(len(p)), p, nil)
+}
+
+// ReadAt fills p from the replica at off. len(p) ≤ MaxPayload.
+func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if len(p) > MaxPayload {
+		return fmt.Errorf("%w: read of %d bytes (limit %d)", ErrInvalid, len(p), MaxPayload)
+	}
+	return c.do(ctx, CmdRead, 0, off, uint32(len(p)), nil, p)
+}
+
+// Flush makes every write the replica answered before it received the
+// FLUSH durable there.
+func (c *Client) Flush(ctx context.Context) error {
+	return c.do(ctx, CmdFlush, 0, 0, 0, nil, nil)
+}
+
+// Trim deallocates the whole blocks of [off, off+n) on the replica; with
+// fua, that is durable when Trim returns nil. n < 4 GiB.
+func (c *Client) Trim(ctx context.Context, off, n int64, fua bool) error {
+	var flags uint16
+	if fua {
+		flags = FlagFUA
+	}
+	return c.ranged(ctx, CmdTrim, flags, off, n)
+}
+
+// WriteZeroes makes [off, off+n) read as zeros on the replica, keeping the
+// blocks allocated with noHole. n < 4 GiB.
+func (c *Client) WriteZeroes(ctx context.Context, off, n int64, noHole, fua bool) error {
+	var flags uint16
+	if fua {
+		flags |= FlagFUA
+	}
+	if noHole {
+		flags |= FlagNoHole
+	}
+	return c.ranged(ctx, CmdWriteZeroes, flags, off, n)
+}
+
+// ranged sends a command that names a range without a payload; its length
+// field is 32 bits, as in NBD, whose requests the coordinator forwards.
+func (c *Client) ranged(ctx context.Context, cmd, flags uint16, off, n int64) error {
+	if n < 0 || n > math.MaxUint32 {
+		return fmt.Errorf("%w: length %d (limit %d)", ErrInvalid, n, uint32(math.MaxUint32))
+	}
+	return c.do(ctx, cmd, flags, off, uint32(n), nil, nil)
+}
+
+// do sends one request and waits for its reply.
+func (c *Client) do(ctx context.Context, cmd, flags uint16, off int64, length uint32, payload, dst []byte) error {
+	if off < 0 {
+		return fmt.Errorf("%w: negative offset %d", ErrInvalid, off)
+	}
+	var idx uint32
+	select {
+	case idx = <-c.free:
+	case <-c.closed:
+		return c.failure()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	k := &c.calls[idx]
+	k.gen++
+	if k.gen == 0 {
+		k.gen = 1 // handle 0 means "none"
+	}
+	handle := uint64(k.gen)<<32 | uint64(idx)
+	k.cmd, k.dst, k.length = cmd, dst, length
+	var crc uint32
+	if cmd == CmdWrite {
+		crc = checksum(payload)
+	}
+	putRequest(&k.hdr, requestHeader{cmd: cmd, flags: flags, handle: handle, epoch: c.epoch.Load(), offset: uint64(off), length: length, crc: crc})
+	k.start.Store(time.Now().UnixNano())
+	k.handle.Store(handle) // publishes the fields above to the reader
+
+	c.queued.Add(1)
+	c.wmu.Lock()
+	c.bw.Write(k.hdr[:])
+	c.bw.Write(payload)
+	var err error
+	if c.queued.Add(-1) == 0 {
+		// No other sender is waiting for wmu: nobody will flush after us.
+		err = c.bw.Flush()
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(fmt.Errorf("replication: send to %s: %w", c.nc.RemoteAddr(), err))
+	}
+
+	select {
+	case err := <-k.done:
+		k.dst = nil
+		c.free <- idx
+		return err
+	case <-c.readerDone:
+		// The connection failed; the reader answered every call it saw in
+		// flight, maybe not this one, and will touch none again.
+		return c.failure()
+	case <-ctx.Done():
+		// The reply may still come and write into dst: close the
+		// connection and wait for the reader to stop before returning.
+		c.fail(fmt.Errorf("replication: request abandoned: %w", ctx.Err()))
+		<-c.readerDone
+		return ctx.Err()
+	}
+}
+
+// readLoop is the reader goroutine: it hands each reply to its call until
+// the connection fails, then answers every call still in flight.
+func (c *Client) readLoop() {
+	defer close(c.readerDone)
+	err := c.readReplies()
+	c.fail(err)
+	err = c.failure()
+	for i := range c.calls {
+		k := &c.calls[i]
+		if k.handle.Swap(0) != 0 {
+			k.start.Store(0)
+			k.done <- err
+		}
+	}
+}
+
+func (c *Client) readReplies() error {
+	var h [ReplyHeaderLen]byte
+	for {
+		if _, err := io.ReadFull(c.br, h[:]); err != nil {
+			return fmt.Errorf("replication: reading replies from %s: %w", c.nc.RemoteAddr(), err)
+		}
+		r, err := parseReply(&h)
+		if err != nil {
+			return err
+		}
+		idx := uint32(r.handle)
+		if idx >= uint32(len(c.calls)) || r.handle == 0 || c.calls[idx].handle.Load() != r.handle {
+			return fmt.Errorf("%w: reply for handle %#x, which is not in flight", ErrProtocol, r.handle)
+		}
+		k := &c.calls[idx]
+		for {
+			cur := c.replicaEpoch.Load()
+			if r.epoch <= cur || c.replicaEpoch.CompareAndSwap(cur, r.epoch) {
+				break
+			}
+		}
+		var res error
+		switch {
+		case r.code == CodeOK && k.cmd == CmdRead:
+			if r.length != k.length {
+				return fmt.Errorf("%w: READ reply of %d bytes for %d", ErrProtocol, r.length, k.length)
+			}
+			if _, err := io.ReadFull(c.br, k.dst); err != nil {
+				return fmt.Errorf("%w: truncated READ reply: %w", ErrProtocol, err)
+			}
+			if checksum(k.dst) != r.crc {
+				res = fmt.Errorf("%w: READ of %d bytes from %s", ErrChecksum, k.length, c.nc.RemoteAddr())
+			}
+		case r.code == CodeOK:
+			if r.length != 0 {
+				return fmt.Errorf("%w: %d bytes of payload on a reply to command %d", ErrProtocol, r.length, k.cmd)
+			}
+		default:
+			if r.length > MaxMessageLen {
+				return fmt.Errorf("%w: error message of %d bytes (limit %d)", ErrProtocol, r.length, MaxMessageLen)
+			}
+			msg := c.msgBuf[:r.length]
+			if _, err := io.ReadFull(c.br, msg); err != nil {
+				return fmt.Errorf("%w: truncated error reply: %w", ErrProtocol, err)
+			}
+			if r.code == CodeStaleEpoch {
+				sent := be.Uint64(k.hdr[16:])
+				res = &StaleEpochError{Sent: sent, Epoch: r.epoch}
+			} else {
+				res = &ReplyError{Code: r.code, Epoch: r.epoch, Msg: string(msg)}
+			}
+		}
+		k.start.Store(0)
+		k.handle.Store(0)
+		k.done <- res
+	}
+}
+
+// watchdog fails the connection when a request has waited longer than the
+// timeout. One goroutine and one ticker per connection, instead of a timer
+// per request; a call fails at most a tick past its timeout.
+func (c *Client) watchdog() {
+	tick := min(max(c.timeout/10, time.Millisecond), 100*time.Millisecond)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.closed:
+			return
+		case now := <-t.C:
+			limit := now.Add(-c.timeout).UnixNano()
+			for i := range c.calls {
+				if s := c.calls[i].start.Load(); s != 0 && s < limit {
+					c.fail(fmt.Errorf("%w: %s did not answer within %v; connection closed", ErrTimeout, c.nc.RemoteAddr(), c.timeout))
+					return
+				}
+			}
+		}
+	}
+}
+
+// fail records err as the connection's failure (the first one wins) and
+// closes the socket, which stops the reader and any blocked sender.
+func (c *Client) fail(err error) {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	if c.err != nil {
+		return
+	}
+	c.err = err
+	close(c.closed)
+	c.nc.Close()
+}
+
+func (c *Client) failure() error {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	return c.err
+}
+
+// Err returns the connection's failure, or nil while it is usable.
+func (c *Client) Err() error { return c.failure() }
+
+// Close closes the connection; calls in flight return ErrClosed.
+func (c *Client) Close() error {
+	c.fail(ErrClosed)
+	<-c.readerDone
+	return nil
+}

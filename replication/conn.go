@@ -1,0 +1,340 @@
+package replication
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cairn-storage/cairn/drive"
+	"github.com/cairn-storage/cairn/engine"
+)
+
+const (
+	readBufferSize  = 128 << 10
+	writeBufferSize = 128 << 10
+)
+
+// conn is one coordinator's connection to a replica volume. The hello
+// fields (vol, release, state) are set by serve's goroutine before the
+// workers and the writer start, and only read afterwards. See the package
+// doc for the goroutines and how a request moves between them.
+type conn struct {
+	srv *Server
+	nc  net.Conn
+	log *slog.Logger
+	br  *bufio.Reader // owned by the reader (serve's goroutine)
+	bw  *bufio.Writer // owned by serve during the hello, then by the writer
+
+	vol     Volume
+	release func()
+	state   *epochState
+
+	free   chan *request // slots not in flight; capacity MaxInFlight
+	work   chan *request // reader → workers
+	done   chan *request // workers → writer
+	budget byteBudget    // payload bytes in flight
+	broken bool          // writer only: the socket failed, replies are dropped
+	whdr   [ReplyHeaderLen]byte
+}
+
+// request is one request and, once applied, its reply. Slots are allocated
+// once per connection and reused; a slot is owned by exactly one goroutine
+// at a time (reader, then a worker, then the writer), so its fields need no
+// lock.
+type request struct {
+	requestHeader
+	buf    *drive.Buffer // pooled buffer behind data
+	data   []byte        // WRITE payload or READ data
+	budget int64         // bytes reserved in the connection's byteBudget
+
+	code       uint32 // reply code
+	replyEpoch uint64 // the durable epoch when it was applied or refused
+	msg        string // error message
+}
+
+func (r *request) alloc(n int) {
+	r.buf = drive.GetBuffer(n)
+	r.data = r.buf.B
+}
+
+func (r *request) freeBuf() {
+	if r.buf != nil {
+		drive.PutBuffer(r.buf)
+	}
+	r.buf, r.data = nil, nil
+}
+
+// failErr records err (if any) as the request's outcome.
+func (r *request) failErr(err error) {
+	if err == nil {
+		return
+	}
+	r.code, r.msg = codeOf(err), err.Error()
+}
+
+// codeOf maps an error of the volume (or of the epoch state) to a reply
+// code, through engine.Errno: the one mapping every frontend uses.
+func codeOf(err error) uint32 {
+	if errors.Is(err, ErrStaleEpoch) {
+		return CodeStaleEpoch
+	}
+	switch engine.Errno(err) {
+	case syscall.ENOSPC:
+		return CodeNoSpace
+	case syscall.EINVAL:
+		return CodeInvalid
+	}
+	return CodeIO
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		srv: s, nc: nc,
+		log: s.log.With("remote", nc.RemoteAddr().String()),
+		br:  bufio.NewReaderSize(nc, readBufferSize),
+		bw:  bufio.NewWriterSize(nc, writeBufferSize),
+	}
+}
+
+// serve runs the connection to its end. It never panics on wire input; it
+// logs one line when it closes a connection for a protocol violation.
+func (c *conn) serve() {
+	defer c.nc.Close()
+	deadline := time.Now().Add(c.srv.cfg.HandshakeTimeout)
+	c.nc.SetDeadline(deadline)
+	if err := c.hello(); err != nil {
+		c.log.Warn("refused a coordinator", "err", err)
+		return
+	}
+	defer c.release()
+	c.nc.SetDeadline(time.Time{})
+	err := c.transmit()
+	switch {
+	case c.srv.isClosed():
+		c.log.Debug("connection closed by shutdown", "err", err)
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		c.log.Debug("connection closed")
+	default:
+		c.log.Warn("closing connection", "err", err)
+	}
+}
+
+// transmit starts the workers and the writer, reads requests until the
+// coordinator leaves or breaks the protocol, then lets every request it has
+// read finish before returning.
+func (c *conn) transmit() error {
+	cfg := c.srv.cfg
+	reqs := make([]request, cfg.MaxInFlight)
+	c.free = make(chan *request, cfg.MaxInFlight)
+	for i := range reqs {
+		c.free <- &reqs[i]
+	}
+	c.work = make(chan *request, cfg.MaxInFlight)
+	c.done = make(chan *request, cfg.MaxInFlight)
+	c.budget.init(maxInFlightBytes)
+
+	var workers sync.WaitGroup
+	for range cfg.Workers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for r := range c.work {
+				c.execute(r)
+				c.done <- r
+			}
+		}()
+	}
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+
+	err := c.readLoop()
+
+	close(c.work)
+	workers.Wait()
+	close(c.done)
+	<-writerDone
+	return err
+}
+
+// readLoop is the reader: it decodes requests and queues them until the
+// coordinator disconnects, the socket fails or the protocol is broken.
+// Taking a free slot blocks while MaxInFlight requests are in flight, and
+// reserving payload bytes while maxInFlightBytes are: that is the
+// back-pressure on the coordinator.
+func (c *conn) readLoop() error {
+	var h [RequestHeaderLen]byte
+	for {
+		if _, err := io.ReadFull(c.br, h[:]); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return fmt.Errorf("%w: truncated request header", ErrProtocol)
+			}
+			return err
+		}
+		hdr, err := parseRequest(&h)
+		if err != nil {
+			return err
+		}
+		r := <-c.free
+		r.requestHeader = hdr
+		r.code, r.replyEpoch, r.msg, r.budget = CodeOK, 0, "", 0
+		switch hdr.cmd {
+		case CmdWrite:
+			c.budget.acquire(int64(hdr.length))
+			r.budget = int64(hdr.length)
+			r.alloc(int(hdr.length))
+			if _, err := io.ReadFull(c.br, r.data); err != nil {
+				c.budget.release(r.budget)
+				r.freeBuf()
+				c.free <- r
+				return fmt.Errorf("%w: truncated WRITE payload: %w", ErrProtocol, err)
+			}
+		case CmdRead:
+			// The worker allocates the read buffer; reserve its bytes here
+			// so that the reader is the one that waits.
+			c.budget.acquire(int64(hdr.length))
+			r.budget = int64(hdr.length)
+		}
+		c.work <- r
+	}
+}
+
+// execute applies r to the volume, leaving the outcome in r. Worker only.
+//
+// The epoch is checked (and, when newer, made durable) before anything is
+// applied, and the fence is held until the volume call returns: see
+// epochState. A refused request leaves the volume untouched.
+func (c *conn) execute(r *request) {
+	if r.cmd == CmdWrite && checksum(r.data) != r.crc {
+		r.code, r.msg = CodeIO, ErrChecksum.Error()
+		r.replyEpoch = c.state.epoch.Load()
+		return
+	}
+	cur, err := c.state.admit(r.epoch)
+	r.replyEpoch = cur
+	if err != nil {
+		r.failErr(err)
+		return
+	}
+	defer c.state.fence.RUnlock()
+	off, n := int64(r.offset), int64(r.length)
+	if r.offset > uint64(c.vol.Size()) {
+		// Beyond any int64 the volume could check; it would wrap.
+		r.code, r.msg = CodeInvalid, fmt.Sprintf("offset %d beyond the volume's end", r.offset)
+		return
+	}
+	fua := r.flags&FlagFUA != 0
+	switch r.cmd {
+	case CmdWrite:
+		if n > 0 {
+			r.failErr(c.vol.WriteAt(r.data, off, fua))
+		}
+	case CmdRead:
+		if n > 0 {
+			r.alloc(int(n))
+			r.failErr(c.vol.ReadAt(r.data, off))
+		}
+	case CmdFlush:
+		r.failErr(c.vol.Flush())
+	case CmdTrim:
+		if n > 0 {
+			r.failErr(c.vol.Trim(off, n))
+		}
+		if r.code == CodeOK && fua {
+			r.failErr(c.vol.Flush())
+		}
+	case CmdWriteZeroes:
+		if n > 0 {
+			r.failErr(c.vol.WriteZeroes(off, n, r.flags&FlagNoHole != 0))
+		}
+		if r.code == CodeOK && fua {
+			r.failErr(c.vol.Flush())
+		}
+	}
+}
+
+// writeLoop is the writer: it sends replies in completion order, batching
+// them in bw and flushing when no more are queued, so a busy connection
+// sends many replies per syscall.
+func (c *conn) writeLoop() {
+	for r := range c.done {
+		if !c.broken {
+			if err := c.writeReply(r); err != nil {
+				c.broken = true
+				c.log.Debug("send failed", "err", err)
+				c.nc.Close() // also stops the reader
+			}
+		}
+		c.budget.release(r.budget)
+		r.freeBuf()
+		c.free <- r
+		if len(c.done) == 0 && !c.broken {
+			if err := c.bw.Flush(); err != nil {
+				c.broken = true
+				c.nc.Close()
+			}
+		}
+	}
+}
+
+// writeReply encodes r's reply into bw. Writer only (whdr is its scratch).
+func (c *conn) writeReply(r *request) error {
+	h := replyHeader{code: r.code, handle: r.handle, epoch: r.replyEpoch}
+	var payload []byte
+	switch {
+	case r.code != CodeOK:
+		h.length = uint32(min(len(r.msg), MaxMessageLen))
+	case r.cmd == CmdRead:
+		payload = r.data
+		h.length, h.crc = uint32(len(payload)), checksum(payload)
+	}
+	putReply(&c.whdr, h)
+	c.bw.Write(c.whdr[:])
+	if r.code != CodeOK {
+		_, err := c.bw.WriteString(r.msg[:h.length])
+		return err
+	}
+	_, err := c.bw.Write(payload)
+	return err
+}
+
+// byteBudget bounds the payload bytes a connection holds. Only the reader
+// waits in acquire; the writer releases. No request is larger than the
+// budget (MaxPayload < maxInFlightBytes), so acquire always ends.
+type byteBudget struct {
+	mu    sync.Mutex
+	cond  sync.Cond
+	avail int64 // protected by mu
+}
+
+func (b *byteBudget) init(total int64) {
+	b.cond.L = &b.mu
+	b.avail = total
+}
+
+func (b *byteBudget) acquire(n int64) {
+	b.mu.Lock()
+	for b.avail < n {
+		b.cond.Wait()
+	}
+	b.avail -= n
+	b.mu.Unlock()
+}
+
+func (b *byteBudget) release(n int64) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.avail += n
+	b.mu.Unlock()
+	b.cond.Signal()
+}

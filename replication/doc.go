@@ -1,0 +1,114 @@
+// Package replication is the wire protocol between a volume's coordinator
+// and its remote replicas: a replica Server that applies pipelined requests
+// to local engine volumes, fenced by epoch, and a pipelined Client the
+// coordinator holds per replica. The coordinator itself (in-sync set,
+// eviction, resync) is built on these.
+//
+// # Wire format (part of the wire protocol — do not change)
+//
+// Every integer is big-endian. The coordinator speaks first, once per
+// connection:
+//
+//	C: hello, 40 bytes + names
+//	 0          8         10        12        14        16                32         40
+//	+----------+---------+---------+---------+---------+-----------------+----------+
+//	|"CAIRNRPL"| version | flags=0 | nodelen | vol len | cluster UUID    | epoch    |
+//	+----------+---------+---------+---------+---------+-----------------+----------+
+//	| node id (nodelen ≤ 255) | volume (vol len ≤ 255) |
+//
+//	S: hello reply, 32 bytes + message
+//	 0          8         10        12        16         24         32
+//	+----------+---------+---------+---------+----------+----------+
+//	|"CAIRNRPY"| version | status  | msglen  | epoch    | size     |  msg (msglen ≤ 1024)
+//	+----------+---------+---------+---------+----------+----------+
+//	status: 0 OK, 1 STALE_EPOCH, 2 WRONG_CLUSTER, 3 UNKNOWN_VOLUME,
+//	        4 BAD_VERSION, 5 ERROR; anything but OK closes the connection.
+//	epoch:  the replica's durable epoch once the hello was handled (on
+//	        STALE_EPOCH, the one that refused it). size: the volume's bytes.
+//
+// Then any number of requests, each followed by its payload for WRITE:
+//
+//	 0        4        6        8              16             24             32       36       40
+//	+--------+--------+--------+--------------+--------------+--------------+--------+--------+
+//	| "CREQ" | cmd    | flags  | handle       | epoch        | offset       | length | crc32c |
+//	+--------+--------+--------+--------------+--------------+--------------+--------+--------+
+//	cmd:    1 WRITE (length bytes of payload follow), 2 FLUSH (offset and
+//	        length 0), 3 TRIM, 4 WRITE_ZEROES, 5 READ.
+//	flags:  FUA 1 (WRITE, TRIM, WRITE_ZEROES), NO_HOLE 2 (WRITE_ZEROES).
+//	length: ≤ MaxPayload (32 MiB) for WRITE and READ; TRIM and
+//	        WRITE_ZEROES name up to 4 GiB − 1 without a payload.
+//	crc32c: Castagnoli CRC of a WRITE's payload; 0 for other commands.
+//
+// and the replica answers each, in any order, matched by handle:
+//
+//	 0        4        8              16             24       28       32
+//	+--------+--------+--------------+--------------+--------+--------+
+//	| "CRPY" | code   | handle       | epoch        | length | crc32c |  then length bytes
+//	+--------+--------+--------------+--------------+--------+--------+
+//	code:   0 OK, 1 STALE_EPOCH, 2 EIO, 3 ENOSPC, 4 EINVAL.
+//	epoch:  the replica's durable epoch (on STALE_EPOCH, the newer one that
+//	        refused the request).
+//	length: a successful READ's data (crc32c is its CRC), or on error the
+//	        message (≤ 1024 bytes, crc32c 0); 0 otherwise.
+//
+// A handle is opaque to the replica; the Client's is a slot index and a
+// generation. Malformed input — bad magic, an unknown command or flag, a
+// length over its limit, a truncated header or payload, a FLUSH with a
+// range, a checksum on a command without payload — closes that connection
+// with one log line naming the violation (ErrProtocol); other connections
+// are unaffected. Out-of-range offsets are EINVAL replies, not violations.
+// A WRITE whose payload does not match its crc32c is refused with EIO and
+// not applied (ErrChecksum): corrupted in flight.
+//
+// # Epochs and fencing
+//
+// Every request carries the epoch its coordinator holds (the cluster's
+// fencing token, raised by an etcd transaction on each change of
+// coordinator or in-sync set). A replica keeps, per volume, the highest
+// epoch it has seen in a small state file (StateDir/VOLUME.epoch), and:
+//   - a hello or request with a newer epoch makes that epoch durable before
+//     it is applied or answered — so a new coordinator's hello fences the
+//     old one at once, and a coordinator that evicted a replica moves the
+//     others on with its next request;
+//   - a hello with an older epoch is refused (STALE_EPOCH) and the
+//     connection closed; a request with an older epoch is refused with
+//     STALE_EPOCH and the replica's epoch, and not applied.
+//
+// The invariant, and the lock that keeps it, are written on epochState.
+//
+// # Concurrency (server)
+//
+// Each connection runs one reader (the goroutine Serve started for it), a
+// fixed pool of workers (Config.Workers) and one writer, as blockdev/nbd does:
+//
+//	reader ──work──▶ workers ──done──▶ writer ──▶ socket
+//	   ▲                                 │
+//	   └──────── free request slots ◀────┘
+//
+// The reader decodes a header, takes a free slot (blocking when
+// Config.MaxInFlight are in flight, and while the connection holds 128 MiB
+// of payloads: the back-pressure), reads a WRITE payload into a pooled
+// buffer and queues the slot. A worker checks the epoch and applies the
+// request; the writer encodes replies into a bufio.Writer and flushes when
+// no further reply is queued, then returns the buffer to its pool and the
+// slot to the free list. A slot belongs to one goroutine at a time, so its
+// fields need no lock; nothing is allocated per request in steady state.
+//
+// # Ordering: the coordinator's contract
+//
+// Requests in flight together are applied in any order, as an NBD server
+// may. So the coordinator must not have two overlapping writes (WRITE,
+// TRIM, WRITE_ZEROES) in flight to one replica, or replicas could apply
+// them in different orders and diverge; it waits for the first's reply.
+// FLUSH makes durable every write the replica completed before the FLUSH
+// began, so it covers exactly the writes whose replies the coordinator had
+// received when it sent the FLUSH.
+//
+// # Client
+//
+// A Client is one connection to one replica volume; see its doc for the
+// goroutines, the per-request timeout (DefaultTimeout) and what a failure
+// does to the connection. It dials from ClientConfig.LocalAddr (the node's
+// data address) so that a partition made of nftables rules between two
+// addresses cuts exactly that link.
+package replication
