@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/internal/connset"
 )
 
 // Volume is a replica as the server applies requests to it. *engine.Volume
@@ -63,12 +64,10 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	states    map[string]*epochState // loaded on first hello for the volume
-	closed    bool
-	connWG    sync.WaitGroup
+	conns connset.Set[*conn] // listeners and live connections
+
+	mu     sync.Mutex
+	states map[string]*epochState // REQUIRES mu; loaded on first hello for the volume
 }
 
 // NewServer returns a server for vols. Call Serve for each listener.
@@ -95,81 +94,33 @@ func NewServer(vols Volumes, cfg Config) (*Server, error) {
 	}
 	return &Server{
 		vols: vols, cfg: cfg, log: log.With("component", "replication"),
-		listeners: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{}, states: map[string]*epochState{},
+		states: map[string]*epochState{},
 	}, nil
 }
 
 // Serve accepts connections on l until Close, then returns ErrClosed.
 func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		l.Close()
+	err := s.conns.Serve(l, func(nc net.Conn) *conn { return newConn(s, nc) }, (*conn).serve,
+		func(err error, wait time.Duration) { s.log.Warn("accept failed; retrying", "err", err, "in", wait) })
+	if errors.Is(err, connset.ErrClosed) {
 		return ErrClosed
 	}
-	s.listeners[l] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-	}()
-	var backoff time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			if s.isClosed() {
-				return ErrClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
-			return fmt.Errorf("replication: accept on %s: %w", l.Addr(), err)
-		}
-		backoff = 0
-		c := newConn(s, nc)
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			nc.Close()
-			return ErrClosed
-		}
-		s.conns[c] = struct{}{}
-		s.connWG.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.connWG.Done()
-			c.serve()
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-		}()
+	if err != nil {
+		return fmt.Errorf("replication: %w", err)
 	}
+	return nil
 }
 
-func (s *Server) isClosed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
-}
+func (s *Server) isClosed() bool { return s.conns.Closed() }
 
 // Close stops accepting and closes every connection. Requests already
 // being applied finish (Close waits for them); their replies are dropped,
 // so the coordinator counts them as failed, never as done.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	for l := range s.listeners {
-		l.Close()
-	}
-	for c := range s.conns {
+	for _, c := range s.conns.Close() {
 		c.nc.Close()
 	}
-	s.mu.Unlock()
-	s.connWG.Wait()
+	s.conns.Wait()
 	return nil
 }
 

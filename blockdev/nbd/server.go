@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/internal/connset"
 )
 
 // Export is one volume as the server sees it. *engine.Volume satisfies it.
@@ -90,19 +90,15 @@ const (
 
 // Server serves Exports over NBD on any number of listeners.
 //
-// Concurrency: mu protects listeners, conns and closed. Serve's accept loop
-// and every connection goroutine take mu only to register and unregister
-// themselves; the data path never touches it.
+// Concurrency: conns (internal/connset) holds the listeners and live
+// connections behind its own lock, taken only to register and unregister
+// them; the data path never touches it.
 type Server struct {
 	exports Exports
 	cfg     Config
 	log     *slog.Logger
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	closed    bool
-	connWG    sync.WaitGroup // one per live connection goroutine
+	conns connset.Set[*conn] // listeners and live connections
 }
 
 // NewServer returns a server for exports. Call Serve for each listener.
@@ -125,83 +121,24 @@ func NewServer(exports Exports, cfg Config) *Server {
 		log = slog.Default()
 	}
 	return &Server{
-		exports:   exports,
-		cfg:       cfg,
-		log:       log.With("component", "nbd"),
-		listeners: map[net.Listener]struct{}{},
-		conns:     map[*conn]struct{}{},
+		exports: exports,
+		cfg:     cfg,
+		log:     log.With("component", "nbd"),
 	}
 }
 
 // Serve accepts connections on l until Shutdown closes it, then returns
 // ErrServerClosed. Call it once per listener (TCP and unix both).
 func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		l.Close()
+	err := s.conns.Serve(l, func(nc net.Conn) *conn { return newConn(s, nc) }, (*conn).serve,
+		func(err error, wait time.Duration) { s.log.Warn("accept failed; retrying", "err", err, "in", wait) })
+	if errors.Is(err, connset.ErrClosed) {
 		return ErrServerClosed
 	}
-	s.listeners[l] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-	}()
-
-	var backoff time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			if s.isClosed() {
-				return ErrServerClosed
-			}
-			if retryableAccept(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
-				time.Sleep(backoff)
-				continue
-			}
-			return fmt.Errorf("nbd: accept on %s: %w", l.Addr(), err)
-		}
-		backoff = 0
-		c := newConn(s, nc)
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			nc.Close()
-			return ErrServerClosed
-		}
-		s.conns[c] = struct{}{}
-		s.connWG.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.connWG.Done()
-			c.serve()
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-		}()
+	if err != nil {
+		return fmt.Errorf("nbd: %w", err)
 	}
-}
-
-// retryableAccept reports the accept errors worth retrying: running out of
-// file descriptors, a connection reset before it was accepted, timeouts.
-func retryableAccept(err error) bool {
-	type temporary interface{ Temporary() bool }
-	var t temporary
-	if errors.As(err, &t) && t.Temporary() {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-func (s *Server) isClosed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
+	return nil
 }
 
 // Shutdown stops accepting, lets every connection finish the requests it has
@@ -209,23 +146,13 @@ func (s *Server) isClosed() bool {
 // Connections still negotiating are closed at once. If ctx ends first, the
 // remaining connections are closed hard and ctx's error is returned.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closed = true
-	for l := range s.listeners {
-		l.Close()
-	}
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-
+	conns := s.conns.Close()
 	for _, c := range conns {
 		c.beginShutdown()
 	}
 	done := make(chan struct{})
 	go func() {
-		s.connWG.Wait()
+		s.conns.Wait()
 		close(done)
 	}()
 	select {
