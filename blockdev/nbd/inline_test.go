@@ -290,9 +290,13 @@ func TestSlowCachedWriteOpensTheFullPool(t *testing.T) {
 	exp.mu.Lock()
 	exp.armed = true
 	exp.mu.Unlock()
+	// The burst in one socket write too: a first write the reader found
+	// alone would run inline, on the reader, and hold back the rest.
+	var all []byte
 	for i := range uint64(burst) {
-		c.request(CmdWrite, 0, 10+i, (2+i)*4096, 4096, p)
+		all = append(AppendRequest(all, CmdWrite, 0, 10+i, (2+i)*4096, 4096), p...)
 	}
+	c.write(all)
 	for range burst {
 		if r := c.readReply(0); r.errno != 0 {
 			t.Fatalf("write %d: errno %d", r.handle, r.errno)
