@@ -281,6 +281,12 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s on %s: metadata log (area at offset %d): %w", p, d0.Path(), region.Base, err)
 	}
+	// Drive 0 holds the log and the superblock that points at it: a
+	// checkpoint whose drive table does not start with the drive it was
+	// read from is not this pool's.
+	if len(st.drives) == 0 || st.drives[0].uuid != sb.driveUUID {
+		return nil, nil, fmt.Errorf("%w: %s on %s: the checkpoint's drive table does not start with this drive", ErrCorrupt, p, d0.Path())
+	}
 	used := map[[16]byte]bool{}
 	for i, ref := range st.drives {
 		d := byUUID[ref.uuid]

@@ -326,7 +326,7 @@ func (p *pool) prepareLog() error {
 	from := max(p.logReady, pos)
 	to := min(size, pos+logPrepareChunk)
 	p.logReady = to
-	fh, ok := p.drives[0].d.(interface{ FillHoles(off, n int64) error })
+	fh, ok := p.log.Device().(interface{ FillHoles(off, n int64) error })
 	if !ok || to <= from {
 		return nil
 	}

@@ -56,6 +56,9 @@ func (w *Writer) Position() Position { return w.pos }
 // Used is how many bytes of the region hold frames (written or buffered).
 func (w *Writer) Used() int64 { return w.pos.Off + int64(len(w.buf)) }
 
+// Device returns the device the writer appends to.
+func (w *Writer) Device() Device { return w.dev }
+
 // Region returns the region the writer appends to.
 func (w *Writer) Region() Region { return w.region }
 
