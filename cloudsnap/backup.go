@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"golang.org/x/sync/errgroup"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -324,6 +325,49 @@ func Abandon(ctx context.Context, st *Store, id string) error {
 	}
 	prefix, _ := backupPrefix(id)
 	return sweepPrefix(ctx, st, prefix)
+}
+
+// SweepOrphans deletes the objects of volumeID's backups that have no
+// manifest, except backup keep: uploads that failed while the store could
+// not be reached to clean them up (they are never listed, but they take
+// space). It returns how many backups it swept.
+//
+// REQUIRES: no backup of the volume other than keep is running anywhere.
+// The daemon keeps that (one backup of a volume at a time, on the node that
+// holds it) and sweeps as each backup starts; swept during another backup's
+// upload, that backup would write a manifest naming deleted objects.
+func SweepOrphans(ctx context.Context, st *Store, volumeID, keep string) (int, error) {
+	if len(volumeID) != 16 || strings.ContainsAny(volumeID, "/\x00") {
+		return 0, fmt.Errorf("%w: %q is not a volume id", ErrInvalid, volumeID)
+	}
+	keys, err := st.list(ctx, volumePrefix(volumeID))
+	if err != nil {
+		return 0, err
+	}
+	complete, seen := map[string]bool{}, map[string]bool{}
+	for _, k := range keys {
+		id, rest, ok := strings.Cut(strings.TrimPrefix(k, volumePrefix(volumeID)), "/")
+		if !ok {
+			continue
+		}
+		seen[id] = true
+		complete[id] = complete[id] || rest == manifestName
+	}
+	swept := 0
+	for id := range seen {
+		if complete[id] || id == keep {
+			continue
+		}
+		prefix, err := backupPrefix(id)
+		if err != nil {
+			continue // not a name this format writes: not ours to delete
+		}
+		if err := sweepPrefix(ctx, st, prefix); err != nil {
+			return swept, err
+		}
+		swept++
+	}
+	return swept, nil
 }
 
 // ReadManifest reads and checks the manifest of backup id.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -429,5 +430,51 @@ func TestServerDiesMidUpload(t *testing.T) {
 	}
 	if keys, _ := st.list(ctx, rootPrefix); len(keys) != 0 {
 		t.Fatalf("after Abandon the bucket holds %v", keys)
+	}
+}
+
+// Objects of a backup that never got its manifest (an upload that failed
+// while the store was unreachable) are swept; a complete backup and the
+// backup about to run are not.
+func TestSweepOrphans(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	st := testStore(t, srv, "")
+	ctx := context.Background()
+	e := testEngine(t, 256<<20)
+	e.CreateVolume(engine.VolumeSpec{Name: "db", Size: 16 << 20})
+	write(t, e, "db", 0, randBytes(9, 4<<20))
+	c := &chain{t: t, e: e, st: st, vol: "db"}
+	m := c.backup(false)
+	want := content(t, e, "db")
+
+	v, _ := e.Volume("db")
+	volID := v.Info().ID
+	orphan := NewID(volID, time.Now().Add(time.Hour))
+	running := NewID(volID, time.Now().Add(2*time.Hour))
+	for _, id := range []string{orphan, running} {
+		prefix, _ := backupPrefix(id)
+		for i := range 3 {
+			if err := st.put(ctx, fmt.Sprintf("%sdata/%06d", prefix, i), []byte("partial upload"), dataTimeout); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	n, err := SweepOrphans(ctx, st, volID, running)
+	if err != nil || n != 1 {
+		t.Fatalf("SweepOrphans: %d swept, err %v; want 1", n, err)
+	}
+	for id, want := range map[string]int{orphan: 0, running: 3} {
+		prefix, _ := backupPrefix(id)
+		keys, err := st.list(ctx, prefix)
+		if err != nil || len(keys) != want {
+			t.Fatalf("backup %s: %d objects left (err %v), want %d", id, len(keys), err, want)
+		}
+	}
+	if _, err := Restore(ctx, e, st, m.ID, "back", nil); err != nil {
+		t.Fatalf("the complete backup after the sweep: %v", err)
+	}
+	sameContent(t, "restored after the sweep", want, content(t, e, "back"))
+	if _, err := SweepOrphans(ctx, st, "../x", ""); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a bad volume id: %v", err)
 	}
 }

@@ -69,7 +69,10 @@
 //
 // Every store call runs under a deadline and minio-go retries failed
 // requests with backoff; a backup that still cannot store an object fails,
-// deletes what it stored, and writes no manifest. A restore that finds a
+// deletes what it stored, and writes no manifest. What it could not delete
+// (the store unreachable) is swept by SweepOrphans when the volume's next
+// backup starts: objects of the volume's backups that have no manifest. A
+// restore that finds a
 // missing or damaged object fails naming it and deletes the volume it was
 // filling.
 package cloudsnap

@@ -558,6 +558,14 @@ func (c *Cloudsnaps) jobInfo(j *cloudsnapJob) CloudsnapJob {
 
 func (c *Cloudsnaps) runBackup(j *cloudsnapJob, st *cloudsnap.Store, info engine.VolumeInfo, req cloudsnap.BackupRequest, prev chainRecord, scheduled bool) {
 	start := time.Now()
+	// This is the volume's only backup running (Backup refuses a
+	// second one, and only the volume's node backs it up): what an earlier
+	// failed upload left in the bucket without a manifest can go now.
+	if n, err := cloudsnap.SweepOrphans(c.ctx, st, info.ID, req.ID); err != nil {
+		c.log.Warn("cloudsnap: cannot sweep the objects of earlier failed backups", "volume", info.Name, "err", err)
+	} else if n > 0 {
+		c.log.Info("cloudsnap: swept the objects of earlier failed backups", "volume", info.Name, "backups", n)
+	}
 	m, err := cloudsnap.Backup(c.ctx, c.eng, st, req, &j.prog)
 	if err != nil {
 		// Backup deleted what it stored; the snapshot goes too.
