@@ -244,9 +244,7 @@ func (p *pool) round() error {
 	if cap(recs) > commitSoonBytes/4 { // a burst: do not keep its buffer
 		p.spare = nil
 	}
-	if err := p.prepareLog(); err != nil {
-		return p.fail(err)
-	}
+	p.prepareLog()
 	if freed > 0 || reserving > 0 || unrefs > 0 {
 		p.mu.Lock()
 		if err := p.releaseBasesLocked(unrefs); err != nil {
@@ -316,26 +314,25 @@ const (
 // prepareLog fills the holes of the active log area ahead of the writer
 // (drive.File.FillHoles), never below its position: everything from there
 // on is stale or empty, so zeros there change nothing replay reads as a
-// frame. Drives without holes (block devices, Mem) are left alone.
+// frame. Drives without holes (block devices, Mem) are left alone. It is
+// only a speed-up: when the fill fails (the file system under a sparse drive
+// is full, say), the log appends into holes as before, and a real fault
+// surfaces in the round's own writes and syncs, so its error is dropped
+// rather than failing a pool whose round succeeded.
 // Round state: called by rounds only.
-func (p *pool) prepareLog() error {
+func (p *pool) prepareLog() {
 	pos, size := p.log.Used(), p.log.Region().Size
 	if p.logReady-pos >= logPrepareLow || p.logReady >= size {
-		return nil
+		return
 	}
 	from := max(p.logReady, pos)
 	to := min(size, pos+logPrepareChunk)
 	p.logReady = to
-	fh, ok := p.log.Device().(interface{ FillHoles(off, n int64) error })
-	if !ok || to <= from {
-		return nil
-	}
-	if err := fh.FillHoles(p.log.Region().Base+from, to-from); err != nil {
-		return fmt.Errorf("%w: %w", ErrIO, err)
+	if fh, ok := p.log.Device().(interface{ FillHoles(off, n int64) error }); ok && to > from {
+		_ = fh.FillHoles(p.log.Region().Base+from, to-from)
 	}
 	// Not marked dirty: zeros past the writer mean nothing to replay; the
 	// next log sync takes them to the device with its frames.
-	return nil
 }
 
 // rotate writes a checkpoint at the start of the inactive log area, then

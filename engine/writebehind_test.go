@@ -189,3 +189,41 @@ func TestFlushWithNothingNewSyncsNothing(t *testing.T) {
 		}
 	}
 }
+
+// fullFSDrive is a Mem drive whose hole filling fails, as on a full file
+// system under a sparse drive file.
+type fullFSDrive struct {
+	*drive.Mem
+	tries atomic.Int64
+}
+
+func (d *fullFSDrive) FillHoles(off, n int64) error { d.tries.Add(1); return unix.ENOSPC }
+
+// Filling the log's holes is a speed-up: when it fails, rounds and flushes
+// go on and the pool keeps taking writes.
+func TestLogPreparationFailureIsNotAPoolFailure(t *testing.T) {
+	d := &fullFSDrive{Mem: drive.NewMem("d", 32<<20)}
+	e, err := Open(Options{NodeID: testNode, LogAreaSize: 256 << 10, Drives: []DriveSpec{{Path: "d", Drive: d}}, manualCommit: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.CreateVolume(VolumeSpec{Name: "v", Size: 4 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := e.Volume("v")
+	for i := range 4 {
+		if err := v.WriteAt(pattern(i, BlockSize), int64(i)*ExtentSize, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Flush(); err != nil {
+			t.Fatalf("flush %d with the log's hole filling failing: %v", i, err)
+		}
+	}
+	if d.tries.Load() == 0 {
+		t.Fatal("the log's holes were never filled: the test did not reach the failure")
+	}
+	if err := e.pools[0].err(); err != nil {
+		t.Fatalf("the pool failed: %v", err)
+	}
+}
