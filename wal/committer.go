@@ -82,14 +82,6 @@ func (c *Committer) Covering(gen uint64) error {
 	return c.err
 }
 
-// Gen reads the change counter: what a later Covering call waits for.
-func (c *Committer) Gen() uint64 {
-	if c.count == nil {
-		return 0
-	}
-	return c.count()
-}
-
 // lead runs one round. REQUIRES mu, held again on return; !c.running.
 func (c *Committer) lead() {
 	c.running = true
