@@ -36,7 +36,7 @@ var (
 	// compare-and-swap on a revision failed); nothing was changed.
 	ErrConflict = errors.New("cluster: changed concurrently")
 	// ErrNoPlacement: no node may hold a new volume under its
-	// constraints (Place says which node lacked what).
+	// constraints (PlaceReplicas says which node lacked what).
 	ErrNoPlacement = errors.New("cluster: no node to place the volume on")
 	// ErrRemoved: the node was deleted from the cluster and may not
 	// register again.
