@@ -190,14 +190,7 @@ func (c *Client) ReplicaEpoch() uint64 { return c.replicaEpoch.Load() }
 // WriteAt writes p at off on the replica; with fua, p is durable there when
 // WriteAt returns nil. len(p) ≤ MaxPayload.
 func (c *Client) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	if len(p) > MaxPayload {
-		return fmt.Errorf("%w: write of %d bytes (limit %d)", ErrInvalid, len(p), MaxPayload)
-	}
-	var flags uint16
-	if fua {
-		flags = FlagFUA
-	}
-	return c.do(ctx, CmdWrite, flags, off, uint32(len(p)), p, nil)
+	return c.StartWriteAt(p, off, fua).Wait(ctx)
 }
 
 // ReadAt fills p from the replica at off. len(p) ≤ MaxPayload.
@@ -208,56 +201,65 @@ func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return c.do(ctx, CmdRead, 0, off, uint32(len(p)), nil, p)
 }
 
+// Checksum returns the xxhash64 of the replica's n bytes at off, computed
+// on the replica (volume verify and convergence compare replicas without
+// moving their data). n ≤ MaxPayload.
+func (c *Client) Checksum(ctx context.Context, off, n int64) (uint64, error) {
+	if n < 0 || n > MaxPayload {
+		return 0, fmt.Errorf("%w: checksum of %d bytes (limit %d)", ErrInvalid, n, MaxPayload)
+	}
+	var sum [8]byte
+	if err := c.do(ctx, CmdChecksum, 0, off, uint32(n), nil, sum[:]); err != nil {
+		return 0, err
+	}
+	return be.Uint64(sum[:]), nil
+}
+
 // Flush makes every write the replica answered before it received the
 // FLUSH durable there.
 func (c *Client) Flush(ctx context.Context) error {
-	return c.do(ctx, CmdFlush, 0, 0, 0, nil, nil)
+	return c.StartFlush().Wait(ctx)
 }
 
 // Trim deallocates the whole blocks of [off, off+n) on the replica; with
 // fua, that is durable when Trim returns nil. n < 4 GiB.
 func (c *Client) Trim(ctx context.Context, off, n int64, fua bool) error {
-	var flags uint16
-	if fua {
-		flags = FlagFUA
-	}
-	return c.ranged(ctx, CmdTrim, flags, off, n)
+	return c.StartTrim(off, n, fua).Wait(ctx)
 }
 
 // WriteZeroes makes [off, off+n) read as zeros on the replica, keeping the
 // blocks allocated with noHole. n < 4 GiB.
 func (c *Client) WriteZeroes(ctx context.Context, off, n int64, noHole, fua bool) error {
-	var flags uint16
-	if fua {
-		flags |= FlagFUA
-	}
-	if noHole {
-		flags |= FlagNoHole
-	}
-	return c.ranged(ctx, CmdWriteZeroes, flags, off, n)
-}
-
-// ranged sends a command that names a range without a payload; its length
-// field is 32 bits, as in NBD, whose requests the coordinator forwards.
-func (c *Client) ranged(ctx context.Context, cmd, flags uint16, off, n int64) error {
-	if n < 0 || n > math.MaxUint32 {
-		return fmt.Errorf("%w: length %d (limit %d)", ErrInvalid, n, uint32(math.MaxUint32))
-	}
-	return c.do(ctx, cmd, flags, off, uint32(n), nil, nil)
+	return c.StartWriteZeroes(off, n, noHole, fua).Wait(ctx)
 }
 
 // do sends one request and waits for its reply.
 func (c *Client) do(ctx context.Context, cmd, flags uint16, off int64, length uint32, payload, dst []byte) error {
+	return c.send(ctx, cmd, flags, off, length, payload, dst).Wait(ctx)
+}
+
+// Pending is a request sent and not yet answered. Its caller must Wait for
+// it exactly once (the request's slot is freed by Wait).
+type Pending struct {
+	c   *Client
+	idx uint32
+	err error // the send failed: Wait returns it and frees nothing
+}
+
+// send encodes and sends one request. The payload is on the socket (or in
+// its buffer, flushed by the last of a burst of senders) when send returns,
+// so the caller may reuse it.
+func (c *Client) send(ctx context.Context, cmd, flags uint16, off int64, length uint32, payload, dst []byte) Pending {
 	if off < 0 {
-		return fmt.Errorf("%w: negative offset %d", ErrInvalid, off)
+		return Pending{err: fmt.Errorf("%w: negative offset %d", ErrInvalid, off)}
 	}
 	var idx uint32
 	select {
 	case idx = <-c.free:
 	case <-c.closed:
-		return c.failure()
+		return Pending{err: c.failure()}
 	case <-ctx.Done():
-		return ctx.Err()
+		return Pending{err: ctx.Err()}
 	}
 	k := &c.calls[idx]
 	k.gen++
@@ -287,11 +289,21 @@ func (c *Client) do(ctx context.Context, cmd, flags uint16, off int64, length ui
 	if err != nil {
 		c.fail(fmt.Errorf("replication: send to %s: %w", c.nc.RemoteAddr(), err))
 	}
+	return Pending{c: c, idx: idx}
+}
 
+// Wait waits for the request's reply and returns its outcome. ctx ending
+// first abandons the request, which fails the connection (the reply could
+// still arrive and write into a READ's buffer).
+func (p Pending) Wait(ctx context.Context) error {
+	if p.c == nil {
+		return p.err
+	}
+	c, k := p.c, &p.c.calls[p.idx]
 	select {
 	case err := <-k.done:
 		k.dst = nil
-		c.free <- idx
+		c.free <- p.idx
 		return err
 	case <-c.readerDone:
 		// The connection failed; the reader answered every call it saw in
@@ -304,6 +316,56 @@ func (c *Client) do(ctx context.Context, cmd, flags uint16, off int64, length ui
 		<-c.readerDone
 		return ctx.Err()
 	}
+}
+
+// StartWriteAt sends a WRITE (as WriteAt) and returns without waiting for
+// the reply: a coordinator sends one write to every replica, then waits for
+// them all, from one goroutine.
+func (c *Client) StartWriteAt(p []byte, off int64, fua bool) Pending {
+	if len(p) > MaxPayload {
+		return Pending{err: fmt.Errorf("%w: write of %d bytes (limit %d)", ErrInvalid, len(p), MaxPayload)}
+	}
+	var flags uint16
+	if fua {
+		flags = FlagFUA
+	}
+	return c.send(context.Background(), CmdWrite, flags, off, uint32(len(p)), p, nil)
+}
+
+// StartFlush sends a FLUSH (as Flush) without waiting for the reply.
+func (c *Client) StartFlush() Pending {
+	return c.send(context.Background(), CmdFlush, 0, 0, 0, nil, nil)
+}
+
+// StartTrim sends a TRIM (as Trim) without waiting for the reply.
+func (c *Client) StartTrim(off, n int64, fua bool) Pending {
+	var flags uint16
+	if fua {
+		flags = FlagFUA
+	}
+	return c.startRanged(CmdTrim, flags, off, n)
+}
+
+// StartWriteZeroes sends a WRITE_ZEROES (as WriteZeroes) without waiting.
+func (c *Client) StartWriteZeroes(off, n int64, noHole, fua bool) Pending {
+	var flags uint16
+	if fua {
+		flags |= FlagFUA
+	}
+	if noHole {
+		flags |= FlagNoHole
+	}
+	return c.startRanged(CmdWriteZeroes, flags, off, n)
+}
+
+// startRanged sends a command that names a range without a payload; its
+// length field is 32 bits, as in NBD, whose requests the coordinator
+// forwards.
+func (c *Client) startRanged(cmd, flags uint16, off, n int64) Pending {
+	if n < 0 || n > math.MaxUint32 {
+		return Pending{err: fmt.Errorf("%w: length %d (limit %d)", ErrInvalid, n, uint32(math.MaxUint32))}
+	}
+	return c.send(context.Background(), cmd, flags, off, uint32(n), nil, nil)
 }
 
 // readLoop is the reader goroutine: it hands each reply to its call until
@@ -345,9 +407,9 @@ func (c *Client) readReplies() error {
 		}
 		var res error
 		switch {
-		case r.code == CodeOK && k.cmd == CmdRead:
-			if r.length != k.length {
-				return fmt.Errorf("%w: READ reply of %d bytes for %d", ErrProtocol, r.length, k.length)
+		case r.code == CodeOK && (k.cmd == CmdRead || k.cmd == CmdChecksum):
+			if r.length != uint32(len(k.dst)) {
+				return fmt.Errorf("%w: reply of %d bytes to command %d that wants %d", ErrProtocol, r.length, k.cmd, len(k.dst))
 			}
 			if _, err := io.ReadFull(c.br, k.dst); err != nil {
 				return fmt.Errorf("%w: truncated READ reply: %w", ErrProtocol, err)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/cespare/xxhash/v2"
 	"io"
 	"log/slog"
 	"net"
@@ -51,6 +52,7 @@ type request struct {
 	requestHeader
 	buf    *drive.Buffer // pooled buffer behind data
 	data   []byte        // WRITE payload or READ data
+	sum    [8]byte       // a CHECKSUM's answer
 	budget int64         // bytes reserved in the connection's byteBudget
 
 	code       uint32 // reply code
@@ -197,7 +199,7 @@ func (c *conn) readLoop() error {
 				c.free <- r
 				return fmt.Errorf("%w: truncated WRITE payload: %w", ErrProtocol, err)
 			}
-		case CmdRead:
+		case CmdRead, CmdChecksum:
 			// The worker allocates the read buffer; reserve its bytes here
 			// so that the reader is the one that waits.
 			c.budget.acquire(int64(hdr.length))
@@ -242,6 +244,14 @@ func (c *conn) execute(r *request) {
 			r.alloc(int(n))
 			r.failErr(c.vol.ReadAt(r.data, off))
 		}
+	case CmdChecksum:
+		r.alloc(int(n))
+		if err := c.vol.ReadAt(r.data, off); err != nil {
+			r.failErr(err)
+		} else {
+			be.PutUint64(r.sum[:], xxhash.Sum64(r.data))
+		}
+		r.freeBuf() // the reply carries the sum only
 	case CmdFlush:
 		r.failErr(c.vol.Flush())
 	case CmdTrim:
@@ -294,6 +304,9 @@ func (c *conn) writeReply(r *request) error {
 		h.length = uint32(min(len(r.msg), MaxMessageLen))
 	case r.cmd == CmdRead:
 		payload = r.data
+		h.length, h.crc = uint32(len(payload)), checksum(payload)
+	case r.cmd == CmdChecksum:
+		payload = r.sum[:]
 		h.length, h.crc = uint32(len(payload)), checksum(payload)
 	}
 	putReply(&c.whdr, h)

@@ -33,9 +33,10 @@
 //	| "CREQ" | cmd    | flags  | handle       | epoch        | offset       | length | crc32c |
 //	+--------+--------+--------+--------------+--------------+--------------+--------+--------+
 //	cmd:    1 WRITE (length bytes of payload follow), 2 FLUSH (offset and
-//	        length 0), 3 TRIM, 4 WRITE_ZEROES, 5 READ.
+//	        length 0), 3 TRIM, 4 WRITE_ZEROES, 5 READ, 6 CHECKSUM (the
+//	        xxhash64 of the range, computed on the replica: 8 bytes back).
 //	flags:  FUA 1 (WRITE, TRIM, WRITE_ZEROES), NO_HOLE 2 (WRITE_ZEROES).
-//	length: ≤ MaxPayload (32 MiB) for WRITE and READ; TRIM and
+//	length: ≤ MaxPayload (32 MiB) for WRITE, READ and CHECKSUM; TRIM and
 //	        WRITE_ZEROES name up to 4 GiB − 1 without a payload.
 //	crc32c: Castagnoli CRC of a WRITE's payload; 0 for other commands.
 //
@@ -48,7 +49,8 @@
 //	code:   0 OK, 1 STALE_EPOCH, 2 EIO, 3 ENOSPC, 4 EINVAL.
 //	epoch:  the replica's durable epoch (on STALE_EPOCH, the newer one that
 //	        refused the request).
-//	length: a successful READ's data (crc32c is its CRC), or on error the
+//	length: a successful READ's data or CHECKSUM's 8 bytes (crc32c is
+//	        their CRC), or on error the
 //	        message (≤ 1024 bytes, crc32c 0); 0 otherwise.
 //
 // A handle is opaque to the replica; the Client's is a slot index and a

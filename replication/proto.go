@@ -39,6 +39,7 @@ const (
 	CmdTrim        uint16 = 3
 	CmdWriteZeroes uint16 = 4
 	CmdRead        uint16 = 5
+	CmdChecksum    uint16 = 6 // xxhash64 of [offset, offset+length), 8 bytes back
 )
 
 // Command flags. Part of the wire protocol — do not change.
@@ -55,7 +56,7 @@ func allowedFlags(cmd uint16) (uint16, bool) {
 		return FlagFUA, true
 	case CmdWriteZeroes:
 		return FlagFUA | FlagNoHole, true
-	case CmdFlush, CmdRead:
+	case CmdFlush, CmdRead, CmdChecksum:
 		return 0, true
 	}
 	return 0, false
@@ -272,7 +273,7 @@ func parseRequest(h *[RequestHeaderLen]byte) (requestHeader, error) {
 		return r, fmt.Errorf("%w: unknown command %d", ErrProtocol, r.cmd)
 	case r.flags&^allowed != 0:
 		return r, fmt.Errorf("%w: flags %#x not valid for command %d", ErrProtocol, r.flags, r.cmd)
-	case (r.cmd == CmdWrite || r.cmd == CmdRead) && r.length > MaxPayload:
+	case (r.cmd == CmdWrite || r.cmd == CmdRead || r.cmd == CmdChecksum) && r.length > MaxPayload:
 		return r, fmt.Errorf("%w: command %d of %d bytes (limit %d)", ErrProtocol, r.cmd, r.length, MaxPayload)
 	case r.cmd == CmdFlush && (r.length != 0 || r.offset != 0):
 		return r, fmt.Errorf("%w: FLUSH with offset %d length %d", ErrProtocol, r.offset, r.length)

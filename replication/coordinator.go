@@ -1,0 +1,694 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// ReplicaState is where a replica stands relative to the in-sync set.
+type ReplicaState int
+
+const (
+	// InSync: in the set recorded in the cluster; gets every write and
+	// may serve reads.
+	InSync ReplicaState = iota
+	// OutOfSync: out of the set; misses writes, and the coordinator's
+	// region log records which regions.
+	OutOfSync
+	// Resyncing: out of the set, getting every new write and a copy of
+	// the regions it missed; joins the set (an epoch bump) when caught up.
+	Resyncing
+)
+
+func (s ReplicaState) String() string {
+	switch s {
+	case InSync:
+		return "in-sync"
+	case OutOfSync:
+		return "out-of-sync"
+	case Resyncing:
+		return "resyncing"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// MaxReplicas is the most replicas a volume has (repl 3).
+const MaxReplicas = 3
+
+// ErrNoReplica is I/O on a volume none of whose replicas is in sync and
+// answering: the volume fails I/O (EIO) rather than serve stale data.
+var ErrNoReplica = errors.New("replication: no in-sync replica")
+
+// ErrFenced is I/O refused because this coordinator was fenced: a newer
+// epoch exists (another node took the volume over), or the node lost its
+// cluster lease. Nothing is acknowledged after it.
+var ErrFenced = errors.New("replication: coordinator fenced")
+
+// Membership records changes of a volume's in-sync set in the cluster
+// (etcd). Each call is one transaction that also raises the volume's epoch,
+// and returns the new epoch; the coordinator acts on a change only once its
+// call returned nil.
+type Membership interface {
+	// Evict takes node out of the in-sync set; this coordinator keeps the
+	// region log of what it misses.
+	Evict(node string) (uint64, error)
+	// Join puts node back into the in-sync set.
+	Join(node string) (uint64, error)
+}
+
+// Dialer connects to node's replica of the volume at epoch (the daemon
+// resolves the node's replication address and binds its own data address).
+type Dialer func(ctx context.Context, node string, epoch uint64) (*Client, error)
+
+// ReplicaConfig is one replica of the volume as the cluster records it.
+type ReplicaConfig struct {
+	Node   string
+	InSync bool
+	// LogValid: an out-of-sync replica whose region log this node has
+	// kept since the replica left the set (the cluster records whose log
+	// it is). Otherwise it gets a full copy (of the regions that hold data).
+	LogValid bool
+}
+
+// CoordinatorConfig is what a coordinator needs of the daemon.
+type CoordinatorConfig struct {
+	Volume   string
+	Size     int64
+	Self     string // this node's id
+	Epoch    uint64 // the epoch the claim of the volume recorded
+	Replicas []ReplicaConfig
+	// Local is this node's replica, opened at Epoch (nil: none here).
+	Local      *Local
+	Membership Membership
+	Dial       Dialer
+	// StateDir holds the region logs (one file per volume and replica).
+	StateDir string
+	// ResyncRate bounds a resync's copy in bytes per second, so client I/O
+	// keeps its latency; 0 = 256 MiB/s.
+	ResyncRate int64
+	// RetryInterval is how often an out-of-sync replica is tried again;
+	// 0 = 2 s.
+	RetryInterval time.Duration
+	Logger        *slog.Logger
+}
+
+// Coordinator serves one volume from its replicas: it is the only writer of
+// every replica while it holds the volume's epoch (see the package doc for
+// the epoch rules; DESIGN.md for the whole write path).
+//
+// The invariants it keeps:
+//
+//   - A write, trim or write-zeroes is acknowledged only when every replica
+//     that was in sync when it started has applied it, or has been taken
+//     out of the in-sync set by a Membership call that returned — so every
+//     acknowledged write is on every replica of the recorded set. When the
+//     set cannot be changed (etcd unreachable, this node's lease gone), the
+//     write fails.
+//   - A FLUSH is acknowledged only when every in-sync replica has flushed
+//     (or been evicted as above): acknowledged writes are then durable on
+//     every replica of the recorded set.
+//   - The last in-sync replica is never evicted: a volume whose replicas
+//     all fail fails I/O with EIO, and keeps the replica with the newest
+//     data in the set.
+//   - A replica out of the set has a region log here that holds every
+//     region where it may differ: those written since it left, and those
+//     written since its last completed flush before it left (it may have
+//     lost them in a crash). The log is durable before the write that
+//     marked it is acknowledged.
+//   - Reads are served only by an in-sync replica.
+//   - Two writes to overlapping ranges are never in flight together
+//     (rangeLock): replicas apply them in the same order.
+//   - A reply of a newer epoch (a newer coordinator) fences this one: no
+//     I/O is acknowledged after.
+type Coordinator struct {
+	cfg   CoordinatorConfig
+	log   *slog.Logger
+	locks rangeLock
+
+	fenced atomic.Pointer[error]
+
+	mu      sync.RWMutex
+	epoch   uint64    // REQUIRES mu
+	members []*member // REQUIRES mu for state, client, log
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// member is one replica as the coordinator drives it.
+type member struct {
+	node   string
+	local  *Local       // this node's replica
+	client *Client      // a remote replica's connection; nil while none
+	state  ReplicaState // REQUIRES Coordinator.mu
+	log    *regionLog   // OutOfSync, Resyncing: what it misses
+
+	// written: regions written since the last flush that reached the
+	// replica, and flushing: the sets of the flushes in flight. A replica
+	// that fails may have lost them (an engine loses unflushed writes in a
+	// crash), so eviction puts them in its region log.
+	fmu      sync.Mutex
+	written  *regions
+	flushing []*regions // REQUIRES fmu
+
+	copied, toCopy atomic.Int64 // resync progress, bytes
+}
+
+// NewCoordinator opens the volume's replicas: it dials the in-sync remote
+// ones and evicts those that cannot be reached (the claim's epoch fences
+// the previous coordinator on each replica it reaches), and loads the
+// region logs of the out-of-sync ones. It fails when no replica is in sync
+// and reachable.
+func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, error) {
+	if cfg.ResyncRate <= 0 {
+		cfg.ResyncRate = 256 << 20
+	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = 2 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if len(cfg.Replicas) == 0 || len(cfg.Replicas) > MaxReplicas {
+		return nil, fmt.Errorf("%w: volume %q has %d replicas", ErrInvalid, cfg.Volume, len(cfg.Replicas))
+	}
+	c := &Coordinator{cfg: cfg, log: log.With("component", "coordinator", "volume", cfg.Volume), epoch: cfg.Epoch,
+		stop: make(chan struct{}), done: make(chan struct{})}
+	var unreachable []*member
+	for _, rc := range cfg.Replicas {
+		m := &member{node: rc.Node, written: newRegions(cfg.Size), state: OutOfSync}
+		if rc.Node == cfg.Self {
+			m.local = cfg.Local
+		}
+		switch {
+		case !rc.InSync:
+			if err := c.openLog(m, rc.LogValid); err != nil {
+				c.closeMembers()
+				return nil, err
+			}
+		case m.local != nil:
+			m.state = InSync
+		default:
+			m.state = InSync
+			cl, err := cfg.Dial(ctx, rc.Node, cfg.Epoch)
+			if err != nil {
+				if errors.Is(err, ErrStaleEpoch) {
+					c.members = append(c.members, m)
+					c.closeMembers()
+					return nil, fmt.Errorf("%w: replica on node %s has a newer epoch than %d: %w", ErrFenced, rc.Node, cfg.Epoch, err)
+				}
+				c.log.Warn("in-sync replica unreachable; evicting it", "node", rc.Node, "err", err)
+				unreachable = append(unreachable, m)
+			}
+			m.client = cl
+		}
+		c.members = append(c.members, m)
+	}
+	for _, m := range unreachable {
+		if err := c.drop(m, fmt.Errorf("unreachable at open"), nil); err != nil {
+			c.closeMembers()
+			return nil, err
+		}
+	}
+	if c.inSync() == 0 {
+		c.closeMembers()
+		return nil, fmt.Errorf("%w for volume %q", ErrNoReplica, cfg.Volume)
+	}
+	go c.resyncLoop()
+	return c, nil
+}
+
+func (c *Coordinator) logPath(node string) string {
+	return filepath.Join(c.cfg.StateDir, c.cfg.Volume+"@"+node+".rgn")
+}
+
+// openLog loads m's region log, or starts a full one.
+func (c *Coordinator) openLog(m *member, valid bool) error {
+	path := c.logPath(m.node)
+	if valid {
+		l, err := loadRegionLog(path, c.cfg.Size)
+		if err != nil {
+			c.log.Warn("region log unreadable; the replica gets a full copy", "node", m.node, "err", err)
+		}
+		m.log = l
+		return nil
+	}
+	m.log = &regionLog{regions: newRegions(c.cfg.Size), path: path, epoch: c.cfg.Epoch}
+	m.log.addAll()
+	return m.log.sync()
+}
+
+func (c *Coordinator) inSync() int {
+	n := 0
+	for _, m := range c.members {
+		if m.state == InSync {
+			n++
+		}
+	}
+	return n
+}
+
+// Name, Size and ReadOnly make a Coordinator an NBD export.
+func (c *Coordinator) Name() string   { return c.cfg.Volume }
+func (c *Coordinator) Size() int64    { return c.cfg.Size }
+func (c *Coordinator) ReadOnly() bool { return false }
+
+// Fence stops all I/O from now on with err (wrapped in ErrFenced): the
+// daemon calls it when the node's cluster lease is lost.
+func (c *Coordinator) Fence(err error) {
+	e := fmt.Errorf("%w: %w", ErrFenced, err)
+	if c.fenced.CompareAndSwap(nil, &e) {
+		c.log.Error("coordinator fenced: I/O stops", "err", err)
+	}
+}
+
+func (c *Coordinator) fencedErr() error {
+	if p := c.fenced.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Epoch is the epoch this coordinator holds.
+func (c *Coordinator) Epoch() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.epoch
+}
+
+// opKind is a write-like command.
+type opKind uint8
+
+const (
+	opWrite opKind = iota
+	opTrim
+	opZeroes
+)
+
+type writeOp struct {
+	kind        opKind
+	p           []byte
+	off, n      int64
+	fua, noHole bool
+}
+
+// target is one replica a request goes to, as it stood when the request
+// began.
+type target struct {
+	m       *member
+	state   ReplicaState
+	local   *Local
+	client  *Client
+	pending Pending
+	err     error
+}
+
+func (c *Coordinator) WriteAt(p []byte, off int64, fua bool) error {
+	return c.write(writeOp{kind: opWrite, p: p, off: off, n: int64(len(p)), fua: fua})
+}
+
+func (c *Coordinator) Trim(off, n int64) error {
+	return c.write(writeOp{kind: opTrim, off: off, n: n})
+}
+
+func (c *Coordinator) WriteZeroes(off, n int64, noHole bool) error {
+	return c.write(writeOp{kind: opZeroes, off: off, n: n, noHole: noHole})
+}
+
+func (c *Coordinator) write(o writeOp) error {
+	if err := c.fencedErr(); err != nil {
+		return err
+	}
+	if o.off < 0 || o.n < 0 || o.off+o.n > c.cfg.Size {
+		return fmt.Errorf("%w: [%d, %d) outside the volume's %d bytes", engine.ErrInvalid, o.off, o.off+o.n, c.cfg.Size)
+	}
+	c.locks.lock(o.off, o.n)
+	defer c.locks.unlock(o.off, o.n)
+
+	var ts [MaxReplicas]target
+	rng := [2]int64{o.off, o.n}
+	n, err := c.targets(&ts, &rng)
+	if err != nil {
+		return err
+	}
+	for i := range ts[:n] {
+		t := &ts[i]
+		if t.local == nil {
+			t.pending = startOp(t.client, o)
+		}
+	}
+	for i := range ts[:n] {
+		if t := &ts[i]; t.local != nil {
+			t.err = localOp(t.local, o)
+		}
+	}
+	for i := range ts[:n] {
+		if t := &ts[i]; t.local == nil {
+			t.err = t.pending.Wait(context.Background())
+		}
+	}
+	return c.settle(ts[:n], &rng)
+}
+
+// targets fills ts with the replicas a request goes to (in sync and
+// resyncing) and, for a write of rng, before anything is sent, durably
+// marks the range in the region log of every replica that will miss it.
+func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	k := 0
+	for _, m := range c.members {
+		switch {
+		case m.state == OutOfSync:
+			if rng == nil {
+				continue
+			}
+			if err := m.log.mark(rng[0], rng[1]); err != nil {
+				return 0, fmt.Errorf("%w: replica on node %s is out of sync and its region log cannot be written: %w", engine.ErrIO, m.node, err)
+			}
+		case m.local != nil || m.client != nil:
+			if rng != nil {
+				m.written.add(rng[0], rng[1])
+			}
+			ts[k] = target{m: m, state: m.state, local: m.local, client: m.client}
+			k++
+		}
+	}
+	return k, nil
+}
+
+// settle decides a request's outcome from its targets' errors: a stale
+// epoch fences the coordinator; any other failure takes the replica out of
+// the set (an eviction recorded in the cluster for an in-sync one) before
+// the request is answered. rng is the range a write touched (nil: none).
+func (c *Coordinator) settle(ts []target, rng *[2]int64) error {
+	ok := 0
+	var firstErr error
+	for i := range ts {
+		t := &ts[i]
+		if t.err == nil {
+			if t.state == InSync {
+				ok++
+			}
+			continue
+		}
+		if errors.Is(t.err, ErrStaleEpoch) {
+			c.Fence(fmt.Errorf("replica on node %s: %w", t.m.node, t.err))
+			return c.fencedErr()
+		}
+		if t.state == InSync && firstErr == nil {
+			firstErr = t.err
+		}
+		if err := c.drop(t.m, t.err, rng); err != nil {
+			return err
+		}
+	}
+	if ok == 0 {
+		return fmt.Errorf("%w: %w of volume %q completed it: %v", engine.ErrIO, ErrNoReplica, c.cfg.Volume, firstErr)
+	}
+	return nil
+}
+
+// drop takes m out of the set after cause, recording rng (when not nil) as
+// a region it may miss. An in-sync replica is evicted through Membership —
+// and if that fails, so does drop, and the request must fail. The last
+// in-sync replica is never evicted (drop fails instead).
+func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch m.state {
+	case OutOfSync:
+		if rng != nil {
+			if err := m.log.mark(rng[0], rng[1]); err != nil {
+				return fmt.Errorf("%w: region log of the replica on node %s: %w", engine.ErrIO, m.node, err)
+			}
+		}
+		return nil
+	case Resyncing:
+		m.state = OutOfSync
+		c.log.Warn("replica failed during its resync", "node", m.node, "err", cause)
+		c.closeClient(m)
+		return c.keepMissed(m, rng)
+	}
+	if c.inSync() == 1 {
+		return fmt.Errorf("%w: the last in-sync replica, on node %s, failed: %w", engine.ErrIO, m.node, cause)
+	}
+	// The log first: once the cluster says out of sync, the log must
+	// already hold what the replica may miss.
+	m.log = &regionLog{regions: newRegions(c.cfg.Size), path: c.logPath(m.node), epoch: c.epoch}
+	if err := c.keepMissed(m, rng); err != nil {
+		m.log = nil
+		return err
+	}
+	epoch, err := c.cfg.Membership.Evict(m.node)
+	if err != nil {
+		m.log = nil
+		return fmt.Errorf("%w: replica on node %s failed (%v) and its eviction could not be recorded: %w", engine.ErrIO, m.node, cause, err)
+	}
+	c.log.Warn("replica evicted from the in-sync set", "node", m.node, "epoch", epoch, "err", cause)
+	m.state = OutOfSync
+	c.closeClient(m)
+	c.setEpoch(epoch)
+	return nil
+}
+
+// keepMissed adds to m's region log what m may have lost (its unflushed
+// writes) and rng, durably. REQUIRES c.mu.
+func (c *Coordinator) keepMissed(m *member, rng *[2]int64) error {
+	m.fmu.Lock()
+	m.log.union(m.written)
+	for _, f := range m.flushing {
+		m.log.union(f)
+	}
+	m.fmu.Unlock()
+	if rng != nil {
+		m.log.add(rng[0], rng[1])
+	}
+	if err := m.log.sync(); err != nil {
+		return fmt.Errorf("%w: region log of the replica on node %s: %w", engine.ErrIO, m.node, err)
+	}
+	return nil
+}
+
+// closeClient drops m's connection. REQUIRES c.mu.
+func (c *Coordinator) closeClient(m *member) {
+	if m.client != nil {
+		m.client.Close()
+		m.client = nil
+	}
+}
+
+// setEpoch makes every later request carry e. REQUIRES c.mu.
+func (c *Coordinator) setEpoch(e uint64) {
+	if e <= c.epoch {
+		return
+	}
+	c.epoch = e
+	for _, m := range c.members {
+		if m.local != nil {
+			m.local.SetEpoch(e)
+		}
+		if m.client != nil {
+			m.client.SetEpoch(e)
+		}
+	}
+}
+
+func startOp(cl *Client, o writeOp) Pending {
+	switch o.kind {
+	case opTrim:
+		return cl.StartTrim(o.off, o.n, o.fua)
+	case opZeroes:
+		return cl.StartWriteZeroes(o.off, o.n, o.noHole, o.fua)
+	}
+	return cl.StartWriteAt(o.p, o.off, o.fua)
+}
+
+func localOp(l *Local, o writeOp) error {
+	switch o.kind {
+	case opTrim:
+		return l.Trim(o.off, o.n, o.fua)
+	case opZeroes:
+		return l.WriteZeroes(o.off, o.n, o.noHole, o.fua)
+	}
+	return l.WriteAt(o.p, o.off, o.fua)
+}
+
+// Flush flushes every in-sync and resyncing replica, and succeeds when
+// every in-sync one did (or was evicted).
+func (c *Coordinator) Flush() error {
+	if err := c.fencedErr(); err != nil {
+		return err
+	}
+	var ts [MaxReplicas]target
+	var sets [MaxReplicas]*regions
+	n, err := c.targets(&ts, nil)
+	if err != nil {
+		return err
+	}
+	for i := range ts[:n] {
+		t := &ts[i]
+		t.m.fmu.Lock()
+		sets[i] = t.m.written.swap()
+		t.m.flushing = append(t.m.flushing, sets[i])
+		t.m.fmu.Unlock()
+		if t.local == nil {
+			t.pending = t.client.StartFlush()
+		}
+	}
+	for i := range ts[:n] {
+		if t := &ts[i]; t.local != nil {
+			t.err = t.local.Flush()
+		}
+	}
+	for i := range ts[:n] {
+		t := &ts[i]
+		if t.local == nil {
+			t.err = t.pending.Wait(context.Background())
+		}
+		if t.err == nil {
+			t.m.fmu.Lock()
+			for j, f := range t.m.flushing {
+				if f == sets[i] {
+					t.m.flushing = append(t.m.flushing[:j], t.m.flushing[j+1:]...)
+					break
+				}
+			}
+			t.m.fmu.Unlock()
+		}
+	}
+	return c.settle(ts[:n], nil)
+}
+
+// ReadAt reads from this node's replica when it is in sync, otherwise from
+// an in-sync remote one; a replica that fails the read is evicted and the
+// read tried on another.
+func (c *Coordinator) ReadAt(p []byte, off int64) error {
+	for {
+		if err := c.fencedErr(); err != nil {
+			return err
+		}
+		m, local, cl := c.reader()
+		if m == nil {
+			return fmt.Errorf("%w: %w for volume %q", engine.ErrIO, ErrNoReplica, c.cfg.Volume)
+		}
+		var err error
+		if local != nil {
+			err = local.ReadAt(p, off)
+		} else {
+			err = cl.ReadAt(context.Background(), p, off)
+		}
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, engine.ErrInvalid) || errors.Is(err, ErrInvalid):
+			return err // the request's fault, not the replica's
+		case errors.Is(err, ErrStaleEpoch):
+			c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
+			return c.fencedErr()
+		}
+		if derr := c.drop(m, err, nil); derr != nil {
+			return derr
+		}
+	}
+}
+
+// reader picks the replica a read goes to.
+func (c *Coordinator) reader() (*member, *Local, *Client) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var remote *member
+	for _, m := range c.members {
+		if m.state != InSync {
+			continue
+		}
+		if m.local != nil {
+			return m, m.local, nil
+		}
+		if remote == nil && m.client != nil {
+			remote = m
+		}
+	}
+	if remote == nil {
+		return nil, nil, nil
+	}
+	return remote, nil, remote.client
+}
+
+// extenter is what an engine volume offers for NBD block status.
+type extenter interface {
+	Extents(off, n int64) ([]engine.Extent, error)
+}
+
+// Extents answers NBD block status from this node's replica when it is in
+// sync; otherwise every byte is reported as data (always correct).
+func (c *Coordinator) Extents(off, n int64) ([]engine.Extent, error) {
+	m, local, _ := c.reader()
+	if m != nil && local != nil {
+		if e, ok := local.Volume().(extenter); ok {
+			return e.Extents(off, n)
+		}
+	}
+	return []engine.Extent{{Offset: off, Length: n, Kind: engine.ExtentData}}, nil
+}
+
+// ReplicaStatus is one replica as inspect shows it.
+type ReplicaStatus struct {
+	Node  string
+	State ReplicaState
+	// Missing is the bytes of regions it misses (out of sync, resyncing);
+	// Copied and ToCopy the progress of a resync under way.
+	Missing, Copied, ToCopy int64
+}
+
+// Status returns every replica's state, in the cluster's order.
+func (c *Coordinator) Status() []ReplicaStatus {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]ReplicaStatus, 0, len(c.members))
+	for _, m := range c.members {
+		st := ReplicaStatus{Node: m.node, State: m.state}
+		if m.log != nil && m.state != InSync {
+			st.Missing = int64(m.log.count()) * RegionSize
+		}
+		if m.state == Resyncing {
+			st.Copied, st.ToCopy = m.copied.Load(), m.toCopy.Load()
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// Close stops the resync and closes every replica. It does not flush:
+// the daemon flushes before a clean release.
+func (c *Coordinator) Close() error {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	<-c.done
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeMembers()
+	return nil
+}
+
+// closeMembers closes every replica's connection and the local replica.
+func (c *Coordinator) closeMembers() {
+	for _, m := range c.members {
+		c.closeClient(m)
+		if m.local != nil {
+			m.local.Close()
+		}
+	}
+}

@@ -1,0 +1,360 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cairn-storage/cairn/drive"
+	"github.com/cairn-storage/cairn/engine"
+)
+
+// Resync: an out-of-sync replica whose node answers again is dialled at the
+// current epoch and becomes Resyncing — from then on it gets every new
+// write — and the regions its log holds are copied to it, one at a time,
+// each under the range lock so that no client write to the region is in
+// flight while it is copied. Regions are marked in the log only while the
+// replica is OutOfSync (before a write is sent, under the coordinator's
+// read lock; the switch to Resyncing takes the write lock), so once the log
+// is empty the replica holds every acknowledged write. It is then flushed
+// and joins the set through Membership (an epoch bump). A failure of the
+// replica puts it back to OutOfSync with its log (what was copied is
+// cleared from the log, durably every few regions, so a restart of the
+// coordinator resumes instead of starting over).
+
+// resyncLoop tries each out-of-sync replica every RetryInterval until Close.
+func (c *Coordinator) resyncLoop() {
+	defer close(c.done)
+	t := time.NewTicker(c.cfg.RetryInterval)
+	defer t.Stop()
+	for {
+		c.mu.RLock()
+		var todo []*member
+		for _, m := range c.members {
+			if m.state == OutOfSync {
+				todo = append(todo, m)
+			}
+		}
+		c.mu.RUnlock()
+		for _, m := range todo {
+			if err := c.resync(m); err != nil && !c.stopping() {
+				c.log.Info("resync not done; retrying", "node", m.node, "err", err, "in", c.cfg.RetryInterval)
+			}
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Coordinator) stopping() bool {
+	select {
+	case <-c.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// resync brings m back into the set; see above.
+func (c *Coordinator) resync(m *member) error {
+	if c.fencedErr() != nil {
+		return c.fencedErr()
+	}
+	var cl *Client
+	if m.local == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var err error
+		cl, err = c.cfg.Dial(ctx, m.node, c.Epoch())
+		cancel()
+		if err != nil {
+			c.log.Debug("out-of-sync replica unreachable", "node", m.node, "err", err)
+			return nil
+		}
+	}
+	c.mu.Lock()
+	if m.state != OutOfSync || c.stopping() {
+		c.mu.Unlock()
+		if cl != nil {
+			cl.Close()
+		}
+		return nil
+	}
+	m.client, m.state = cl, Resyncing
+	if cl != nil {
+		cl.SetEpoch(c.epoch)
+	}
+	m.written = newRegions(c.cfg.Size)
+	m.copied.Store(0)
+	m.toCopy.Store(int64(m.log.count()) * RegionSize)
+	c.mu.Unlock()
+	c.log.Info("resync started", "node", m.node, "bytes", m.toCopy.Load())
+	start := time.Now()
+
+	buf := drive.GetBuffer(RegionSize)
+	defer drive.PutBuffer(buf)
+	copied := 0
+	for i := m.log.next(0); i >= 0; i = m.log.next(i + 1) {
+		if c.stopping() {
+			return m.log.sync()
+		}
+		if err := c.copyRegion(m, i, buf.B[:RegionSize]); err != nil {
+			return err
+		}
+		m.log.remove(i)
+		m.copied.Add(RegionSize)
+		if copied++; copied%64 == 0 {
+			m.log.sync() // progress for a restart; losing it only copies again
+		}
+		c.throttle(start, m.copied.Load())
+	}
+	if err := c.flushMember(m); err != nil {
+		return c.drop(m, err, nil)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if m.state != Resyncing || m.log.count() != 0 {
+		return fmt.Errorf("replica on node %s fell out during its resync", m.node)
+	}
+	epoch, err := c.cfg.Membership.Join(m.node)
+	if err != nil {
+		// Out of sync again (with an empty log, so the next try only
+		// flushes and joins).
+		m.state = OutOfSync
+		c.closeClient(m)
+		return fmt.Errorf("replica on node %s caught up but could not join the in-sync set: %w", m.node, err)
+	}
+	m.state = InSync
+	c.setEpoch(epoch)
+	os.Remove(m.log.path)
+	m.log = nil
+	c.log.Info("replica back in sync", "node", m.node, "epoch", epoch, "copied", m.copied.Load(), "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// throttle sleeps so that the copy keeps to ResyncRate.
+func (c *Coordinator) throttle(start time.Time, done int64) {
+	due := start.Add(time.Duration(float64(done) / float64(c.cfg.ResyncRate) * float64(time.Second)))
+	if d := time.Until(due); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-c.stop:
+		}
+	}
+}
+
+// copyRegion copies region i from an in-sync replica to m under the range
+// lock. A region that reads as zeros is written as zeros without
+// allocating (thin: a full copy writes only what holds data). A failure of
+// the source evicts it and tries another; a failure of m drops m.
+func (c *Coordinator) copyRegion(m *member, i int, buf []byte) error {
+	off := int64(i) * RegionSize
+	n := min(RegionSize, c.cfg.Size-off)
+	buf = buf[:n]
+	c.locks.lock(off, n)
+	defer c.locks.unlock(off, n)
+	c.mu.RLock()
+	state, cl := m.state, m.client
+	c.mu.RUnlock()
+	if state != Resyncing {
+		return fmt.Errorf("replica on node %s fell out during its resync", m.node)
+	}
+	if err := c.ReadAt(buf, off); err != nil {
+		return err
+	}
+	var err error
+	zero := isZero(buf)
+	switch {
+	case m.local != nil && zero:
+		err = m.local.WriteZeroes(off, n, false, false)
+	case m.local != nil:
+		err = m.local.WriteAt(buf, off, false)
+	case zero:
+		err = cl.WriteZeroes(context.Background(), off, n, false, false)
+	default:
+		err = cl.WriteAt(context.Background(), buf, off, false)
+	}
+	if err != nil {
+		if errors.Is(err, ErrStaleEpoch) {
+			c.Fence(err)
+		}
+		if derr := c.drop(m, err, nil); derr != nil {
+			return derr
+		}
+		return fmt.Errorf("copy to the replica on node %s: %w", m.node, err)
+	}
+	return nil
+}
+
+func (c *Coordinator) flushMember(m *member) error {
+	if m.local != nil {
+		return m.local.Flush()
+	}
+	c.mu.RLock()
+	cl := m.client
+	c.mu.RUnlock()
+	if cl == nil {
+		return fmt.Errorf("replica on node %s fell out during its resync", m.node)
+	}
+	return cl.Flush(context.Background())
+}
+
+var zeroRegion = make([]byte, RegionSize)
+
+func isZero(p []byte) bool { return bytes.Equal(p, zeroRegion[:len(p)]) }
+
+// sum is m's checksum of a region (verify, convergence).
+func (c *Coordinator) sum(m *member, off, n int64) (uint64, error) {
+	if m.local != nil {
+		return m.local.Checksum(off, n)
+	}
+	cl := c.clientOf(m)
+	if cl == nil {
+		return 0, fmt.Errorf("replica on node %s is not connected", m.node)
+	}
+	return cl.Checksum(context.Background(), off, n)
+}
+
+// clientOf returns m's connection (nil once it was dropped).
+func (c *Coordinator) clientOf(m *member) *Client {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return m.client
+}
+
+// readFrom and writeTo move a region between one replica and the buffer.
+func (c *Coordinator) readFrom(m *member, p []byte, off int64) error {
+	if m.local != nil {
+		return m.local.ReadAt(p, off)
+	}
+	cl := c.clientOf(m)
+	if cl == nil {
+		return fmt.Errorf("replica on node %s is not connected", m.node)
+	}
+	return cl.ReadAt(context.Background(), p, off)
+}
+
+func (c *Coordinator) writeTo(m *member, p []byte, off int64) error {
+	if m.local != nil {
+		return m.local.WriteAt(p, off, false)
+	}
+	cl := c.clientOf(m)
+	if cl == nil {
+		return fmt.Errorf("replica on node %s is not connected", m.node)
+	}
+	return cl.WriteAt(context.Background(), p, off, false)
+}
+
+// Difference is a region where in-sync replicas differ.
+type Difference struct {
+	Offset, Length int64
+	// Sums: each replica's checksum of the region, by node.
+	Sums map[string]uint64
+}
+
+// Verify compares the in-sync replicas region by region (checksums computed
+// on each replica; each region under the range lock, so client writes go on
+// around it) and returns the regions where they differ. progress, when not
+// nil, is called with the bytes compared so far.
+func (c *Coordinator) Verify(ctx context.Context, progress func(done, total int64)) ([]Difference, error) {
+	return c.compare(ctx, false, progress)
+}
+
+// Converge makes the in-sync replicas identical where they differ, copying
+// each differing region from the first in-sync replica (this node's when
+// it has one): the step after a coordinator crash, when writes since the
+// last flush may have reached some replicas and not others. It returns the
+// regions it copied.
+func (c *Coordinator) Converge(ctx context.Context, progress func(done, total int64)) ([]Difference, error) {
+	diffs, err := c.compare(ctx, true, progress)
+	if err == nil && len(diffs) > 0 {
+		err = c.Flush()
+	}
+	return diffs, err
+}
+
+func (c *Coordinator) compare(ctx context.Context, repair bool, progress func(done, total int64)) ([]Difference, error) {
+	var diffs []Difference
+	buf := drive.GetBuffer(RegionSize)
+	defer drive.PutBuffer(buf)
+	for off := int64(0); off < c.cfg.Size; off += RegionSize {
+		if err := ctx.Err(); err != nil {
+			return diffs, err
+		}
+		if err := c.fencedErr(); err != nil {
+			return diffs, err
+		}
+		n := min(RegionSize, c.cfg.Size-off)
+		d, err := c.compareRegion(off, n, repair, buf.B[:n])
+		if err != nil {
+			return diffs, err
+		}
+		if d != nil {
+			diffs = append(diffs, *d)
+		}
+		if progress != nil {
+			progress(off+n, c.cfg.Size)
+		}
+	}
+	return diffs, nil
+}
+
+func (c *Coordinator) compareRegion(off, n int64, repair bool, buf []byte) (*Difference, error) {
+	c.locks.lock(off, n)
+	defer c.locks.unlock(off, n)
+	c.mu.RLock()
+	var ms []*member
+	for _, m := range c.members {
+		if m.state == InSync {
+			if m.local != nil {
+				ms = append([]*member{m}, ms...) // this node's first: the source
+			} else {
+				ms = append(ms, m)
+			}
+		}
+	}
+	c.mu.RUnlock()
+	if len(ms) < 2 {
+		return nil, nil
+	}
+	sums := map[string]uint64{}
+	differ := false
+	for _, m := range ms {
+		s, err := c.sum(m, off, n)
+		if err != nil {
+			if derr := c.drop(m, err, nil); derr != nil {
+				return nil, derr
+			}
+			return nil, fmt.Errorf("replica on node %s: %w", m.node, err)
+		}
+		sums[m.node] = s
+		differ = differ || s != sums[ms[0].node]
+	}
+	if !differ {
+		return nil, nil
+	}
+	d := &Difference{Offset: off, Length: n, Sums: sums}
+	if !repair {
+		return d, nil
+	}
+	src := ms[0]
+	if err := c.readFrom(src, buf, off); err != nil {
+		return nil, fmt.Errorf("%w: converge: reading region at %d from node %s: %w", engine.ErrIO, off, src.node, err)
+	}
+	for _, m := range ms[1:] {
+		if sums[m.node] == sums[src.node] {
+			continue
+		}
+		if werr := c.writeTo(m, buf, off); werr != nil {
+			if derr := c.drop(m, werr, &[2]int64{off, n}); derr != nil {
+				return nil, derr
+			}
+		}
+	}
+	return d, nil
+}
