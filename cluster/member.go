@@ -288,6 +288,20 @@ func (m *Member) Registered() bool {
 	return m.lease != 0
 }
 
+// Lease returns the node's lease (hex, as heartbeats carry it) and the
+// comparison that holds while the node's heartbeat is under it: a change
+// made with that condition is made only by a node that is alive in the
+// cluster. "" and nil while the node holds no lease.
+func (m *Member) Lease() (string, clientv3.Cmp, bool) {
+	m.mu.Lock()
+	lease := m.lease
+	m.mu.Unlock()
+	if lease == 0 {
+		return "", clientv3.Cmp{}, false
+	}
+	return strconv.FormatInt(int64(lease), 16), clientv3.Compare(clientv3.LeaseValue(m.s.prefix+"alive/"+m.id), "=", lease), true
+}
+
 // Store is the cluster the member belongs to.
 func (m *Member) Store() *Store { return m.s }
 

@@ -156,7 +156,8 @@ type NodeRecord struct {
 	ID       string        `json:"id"`
 	Hostname string        `json:"hostname"`
 	MgmtAddr string        `json:"mgmt_addr"` // management API host:port
-	DataAddr string        `json:"data_addr"` // NBD (later replication) host:port
+	DataAddr string        `json:"data_addr"` // NBD host:port
+	ReplAddr string        `json:"repl_addr"` // replication host:port (--repl-listen)
 	Zone     string        `json:"zone"`
 	Rack     string        `json:"rack"`
 	Version  string        `json:"version"`
@@ -187,6 +188,25 @@ type PoolSummary struct {
 type Heartbeat struct {
 	Clock time.Time `json:"clock"` // the node's clock when it wrote this
 	Lease string    `json:"lease"` // hex lease id, for etcdctl
+}
+
+// HeartbeatLease returns the lease (hex) of node's heartbeat, and false
+// when the node has none (Offline).
+func (s *Store) HeartbeatLease(ctx context.Context, node string) (string, bool, error) {
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	resp, err := s.cli.Get(cctx, s.prefix+"alive/"+node)
+	if err != nil {
+		return "", false, s.unavailable(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", false, nil
+	}
+	var hb Heartbeat
+	if err := json.Unmarshal(resp.Kvs[0].Value, &hb); err != nil {
+		return "", false, fmt.Errorf("cluster: heartbeat of node %s is damaged: %v", node, err)
+	}
+	return hb.Lease, true, nil
 }
 
 // Node is a node as the cluster sees it: its record and its liveness.

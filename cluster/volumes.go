@@ -47,10 +47,16 @@ type VolumeSpec struct {
 	Placement Placement `json:"placement"`
 	State     string    `json:"state"` // VolumeCreating, VolumeReady, VolumeDeleting
 	Replicas  []Replica `json:"replicas"`
-	// Epoch grows with every change of Replicas (replication's fencing
-	// token); changes compare the revision they read.
-	Epoch   uint64    `json:"epoch"`
-	Created time.Time `json:"created"`
+	// Epoch grows with every change of Replicas, of their states and of
+	// the coordinator (replication's fencing token); changes compare the
+	// revision they read.
+	Epoch uint64 `json:"epoch"`
+	// Coordinator is the node serving the volume's I/O ("" = none), under
+	// its node lease CoordinatorLease (hex): the claim holds while that
+	// node's heartbeat carries that lease (control/replicated.go).
+	Coordinator      string    `json:"coordinator,omitempty"`
+	CoordinatorLease string    `json:"coordinator_lease,omitempty"`
+	Created          time.Time `json:"created"`
 
 	// Rev is the etcd revision the spec was read at (not stored): a change
 	// made with it succeeds only if nobody changed the spec since.
@@ -62,7 +68,24 @@ type Replica struct {
 	Node       string `json:"node"`
 	Pool       int    `json:"pool"`        // -1 while creating
 	IOPriority string `json:"io_priority"` // of the pool it landed in
+	// State: ReplicaInSync ("" reads as in sync: specs from before
+	// replication) or ReplicaOutOfSync. Only the coordinator changes it,
+	// with an epoch bump.
+	State string `json:"state,omitempty"`
+	// Log is the node that keeps the region log of what an out-of-sync
+	// replica misses; any other coordinator copies it whole.
+	Log string `json:"log,omitempty"`
 }
+
+// Replica states (Replica.State). Part of the stored format — do not
+// change; add new ones.
+const (
+	ReplicaInSync    = "in-sync"
+	ReplicaOutOfSync = "out-of-sync"
+)
+
+// InSync reports whether the replica is in the volume's in-sync set.
+func (r Replica) InSync() bool { return r.State == "" || r.State == ReplicaInSync }
 
 // Placement is where a volume may be created (pxctl's --nodes, --zones,
 // --racks): each list, when not empty, is a set of allowed values.
@@ -78,6 +101,16 @@ func (v VolumeSpec) Node() string {
 		return ""
 	}
 	return v.Replicas[0].Node
+}
+
+// HasReplica reports whether node holds one of the volume's replicas.
+func (v VolumeSpec) HasReplica(node string) bool {
+	for _, r := range v.Replicas {
+		if r.Node == node {
+			return true
+		}
+	}
+	return false
 }
 
 // CreateVolume records spec under its name and returns it with its
@@ -132,6 +165,47 @@ func (s *Store) UpdateVolume(ctx context.Context, spec VolumeSpec) (VolumeSpec, 
 	}
 	spec.Rev = resp.Header.Revision
 	return spec, nil
+}
+
+// ModifyVolume reads volume name's spec, lets change edit it, and writes it
+// back if nobody changed it meanwhile, retrying a few times on a conflict.
+// conds are more comparisons the write requires (a node's lease). change
+// may be called more than once; an error from it is returned as is.
+func (s *Store) ModifyVolume(ctx context.Context, name string, change func(*VolumeSpec) error, conds ...clientv3.Cmp) (VolumeSpec, error) {
+	for try := 0; ; try++ {
+		sp, err := s.Volume(ctx, name)
+		if err != nil {
+			return sp, err
+		}
+		if err := change(&sp); err != nil {
+			return sp, err
+		}
+		val, err := json.Marshal(sp)
+		if err != nil {
+			return sp, err
+		}
+		key := s.prefix + "volumes/" + name
+		cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+		resp, err := s.cli.Txn(cctx).
+			If(append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", sp.Rev)}, conds...)...).
+			Then(clientv3.OpPut(key, string(val))).
+			Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
+		cancel()
+		if err != nil {
+			return sp, s.unavailable(err)
+		}
+		if resp.Succeeded {
+			sp.Rev = resp.Header.Revision
+			return sp, nil
+		}
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && kvs[0].ModRevision == sp.Rev {
+			// The spec is as read: one of conds failed.
+			return sp, errorf(ErrConflict, "volume %q: this node's lease in the cluster changed or expired; the change was not made", name)
+		}
+		if try == 4 {
+			return sp, errorf(ErrConflict, "volume %q keeps changing in the cluster; retry", name)
+		}
+	}
 }
 
 // Volume returns the spec of volume name.

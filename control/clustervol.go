@@ -346,10 +346,15 @@ func (s *Server) createClustered(w http.ResponseWriter, r *http.Request, cfg *Cl
 			s.fail(w, r, err)
 			return
 		}
-		target, err := cluster.Place(nodes, cluster.PlaceRequest{Name: req.Name, Size: req.Size, IOPriority: req.IOPriority, Placement: placementOf(req)})
+		targets, err := cluster.PlaceReplicas(nodes, cluster.PlaceRequest{Name: req.Name, Size: req.Size, IOPriority: req.IOPriority, Placement: placementOf(req)}, max(req.Repl, 1))
 		if err != nil {
 			s.fail(w, r, err)
 			return
+		}
+		target := targets[0]
+		req.ReplicaNodes = nil
+		for _, t := range targets[1:] {
+			req.ReplicaNodes = append(req.ReplicaNodes, t.ID)
 		}
 		if target.ID != m.ID() {
 			body, err := json.Marshal(req)
@@ -361,8 +366,12 @@ func (s *Server) createClustered(w http.ResponseWriter, r *http.Request, cfg *Cl
 			return
 		}
 	}
-	info, err := s.createHeld(r.Context(), cluster.VolumeSpec{Name: req.Name, Size: req.Size, Repl: max(req.Repl, 1), IOPriority: req.IOPriority,
-		Sticky: req.Sticky, SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep, Placement: placementOf(req)},
+	spec := cluster.VolumeSpec{Name: req.Name, Size: req.Size, Repl: max(req.Repl, 1), IOPriority: req.IOPriority,
+		Sticky: req.Sticky, SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep, Placement: placementOf(req)}
+	for _, n := range req.ReplicaNodes {
+		spec.Replicas = append(spec.Replicas, cluster.Replica{Node: n, Pool: -1})
+	}
+	info, err := s.createHeld(r.Context(), spec,
 		func() (engine.VolumeInfo, error) {
 			return s.engine.CreateVolume(engine.VolumeSpec{Name: req.Name, Size: req.Size, Repl: req.Repl, IOPriority: engine.IOPriority(req.IOPriority),
 				Sticky: req.Sticky, SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep, BlockSize: req.BlockSize})
@@ -414,7 +423,8 @@ func (s *Server) createHeld(ctx context.Context, spec cluster.VolumeSpec, create
 	st := cfg.Member.Store()
 	defer s.busy.add(spec.Name)()
 	spec.State, spec.Created = cluster.VolumeCreating, time.Now().UTC()
-	spec.Replicas = []cluster.Replica{{Node: cfg.Member.ID(), Pool: -1}}
+	others := spec.Replicas // the other replicas' nodes (a replicated create)
+	spec.Replicas = append([]cluster.Replica{{Node: cfg.Member.ID(), Pool: -1}}, others...)
 	spec, err := st.CreateVolume(ctx, spec)
 	if errors.Is(err, cluster.ErrExists) {
 		return engine.VolumeInfo{}, fmt.Errorf("%w: %q", engine.ErrExists, spec.Name)
@@ -423,6 +433,13 @@ func (s *Server) createHeld(ctx context.Context, spec cluster.VolumeSpec, create
 		return engine.VolumeInfo{}, err
 	}
 	info, err := create()
+	if err == nil && len(others) > 0 {
+		if err = s.createReplicas(ctx, spec.Replicas[1:], info); err != nil {
+			if derr := s.engine.DeleteVolume(info.Name); derr != nil {
+				s.log.Warn("replicated volume not created; its first replica stays on this node", "name", info.Name, "err", derr)
+			}
+		}
+	}
 	if err != nil {
 		// Not made: give the name back. Should etcd fail here, the
 		// reservation stays creating and reconcile removes it.
@@ -495,6 +512,7 @@ func (s *Server) deleteHeld(ctx context.Context, names []string, del func() ([]s
 			continue
 		}
 		delete(specs, n)
+		s.deleteReplicas(ctx, sp)
 		if err := st.DeleteVolume(ctx, n, sp.Rev); err != nil {
 			s.log.Warn("volume deleted; its spec in the kvdb is left to reconciliation", "name", n, "err", err)
 			derr = errors.Join(derr, fmt.Errorf("%q was deleted from this node but is still in the kvdb (this node removes it by itself once the kvdb answers): %w", n, err))

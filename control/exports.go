@@ -16,7 +16,18 @@ type Exports struct {
 	// locate, once set (SetLocate), says which node serves a name this
 	// node does not have.
 	locate atomic.Pointer[func(name string) error]
+	// replicated, once set (SetReplicated), serves replicated volumes
+	// through their coordinator.
+	replicated atomic.Pointer[ReplicatedOpener]
 }
+
+// ReplicatedOpener opens a replicated volume's export through its
+// coordinator; handled false leaves the name to the engine
+// (Server.OpenReplicated).
+type ReplicatedOpener func(name string) (exp nbd.Export, release func(), handled bool, err error)
+
+// SetReplicated makes replicated volumes open through f; safe while serving.
+func (x *Exports) SetReplicated(f ReplicatedOpener) { x.replicated.Store(&f) }
 
 // SetLocate makes an unknown export's error name the node that serves it
 // (Server.Locate); safe while serving.
@@ -30,6 +41,11 @@ func NewExports(e *engine.Engine) *Exports {
 // the engine's holders) for as long as the connection lives, so it cannot be
 // deleted or restored under a client.
 func (x *Exports) OpenExport(name string) (nbd.Export, func(), error) {
+	if f := x.replicated.Load(); f != nil {
+		if exp, release, handled, err := (*f)(name); handled {
+			return exp, release, err
+		}
+	}
 	v, h, err := x.engine.HoldVolume(name, engine.Holder{Kind: engine.HeldByNBD}) // an unknown name wraps engine.ErrNotFound
 	if errors.Is(err, engine.ErrNotFound) {
 		if f := x.locate.Load(); f != nil {

@@ -103,6 +103,9 @@ func (s *Server) Reconcile(ctx context.Context) error {
 			}
 		case !known:
 			rep.Unregistered = append(rep.Unregistered, UnregisteredVolume{info.Name, "on this node's drives but not in the cluster's kvdb"})
+		case sp.Node() != self && sp.HasReplica(self):
+			// A replica of a volume another node holds: that node keeps
+			// its spec.
 		case sp.Node() != self:
 			rep.Unregistered = append(rep.Unregistered, UnregisteredVolume{info.Name, fmt.Sprintf("the name is taken in the cluster by a volume of node %s", sp.Node())})
 		case info.Unavailable:

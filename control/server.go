@@ -53,6 +53,10 @@ type Server struct {
 	cloudsnaps *Cloudsnaps
 	// busy are the volumes this node is changing (clustervol.go).
 	busy busySet
+	// repl is set once the node serves replicated volumes; coords are the
+	// ones it coordinates now.
+	repl   atomic.Pointer[ReplicationConfig]
+	coords coordinators
 	// peerClient talks to other nodes' APIs, made once (peers).
 	peerOnce   sync.Once
 	peerClient *http.Client
@@ -74,6 +78,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/status", s.getStatus)
 	mux.HandleFunc("GET /v1/volumes", s.listVolumes)
 	mux.HandleFunc("POST /v1/volumes", s.createVolume)
+	mux.HandleFunc("POST /v1/internal/replicas", s.createReplica)
+	mux.HandleFunc("DELETE /v1/internal/replicas/{name}", s.deleteReplica)
 	mux.HandleFunc("GET /v1/volumes/{name}", s.getVolume)
 	mux.HandleFunc("PATCH /v1/volumes/{name}", s.updateVolume)
 	mux.HandleFunc("DELETE /v1/volumes/{name}", s.deleteVolume)

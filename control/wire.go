@@ -115,6 +115,27 @@ type CreateVolumeRequest struct {
 	Nodes []string `json:"nodes,omitempty"`
 	Zones []string `json:"zones,omitempty"`
 	Racks []string `json:"racks,omitempty"`
+	// ReplicaNodes: set by the node that placed a replicated volume when it
+	// forwards the create to the first replica's node; the nodes of the
+	// other replicas, in order.
+	ReplicaNodes []string `json:"replica_nodes,omitempty"`
+}
+
+// ReplicaRequest is the body of POST /v1/internal/replicas: a volume's
+// holder asks another node to make its replica (the spec in etcd is the
+// holder's to write).
+type ReplicaRequest struct {
+	Name       string `json:"name"`
+	Size       int64  `json:"size"`
+	Repl       int    `json:"repl"`
+	IOPriority string `json:"io_priority,omitempty"`
+	BlockSize  int    `json:"block_size,omitempty"`
+}
+
+// ReplicaReply is what the replica's node made.
+type ReplicaReply struct {
+	Pool       int    `json:"pool"`
+	IOPriority string `json:"io_priority"`
 }
 
 // UpdateVolumeRequest is the body of PATCH /v1/volumes/{name}; absent fields

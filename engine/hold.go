@@ -21,6 +21,9 @@ const (
 	HeldByNBD HolderKind = iota + 1
 	// HeldAttached is a block device on this host.
 	HeldAttached
+	// HeldByReplication is a coordinator's connection to this replica (or
+	// this node's own coordinator using it).
+	HeldByReplication
 )
 
 // Holder describes one hold on a volume, for the messages that refuse to
@@ -124,6 +127,12 @@ func DescribeHolders(hs []Holder) string {
 			s += ", mounted on " + strings.Join(h.Mounts, ", ")
 		}
 		parts = append(parts, s)
+	}
+	for _, h := range hs {
+		if h.Kind == HeldByReplication {
+			parts = append(parts, "in use by the volume's coordinator (replication)")
+			break
+		}
 	}
 	switch n := NBDClients(hs); {
 	case n == 1:

@@ -87,7 +87,7 @@ func joinCluster(ctx context.Context, cfg daemonConfig, node *control.Node, data
 
 // register makes the node a live member of the cluster, its record drawn
 // from the running engine at every heartbeat.
-func (c *clusterRun) register(ctx context.Context, cfg daemonConfig, node *control.Node, eng *engine.Engine, mgmtAddr, dataAddr string) error {
+func (c *clusterRun) register(ctx context.Context, cfg daemonConfig, node *control.Node, eng *engine.Engine, mgmtAddr, dataAddr, replAddr string) error {
 	hostname, err := os.Hostname()
 	if err != nil {
 		hostname = "unknown"
@@ -111,7 +111,7 @@ func (c *clusterRun) register(ctx context.Context, cfg daemonConfig, node *contr
 		if len(vols) > cluster.MaxRecordVolumes {
 			vols = vols[:cluster.MaxRecordVolumes]
 		}
-		return cluster.NodeRecord{ID: node.ID(), Hostname: hostname, MgmtAddr: mgmtAddr, DataAddr: dataAddr, Zone: cfg.zone, Rack: cfg.rack,
+		return cluster.NodeRecord{ID: node.ID(), Hostname: hostname, MgmtAddr: mgmtAddr, DataAddr: dataAddr, ReplAddr: replAddr, Zone: cfg.zone, Rack: cfg.rack,
 			Version: version, Pools: pools, Started: started, Volumes: vols, VolumeCount: count}
 	}
 	clock := time.Now

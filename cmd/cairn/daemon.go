@@ -21,6 +21,7 @@ import (
 	"github.com/cairn-storage/cairn/control"
 	"github.com/cairn-storage/cairn/drive"
 	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/replication"
 )
 
 // daemonConfig is `cairn daemon`'s flags. Short names follow Portworx.
@@ -31,6 +32,9 @@ type daemonConfig struct {
 	nbdAddr      string
 	dataIface    string // -d
 	nbdSocket    string
+	replListen   string
+	replTimeout  time.Duration
+	resyncRate   string
 	drives       []string // -s
 	allDrives    bool     // -a
 	force        bool     // -f
@@ -91,6 +95,9 @@ flushed, and it exits 0.`,
 	f.StringVar(&cfg.nbdAddr, "nbd", "127.0.0.1:10809", "NBD listener address host:port")
 	f.StringVarP(&cfg.dataIface, "data-iface", "d", "", "interface name or IP for NBD (replaces the host of --nbd)")
 	f.StringVar(&cfg.nbdSocket, "nbd-socket", "", "NBD unix socket (default DATA_DIR/nbd.sock)")
+	f.StringVar(&cfg.replListen, "repl-listen", "127.0.0.1:9002", "replication listener address host:port (-d replaces the host); coordinators connect to it from their data address")
+	f.DurationVar(&cfg.replTimeout, "repl-timeout", replication.DefaultTimeout, "how long a replica may take to answer before it leaves the in-sync set")
+	f.StringVar(&cfg.resyncRate, "resync-rate", "256M", "bytes per second a resync or rebuild copies to a replica")
 	f.StringArrayVarP(&cfg.drives, "drive", "s", nil, "drive to use: a block device or a file (repeatable)")
 	f.BoolVarP(&cfg.allDrives, "all-drives", "a", false, "use every unused drive of the node")
 	f.BoolVarP(&cfg.force, "force", "f", false, "also take drives with a filesystem or another node's superblock (never mounted ones, never this node's own)")
@@ -139,6 +146,17 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	nbdAddr, err := withInterface(cfg.nbdAddr, cfg.dataIface)
 	if err != nil {
 		return fmt.Errorf("daemon: -d: %w", err)
+	}
+	replAddr, err := withInterface(cfg.replListen, cfg.dataIface)
+	if err != nil {
+		return fmt.Errorf("daemon: -d: %w", err)
+	}
+	resyncRate, err := parseSize(cfg.resyncRate)
+	if err != nil || resyncRate <= 0 {
+		return fmt.Errorf("daemon: --resync-rate %q: want a positive size per second", cfg.resyncRate)
+	}
+	if cfg.replTimeout <= 0 {
+		return fmt.Errorf("daemon: --repl-timeout %v: must be positive", cfg.replTimeout)
 	}
 	if err := os.MkdirAll(cfg.dataDir, 0o755); err != nil {
 		return fmt.Errorf("daemon: data dir: %w", err)
@@ -256,7 +274,7 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	}
 	// The API answers from here on, but the node is "starting" (status
 	// says so, changes are refused) until attacher.Restore has finished.
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- api.Serve(apiListener) }()
 	log.Info("api listening", "addr", apiListener.Addr().String())
 
@@ -265,14 +283,24 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		api.Close()
 		return fmt.Errorf("daemon: %w", err)
 	}
-	// Registered once both addresses are known: other nodes find it there.
-	if err := clus.register(ctx, cfg, node, eng, apiListener.Addr().String(), nbdTCP); err != nil {
+	replStop, replTCP, err := startReplication(eng, node, replAddr, filepath.Join(dataDir, "replication"), log, errc)
+	if err != nil {
+		api.Close()
+		nbdStop()
+		return fmt.Errorf("daemon: %w", err)
+	}
+	defer replStop() // error paths; the shutdown below stops it before the engine closes
+	// Registered once every address is known: other nodes find it there.
+	if err := clus.register(ctx, cfg, node, eng, apiListener.Addr().String(), nbdTCP, replTCP.Addr); err != nil {
 		api.Close()
 		nbdStop()
 		return fmt.Errorf("daemon: %w", err)
 	}
 	apiServer.SetCluster(clus.serverConfig(apiListener.Addr().String(), hostOf(apiAddr)))
+	apiServer.SetReplication(control.ReplicationConfig{Server: replTCP.Server, LocalIP: hostOf(nbdAddr),
+		StateDir: filepath.Join(dataDir, "replication", "regions"), Timeout: cfg.replTimeout, ResyncRate: resyncRate})
 	exports.SetLocate(func(name string) error { return apiServer.Locate(context.Background(), name) })
+	exports.SetReplicated(apiServer.OpenReplicated)
 	// The drives and the cluster's specs agree before the node takes
 	// changes (the attachments' restore below is what opens it to them);
 	// what cannot agree is reported, and the node starts anyway.
@@ -323,7 +351,8 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	// Host attachments next: unmount what host mount mounted, detach the
 	// devices (kernel NBD ones are clients of the NBD server), unmount FUSE.
 	attachErr := attacher.Shutdown()
-	nbdErr := nbdStop()
+	nbdErr := nbdStop() // the last client of a replicated volume flushes its replicas
+	replStop()
 	engineOpen = false
 	closeErr := eng.Close()
 	// Leave the cluster last: the node shows Online until its data is

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cairn-storage/cairn/blockdev/nbd"
 	"github.com/cairn-storage/cairn/control"
+	"github.com/cairn-storage/cairn/replication"
 )
 
 // startNBD serves the engine's volumes over NBD on a TCP address and on a
@@ -51,5 +52,5 @@ func startNBD(exports *control.Exports, addr, socket string, log *slog.Logger, e
 
 // serverClosed reports the error a Serve returns after a clean shutdown.
 func serverClosed(err error) bool {
-	return errors.Is(err, nbd.ErrServerClosed)
+	return errors.Is(err, nbd.ErrServerClosed) || errors.Is(err, replication.ErrClosed)
 }

@@ -1,0 +1,542 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cairn-storage/cairn/blockdev/nbd"
+	"github.com/cairn-storage/cairn/cluster"
+	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/replication"
+)
+
+// Replicated volumes (repl ≥ 2) are served by one node at a time, their
+// coordinator (replication.Coordinator): the node where an NBD client
+// opened the volume. Any node can be it, whether it holds a replica or not.
+//
+// The claim — who may write. A node becomes a volume's coordinator by one
+// etcd transaction on the volume's spec that sets Coordinator to itself and
+// CoordinatorLease to its node lease, raises the epoch, and requires that
+// lease to be the one its heartbeat is under (so a node cut off from etcd
+// cannot claim). It is refused while the spec names another coordinator
+// whose heartbeat is still under the lease the claim recorded: that node is
+// alive and serving. Once that node's lease has expired (it died, or was cut
+// off from etcd for LeaseTTL) the claim goes through with a higher epoch,
+// and the new coordinator's hello with that epoch fences the old one on
+// every replica it reaches; the old one also stops all I/O itself as soon
+// as its node lease is gone (watchLease). So at any time at most one
+// coordinator's writes are acknowledged by the replicas of the in-sync set.
+//
+// Every change of the in-sync set (replicationMembership) is a transaction
+// that requires the claim to still be this node's under the same lease, and
+// raises the epoch. A coordinator that cannot make it fails the write.
+//
+// A clean release (the last NBD client gone) flushes every replica and
+// clears Coordinator. A claim that finds Coordinator set (its node died,
+// or could not flush) converges the in-sync replicas before serving: writes
+// since the last flush may have reached some replicas and not others.
+
+// ReplicationConfig is the node's replication setup, from the daemon.
+type ReplicationConfig struct {
+	Server *replication.Server
+	// LocalIP is the node's data address: replication connections leave
+	// from it (a partition between two nodes' addresses cuts them).
+	LocalIP string
+	// StateDir keeps the region logs of the replicas this node's
+	// coordinators took out of sync.
+	StateDir string
+	// Timeout is how long a replica may take to answer before it is
+	// evicted; 0 = replication.DefaultTimeout.
+	Timeout    time.Duration
+	ResyncRate int64 // bytes per second; 0 = the coordinator's default
+}
+
+// SetReplication makes this node serve replicated volumes.
+func (s *Server) SetReplication(cfg ReplicationConfig) { s.repl.Store(&cfg) }
+
+// coordinators are the replicated volumes this node coordinates now, with
+// how many NBD connections use each.
+type coordinators struct {
+	mu   sync.Mutex
+	open map[string]*coordEntry // REQUIRES mu
+}
+
+type coordEntry struct {
+	ready chan struct{} // closed once c or err is set
+	c     *replication.Coordinator
+	err   error
+	refs  int // REQUIRES coordinators.mu
+	claim claim
+	stop  chan struct{} // ends watchLease
+}
+
+// claim is this node's claim on a volume: the lease it was made under.
+type claim struct {
+	lease string       // hex, as in the spec
+	cmp   clientv3.Cmp // holds while this node's heartbeat is under that lease
+}
+
+// OpenReplicated is the NBD catalogue's way into replicated volumes: handled
+// is false for a name this node serves from its engine alone (repl 1, a
+// snapshot, unknown to the cluster).
+func (s *Server) OpenReplicated(name string) (exp nbd.Export, release func(), handled bool, err error) {
+	cfg, rc := s.clusterOf(), s.repl.Load()
+	if cfg == nil || rc == nil {
+		return nil, nil, false, nil
+	}
+	if v, err := s.engine.Volume(name); err == nil && (v.Info().Repl < 2 || v.Info().Snapshot) {
+		return nil, nil, false, nil // the fast path: no etcd on open
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
+	defer cancel()
+	sp, err := cfg.Member.Store().Volume(ctx, name)
+	if errors.Is(err, cluster.ErrNotFound) {
+		return nil, nil, false, nil
+	}
+	if err != nil {
+		return nil, nil, true, fmt.Errorf("volume %q: its replicas are found through the kvdb: %w", name, err)
+	}
+	if len(sp.Replicas) < 2 || sp.Snapshot {
+		return nil, nil, false, nil
+	}
+	c, err := s.acquireCoordinator(ctx, name)
+	if err != nil {
+		return nil, nil, true, err
+	}
+	return c, func() { s.releaseCoordinator(name) }, true, nil
+}
+
+// acquireCoordinator returns the volume's coordinator on this node,
+// claiming the volume and starting one for the first connection.
+func (s *Server) acquireCoordinator(ctx context.Context, name string) (*replication.Coordinator, error) {
+	s.coords.mu.Lock()
+	if s.coords.open == nil {
+		s.coords.open = map[string]*coordEntry{}
+	}
+	e := s.coords.open[name]
+	if e == nil {
+		e = &coordEntry{ready: make(chan struct{}), stop: make(chan struct{})}
+		s.coords.open[name] = e
+		e.refs++
+		s.coords.mu.Unlock()
+		e.c, e.claim, e.err = s.startCoordinator(ctx, name)
+		if e.err == nil {
+			go s.watchLease(e)
+		}
+		close(e.ready)
+		if e.err != nil {
+			s.coords.mu.Lock()
+			delete(s.coords.open, name)
+			s.coords.mu.Unlock()
+		}
+		return e.c, e.err
+	}
+	e.refs++
+	s.coords.mu.Unlock()
+	<-e.ready
+	if e.err != nil {
+		return nil, e.err
+	}
+	return e.c, nil
+}
+
+// releaseCoordinator drops one connection's use; the last one flushes every
+// replica and releases the claim.
+func (s *Server) releaseCoordinator(name string) {
+	s.coords.mu.Lock()
+	e := s.coords.open[name]
+	if e == nil {
+		s.coords.mu.Unlock()
+		return
+	}
+	if e.refs--; e.refs > 0 {
+		s.coords.mu.Unlock()
+		return
+	}
+	delete(s.coords.open, name)
+	s.coords.mu.Unlock()
+	close(e.stop)
+	ferr := e.c.Flush()
+	e.c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
+	defer cancel()
+	_, err := s.clusterOf().Member.Store().ModifyVolume(ctx, name, func(sp *cluster.VolumeSpec) error {
+		if sp.Coordinator != s.clusterOf().Member.ID() || sp.CoordinatorLease != e.claim.lease {
+			return errNotOurs
+		}
+		if ferr != nil {
+			// Replicas may differ: the next coordinator converges them.
+			sp.CoordinatorLease = ""
+			return nil
+		}
+		sp.Coordinator, sp.CoordinatorLease = "", ""
+		return nil
+	}, e.claim.cmp)
+	if err != nil && !errors.Is(err, errNotOurs) {
+		s.log.Warn("replicated volume closed; its claim stays in the kvdb until another node takes it over", "volume", name, "err", err)
+		return
+	}
+	s.log.Info("replicated volume closed", "volume", name, "flush_err", ferr)
+}
+
+var errNotOurs = errors.New("the claim is no longer this node's")
+
+// startCoordinator claims name for this node and opens its replicas.
+func (s *Server) startCoordinator(ctx context.Context, name string) (*replication.Coordinator, claim, error) {
+	cfg, rc := s.clusterOf(), s.repl.Load()
+	m := cfg.Member
+	st := m.Store()
+	self := m.ID()
+	lease, cmp, ok := m.Lease()
+	if !ok {
+		return nil, claim{}, fmt.Errorf("%w: this node holds no lease in the cluster now (kvdb unreachable?); a replicated volume is served only by a live member", cluster.ErrUnavailable)
+	}
+	var unclean bool
+	logValid := map[string]bool{}
+	sp, err := st.ModifyVolume(ctx, name, func(sp *cluster.VolumeSpec) error {
+		unclean = false
+		clear(logValid)
+		if sp.State != cluster.VolumeReady {
+			return fmt.Errorf("%w: volume %q is %s", engine.ErrBusy, name, sp.State)
+		}
+		if sp.Coordinator != "" {
+			if sp.Coordinator != self || sp.CoordinatorLease != lease {
+				hb, alive, err := st.HeartbeatLease(ctx, sp.Coordinator)
+				if err != nil {
+					return err
+				}
+				if alive && hb == sp.CoordinatorLease && sp.CoordinatorLease != "" {
+					return s.openElsewhere(ctx, name, sp.Coordinator)
+				}
+			}
+			unclean = true
+		}
+		sp.Coordinator, sp.CoordinatorLease = self, lease
+		sp.Epoch++
+		for i := range sp.Replicas {
+			r := &sp.Replicas[i]
+			if !r.InSync() {
+				logValid[r.Node] = r.Log == self
+				r.Log = self
+			}
+		}
+		return nil
+	}, cmp)
+	if err != nil {
+		return nil, claim{}, err
+	}
+	cl := claim{lease: lease, cmp: cmp}
+	fail := func(err error) (*replication.Coordinator, claim, error) {
+		// Leave Coordinator set with no lease: the next claim converges.
+		s.giveUpClaim(name, cl)
+		return nil, claim{}, err
+	}
+	var local *replication.Local
+	replicas := make([]replication.ReplicaConfig, 0, len(sp.Replicas))
+	for _, r := range sp.Replicas {
+		replicas = append(replicas, replication.ReplicaConfig{Node: r.Node, InSync: r.InSync(), LogValid: logValid[r.Node]})
+		if r.Node == self {
+			if local, err = rc.Server.OpenLocal(name, sp.Epoch); err != nil {
+				return fail(fmt.Errorf("volume %q: this node's replica: %w", name, err))
+			}
+		}
+	}
+	c, err := replication.NewCoordinator(ctx, replication.CoordinatorConfig{
+		Volume: name, Size: sp.Size, Self: self, Epoch: sp.Epoch, Replicas: replicas, Local: local,
+		Membership: &replicationMembership{s: s, volume: name, claim: cl},
+		Dial:       s.dialReplica(name), StateDir: rc.StateDir, ResyncRate: rc.ResyncRate, Logger: s.log,
+	})
+	if err != nil {
+		if local != nil {
+			local.Close()
+		}
+		return fail(fmt.Errorf("volume %q: %w", name, err))
+	}
+	if unclean {
+		began := time.Now()
+		diffs, err := c.Converge(ctx, nil)
+		if err != nil {
+			c.Close()
+			return fail(fmt.Errorf("volume %q: converging its replicas after its previous coordinator stopped uncleanly: %w", name, err))
+		}
+		s.log.Info("replicas converged after an unclean coordinator change", "volume", name, "regions_copied", len(diffs), "seconds", time.Since(began).Seconds())
+	}
+	s.log.Info("coordinating replicated volume", "volume", name, "epoch", sp.Epoch, "replicas", len(sp.Replicas))
+	return c, cl, nil
+}
+
+// giveUpClaim leaves a claim this node could not serve with no lease, so
+// that any node may take it (and converges the replicas first).
+func (s *Server) giveUpClaim(name string, cl claim) {
+	ctx, cancel := context.WithTimeout(context.Background(), cluster.CallTimeout)
+	defer cancel()
+	self := s.clusterOf().Member.ID()
+	_, _ = s.clusterOf().Member.Store().ModifyVolume(ctx, name, func(sp *cluster.VolumeSpec) error {
+		if sp.Coordinator != self || sp.CoordinatorLease != cl.lease {
+			return errNotOurs
+		}
+		sp.CoordinatorLease = ""
+		return nil
+	})
+}
+
+// openElsewhere is the refusal of a second coordinator.
+func (s *Server) openElsewhere(ctx context.Context, name, node string) error {
+	n, err := s.nodeByID(ctx, node)
+	addr := "unknown"
+	if err == nil && n.DataAddr != "" {
+		addr = n.DataAddr
+	}
+	return fmt.Errorf("%w: volume %q is open on node %s (its coordinator, NBD %s); connect there, or close it there first", engine.ErrBusy, name, node, addr)
+}
+
+// watchLease fences e's coordinator as soon as this node's lease is no
+// longer the one it claimed under: past that point another node may claim
+// the volume, and this one must acknowledge nothing more.
+func (s *Server) watchLease(e *coordEntry) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		}
+		if lease, _, ok := s.clusterOf().Member.Lease(); !ok || lease != e.claim.lease {
+			e.c.Fence(errors.New("this node's cluster lease expired"))
+			return
+		}
+	}
+}
+
+// dialReplica connects to another node's replica of volume.
+func (s *Server) dialReplica(volume string) replication.Dialer {
+	return func(ctx context.Context, node string, epoch uint64) (*replication.Client, error) {
+		cfg, rc := s.clusterOf(), s.repl.Load()
+		n, err := s.nodeByID(ctx, node)
+		if err != nil {
+			return nil, err
+		}
+		if n.ReplAddr == "" {
+			return nil, fmt.Errorf("node %s has no replication address (is it running an older version?)", node)
+		}
+		uuid, err := ParseClusterUUID(s.node.ClusterUUID())
+		if err != nil {
+			return nil, err
+		}
+		var local *net.TCPAddr
+		if ip := net.ParseIP(rc.LocalIP); ip != nil {
+			local = &net.TCPAddr{IP: ip}
+		}
+		return replication.Dial(ctx, replication.ClientConfig{Addr: n.ReplAddr, LocalAddr: local, Cluster: uuid,
+			Node: cfg.Member.ID(), Volume: volume, Epoch: epoch, Timeout: rc.Timeout})
+	}
+}
+
+// ParseClusterUUID reads the cluster UUID as node.json keeps it.
+func ParseClusterUUID(s string) ([16]byte, error) {
+	var u [16]byte
+	b, err := hex.DecodeString(strings.ReplaceAll(s, "-", ""))
+	if err != nil || len(b) != 16 {
+		return u, fmt.Errorf("cluster uuid %q is not a UUID", s)
+	}
+	copy(u[:], b)
+	return u, nil
+}
+
+// replicationMembership records a coordinator's changes of the in-sync set
+// in the volume's spec, each raising the epoch, each only while the claim
+// is still this node's under the lease it was made with.
+type replicationMembership struct {
+	s      *Server
+	volume string
+	claim  claim
+}
+
+func (m *replicationMembership) Evict(node string) (uint64, error) {
+	return m.set(node, cluster.ReplicaOutOfSync)
+}
+
+func (m *replicationMembership) Join(node string) (uint64, error) {
+	return m.set(node, cluster.ReplicaInSync)
+}
+
+func (m *replicationMembership) set(node, state string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*cluster.CallTimeout)
+	defer cancel()
+	mem := m.s.clusterOf().Member
+	self := mem.ID()
+	sp, err := mem.Store().ModifyVolume(ctx, m.volume, func(sp *cluster.VolumeSpec) error {
+		if sp.Coordinator != self || sp.CoordinatorLease != m.claim.lease {
+			return fmt.Errorf("%w: volume %q is now coordinated by node %s", replication.ErrFenced, m.volume, sp.Coordinator)
+		}
+		for i := range sp.Replicas {
+			if sp.Replicas[i].Node == node {
+				sp.Replicas[i].State = state
+				sp.Replicas[i].Log = ""
+				if state == cluster.ReplicaOutOfSync {
+					sp.Replicas[i].Log = self
+				}
+				sp.Epoch++
+				return nil
+			}
+		}
+		return fmt.Errorf("volume %q has no replica on node %s any more", m.volume, node)
+	}, m.claim.cmp)
+	if err != nil {
+		return 0, err
+	}
+	return sp.Epoch, nil
+}
+
+// coordinatorOf returns the coordinator of name on this node, if any.
+func (s *Server) coordinatorOf(name string) *replication.Coordinator {
+	s.coords.mu.Lock()
+	e := s.coords.open[name]
+	s.coords.mu.Unlock()
+	if e == nil {
+		return nil
+	}
+	select {
+	case <-e.ready:
+		return e.c
+	default:
+		return nil
+	}
+}
+
+// ReplicaVolumes is the replication server's catalogue: this node's engine
+// volumes, each held for as long as a coordinator's connection uses it.
+type ReplicaVolumes struct{ Engine *engine.Engine }
+
+func (r ReplicaVolumes) OpenReplica(name string) (replication.Volume, func(), error) {
+	v, h, err := r.Engine.HoldVolume(name, engine.Holder{Kind: engine.HeldByReplication})
+	if err != nil {
+		return nil, nil, err
+	}
+	return v, h.Release, nil
+}
+
+// createReplicas asks each node of replicas to make its replica of the
+// volume this node just made (info), and fills in their pools. On a
+// failure the replicas made so far are deleted again.
+func (s *Server) createReplicas(ctx context.Context, replicas []cluster.Replica, info engine.VolumeInfo) error {
+	req := ReplicaRequest{Name: info.Name, Size: info.Size, Repl: info.Repl, IOPriority: string(info.RequestedIOPriority), BlockSize: info.BlockSize}
+	for i := range replicas {
+		var rep ReplicaReply
+		if err := s.callPeer(ctx, replicas[i].Node, http.MethodPost, "/v1/internal/replicas", req, &rep); err != nil {
+			for _, made := range replicas[:i] {
+				s.deleteReplicaOn(ctx, made.Node, info.Name)
+			}
+			return fmt.Errorf("replica on node %s: %w", replicas[i].Node, err)
+		}
+		replicas[i].Pool, replicas[i].IOPriority, replicas[i].State = rep.Pool, rep.IOPriority, cluster.ReplicaInSync
+	}
+	return nil
+}
+
+// deleteReplicas deletes the other nodes' replicas of a volume this node
+// deleted. A node that does not answer keeps its replica; its status then
+// lists it as unregistered, for `volume delete` there once it is back.
+func (s *Server) deleteReplicas(ctx context.Context, sp cluster.VolumeSpec) {
+	for _, r := range sp.Replicas {
+		if r.Node != s.node.ID() {
+			s.deleteReplicaOn(ctx, r.Node, sp.Name)
+		}
+	}
+}
+
+func (s *Server) deleteReplicaOn(ctx context.Context, node, name string) {
+	if err := s.callPeer(ctx, node, http.MethodDelete, "/v1/internal/replicas/"+url.PathEscape(name), nil, nil); err != nil && !errors.Is(err, engine.ErrNotFound) {
+		s.log.Warn("replica not deleted; it stays on its node's drives", "volume", name, "node", node, "err", err)
+	}
+}
+
+// createReplica answers POST /v1/internal/replicas: make this node's
+// replica of another node's volume. Only another node asks (forwarded).
+func (s *Server) createReplica(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get(forwardedHeader) == "" {
+		s.fail(w, r, invalidf("/v1/internal/replicas is for the volume's node; use POST /v1/volumes"))
+		return
+	}
+	var req ReplicaRequest
+	if err := decode(r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	info, err := s.engine.CreateVolume(engine.VolumeSpec{Name: req.Name, Size: req.Size, Repl: req.Repl, IOPriority: engine.IOPriority(req.IOPriority), BlockSize: req.BlockSize})
+	if err != nil {
+		s.fail(w, r, volumeError("create replica of", req.Name, err))
+		return
+	}
+	s.log.Info("replica created", "name", info.Name, "for", r.Header.Get(forwardedHeader), "pool", info.Pool)
+	reply(w, http.StatusCreated, ReplicaReply{Pool: info.Pool, IOPriority: string(info.IOPriority)})
+}
+
+// deleteReplica answers DELETE /v1/internal/replicas/{name}.
+func (s *Server) deleteReplica(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if r.Header.Get(forwardedHeader) == "" {
+		s.fail(w, r, invalidf("/v1/internal/replicas is for the volume's node; use DELETE /v1/volumes/%s", name))
+		return
+	}
+	if err := s.engine.DeleteVolume(name); err != nil {
+		s.fail(w, r, volumeError("delete replica of", name, err))
+		return
+	}
+	s.log.Info("replica deleted", "name", name, "for", r.Header.Get(forwardedHeader))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// callPeer sends a JSON request to another node's API (as a forwarded
+// request) and decodes its JSON reply into out (nil: ignore it).
+func (s *Server) callPeer(ctx context.Context, node, method, path string, in, out any) error {
+	n, err := s.nodeByID(ctx, node)
+	if err != nil {
+		return err
+	}
+	if n.Status != cluster.StatusOnline {
+		return unreachable(path, n, "is "+n.Status)
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(ctx, forwardTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+n.MgmtAddr+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set(forwardedHeader, s.node.ID())
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := s.peers().Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: node %s (%s) does not answer: %v", ErrNodeUnreachable, node, n.MgmtAddr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return decodeError(resp)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
