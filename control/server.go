@@ -219,6 +219,10 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 		s.createClustered(w, r, cfg, req)
 		return
 	}
+	if req.Repl > 1 && req.Repl <= engine.MaxRepl {
+		s.fail(w, r, volumeError("create", req.Name, fmt.Errorf("%w: repl %d needs %d nodes; this node has not joined its cluster", engine.ErrInvalid, req.Repl, req.Repl)))
+		return
+	}
 	info, err := s.engine.CreateVolume(engine.VolumeSpec{
 		Name: req.Name, Size: req.Size, Repl: req.Repl, IOPriority: engine.IOPriority(req.IOPriority), Sticky: req.Sticky,
 		SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep, BlockSize: req.BlockSize,

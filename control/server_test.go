@@ -97,7 +97,7 @@ func TestAPIErrors(t *testing.T) {
 		{"repl 2 on one node", func() error {
 			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "x", Size: 1 << 20, Repl: 2})
 			return err
-		}, 400, engine.ErrInvalid, "repl 2 needs 2 nodes, the cluster has 1"},
+		}, 400, engine.ErrInvalid, "repl 2 needs 2 nodes; this node has not joined its cluster"},
 		{"io_priority", func() error {
 			_, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "x", Size: 1 << 20, IOPriority: "HIGH!"})
 			return err

@@ -26,8 +26,6 @@ const (
 	MaxRepl = 3
 	// MaxSnapInterval is the longest snapshot schedule: a year, in minutes.
 	MaxSnapInterval = 365 * 24 * 60
-	// clusterNodes is how many nodes can hold copies: one until the cluster lands.
-	clusterNodes = 1
 )
 
 // ValidateName checks the name of a volume, snapshot or clone (what says
@@ -86,14 +84,12 @@ func ValidateSize(n int64) error {
 	return nil
 }
 
-// ValidateRepl checks a replication factor: 1 to MaxRepl, and no more than
-// the nodes there are to hold the copies.
+// ValidateRepl checks a replication factor: 1 to MaxRepl. Whether the
+// cluster has the nodes to hold the copies is placement's to say
+// (cluster.PlaceReplicas).
 func ValidateRepl(n int) error {
 	if n < 1 || n > MaxRepl {
 		return fmt.Errorf("%w: repl %d: must be 1, 2 or 3", ErrInvalid, n)
-	}
-	if n > clusterNodes {
-		return fmt.Errorf("%w: repl %d needs %d nodes, the cluster has %d (replication comes with the cluster)", ErrInvalid, n, n, clusterNodes)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -180,6 +181,9 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 	}
 	if len(cfg.Replicas) == 0 || len(cfg.Replicas) > MaxReplicas {
 		return nil, fmt.Errorf("%w: volume %q has %d replicas", ErrInvalid, cfg.Volume, len(cfg.Replicas))
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("replication: region log directory: %w", err)
 	}
 	c := &Coordinator{cfg: cfg, log: log.With("component", "coordinator", "volume", cfg.Volume), epoch: cfg.Epoch,
 		stop: make(chan struct{}), done: make(chan struct{})}

@@ -186,7 +186,7 @@ func TestClusterVolumes(t *testing.T) {
 		mustFail(t, ds[1].api, `node `+ids[0]+` is in zone z1`, "volume", "create", "nowhere", "--size", "10G", "--zones", "z9")
 		mustFail(t, ds[1].api, fmt.Sprintf("among nodes %s on rack r2: node %s is on rack r1", ids[0], ids[0]), "volume", "create", "nowhere", "--size", "1G", "--nodes", ids[0], "--racks", "r2")
 		mustFail(t, ds[1].api, "node nope is not in the cluster", "volume", "create", "nowhere", "--size", "1G", "--nodes", "nope")
-		mustFail(t, ds[1].api, "repl 2 needs 2 nodes", "volume", "create", "nowhere", "--size", "1G", "--repl", "2")
+		mustFail(t, ds[1].api, "with repl 3: 2 eligible nodes", "volume", "create", "nowhere", "--size", "1G", "--repl", "3", "--zones", "z1,z2")
 		mustFail(t, ds[1].api, "already exists", "volume", "create", "race0", "--size", "1G", "--zones", "z9")
 		mustFail(t, ds[1].api, "not found", "volume", "inspect", "nowhere")
 	})
