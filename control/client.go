@@ -61,6 +61,12 @@ func (c *Client) Volume(ctx context.Context, name string) (Volume, error) {
 	return v, c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name), nil, &v)
 }
 
+// VerifyVolume compares a replicated volume's in-sync replicas.
+func (c *Client) VerifyVolume(ctx context.Context, name string) (VerifyReply, error) {
+	var v VerifyReply
+	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/verify", struct{}{}, &v)
+}
+
 func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (Volume, error) {
 	var v Volume
 	return v, c.do(ctx, http.MethodPost, "/v1/volumes", req, &v)

@@ -540,3 +540,130 @@ func (s *Server) callPeer(ctx context.Context, node, method, path string, in, ou
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }
+
+// withReplicas adds a replicated volume's replicas to its view: their
+// states as the cluster records them, made live by the coordinator when one
+// serves the volume (resync progress).
+func (s *Server) withReplicas(ctx context.Context, v Volume, spec *cluster.VolumeSpec) Volume {
+	cfg := s.clusterOf()
+	if spec == nil || cfg == nil || len(spec.Replicas) < 2 {
+		return v
+	}
+	if spec.CoordinatorLease != "" {
+		v.Coordinator = spec.Coordinator
+	}
+	online := map[string]bool{}
+	if nodes, err := cfg.Member.Nodes(ctx); err == nil {
+		for _, n := range nodes {
+			online[n.ID] = n.Status == cluster.StatusOnline
+		}
+	}
+	live := map[string]ReplicaView{}
+	if v.Coordinator == cfg.Member.ID() {
+		for _, rv := range s.liveReplicas(spec.Name) {
+			live[rv.Node] = rv
+		}
+	} else if v.Coordinator != "" {
+		var rvs []ReplicaView
+		if err := s.callPeer(ctx, v.Coordinator, http.MethodGet, "/v1/internal/coordinators/"+url.PathEscape(spec.Name), nil, &rvs); err == nil {
+			for _, rv := range rvs {
+				live[rv.Node] = rv
+			}
+		}
+	}
+	v.ReplStatus = ReplUp
+	for _, r := range spec.Replicas {
+		rv, ok := live[r.Node]
+		if !ok {
+			rv = ReplicaView{Node: r.Node, State: cluster.ReplicaOutOfSync}
+			if r.InSync() {
+				rv.State = cluster.ReplicaInSync
+			}
+		}
+		rv.Pool = r.Pool
+		if rv.State == cluster.ReplicaInSync && !online[r.Node] {
+			rv.State = "offline"
+		}
+		switch {
+		case rv.State == replication.Resyncing.String():
+			v.ReplStatus = ReplResyncing
+		case rv.State != cluster.ReplicaInSync && v.ReplStatus == ReplUp:
+			v.ReplStatus = ReplDegraded
+		}
+		v.Replicas = append(v.Replicas, rv)
+	}
+	return v
+}
+
+// liveReplicas is this node's coordinator's view of name's replicas (nil
+// when it does not coordinate it).
+func (s *Server) liveReplicas(name string) []ReplicaView {
+	c := s.coordinatorOf(name)
+	if c == nil {
+		return nil
+	}
+	var out []ReplicaView
+	for _, st := range c.Status() {
+		out = append(out, ReplicaView{Node: st.Node, State: st.State.String(), Copied: st.Copied, ToCopy: st.ToCopy, Missing: st.Missing})
+	}
+	return out
+}
+
+// coordinatorStatus answers GET /v1/internal/coordinators/{name}.
+func (s *Server) coordinatorStatus(w http.ResponseWriter, r *http.Request) {
+	reply(w, http.StatusOK, s.liveReplicas(r.PathValue("name")))
+}
+
+// verifyVolume answers POST /v1/volumes/{name}/verify: compare the in-sync
+// replicas region by region. It runs on the volume's coordinator (forwarded
+// there when another node serves it), or claims the volume for its
+// duration when no node does, so that no write races the comparison.
+func (s *Server) verifyVolume(w http.ResponseWriter, r *http.Request) {
+	cfg := s.clusterOf()
+	name := r.PathValue("name")
+	if cfg == nil {
+		s.fail(w, r, invalidf("volume verify compares a replicated volume's replicas; this node has not joined its cluster"))
+		return
+	}
+	sp, err := cfg.Member.Store().Volume(r.Context(), name)
+	if err != nil {
+		s.fail(w, r, volumeError("verify", name, err))
+		return
+	}
+	if len(sp.Replicas) < 2 {
+		s.fail(w, r, invalidf("volume %q has one replica (repl %d): there is nothing to compare", name, sp.Repl))
+		return
+	}
+	if sp.Coordinator != "" && sp.CoordinatorLease != "" && sp.Coordinator != cfg.Member.ID() && r.Header.Get(forwardedHeader) == "" {
+		if n, err := s.nodeByID(r.Context(), sp.Coordinator); err == nil && n.Status == cluster.StatusOnline {
+			s.forward(w, r, n, name)
+			return
+		}
+	}
+	c, err := s.acquireCoordinator(r.Context(), name)
+	if err != nil {
+		s.fail(w, r, volumeError("verify", name, err))
+		return
+	}
+	defer s.releaseCoordinator(name)
+	out := VerifyReply{Volume: name, Bytes: c.Size(), Differences: []VerifyDifference{}}
+	for _, st := range c.Status() {
+		if st.State == replication.InSync {
+			out.Replicas = append(out.Replicas, st.Node)
+		}
+	}
+	diffs, err := c.Verify(r.Context(), nil)
+	if err != nil {
+		s.fail(w, r, volumeError("verify", name, err))
+		return
+	}
+	for _, d := range diffs {
+		vd := VerifyDifference{Offset: d.Offset, Length: d.Length, Sums: map[string]string{}}
+		for node, sum := range d.Sums {
+			vd.Sums[node] = fmt.Sprintf("%016x", sum)
+		}
+		out.Differences = append(out.Differences, vd)
+	}
+	s.log.Info("volume verified", "volume", name, "replicas", len(out.Replicas), "differences", len(diffs))
+	reply(w, http.StatusOK, out)
+}

@@ -80,6 +80,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/volumes", s.createVolume)
 	mux.HandleFunc("POST /v1/internal/replicas", s.createReplica)
 	mux.HandleFunc("DELETE /v1/internal/replicas/{name}", s.deleteReplica)
+	mux.HandleFunc("GET /v1/internal/coordinators/{name}", s.coordinatorStatus)
+	mux.HandleFunc("POST /v1/volumes/{name}/verify", s.verifyVolume)
 	mux.HandleFunc("GET /v1/volumes/{name}", s.getVolume)
 	mux.HandleFunc("PATCH /v1/volumes/{name}", s.updateVolume)
 	mux.HandleFunc("DELETE /v1/volumes/{name}", s.deleteVolume)
@@ -274,7 +276,7 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, volumeError("inspect", name, err))
 		return
 	}
-	reply(w, http.StatusOK, s.volumeJSON(name, volumeFromEngine(v.Info())))
+	reply(w, http.StatusOK, s.withReplicas(r.Context(), s.volumeJSON(name, volumeFromEngine(v.Info())), spec))
 }
 
 func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {

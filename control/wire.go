@@ -37,6 +37,50 @@ type Volume struct {
 	// the node is not in a cluster yet).
 	Node     string `json:"node"`
 	NodeAddr string `json:"node_addr"`
+
+	// A replicated volume (inspect): each replica, the volume's
+	// replication status (ReplUp, ReplDegraded, ReplResyncing) and the
+	// node serving it now ("" while no client has it open).
+	Replicas    []ReplicaView `json:"replicas,omitempty"`
+	ReplStatus  string        `json:"repl_status,omitempty"`
+	Coordinator string        `json:"coordinator,omitempty"`
+}
+
+// ReplicaView is one replica of a volume as inspect shows it.
+type ReplicaView struct {
+	Node string `json:"node"`
+	Pool int    `json:"pool"`
+	// State: in-sync, resyncing, out-of-sync, or offline (an in-sync
+	// replica whose node is Offline: it leaves the set at the next write).
+	State string `json:"state"`
+	// Progress of a resync: bytes copied of bytes to copy; Missing: what an
+	// out-of-sync replica misses (as far as the coordinator knows).
+	Copied  int64 `json:"copied,omitempty"`
+	ToCopy  int64 `json:"to_copy,omitempty"`
+	Missing int64 `json:"missing,omitempty"`
+}
+
+// Replication statuses (Volume.ReplStatus).
+const (
+	ReplUp        = "Up"
+	ReplDegraded  = "Degraded"
+	ReplResyncing = "Resyncing"
+)
+
+// VerifyReply is the body of POST /v1/volumes/{name}/verify.
+type VerifyReply struct {
+	Volume   string   `json:"volume"`
+	Replicas []string `json:"replicas"` // the in-sync replicas' nodes compared
+	Bytes    int64    `json:"bytes"`
+	// Differences: regions whose checksums differ, each with every
+	// replica's checksum by node.
+	Differences []VerifyDifference `json:"differences"`
+}
+
+type VerifyDifference struct {
+	Offset int64             `json:"offset"`
+	Length int64             `json:"length"`
+	Sums   map[string]string `json:"sums"`
 }
 
 // Status is the JSON shape of `cairn status`.

@@ -23,6 +23,7 @@ func newVolumeCommand(g *globals) *cobra.Command {
 		newSnapshotCommand(g),
 		newVolumeCloneCommand(g),
 		newVolumeRestoreCommand(g),
+		newVolumeVerifyCommand(g),
 	)
 	return volume
 }
@@ -314,6 +315,7 @@ func printVolume(w io.Writer, v control.Volume) {
 	} {
 		fmt.Fprintf(w, "\t%-15s:  %s\n", row[0], row[1])
 	}
+	printReplicas(w, v)
 }
 
 // nodeOf words where a volume's data lives: "ID (ADDR)".
