@@ -70,7 +70,7 @@ pids+=($!)
 api=127.0.0.1:$(freeport)
 prof=()
 [ -n "$profile" ] && prof=(--cpu-profile "$profile")
-"$cairn" daemon "${prof[@]}" --data-dir "$work/data" --api "$api" --nbd 127.0.0.1:0 --kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0 \
+"$cairn" daemon "${prof[@]}" --data-dir "$work/data" --api "$api" --nbd 127.0.0.1:0 --kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0 --repl-listen 127.0.0.1:0 \
 	--default-drive-size 16G >"$work/daemon.log" 2>&1 &
 pids+=($!)
 export CAIRN_HOST=$api

@@ -140,6 +140,7 @@ start_server() {
 			# Its embedded kvdb on ports of its own (the base build may predate it).
 			local kvdb=()
 			"$cairn" daemon --help 2>&1 | grep -q -- --kvdb-listen && kvdb=(--kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0)
+	"$cairn" daemon --help 2>&1 | grep -q -- --repl-listen && kvdb+=(--repl-listen 127.0.0.1:0)
 			"$cairn" daemon --data-dir "$d" --api "127.0.0.1:$api" --nbd "127.0.0.1:$nbdport" \
 				--nbd-socket "$d/nbd.sock" --default-drive-size 4G "${kvdb[@]}" >"$d/log" 2>&1 &
 			PIDS+=($!)

@@ -171,6 +171,7 @@ cairn_part() {
 	nbdp=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 	local kvdb=() # its embedded kvdb on ports of its own (CAIRN_BIN may predate it)
 	"$cairn" daemon --help 2>&1 | grep -q -- --kvdb-listen && kvdb=(--kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0)
+	"$cairn" daemon --help 2>&1 | grep -q -- --repl-listen && kvdb+=(--repl-listen 127.0.0.1:0)
 	"$cairn" daemon --data-dir "$d" --api "127.0.0.1:$api" --nbd "127.0.0.1:$nbdp" --nbd-socket "$d/nbd.sock" \
 		--default-drive-size 4G --cpu-profile "$WORK/cpu.pprof" "${kvdb[@]}" >"$d/log" 2>&1 &
 	local pid=$!

@@ -100,7 +100,7 @@ CAIRN_API=127.0.0.1:$PORT
 prof=()
 [ -n "$PROFILE" ] && prof=(--cpu-profile "$PROFILE")
 "$WORK/cairn-bin" daemon --data-dir "$WORK/cairn" --api "$CAIRN_API" --nbd 127.0.0.1:0 \
-	--kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0 --default-drive-size 8G "${prof[@]}" >"$WORK/cairn.log" 2>&1 &
+	--kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0 --repl-listen 127.0.0.1:0 --default-drive-size 8G "${prof[@]}" >"$WORK/cairn.log" 2>&1 &
 CAIRN_PID=$!
 for _ in $(seq 100); do grep -q "cairn daemon ready" "$WORK/cairn.log" && break; sleep 0.1; done
 cairn() { "$WORK/cairn-bin" --host "$CAIRN_API" "$@"; }

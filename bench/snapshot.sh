@@ -138,6 +138,7 @@ start_daemon() {
 	# Its embedded kvdb on ports of its own (CAIRN_BIN may predate it).
 	local kvdb=""
 	"$CAIRN" daemon --help 2>&1 | grep -q -- --kvdb-listen && kvdb="--kvdb-listen 127.0.0.1:0 --kvdb-peer 127.0.0.1:0"
+	"$CAIRN" daemon --help 2>&1 | grep -q -- --repl-listen && kvdb="$kvdb --repl-listen 127.0.0.1:0"
 	# shellcheck disable=SC2086 # kvdb and CAIRN_DAEMON_ARGS are lists of flags
 	"$CAIRN" daemon --data-dir "$DIR/d" --api 127.0.0.1:0 --nbd 127.0.0.1:0 --nbd-socket "$DIR/nbd.sock" \
 		--default-drive-size "$DRIVE_SIZE" $kvdb ${CAIRN_DAEMON_ARGS:-} >"$DIR/log" 2>&1 &

@@ -183,15 +183,26 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, ref string) (spec
 		s.fail(w, r, err)
 		return nil, true
 	}
+	// A volume's own view (GET /v1/volumes/NAME) is answered from the
+	// cluster's when its node cannot answer; lists of its snapshots or
+	// cloudsnap jobs cannot be.
+	ownView := read && strings.HasPrefix(r.URL.Path, "/v1/volumes/") && !strings.HasSuffix(r.URL.Path, "/snapshots") && !strings.Contains(strings.TrimPrefix(r.URL.Path, "/v1/volumes/"), "/")
 	if node.Status != cluster.StatusOnline {
-		// A volume's own view (GET /v1/volumes/NAME) is answered from the
-		// cluster's; lists of its snapshots or cloudsnap jobs cannot be.
-		if read && strings.HasPrefix(r.URL.Path, "/v1/volumes/") && !strings.HasSuffix(r.URL.Path, "/snapshots") {
-			reply(w, http.StatusOK, volumeFromSpec(sp, node, stateWithout(sp, node)))
+		if ownView {
+			reply(w, http.StatusOK, s.withReplicas(r.Context(), volumeFromSpec(sp, node, stateWithout(sp, node)), &sp))
 			return nil, true
 		}
 		s.fail(w, r, unreachable(sp.Name, node, "is "+node.Status))
 		return nil, true
+	}
+	if ownView {
+		// Its node may have died without its lease expiring yet.
+		var v Volume
+		if err := s.callPeer(r.Context(), node.ID, http.MethodGet, r.URL.RequestURI(), nil, &v); errors.Is(err, ErrNodeUnreachable) {
+			state := fmt.Sprintf("unavailable: its node %s (%s) does not answer", node.ID, orUnknown(node.MgmtAddr))
+			reply(w, http.StatusOK, s.withReplicas(r.Context(), volumeFromSpec(sp, node, state), &sp))
+			return nil, true
+		}
 	}
 	s.forward(w, r, node, sp.Name)
 	return nil, true

@@ -57,7 +57,7 @@ type testDaemon struct {
 
 // defaultTestFlags keep tests fast and private: ephemeral ports, a small
 // embedded default drive.
-var defaultTestFlags = []string{"--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--default-drive-size", "2G"}
+var defaultTestFlags = []string{"--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--repl-listen", "127.0.0.1:0", "--default-drive-size", "2G"}
 
 // embeddedKvdbFlags put the embedded kvdb on ephemeral ports too; a daemon
 // given -k (an external etcd) runs none and takes neither flag.

@@ -81,7 +81,7 @@ func threeNodes(t *testing.T, extra3 ...string) (ds [3]*testDaemon, args [3][]st
 	kvdb := "etcd://" + ds[0].kvdbAddr(t)
 	for i := 1; i < 3; i++ {
 		ip := fmt.Sprintf("127.0.0.%d", i+1)
-		args[i] = []string{"--api", ip + ":0", "--nbd", ip + ":0", "-k", kvdb, "--zone", fmt.Sprintf("z%d", i+1), "--rack", fmt.Sprintf("r%d", i+1)}
+		args[i] = []string{"--api", ip + ":0", "--nbd", ip + ":0", "--repl-listen", ip + ":0", "-k", kvdb, "--zone", fmt.Sprintf("z%d", i+1), "--rack", fmt.Sprintf("r%d", i+1)}
 		if i == 2 {
 			args[i] = append(args[i], extra3...)
 		}

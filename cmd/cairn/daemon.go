@@ -64,6 +64,9 @@ type daemonConfig struct {
 // directory, so that `cairn daemon` works with no drive at all.
 const defaultDriveName = "drive-0.img"
 
+// defaultReplPort is the replication listener's port on the data address.
+const defaultReplPort = "9002"
+
 // Shutdown budgets: how long in-flight API calls and NBD requests get.
 const (
 	apiShutdownTimeout = 10 * time.Second
@@ -95,7 +98,7 @@ flushed, and it exits 0.`,
 	f.StringVar(&cfg.nbdAddr, "nbd", "127.0.0.1:10809", "NBD listener address host:port")
 	f.StringVarP(&cfg.dataIface, "data-iface", "d", "", "interface name or IP for NBD (replaces the host of --nbd)")
 	f.StringVar(&cfg.nbdSocket, "nbd-socket", "", "NBD unix socket (default DATA_DIR/nbd.sock)")
-	f.StringVar(&cfg.replListen, "repl-listen", "127.0.0.1:9002", "replication listener address host:port (-d replaces the host); coordinators connect to it from their data address")
+	f.StringVar(&cfg.replListen, "repl-listen", "", "replication listener address host:port (default: the host of --nbd, port "+defaultReplPort+"; -d replaces the host)")
 	f.DurationVar(&cfg.replTimeout, "repl-timeout", replication.DefaultTimeout, "how long a replica may take to answer before it leaves the in-sync set")
 	f.StringVar(&cfg.resyncRate, "resync-rate", "256M", "bytes per second a resync or rebuild copies to a replica")
 	f.StringArrayVarP(&cfg.drives, "drive", "s", nil, "drive to use: a block device or a file (repeatable)")
@@ -146,6 +149,9 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	nbdAddr, err := withInterface(cfg.nbdAddr, cfg.dataIface)
 	if err != nil {
 		return fmt.Errorf("daemon: -d: %w", err)
+	}
+	if cfg.replListen == "" {
+		cfg.replListen = net.JoinHostPort(hostOf(nbdAddr), defaultReplPort)
 	}
 	replAddr, err := withInterface(cfg.replListen, cfg.dataIface)
 	if err != nil {

@@ -91,7 +91,7 @@ func launch(t *testing.T, dataDir string, extra ...string) (*daemon, error) {
 	socket := filepath.Join(dataDir, "nbd.sock")
 	// Ephemeral ports for everything, the embedded kvdb included.
 	args := append([]string{"daemon", "--data-dir", dataDir, "--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--nbd-socket", socket,
-		"--kvdb-listen", "127.0.0.1:0", "--kvdb-peer", "127.0.0.1:0"}, extra...)
+		"--kvdb-listen", "127.0.0.1:0", "--kvdb-peer", "127.0.0.1:0", "--repl-listen", "127.0.0.1:0"}, extra...)
 	d := &daemon{t: t, dataDir: dataDir, args: extra, logPath: logFile.Name(), socket: socket, exited: make(chan struct{})}
 	d.cmd = exec.Command(cairnBin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
