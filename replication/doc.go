@@ -1,8 +1,12 @@
-// Package replication is the wire protocol between a volume's coordinator
-// and its remote replicas: a replica Server that applies pipelined requests
-// to local engine volumes, fenced by epoch, and a pipelined Client the
-// coordinator holds per replica. The coordinator itself (in-sync set,
-// eviction, resync) is built on these.
+// Package replication is synchronous replication of a volume: the wire
+// protocol between a volume's coordinator and its replicas (a replica
+// Server that applies pipelined requests to local engine volumes, fenced by
+// epoch, and a pipelined Client the coordinator holds per replica), a fenced
+// Local replica for the coordinator's own node, and the Coordinator: the
+// write fan-out to the in-sync set, eviction before acknowledgement, region
+// logs, resync, verify and convergence (coordinator.go has its invariants,
+// resync.go the resync's). Claims and epochs in etcd are the daemon's
+// (control/replicated.go).
 //
 // # Wire format (part of the wire protocol — do not change)
 //
@@ -50,8 +54,8 @@
 //	epoch:  the replica's durable epoch (on STALE_EPOCH, the newer one that
 //	        refused the request).
 //	length: a successful READ's data or CHECKSUM's 8 bytes (crc32c is
-//	        their CRC), or on error the
-//	        message (≤ 1024 bytes, crc32c 0); 0 otherwise.
+//	        their CRC), or on error the message (≤ 1024 bytes, crc32c 0);
+//	        0 otherwise.
 //
 // A handle is opaque to the replica; the Client's is a slot index and a
 // generation. Malformed input — bad magic, an unknown command or flag, a
