@@ -667,3 +667,13 @@ func (s *Server) verifyVolume(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("volume verified", "volume", name, "replicas", len(out.Replicas), "differences", len(diffs))
 	reply(w, http.StatusOK, out)
 }
+
+// notReplicated refuses what would change one replica of a replicated
+// volume and not the others (they would diverge): until it is done on every
+// replica at one point of the write stream, it is not done at all.
+func notReplicated(spec *cluster.VolumeSpec, what string) error {
+	if spec == nil || len(spec.Replicas) < 2 {
+		return nil
+	}
+	return invalidf("cannot %s volume %q: it has %d replicas, and %s of a replicated volume is not supported yet", what, spec.Name, len(spec.Replicas), what)
+}

@@ -290,6 +290,12 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if req.Size != nil {
+		if err := notReplicated(spec, "resize"); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
 	if err := s.checkCloudsnapSchedule(deref(req.CloudsnapInterval), deref(req.CloudsnapKeep)); err != nil {
 		s.fail(w, r, err)
 		return

@@ -209,7 +209,12 @@ func (s *Server) cloneVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) restoreVolume(w http.ResponseWriter, r *http.Request) {
-	if _, done := s.route(w, r, r.PathValue("name")); done {
+	spec, done := s.route(w, r, r.PathValue("name"))
+	if done {
+		return
+	}
+	if err := notReplicated(spec, "restore"); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	volume := s.volumeRef(r)
