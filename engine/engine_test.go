@@ -156,7 +156,7 @@ func TestBadInput(t *testing.T) {
 		{"zero size", func() error { _, err := e.CreateVolume(VolumeSpec{Name: "x", Size: 0}); return err }(), ErrInvalid},
 		{"bad name", func() error { _, err := e.CreateVolume(VolumeSpec{Name: "a/b", Size: 4096}); return err }(), ErrInvalid},
 		{"duplicate", func() error { _, err := e.CreateVolume(VolumeSpec{Name: "v", Size: 4096}); return err }(), ErrExists},
-		{"repl 2", func() error { _, err := e.CreateVolume(VolumeSpec{Name: "x", Size: 4096, Repl: 2}); return err }(), ErrInvalid},
+		{"repl 4", func() error { _, err := e.CreateVolume(VolumeSpec{Name: "x", Size: 4096, Repl: 4}); return err }(), ErrInvalid},
 		{"bad priority", func() error {
 			_, err := e.CreateVolume(VolumeSpec{Name: "x", Size: 4096, IOPriority: "urgent"})
 			return err
