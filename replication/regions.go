@@ -94,13 +94,6 @@ func (r *regions) remove(i int) {
 	r.gen++
 }
 
-// has reports whether region i is marked.
-func (r *regions) has(i int) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.words[i/64]&(1<<(i%64)) != 0
-}
-
 // next returns the first marked region at or after i, or -1.
 func (r *regions) next(i int) int {
 	r.mu.Lock()
