@@ -67,6 +67,12 @@ func (c *Client) VerifyVolume(ctx context.Context, name string) (VerifyReply, er
 	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/verify", struct{}{}, &v)
 }
 
+// HAUpdate adds or removes one replica of a volume.
+func (c *Client) HAUpdate(ctx context.Context, name string, req HAUpdateRequest) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/ha", req, &v)
+}
+
 func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (Volume, error) {
 	var v Volume
 	return v, c.do(ctx, http.MethodPost, "/v1/volumes", req, &v)

@@ -64,6 +64,11 @@ type ReplicationConfig struct {
 	ResyncRate int64 // bytes per second; 0 = the coordinator's default
 }
 
+// openLookupTimeout bounds the kvdb lookup an NBD open of a repl 1 volume
+// of this node makes (has it gained replicas?) before it is served from the
+// engine anyway.
+const openLookupTimeout = 300 * time.Millisecond
+
 // SetReplication makes this node serve replicated volumes.
 func (s *Server) SetReplication(cfg ReplicationConfig) { s.repl.Store(&cfg) }
 
@@ -97,16 +102,30 @@ func (s *Server) OpenReplicated(name string) (exp nbd.Export, release func(), ha
 	if cfg == nil || rc == nil {
 		return nil, nil, false, nil
 	}
-	if v, err := s.engine.Volume(name); err == nil && (v.Info().Repl < 2 || v.Info().Snapshot) {
-		return nil, nil, false, nil // the fast path: no etcd on open
+	// The engine's repl is what the volume was created with; ha-update
+	// changes the cluster's (the spec), so the spec decides — except for a
+	// repl 1 volume of this node while the kvdb does not answer at once:
+	// it is served as before (run-flat).
+	localRepl1 := false
+	if v, err := s.engine.Volume(name); err == nil {
+		if v.Info().Snapshot {
+			return nil, nil, false, nil
+		}
+		localRepl1 = v.Info().Repl < 2
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
+	wait := forwardTimeout
+	if localRepl1 {
+		wait = openLookupTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	sp, err := cfg.Member.Store().Volume(ctx, name)
-	if errors.Is(err, cluster.ErrNotFound) {
+	switch {
+	case errors.Is(err, cluster.ErrNotFound):
 		return nil, nil, false, nil
-	}
-	if err != nil {
+	case err != nil && localRepl1:
+		return nil, nil, false, nil
+	case err != nil:
 		return nil, nil, true, fmt.Errorf("volume %q: its replicas are found through the kvdb: %w", name, err)
 	}
 	if len(sp.Replicas) < 2 || sp.Snapshot {

@@ -82,6 +82,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/internal/replicas/{name}", s.deleteReplica)
 	mux.HandleFunc("GET /v1/internal/coordinators/{name}", s.coordinatorStatus)
 	mux.HandleFunc("POST /v1/volumes/{name}/verify", s.verifyVolume)
+	mux.HandleFunc("POST /v1/volumes/{name}/ha", s.haUpdate)
 	mux.HandleFunc("GET /v1/volumes/{name}", s.getVolume)
 	mux.HandleFunc("PATCH /v1/volumes/{name}", s.updateVolume)
 	mux.HandleFunc("DELETE /v1/volumes/{name}", s.deleteVolume)

@@ -67,6 +67,14 @@ const (
 	ReplResyncing = "Resyncing"
 )
 
+// HAUpdateRequest is the body of POST /v1/volumes/{name}/ha: the volume's
+// new replication factor (one more or one fewer than it has) and, when
+// given, the node to add the replica on or remove it from.
+type HAUpdateRequest struct {
+	Repl int    `json:"repl"`
+	Node string `json:"node,omitempty"`
+}
+
 // VerifyReply is the body of POST /v1/volumes/{name}/verify.
 type VerifyReply struct {
 	Volume   string   `json:"volume"`

@@ -696,3 +696,54 @@ func (c *Coordinator) closeMembers() {
 		}
 	}
 }
+
+// AddReplica makes node's replica (new and empty, or stale) a member out of
+// sync with every region to copy; the resync brings it in. The cluster
+// must already record it (out of sync, its log kept here).
+func (c *Coordinator) AddReplica(node string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.members) >= MaxReplicas {
+		return fmt.Errorf("%w: volume %q has %d replicas already", ErrInvalid, c.cfg.Volume, len(c.members))
+	}
+	for _, m := range c.members {
+		if m.node == node {
+			return fmt.Errorf("%w: volume %q has a replica on node %s already", ErrInvalid, c.cfg.Volume, node)
+		}
+	}
+	m := &member{node: node, written: newRegions(c.cfg.Size), state: OutOfSync}
+	if err := c.openLog(m, false); err != nil {
+		return err
+	}
+	c.members = append(c.members, m)
+	return nil
+}
+
+// RemoveReplica stops sending anything to node's replica and forgets it.
+// The last in-sync replica cannot be removed.
+func (c *Coordinator) RemoveReplica(node string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, m := range c.members {
+		if m.node != node {
+			continue
+		}
+		if m.state == InSync && c.inSync() == 1 {
+			return fmt.Errorf("%w: the replica on node %s is the volume's last in-sync one", ErrInvalid, node)
+		}
+		if m.local != nil {
+			return fmt.Errorf("%w: the replica on node %s is the coordinator's own; remove it through another node", ErrInvalid, node)
+		}
+		m.state = OutOfSync // a resync under way stops at its next region
+		c.closeClient(m)
+		if m.log != nil {
+			os.Remove(m.log.path)
+		}
+		c.members = append(c.members[:i:i], c.members[i+1:]...)
+		return nil
+	}
+	return fmt.Errorf("%w: volume %q has no replica on node %s", ErrInvalid, c.cfg.Volume, node)
+}
+
+// Fenced reports whether the coordinator was fenced (it serves nothing more).
+func (c *Coordinator) Fenced() bool { return c.fencedErr() != nil }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/cairn-storage/cairn/drive"
@@ -78,7 +79,7 @@ func (c *Coordinator) resync(m *member) error {
 		}
 	}
 	c.mu.Lock()
-	if m.state != OutOfSync || c.stopping() {
+	if m.state != OutOfSync || c.stopping() || !slices.Contains(c.members, m) {
 		c.mu.Unlock()
 		if cl != nil {
 			cl.Close()
@@ -98,12 +99,13 @@ func (c *Coordinator) resync(m *member) error {
 
 	buf := drive.GetBuffer(RegionSize)
 	defer drive.PutBuffer(buf)
-	copied := 0
+	copied, dataCopied := 0, int64(0)
 	for i := m.log.next(0); i >= 0; i = m.log.next(i + 1) {
 		if c.stopping() {
 			return m.log.sync()
 		}
-		if err := c.copyRegion(m, i, buf.B[:RegionSize]); err != nil {
+		wrote, err := c.copyRegion(m, i, buf.B[:RegionSize])
+		if err != nil {
 			return err
 		}
 		m.log.remove(i)
@@ -111,7 +113,12 @@ func (c *Coordinator) resync(m *member) error {
 		if copied++; copied%64 == 0 {
 			m.log.sync() // progress for a restart; losing it only copies again
 		}
-		c.throttle(start, m.copied.Load())
+		if wrote {
+			// Only data moved counts: a thin volume's zero regions cost a
+			// read, and the target a deallocation.
+			dataCopied += RegionSize
+			c.throttle(start, dataCopied)
+		}
 	}
 	if err := c.flushMember(m); err != nil {
 		return c.drop(m, err, nil)
@@ -152,7 +159,7 @@ func (c *Coordinator) throttle(start time.Time, done int64) {
 // lock. A region that reads as zeros is written as zeros without
 // allocating (thin: a full copy writes only what holds data). A failure of
 // the source evicts it and tries another; a failure of m drops m.
-func (c *Coordinator) copyRegion(m *member, i int, buf []byte) error {
+func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err error) {
 	off := int64(i) * RegionSize
 	n := min(RegionSize, c.cfg.Size-off)
 	buf = buf[:n]
@@ -162,12 +169,11 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) error {
 	state, cl := m.state, m.client
 	c.mu.RUnlock()
 	if state != Resyncing {
-		return fmt.Errorf("replica on node %s fell out during its resync", m.node)
+		return false, fmt.Errorf("replica on node %s fell out during its resync", m.node)
 	}
 	if err := c.ReadAt(buf, off); err != nil {
-		return err
+		return false, err
 	}
-	var err error
 	zero := isZero(buf)
 	switch {
 	case m.local != nil && zero:
@@ -184,11 +190,11 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) error {
 			c.Fence(err)
 		}
 		if derr := c.drop(m, err, nil); derr != nil {
-			return derr
+			return false, derr
 		}
-		return fmt.Errorf("copy to the replica on node %s: %w", m.node, err)
+		return false, fmt.Errorf("copy to the replica on node %s: %w", m.node, err)
 	}
-	return nil
+	return !zero, nil
 }
 
 func (c *Coordinator) flushMember(m *member) error {

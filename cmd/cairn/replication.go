@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -106,4 +108,89 @@ Exits non-zero when the replicas differ.`,
 	}
 	addJSONFlag(cmd, g)
 	return cmd
+}
+
+func newVolumeHAUpdateCommand(g *globals) *cobra.Command {
+	var req control.HAUpdateRequest
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "ha-update NAME --repl N [--node ID] [--wait]",
+		Short: "Add a replica to a volume (copied in the background) or remove one",
+		Long: `Change a volume's replication factor by one: --repl one more than it has adds
+a replica (on --node, or placed like a create: another zone first, then another
+rack), copied in the background from the in-sync replicas (only the regions
+that hold data); --repl one fewer removes one (the one on --node, else an
+out-of-sync one, else the last), and deletes its data on its node.
+--wait follows the copy until the new replica is in sync.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("repl") {
+				return fmt.Errorf("--repl is required")
+			}
+			c := g.client()
+			v, err := c.HAUpdate(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			if wait {
+				if v, err = waitInSync(cmd.Context(), c, v, cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Update Volume Replication: Replication update started successfully for volume %s\n", v.Name)
+			printReplicas(cmd.OutOrStdout(), v)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&req.Repl, "repl", 0, "the volume's new replication factor: one more or one fewer than it has")
+	f.StringVar(&req.Node, "node", "", "node to add the replica on, or to remove it from")
+	f.BoolVar(&wait, "wait", false, "wait until every replica is in sync, showing the copy's progress")
+	addJSONFlag(cmd, g)
+	return cmd
+}
+
+// waitInSync follows a volume's replicas until all are in sync: a progress
+// bar on a terminal, a plain line every few seconds otherwise.
+func waitInSync(ctx context.Context, c *control.Client, v control.Volume, w io.Writer) (control.Volume, error) {
+	tty := isTerminal(w)
+	var last time.Time
+	for {
+		var copied, toCopy int64
+		done := v.ReplStatus == control.ReplUp
+		for _, r := range v.Replicas {
+			copied, toCopy = copied+r.Copied, toCopy+max(r.ToCopy, r.Missing)
+		}
+		pct := 100.0
+		if toCopy > 0 && !done {
+			pct = 100 * float64(copied) / float64(toCopy)
+		}
+		line := fmt.Sprintf("%s %s: %5.1f%%  %s of %s", v.Name, strings.ToLower(v.ReplStatus), pct, formatSize(copied), formatSize(toCopy))
+		switch {
+		case tty:
+			n := int(pct / 5)
+			fmt.Fprintf(w, "\r[%s%s] %s   ", strings.Repeat("#", n), strings.Repeat(".", 20-n), line)
+		case time.Since(last) >= 2*time.Second || done:
+			fmt.Fprintln(w, line)
+			last = time.Now()
+		}
+		if done {
+			if tty {
+				fmt.Fprintln(w)
+			}
+			return v, nil
+		}
+		select {
+		case <-ctx.Done():
+			return v, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+		var err error
+		if v, err = c.Volume(ctx, v.Name); err != nil {
+			return v, err
+		}
+	}
 }

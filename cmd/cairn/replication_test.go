@@ -94,6 +94,53 @@ func TestReplication(t *testing.T) {
 		mustFail(t, ds[0].api, "has one replica", "volume", "verify", "single")
 	})
 
+	t.Run("ha-update adds a replica (copied in the background) and removes one", func(t *testing.T) {
+		mustCairn(t, ds[0].api, "volume", "create", "grow", "--size", "256M", "--nodes", ids[0])
+		_, socket := ds[0].nbdAddrs(t)
+		c := holdExport(t, socket, "grow")
+		const chunk = 1 << 20
+		for off := int64(0); off < 32*chunk; off += 2 * chunk {
+			if err := c.WriteAt(pattern(5, off, chunk), off, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		// In use through the engine on its node: refused until closed.
+		mustFail(t, ds[1].api, "is in use on this node", "volume", "ha-update", "grow", "--repl", "2")
+		c.Close()
+		mustFail(t, ds[1].api, "ha-update adds or removes one at a time", "volume", "ha-update", "grow", "--repl", "3")
+		mustFail(t, ds[1].api, "repl 4: must be 1, 2 or 3", "volume", "ha-update", "grow", "--repl", "4")
+		// --wait's progress goes to stderr (plain lines: not a terminal).
+		r := cairn(t, ds[1].api, "volume", "ha-update", "grow", "--repl", "2", "--node", ids[2], "--wait")
+		if r.code != 0 || !strings.Contains(r.stdout, "Replication update started successfully") || !strings.Contains(r.stderr, "grow up: 100.0%") {
+			t.Errorf("ha-update --repl 2 --wait: %v", r)
+		}
+		if st := replicaStates(t, ds[1].api, "grow"); len(st) != 2 || st[ids[0]] != "in-sync" || st[ids[2]] != "in-sync" {
+			t.Fatalf("after ha-update --repl 2 --wait: replicas %v, want nodes 1 and 3 in sync", st)
+		}
+		if out := mustCairn(t, ds[1].api, "volume", "verify", "grow"); !strings.Contains(out, "Replicas are identical") {
+			t.Errorf("volume verify after the added replica's copy:\n%s", out)
+		}
+		mustFail(t, ds[1].api, "has 2 replicas already", "volume", "ha-update", "grow", "--repl", "2")
+		mustFail(t, ds[1].api, "first, which holds its settings", "volume", "ha-update", "grow", "--repl", "1", "--node", ids[0])
+		mustCairn(t, ds[1].api, "volume", "ha-update", "grow", "--repl", "1")
+		jq(t, mustCairn(t, ds[1].api, "volume", "inspect", "grow", "-j"), `.repl == 1 and .node == "`+ids[0]+`"`)
+		// The data is all there, served by node 1 alone again.
+		c = holdExport(t, socket, "grow")
+		defer c.Close()
+		for off := int64(0); off < 32*chunk; off += 2 * chunk {
+			got := make([]byte, chunk)
+			if err := c.ReadAt(got, off); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, pattern(5, off, chunk)) {
+				t.Fatalf("read at %d after adding and removing a replica differs", off)
+			}
+		}
+	})
+
 	t.Run("a second coordinator is refused while the first serves", func(t *testing.T) {
 		_, socket := ds[0].nbdAddrs(t)
 		c := holdExport(t, socket, "r2")

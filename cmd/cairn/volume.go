@@ -24,6 +24,7 @@ func newVolumeCommand(g *globals) *cobra.Command {
 		newVolumeCloneCommand(g),
 		newVolumeRestoreCommand(g),
 		newVolumeVerifyCommand(g),
+		newVolumeHAUpdateCommand(g),
 	)
 	return volume
 }
