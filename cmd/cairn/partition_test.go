@@ -18,26 +18,36 @@ import (
 )
 
 // partition drops TCP between node (an IP) and the kvdb at kvdbAddr, both
-// ways, in an nftables table of its own; heal (also run in t.Cleanup)
-// deletes the table. The rules name the kvdb's port, so tests running at
-// the same time on other ports are untouched.
+// ways; heal (also run in t.Cleanup) removes the rules. The rules name the
+// kvdb's port, so tests running at the same time on other ports are
+// untouched.
 func partition(t *testing.T, node, kvdbAddr string) (heal func()) {
 	t.Helper()
-	testenv.RequireRoot(t, "nftables rules")
-	nft := testenv.RequireTool(t, "nft")
 	host, port, err := net.SplitHostPort(kvdbAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	table := fmt.Sprintf("cairn_test_%s_%d", port, os.Getpid())
-	ruleset := fmt.Sprintf(`table inet %[1]s {
+	return dropTraffic(t, "kvdb_"+port,
+		fmt.Sprintf("ip saddr %s ip daddr %s tcp dport %s drop", node, host, port),
+		fmt.Sprintf("ip saddr %s ip daddr %s tcp sport %s drop", host, node, port))
+}
+
+// dropTraffic installs nftables rules (statements of an output chain, each
+// ending in drop) in a table of their own, named after name and this
+// process; heal (also run in t.Cleanup, so a failing test leaves none)
+// deletes the table.
+func dropTraffic(t *testing.T, name string, rules ...string) (heal func()) {
+	t.Helper()
+	testenv.RequireRoot(t, "nftables rules")
+	nft := testenv.RequireTool(t, "nft")
+	table := fmt.Sprintf("cairn_test_%s_%d", name, os.Getpid())
+	ruleset := fmt.Sprintf(`table inet %s {
 	chain out {
 		type filter hook output priority 0; policy accept;
-		ip saddr %[2]s ip daddr %[3]s tcp dport %[4]s drop
-		ip saddr %[3]s ip daddr %[2]s tcp sport %[4]s drop
+		%s
 	}
 }
-`, table, node, host, port)
+`, table, strings.Join(rules, "\n\t\t"))
 	cmd := exec.Command(nft, "-f", "-")
 	cmd.Stdin = strings.NewReader(ruleset)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -55,6 +65,13 @@ func partition(t *testing.T, node, kvdbAddr string) (heal func()) {
 	}
 	t.Cleanup(heal)
 	return heal
+}
+
+// cutLink drops all traffic between two addresses, both ways.
+func cutLink(t *testing.T, a, b string) (heal func()) {
+	t.Helper()
+	name := strings.NewReplacer(".", "_").Replace(a + "_" + b)
+	return dropTraffic(t, name, fmt.Sprintf("ip saddr %s ip daddr %s drop", a, b), fmt.Sprintf("ip saddr %s ip daddr %s drop", b, a))
 }
 
 func TestClusterPartition(t *testing.T) {
