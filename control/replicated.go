@@ -70,7 +70,11 @@ type ReplicationConfig struct {
 const openLookupTimeout = 300 * time.Millisecond
 
 // SetReplication makes this node serve replicated volumes.
-func (s *Server) SetReplication(cfg ReplicationConfig) { s.repl.Store(&cfg) }
+func (s *Server) SetReplication(cfg ReplicationConfig) {
+	if s.repl.Swap(&cfg) == nil && s.metrics != nil {
+		s.metrics.Registry.MustRegister(replicationCollector{s})
+	}
+}
 
 // coordinators are the replicated volumes this node coordinates now, with
 // how many NBD connections use each.

@@ -161,6 +161,16 @@ type member struct {
 	flushing []*regions // REQUIRES fmu
 
 	copied, toCopy atomic.Int64 // resync progress, bytes
+
+	// writes and writeNanos: writes this replica answered and the time
+	// they took, send to reply (metrics: per-replica write latency).
+	writes, writeNanos atomic.Uint64
+}
+
+// observe counts one write answered by m, begun at start.
+func (m *member) observe(start time.Time) {
+	m.writes.Add(1)
+	m.writeNanos.Add(uint64(time.Since(start)))
 }
 
 // NewCoordinator opens the volume's replicas: it dials the in-sync remote
@@ -344,6 +354,7 @@ func (c *Coordinator) write(o writeOp) error {
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	for i := range ts[:n] {
 		t := &ts[i]
 		if t.local == nil {
@@ -353,11 +364,13 @@ func (c *Coordinator) write(o writeOp) error {
 	for i := range ts[:n] {
 		if t := &ts[i]; t.local != nil {
 			t.err = localOp(t.local, o)
+			t.m.observe(start)
 		}
 	}
 	for i := range ts[:n] {
 		if t := &ts[i]; t.local == nil {
 			t.err = t.pending.Wait(context.Background())
+			t.m.observe(start)
 		}
 	}
 	return c.settle(ts[:n], &rng)
@@ -652,6 +665,9 @@ type ReplicaStatus struct {
 	// Missing is the bytes of regions it misses (out of sync, resyncing);
 	// Copied and ToCopy the progress of a resync under way.
 	Missing, Copied, ToCopy int64
+	// Writes it answered, and their total time from send to reply.
+	Writes       uint64
+	WriteSeconds float64
 }
 
 // Status returns every replica's state, in the cluster's order.
@@ -660,7 +676,7 @@ func (c *Coordinator) Status() []ReplicaStatus {
 	defer c.mu.RUnlock()
 	out := make([]ReplicaStatus, 0, len(c.members))
 	for _, m := range c.members {
-		st := ReplicaStatus{Node: m.node, State: m.state}
+		st := ReplicaStatus{Node: m.node, State: m.state, Writes: m.writes.Load(), WriteSeconds: time.Duration(m.writeNanos.Load()).Seconds()}
 		if m.log != nil && m.state != InSync {
 			st.Missing = int64(m.log.count()) * RegionSize
 		}

@@ -188,6 +188,16 @@ func TestReplication(t *testing.T) {
 			t.Fatalf("after node 3's death: replicas %v, want node 3 out of the in-sync set", st)
 		}
 		jq(t, mustCairn(t, ds[0].api, "volume", "inspect", "k", "-j"), `.repl_status == "Degraded"`)
+		metrics := httpGet(t, "http://"+ds[0].api+"/metrics")
+		if v := metricValue(t, metrics, `cairn_volume_replication_degraded{volume="k"}`); v != 1 {
+			t.Errorf("cairn_volume_replication_degraded of k = %v, want 1", v)
+		}
+		if v := metricValue(t, metrics, `cairn_replica_in_sync{node="`+ids[1]+`",state="in-sync",volume="k"}`); v != 1 {
+			t.Errorf("cairn_replica_in_sync of k's replica on node 2 = %v, want 1", v)
+		}
+		if v := metricValue(t, metrics, `cairn_replica_writes_total{node="`+ids[1]+`",volume="k"}`); v < 16 {
+			t.Errorf("cairn_replica_writes_total of k's replica on node 2 = %v, want ≥ 16", v)
+		}
 
 		restart(2)
 		waitReplStatus(t, ds[0].api, "k", "Up", 60*time.Second)
