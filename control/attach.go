@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -81,7 +82,35 @@ type Attacher struct {
 	// again, until the operator forgets it: host detach VOL (the whole
 	// record) or host unmount VOL PATH (one mount). By volume; REQUIRES: ops.
 	pending map[string]attachRecord
+
+	// replicated, once set (SetReplicated), attaches replicated volumes
+	// through their coordinator on this node.
+	replicated atomic.Pointer[ReplicatedOpener]
 }
+
+// SetReplicated makes replicated volumes attach through f (the daemon sets
+// it before Restore).
+func (a *Attacher) SetReplicated(f ReplicatedOpener) { a.replicated.Store(&f) }
+
+// volumeHold is what keeps an attached volume in use: the engine's hold on a
+// local volume, or a replicated volume's coordinator reference.
+type volumeHold interface {
+	Release()
+	Set(engine.Holder)
+}
+
+// coordinatorHold holds a replicated volume's coordinator while attached.
+type coordinatorHold struct{ release func() }
+
+func (h *coordinatorHold) Release() {
+	if h.release != nil {
+		h.release()
+		h.release = nil
+	}
+}
+
+// Set: the replicas' own nodes record the coordinator's use (HeldByReplication).
+func (h *coordinatorHold) Set(engine.Holder) {}
 
 // attachment is one attached volume.
 type attachment struct {
@@ -90,7 +119,7 @@ type attachment struct {
 	device string // /dev/loopN or /dev/nbdN
 	file   string // the FUSE file behind a loop device
 	nbd    *attach.NBDDevice
-	hold   *engine.Hold // the engine's record that the volume is in use, and how
+	hold   volumeHold // the record that the volume is in use, and how
 	// auto: made by `host mount`, so the last `host unmount` detaches it.
 	auto   bool
 	mounts []mountRecord
@@ -237,7 +266,7 @@ func (a *Attacher) attach(ctx context.Context, volume, via string, auto bool) (*
 		return nil, invalidf("cannot attach volume %q via nbd: this kernel has no nbd module (/dev/nbd0 is missing; load it with `modprobe nbd`), or attach via FUSE + loop instead: --via fuse", volume)
 	}
 	att := &attachment{volume: volume, via: via, auto: auto}
-	v, hold, err := a.eng.HoldVolume(volume, att.holder())
+	v, hold, err := a.holdVolume(volume, att.holder())
 	if err != nil {
 		return nil, volumeError("attach", volume, err)
 	}
@@ -263,7 +292,31 @@ func (a *Attacher) attach(ctx context.Context, volume, via string, auto bool) (*
 	return att, nil
 }
 
-func (a *Attacher) attachFUSE(ctx context.Context, att *attachment, v *engine.Volume) error {
+// holdVolume holds what an attachment serves: a replicated volume's
+// coordinator, or this node's engine volume.
+func (a *Attacher) holdVolume(volume string, h engine.Holder) (bfuse.Volume, volumeHold, error) {
+	if f := a.replicated.Load(); f != nil {
+		exp, release, handled, err := (*f)(volume)
+		if handled {
+			if err != nil {
+				return nil, nil, err
+			}
+			v, ok := exp.(bfuse.Volume)
+			if !ok {
+				release()
+				return nil, nil, fmt.Errorf("volume %q cannot be attached here: its export is not a block volume", volume)
+			}
+			return v, &coordinatorHold{release: release}, nil
+		}
+	}
+	v, hold, err := a.eng.HoldVolume(volume, h)
+	if err != nil {
+		return nil, nil, err
+	}
+	return v, hold, nil
+}
+
+func (a *Attacher) attachFUSE(ctx context.Context, att *attachment, v bfuse.Volume) error {
 	srv, err := a.fuseServer()
 	if err != nil {
 		return err

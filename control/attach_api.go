@@ -71,6 +71,18 @@ func (s *Server) replyVolume(w http.ResponseWriter, r *http.Request, name string
 			}
 		}
 	}
+	if errors.Is(err, engine.ErrNotFound) {
+		// A replicated volume this node serves without a replica of it.
+		if cfg := s.clusterOf(); cfg != nil {
+			if sp, serr := cfg.Member.Store().Volume(r.Context(), name); serr == nil && len(sp.Replicas) > 1 {
+				n, _ := s.nodeByID(r.Context(), sp.Node())
+				vj := s.volumeJSON(name, volumeFromSpec(sp, n, "up"))
+				vj.Node, vj.NodeAddr = n.ID, n.MgmtAddr
+				reply(w, http.StatusOK, s.withReplicas(r.Context(), vj, &sp))
+				return
+			}
+		}
+	}
 	if err != nil {
 		s.fail(w, r, volumeError("inspect", name, err))
 		return

@@ -686,8 +686,8 @@ func (s *Server) Locate(ctx context.Context, name string) error {
 		return nil
 	}
 	sp, err := cfg.Member.Store().Volume(ctx, name)
-	if err != nil || sp.Node() == cfg.Member.ID() {
-		return nil
+	if err != nil || sp.Node() == cfg.Member.ID() || len(sp.Replicas) > 1 && !sp.Snapshot {
+		return nil // here, or replicated: any node serves it
 	}
 	n, err := s.nodeByID(ctx, sp.Node())
 	if err != nil {

@@ -307,6 +307,7 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		StateDir: filepath.Join(dataDir, "replication", "regions"), Timeout: cfg.replTimeout, ResyncRate: resyncRate})
 	exports.SetLocate(func(name string) error { return apiServer.Locate(context.Background(), name) })
 	exports.SetReplicated(apiServer.OpenReplicated)
+	attacher.SetReplicated(apiServer.OpenReplicated)
 	// The drives and the cluster's specs agree before the node takes
 	// changes (the attachments' restore below is what opens it to them);
 	// what cannot agree is reported, and the node starts anyway.

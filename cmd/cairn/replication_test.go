@@ -141,6 +141,28 @@ func TestReplication(t *testing.T) {
 		}
 	})
 
+	t.Run("host mount on a node without a replica: a filesystem through the coordinator", func(t *testing.T) {
+		needHost(t)
+		mnt := t.TempDir()
+		hostCleanup(t, ds[0].dataDir, mnt)
+		mustCairn(t, ds[0].api, "volume", "create", "fs", "--size", "256M", "--repl", "2", "--nodes", ids[1]+","+ids[2])
+		if out := mustCairn(t, ds[0].api, "host", "mount", "fs", mnt); !strings.Contains(out, "successfully mounted") {
+			t.Fatalf("host mount of a replicated volume: %s", out)
+		}
+		jq(t, mustCairn(t, ds[1].api, "volume", "inspect", "fs", "-j"), `.coordinator == "`+ids[0]+`"`)
+		sums := writeFiles(t, mnt, 3, 2)
+		mustCairn(t, ds[0].api, "host", "unmount", "fs", mnt)
+		if out := mustCairn(t, ds[2].api, "volume", "verify", "fs"); !strings.Contains(out, "Replicas are identical") {
+			t.Errorf("volume verify after the filesystem's writes:\n%s", out)
+		}
+		// Mounted again on another node, the files are there.
+		mnt2 := t.TempDir()
+		hostCleanup(t, ds[2].dataDir, mnt2)
+		mustCairn(t, ds[2].api, "host", "mount", "fs", mnt2)
+		checkFiles(t, mnt2, sums)
+		mustCairn(t, ds[2].api, "host", "unmount", "fs", mnt2)
+	})
+
 	t.Run("a second coordinator is refused while the first serves", func(t *testing.T) {
 		_, socket := ds[0].nbdAddrs(t)
 		c := holdExport(t, socket, "r2")
