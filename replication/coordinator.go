@@ -151,6 +151,9 @@ type member struct {
 	client *Client      // a remote replica's connection; nil while none
 	state  ReplicaState // REQUIRES Coordinator.mu
 	log    *regionLog   // OutOfSync, Resyncing: what it misses
+	// joinPending: Resyncing and caught up, its join of the in-sync set
+	// sent but not confirmed (resync.go, join). REQUIRES Coordinator.mu.
+	joinPending bool
 
 	// written: regions written since the last flush that reached the
 	// replica, and flushing: the sets of the flushes in flight. A replica
@@ -451,28 +454,32 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 		}
 		return nil
 	case Resyncing:
-		m.state = OutOfSync
-		c.log.Warn("replica failed during its resync", "node", m.node, "err", cause)
-		c.closeClient(m)
-		return c.keepMissed(m, rng)
+		if !m.joinPending {
+			m.state = OutOfSync
+			c.log.Warn("replica failed during its resync", "node", m.node, "err", cause)
+			c.closeClient(m)
+			return c.keepMissed(m, rng)
+		}
+		// The cluster may record it in sync: evict it as such.
 	}
-	if c.inSync() == 1 {
+	if m.state == InSync && c.inSync() == 1 {
 		return fmt.Errorf("%w: the last in-sync replica, on node %s, failed: %w", engine.ErrIO, m.node, cause)
 	}
 	// The log first: once the cluster says out of sync, the log must
 	// already hold what the replica may miss.
+	prev := m.log
 	m.log = &regionLog{regions: newRegions(c.cfg.Size), path: c.logPath(m.node), epoch: c.epoch}
 	if err := c.keepMissed(m, rng); err != nil {
-		m.log = nil
+		m.log = prev
 		return err
 	}
 	epoch, err := c.cfg.Membership.Evict(m.node)
 	if err != nil {
-		m.log = nil
+		m.log = prev
 		return fmt.Errorf("%w: replica on node %s failed (%v) and its eviction could not be recorded: %w", engine.ErrIO, m.node, cause, err)
 	}
 	c.log.Warn("replica evicted from the in-sync set", "node", m.node, "epoch", epoch, "err", cause)
-	m.state = OutOfSync
+	m.state, m.joinPending = OutOfSync, false
 	c.closeClient(m)
 	c.setEpoch(epoch)
 	return nil

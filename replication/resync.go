@@ -34,12 +34,21 @@ func (c *Coordinator) resyncLoop() {
 	for {
 		c.mu.RLock()
 		var todo []*member
+		var rejoin []*member
 		for _, m := range c.members {
-			if m.state == OutOfSync {
+			switch {
+			case m.state == OutOfSync:
 				todo = append(todo, m)
+			case m.state == Resyncing && m.joinPending:
+				rejoin = append(rejoin, m)
 			}
 		}
 		c.mu.RUnlock()
+		for _, m := range rejoin {
+			if err := c.join(m, time.Now()); err != nil && !c.stopping() {
+				c.log.Warn("replica's join not confirmed; retrying", "node", m.node, "err", err, "in", c.cfg.RetryInterval)
+			}
+		}
 		for _, m := range todo {
 			if err := c.resync(m); err != nil && !c.stopping() {
 				c.log.Info("resync not done; retrying", "node", m.node, "err", err, "in", c.cfg.RetryInterval)
@@ -90,7 +99,9 @@ func (c *Coordinator) resync(m *member) error {
 	if cl != nil {
 		cl.SetEpoch(c.epoch)
 	}
-	m.written = newRegions(c.cfg.Size)
+	m.fmu.Lock()
+	m.written, m.flushing = newRegions(c.cfg.Size), nil // put into its log when it was dropped
+	m.fmu.Unlock()
 	m.copied.Store(0)
 	m.toCopy.Store(int64(m.log.count()) * RegionSize)
 	c.mu.Unlock()
@@ -111,7 +122,14 @@ func (c *Coordinator) resync(m *member) error {
 		m.log.remove(i)
 		m.copied.Add(RegionSize)
 		if copied++; copied%64 == 0 {
-			m.log.sync() // progress for a restart; losing it only copies again
+			// Progress for a restart of the coordinator: the copies are
+			// made durable on the target before the log forgets them
+			// (until then they are in m.written, which a failure of the
+			// target puts back into the log).
+			if err := c.flushMember(m); err != nil {
+				return c.drop(m, err, nil)
+			}
+			m.log.sync() // losing it only copies again
 		}
 		if wrote {
 			// Only data moved counts: a thin volume's zero regions cost a
@@ -123,6 +141,15 @@ func (c *Coordinator) resync(m *member) error {
 	if err := c.flushMember(m); err != nil {
 		return c.drop(m, err, nil)
 	}
+	return c.join(m, start)
+}
+
+// join records a caught-up replica in the in-sync set. A Join that fails
+// may still have been recorded (a timeout after etcd committed): the
+// replica then stays Resyncing — getting every write, so it is in sync in
+// fact — with joinPending, so that a failure of it goes through an
+// eviction as an in-sync replica's does, and the join is tried again.
+func (c *Coordinator) join(m *member, start time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if m.state != Resyncing || m.log.count() != 0 {
@@ -130,13 +157,10 @@ func (c *Coordinator) resync(m *member) error {
 	}
 	epoch, err := c.cfg.Membership.Join(m.node)
 	if err != nil {
-		// Out of sync again (with an empty log, so the next try only
-		// flushes and joins).
-		m.state = OutOfSync
-		c.closeClient(m)
-		return fmt.Errorf("replica on node %s caught up but could not join the in-sync set: %w", m.node, err)
+		m.joinPending = true
+		return fmt.Errorf("replica on node %s caught up but its join of the in-sync set was not confirmed: %w", m.node, err)
 	}
-	m.state = InSync
+	m.state, m.joinPending = InSync, false
 	c.setEpoch(epoch)
 	os.Remove(m.log.path)
 	m.log = nil
@@ -194,6 +218,7 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err 
 		}
 		return false, fmt.Errorf("copy to the replica on node %s: %w", m.node, err)
 	}
+	m.written.add(off, n) // not durable on the target until it flushes
 	return !zero, nil
 }
 
