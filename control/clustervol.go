@@ -382,10 +382,20 @@ func (s *Server) createClustered(w http.ResponseWriter, r *http.Request, cfg *Cl
 	for _, n := range req.ReplicaNodes {
 		spec.Replicas = append(spec.Replicas, cluster.Replica{Node: n, Pool: -1})
 	}
-	info, err := s.createHeld(r.Context(), spec,
-		func() (engine.VolumeInfo, error) {
-			return s.engine.CreateVolume(engine.VolumeSpec{Name: req.Name, Size: req.Size, Repl: req.Repl, IOPriority: engine.IOPriority(req.IOPriority),
+	info, err := s.createHeldOn(r.Context(), spec,
+		func(others []cluster.Replica) (engine.VolumeInfo, []cluster.Replica, error) {
+			info, err := s.engine.CreateVolume(engine.VolumeSpec{Name: req.Name, Size: req.Size, Repl: req.Repl, IOPriority: engine.IOPriority(req.IOPriority),
 				Sticky: req.Sticky, SnapInterval: req.SnapInterval, SnapKeep: req.SnapKeep, BlockSize: req.BlockSize})
+			if err != nil || len(others) == 0 {
+				return info, nil, err
+			}
+			if err := s.createReplicas(r.Context(), others, info); err != nil {
+				if derr := s.engine.DeleteVolume(info.Name); derr != nil {
+					s.log.Warn("replicated volume not created; its first replica stays on this node", "name", info.Name, "err", derr)
+				}
+				return info, nil, err
+			}
+			return info, others, nil
 		})
 	if err != nil {
 		s.fail(w, r, volumeError("create", req.Name, err))
@@ -427,14 +437,27 @@ func placementOf(req CreateVolumeRequest) cluster.Placement {
 // (the invariant at the top of this file). spec is filled in here with the
 // state and this node.
 func (s *Server) createHeld(ctx context.Context, spec cluster.VolumeSpec, create func() (engine.VolumeInfo, error)) (engine.VolumeInfo, error) {
+	return s.createHeldOn(ctx, spec, func([]cluster.Replica) (engine.VolumeInfo, []cluster.Replica, error) {
+		info, err := create()
+		return info, nil, err
+	})
+}
+
+// createHeldOn is createHeld for a volume (or snapshot) with copies on other
+// nodes too: spec.Replicas names them (recorded with the reservation, so
+// that their nodes know the copies for the cluster's while they are made),
+// and create makes this node's and theirs, returning the other replicas as
+// made (their pools) — or none, having made or left nothing, on an error.
+func (s *Server) createHeldOn(ctx context.Context, spec cluster.VolumeSpec, create func(others []cluster.Replica) (engine.VolumeInfo, []cluster.Replica, error)) (engine.VolumeInfo, error) {
 	cfg := s.clusterOf()
 	if cfg == nil {
-		return create()
+		info, _, err := create(nil)
+		return info, err
 	}
 	st := cfg.Member.Store()
 	defer s.busy.add(spec.Name)()
 	spec.State, spec.Created = cluster.VolumeCreating, time.Now().UTC()
-	others := spec.Replicas // the other replicas' nodes (a replicated create)
+	others := spec.Replicas
 	spec.Replicas = append([]cluster.Replica{{Node: cfg.Member.ID(), Pool: -1}}, others...)
 	spec, err := st.CreateVolume(ctx, spec)
 	if errors.Is(err, cluster.ErrExists) {
@@ -443,14 +466,7 @@ func (s *Server) createHeld(ctx context.Context, spec cluster.VolumeSpec, create
 	if err != nil {
 		return engine.VolumeInfo{}, err
 	}
-	info, err := create()
-	if err == nil && len(others) > 0 {
-		if err = s.createReplicas(ctx, spec.Replicas[1:], info); err != nil {
-			if derr := s.engine.DeleteVolume(info.Name); derr != nil {
-				s.log.Warn("replicated volume not created; its first replica stays on this node", "name", info.Name, "err", derr)
-			}
-		}
-	}
+	info, made, err := create(append([]cluster.Replica(nil), others...))
 	if err != nil {
 		// Not made: give the name back. Should etcd fail here, the
 		// reservation stays creating and reconcile removes it.
@@ -460,6 +476,7 @@ func (s *Server) createHeld(ctx context.Context, spec cluster.VolumeSpec, create
 		return engine.VolumeInfo{}, err
 	}
 	spec = specFromInfo(spec, info)
+	spec.Replicas = append(spec.Replicas[:1], made...)
 	spec.State = cluster.VolumeReady
 	if _, err := st.UpdateVolume(ctx, spec); err != nil {
 		return engine.VolumeInfo{}, fmt.Errorf("%s %q was made on this node but not recorded ready in the kvdb (this node records it by itself once the kvdb answers): %w", kindWord(info), info.Name, err)

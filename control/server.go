@@ -81,6 +81,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/internal/replicas", s.createReplica)
 	mux.HandleFunc("DELETE /v1/internal/replicas/{name}", s.deleteReplica)
 	mux.HandleFunc("GET /v1/internal/coordinators/{name}", s.coordinatorStatus)
+	mux.HandleFunc("POST /v1/internal/coordinators/{name}/snapshot", s.coordinatorSnapshot)
+	mux.HandleFunc("POST /v1/internal/replicas/{name}/snapshots", s.replicaSnapshot)
 	mux.HandleFunc("POST /v1/volumes/{name}/verify", s.verifyVolume)
 	mux.HandleFunc("POST /v1/volumes/{name}/ha", s.haUpdate)
 	mux.HandleFunc("GET /v1/volumes/{name}", s.getVolume)

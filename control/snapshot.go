@@ -90,6 +90,11 @@ func (s *Server) SnapshotHeld(ctx context.Context, volume, name string) (engine.
 	if err := engine.ValidateName("snapshot", name); err != nil {
 		return engine.VolumeInfo{}, err
 	}
+	if cfg := s.clusterOf(); cfg != nil {
+		if sp, err := cfg.Member.Store().Volume(ctx, volume); err == nil && len(sp.Replicas) > 1 && !sp.Snapshot {
+			return s.snapshotReplicated(ctx, sp, name)
+		}
+	}
 	return s.createHeld(ctx, cluster.VolumeSpec{Name: name, Snapshot: true, Parent: volume, Repl: 1}, func() (engine.VolumeInfo, error) {
 		return s.engine.CreateSnapshot(volume, name)
 	})

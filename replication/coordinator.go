@@ -770,3 +770,24 @@ func (c *Coordinator) RemoveReplica(node string) error {
 
 // Fenced reports whether the coordinator was fenced (it serves nothing more).
 func (c *Coordinator) Fenced() bool { return c.fencedErr() != nil }
+
+// Quiesce runs fn at one point of the write stream: no write is in flight
+// while it runs, and every write acknowledged before has been flushed on
+// every in-sync replica. fn gets the nodes of the in-sync replicas (a
+// snapshot taken on each of them then holds the same content).
+func (c *Coordinator) Quiesce(fn func(inSync []string) error) error {
+	c.locks.lock(0, c.cfg.Size)
+	defer c.locks.unlock(0, c.cfg.Size)
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	c.mu.RLock()
+	var nodes []string
+	for _, m := range c.members {
+		if m.state == InSync {
+			nodes = append(nodes, m.node)
+		}
+	}
+	c.mu.RUnlock()
+	return fn(nodes)
+}

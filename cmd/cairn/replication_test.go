@@ -163,6 +163,39 @@ func TestReplication(t *testing.T) {
 		mustCairn(t, ds[2].api, "host", "unmount", "fs", mnt2)
 	})
 
+	t.Run("a snapshot of a replicated volume is taken on every in-sync replica at one point", func(t *testing.T) {
+		mustCairn(t, ds[0].api, "volume", "create", "sv", "--size", "128M", "--repl", "3")
+		_, socket := ds[0].nbdAddrs(t)
+		c := holdExport(t, socket, "sv") // node 1 coordinates while the snapshot is taken
+		const chunk = 1 << 20
+		writeChunks(t, c, 50, 0, 8, chunk)
+		if err := c.WriteAt(pattern(51, 16*chunk, chunk), 16*chunk, false); err != nil { // acknowledged, not flushed
+			t.Fatal(err)
+		}
+		mustCairn(t, ds[1].api, "volume", "snapshot", "create", "sv", "--name", "sv.s1")
+		writeChunks(t, c, 52, 0, 4, chunk) // after the snapshot
+		jq(t, mustCairn(t, ds[2].api, "volume", "inspect", "sv.s1", "-j"), `.snapshot and (.replicas | length == 3) and all(.replicas[]; .state == "in-sync")`)
+		for i := range ds {
+			tcp, _ := ds[i].nbdAddrs(t)
+			sc, err := nbd.Dial("tcp", tcp, "sv.s1")
+			if err != nil {
+				t.Fatalf("node %d's copy of the snapshot: %v", i+1, err)
+			}
+			checkChunks(t, sc, 50, 0, 8, chunk, fmt.Sprintf("node %d's copy of the snapshot", i+1))
+			checkChunks(t, sc, 51, 16*chunk, 1, chunk, fmt.Sprintf("node %d's copy of the snapshot", i+1))
+			sc.Close()
+		}
+		c.Close()
+		mustCairn(t, ds[2].api, "volume", "snapshot", "delete", "sv.s1")
+		for i := range ds {
+			tcp, _ := ds[i].nbdAddrs(t)
+			if sc, err := nbd.Dial("tcp", tcp, "sv.s1"); err == nil {
+				sc.Close()
+				t.Errorf("node %d still serves the deleted snapshot", i+1)
+			}
+		}
+	})
+
 	t.Run("a second coordinator is refused while the first serves", func(t *testing.T) {
 		_, socket := ds[0].nbdAddrs(t)
 		c := holdExport(t, socket, "r2")
