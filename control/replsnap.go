@@ -154,4 +154,3 @@ func (s *Server) replicaSnapshot(w http.ResponseWriter, r *http.Request) {
 	}
 	reply(w, http.StatusCreated, ReplicaReply{Pool: info.Pool, IOPriority: string(info.IOPriority)})
 }
-
