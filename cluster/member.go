@@ -65,6 +65,7 @@ type Member struct {
 	mu      sync.Mutex               // protects the fields below
 	offsets map[string]time.Duration // node id → its clock minus ours, from its last heartbeat
 	lease   clientv3.LeaseID         // the current lease, 0 while not registered
+	renewed time.Time                // when etcd last answered a keep-alive of lease
 }
 
 // Register registers the node now (so that a start fails when etcd is
@@ -135,7 +136,7 @@ func (m *Member) register(ctx, runCtx context.Context) (clientv3.LeaseID, <-chan
 		return 0, nil, m.s.unavailable(err)
 	}
 	m.mu.Lock()
-	m.lease = g.ID
+	m.lease, m.renewed = g.ID, time.Now()
 	m.mu.Unlock()
 	return g.ID, ka, nil
 }
@@ -210,6 +211,11 @@ func (m *Member) run(ctx context.Context, lease clientv3.LeaseID, ka <-chan *cli
 			m.revoke(lease)
 			return
 		case _, ok := <-ka:
+			if ok {
+				m.mu.Lock()
+				m.renewed = time.Now()
+				m.mu.Unlock()
+			}
 			if !ok && ctx.Err() != nil {
 				// Stopping: the keep-alive channel closes with ctx, and
 				// may win the select over ctx.Done. The lease is still
@@ -300,6 +306,19 @@ func (m *Member) Lease() (string, clientv3.Cmp, bool) {
 		return "", clientv3.Cmp{}, false
 	}
 	return strconv.FormatInt(int64(lease), 16), clientv3.Compare(clientv3.LeaseValue(m.s.prefix+"alive/"+m.id), "=", lease), true
+}
+
+// LeaseFresh reports whether etcd renewed the node's lease less than
+// LeaseTTL − margin ago. The lease expires in etcd LeaseTTL after etcd's
+// last renewal, which came before this node heard of it: so while
+// LeaseFresh holds, the lease is alive in etcd too (given clocks that run
+// at the same rate and an answer faster than margin). A node that must stop
+// what its lease entitles it to before another node may take it over checks
+// this, not Lease.
+func (m *Member) LeaseFresh(margin time.Duration) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lease != 0 && time.Since(m.renewed) < LeaseTTL*time.Second-margin
 }
 
 // Store is the cluster the member belongs to.

@@ -36,9 +36,11 @@ import (
 // alive and serving. Once that node's lease has expired (it died, or was cut
 // off from etcd for LeaseTTL) the claim goes through with a higher epoch,
 // and the new coordinator's hello with that epoch fences the old one on
-// every replica it reaches; the old one also stops all I/O itself as soon
-// as its node lease is gone (watchLease). So at any time at most one
-// coordinator's writes are acknowledged by the replicas of the in-sync set.
+// every replica it reaches; the old one also stops all I/O itself before
+// its node lease can have expired in etcd (watchLease), which covers its
+// own replica when the new coordinator cannot reach it. So at any time at
+// most one coordinator's writes are acknowledged by the replicas of the
+// in-sync set, and only the live one serves reads.
 //
 // Every change of the in-sync set (replicationMembership) is a transaction
 // that requires the claim to still be this node's under the same lease, and
@@ -326,9 +328,15 @@ func (s *Server) openElsewhere(ctx context.Context, name, node string) error {
 	return fmt.Errorf("%w: volume %q is open on node %s (its coordinator, NBD %s); connect there, or close it there first", engine.ErrBusy, name, node, addr)
 }
 
-// watchLease fences e's coordinator as soon as this node's lease is no
-// longer the one it claimed under: past that point another node may claim
-// the volume, and this one must acknowledge nothing more.
+// leaseMargin: a coordinator stops this long before its node's lease can
+// have expired in etcd (cluster.Member.LeaseFresh).
+const leaseMargin = 3 * time.Second
+
+// watchLease fences e's coordinator (every later I/O fails) once this
+// node's lease has gone unrenewed for LeaseTTL − leaseMargin, or is no
+// longer the one it claimed under: before another node can claim the volume
+// (which needs the lease expired in etcd), this one has stopped — reads of
+// its own replica included, which no epoch could fence.
 func (s *Server) watchLease(e *coordEntry) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
@@ -338,8 +346,9 @@ func (s *Server) watchLease(e *coordEntry) {
 			return
 		case <-t.C:
 		}
-		if lease, _, ok := s.clusterOf().Member.Lease(); !ok || lease != e.claim.lease {
-			e.c.Fence(errors.New("this node's cluster lease expired"))
+		m := s.clusterOf().Member
+		if lease, _, ok := m.Lease(); !ok || lease != e.claim.lease || !m.LeaseFresh(leaseMargin) {
+			e.c.Fence(fmt.Errorf("this node's cluster lease was not renewed for %v: another node may take the volume over", cluster.LeaseTTL*time.Second-leaseMargin))
 			return
 		}
 	}
