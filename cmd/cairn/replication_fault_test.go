@@ -28,7 +28,8 @@ func faultNodes(t *testing.T) (ds [3]*testDaemon, args [3][]string, ips [3]strin
 	}
 	own := func(i int) []string {
 		ip := ips[i]
-		return []string{"--api", ip + ":0", "--nbd", ip + ":0", "--repl-listen", ip + ":0", "--zone", fmt.Sprintf("z%d", i+1)}
+		// A slow resync, so that a test can kill its target in the middle.
+		return []string{"--api", ip + ":0", "--nbd", ip + ":0", "--repl-listen", ip + ":0", "--zone", fmt.Sprintf("z%d", i+1), "--resync-rate", "16M"}
 	}
 	args[0] = append(own(0), "--kvdb-listen", ips[0]+":0", "--kvdb-peer", ips[0]+":0")
 	ds[0] = startDaemon(t, t.TempDir(), args[0]...)
@@ -174,6 +175,40 @@ func TestReplicationFaults(t *testing.T) {
 		waitReplStatus(t, ds[0].api, "e", "Up", 60*time.Second)
 		checkChunks(t, c, 31, 32*chunk, 8, chunk, "after the heal")
 		c.Close()
+	})
+
+	t.Run("a resync whose target dies midway resumes, and the replicas end identical", func(t *testing.T) {
+		mustCairn(t, ds[0].api, "volume", "create", "rz", "--size", "256M", "--repl", "2", "--nodes", ids[1]+","+ids[2])
+		c := holdExport(t, socket(0), "rz") // node 1 coordinates
+		const mib = 1 << 20
+		writeChunks(t, c, 60, 0, 32, mib)
+		ds[2].cmd.Process.Kill()
+		<-ds[2].exited
+		writeChunks(t, c, 61, 64*mib, 64, mib) // 64 regions to resync, ~4 s at 16M/s
+		restart(2)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out := mustCairn(t, ds[0].api, "volume", "inspect", "rz", "-j")
+			if jqQuiet(out, `any(.replicas[]; .state == "resyncing" and .copied > 0)`) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no resync of rz under way 30 s after its replica's node came back:\n%s", out)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		ds[2].cmd.Process.Kill() // the target, mid-copy
+		<-ds[2].exited
+		writeChunks(t, c, 62, 32*mib, 8, mib)
+		restart(2)
+		waitReplStatus(t, ds[0].api, "rz", "Up", 60*time.Second)
+		checkChunks(t, c, 60, 0, 32, mib, "after the interrupted resync")
+		checkChunks(t, c, 62, 32*mib, 8, mib, "after the interrupted resync")
+		checkChunks(t, c, 61, 64*mib, 64, mib, "after the interrupted resync")
+		c.Close()
+		if out := mustCairn(t, ds[1].api, "volume", "verify", "rz"); !strings.Contains(out, "Replicas are identical") {
+			t.Errorf("volume verify after the interrupted resync:\n%s", out)
+		}
 	})
 
 	t.Run("a replica stopped longer than the timeout is evicted once, then resyncs", func(t *testing.T) {
