@@ -110,6 +110,52 @@
 // began, so it covers exactly the writes whose replies the coordinator had
 // received when it sent the FLUSH.
 //
+// # The write path, the epochs and the resync (the design, with its tests)
+//
+// A volume with repl ≥ 2 has a spec in etcd listing its replicas, each in
+// sync or out of sync, and its epoch. One node at a time serves it, its
+// coordinator, claimed in etcd under the node's lease (control/replicated.go
+// has the claim's rules). The coordinator sends every write to every
+// in-sync replica at once and acknowledges it when all have answered; a
+// replica that fails or times out leaves the in-sync set through an etcd
+// transaction that raises the epoch before the write is acknowledged; a
+// FLUSH is acknowledged once every in-sync replica flushed. Replicas refuse
+// requests of an older epoch than the newest they have made durable.
+// While a replica is out, the coordinator's region log records what it
+// misses; when its node answers, a resync copies those regions only and
+// the replica joins the set again (another epoch).
+//
+// Each rule, where it is kept, and the test that checks it with real
+// daemons and real faults (cmd/cairn, three nodes):
+//
+//   - No write is acknowledged unless every replica of the recorded in-sync
+//     set has it (Coordinator: write, settle, drop). Checked by
+//     TestReplication ("replica killed mid-write", "coordinator killed
+//     mid-write": every flushed block read back after the takeover) and
+//     TestReplicationFaults ("partitioned from its coordinator").
+//   - An eviction that cannot be recorded fails the write (drop): etcd
+//     unreachable, a replica killed → the write fails
+//     (TestReplicationFaults, "etcd unreachable").
+//   - One coordinator at a time: a second open is refused while the first
+//     lives ("a second coordinator is refused"); a new one's epoch fences
+//     the old one on every replica (epochState), and the old one fences
+//     itself before its lease can expire (control watchLease): its writes
+//     fail ("a coordinator cut off from etcd and its replicas is replaced").
+//   - Reads only from in-sync replicas (Coordinator.reader): reads during a
+//     partition and after resyncs return every acknowledged write.
+//   - A resync copies only what the replica misses (region logs: what was
+//     written since it left, and what was unflushed on it when it left),
+//     each region under the range lock, and a copy is durable on the target
+//     before the log forgets it: "resync of what changed only" asserts the
+//     bytes copied; "a resync whose target dies midway resumes" and `volume
+//     verify` after every fault check the replicas end identical.
+//   - A slow replica is evicted once, not rebuilt in a loop ("a replica
+//     stopped longer than the timeout").
+//   - After an unclean coordinator change the in-sync replicas converge
+//     before the volume is served (Converge; the takeover test's verify).
+//   - Snapshots are taken at one point of the write stream on every in-sync
+//     replica (Quiesce; "a snapshot of a replicated volume").
+//
 // # Client
 //
 // A Client is one connection to one replica volume; see its doc for the
