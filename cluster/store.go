@@ -304,14 +304,21 @@ func (s *Store) DeleteNode(ctx context.Context, id string, force bool) (NodeReco
 	if err != nil {
 		return rec, err
 	}
-	var held []VolumeSpec
+	var held, shrink []VolumeSpec
 	names := map[string]bool{}
 	for _, n := range rec.Volumes {
 		names[n] = true
 	}
 	extra := rec.VolumeCount - len(rec.Volumes) // listed only by count
 	for _, sp := range specs {
-		if sp.Node() == id {
+		switch {
+		case !sp.HasReplica(id):
+		case inSyncElsewhere(sp, id):
+			// Replicated, with an in-sync copy on another node: it
+			// loses this replica, not its data.
+			shrink = append(shrink, sp)
+			delete(names, sp.Name)
+		case sp.Node() == id:
 			held = append(held, sp)
 			if !sp.Snapshot {
 				names[sp.Name] = true
@@ -347,7 +354,28 @@ func (s *Store) DeleteNode(ctx context.Context, id string, force bool) (NodeReco
 	if err := s.deleteSpecs(ctx, held); err != nil {
 		return rec, fmt.Errorf("node %s deleted, but removing its volumes from the cluster failed (volume delete removes them): %w", id, err)
 	}
+	for _, sp := range shrink {
+		if _, err := s.ModifyVolume(ctx, sp.Name, func(v *VolumeSpec) error {
+			v.Replicas = slices.DeleteFunc(v.Replicas, func(r Replica) bool { return r.Node == id })
+			if i := slices.IndexFunc(v.Replicas, Replica.InSync); i > 0 {
+				// The first replica holds the volume's settings and is
+				// what serves it alone: an in-sync one.
+				v.Replicas[0], v.Replicas[i] = v.Replicas[i], v.Replicas[0]
+			}
+			v.Repl = len(v.Replicas)
+			v.Epoch++
+			return nil
+		}); err != nil {
+			return rec, fmt.Errorf("node %s deleted, but removing its replica of volume %q from the cluster failed: %w", id, sp.Name, err)
+		}
+	}
 	return rec, nil
+}
+
+// inSyncElsewhere reports whether sp has an in-sync replica on a node other
+// than id.
+func inSyncElsewhere(sp VolumeSpec, id string) bool {
+	return slices.ContainsFunc(sp.Replicas, func(r Replica) bool { return r.Node != id && r.InSync() })
 }
 
 // volumeList words a record's volumes for a message: "a, b and 3 more".

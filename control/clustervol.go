@@ -640,6 +640,9 @@ func (s *Server) listClustered(w http.ResponseWriter, r *http.Request, cfg *Clus
 			n = cluster.Node{NodeRecord: cluster.NodeRecord{ID: id}, Status: "Deleted"}
 		}
 		if v, ok := held[id][sp.Name]; ok && sp.State == cluster.VolumeReady {
+			if !sp.Snapshot && len(sp.Replicas) > 0 {
+				v.Repl = len(sp.Replicas) // the cluster's, which ha-update changes
+			}
 			out = append(out, v)
 			continue
 		}

@@ -578,6 +578,9 @@ func (s *Server) callPeer(ctx context.Context, node, method, path string, in, ou
 // serves the volume (resync progress).
 func (s *Server) withReplicas(ctx context.Context, v Volume, spec *cluster.VolumeSpec) Volume {
 	cfg := s.clusterOf()
+	if spec != nil && len(spec.Replicas) > 0 && !spec.Snapshot {
+		v.Repl = len(spec.Replicas) // the engine keeps what it was created with; ha-update changes the cluster's
+	}
 	if spec == nil || cfg == nil || len(spec.Replicas) < 2 {
 		return v
 	}

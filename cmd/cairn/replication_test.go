@@ -340,4 +340,23 @@ func TestReplication(t *testing.T) {
 			t.Errorf("volume verify after the takeover and resync:\n%s", out)
 		}
 	})
+	t.Run("a forced cluster delete of a node keeps the replicated volumes that have a copy elsewhere", func(t *testing.T) {
+		mustCairn(t, ds[0].api, "volume", "create", "keep", "--size", "64M", "--repl", "2", "--nodes", ids[1]+","+ids[2])
+		_, socket := ds[0].nbdAddrs(t)
+		c := holdExport(t, socket, "keep")
+		writeChunks(t, c, 70, 0, 8, 1<<20)
+		c.Close()
+		ds[2].cmd.Process.Kill()
+		<-ds[2].exited
+		killed := time.Now()
+		waitStatus(t, ds[0].api, ids[2], "Offline", killed, offlineWithin)
+		out := mustCairn(t, ds[0].api, "cluster", "delete", ids[2], "--force")
+		if strings.Contains(out, "keep") {
+			t.Errorf("cluster delete --force lists keep as lost though node 2 has an in-sync copy:\n%s", out)
+		}
+		jq(t, mustCairn(t, ds[1].api, "volume", "inspect", "keep", "-j"), `.repl == 1 and .node == "`+ids[1]+`"`)
+		c = holdExport(t, func() string { _, s := ds[1].nbdAddrs(t); return s }(), "keep")
+		defer c.Close()
+		checkChunks(t, c, 70, 0, 8, 1<<20, "after the forced delete of the other replica's node")
+	})
 }
