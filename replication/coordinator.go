@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,7 +124,11 @@ type CoordinatorConfig struct {
 //     region where it may differ: those written since it left, and those
 //     written since its last completed flush before it left (it may have
 //     lost them in a crash). The log is durable before the write that
-//     marked it is acknowledged.
+//     marked it is acknowledged. While it resyncs, the log's file also
+//     holds every region sent to it since its last completed flush, before
+//     the write is sent: if this coordinator and the replica's node both
+//     crash, the next coordinator on this node copies what the replica
+//     lost, not only what was left to copy.
 //   - Reads are served only by an in-sync replica.
 //   - Two writes to overlapping ranges are never in flight together
 //     (rangeLock): replicas apply them in the same order.
@@ -168,6 +173,37 @@ type member struct {
 	// writes and writeNanos: writes this replica answered and the time
 	// they took, send to reply (metrics: per-replica write latency).
 	writes, writeNanos atomic.Uint64
+}
+
+// beginFlush moves the regions written to m so far into the set of a
+// flush about to be sent to it, and returns that set.
+func (m *member) beginFlush() *regions {
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	set := m.written.swap()
+	m.flushing = append(m.flushing, set)
+	return set
+}
+
+// endFlush records that the flush of set completed: m holds those regions
+// durably.
+func (m *member) endFlush(set *regions) {
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	if j := slices.Index(m.flushing, set); j >= 0 {
+		m.flushing = slices.Delete(m.flushing, j, j+1)
+	}
+}
+
+// orUnflushed ORs into words the regions m was sent and has not flushed
+// (its region log's unflushed).
+func (m *member) orUnflushed(words []uint64) {
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	m.written.orInto(words)
+	for _, f := range m.flushing {
+		f.orInto(words)
+	}
 }
 
 // observe counts one write answered by m, begun at start.
@@ -256,12 +292,18 @@ func (c *Coordinator) openLog(m *member, valid bool) error {
 		if err != nil {
 			c.log.Warn("region log unreadable; the replica gets a full copy", "node", m.node, "err", err)
 		}
+		l.unflushed = m.orUnflushed
 		m.log = l
 		return nil
 	}
-	m.log = &regionLog{regions: newRegions(c.cfg.Size), path: path, epoch: c.cfg.Epoch}
+	m.log = c.newLog(m)
 	m.log.addAll()
 	return m.log.sync()
+}
+
+// newLog starts an empty region log for m.
+func (c *Coordinator) newLog(m *member) *regionLog {
+	return &regionLog{regions: newRegions(c.cfg.Size), path: c.logPath(m.node), epoch: c.epoch, unflushed: m.orUnflushed}
 }
 
 func (c *Coordinator) inSync() int {
@@ -399,6 +441,13 @@ func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, erro
 			if rng != nil {
 				m.written.add(rng[0], rng[1])
 			}
+			if rng != nil && m.state == Resyncing {
+				// Its log must hold what it may lose in a crash of its
+				// node, in case this coordinator crashes too.
+				if err := m.log.keepUnflushed(rng[0], rng[1]); err != nil {
+					return 0, fmt.Errorf("%w: replica on node %s is resyncing and its region log cannot be written: %w", engine.ErrIO, m.node, err)
+				}
+			}
 			ts[k] = target{m: m, state: m.state, local: m.local, client: m.client}
 			k++
 		}
@@ -468,7 +517,7 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 	// The log first: once the cluster says out of sync, the log must
 	// already hold what the replica may miss.
 	prev := m.log
-	m.log = &regionLog{regions: newRegions(c.cfg.Size), path: c.logPath(m.node), epoch: c.epoch}
+	m.log = c.newLog(m)
 	if err := c.keepMissed(m, rng); err != nil {
 		m.log = prev
 		return err
@@ -561,10 +610,7 @@ func (c *Coordinator) Flush() error {
 	}
 	for i := range ts[:n] {
 		t := &ts[i]
-		t.m.fmu.Lock()
-		sets[i] = t.m.written.swap()
-		t.m.flushing = append(t.m.flushing, sets[i])
-		t.m.fmu.Unlock()
+		sets[i] = t.m.beginFlush()
 		if t.local == nil {
 			t.pending = t.client.StartFlush()
 		}
@@ -580,14 +626,7 @@ func (c *Coordinator) Flush() error {
 			t.err = t.pending.Wait(context.Background())
 		}
 		if t.err == nil {
-			t.m.fmu.Lock()
-			for j, f := range t.m.flushing {
-				if f == sets[i] {
-					t.m.flushing = append(t.m.flushing[:j], t.m.flushing[j+1:]...)
-					break
-				}
-			}
-			t.m.fmu.Unlock()
+			t.m.endFlush(sets[i])
 		}
 	}
 	return c.settle(ts[:n], nil)

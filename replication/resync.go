@@ -117,6 +117,12 @@ func (c *Coordinator) resync(m *member) error {
 		}
 		wrote, err := c.copyRegion(m, i, buf.B[:RegionSize])
 		if err != nil {
+			// The target failed (and was dropped) or no in-sync replica
+			// could be read: either way it waits out of sync for the next
+			// try, rather than resyncing with nothing to copy from.
+			if derr := c.drop(m, err, nil); derr != nil {
+				return derr
+			}
 			return err
 		}
 		m.log.remove(i)
@@ -196,7 +202,7 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err 
 		return false, fmt.Errorf("replica on node %s fell out during its resync", m.node)
 	}
 	if err := c.ReadAt(buf, off); err != nil {
-		return false, err
+		return false, fmt.Errorf("no in-sync replica could be read to copy from: %w", err)
 	}
 	zero := isZero(buf)
 	switch {
@@ -222,17 +228,24 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err 
 	return !zero, nil
 }
 
+// flushMember flushes m, a resyncing replica: what it was sent before is
+// then durable on it, and its log need no longer keep it.
 func (c *Coordinator) flushMember(m *member) error {
-	if m.local != nil {
-		return m.local.Flush()
-	}
-	c.mu.RLock()
-	cl := m.client
-	c.mu.RUnlock()
-	if cl == nil {
+	cl := c.clientOf(m)
+	if m.local == nil && cl == nil {
 		return fmt.Errorf("replica on node %s fell out during its resync", m.node)
 	}
-	return cl.Flush(context.Background())
+	set := m.beginFlush()
+	var err error
+	if m.local != nil {
+		err = m.local.Flush()
+	} else {
+		err = cl.Flush(context.Background())
+	}
+	if err == nil {
+		m.endFlush(set)
+	}
+	return err
 }
 
 var zeroRegion = make([]byte, RegionSize)
