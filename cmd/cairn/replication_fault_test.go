@@ -10,6 +10,8 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -67,6 +69,40 @@ func checkChunks(t *testing.T, c *nbd.Client, seed uint64, from int64, n int, ch
 		if !bytes.Equal(got, pattern(seed, off, chunk)) {
 			t.Fatalf("%s: the acknowledged and flushed write at %d is not what reads return", what, off)
 		}
+	}
+}
+
+// waitResyncUnderWay waits until a resync of name has copied something.
+func waitResyncUnderWay(t *testing.T, api, name string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out := mustCairn(t, api, "volume", "inspect", name, "-j")
+		if jqQuiet(out, `any(.replicas[]; .state == "resyncing" and .copied > 0)`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no resync of %s under way after 30 s:\n%s", name, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// reopen opens name on socket, retrying while its previous coordinator's
+// claim is still in the way.
+func reopen(t *testing.T, socket, name string, limit time.Duration) *nbd.Client {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		c, err := nbd.Dial("unix", socket, name)
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("could not open %s for %v: %v", name, limit, err)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 
@@ -186,17 +222,7 @@ func TestReplicationFaults(t *testing.T) {
 		<-ds[2].exited
 		writeChunks(t, c, 61, 64*mib, 64, mib) // 64 regions to resync, ~4 s at 16M/s
 		restart(2)
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			out := mustCairn(t, ds[0].api, "volume", "inspect", "rz", "-j")
-			if jqQuiet(out, `any(.replicas[]; .state == "resyncing" and .copied > 0)`) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no resync of rz under way 30 s after its replica's node came back:\n%s", out)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		waitResyncUnderWay(t, ds[0].api, "rz")
 		ds[2].cmd.Process.Kill() // the target, mid-copy
 		<-ds[2].exited
 		writeChunks(t, c, 62, 32*mib, 8, mib)
@@ -208,6 +234,82 @@ func TestReplicationFaults(t *testing.T) {
 		c.Close()
 		if out := mustCairn(t, ds[1].api, "volume", "verify", "rz"); !strings.Contains(out, "Replicas are identical") {
 			t.Errorf("volume verify after the interrupted resync:\n%s", out)
+		}
+	})
+
+	t.Run("a resync whose source dies: no read is served by the half-copied replica; it resumes when the source is back", func(t *testing.T) {
+		mustCairn(t, ds[0].api, "volume", "create", "rs", "--size", "256M", "--repl", "2", "--nodes", ids[1]+","+ids[2])
+		c := holdExport(t, socket(0), "rs") // node 1 coordinates; node 2 is the source, node 3 the target
+		const mib = 1 << 20
+		writeChunks(t, c, 70, 0, 32, mib)
+		ds[2].cmd.Process.Kill()
+		<-ds[2].exited
+		writeChunks(t, c, 71, 64*mib, 64, mib)
+		restart(2)
+		waitResyncUnderWay(t, ds[0].api, "rs")
+		ds[1].cmd.Process.Kill() // the source, mid-copy: no replica is in sync now
+		<-ds[1].exited
+		got := make([]byte, mib)
+		for _, off := range []int64{0, 64 * mib, 127 * mib} {
+			if err := c.ReadAt(got, off); err == nil {
+				t.Fatalf("a read at %d was served with the only in-sync replica down (by the half-copied one)", off)
+			}
+		}
+		if err := c.WriteAt(pattern(72, 0, mib), 0, false); err == nil {
+			t.Fatal("a write was acknowledged with the only in-sync replica down")
+		}
+		c.Close()
+		restart(1)
+		c = reopen(t, socket(0), "rs", 45*time.Second)
+		waitReplStatus(t, ds[0].api, "rs", "Up", 60*time.Second)
+		checkChunks(t, c, 70, 0, 32, mib, "after the source came back")
+		checkChunks(t, c, 71, 64*mib, 64, mib, "after the source came back")
+		c.Close()
+		if out := mustCairn(t, ds[0].api, "volume", "verify", "rs"); !strings.Contains(out, "Replicas are identical") {
+			t.Errorf("volume verify after the source came back:\n%s", out)
+		}
+	})
+
+	t.Run("the coordinator and the target die together mid-resync: it resumes from the log and loses nothing the target was sent", func(t *testing.T) {
+		mustCairn(t, ds[0].api, "volume", "create", "rc", "--size", "256M", "--repl", "2", "--nodes", ids[0]+","+ids[2])
+		c := holdExport(t, socket(1), "rc") // node 2 coordinates; node 1 is the source, node 3 the target
+		const mib = 1 << 20
+		writeChunks(t, c, 80, 0, 32, mib)
+		ds[2].cmd.Process.Kill()
+		<-ds[2].exited
+		writeChunks(t, c, 81, 64*mib, 64, mib)
+		restart(2)
+		waitResyncUnderWay(t, ds[1].api, "rc")
+		// Writes to regions the resync has no reason to copy, never
+		// flushed: the target may lose them when it is killed, the source
+		// keeps them, and the region log must still name them.
+		for k := 0; k < 16; k++ {
+			off := int64(160+k) * mib
+			if err := c.WriteAt(pattern(82, off, mib), off, false); err != nil {
+				t.Fatalf("write at %d during the resync: %v", off, err)
+			}
+		}
+		ds[1].cmd.Process.Kill()
+		ds[2].cmd.Process.Kill()
+		<-ds[1].exited
+		<-ds[2].exited
+		c.Close()
+		restart(1)
+		restart(2)
+		c = reopen(t, socket(1), "rc", 45*time.Second)
+		waitReplStatus(t, ds[1].api, "rc", "Up", 90*time.Second)
+		checkChunks(t, c, 80, 0, 32, mib, "after the double crash")
+		checkChunks(t, c, 81, 64*mib, 64, mib, "after the double crash")
+		c.Close()
+		m := regexp.MustCompile(`msg="resync started" component=coordinator volume=rc node=` + ids[2] + ` bytes=(\d+)`).FindAllStringSubmatch(ds[1].log(), -1)
+		if len(m) == 0 {
+			t.Fatalf("node 2 logged no resync of rc after its restart:\n%s", ds[1].log())
+		}
+		if resumed, _ := strconv.ParseInt(m[len(m)-1][1], 10, 64); resumed >= 256*mib {
+			t.Errorf("the resync after the restart copies %d bytes, a full copy; want what was left and what the target may have lost", resumed)
+		}
+		if out := mustCairn(t, ds[0].api, "volume", "verify", "rc"); !strings.Contains(out, "Replicas are identical") {
+			t.Errorf("volume verify after the double crash (the target lost writes its log did not name?):\n%s", out)
 		}
 	})
 
