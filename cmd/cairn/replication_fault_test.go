@@ -301,7 +301,7 @@ func TestReplicationFaults(t *testing.T) {
 		checkChunks(t, c, 80, 0, 32, mib, "after the double crash")
 		checkChunks(t, c, 81, 64*mib, 64, mib, "after the double crash")
 		c.Close()
-		m := regexp.MustCompile(`msg="resync started" component=coordinator volume=rc node=` + ids[2] + ` bytes=(\d+)`).FindAllStringSubmatch(ds[1].log(), -1)
+		m := regexp.MustCompile(`msg="resync started" component=coordinator volume=rc node=`+ids[2]+` bytes=(\d+)`).FindAllStringSubmatch(ds[1].log(), -1)
 		if len(m) == 0 {
 			t.Fatalf("node 2 logged no resync of rc after its restart:\n%s", ds[1].log())
 		}
