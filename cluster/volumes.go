@@ -56,6 +56,10 @@ type VolumeSpec struct {
 	// node's heartbeat carries that lease (control/replicated.go).
 	Coordinator      string    `json:"coordinator,omitempty"`
 	CoordinatorLease string    `json:"coordinator_lease,omitempty"`
+	// Restoring: a restore of the replicated volume from this snapshot
+	// began and has not finished (its replicas may hold either content):
+	// the volume is not served until a restore finishes.
+	Restoring string `json:"restoring,omitempty"`
 	Created          time.Time `json:"created"`
 
 	// Rev is the etcd revision the spec was read at (not stored): a change

@@ -83,6 +83,9 @@ func (s *Server) SetReplication(cfg ReplicationConfig) {
 type coordinators struct {
 	mu   sync.Mutex
 	open map[string]*coordEntry // REQUIRES mu
+	// held: volumes this node holds for a change of every replica, with
+	// no coordinator (replmaint.go), and what the change is.
+	held map[string]string // REQUIRES mu
 }
 
 type coordEntry struct {
@@ -150,6 +153,10 @@ func (s *Server) acquireCoordinator(ctx context.Context, name string) (*replicat
 	s.coords.mu.Lock()
 	if s.coords.open == nil {
 		s.coords.open = map[string]*coordEntry{}
+	}
+	if what, ok := s.coords.held[name]; ok {
+		s.coords.mu.Unlock()
+		return nil, fmt.Errorf("%w: volume %q is being %s on this node", engine.ErrBusy, name, what)
 	}
 	e := s.coords.open[name]
 	if e == nil {
@@ -236,6 +243,9 @@ func (s *Server) startCoordinator(ctx context.Context, name string) (*replicatio
 		clear(logValid)
 		if sp.State != cluster.VolumeReady {
 			return fmt.Errorf("%w: volume %q is %s", engine.ErrBusy, name, sp.State)
+		}
+		if sp.Restoring != "" {
+			return unfinishedRestore(name, sp.Restoring)
 		}
 		if sp.Coordinator != "" {
 			if sp.Coordinator != self || sp.CoordinatorLease != lease {
@@ -703,12 +713,3 @@ func (s *Server) verifyVolume(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusOK, out)
 }
 
-// notReplicated refuses what would change one replica of a replicated
-// volume and not the others (they would diverge): until it is done on every
-// replica at one point of the write stream, it is not done at all.
-func notReplicated(spec *cluster.VolumeSpec, what string) error {
-	if spec == nil || len(spec.Replicas) < 2 {
-		return nil
-	}
-	return invalidf("cannot %s volume %q: it has %d replicas, and %s of a replicated volume is not supported yet", what, spec.Name, len(spec.Replicas), what)
-}

@@ -80,6 +80,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/volumes", s.createVolume)
 	mux.HandleFunc("POST /v1/internal/replicas", s.createReplica)
 	mux.HandleFunc("DELETE /v1/internal/replicas/{name}", s.deleteReplica)
+	mux.HandleFunc("POST /v1/internal/replicas/{name}/change", s.replicaChange)
 	mux.HandleFunc("GET /v1/internal/coordinators/{name}", s.coordinatorStatus)
 	mux.HandleFunc("POST /v1/internal/coordinators/{name}/snapshot", s.coordinatorSnapshot)
 	mux.HandleFunc("POST /v1/internal/replicas/{name}/snapshots", s.replicaSnapshot)
@@ -293,9 +294,9 @@ func (s *Server) updateVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if req.Size != nil {
-		if err := notReplicated(spec, "resize"); err != nil {
-			s.fail(w, r, err)
+	if req.Size != nil && spec != nil && len(spec.Replicas) > 1 {
+		if err := s.resizeReplicated(r.Context(), *spec, *req.Size); err != nil {
+			s.fail(w, r, volumeError("resize", name, err))
 			return
 		}
 	}

@@ -218,10 +218,6 @@ func (s *Server) restoreVolume(w http.ResponseWriter, r *http.Request) {
 	if done {
 		return
 	}
-	if err := notReplicated(spec, "restore"); err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	volume := s.volumeRef(r)
 	var req RestoreRequest
 	if err := decode(r, &req); err != nil {
@@ -232,7 +228,11 @@ func (s *Server) restoreVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, invalidf("restore %q: name the snapshot to restore from", volume))
 		return
 	}
-	if err := s.engine.RestoreVolume(volume, req.Snapshot); err != nil {
+	restore := func() error { return s.engine.RestoreVolume(volume, req.Snapshot) }
+	if spec != nil && len(spec.Replicas) > 1 {
+		restore = func() error { return s.restoreReplicated(r.Context(), *spec, req.Snapshot) }
+	}
+	if err := restore(); err != nil {
 		s.fail(w, r, restoreError(volume, req.Snapshot, err))
 		return
 	}

@@ -252,7 +252,7 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 			m.state = InSync
 		default:
 			m.state = InSync
-			cl, err := cfg.Dial(ctx, rc.Node, cfg.Epoch)
+			cl, err := c.dial(ctx, rc.Node, cfg.Epoch)
 			if err != nil {
 				if errors.Is(err, ErrStaleEpoch) {
 					c.members = append(c.members, m)
@@ -278,6 +278,17 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 	}
 	go c.resyncLoop()
 	return c, nil
+}
+
+// dial connects to node's replica. A replica smaller than the volume (a
+// resize that did not reach it) cannot hold its data: it is unreachable.
+func (c *Coordinator) dial(ctx context.Context, node string, epoch uint64) (*Client, error) {
+	cl, err := c.cfg.Dial(ctx, node, epoch)
+	if err == nil && cl.Size() < c.cfg.Size {
+		cl.Close()
+		return nil, fmt.Errorf("replica on node %s is %d bytes, the volume %d", node, cl.Size(), c.cfg.Size)
+	}
+	return cl, err
 }
 
 func (c *Coordinator) logPath(node string) string {

@@ -41,6 +41,24 @@ func (s *Server) OpenLocal(volume string, epoch uint64) (*Local, error) {
 	return l, nil
 }
 
+// RaiseEpoch makes epoch the durable epoch of this node's replica of
+// volume when it is newer, once the requests of older epochs in flight are
+// done: from then on requests of an older coordinator are refused. For a
+// change of every replica while no coordinator serves the volume (a
+// restore, a resize). An older epoch than the replica's fails with a
+// *StaleEpochError.
+func (s *Server) RaiseEpoch(volume string, epoch uint64) error {
+	st, err := s.epochState(volume)
+	if err != nil {
+		return err
+	}
+	if _, err := st.admit(epoch); err != nil {
+		return err
+	}
+	st.fence.RUnlock()
+	return nil
+}
+
 // SetEpoch makes later requests carry e; it never lowers the epoch.
 func (l *Local) SetEpoch(e uint64) {
 	for {

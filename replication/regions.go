@@ -194,23 +194,35 @@ func loadRegionLog(path string, size int64) (*regionLog, error) {
 	return l, nil
 }
 
+// decode reads a log file. A log of fewer regions than the volume has is
+// one kept before the volume grew: every replica grew before the new size
+// was recorded (control's resize), and reads zeros past the old end, so
+// the new regions are where no replica differs.
 func (l *regionLog) decode(b []byte) error {
-	want := 24 + 8*len(l.words) + 4
+	if len(b) < 24 {
+		return fmt.Errorf("replication: region log %s: %d bytes", l.path, len(b))
+	}
+	n := int(binary.BigEndian.Uint32(b[12:]))
+	nw := (n + 63) / 64
+	want := 24 + 8*nw + 4
 	switch {
-	case len(b) != want:
-		return fmt.Errorf("replication: region log %s: %d bytes, want %d", l.path, len(b), want)
 	case string(b[:8]) != regionLogMagic:
 		return fmt.Errorf("replication: region log %s: bad magic", l.path)
 	case binary.BigEndian.Uint32(b[8:]) != regionLogVersion:
 		return fmt.Errorf("replication: region log %s: version %d", l.path, binary.BigEndian.Uint32(b[8:]))
-	case int(binary.BigEndian.Uint32(b[12:])) != l.n:
-		return fmt.Errorf("replication: region log %s: %d regions, want %d", l.path, binary.BigEndian.Uint32(b[12:]), l.n)
+	case n > l.n:
+		return fmt.Errorf("replication: region log %s: %d regions, more than the volume's %d", l.path, n, l.n)
+	case len(b) != want:
+		return fmt.Errorf("replication: region log %s: %d bytes, want %d", l.path, len(b), want)
 	case crc32.Checksum(b[:want-4], castagnoli) != binary.BigEndian.Uint32(b[want-4:]):
 		return fmt.Errorf("replication: region log %s: checksum mismatch", l.path)
 	}
 	l.epoch = binary.BigEndian.Uint64(b[16:])
-	for i := range l.words {
+	for i := range nw {
 		l.words[i] = binary.BigEndian.Uint64(b[24+8*i:])
+	}
+	if rem := n % 64; rem != 0 {
+		l.words[nw-1] &= 1<<rem - 1 // bits past the old end are not regions
 	}
 	l.filed = slices.Clone(l.words)
 	return nil

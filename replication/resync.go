@@ -80,7 +80,7 @@ func (c *Coordinator) resync(m *member) error {
 	if m.local == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var err error
-		cl, err = c.cfg.Dial(ctx, m.node, c.Epoch())
+		cl, err = c.dial(ctx, m.node, c.Epoch())
 		cancel()
 		if err != nil {
 			c.log.Debug("out-of-sync replica unreachable", "node", m.node, "err", err)

@@ -88,13 +88,17 @@ func waitResyncUnderWay(t *testing.T, api, name string) {
 	}
 }
 
-// reopen opens name on socket, retrying while its previous coordinator's
-// claim is still in the way.
-func reopen(t *testing.T, socket, name string, limit time.Duration) *nbd.Client {
+// reopen opens name at addr (a unix socket's path, or host:port), retrying
+// while its previous coordinator's claim is still in the way.
+func reopen(t *testing.T, addr, name string, limit time.Duration) *nbd.Client {
 	t.Helper()
+	network := "tcp"
+	if strings.HasPrefix(addr, "/") {
+		network = "unix"
+	}
 	deadline := time.Now().Add(limit)
 	for {
-		c, err := nbd.Dial("unix", socket, name)
+		c, err := nbd.Dial(network, addr, name)
 		if err == nil {
 			t.Cleanup(func() { c.Close() })
 			return c

@@ -196,6 +196,41 @@ func TestReplication(t *testing.T) {
 		}
 	})
 
+	t.Run("restore and resize of a replicated volume change every replica", func(t *testing.T) {
+		mustCairn(t, ds[0].api, "volume", "create", "rv", "--size", "128M", "--repl", "2", "--nodes", ids[0]+","+ids[1])
+		const chunk = 1 << 20
+		c := reopen(t, tcp(2), "rv", 10*time.Second) // node 3, holding no replica, coordinates
+		writeChunks(t, c, 90, 0, 16, chunk)
+		mustCairn(t, ds[1].api, "volume", "snapshot", "create", "rv", "--name", "rv.s1")
+		writeChunks(t, c, 91, 4*chunk, 16, chunk) // after the snapshot
+		mustFail(t, ds[1].api, "open on node "+ids[2], "volume", "restore", "rv", "--snapshot", "rv.s1")
+		mustFail(t, ds[1].api, "open on node "+ids[2], "volume", "update", "rv", "--size", "256M")
+		c.Close()
+		// A third replica, added after the snapshot: it holds no copy of
+		// it, and gets a full copy of the restored content.
+		if r := cairn(t, ds[0].api, "volume", "ha-update", "rv", "--repl", "3", "--node", ids[2], "--wait"); r.code != 0 {
+			t.Fatalf("ha-update rv --repl 3: %s", r)
+		}
+		mustFail(t, ds[1].api, "not a snapshot of it", "volume", "restore", "rv", "--snapshot", "sv")
+		mustCairn(t, ds[1].api, "volume", "restore", "rv", "--snapshot", "rv.s1")
+		jq(t, mustCairn(t, ds[2].api, "volume", "inspect", "rv", "-j"),
+			`[.replicas[] | select(.node == "`+ids[2]+`") | .state] == ["out-of-sync"] and ([.replicas[] | select(.state == "in-sync")] | length) == 2`)
+		mustCairn(t, ds[2].api, "volume", "update", "rv", "--size", "256M")
+		jq(t, mustCairn(t, ds[0].api, "volume", "inspect", "rv", "-j"), `.size == 268435456`)
+		c = reopen(t, tcp(1), "rv", 10*time.Second)
+		if c.Size() != 256<<20 {
+			t.Fatalf("the resized volume is served as %d bytes, want 256 MiB", c.Size())
+		}
+		checkChunks(t, c, 90, 0, 16, chunk, "after the restore") // the snapshot's content, the later writes gone
+		writeChunks(t, c, 92, 200*chunk, 8, chunk)               // past the old end
+		waitReplStatus(t, ds[0].api, "rv", "Up", 60*time.Second)
+		checkChunks(t, c, 92, 200*chunk, 8, chunk, "after the resize")
+		c.Close()
+		if out := mustCairn(t, ds[0].api, "volume", "verify", "rv"); !strings.Contains(out, "Replicas are identical") || !strings.Contains(out, "on 3 in-sync replicas") {
+			t.Errorf("volume verify after the restore and the resize:\n%s", out)
+		}
+	})
+
 	t.Run("a second coordinator is refused while the first serves", func(t *testing.T) {
 		_, socket := ds[0].nbdAddrs(t)
 		c := holdExport(t, socket, "r2")
