@@ -54,13 +54,13 @@ type VolumeSpec struct {
 	// Coordinator is the node serving the volume's I/O ("" = none), under
 	// its node lease CoordinatorLease (hex): the claim holds while that
 	// node's heartbeat carries that lease (control/replicated.go).
-	Coordinator      string    `json:"coordinator,omitempty"`
-	CoordinatorLease string    `json:"coordinator_lease,omitempty"`
+	Coordinator      string `json:"coordinator,omitempty"`
+	CoordinatorLease string `json:"coordinator_lease,omitempty"`
 	// Restoring: a restore of the replicated volume from this snapshot
 	// began and has not finished (its replicas may hold either content):
 	// the volume is not served until a restore finishes.
-	Restoring string `json:"restoring,omitempty"`
-	Created          time.Time `json:"created"`
+	Restoring string    `json:"restoring,omitempty"`
+	Created   time.Time `json:"created"`
 
 	// Rev is the etcd revision the spec was read at (not stored): a change
 	// made with it succeeds only if nobody changed the spec since.

@@ -712,4 +712,3 @@ func (s *Server) verifyVolume(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("volume verified", "volume", name, "replicas", len(out.Replicas), "differences", len(diffs))
 	reply(w, http.StatusOK, out)
 }
-
