@@ -19,7 +19,10 @@ import (
 // one on its node, and lets writes go on (replication.Coordinator.Quiesce).
 // The snapshot's spec lists the nodes that hold a copy, its volume's node
 // first (which must be in sync); deleting it deletes every copy. A clone of
-// it is made from the first copy, as a repl 1 volume.
+// it is made from every copy, on its node: a replicated volume whose
+// replicas are in sync from the start (the copies are identical). A node
+// whose clone fails leaves the clone with one replica fewer, logged, for
+// `volume ha-update` to make up.
 
 // ReplicatedSnapshotReply: the nodes (and pools) that took the snapshot.
 type ReplicatedSnapshotReply struct {
@@ -152,5 +155,53 @@ func (s *Server) replicaSnapshot(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, volumeError("snapshot replica of", r.PathValue("name"), err))
 		return
 	}
+	reply(w, http.StatusCreated, ReplicaReply{Pool: info.Pool, IOPriority: string(info.IOPriority)})
+}
+
+// cloneReplicated clones snap, a replicated volume's snapshot held by this
+// node (its first copy) and others, on every node holding a copy.
+func (s *Server) cloneReplicated(ctx context.Context, snap cluster.VolumeSpec, name string) (engine.VolumeInfo, error) {
+	var others []cluster.Replica
+	for _, r := range snap.Replicas[1:] {
+		others = append(others, cluster.Replica{Node: r.Node, Pool: -1})
+	}
+	return s.createHeldOn(ctx, cluster.VolumeSpec{Name: name, Parent: snap.Name, Repl: 1 + len(others), Replicas: others},
+		func(others []cluster.Replica) (engine.VolumeInfo, []cluster.Replica, error) {
+			info, err := s.engine.CloneVolume(snap.Name, name)
+			if err != nil {
+				return engine.VolumeInfo{}, nil, err
+			}
+			var made []cluster.Replica
+			for _, r := range others {
+				var rep ReplicaReply
+				if err := s.callPeer(ctx, r.Node, http.MethodPost, "/v1/internal/replicas/"+url.PathEscape(snap.Name)+"/clones", CloneRequest{Name: name}, &rep); err != nil {
+					s.log.Warn("clone not made on a node holding a copy of its snapshot; the clone has one replica fewer", "clone", name, "snapshot", snap.Name, "node", r.Node, "err", err)
+					continue
+				}
+				made = append(made, cluster.Replica{Node: r.Node, Pool: rep.Pool, IOPriority: rep.IOPriority, State: cluster.ReplicaInSync})
+			}
+			return info, made, nil
+		})
+}
+
+// replicaClone answers POST /v1/internal/replicas/{name}/clones: a clone
+// of this node's copy of a replicated volume's snapshot, asked by the
+// snapshot's node.
+func (s *Server) replicaClone(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get(forwardedHeader) == "" {
+		s.fail(w, r, invalidf("/v1/internal/replicas is for the snapshot's node; use POST /v1/volumes/{name}/clone"))
+		return
+	}
+	var req CloneRequest
+	if err := decode(r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	info, err := s.engine.CloneVolume(r.PathValue("name"), req.Name)
+	if err != nil {
+		s.fail(w, r, shareError("clone", r.PathValue("name"), req.Name, err))
+		return
+	}
+	s.log.Info("replica cloned", "snapshot", r.PathValue("name"), "clone", req.Name, "for", r.Header.Get(forwardedHeader))
 	reply(w, http.StatusCreated, ReplicaReply{Pool: info.Pool, IOPriority: string(info.IOPriority)})
 }

@@ -81,6 +81,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/internal/replicas", s.createReplica)
 	mux.HandleFunc("DELETE /v1/internal/replicas/{name}", s.deleteReplica)
 	mux.HandleFunc("POST /v1/internal/replicas/{name}/change", s.replicaChange)
+	mux.HandleFunc("POST /v1/internal/replicas/{name}/clones", s.replicaClone)
 	mux.HandleFunc("GET /v1/internal/coordinators/{name}", s.coordinatorStatus)
 	mux.HandleFunc("POST /v1/internal/coordinators/{name}/snapshot", s.coordinatorSnapshot)
 	mux.HandleFunc("POST /v1/internal/replicas/{name}/snapshots", s.replicaSnapshot)

@@ -188,7 +188,8 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) cloneVolume(w http.ResponseWriter, r *http.Request) {
-	if _, done := s.route(w, r, r.PathValue("name")); done {
+	spec, done := s.route(w, r, r.PathValue("name"))
+	if done {
 		return
 	}
 	snapshot := s.volumeRef(r)
@@ -201,10 +202,17 @@ func (s *Server) cloneVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, shareError("clone", snapshot, req.Name, err))
 		return
 	}
-	// A clone lives where its snapshot does: on this node.
-	info, err := s.createHeld(r.Context(), cluster.VolumeSpec{Name: req.Name, Parent: snapshot, Repl: 1}, func() (engine.VolumeInfo, error) {
-		return s.engine.CloneVolume(snapshot, req.Name)
-	})
+	// A clone lives where its snapshot does: on this node, and on every
+	// node holding a copy of a replicated volume's snapshot.
+	var info engine.VolumeInfo
+	var err error
+	if spec != nil && len(spec.Replicas) > 1 {
+		info, err = s.cloneReplicated(r.Context(), *spec, req.Name)
+	} else {
+		info, err = s.createHeld(r.Context(), cluster.VolumeSpec{Name: req.Name, Parent: snapshot, Repl: 1}, func() (engine.VolumeInfo, error) {
+			return s.engine.CloneVolume(snapshot, req.Name)
+		})
+	}
 	if err != nil {
 		s.fail(w, r, shareError("clone", snapshot, req.Name, err))
 		return

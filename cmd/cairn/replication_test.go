@@ -211,7 +211,7 @@ func TestReplication(t *testing.T) {
 		if r := cairn(t, ds[0].api, "volume", "ha-update", "rv", "--repl", "3", "--node", ids[2], "--wait"); r.code != 0 {
 			t.Fatalf("ha-update rv --repl 3: %s", r)
 		}
-		mustFail(t, ds[1].api, "not a snapshot of it", "volume", "restore", "rv", "--snapshot", "sv")
+		mustFail(t, ds[1].api, "not a snapshot of it", "volume", "restore", "rv", "--snapshot", "rv")
 		mustCairn(t, ds[1].api, "volume", "restore", "rv", "--snapshot", "rv.s1")
 		jq(t, mustCairn(t, ds[2].api, "volume", "inspect", "rv", "-j"),
 			`[.replicas[] | select(.node == "`+ids[2]+`") | .state] == ["out-of-sync"] and ([.replicas[] | select(.state == "in-sync")] | length) == 2`)
@@ -228,6 +228,16 @@ func TestReplication(t *testing.T) {
 		c.Close()
 		if out := mustCairn(t, ds[0].api, "volume", "verify", "rv"); !strings.Contains(out, "Replicas are identical") || !strings.Contains(out, "on 3 in-sync replicas") {
 			t.Errorf("volume verify after the restore and the resize:\n%s", out)
+		}
+		// A clone of the snapshot is made from each copy: replicated.
+		mustCairn(t, ds[2].api, "volume", "clone", "rv.s1", "--name", "rvc")
+		jq(t, mustCairn(t, ds[2].api, "volume", "inspect", "rvc", "-j"), `.repl == 2 and (.replicas | length == 2) and all(.replicas[]; .state == "in-sync")`)
+		c = reopen(t, tcp(2), "rvc", 10*time.Second)
+		checkChunks(t, c, 90, 0, 16, chunk, "the clone")
+		writeChunks(t, c, 93, 32*chunk, 4, chunk)
+		c.Close()
+		if out := mustCairn(t, ds[0].api, "volume", "verify", "rvc"); !strings.Contains(out, "Replicas are identical") {
+			t.Errorf("volume verify of the clone:\n%s", out)
 		}
 	})
 
