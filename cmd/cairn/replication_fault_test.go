@@ -182,9 +182,10 @@ func TestReplicationFaults(t *testing.T) {
 		writeChunks(t, c3, 22, 64*chunk, 8, chunk)
 		heal1()
 		heal3()
-		// Healed, the old coordinator's node has a new lease: the old claim
-		// is void, and nothing it is asked is acknowledged.
-		time.Sleep(2 * time.Second)
+		// Healed, the old coordinator's node registers again with a new
+		// lease: the old claim is void, and nothing it is asked is
+		// acknowledged.
+		waitStatus(t, ds[0].api, ids[1], "Online", time.Now(), 60*time.Second)
 		if err := old.WriteAt(pattern(23, 64*chunk, chunk), 64*chunk, false); err == nil {
 			if ferr := old.Flush(); ferr == nil {
 				t.Error("the replaced coordinator acknowledged a write and a flush after the heal")
