@@ -61,11 +61,59 @@ func (c *Client) Volume(ctx context.Context, name string) (Volume, error) {
 	return v, c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name), nil, &v)
 }
 
-// VerifyVolume compares a replicated volume's in-sync replicas.
-func (c *Client) VerifyVolume(ctx context.Context, name string) (VerifyReply, error) {
-	var v VerifyReply
-	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/verify", struct{}{}, &v)
+// VerifyVolume compares a replicated volume's in-sync replicas, calling
+// progress (when not nil) about every second with the bytes compared. It
+// takes as long as the comparison does, but fails once the daemon has sent
+// nothing for streamIdle.
+func (c *Client) VerifyVolume(ctx context.Context, name string, progress func(done, total int64)) (VerifyReply, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/v1/volumes/"+url.PathEscape(name)+"/verify?progress=1", strings.NewReader("{}"))
+	if err != nil {
+		return VerifyReply{}, fmt.Errorf("control: daemon address %q: %w", c.addr, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	stream := *c.http
+	stream.Timeout = 0 // the watchdog below bounds it instead
+	idle := time.AfterFunc(streamIdle, func() {
+		cancel(fmt.Errorf("control: the daemon at %s sent nothing about the verify of %q for %v", c.addr, name, streamIdle))
+	})
+	defer idle.Stop()
+	resp, err := stream.Do(req)
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) {
+			return VerifyReply{}, cause
+		}
+		return VerifyReply{}, c.transportError(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return VerifyReply{}, decodeError(resp)
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		idle.Reset(streamIdle)
+		var ev VerifyEvent
+		if err := dec.Decode(&ev); err != nil {
+			if cause := context.Cause(ctx); ctx.Err() != nil && cause != nil {
+				return VerifyReply{}, cause
+			}
+			return VerifyReply{}, fmt.Errorf("control: verify %q: the reply ended early: %w", name, err)
+		}
+		switch {
+		case ev.Error != nil:
+			return VerifyReply{}, &APIError{StatusCode: statusOfCode(ev.Error.Code), Code: ev.Error.Code, Message: ev.Error.Error}
+		case ev.Result != nil:
+			return *ev.Result, nil
+		case progress != nil:
+			progress(ev.Done, ev.Total)
+		}
+	}
 }
+
+// streamIdle: how long a streamed reply may send nothing before the client
+// gives up on it.
+const streamIdle = 60 * time.Second
 
 // HAUpdate adds or removes one replica of a volume.
 func (c *Client) HAUpdate(ctx context.Context, name string, req HAUpdateRequest) (Volume, error) {

@@ -242,7 +242,13 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, node cluster.No
 }
 
 func (s *Server) forwardBody(w http.ResponseWriter, r *http.Request, node cluster.Node, volume string, body io.Reader) {
+	// A request asking for a progress stream takes as long as its work,
+	// passed on as it comes; its client watches that it moves.
+	stream := r.URL.Query().Has("progress")
 	ctx, cancel := context.WithTimeout(r.Context(), forwardTimeout)
+	if stream {
+		ctx, cancel = context.WithCancel(r.Context())
+	}
 	defer cancel()
 	if body != nil {
 		body = http.MaxBytesReader(nil, io.NopCloser(body), maxRequestBytes)
@@ -266,7 +272,24 @@ func (s *Server) forwardBody(w http.ResponseWriter, r *http.Request, node cluste
 		}
 	}
 	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body) // the client went away: nothing to do
+	if !stream {
+		_, _ = io.Copy(w, resp.Body) // the client went away: nothing to do
+		return
+	}
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			rc.Flush()
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // peers is the HTTP client for other nodes' APIs; its connections leave

@@ -69,6 +69,16 @@ func kindOf(err error) errorKind {
 	return errorKind{status: http.StatusInternalServerError, code: "internal"}
 }
 
+// statusOfCode is the HTTP status an error of code is answered with.
+func statusOfCode(code string) int {
+	for _, k := range errorKinds {
+		if k.code == code {
+			return k.status
+		}
+	}
+	return http.StatusInternalServerError
+}
+
 func sentinelForCode(code string) error {
 	for _, k := range errorKinds {
 		if k.code == code {

@@ -697,9 +697,33 @@ func (s *Server) verifyVolume(w http.ResponseWriter, r *http.Request) {
 			out.Replicas = append(out.Replicas, st.Node)
 		}
 	}
-	diffs, err := c.Verify(r.Context(), nil)
+	// With ?progress the reply is a stream of VerifyEvents: a verify of a
+	// large volume takes minutes, and its client sees it move.
+	var progress func(done, total int64)
+	var events *json.Encoder
+	if r.URL.Query().Has("progress") {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		rc := http.NewResponseController(w)
+		events = json.NewEncoder(w)
+		last := time.Now() // a verify done within a second shows no progress
+		progress = func(done, total int64) {
+			if time.Since(last) >= time.Second {
+				last = time.Now()
+				events.Encode(VerifyEvent{Done: done, Total: total})
+				rc.Flush()
+			}
+		}
+	}
+	diffs, err := c.Verify(r.Context(), progress)
 	if err != nil {
-		s.fail(w, r, volumeError("verify", name, err))
+		err = volumeError("verify", name, err)
+		if events == nil {
+			s.fail(w, r, err)
+		} else {
+			s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			events.Encode(VerifyEvent{Error: &errorBody{Error: plain(err), Code: kindOf(err).code}})
+		}
 		return
 	}
 	for _, d := range diffs {
@@ -710,5 +734,9 @@ func (s *Server) verifyVolume(w http.ResponseWriter, r *http.Request) {
 		out.Differences = append(out.Differences, vd)
 	}
 	s.log.Info("volume verified", "volume", name, "replicas", len(out.Replicas), "differences", len(diffs))
+	if events != nil {
+		events.Encode(VerifyEvent{Done: out.Bytes, Total: out.Bytes, Result: &out})
+		return
+	}
 	reply(w, http.StatusOK, out)
 }

@@ -85,6 +85,16 @@ type VerifyReply struct {
 	Differences []VerifyDifference `json:"differences"`
 }
 
+// VerifyEvent is one line of POST /v1/volumes/{name}/verify?progress=1
+// (application/x-ndjson): progress (Done of Total bytes compared) about
+// every second, then one line with the Result or the Error.
+type VerifyEvent struct {
+	Done   int64        `json:"done"`
+	Total  int64        `json:"total"`
+	Result *VerifyReply `json:"result,omitempty"`
+	Error  *errorBody   `json:"error,omitempty"`
+}
+
 type VerifyDifference struct {
 	Offset int64             `json:"offset"`
 	Length int64             `json:"length"`

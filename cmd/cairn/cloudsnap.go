@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -125,8 +123,7 @@ func newCloudsnapRestoreCommand(g *globals) *cobra.Command {
 // waitJob follows a job until it ends: a progress bar on a terminal, a
 // plain line every few seconds otherwise. A failed job is an error.
 func waitJob(ctx context.Context, c *control.Client, job control.CloudsnapJob, w io.Writer) (control.CloudsnapJob, error) {
-	tty := isTerminal(w)
-	lastLine := time.Time{}
+	p := newProgress(w)
 	for {
 		jobs, err := c.CloudsnapJobs(ctx, job.Volume)
 		if err != nil {
@@ -141,17 +138,10 @@ func waitJob(ctx context.Context, c *control.Client, job control.CloudsnapJob, w
 		if !found {
 			return job, fmt.Errorf("cloudsnap %s %s: the daemon no longer knows the job (restarted?); see cairn cloudsnap status", job.Kind, job.Cloudsnap)
 		}
-		switch {
-		case tty:
-			fmt.Fprintf(w, "\r%s", progressLine(job, true))
-		case time.Since(lastLine) >= 2*time.Second || job.State != "running":
-			fmt.Fprintln(w, progressLine(job, false))
-			lastLine = time.Now()
-		}
+		pct, line := progressLine(job)
+		p.show(pct, line, job.State != "running")
 		if job.State != "running" {
-			if tty {
-				fmt.Fprintln(w)
-			}
+			p.end()
 			if job.State == "failed" {
 				return job, fmt.Errorf("cloudsnap %s %s failed: %s", job.Kind, job.Cloudsnap, job.Error)
 			}
@@ -165,7 +155,8 @@ func waitJob(ctx context.Context, c *control.Client, job control.CloudsnapJob, w
 	}
 }
 
-func progressLine(j control.CloudsnapJob, bar bool) string {
+// progressLine is how far job j has come, in percent and in words.
+func progressLine(j control.CloudsnapJob) (float64, string) {
 	pct := 0.0
 	if j.BytesTotal > 0 {
 		pct = 100 * float64(j.BytesDone) / float64(j.BytesTotal)
@@ -179,20 +170,7 @@ func progressLine(j control.CloudsnapJob, bar bool) string {
 	}
 	s := fmt.Sprintf("%s %s: %5.1f%%  %s of %s  %s/s  ETA %s", j.Kind, j.Volume, pct, formatSize(j.BytesDone), formatSize(j.BytesTotal),
 		formatSize(int64(j.RateBytesPerSec)), eta)
-	if bar {
-		n := int(pct / 5)
-		s = "[" + strings.Repeat("#", n) + strings.Repeat(".", 20-n) + "] " + s + "   "
-	}
-	return s
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	return pct, s
 }
 
 func newCloudsnapStatusCommand(g *globals) *cobra.Command {

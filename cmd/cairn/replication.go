@@ -77,7 +77,12 @@ on meanwhile (each region is compared while no write to it is in flight).
 Exits non-zero when the replicas differ.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rep, err := g.client().VerifyVolume(cmd.Context(), args[0])
+			p := newProgress(cmd.ErrOrStderr())
+			rep, err := g.client().VerifyVolume(cmd.Context(), args[0], func(done, total int64) {
+				pct := 100 * float64(done) / float64(max(total, 1))
+				p.show(pct, fmt.Sprintf("verify %s: %5.1f%%  %s of %s", args[0], pct, formatSize(done), formatSize(total)), false)
+			})
+			p.end()
 			if err != nil {
 				return err
 			}
@@ -156,8 +161,7 @@ out-of-sync one, else the last), and deletes its data on its node.
 // waitInSync follows a volume's replicas until all are in sync: a progress
 // bar on a terminal, a plain line every few seconds otherwise.
 func waitInSync(ctx context.Context, c *control.Client, v control.Volume, w io.Writer) (control.Volume, error) {
-	tty := isTerminal(w)
-	var last time.Time
+	p := newProgress(w)
 	for {
 		var copied, toCopy int64
 		done := v.ReplStatus == control.ReplUp
@@ -169,18 +173,9 @@ func waitInSync(ctx context.Context, c *control.Client, v control.Volume, w io.W
 			pct = 100 * float64(copied) / float64(toCopy)
 		}
 		line := fmt.Sprintf("%s %s: %5.1f%%  %s of %s", v.Name, strings.ToLower(v.ReplStatus), pct, formatSize(copied), formatSize(toCopy))
-		switch {
-		case tty:
-			n := int(pct / 5)
-			fmt.Fprintf(w, "\r[%s%s] %s   ", strings.Repeat("#", n), strings.Repeat(".", 20-n), line)
-		case time.Since(last) >= 2*time.Second || done:
-			fmt.Fprintln(w, line)
-			last = time.Now()
-		}
+		p.show(pct, line, done)
 		if done {
-			if tty {
-				fmt.Fprintln(w)
-			}
+			p.end()
 			return v, nil
 		}
 		select {

@@ -90,6 +90,23 @@ func TestReplication(t *testing.T) {
 			}
 			jq(t, mustCairn(t, ds[2].api, "volume", "inspect", name, "-j"), `.repl_status == "Up"`)
 		}
+		// A verify of a large volume, forwarded to its coordinator, streams
+		// its progress: plain lines on stderr (not a terminal here).
+		mustCairn(t, ds[0].api, "volume", "create", "big", "--size", "8G", "--repl", "2")
+		c := reopen(t, tcp(0), "big", 10*time.Second)
+		writeChunks(t, c, 5, 4<<30, 4, 1<<20)
+		began := time.Now()
+		r := cairn(t, ds[2].api, "volume", "verify", "big")
+		t.Logf("verify of an 8 GiB volume took %v; stderr:\n%s", time.Since(began).Round(time.Millisecond), r.stderr)
+		if r.code != 0 || !strings.Contains(r.stdout, "Replicas are identical") {
+			t.Errorf("volume verify big: %s", r)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
+			if line != "" && !strings.HasPrefix(line, "verify big: ") {
+				t.Errorf("volume verify big: stderr line %q is not a progress line", line)
+			}
+		}
+		c.Close()
 		mustCairn(t, ds[0].api, "volume", "create", "single", "--size", "64M")
 		mustFail(t, ds[0].api, "has one replica", "volume", "verify", "single")
 	})
