@@ -122,6 +122,24 @@ func TestReplicationFaults(t *testing.T) {
 	// restart starts node i again for the rest of the test.
 	restart := func(i int) { ds[i] = startDaemon(t, ds[i].dataDir, args[i]...) }
 	const chunk = 256 << 10
+	const mib = 1 << 20
+	// resyncUnderWay makes name a repl 2 volume on node source+1 and node 3,
+	// opened on node coord+1, with pattern seed over its first 32 MiB; kills
+	// node 3, writes pattern seed+1 over 64 MiB at 64 MiB (64 regions to
+	// resync, ~4 s at 16M/s), brings node 3 back and returns once its
+	// resync has copied something.
+	resyncUnderWay := func(t *testing.T, name string, coord, source int, seed uint64) *nbd.Client {
+		t.Helper()
+		mustCairn(t, ds[0].api, "volume", "create", name, "--size", "256M", "--repl", "2", "--nodes", ids[source]+","+ids[2])
+		c := holdExport(t, socket(coord), name)
+		writeChunks(t, c, seed, 0, 32, mib)
+		ds[2].cmd.Process.Kill()
+		<-ds[2].exited
+		writeChunks(t, c, seed+1, 64*mib, 64, mib)
+		restart(2)
+		waitResyncUnderWay(t, ds[coord].api, name)
+		return c
+	}
 
 	t.Run("a replica partitioned from its coordinator is evicted before the next ack and resyncs after the heal", func(t *testing.T) {
 		mustCairn(t, ds[1].api, "volume", "create", "p", "--size", "256M", "--repl", "2", "--nodes", ids[1]+","+ids[2])
@@ -226,16 +244,8 @@ func TestReplicationFaults(t *testing.T) {
 	})
 
 	t.Run("a resync whose target dies midway resumes, and the replicas end identical", func(t *testing.T) {
-		mustCairn(t, ds[0].api, "volume", "create", "rz", "--size", "256M", "--repl", "2", "--nodes", ids[1]+","+ids[2])
-		c := holdExport(t, socket(0), "rz") // node 1 coordinates
-		const mib = 1 << 20
-		writeChunks(t, c, 60, 0, 32, mib)
-		ds[2].cmd.Process.Kill()
-		<-ds[2].exited
-		writeChunks(t, c, 61, 64*mib, 64, mib) // 64 regions to resync, ~4 s at 16M/s
-		restart(2)
-		waitResyncUnderWay(t, ds[0].api, "rz")
-		ds[2].cmd.Process.Kill() // the target, mid-copy
+		c := resyncUnderWay(t, "rz", 0, 1, 60) // node 1 coordinates
+		ds[2].cmd.Process.Kill()               // the target, mid-copy
 		<-ds[2].exited
 		writeChunks(t, c, 62, 32*mib, 8, mib)
 		restart(2)
@@ -250,16 +260,8 @@ func TestReplicationFaults(t *testing.T) {
 	})
 
 	t.Run("a resync whose source dies: no read is served by the half-copied replica; it resumes when the source is back", func(t *testing.T) {
-		mustCairn(t, ds[0].api, "volume", "create", "rs", "--size", "256M", "--repl", "2", "--nodes", ids[1]+","+ids[2])
-		c := holdExport(t, socket(0), "rs") // node 1 coordinates; node 2 is the source, node 3 the target
-		const mib = 1 << 20
-		writeChunks(t, c, 70, 0, 32, mib)
-		ds[2].cmd.Process.Kill()
-		<-ds[2].exited
-		writeChunks(t, c, 71, 64*mib, 64, mib)
-		restart(2)
-		waitResyncUnderWay(t, ds[0].api, "rs")
-		ds[1].cmd.Process.Kill() // the source, mid-copy: no replica is in sync now
+		c := resyncUnderWay(t, "rs", 0, 1, 70) // node 1 coordinates; node 2 is the source, node 3 the target
+		ds[1].cmd.Process.Kill()               // the source, mid-copy: no replica is in sync now
 		<-ds[1].exited
 		got := make([]byte, mib)
 		for _, off := range []int64{0, 64 * mib, 127 * mib} {
@@ -283,15 +285,7 @@ func TestReplicationFaults(t *testing.T) {
 	})
 
 	t.Run("the coordinator and the target die together mid-resync: it resumes from the log and loses nothing the target was sent", func(t *testing.T) {
-		mustCairn(t, ds[0].api, "volume", "create", "rc", "--size", "256M", "--repl", "2", "--nodes", ids[0]+","+ids[2])
-		c := holdExport(t, socket(1), "rc") // node 2 coordinates; node 1 is the source, node 3 the target
-		const mib = 1 << 20
-		writeChunks(t, c, 80, 0, 32, mib)
-		ds[2].cmd.Process.Kill()
-		<-ds[2].exited
-		writeChunks(t, c, 81, 64*mib, 64, mib)
-		restart(2)
-		waitResyncUnderWay(t, ds[1].api, "rc")
+		c := resyncUnderWay(t, "rc", 1, 0, 80) // node 2 coordinates; node 1 is the source, node 3 the target
 		// Writes to regions the resync has no reason to copy, never
 		// flushed: the target may lose them when it is killed, the source
 		// keeps them, and the region log must still name them.
