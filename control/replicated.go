@@ -609,10 +609,14 @@ func (s *Server) withReplicas(ctx context.Context, v Volume, spec *cluster.Volum
 			live[rv.Node] = rv
 		}
 	} else if v.Coordinator != "" {
-		var rvs []ReplicaView
-		if err := s.callPeer(ctx, v.Coordinator, http.MethodGet, "/v1/internal/coordinators/"+url.PathEscape(spec.Name), nil, &rvs); err == nil {
-			for _, rv := range rvs {
+		var cs CoordinatorStatus
+		if err := s.callPeer(ctx, v.Coordinator, http.MethodGet, "/v1/internal/coordinators/"+url.PathEscape(spec.Name), nil, &cs); err == nil {
+			for _, rv := range cs.Replicas {
 				live[rv.Node] = rv
+			}
+			if v.AttachedOn == "" {
+				// Attached (FUSE + loop) on its coordinator's host.
+				v.AttachedOn, v.Device = cs.AttachedOn, cs.Device
 			}
 		}
 	}
@@ -654,9 +658,36 @@ func (s *Server) liveReplicas(name string) []ReplicaView {
 	return out
 }
 
+// CoordinatorStatus is GET /v1/internal/coordinators/{name}: the live view
+// of the volume's coordinator (this node), and where it is attached on
+// this node's host. (Before it was an object, the reply was the array of
+// Replicas alone: UnmarshalJSON reads both, for a cluster in the middle of
+// an upgrade.)
+type CoordinatorStatus struct {
+	Replicas   []ReplicaView `json:"replicas"`
+	AttachedOn string        `json:"attached_on,omitempty"`
+	Device     string        `json:"device,omitempty"`
+}
+
+func (cs *CoordinatorStatus) UnmarshalJSON(b []byte) error {
+	if t := bytes.TrimSpace(b); len(t) > 0 && t[0] == '[' {
+		*cs = CoordinatorStatus{}
+		return json.Unmarshal(t, &cs.Replicas)
+	}
+	type plainStatus CoordinatorStatus // without this method
+	return json.Unmarshal(b, (*plainStatus)(cs))
+}
+
 // coordinatorStatus answers GET /v1/internal/coordinators/{name}.
 func (s *Server) coordinatorStatus(w http.ResponseWriter, r *http.Request) {
-	reply(w, http.StatusOK, s.liveReplicas(r.PathValue("name")))
+	name := r.PathValue("name")
+	cs := CoordinatorStatus{Replicas: s.liveReplicas(name)}
+	if s.attacher != nil {
+		if ai, ok := s.attacher.Info(name); ok {
+			cs.AttachedOn, cs.Device = ai.NodeID, ai.Device
+		}
+	}
+	reply(w, http.StatusOK, cs)
 }
 
 // verifyVolume answers POST /v1/volumes/{name}/verify: compare the in-sync

@@ -166,7 +166,10 @@ func TestReplication(t *testing.T) {
 		if out := mustCairn(t, ds[0].api, "host", "mount", "fs", mnt); !strings.Contains(out, "successfully mounted") {
 			t.Fatalf("host mount of a replicated volume: %s", out)
 		}
-		jq(t, mustCairn(t, ds[1].api, "volume", "inspect", "fs", "-j"), `.coordinator == "`+ids[0]+`"`)
+		// Inspected on any node: attached on node 1, its coordinator.
+		for i := range ds {
+			jq(t, mustCairn(t, ds[i].api, "volume", "inspect", "fs", "-j"), `.coordinator == "`+ids[0]+`" and .attached_on == "`+ids[0]+`" and (.device | startswith("/dev/loop"))`)
+		}
 		sums := writeFiles(t, mnt, 3, 2)
 		mustCairn(t, ds[0].api, "host", "unmount", "fs", mnt)
 		if out := mustCairn(t, ds[2].api, "volume", "verify", "fs"); !strings.Contains(out, "Replicas are identical") {
