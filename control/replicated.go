@@ -137,8 +137,8 @@ func (s *Server) OpenReplicated(name string) (exp nbd.Export, release func(), ha
 	case err != nil:
 		return nil, nil, true, fmt.Errorf("volume %q: its replicas are found through the kvdb: %w", name, err)
 	}
-	if len(sp.Replicas) < 2 || sp.Snapshot {
-		return nil, nil, false, nil
+	if sp.Snapshot || len(sp.Replicas) < 2 && !s.coordinating(name) {
+		return nil, nil, false, nil // (a repl 1 volume gaining its first replica has a coordinator here)
 	}
 	c, err := s.acquireCoordinator(ctx, name)
 	if err != nil {
@@ -442,6 +442,14 @@ func (m *replicationMembership) set(node, state string) (uint64, error) {
 		return 0, err
 	}
 	return sp.Epoch, nil
+}
+
+// coordinating reports whether this node has (or is starting) a
+// coordinator of name.
+func (s *Server) coordinating(name string) bool {
+	s.coords.mu.Lock()
+	defer s.coords.mu.Unlock()
+	return s.coords.open[name] != nil
 }
 
 // coordinatorOf returns the coordinator of name on this node, if any.

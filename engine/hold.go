@@ -66,15 +66,32 @@ func (h *Hold) Release() {
 
 // hold adds a holder. The engine's HoldVolume takes it under e.mu, so a
 // concurrent DeleteVolume either sees it or has already won.
-func (v *Volume) hold(holder Holder) *Hold {
+//
+// A volume that replication holds (a replica its coordinator writes) is
+// never also used directly (an NBD client or an attachment of this
+// engine's volume), nor the other way round: a direct writer would write
+// around the coordinator, and the replicas would differ. Checked here,
+// under the lock that adds the hold, so that a direct open racing the
+// volume's first added replica (control's ha-update) is refused or refuses
+// it.
+func (v *Volume) hold(holder Holder) (*Hold, error) {
 	h := &Hold{v: v}
 	v.holdMu.Lock()
 	defer v.holdMu.Unlock()
+	for _, other := range v.holds {
+		if (other.Kind == HeldByReplication) != (holder.Kind == HeldByReplication) {
+			hs := make([]Holder, 0, len(v.holds))
+			for _, o := range v.holds {
+				hs = append(hs, o)
+			}
+			return nil, &BusyError{Volume: v.Name(), Holders: hs}
+		}
+	}
 	if v.holds == nil {
 		v.holds = holdSet{}
 	}
 	v.holds[h] = holder
-	return h
+	return h, nil
 }
 
 // holders lists the volume's holders, attachments first.
@@ -171,7 +188,11 @@ func (e *Engine) HoldVolume(name string, holder Holder) (*Volume, *Hold, error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	return v, v.hold(holder), nil
+	h, err := v.hold(holder)
+	if err != nil {
+		return nil, nil, err
+	}
+	return v, h, nil
 }
 
 // Holders lists what holds a volume, attachments first (none: not in use).

@@ -71,3 +71,42 @@ func TestHoldsRefuseDeleteAndRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A replica that replication holds is never also used directly, nor the
+// other way round: a direct writer would write around its coordinator.
+func TestReplicationHoldExcludesDirectUse(t *testing.T) {
+	e := memEngine(t, drive.NewMem("d0", 256<<20))
+	if _, err := e.CreateVolume(VolumeSpec{Name: "v", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	_, nbd, err := e.HoldVolume("v", Holder{Kind: HeldByNBD})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = e.HoldVolume("v", Holder{Kind: HeldByReplication})
+	var be *BusyError
+	if !errors.As(err, &be) || DescribeHolders(be.Holders) != "1 NBD client connected" {
+		t.Fatalf("replication hold of a volume an NBD client uses: %v", err)
+	}
+	if _, second, err := e.HoldVolume("v", Holder{Kind: HeldAttached}); err != nil {
+		t.Fatalf("two direct users: %v", err)
+	} else {
+		second.Release()
+	}
+	nbd.Release()
+	_, repl, err := e.HoldVolume("v", Holder{Kind: HeldByReplication})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []HolderKind{HeldByNBD, HeldAttached} {
+		if _, _, err := e.HoldVolume("v", Holder{Kind: k}); !errors.As(err, &be) || DescribeHolders(be.Holders) != "in use by the volume's coordinator (replication)" {
+			t.Fatalf("direct hold (kind %d) of a replica: %v", k, err)
+		}
+	}
+	if _, again, err := e.HoldVolume("v", Holder{Kind: HeldByReplication}); err != nil {
+		t.Fatalf("two replication holds: %v", err)
+	} else {
+		again.Release()
+	}
+	repl.Release()
+}
