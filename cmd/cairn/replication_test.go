@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,6 +110,19 @@ func TestReplication(t *testing.T) {
 		c.Close()
 		mustCairn(t, ds[0].api, "volume", "create", "single", "--size", "64M")
 		mustFail(t, ds[0].api, "has one replica", "volume", "verify", "single")
+	})
+
+	t.Run("a storageless node coordinates a replicated volume", func(t *testing.T) {
+		ip := "127.0.0.5" // its own address: no other test's rules name it
+		z := startDaemon(t, t.TempDir(), "-z", "--api", ip+":0", "--nbd", ip+":0", "--repl-listen", ip+":0", "-k", "etcd://"+ds[0].kvdbAddr(t))
+		zt, _ := z.nbdAddrs(t)
+		run(t, "fio", "--name=storageless", "--ioengine=nbd", "--uri=nbd://"+zt+"/r2", "--rw=randwrite", "--bs=4k",
+			"--iodepth=16", "--size=16M", "--fsync=32", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1")
+		if out := mustCairn(t, ds[1].api, "volume", "verify", "r2"); !strings.Contains(out, "Replicas are identical") {
+			t.Errorf("volume verify after the storageless node's writes:\n%s", out)
+		}
+		z.cmd.Process.Signal(syscall.SIGTERM)
+		<-z.exited
 	})
 
 	t.Run("ha-update adds a replica (copied in the background) and removes one", func(t *testing.T) {
