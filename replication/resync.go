@@ -2,11 +2,14 @@ package replication
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cairn-storage/cairn/drive"
@@ -322,30 +325,68 @@ func (c *Coordinator) Converge(ctx context.Context, progress func(done, total in
 	return diffs, err
 }
 
+// compareWorkers: regions compared at once. Each comparison is a checksum
+// request to every replica, each computed on its node: in parallel they
+// overlap the round trips and the replicas' reads.
+const compareWorkers = 4
+
 func (c *Coordinator) compare(ctx context.Context, repair bool, progress func(done, total int64)) ([]Difference, error) {
-	var diffs []Difference
-	buf := drive.GetBuffer(RegionSize)
-	defer drive.PutBuffer(buf)
-	for off := int64(0); off < c.cfg.Size; off += RegionSize {
-		if err := ctx.Err(); err != nil {
-			return diffs, err
+	var (
+		mu    sync.Mutex // diffs, done, firstErr, and calls of progress
+		diffs []Difference
+		done  int64
+		first error
+		next  atomic.Int64 // the next region's offset
+		wg    sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if first == nil {
+			first = err
 		}
-		if err := c.fencedErr(); err != nil {
-			return diffs, err
-		}
-		n := min(RegionSize, c.cfg.Size-off)
-		d, err := c.compareRegion(off, n, repair, buf.B[:n])
-		if err != nil {
-			return diffs, err
-		}
-		if d != nil {
-			diffs = append(diffs, *d)
-		}
-		if progress != nil {
-			progress(off+n, c.cfg.Size)
-		}
+		mu.Unlock()
 	}
-	return diffs, nil
+	failed := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return first != nil
+	}
+	for range compareWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := drive.GetBuffer(RegionSize)
+			defer drive.PutBuffer(buf)
+			for !failed() {
+				off := next.Add(RegionSize) - RegionSize
+				if off >= c.cfg.Size {
+					return
+				}
+				if err := cmp.Or(ctx.Err(), c.fencedErr()); err != nil {
+					fail(err)
+					return
+				}
+				n := min(RegionSize, c.cfg.Size-off)
+				d, err := c.compareRegion(off, n, repair, buf.B[:n])
+				if err != nil {
+					fail(err)
+					return
+				}
+				mu.Lock()
+				if d != nil {
+					diffs = append(diffs, *d)
+				}
+				done += n
+				if progress != nil {
+					progress(done, c.cfg.Size)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	slices.SortFunc(diffs, func(a, b Difference) int { return cmp.Compare(a.Offset, b.Offset) })
+	return diffs, first
 }
 
 func (c *Coordinator) compareRegion(off, n int64, repair bool, buf []byte) (*Difference, error) {
