@@ -253,9 +253,32 @@ func (v *Volume) StartWriteback(off, n int64) {
 	v.ioMu.RUnlock()
 }
 
+// Writeback starts the write-back of [off, off+n) now, whether or not the
+// volume's pool sees flushes: for a writer that fills a volume and flushes
+// it once at the end (a cloudsnap restore). Its flush then finds the data
+// mostly written already, and its writes are not stalled midway by the
+// kernel writing back a page cache full of their dirty pages. On drives
+// without a page cache it does nothing. It never changes what is durable.
+func (v *Volume) Writeback(off, n int64) {
+	if v.checkIO(off, n) != nil {
+		return
+	}
+	v.ioMu.RLock()
+	v.writeback(off, n)
+	v.ioMu.RUnlock()
+}
+
 // startWriteback: StartWriteback for a range checkIO accepted. REQUIRES ioMu.
 func (v *Volume) startWriteback(off, n int64) {
-	if v.deleted || !v.pool.writeBehindActive() {
+	if v.pool.writeBehindActive() {
+		v.writeback(off, n)
+	}
+}
+
+// writeback starts the write-back of the mapped blocks of a range checkIO
+// accepted. REQUIRES ioMu.
+func (v *Volume) writeback(off, n int64) {
+	if v.deleted {
 		return
 	}
 	lo := off &^ (BlockSize - 1)

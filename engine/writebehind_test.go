@@ -21,7 +21,8 @@ type countingDrive struct {
 func (c *countingDrive) StartWriteback(off, n int64) { c.started.Add(1) }
 
 // Writes start their write-back only while the pool sees flushes: a volume
-// that is never flushed keeps the page cache's batching.
+// that is never flushed keeps the page cache's batching, unless its writer
+// asks (Writeback).
 func TestWriteBehindOnlyWhileFlushed(t *testing.T) {
 	d := &countingDrive{Mem: drive.NewMem("d", 32<<20)}
 	e, err := Open(Options{NodeID: testNode, LogAreaSize: 256 << 10, Drives: []DriveSpec{{Path: "d", Drive: d}}})
@@ -41,13 +42,23 @@ func TestWriteBehindOnlyWhileFlushed(t *testing.T) {
 	if n := d.started.Load(); n != 0 {
 		t.Fatalf("%d write-backs started before any flush", n)
 	}
+	// Writeback starts them anyway (a restore that flushes once at the end).
+	v.Writeback(0, 8*BlockSize)
+	if n := d.started.Load(); n != 1 {
+		t.Fatalf("Writeback of 8 blocks of one extent started %d write-backs, want 1", n)
+	}
+	v.Writeback(ExtentSize, BlockSize) // an extent never written: nothing
+	v.Writeback(4<<20, BlockSize)      // past the end: nothing, no panic
+	if n := d.started.Load(); n != 1 {
+		t.Fatalf("Writeback of unmapped or out-of-range blocks started %d write-backs", n-1)
+	}
 	if err := v.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if err := v.WriteAt(pattern(9, BlockSize), 0, false); err != nil {
 		t.Fatal(err)
 	}
-	if n := d.started.Load(); n == 0 {
+	if n := d.started.Load(); n == 1 {
 		t.Fatal("a write right after a flush started no write-back")
 	}
 	// The NBD server's way: the write, its reply, then the write-back.
