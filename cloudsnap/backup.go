@@ -70,7 +70,7 @@ func Backup(ctx context.Context, eng *engine.Engine, st *Store, req BackupReques
 	if err != nil {
 		return nil, err
 	}
-	m := &Manifest{Format: FormatVersion, ID: req.ID, Volume: pinfo.Name, VolumeID: pinfo.ID, Size: info.Size, ExtentSize: extentSize,
+	m := &Manifest{ID: req.ID, Volume: pinfo.Name, VolumeID: pinfo.ID, Size: info.Size, ExtentSize: extentSize,
 		Created: info.Created, Full: true, Node: req.Node, Snapshot: req.Snapshot, Compression: "zstd"}
 
 	// An incremental needs its base's manifest (the frames it keeps) and
@@ -172,9 +172,10 @@ func Backup(ctx context.Context, eng *engine.Engine, st *Store, req BackupReques
 	for _, f := range frames {
 		f.O = renum[f.O]
 		m.Extents = append(m.Extents, f)
-		m.DataBytes += min(extentSize, m.Size-f.X*extentSize)
+		m.DataBytes += m.extentLen(f.X)
 	}
 	sortFrames(m.Extents)
+	m.Format = formatFor(m.Extents) // the oldest that says what the frames are
 	if err := m.check(); err != nil {
 		cleanup(st, prefix)
 		return nil, fmt.Errorf("cloudsnap: internal error, manifest does not check: %w", err)
@@ -235,10 +236,11 @@ func upload(ctx context.Context, sv *engine.Volume, st *Store, prefix string, ae
 						continue
 					}
 					off := int64(len(buf))
-					if buf, err = c.seal(buf, j.key, x, data[:n]); err != nil {
+					var raw bool
+					if buf, raw, err = c.seal(buf, j.key, x, data[:n]); err != nil {
 						return err
 					}
-					seg.frames = append(seg.frames, Frame{X: x, Off: off, Len: int64(len(buf)) - off})
+					seg.frames = append(seg.frames, Frame{X: x, Off: off, Len: int64(len(buf)) - off, Raw: raw})
 				}
 				if len(seg.frames) == 0 {
 					continue

@@ -19,7 +19,7 @@
 // names, and deleting a backup deletes only the objects no other manifest
 // of the volume names: every other backup stays restorable.
 //
-// # Layout in the bucket (format 1)
+// # Layout in the bucket (formats 1 and 2)
 //
 //	cairn-cloudsnap/v1/<volume-id>/<backup-id>/data/<nnnnnn>     data objects
 //	cairn-cloudsnap/v1/<volume-id>/<backup-id>/manifest.json     the manifest
@@ -27,17 +27,25 @@
 // <volume-id> is the 16-hex-digit id of the backed-up volume (not of its
 // snapshot): one chain per volume. <backup-id> is "<volume-id>-<UTC time
 // 20060102T150405.000Z>", the ID operators pass to restore and delete.
+// The "v1" is the version of this key layout, not of the manifest format:
+// it changes only if the keys do.
+//
 // The manifest is written last, after every data object it names is
 // stored: a backup without a manifest is incomplete, never listed and never
 // restored (an interrupted upload leaves at most unreferenced data objects,
 // which the daemon deletes when it can).
 //
-// A data object is a concatenation of frames, one per extent, each the
-// extent's bytes (1 MiB, less at the end of the volume) compressed as one
-// zstd frame:
+// A data object is a concatenation of frames, one per extent (1 MiB, less
+// at the end of the volume). A frame holds the extent's bytes compressed as
+// one zstd frame or, from format 2, raw: the extent's bytes as they are,
+// when zstd would save less than 1/32 of them (random or already
+// compressed data), so that a restore writes them with no decoding:
 //
-//	unencrypted:  | zstd frame                                   |
-//	encrypted:    | nonce (12 B) | AES-256-GCM(zstd frame) + tag (16 B) |
+//	unencrypted:  | zstd frame, or the raw extent                           |
+//	encrypted:    | nonce (12 B) | AES-256-GCM(zstd frame or raw extent) + tag (16 B) |
+//
+// A raw frame's length is the extent's (plus 28 bytes when encrypted);
+// readers refuse one of any other length.
 //
 // The GCM additional data is the object's key followed by the extent's
 // index (8 bytes, big endian), so a frame moved to another place in the
@@ -46,14 +54,22 @@
 // as stored): a restore checks both before it decodes anything, and names
 // the object that fails.
 //
-// The manifest is JSON (Manifest): format (1; readers refuse a higher one),
-// id, volume name and id, size, creation time, full or incremental, base
-// (the previous backup's id), chain index (0 = full), compression ("zstd"),
+// The manifest is JSON (Manifest): format (1 or 2; readers refuse a
+// higher one than they know), id, volume name and id, size, creation
+// time, full or incremental, base (the previous backup's id), chain index
+// (0 = full), compression ("zstd"),
 // encryption (nil, or cipher "aes-256-gcm", KDF "argon2id" with its salt
 // and cost, and a key check: a sealed constant that tells a wrong
 // passphrase from a damaged object), the object table and the extent
-// table. Fields are only ever added; a field is never reused for another
-// meaning.
+// table (per extent: index, object, offset and length of its frame, and
+// from format 2 "raw": true for a raw frame). Fields are only ever added;
+// a field is never reused for another meaning.
+//
+// Format 2 is format 1 plus raw frames. A backup is written as format 2
+// only when its manifest names a raw frame (its own, or one it keeps from
+// its base), and as format 1 otherwise: backups of compressible data stay
+// readable by cairns that know format 1 only, and one of those refuses a
+// format 2 backup clearly instead of misreading a raw frame as zstd.
 //
 // # Encryption
 //

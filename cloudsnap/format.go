@@ -32,9 +32,14 @@ var (
 
 // Part of the bucket format — do not change.
 const (
-	FormatVersion = 1
-	rootPrefix    = "cairn-cloudsnap/v1/"
-	manifestName  = "manifest.json"
+	// FormatVersion is the newest manifest format this cairn reads and
+	// writes (package doc). Format 2 is format 1 plus raw frames
+	// (Frame.Raw); a manifest naming none is written as format 1, which
+	// every cairn reads. Readers refuse a format newer than theirs.
+	FormatVersion   = 2
+	formatRawFrames = 2 // the first format with raw frames
+	rootPrefix      = "cairn-cloudsnap/v1/"
+	manifestName    = "manifest.json"
 	// FullEvery: every FullEvery-th backup of a chain is full.
 	FullEvery = 7
 	// extentSize is the unit of a frame. Manifests record it; a reader
@@ -48,6 +53,11 @@ const (
 	argonMemKiB  = 64 << 10
 	argonThreads = 4
 )
+
+// An extent is stored raw when zstd saves less than 1/rawBelowSaving of
+// it: a raw frame restores with no decoding (and, unencrypted, no copy).
+// A writer's choice, not part of the format: readers go by Frame.Raw.
+const rawBelowSaving = 32
 
 // Bounds on what a manifest read from the bucket may claim, checked before
 // anything is allocated from it.
@@ -90,12 +100,14 @@ type Object struct {
 }
 
 // Frame places one extent's data: extent index X, object O (index into
-// Objects), offset and length of its frame in the object.
+// Objects), offset and length of its frame in the object. Raw (format 2):
+// the frame holds the extent's bytes as they are, not a zstd frame.
 type Frame struct {
 	X   int64 `json:"x"`
 	O   int   `json:"o"`
 	Off int64 `json:"off"`
 	Len int64 `json:"len"`
+	Raw bool  `json:"raw,omitempty"`
 }
 
 // Encryption is how a manifest's frames are sealed.
@@ -143,8 +155,8 @@ func decodeManifest(key string, raw []byte) (*Manifest, error) {
 
 func (m *Manifest) check() error {
 	switch {
-	case m.Format != FormatVersion:
-		return fmt.Errorf("format %d (this cairn reads format %d)", m.Format, FormatVersion)
+	case m.Format < 1 || m.Format > FormatVersion:
+		return fmt.Errorf("format %d (this cairn reads formats 1 to %d)", m.Format, FormatVersion)
 	case m.ExtentSize != extentSize:
 		return fmt.Errorf("extent size %d (want %d)", m.ExtentSize, extentSize)
 	case m.Size <= 0 || m.Size > maxVolumeSize || m.Size%engine.BlockSize != 0:
@@ -170,9 +182,38 @@ func (m *Manifest) check() error {
 			f.Len > 2*extentSize || f.Off+f.Len > m.Objects[f.O].Size {
 			return fmt.Errorf("extent entry %+v out of range", f)
 		}
+		switch {
+		case f.Raw && m.Format < formatRawFrames:
+			return fmt.Errorf("extent entry %+v: raw frame in a format %d manifest (raw frames are format %d)", f, m.Format, formatRawFrames)
+		case f.Raw && f.Len != m.rawLen(f.X):
+			return fmt.Errorf("extent entry %+v: raw frame of %d bytes (want %d)", f, f.Len, m.rawLen(f.X))
+		}
 		last = f.X
 	}
 	return nil
+}
+
+// extentLen is the length of extent x: extentSize, less at the end of the
+// volume.
+func (m *Manifest) extentLen(x int64) int64 { return min(extentSize, m.Size-x*extentSize) }
+
+// rawLen is the length of extent x's frame when it is raw.
+func (m *Manifest) rawLen(x int64) int64 {
+	if m.Encryption != nil {
+		return nonceSize + m.extentLen(x) + tagSize
+	}
+	return m.extentLen(x)
+}
+
+// formatFor is the format a manifest with frames fs is written in: the
+// oldest that can say what they are.
+func formatFor(fs []Frame) int {
+	for _, f := range fs {
+		if f.Raw {
+			return formatRawFrames
+		}
+	}
+	return 1
 }
 
 // keyCache keeps derived keys: argon2id costs 64 MiB and a fraction of a
@@ -262,21 +303,33 @@ func newCodec(aead cipher.AEAD) (*codec, error) {
 
 func (c *codec) close() { c.enc.Close(); c.dec.Close() }
 
-// seal appends extent x's frame to dst.
-func (c *codec) seal(dst []byte, objectKey string, x int64, data []byte) ([]byte, error) {
+// seal appends extent x's frame to dst, and reports whether it is raw: the
+// extent's bytes as they are, when zstd does not shrink them enough to be
+// worth decoding (random or already compressed data).
+func (c *codec) seal(dst []byte, objectKey string, x int64, data []byte) ([]byte, bool, error) {
+	worth := func(z []byte) bool { return len(z) <= len(data)-len(data)/rawBelowSaving }
 	if c.aead == nil {
-		return c.enc.EncodeAll(data, dst), nil
+		start := len(dst)
+		dst = c.enc.EncodeAll(data, dst)
+		if worth(dst[start:]) {
+			return dst, false, nil
+		}
+		return append(dst[:start], data...), true, nil
 	}
 	c.tmp = c.enc.EncodeAll(data, c.tmp[:0])
+	payload, raw := c.tmp, false
+	if !worth(c.tmp) {
+		payload, raw = data, true
+	}
 	nonce := make([]byte, nonceSize)
 	if _, err := rand.Read(nonce); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	dst = append(dst, nonce...)
-	return c.aead.Seal(dst, nonce, c.tmp, frameAAD(objectKey, x)), nil
+	return c.aead.Seal(dst, nonce, payload, frameAAD(objectKey, x)), raw, nil
 }
 
-// open decodes a frame into dst (whose length is the extent's).
+// open decodes a zstd frame into dst (whose length is the extent's).
 func (c *codec) open(dst, frame []byte, objectKey string, x int64) error {
 	z := frame
 	if c.aead != nil {
@@ -295,6 +348,22 @@ func (c *codec) open(dst, frame []byte, objectKey string, x int64) error {
 		return fmt.Errorf("%w: object %s: extent %d does not decompress to %d bytes", ErrCorrupt, objectKey, x, len(dst))
 	}
 	return nil
+}
+
+// openRaw returns the extent bytes of a raw frame (its length checked by
+// Manifest.check): the frame itself, or when encrypted, decrypted in place
+// in it. Either way no copy is made: the restore writes the extent into
+// the volume straight from the object it read.
+func (c *codec) openRaw(frame []byte, objectKey string, x int64) ([]byte, error) {
+	if c.aead == nil {
+		return frame, nil
+	}
+	ct := frame[nonceSize:]
+	data, err := c.aead.Open(ct[:0], frame[:nonceSize], ct, frameAAD(objectKey, x))
+	if err != nil {
+		return nil, fmt.Errorf("%w: object %s: extent %d does not decrypt (damaged)", ErrCorrupt, objectKey, x)
+	}
+	return data, nil
 }
 
 func sortFrames(fs []Frame) {

@@ -91,13 +91,17 @@ func RestoreWith(ctx context.Context, eng *engine.Engine, st *Store, id, name st
 	return create(spec, build)
 }
 
-// fill writes every frame of m into volume name and flushes it.
+// fill writes every frame of m into volume name and flushes it: when it
+// returns nil the volume holds the backup's content durably.
 //
 // downloadWorkers objects are fetched, checked, decoded and written at once,
 // each worker with its own codec, object buffer and extent buffer, reused
 // from one object to the next: a restore is CPU-bound next to the S3 server
 // on small machines (profile in BENCHMARKS.md, cloudsnaps), and a fresh
-// 16 MiB buffer per object cost a zeroing pass and GC work per object.
+// 16 MiB buffer per object cost a zeroing pass and GC work per object. A raw
+// frame (format 2) is written into the volume straight from the object
+// buffer, checked by the object's xxhash64 (and decrypted in place): no
+// decode, no copy.
 func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead cipher.AEAD, name string, prog *Progress) error {
 	v, err := eng.Volume(name)
 	if err != nil {
@@ -106,7 +110,7 @@ func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead 
 	byObject := make([][]Frame, len(m.Objects))
 	for _, f := range m.Extents {
 		byObject[f.O] = append(byObject[f.O], f)
-		prog.Total.Add(min(extentSize, m.Size-f.X*extentSize))
+		prog.Total.Add(m.extentLen(f.X))
 	}
 	jobs := make(chan int)
 	// The first error cancels ctx: the feeder stops, the workers' next
@@ -135,14 +139,19 @@ func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead 
 				}
 				prog.Stored.Add(int64(len(raw)))
 				for _, f := range byObject[oi] {
-					n := min(extentSize, m.Size-f.X*extentSize)
-					if err := c.open(data[:n], raw[f.Off:f.Off+f.Len], o.Key, f.X); err != nil {
+					ext, frame := data[:m.extentLen(f.X)], raw[f.Off:f.Off+f.Len]
+					if f.Raw {
+						ext, err = c.openRaw(frame, o.Key, f.X)
+					} else {
+						err = c.open(ext, frame, o.Key, f.X)
+					}
+					if err != nil {
 						return err
 					}
-					if err := v.WriteAt(data[:n], f.X*extentSize, false); err != nil {
+					if err := v.WriteAt(ext, f.X*extentSize, false); err != nil {
 						return fmt.Errorf("write volume %q: %w", name, err)
 					}
-					prog.Done.Add(n)
+					prog.Done.Add(int64(len(ext)))
 				}
 			}
 			return nil
