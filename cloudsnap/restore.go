@@ -101,7 +101,10 @@ func RestoreWith(ctx context.Context, eng *engine.Engine, st *Store, id, name st
 // 16 MiB buffer per object cost a zeroing pass and GC work per object. A raw
 // frame (format 2) is written into the volume straight from the object
 // buffer, checked by the object's xxhash64 (and decrypted in place): no
-// decode, no copy.
+// decode, no copy. Once an object's extents are written their write-back is
+// started (Volume.Writeback): the pages go to the device while the next
+// objects download, instead of piling up dirty until the kernel throttles
+// the writes or the final flush writes them all while the restore waits.
 func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead cipher.AEAD, name string, prog *Progress) error {
 	v, err := eng.Volume(name)
 	if err != nil {
@@ -152,6 +155,9 @@ func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead 
 						return fmt.Errorf("write volume %q: %w", name, err)
 					}
 					prog.Done.Add(int64(len(ext)))
+				}
+				for _, f := range byObject[oi] {
+					v.Writeback(f.X*extentSize, m.extentLen(f.X))
 				}
 			}
 			return nil
