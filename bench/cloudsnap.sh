@@ -15,8 +15,9 @@
 # over that time.
 # Baseline (bench/cmd/s3baseline): minio-go putting and getting the same
 # file as 16 MiB objects 4 at a time (the shape cairn uses), and as one
-# multipart PutObject / one GetObject. Targets (issue 18): backup and
-# restore ≥ 0.7× the client-only rate of the same shape.
+# multipart PutObject / one GetObject, each timed after a sync too.
+# Targets (issue 18): backup and restore ≥ 0.7× the client-only rate of
+# the same shape.
 #
 # incremental: a 4 GiB volume filled with random data (fio, refill_buffers),
 # a full backup, then 64 MiB changed (16 random 4 MiB-aligned 4 MiB writes,

@@ -2,7 +2,8 @@
 // minio-go alone putting a file to a bucket and getting it back, with the
 // same client settings cairn's cloudsnaps use (path-style, plain PUTs of
 // 16 MiB objects, 4 at a time) and, for comparison, one multipart
-// PutObject of the whole file. It prints one line per case:
+// PutObject of the whole file. Each case is timed after a sync (settle). It
+// prints one line per case:
 //
 //	put-16MiBx4 BYTES SECONDS MiB/s
 package main
@@ -15,6 +16,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -65,6 +67,7 @@ func main() {
 	report := func(name string, n int, d time.Duration) {
 		fmt.Printf("%s %d %.3f %.1f\n", name, n, d.Seconds(), float64(n)/d.Seconds()/(1<<20))
 	}
+	settle()
 	start := time.Now()
 	parallel(func(i int) error {
 		b := data[i*seg : min(len(data), (i+1)*seg)]
@@ -72,6 +75,7 @@ func main() {
 		return err
 	})
 	report("put-16MiBx4", len(data), time.Since(start))
+	settle()
 	start = time.Now()
 	parallel(func(i int) error {
 		o, err := cli.GetObject(ctx, *bucket, keys[i], minio.GetObjectOptions{})
@@ -83,11 +87,13 @@ func main() {
 		return err
 	})
 	report("get-16MiBx4", len(data), time.Since(start))
+	settle()
 	start = time.Now()
 	if _, err := cli.PutObject(ctx, *bucket, "baseline/whole", bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
 		fail(err)
 	}
 	report("put-multipart", len(data), time.Since(start))
+	settle()
 	start = time.Now()
 	o, err := cli.GetObject(ctx, *bucket, "baseline/whole", minio.GetObjectOptions{})
 	if err != nil {
@@ -101,6 +107,12 @@ func main() {
 		_ = cli.RemoveObject(ctx, *bucket, k, minio.RemoveObjectOptions{})
 	}
 }
+
+// settle writes back what the steps before left dirty (the puts: the
+// server's files) before a case is timed, as bench/cloudsnap.sh syncs
+// before each cairn job: else the gets run while the kernel writes back
+// the puts, and their rate depends on how far it got.
+func settle() { syscall.Sync() }
 
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "s3baseline:", err)
