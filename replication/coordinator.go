@@ -99,7 +99,10 @@ type CoordinatorConfig struct {
 	// RetryInterval is how often an out-of-sync replica is tried again;
 	// 0 = 2 s.
 	RetryInterval time.Duration
-	Logger        *slog.Logger
+	// Clock is what RetryInterval and ResyncRate are measured on; nil =
+	// the real clock. (The Dialer sets its Clients' own.)
+	Clock  Clock
+	Logger *slog.Logger
 }
 
 // Coordinator serves one volume from its replicas: it is the only writer of
@@ -223,6 +226,9 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 	}
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = 2 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
 	}
 	log := cfg.Logger
 	if log == nil {

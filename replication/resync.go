@@ -32,8 +32,8 @@ import (
 // resyncLoop tries each out-of-sync replica every RetryInterval until Close.
 func (c *Coordinator) resyncLoop() {
 	defer close(c.done)
-	t := time.NewTicker(c.cfg.RetryInterval)
-	defer t.Stop()
+	ticks, stop := c.cfg.Clock.NewTicker(c.cfg.RetryInterval)
+	defer stop()
 	for {
 		c.mu.RLock()
 		var todo []*member
@@ -48,7 +48,7 @@ func (c *Coordinator) resyncLoop() {
 		}
 		c.mu.RUnlock()
 		for _, m := range rejoin {
-			if err := c.join(m, time.Now()); err != nil && !c.stopping() {
+			if err := c.join(m, c.cfg.Clock.Now()); err != nil && !c.stopping() {
 				c.log.Warn("replica's join not confirmed; retrying", "node", m.node, "err", err, "in", c.cfg.RetryInterval)
 			}
 		}
@@ -60,7 +60,7 @@ func (c *Coordinator) resyncLoop() {
 		select {
 		case <-c.stop:
 			return
-		case <-t.C:
+		case <-ticks:
 		}
 	}
 }
@@ -109,7 +109,7 @@ func (c *Coordinator) resync(m *member) error {
 	m.toCopy.Store(int64(m.log.count()) * RegionSize)
 	c.mu.Unlock()
 	c.log.Info("resync started", "node", m.node, "bytes", m.toCopy.Load())
-	start := time.Now()
+	start := c.cfg.Clock.Now()
 
 	buf := drive.GetBuffer(RegionSize)
 	defer drive.PutBuffer(buf)
@@ -173,16 +173,16 @@ func (c *Coordinator) join(m *member, start time.Time) error {
 	c.setEpoch(epoch)
 	os.Remove(m.log.path)
 	m.log = nil
-	c.log.Info("replica back in sync", "node", m.node, "epoch", epoch, "copied", m.copied.Load(), "seconds", time.Since(start).Seconds())
+	c.log.Info("replica back in sync", "node", m.node, "epoch", epoch, "copied", m.copied.Load(), "seconds", c.cfg.Clock.Now().Sub(start).Seconds())
 	return nil
 }
 
 // throttle sleeps so that the copy keeps to ResyncRate.
 func (c *Coordinator) throttle(start time.Time, done int64) {
 	due := start.Add(time.Duration(float64(done) / float64(c.cfg.ResyncRate) * float64(time.Second)))
-	if d := time.Until(due); d > 0 {
+	if d := due.Sub(c.cfg.Clock.Now()); d > 0 {
 		select {
-		case <-time.After(d):
+		case <-c.cfg.Clock.After(d):
 		case <-c.stop:
 		}
 	}
