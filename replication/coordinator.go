@@ -361,6 +361,33 @@ func (c *Coordinator) Epoch() uint64 {
 	return c.epoch
 }
 
+// maxEpochRetries bounds how often a request refused for this
+// coordinator's own older epoch (see ownStale) is sent again: each time
+// needs another change of the in-sync set while it is in flight.
+const maxEpochRetries = 8
+
+// ownStale reports whether err refuses a request for an epoch no newer
+// than the one this coordinator holds: an eviction or join raised the
+// epoch while the request was in flight, and a later request of this
+// coordinator reached the replica first (a replica applies requests in any
+// order). The request was not applied, and may be sent again at the
+// current epoch. A newer coordinator's epoch is above any this one holds
+// (the cluster raises it at each claim, and refuses this one's changes
+// after).
+func (c *Coordinator) ownStale(err error) bool {
+	var se *StaleEpochError
+	return errors.As(err, &se) && se.Epoch <= c.Epoch()
+}
+
+// again sends a request again (op) while it is refused for this
+// coordinator's own older epoch; err is the first try's outcome.
+func (c *Coordinator) again(err error, op func() error) error {
+	for i := 0; i < maxEpochRetries && c.ownStale(err); i++ {
+		err = op()
+	}
+	return err
+}
+
 // opKind is a write-like command.
 type opKind uint8
 
@@ -386,6 +413,21 @@ type target struct {
 	client  *Client
 	pending Pending
 	err     error
+}
+
+// do sends o to the target and waits for it.
+func (t *target) do(o writeOp) error {
+	if t.local != nil {
+		return localOp(t.local, o)
+	}
+	return startOp(t.client, o).Wait(context.Background())
+}
+
+func (t *target) flush() error {
+	if t.local != nil {
+		return t.local.Flush()
+	}
+	return t.client.Flush(context.Background())
 }
 
 func (c *Coordinator) WriteAt(p []byte, off int64, fua bool) error {
@@ -434,6 +476,10 @@ func (c *Coordinator) write(o writeOp) error {
 			t.err = t.pending.Wait(context.Background())
 			t.m.observe(start)
 		}
+	}
+	for i := range ts[:n] {
+		t := &ts[i]
+		t.err = c.again(t.err, func() error { return t.do(o) })
 	}
 	return c.settle(ts[:n], &rng)
 }
@@ -642,6 +688,7 @@ func (c *Coordinator) Flush() error {
 		if t.local == nil {
 			t.err = t.pending.Wait(context.Background())
 		}
+		t.err = c.again(t.err, t.flush)
 		if t.err == nil {
 			t.m.endFlush(sets[i])
 		}
@@ -653,7 +700,7 @@ func (c *Coordinator) Flush() error {
 // an in-sync remote one; a replica that fails the read is evicted and the
 // read tried on another.
 func (c *Coordinator) ReadAt(p []byte, off int64) error {
-	for {
+	for retries := 0; ; retries++ {
 		if err := c.fencedErr(); err != nil {
 			return err
 		}
@@ -672,6 +719,8 @@ func (c *Coordinator) ReadAt(p []byte, off int64) error {
 			return nil
 		case errors.Is(err, engine.ErrInvalid) || errors.Is(err, ErrInvalid):
 			return err // the request's fault, not the replica's
+		case retries < maxEpochRetries && c.ownStale(err):
+			continue
 		case errors.Is(err, ErrStaleEpoch):
 			c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
 			return c.fencedErr()

@@ -795,3 +795,64 @@ func TestCoordinatorResyncSourceFails(t *testing.T) {
 	waitInSync(t, c)
 	verifyClean(t, c)
 }
+
+// TestCoordinatorEpochChangesUnderLoad: evictions and joins raise the
+// epoch while requests of the older one are in flight to the same
+// replicas (which apply requests in any order); none of that may look like
+// a newer coordinator.
+func TestCoordinatorEpochChangesUnderLoad(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2", "n3")
+	local, err := tc.node("n1").server().OpenLocal(testVolume, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tc.open(tc.config("n1", local, "n1", "n2", "n3"))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				off := int64((w*7919+i*104729)%(coordSize/4096)) * 4096
+				var err error
+				switch i % 3 {
+				case 0, 1:
+					err = c.WriteAt(pattern(4096, byte(i)), off, false)
+				default:
+					err = c.ReadAt(buf, off)
+				}
+				if i%50 == 0 {
+					err = errors.Join(err, c.Flush())
+				}
+				if errors.Is(err, ErrFenced) {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for cycle := range 10 {
+		n := tc.node([]string{"n2", "n3"}[cycle%2])
+		n.stop(t)
+		for status(c, n.name).State == InSync {
+			time.Sleep(time.Millisecond)
+		}
+		n.start(t)
+		waitInSync(t, c)
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a coordinator fenced itself by its own epoch changes: %v", err)
+	}
+	verifyClean(t, c)
+}

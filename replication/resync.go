@@ -208,16 +208,18 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err 
 		return false, fmt.Errorf("no in-sync replica could be read to copy from: %w", err)
 	}
 	zero := isZero(buf)
-	switch {
-	case m.local != nil && zero:
-		err = m.local.WriteZeroes(off, n, false, false)
-	case m.local != nil:
-		err = m.local.WriteAt(buf, off, false)
-	case zero:
-		err = cl.WriteZeroes(context.Background(), off, n, false, false)
-	default:
-		err = cl.WriteAt(context.Background(), buf, off, false)
+	put := func() error {
+		switch {
+		case m.local != nil && zero:
+			return m.local.WriteZeroes(off, n, false, false)
+		case m.local != nil:
+			return m.local.WriteAt(buf, off, false)
+		case zero:
+			return cl.WriteZeroes(context.Background(), off, n, false, false)
+		}
+		return cl.WriteAt(context.Background(), buf, off, false)
 	}
+	err = c.again(put(), put)
 	if err != nil {
 		if errors.Is(err, ErrStaleEpoch) {
 			c.Fence(err)
@@ -239,12 +241,13 @@ func (c *Coordinator) flushMember(m *member) error {
 		return fmt.Errorf("replica on node %s fell out during its resync", m.node)
 	}
 	set := m.beginFlush()
-	var err error
-	if m.local != nil {
-		err = m.local.Flush()
-	} else {
-		err = cl.Flush(context.Background())
+	flush := func() error {
+		if m.local != nil {
+			return m.local.Flush()
+		}
+		return cl.Flush(context.Background())
 	}
+	err := c.again(flush(), flush)
 	if err == nil {
 		m.endFlush(set)
 	}
@@ -256,15 +259,21 @@ var zeroRegion = make([]byte, RegionSize)
 func isZero(p []byte) bool { return bytes.Equal(p, zeroRegion[:len(p)]) }
 
 // sum is m's checksum of a region (verify, convergence).
-func (c *Coordinator) sum(m *member, off, n int64) (uint64, error) {
-	if m.local != nil {
-		return m.local.Checksum(off, n)
+func (c *Coordinator) sum(m *member, off, n int64) (s uint64, err error) {
+	get := func() error {
+		if m.local != nil {
+			s, err = m.local.Checksum(off, n)
+			return err
+		}
+		cl := c.clientOf(m)
+		if cl == nil {
+			return fmt.Errorf("replica on node %s is not connected", m.node)
+		}
+		s, err = cl.Checksum(context.Background(), off, n)
+		return err
 	}
-	cl := c.clientOf(m)
-	if cl == nil {
-		return 0, fmt.Errorf("replica on node %s is not connected", m.node)
-	}
-	return cl.Checksum(context.Background(), off, n)
+	err = c.again(get(), get)
+	return s, err
 }
 
 // clientOf returns m's connection (nil once it was dropped).
@@ -276,25 +285,31 @@ func (c *Coordinator) clientOf(m *member) *Client {
 
 // readFrom and writeTo move a region between one replica and the buffer.
 func (c *Coordinator) readFrom(m *member, p []byte, off int64) error {
-	if m.local != nil {
-		return m.local.ReadAt(p, off)
+	get := func() error {
+		if m.local != nil {
+			return m.local.ReadAt(p, off)
+		}
+		cl := c.clientOf(m)
+		if cl == nil {
+			return fmt.Errorf("replica on node %s is not connected", m.node)
+		}
+		return cl.ReadAt(context.Background(), p, off)
 	}
-	cl := c.clientOf(m)
-	if cl == nil {
-		return fmt.Errorf("replica on node %s is not connected", m.node)
-	}
-	return cl.ReadAt(context.Background(), p, off)
+	return c.again(get(), get)
 }
 
 func (c *Coordinator) writeTo(m *member, p []byte, off int64) error {
-	if m.local != nil {
-		return m.local.WriteAt(p, off, false)
+	put := func() error {
+		if m.local != nil {
+			return m.local.WriteAt(p, off, false)
+		}
+		cl := c.clientOf(m)
+		if cl == nil {
+			return fmt.Errorf("replica on node %s is not connected", m.node)
+		}
+		return cl.WriteAt(context.Background(), p, off, false)
 	}
-	cl := c.clientOf(m)
-	if cl == nil {
-		return fmt.Errorf("replica on node %s is not connected", m.node)
-	}
-	return cl.WriteAt(context.Background(), p, off, false)
+	return c.again(put(), put)
 }
 
 // Difference is a region where in-sync replicas differ.
