@@ -164,12 +164,18 @@ type member struct {
 	joinPending bool
 
 	// written: regions written since the last flush that reached the
-	// replica, and flushing: the sets of the flushes in flight. A replica
-	// that fails may have lost them (an engine loses unflushed writes in a
-	// crash), so eviction puts them in its region log.
+	// replica; flushing: the sets of the flushes in flight; inflight: how
+	// many writes to each region are in flight. A replica that fails may
+	// have lost all of them (an engine loses unflushed writes in a crash,
+	// and a write in flight may have been applied), so eviction puts them
+	// in its region log (orUnflushed). A write counts in inflight from before
+	// it is sent until it is over, and only then in written: a flush sent
+	// while it was in flight does not cover it (a replica applies requests
+	// in any order, so the flush may have been applied first).
 	fmu      sync.Mutex
 	written  *regions
 	flushing []*regions // REQUIRES fmu
+	inflight []int32    // REQUIRES fmu; per region
 
 	copied, toCopy atomic.Int64 // resync progress, bytes
 
@@ -198,8 +204,8 @@ func (m *member) endFlush(set *regions) {
 	}
 }
 
-// orUnflushed ORs into words the regions m was sent and has not flushed
-// (its region log's unflushed).
+// orUnflushed ORs into words the regions m was sent and has not flushed:
+// written, being flushed, or being written (its region log's unflushed).
 func (m *member) orUnflushed(words []uint64) {
 	m.fmu.Lock()
 	defer m.fmu.Unlock()
@@ -207,6 +213,46 @@ func (m *member) orUnflushed(words []uint64) {
 	for _, f := range m.flushing {
 		f.orInto(words)
 	}
+	for i, k := range m.inflight {
+		if k > 0 {
+			words[i/64] |= 1 << (i % 64)
+		}
+	}
+}
+
+// unflushed returns the regions m may lose in a crash (orUnflushed).
+func (m *member) unflushed(size int64) *regions {
+	u := newRegions(size)
+	m.orUnflushed(u.words)
+	return u
+}
+
+func newMember(node string, size int64) *member {
+	w := newRegions(size)
+	return &member{node: node, state: OutOfSync, written: w, inflight: make([]int32, w.n)}
+}
+
+// begin counts a write of [off, off+n) to m as in flight; the caller
+// calls it before the write is sent, and end once it is over.
+func (m *member) begin(off, n int64) {
+	first, last := span(off, n)
+	m.fmu.Lock()
+	for i := first; i <= min(last, len(m.inflight)-1); i++ {
+		m.inflight[i]++
+	}
+	m.fmu.Unlock()
+}
+
+// end counts the write as written to m, whatever its outcome (one that
+// failed may have been applied): unflushed there until the next flush.
+func (m *member) end(off, n int64) {
+	first, last := span(off, n)
+	m.fmu.Lock()
+	for i := first; i <= min(last, len(m.inflight)-1); i++ {
+		m.inflight[i]--
+	}
+	m.written.add(off, n)
+	m.fmu.Unlock()
 }
 
 // observe counts one write answered by m, begun at start.
@@ -244,7 +290,7 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 		stop: make(chan struct{}), done: make(chan struct{})}
 	var unreachable []*member
 	for _, rc := range cfg.Replicas {
-		m := &member{node: rc.Node, written: newRegions(cfg.Size), state: OutOfSync}
+		m := newMember(rc.Node, cfg.Size)
 		if rc.Node == cfg.Self {
 			m.local = cfg.Local
 		}
@@ -480,13 +526,15 @@ func (c *Coordinator) write(o writeOp) error {
 	for i := range ts[:n] {
 		t := &ts[i]
 		t.err = c.again(t.err, func() error { return t.do(o) })
+		t.m.end(o.off, o.n)
 	}
 	return c.settle(ts[:n], &rng)
 }
 
 // targets fills ts with the replicas a request goes to (in sync and
 // resyncing) and, for a write of rng, before anything is sent, durably
-// marks the range in the region log of every replica that will miss it.
+// marks the range in the region log of every replica that will miss it
+// and counts the write in flight to the others (the caller ends it).
 func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -501,18 +549,25 @@ func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, erro
 				return 0, fmt.Errorf("%w: replica on node %s is out of sync and its region log cannot be written: %w", engine.ErrIO, m.node, err)
 			}
 		case m.local != nil || m.client != nil:
-			if rng != nil {
-				m.written.add(rng[0], rng[1])
-			}
-			if rng != nil && m.state == Resyncing {
-				// Its log must hold what it may lose in a crash of its
-				// node, in case this coordinator crashes too.
-				if err := m.log.keepUnflushed(rng[0], rng[1]); err != nil {
-					return 0, fmt.Errorf("%w: replica on node %s is resyncing and its region log cannot be written: %w", engine.ErrIO, m.node, err)
-				}
-			}
 			ts[k] = target{m: m, state: m.state, local: m.local, client: m.client}
 			k++
+		}
+	}
+	if rng == nil {
+		return k, nil
+	}
+	for i := range ts[:k] {
+		m := ts[i].m
+		m.begin(rng[0], rng[1]) // under c.mu: no drop misses it
+		if m.state == Resyncing {
+			// Its log must hold what it may lose in a crash of its node,
+			// in case this coordinator crashes too.
+			if err := m.log.keepUnflushed(rng[0], rng[1]); err != nil {
+				for j := range ts[:i+1] {
+					ts[j].m.end(rng[0], rng[1]) // not sent
+				}
+				return 0, fmt.Errorf("%w: replica on node %s is resyncing and its region log cannot be written: %w", engine.ErrIO, m.node, err)
+			}
 		}
 	}
 	return k, nil
@@ -600,12 +655,7 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 // keepMissed adds to m's region log what m may have lost (its unflushed
 // writes) and rng, durably. REQUIRES c.mu.
 func (c *Coordinator) keepMissed(m *member, rng *[2]int64) error {
-	m.fmu.Lock()
-	m.log.union(m.written)
-	for _, f := range m.flushing {
-		m.log.union(f)
-	}
-	m.fmu.Unlock()
+	m.log.union(m.unflushed(c.cfg.Size))
 	if rng != nil {
 		m.log.add(rng[0], rng[1])
 	}
@@ -839,7 +889,7 @@ func (c *Coordinator) AddReplica(node string) error {
 			return fmt.Errorf("%w: volume %q has a replica on node %s already", ErrInvalid, c.cfg.Volume, node)
 		}
 	}
-	m := &member{node: node, written: newRegions(c.cfg.Size), state: OutOfSync}
+	m := newMember(node, c.cfg.Size)
 	if err := c.openLog(m, false); err != nil {
 		return err
 	}

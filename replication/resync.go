@@ -219,7 +219,9 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err 
 		}
 		return cl.WriteAt(context.Background(), buf, off, false)
 	}
+	m.begin(off, n) // then in m.written: not durable there until it flushes
 	err = c.again(put(), put)
+	m.end(off, n)
 	if err != nil {
 		if errors.Is(err, ErrStaleEpoch) {
 			c.Fence(err)
@@ -229,7 +231,6 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err 
 		}
 		return false, fmt.Errorf("copy to the replica on node %s: %w", m.node, err)
 	}
-	m.written.add(off, n) // not durable on the target until it flushes
 	return !zero, nil
 }
 
@@ -309,7 +310,10 @@ func (c *Coordinator) writeTo(m *member, p []byte, off int64) error {
 		}
 		return cl.WriteAt(context.Background(), p, off, false)
 	}
-	return c.again(put(), put)
+	m.begin(off, int64(len(p))) // unflushed there until Converge's flush
+	err := c.again(put(), put)
+	m.end(off, int64(len(p)))
+	return err
 }
 
 // Difference is a region where in-sync replicas differ.
