@@ -319,7 +319,11 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 		c.members = append(c.members, m)
 	}
 	for _, m := range unreachable {
-		if err := c.drop(m, fmt.Errorf("unreachable at open"), nil); err != nil {
+		// What it misses is unknown here: the previous coordinator's last
+		// writes may have reached some replicas and not others, and it may
+		// have lost unflushed ones in a crash (Converge compares only the
+		// in-sync replicas). So every region is in its log.
+		if err := c.drop(m, fmt.Errorf("unreachable at open"), &[2]int64{0, cfg.Size}); err != nil {
 			c.closeMembers()
 			return nil, err
 		}

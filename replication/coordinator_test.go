@@ -905,6 +905,22 @@ func TestCoordinatorJoinFailureKeepsUnflushed(t *testing.T) {
 	tc.sameOn(8*RegionSize, pattern(4096, 8), "n1", "n2")
 }
 
+// TestCoordinatorUnreachableAtOpen: an in-sync replica a new coordinator
+// cannot reach is evicted with every region in its log: the previous
+// coordinator's last writes may have reached some replicas only.
+func TestCoordinatorUnreachableAtOpen(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	tc.node("n1").vol.poke(pattern(4096, 1), 5*RegionSize) // reached n1 only
+	tc.node("n2").stop(t)
+	c := tc.open(tc.config("c0", nil, "n1", "n2"))
+	if st := status(c, "n2"); st.State != OutOfSync || tc.mem.in("n2") {
+		t.Fatalf("n2 %+v, in the recorded set %v", st, tc.mem.in("n2"))
+	}
+	tc.node("n2").start(t)
+	waitInSync(t, c)
+	verifyClean(t, c)
+}
+
 // TestCoordinatorResyncSourceFails: a resync whose source replica fails a
 // read is tried again later, not left half done.
 func TestCoordinatorResyncSourceFails(t *testing.T) {
