@@ -581,7 +581,25 @@ func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, erro
 // epoch fences the coordinator; any other failure takes the replica out of
 // the set (an eviction recorded in the cluster for an in-sync one) before
 // the request is answered. rng is the range a write touched (nil: none).
+//
+// A write that fails may still have been applied by a resyncing replica
+// and not by the in-sync ones: that replica goes back out of sync with the
+// range in its log, or it would join holding data the others lack.
 func (c *Coordinator) settle(ts []target, rng *[2]int64) error {
+	err := c.settleTargets(ts, rng)
+	if err != nil && rng != nil {
+		for i := range ts {
+			if t := &ts[i]; t.state == Resyncing && t.err == nil {
+				if derr := c.drop(t.m, fmt.Errorf("a write it applied failed: %w", err), rng); derr != nil {
+					c.log.Warn("replica holds a failed write and could not be taken out of sync", "node", t.m.node, "err", derr)
+				}
+			}
+		}
+	}
+	return err
+}
+
+func (c *Coordinator) settleTargets(ts []target, rng *[2]int64) error {
 	ok := 0
 	var firstErr error
 	for i := range ts {

@@ -921,6 +921,32 @@ func TestCoordinatorUnreachableAtOpen(t *testing.T) {
 	verifyClean(t, c)
 }
 
+// TestCoordinatorFailedWriteOnResyncingReplica: a write that fails (its
+// last in-sync replica refused it) but that a resyncing replica applied
+// must not let that replica join with it: the region is copied again.
+func TestCoordinatorFailedWriteOnResyncingReplica(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	c := tc.open(tc.config("c0", nil, "n1", "n2"))
+	n1, n2 := tc.node("n1"), tc.node("n2")
+	evictFor(t, tc, c, "n2", 3*RegionSize)
+	copying, releaseCopy := blockOnce(n2.vol, "write", 3*RegionSize)
+	n2.start(t)
+	<-copying
+	n1.vol.setFail(func(op string, off, n int64) error {
+		if op == "write" && off == 7*RegionSize {
+			return fmt.Errorf("%w: bad sector", engine.ErrIO)
+		}
+		return nil
+	})
+	if err := c.WriteAt(pattern(4096, 7), 7*RegionSize, false); !errors.Is(err, engine.ErrIO) {
+		t.Fatalf("write refused by the last in-sync replica: %v, want EIO", err)
+	}
+	n1.vol.setFail(nil)
+	close(releaseCopy)
+	waitInSync(t, c)
+	verifyClean(t, c)
+}
+
 // TestCoordinatorResyncSourceFails: a resync whose source replica fails a
 // read is tried again later, not left half done.
 func TestCoordinatorResyncSourceFails(t *testing.T) {
