@@ -972,6 +972,69 @@ func TestCoordinatorResyncSourceFails(t *testing.T) {
 	verifyClean(t, c)
 }
 
+// TestCoordinatorResyncDroppedMidCopy: a region whose copy completes after
+// the replica was dropped from its resync (a client write failed on it)
+// stays in its log — the copy is unflushed there — so that when the node
+// and its coordinator crash, the next coordinator copies it again.
+func TestCoordinatorResyncDroppedMidCopy(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	tc.mem = newFakeMembership(3, "n1")
+	n1, n2 := tc.node("n1"), tc.node("n2")
+	n1.vol.poke(pattern(4096, 5), 3*RegionSize)
+	n1.vol.poke(pattern(4096, 6), 6*RegionSize)
+	// The coordinator runs on n2, whose own replica is out of sync with
+	// regions 3 and 6 in the log its predecessor here kept.
+	open := func() *Coordinator {
+		local, err := n2.server().OpenLocal(testVolume, tc.mem.current())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := tc.config("n2", local, "n1")
+		cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Node: "n2", InSync: false, LogValid: true})
+		return tc.open(cfg)
+	}
+	l := &regionLog{regions: newRegions(coordSize), path: (&Coordinator{cfg: tc.config("n2", nil)}).logPath("n2")}
+	l.add(3*RegionSize, 1)
+	l.add(6*RegionSize, 1)
+	if err := l.sync(); err != nil {
+		t.Fatal(err)
+	}
+	// The copy of region 3 stalls; every other write to n2 fails, so no
+	// resync ends.
+	copying, releaseCopy := blockOnce(n2.vol, "write", 3*RegionSize)
+	var failed6 atomic.Int32
+	n2.vol.setFail(func(op string, off, n int64) error {
+		if op == "write" && off != 3*RegionSize {
+			if off == 6*RegionSize {
+				failed6.Add(1)
+			}
+			return fmt.Errorf("%w: bad sector", engine.ErrIO)
+		}
+		return nil
+	})
+	c := open()
+	<-copying
+	mustWrite(t, c, pattern(4096, 7), 7*RegionSize) // fails on n2: dropped
+	if st := status(c, "n2"); st.State != OutOfSync {
+		t.Fatalf("n2 %+v after a write failed on it, want out of sync", st)
+	}
+	close(releaseCopy) // the copy completes, unflushed
+	for failed6.Load() < 2 {
+		time.Sleep(time.Millisecond) // a later round saved the log
+	}
+	// The node crashes, its coordinator with it; the next one here resumes
+	// from the log.
+	c.Close()
+	n2.vol.setBefore(nil)
+	n2.vol.setFail(nil)
+	n2.crash(t)
+	n2.start(t)
+	tc.mem.setErrs(nil, nil)
+	c = open()
+	waitInSync(t, c)
+	verifyClean(t, c)
+}
+
 // TestCoordinatorEpochChangesUnderLoad: evictions and joins raise the
 // epoch while requests of the older one are in flight to the same
 // replicas (which apply requests in any order); none of that may look like

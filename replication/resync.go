@@ -86,6 +86,10 @@ func (c *Coordinator) resync(m *member) error {
 		cl, err = c.dial(ctx, m.node, c.Epoch())
 		cancel()
 		if err != nil {
+			if errors.Is(err, ErrStaleEpoch) { // a newer coordinator's
+				c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
+				return c.fencedErr()
+			}
 			c.log.Debug("out-of-sync replica unreachable", "node", m.node, "err", err)
 			return nil
 		}
@@ -128,7 +132,6 @@ func (c *Coordinator) resync(m *member) error {
 			}
 			return err
 		}
-		m.log.remove(i)
 		m.copied.Add(RegionSize)
 		if copied++; copied%64 == 0 {
 			// Progress for a restart of the coordinator: the copies are
@@ -189,9 +192,10 @@ func (c *Coordinator) throttle(start time.Time, done int64) {
 }
 
 // copyRegion copies region i from an in-sync replica to m under the range
-// lock. A region that reads as zeros is written as zeros without
-// allocating (thin: a full copy writes only what holds data). A failure of
-// the source evicts it and tries another; a failure of m drops m.
+// lock, and takes it off m's log. A region that reads as zeros is written
+// as zeros without allocating (thin: a full copy writes only what holds
+// data). A failure of the source evicts it and tries another; a failure of
+// m drops m.
 func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err error) {
 	off := int64(i) * RegionSize
 	n := min(RegionSize, c.cfg.Size-off)
@@ -224,12 +228,23 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err 
 	m.end(off, n)
 	if err != nil {
 		if errors.Is(err, ErrStaleEpoch) {
-			c.Fence(err)
+			c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
 		}
 		if derr := c.drop(m, err, nil); derr != nil {
 			return false, derr
 		}
 		return false, fmt.Errorf("copy to the replica on node %s: %w", m.node, err)
+	}
+	// Off the log only while m still resyncs: once dropped, its log holds
+	// what it may miss (this region among it), and that mark must stay.
+	c.mu.RLock()
+	still := m.state == Resyncing
+	if still {
+		m.log.remove(i)
+	}
+	c.mu.RUnlock()
+	if !still {
+		return false, fmt.Errorf("replica on node %s fell out during its resync", m.node)
 	}
 	return !zero, nil
 }
@@ -431,6 +446,10 @@ func (c *Coordinator) compareRegion(off, n int64, repair bool, buf []byte) (*Dif
 	for _, m := range ms {
 		s, err := c.sum(m, off, n)
 		if err != nil {
+			if errors.Is(err, ErrStaleEpoch) { // a newer coordinator's
+				c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
+				return nil, c.fencedErr()
+			}
 			if derr := c.drop(m, err, nil); derr != nil {
 				return nil, derr
 			}
