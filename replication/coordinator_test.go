@@ -491,6 +491,48 @@ func TestCoordinatorEvictionFailureFailsWrite(t *testing.T) {
 	}
 }
 
+// TestCoordinatorLastReplicaEIO: the last in-sync replica is never
+// evicted: I/O fails with EIO until it answers again.
+func TestCoordinatorLastReplicaEIO(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	c := tc.open(tc.config("c0", nil, "n1", "n2"))
+	tc.node("n2").stop(t)
+	mustWrite(t, c, pattern(4096, 1), 0) // evicts n2
+	tc.node("n1").stop(t)
+	if err := c.WriteAt(pattern(4096, 2), 0, false); !errors.Is(err, engine.ErrIO) {
+		t.Fatalf("write with no replica left: %v, want EIO", err)
+	}
+	if err := c.ReadAt(make([]byte, 4096), 0); !errors.Is(err, engine.ErrIO) {
+		t.Fatalf("read with no replica left: %v, want EIO", err)
+	}
+	if err := c.Flush(); !errors.Is(err, engine.ErrIO) {
+		t.Fatalf("flush with no replica left: %v, want EIO", err)
+	}
+	if !tc.mem.in("n1") || status(c, "n1").State != InSync {
+		t.Fatalf("the last in-sync replica was evicted: %v", tc.mem.history())
+	}
+	if h := tc.mem.history(); len(h) != 1 {
+		t.Fatalf("membership changes %v, want n2's eviction only", h)
+	}
+
+	// It comes back: the volume serves again, and n2 resyncs from it.
+	tc.node("n1").start(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for c.WriteAt(pattern(4096, 3), 0, false) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the volume did not serve again once its last in-sync replica was back")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := make([]byte, 4096)
+	if err := c.ReadAt(got, 0); err != nil || !bytes.Equal(got, pattern(4096, 3)) {
+		t.Fatalf("read after the replica came back: %v", err)
+	}
+	tc.node("n2").start(t)
+	waitInSync(t, c)
+	verifyClean(t, c)
+}
+
 // TestCoordinatorFenced: a newer coordinator's hello fences the older one:
 // nothing it sends after is acknowledged, on its local replica too.
 func TestCoordinatorFenced(t *testing.T) {

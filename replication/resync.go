@@ -29,7 +29,8 @@ import (
 // cleared from the log, durably every few regions, so a restart of the
 // coordinator resumes instead of starting over).
 
-// resyncLoop tries each out-of-sync replica every RetryInterval until Close.
+// resyncLoop tries each out-of-sync replica every RetryInterval until
+// Close, and dials the last in-sync one again when its connection failed.
 func (c *Coordinator) resyncLoop() {
 	defer close(c.done)
 	ticks, stop := c.cfg.Clock.NewTicker(c.cfg.RetryInterval)
@@ -38,15 +39,21 @@ func (c *Coordinator) resyncLoop() {
 		c.mu.RLock()
 		var todo []*member
 		var rejoin []*member
+		var last *member // the last in-sync replica, its connection failed
 		for _, m := range c.members {
 			switch {
 			case m.state == OutOfSync:
 				todo = append(todo, m)
 			case m.state == Resyncing && m.joinPending:
 				rejoin = append(rejoin, m)
+			case m.state == InSync && m.local == nil && (m.client == nil || m.client.Err() != nil) && c.inSync() == 1:
+				last = m
 			}
 		}
 		c.mu.RUnlock()
+		if last != nil && (c.fencedErr() != nil || !c.reconnect(last)) {
+			todo = nil // no replica to copy from
+		}
 		for _, m := range rejoin {
 			if err := c.join(m, c.cfg.Clock.Now()); err != nil && !c.stopping() {
 				c.log.Warn("replica's join not confirmed; retrying", "node", m.node, "err", err, "in", c.cfg.RetryInterval)
@@ -63,6 +70,67 @@ func (c *Coordinator) resyncLoop() {
 		case <-ticks:
 		}
 	}
+}
+
+// reconnect dials m, the last in-sync replica, whose connection failed. It
+// cannot be evicted (it holds the newest data there is), so the volume
+// fails I/O until it answers again; then it serves as it is. (An in-sync
+// replica that is not the last is evicted by the I/O that finds it failed,
+// with what it may have lost in a crash in its log, and resyncs.) It
+// reports whether m is connected.
+func (c *Coordinator) reconnect(m *member) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	cl, err := c.dial(ctx, m.node, c.Epoch())
+	cancel()
+	if err != nil {
+		if errors.Is(err, ErrStaleEpoch) { // a newer coordinator's
+			c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
+		}
+		c.log.Debug("last in-sync replica unreachable", "node", m.node, "err", err)
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if m.state != InSync || c.inSync() != 1 || (m.client != nil && m.client.Err() == nil) || c.stopping() {
+		cl.Close()
+		return m.state == InSync
+	}
+	if err := c.markLost(m); err != nil {
+		cl.Close()
+		c.log.Error("last in-sync replica answers again, but the region logs cannot be written", "node", m.node, "err", err)
+		return false
+	}
+	c.closeClient(m)
+	cl.SetEpoch(c.epoch)
+	m.client = cl
+	c.log.Warn("last in-sync replica reconnected; the volume serves again", "node", m.node)
+	return true
+}
+
+// markLost puts the regions m may have lost — its writes no completed
+// flush covered, gone if it crashed — in the log of every other replica:
+// one that took them while resyncing, or flushed them when m failed to,
+// holds data m (the newest there is now) may not, and gets those regions
+// copied from m again. A resyncing replica goes back out of sync for it.
+// REQUIRES c.mu.
+func (c *Coordinator) markLost(m *member) error {
+	for _, o := range c.members {
+		if o == m || o.state == InSync {
+			continue
+		}
+		if o.state == Resyncing {
+			o.state, o.joinPending = OutOfSync, false
+			c.closeClient(o)
+			if err := c.keepMissed(o, nil); err != nil {
+				return err
+			}
+		}
+		o.log.union(m.unflushed(c.cfg.Size))
+		if err := o.log.sync(); err != nil {
+			return fmt.Errorf("%w: region log of the replica on node %s: %w", engine.ErrIO, o.node, err)
+		}
+	}
+	return nil
 }
 
 func (c *Coordinator) stopping() bool {
