@@ -142,6 +142,8 @@ type Coordinator struct {
 	log   *slog.Logger
 	locks rangeLock
 
+	// fenced is set once: the error every later I/O fails with (Fence,
+	// or Close).
 	fenced atomic.Pointer[error]
 
 	mu      sync.RWMutex
@@ -654,6 +656,9 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 	if m.state == InSync && c.inSync() == 1 {
 		return fmt.Errorf("%w: the last in-sync replica, on node %s, failed: %w", engine.ErrIO, m.node, cause)
 	}
+	if err := c.fencedErr(); err != nil {
+		return err // a fenced or closed coordinator changes nothing in the cluster
+	}
 	// The log first: once the cluster says out of sync, the log must
 	// already hold what the replica may miss.
 	prev := m.log
@@ -872,9 +877,11 @@ func (c *Coordinator) Status() []ReplicaStatus {
 	return out
 }
 
-// Close stops the resync and closes every replica. It does not flush:
-// the daemon flushes before a clean release.
+// Close stops the resync and closes every replica; I/O after fails with
+// ErrClosed. It does not flush: the daemon flushes before a clean release.
 func (c *Coordinator) Close() error {
+	closed := fmt.Errorf("%w: the coordinator of volume %q", ErrClosed, c.cfg.Volume)
+	c.fenced.CompareAndSwap(nil, &closed)
 	select {
 	case <-c.stop:
 	default:
@@ -945,7 +952,8 @@ func (c *Coordinator) RemoveReplica(node string) error {
 	return fmt.Errorf("%w: volume %q has no replica on node %s", ErrInvalid, c.cfg.Volume, node)
 }
 
-// Fenced reports whether the coordinator was fenced (it serves nothing more).
+// Fenced reports whether the coordinator was fenced or closed (it serves
+// nothing more).
 func (c *Coordinator) Fenced() bool { return c.fencedErr() != nil }
 
 // Quiesce runs fn at one point of the write stream: no write is in flight

@@ -601,6 +601,33 @@ func TestCoordinatorFenced(t *testing.T) {
 	})
 }
 
+// TestCoordinatorClosedRefusesIO: I/O after Close fails with ErrClosed and
+// reaches no replica, this node's own included, nor changes the in-sync
+// set.
+func TestCoordinatorClosedRefusesIO(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	local, err := tc.node("n1").server().OpenLocal(testVolume, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tc.open(tc.config("n1", local, "n1", "n2"))
+	mustWrite(t, c, pattern(4096, 1), 0)
+	c.Close()
+	if err := c.WriteAt(pattern(4096, 2), 0, false); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write after Close: %v, want ErrClosed", err)
+	}
+	if err := c.ReadAt(make([]byte, 4096), 0); !errors.Is(err, ErrClosed) {
+		t.Fatalf("read after Close: %v, want ErrClosed", err)
+	}
+	if err := c.Flush(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("flush after Close: %v, want ErrClosed", err)
+	}
+	tc.sameOn(0, pattern(4096, 1), "n1", "n2")
+	if h := tc.mem.history(); len(h) != 0 {
+		t.Fatalf("a closed coordinator changed the in-sync set: %v", h)
+	}
+}
+
 // TestCoordinatorConverge: regions where in-sync replicas differ (writes of
 // a coordinator that crashed, reaching some replicas only) are found by
 // Verify and copied from the first replica by Converge.
