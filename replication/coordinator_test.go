@@ -28,9 +28,13 @@ const (
 // fakeMembership is the cluster's record of a volume's in-sync set and
 // epoch, in memory. Each change raises the epoch, as the etcd transaction
 // does; evictErr and joinErr make the changes fail (etcd unreachable).
+// A coordinator that claims the volume (claimVolume) raises the epoch too,
+// and the changes of an older claim's coordinator are refused, as the
+// transaction's comparison of the claim does.
 type fakeMembership struct {
 	mu       sync.Mutex
 	epoch    uint64
+	claim    int // the current claim; 0 = none made (the tests' own coordinator)
 	inSync   map[string]bool
 	events   []string // "evict n2 @3", "join n2 @4"
 	evictErr error
@@ -49,7 +53,7 @@ func newFakeMembership(epoch uint64, nodes ...string) *fakeMembership {
 	return f
 }
 
-func (f *fakeMembership) change(op, node string, in bool) (uint64, error) {
+func (f *fakeMembership) change(claim int, op, node string, in bool) (uint64, error) {
 	f.mu.Lock()
 	hook, err := f.onEvict, f.evictErr
 	if in {
@@ -60,6 +64,9 @@ func (f *fakeMembership) change(op, node string, in bool) (uint64, error) {
 		hook(node)
 	}
 	f.mu.Lock()
+	if err == nil && claim != f.claim {
+		err = fmt.Errorf("%w: the volume was claimed again (claim %d, not %d)", ErrFenced, f.claim, claim)
+	}
 	if err != nil {
 		f.events = append(f.events, fmt.Sprintf("%s %s failed", op, node))
 		f.mu.Unlock()
@@ -76,8 +83,31 @@ func (f *fakeMembership) change(op, node string, in bool) (uint64, error) {
 	return epoch, nil
 }
 
-func (f *fakeMembership) Evict(node string) (uint64, error) { return f.change("evict", node, false) }
-func (f *fakeMembership) Join(node string) (uint64, error)  { return f.change("join", node, true) }
+func (f *fakeMembership) Evict(node string) (uint64, error) { return f.change(0, "evict", node, false) }
+func (f *fakeMembership) Join(node string) (uint64, error)  { return f.change(0, "join", node, true) }
+
+// claimVolume is a new coordinator's claim: a new epoch, and the replicas
+// as the record has them. Its Membership is claimed.
+func (f *fakeMembership) claimVolume(nodes []string) (epoch uint64, m claimed, replicas []ReplicaConfig) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.claim++
+	f.epoch++
+	for _, n := range nodes {
+		replicas = append(replicas, ReplicaConfig{Node: n, InSync: f.inSync[n]})
+	}
+	f.events = append(f.events, fmt.Sprintf("claim %d @%d", f.claim, f.epoch))
+	return f.epoch, claimed{f, f.claim}, replicas
+}
+
+// claimed is the Membership of the coordinator that made one claim.
+type claimed struct {
+	f     *fakeMembership
+	claim int
+}
+
+func (c claimed) Evict(node string) (uint64, error) { return c.f.change(c.claim, "evict", node, false) }
+func (c claimed) Join(node string) (uint64, error)  { return c.f.change(c.claim, "join", node, true) }
 
 func (f *fakeMembership) setErrs(evict, join error) {
 	f.mu.Lock()
