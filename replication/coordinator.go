@@ -122,7 +122,7 @@ type CoordinatorConfig struct {
 //     every replica of the recorded set.
 //   - The last in-sync replica is never evicted: a volume whose replicas
 //     all fail fails I/O with EIO, and keeps the replica with the newest
-//     data in the set.
+//     data in the set (dialled again until it answers: resync.go).
 //   - A replica out of the set has a region log here that holds every
 //     region where it may differ: those written since it left, and those
 //     written since its last completed flush before it left (it may have
@@ -136,7 +136,8 @@ type CoordinatorConfig struct {
 //   - Two writes to overlapping ranges are never in flight together
 //     (rangeLock): replicas apply them in the same order.
 //   - A reply of a newer epoch (a newer coordinator) fences this one: no
-//     I/O is acknowledged after.
+//     I/O is acknowledged after. (A refusal for its own older epoch — its
+//     own raise overtook the request on the replica — is sent again.)
 type Coordinator struct {
 	cfg   CoordinatorConfig
 	log   *slog.Logger
