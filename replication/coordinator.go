@@ -586,20 +586,47 @@ func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, erro
 // the request is answered. rng is the range a write touched (nil: none).
 //
 // A write that fails may still have been applied by a resyncing replica
-// and not by the in-sync ones: that replica goes back out of sync with the
-// range in its log, or it would join holding data the others lack.
+// and not by the in-sync ones (undo).
 func (c *Coordinator) settle(ts []target, rng *[2]int64) error {
 	err := c.settleTargets(ts, rng)
-	if err != nil && rng != nil {
-		for i := range ts {
-			if t := &ts[i]; t.state == Resyncing && t.err == nil {
-				if derr := c.drop(t.m, fmt.Errorf("a write it applied failed: %w", err), rng); derr != nil {
-					c.log.Warn("replica holds a failed write and could not be taken out of sync", "node", t.m.node, "err", derr)
-				}
-			}
-		}
+	if err != nil && rng != nil && c.fencedErr() == nil {
+		c.undo(ts, rng, err)
 	}
 	return err
+}
+
+// undo makes each resyncing replica that applied a write which failed
+// (cause) hold again what the in-sync replicas hold there: else it would
+// join holding data they lack — also one whose join is unconfirmed, and so
+// cannot be evicted while etcd is unreachable. It copies the range from an
+// in-sync replica (the caller holds the range lock); when that fails, the
+// replica goes back out of sync with the range in its log.
+func (c *Coordinator) undo(ts []target, rng *[2]int64, cause error) {
+	var src *member // in sync, and not one of those undone
+	c.mu.RLock()
+	for _, m := range c.members {
+		if m.state == InSync && !slices.ContainsFunc(ts, func(t target) bool { return t.m == m && t.state == Resyncing }) {
+			src = m
+			break
+		}
+	}
+	c.mu.RUnlock()
+	for i := range ts {
+		t := &ts[i]
+		if t.state != Resyncing || t.err != nil {
+			continue
+		}
+		err := errors.New("no in-sync replica to copy from")
+		if src != nil {
+			err = c.copyRange(src, t.m, rng[0], rng[1])
+		}
+		if err == nil {
+			continue
+		}
+		if derr := c.drop(t.m, fmt.Errorf("a write it applied failed (%v) and could not be undone: %w", cause, err), rng); derr != nil {
+			c.log.Error("replica holds a failed write the in-sync replicas lack, and could not be taken out of sync", "node", t.m.node, "err", derr)
+		}
+	}
 }
 
 func (c *Coordinator) settleTargets(ts []target, rng *[2]int64) error {

@@ -1071,6 +1071,41 @@ func TestCoordinatorResyncSourceFails(t *testing.T) {
 	verifyClean(t, c)
 }
 
+// TestCoordinatorFailedWriteOnJoiningReplica: a write that fails on the
+// in-sync replica but that a caught-up replica whose join is unconfirmed
+// applied is undone on it, though it cannot be evicted (etcd unreachable):
+// when its join goes through it holds what the in-sync replica holds.
+func TestCoordinatorFailedWriteOnJoiningReplica(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	c := tc.open(tc.config("c0", nil, "n1", "n2"))
+	n1, n2 := tc.node("n1"), tc.node("n2")
+	evictFor(t, tc, c, "n2", 3*RegionSize)
+	unreachable := errors.New("etcd unreachable")
+	tc.mem.setErrs(nil, unreachable)
+	n2.start(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Contains(tc.mem.history(), "join n2 failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no join attempted: %v", tc.mem.history())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	tc.mem.setErrs(unreachable, unreachable)
+	n1.vol.setFail(func(op string, off, n int64) error {
+		if op == "write" && off == 7*RegionSize {
+			return fmt.Errorf("%w: bad sector", engine.ErrIO)
+		}
+		return nil
+	})
+	if err := c.WriteAt(pattern(4096, 7), 7*RegionSize, false); !errors.Is(err, engine.ErrIO) {
+		t.Fatalf("write refused by the last in-sync replica: %v, want EIO", err)
+	}
+	n1.vol.setFail(nil)
+	tc.mem.setErrs(nil, nil)
+	waitInSync(t, c)
+	verifyClean(t, c)
+}
+
 // TestCoordinatorResyncDroppedMidCopy: a region whose copy completes after
 // the replica was dropped from its resync (a client write failed on it)
 // stays in its log — the copy is unflushed there — so that when the node

@@ -399,6 +399,23 @@ func (c *Coordinator) writeTo(m *member, p []byte, off int64) error {
 	return err
 }
 
+// copyRange copies [off, off+n) from src to dst, a region at a time.
+func (c *Coordinator) copyRange(src, dst *member, off, n int64) error {
+	buf := drive.GetBuffer(RegionSize)
+	defer drive.PutBuffer(buf)
+	for end := off + n; off < end; {
+		k := min(RegionSize-off%RegionSize, end-off)
+		if err := c.readFrom(src, buf.B[:k], off); err != nil {
+			return fmt.Errorf("reading node %s: %w", src.node, err)
+		}
+		if err := c.writeTo(dst, buf.B[:k], off); err != nil {
+			return err
+		}
+		off += k
+	}
+	return nil
+}
+
 // Difference is a region where in-sync replicas differ.
 type Difference struct {
 	Offset, Length int64
