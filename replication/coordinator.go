@@ -331,6 +331,21 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 			return nil, err
 		}
 	}
+	// Likewise what the previous coordinator wrote since a replica's last
+	// flush is in no region log here, and a crash of that replica would
+	// lose it unseen: each in-sync replica is flushed before this one
+	// serves (its hello fenced the older writes first), or evicted.
+	for _, m := range slices.Clone(c.members) {
+		if m.state != InSync {
+			continue
+		}
+		if err := c.flushMember(m); err != nil {
+			if derr := c.drop(m, fmt.Errorf("flush at open: %w", err), &[2]int64{0, cfg.Size}); derr != nil {
+				c.closeMembers()
+				return nil, derr
+			}
+		}
+	}
 	if c.inSync() == 0 {
 		c.closeMembers()
 		return nil, fmt.Errorf("%w for volume %q", ErrNoReplica, cfg.Volume)

@@ -1106,6 +1106,30 @@ func TestCoordinatorFailedWriteOnJoiningReplica(t *testing.T) {
 	verifyClean(t, c)
 }
 
+// TestCoordinatorTakeoverThenReplicaCrash: writes the previous coordinator
+// left unflushed are flushed by the new one before it serves, so a crash
+// of a replica after the takeover cannot lose what no region log records.
+func TestCoordinatorTakeoverThenReplicaCrash(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	old := tc.open(tc.config("c0", nil, "n1", "n2"))
+	mustWrite(t, old, pattern(4096, 1), 5*RegionSize) // on both, unflushed
+	old.Close()                                       // no flush: it crashed
+	cfg := tc.config("c1", nil, "n1", "n2")
+	cfg.Epoch = 5 // its claim
+	cfg.StateDir = t.TempDir()
+	c := tc.open(cfg)
+	n2 := tc.node("n2")
+	n2.crash(t)
+	mustWrite(t, c, pattern(4096, 2), 9*RegionSize) // evicts n2
+	if status(c, "n2").State != OutOfSync {
+		t.Fatalf("n2 not evicted: %+v", c.Status())
+	}
+	n2.start(t)
+	waitInSync(t, c)
+	verifyClean(t, c)
+	tc.sameOn(5*RegionSize, pattern(4096, 1), "n1", "n2")
+}
+
 // TestCoordinatorResyncDroppedMidCopy: a region whose copy completes after
 // the replica was dropped from its resync (a client write failed on it)
 // stays in its log — the copy is unflushed there — so that when the node

@@ -317,8 +317,9 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err 
 	return !zero, nil
 }
 
-// flushMember flushes m, a resyncing replica: what it was sent before is
-// then durable on it, and its log need no longer keep it.
+// flushMember flushes m (a resyncing replica, or an in-sync one at open):
+// what it was sent before is then durable on it, and its log need no
+// longer keep it.
 func (c *Coordinator) flushMember(m *member) error {
 	cl := c.clientOf(m)
 	if m.local == nil && cl == nil {
