@@ -560,6 +560,11 @@ func (c *Coordinator) write(o writeOp) error {
 func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	if err := c.fencedErr(); err != nil {
+		// Checked again under mu: Close drops the connections under it,
+		// after it set this; a request must not go to fewer replicas.
+		return 0, err
+	}
 	k := 0
 	for _, m := range c.members {
 		switch {

@@ -658,6 +658,34 @@ func TestCoordinatorClosedRefusesIO(t *testing.T) {
 	}
 }
 
+// TestCoordinatorCloseRacingWrite: a write that began before Close and
+// waited for its range meanwhile is refused, not sent to the replicas
+// Close left (here only this node's own).
+func TestCoordinatorCloseRacingWrite(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	n1 := tc.node("n1")
+	local, err := n1.server().OpenLocal(testVolume, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tc.open(tc.config("n1", local, "n1", "n2"))
+	entered, release := blockOnce(n1.vol, "write", 0)
+	first, second := make(chan error, 1), make(chan error, 1)
+	go func() { first <- c.WriteAt(pattern(4096, 1), 0, false) }()
+	<-entered
+	go func() { second <- c.WriteAt(pattern(4096, 2), 0, false) }()
+	time.Sleep(20 * time.Millisecond) // it waits for the first one's range
+	c.Close()
+	close(release)
+	<-first
+	if err := <-second; !errors.Is(err, ErrClosed) {
+		t.Fatalf("a write that waited through Close: %v, want ErrClosed", err)
+	}
+	if bytes.Equal(n1.vol.at(0, 4096), pattern(4096, 2)) {
+		t.Fatal("the closed coordinator's write reached its own replica")
+	}
+}
+
 // TestCoordinatorConverge: regions where in-sync replicas differ (writes of
 // a coordinator that crashed, reaching some replicas only) are found by
 // Verify and copied from the first replica by Converge.
