@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -165,6 +166,14 @@ type member struct {
 	// joinPending: Resyncing and caught up, its join of the in-sync set
 	// sent but not confirmed (resync.go, join). REQUIRES Coordinator.mu.
 	joinPending bool
+	// doomed: in the set (or maybe: joinPending), it failed a write that
+	// another in-sync replica applied, could not be repaired, and its
+	// eviction could not be recorded: it lacks what the others hold, so it
+	// serves no read while another in-sync replica can and does not join,
+	// and the resync loop tries its eviction again. (Once it is the last
+	// in-sync replica it serves: the others failed too.)
+	// REQUIRES Coordinator.mu.
+	doomed bool
 
 	// written: regions written since the last flush that reached the
 	// replica; flushing: the sets of the flushes in flight; inflight: how
@@ -616,16 +625,21 @@ func (c *Coordinator) settle(ts []target, rng *[2]int64) error {
 }
 
 // undo makes each resyncing replica that applied a write which failed
-// (cause) hold again what the in-sync replicas hold there: else it would
-// join holding data they lack — also one whose join is unconfirmed, and so
-// cannot be evicted while etcd is unreachable. It copies the range from an
-// in-sync replica (the caller holds the range lock); when that fails, the
-// replica goes back out of sync with the range in its log.
+// (cause), and that no in-sync replica applied, hold again what the
+// in-sync replicas hold there: else it would join holding data they lack
+// — also one whose join is unconfirmed, which cannot be evicted while etcd
+// is unreachable. It copies the range from an in-sync replica (the caller
+// holds the range lock); when that fails, the replica goes back out of
+// sync with the range in its log, or is doomed. (When an in-sync replica
+// applied the write, those that did not are evicted or doomed instead.)
 func (c *Coordinator) undo(ts []target, rng *[2]int64, cause error) {
-	var src *member // in sync, and not one of those undone
+	if slices.ContainsFunc(ts, func(t target) bool { return t.state == InSync && t.err == nil }) {
+		return
+	}
+	var src *member
 	c.mu.RLock()
 	for _, m := range c.members {
-		if m.state == InSync && !slices.ContainsFunc(ts, func(t target) bool { return t.m == m && t.state == Resyncing }) {
+		if m.state == InSync && !m.doomed {
 			src = m
 			break
 		}
@@ -644,14 +658,15 @@ func (c *Coordinator) undo(ts []target, rng *[2]int64, cause error) {
 			continue
 		}
 		if derr := c.drop(t.m, fmt.Errorf("a write it applied failed (%v) and could not be undone: %w", cause, err), rng); derr != nil {
-			c.log.Error("replica holds a failed write the in-sync replicas lack, and could not be taken out of sync", "node", t.m.node, "err", derr)
+			c.doom([]*member{t.m})
 		}
 	}
 }
 
 func (c *Coordinator) settleTargets(ts []target, rng *[2]int64) error {
 	ok := 0
-	var firstErr error
+	var firstErr, dropErr error
+	var stuck []*member
 	for i := range ts {
 		t := &ts[i]
 		if t.err == nil {
@@ -668,13 +683,54 @@ func (c *Coordinator) settleTargets(ts []target, rng *[2]int64) error {
 			firstErr = t.err
 		}
 		if err := c.drop(t.m, t.err, rng); err != nil {
-			return err
+			dropErr = cmp.Or(dropErr, err)
+			stuck = append(stuck, t.m)
 		}
+	}
+	if dropErr != nil {
+		if ok > 0 {
+			c.repair(ts, stuck, rng)
+		}
+		return dropErr
 	}
 	if ok == 0 {
 		return fmt.Errorf("%w: %w of volume %q completed it: %v", engine.ErrIO, ErrNoReplica, c.cfg.Volume, firstErr)
 	}
 	return nil
+}
+
+// repair copies rng to each of stuck — replicas that failed a write and
+// could not be evicted — from an in-sync target that applied it, so that
+// they hold what the others do (the caller holds the range lock). One
+// that cannot be repaired is doomed.
+func (c *Coordinator) repair(ts []target, stuck []*member, rng *[2]int64) {
+	var src *member
+	for i := range ts {
+		if ts[i].state == InSync && ts[i].err == nil {
+			src = ts[i].m
+			break
+		}
+	}
+	var failed []*member
+	for _, m := range stuck {
+		if rng == nil || src == nil || c.copyRange(src, m, rng[0], rng[1]) != nil {
+			failed = append(failed, m)
+		}
+	}
+	c.doom(failed)
+}
+
+// doom marks ms, which failed a write another in-sync replica applied and
+// could not be evicted, as doomed (see member.doomed).
+func (c *Coordinator) doom(ms []*member) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range ms {
+		if m.state == InSync || m.joinPending {
+			m.doomed = true
+			c.log.Warn("replica missed a write the others hold and cannot be evicted now; it serves no read until it is", "node", m.node)
+		}
+	}
 }
 
 // drop takes m out of the set after cause, recording rng (when not nil) as
@@ -694,7 +750,7 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 		return nil
 	case Resyncing:
 		if !m.joinPending {
-			m.state = OutOfSync
+			m.state, m.doomed = OutOfSync, false
 			c.log.Warn("replica failed during its resync", "node", m.node, "err", cause)
 			c.closeClient(m)
 			return c.keepMissed(m, rng)
@@ -721,7 +777,7 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 		return fmt.Errorf("%w: replica on node %s failed (%v) and its eviction could not be recorded: %w", engine.ErrIO, m.node, cause, err)
 	}
 	c.log.Warn("replica evicted from the in-sync set", "node", m.node, "epoch", epoch, "err", cause)
-	m.state, m.joinPending = OutOfSync, false
+	m.state, m.joinPending, m.doomed = OutOfSync, false, false
 	c.closeClient(m)
 	c.setEpoch(epoch)
 	return nil
@@ -862,7 +918,7 @@ func (c *Coordinator) reader() (*member, *Local, *Client) {
 	defer c.mu.RUnlock()
 	var remote *member
 	for _, m := range c.members {
-		if m.state != InSync {
+		if m.state != InSync || (m.doomed && c.inSync() > 1) {
 			continue
 		}
 		if m.local != nil {

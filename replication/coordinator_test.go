@@ -1099,6 +1099,44 @@ func TestCoordinatorResyncSourceFails(t *testing.T) {
 	verifyClean(t, c)
 }
 
+// TestCoordinatorFailedWriteInSyncDiffer: a write one in-sync replica
+// failed, whose eviction cannot be recorded (etcd unreachable), and another
+// applied, fails; the replica that lacks it serves no read (a read would
+// see the write or not depending on the replica it went to) until its
+// eviction goes through, then resyncs.
+func TestCoordinatorFailedWriteInSyncDiffer(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	c := tc.open(tc.config("c0", nil, "n1", "n2"))
+	mustWrite(t, c, pattern(4096, 1), 7*RegionSize)
+	tc.mem.setErrs(errors.New("etcd unreachable"), nil)
+	tc.node("n1").vol.setFail(func(op string, off, n int64) error {
+		if op == "write" && off == 7*RegionSize {
+			return fmt.Errorf("%w: bad sector", engine.ErrIO)
+		}
+		return nil
+	})
+	if err := c.WriteAt(pattern(4096, 2), 7*RegionSize, false); !errors.Is(err, engine.ErrIO) {
+		t.Fatalf("write with a replica failing and its eviction failing: %v, want EIO", err)
+	}
+	tc.node("n1").vol.setFail(nil)
+	// Reads see the write n2 applied, then and after n1 leaves the set.
+	got := make([]byte, 4096)
+	if err := c.ReadAt(got, 7*RegionSize); err != nil || !bytes.Equal(got, pattern(4096, 2)) {
+		t.Fatalf("read while n1 cannot be evicted: %v, the failed write seen %v", err, bytes.Equal(got, pattern(4096, 2)))
+	}
+	tc.mem.setErrs(nil, nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for tc.mem.in("n1") {
+		if time.Now().After(deadline) {
+			t.Fatalf("n1 not evicted once etcd answers: %v", tc.mem.history())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	waitInSync(t, c)
+	verifyClean(t, c)
+	tc.sameOn(7*RegionSize, pattern(4096, 2), "n1", "n2")
+}
+
 // TestCoordinatorFailedWriteOnJoiningReplica: a write that fails on the
 // in-sync replica but that a caught-up replica whose join is unconfirmed
 // applied is undone on it, though it cannot be evicted (etcd unreachable):

@@ -39,9 +39,12 @@ func (c *Coordinator) resyncLoop() {
 		c.mu.RLock()
 		var todo []*member
 		var rejoin []*member
-		var last *member // the last in-sync replica, its connection failed
+		var last *member     // the last in-sync replica, its connection failed
+		var doomed []*member // to evict (member.doomed)
 		for _, m := range c.members {
 			switch {
+			case m.doomed:
+				doomed = append(doomed, m)
 			case m.state == OutOfSync:
 				todo = append(todo, m)
 			case m.state == Resyncing && m.joinPending:
@@ -51,6 +54,20 @@ func (c *Coordinator) resyncLoop() {
 			}
 		}
 		c.mu.RUnlock()
+		for _, m := range doomed {
+			c.mu.Lock()
+			last := m.state == InSync && c.inSync() == 1
+			if last {
+				m.doomed = false // it holds the newest data there is now
+			}
+			c.mu.Unlock()
+			if last {
+				continue
+			}
+			if err := c.drop(m, errors.New("it missed a write the other in-sync replicas hold"), nil); err != nil && !c.stopping() {
+				c.log.Info("eviction not recorded; retrying", "node", m.node, "err", err, "in", c.cfg.RetryInterval)
+			}
+		}
 		if last != nil && (c.fencedErr() != nil || !c.reconnect(last)) {
 			todo = nil // no replica to copy from
 		}
