@@ -133,7 +133,9 @@ type CoordinatorConfig struct {
 //     the write is sent: if this coordinator and the replica's node both
 //     crash, the next coordinator on this node copies what the replica
 //     lost, not only what was left to copy.
-//   - Reads are served only by an in-sync replica.
+//   - Reads are served only by an in-sync replica — not by one that missed
+//     a failed write the others applied while its eviction cannot be
+//     recorded (doomed), unless it is the last.
 //   - Two writes to overlapping ranges are never in flight together
 //     (rangeLock): replicas apply them in the same order.
 //   - A reply of a newer epoch (a newer coordinator) fences this one: no
