@@ -25,7 +25,8 @@ type ClientConfig struct {
 	Epoch     uint64 // the epoch the coordinator holds; SetEpoch raises it
 	// Timeout bounds every request and the dial with its hello; 0 = 5 s.
 	Timeout     time.Duration
-	MaxInFlight int // requests in flight; 0 = 128 (callers beyond wait for a slot)
+	MaxInFlight int   // requests in flight; 0 = 128 (callers beyond wait for a slot)
+	Clock       Clock // what Timeout is measured on; nil = the real clock
 }
 
 // DefaultTimeout is a request's timeout when ClientConfig.Timeout is 0.
@@ -49,6 +50,7 @@ const DefaultTimeout = 5 * time.Second
 type Client struct {
 	nc      net.Conn
 	timeout time.Duration
+	clock   Clock
 	size    int64
 	epoch   atomic.Uint64 // sent with every request
 	// replicaEpoch is the highest durable epoch the replica has reported.
@@ -76,7 +78,7 @@ type Client struct {
 // the happens-before edge the socket is not).
 type call struct {
 	handle atomic.Uint64 // the handle in flight; 0 = none
-	start  atomic.Int64  // UnixNano the request was queued; 0 = idle (watchdog)
+	start  atomic.Int64  // UnixNano (on the Clock) the request was queued; 0 = idle (watchdog)
 	gen    uint32        // caller only: makes each use's handle distinct
 	cmd    uint16
 	dst    []byte // READ destination
@@ -89,14 +91,8 @@ type call struct {
 // says hello. A refused hello returns ErrStaleEpoch (a *StaleEpochError),
 // ErrWrongCluster, ErrUnknownVolume, ErrVersion or ErrIO.
 func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
-	}
-	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = defaultMaxInFlight
-	}
-	if len(cfg.Node) > MaxNameLen || !validVolume(cfg.Volume) {
-		return nil, fmt.Errorf("%w: node %q, volume %q", ErrInvalid, cfg.Node, cfg.Volume)
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	d := net.Dialer{Timeout: cfg.Timeout}
 	if cfg.LocalAddr != nil {
@@ -106,8 +102,20 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replication: dial %s: %w", cfg.Addr, err)
 	}
+	return NewClient(nc, cfg)
+}
+
+// NewClient says hello on nc, a connection already made to the replica
+// (Dial makes a TCP one; the simulation tests pass in-memory pipes), and
+// returns a Client over it. cfg.Addr names the replica in errors;
+// cfg.LocalAddr is not used. nc is closed when NewClient fails.
+func NewClient(nc net.Conn, cfg ClientConfig) (*Client, error) {
+	if err := cfg.check(); err != nil {
+		nc.Close()
+		return nil, err
+	}
 	c := &Client{
-		nc: nc, timeout: cfg.Timeout,
+		nc: nc, timeout: cfg.Timeout, clock: cfg.Clock,
 		calls: make([]call, cfg.MaxInFlight), free: make(chan uint32, cfg.MaxInFlight),
 		bw: bufio.NewWriterSize(nc, writeBufferSize), br: bufio.NewReaderSize(nc, readBufferSize),
 		readerDone: make(chan struct{}), closed: make(chan struct{}),
@@ -124,6 +132,23 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	go c.readLoop()
 	go c.watchdog()
 	return c, nil
+}
+
+// check fills cfg's defaults and refuses names the hello cannot carry.
+func (cfg *ClientConfig) check() error {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = defaultMaxInFlight
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	if len(cfg.Node) > MaxNameLen || !validVolume(cfg.Volume) {
+		return fmt.Errorf("%w: node %q, volume %q", ErrInvalid, cfg.Node, cfg.Volume)
+	}
+	return nil
 }
 
 func (c *Client) hello(cfg ClientConfig) error {
@@ -273,7 +298,7 @@ func (c *Client) send(ctx context.Context, cmd, flags uint16, off int64, length 
 		crc = checksum(payload)
 	}
 	putRequest(&k.hdr, requestHeader{cmd: cmd, flags: flags, handle: handle, epoch: c.epoch.Load(), offset: uint64(off), length: length, crc: crc})
-	k.start.Store(time.Now().UnixNano())
+	k.start.Store(c.clock.Now().UnixNano())
 	k.handle.Store(handle) // publishes the fields above to the reader
 
 	c.queued.Add(1)
@@ -447,13 +472,13 @@ func (c *Client) readReplies() error {
 // per request; a call fails at most a tick past its timeout.
 func (c *Client) watchdog() {
 	tick := min(max(c.timeout/10, time.Millisecond), 100*time.Millisecond)
-	t := time.NewTicker(tick)
-	defer t.Stop()
+	ticks, stop := c.clock.NewTicker(tick)
+	defer stop()
 	for {
 		select {
 		case <-c.closed:
 			return
-		case now := <-t.C:
+		case now := <-ticks:
 			limit := now.Add(-c.timeout).UnixNano()
 			for i := range c.calls {
 				if s := c.calls[i].start.Load(); s != 0 && s < limit {

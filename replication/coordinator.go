@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -99,7 +100,10 @@ type CoordinatorConfig struct {
 	// RetryInterval is how often an out-of-sync replica is tried again;
 	// 0 = 2 s.
 	RetryInterval time.Duration
-	Logger        *slog.Logger
+	// Clock is what RetryInterval and ResyncRate are measured on; nil =
+	// the real clock. (The Dialer sets its Clients' own.)
+	Clock  Clock
+	Logger *slog.Logger
 }
 
 // Coordinator serves one volume from its replicas: it is the only writer of
@@ -119,7 +123,7 @@ type CoordinatorConfig struct {
 //     every replica of the recorded set.
 //   - The last in-sync replica is never evicted: a volume whose replicas
 //     all fail fails I/O with EIO, and keeps the replica with the newest
-//     data in the set.
+//     data in the set (dialled again until it answers: resync.go).
 //   - A replica out of the set has a region log here that holds every
 //     region where it may differ: those written since it left, and those
 //     written since its last completed flush before it left (it may have
@@ -129,16 +133,21 @@ type CoordinatorConfig struct {
 //     the write is sent: if this coordinator and the replica's node both
 //     crash, the next coordinator on this node copies what the replica
 //     lost, not only what was left to copy.
-//   - Reads are served only by an in-sync replica.
+//   - Reads are served only by an in-sync replica — not by one that missed
+//     a failed write the others applied while its eviction cannot be
+//     recorded (doomed), unless it is the last.
 //   - Two writes to overlapping ranges are never in flight together
 //     (rangeLock): replicas apply them in the same order.
 //   - A reply of a newer epoch (a newer coordinator) fences this one: no
-//     I/O is acknowledged after.
+//     I/O is acknowledged after. (A refusal for its own older epoch — its
+//     own raise overtook the request on the replica — is sent again.)
 type Coordinator struct {
 	cfg   CoordinatorConfig
 	log   *slog.Logger
 	locks rangeLock
 
+	// fenced is set once: the error every later I/O fails with (Fence,
+	// or Close).
 	fenced atomic.Pointer[error]
 
 	mu      sync.RWMutex
@@ -159,14 +168,28 @@ type member struct {
 	// joinPending: Resyncing and caught up, its join of the in-sync set
 	// sent but not confirmed (resync.go, join). REQUIRES Coordinator.mu.
 	joinPending bool
+	// doomed: in the set (or maybe: joinPending), it failed a write that
+	// another in-sync replica applied, could not be repaired, and its
+	// eviction could not be recorded: it lacks what the others hold, so it
+	// serves no read while another in-sync replica can and does not join,
+	// and the resync loop tries its eviction again. (Once it is the last
+	// in-sync replica it serves: the others failed too.)
+	// REQUIRES Coordinator.mu.
+	doomed bool
 
 	// written: regions written since the last flush that reached the
-	// replica, and flushing: the sets of the flushes in flight. A replica
-	// that fails may have lost them (an engine loses unflushed writes in a
-	// crash), so eviction puts them in its region log.
+	// replica; flushing: the sets of the flushes in flight; inflight: how
+	// many writes to each region are in flight. A replica that fails may
+	// have lost all of them (an engine loses unflushed writes in a crash,
+	// and a write in flight may have been applied), so eviction puts them
+	// in its region log (orUnflushed). A write counts in inflight from before
+	// it is sent until it is over, and only then in written: a flush sent
+	// while it was in flight does not cover it (a replica applies requests
+	// in any order, so the flush may have been applied first).
 	fmu      sync.Mutex
 	written  *regions
 	flushing []*regions // REQUIRES fmu
+	inflight []int32    // REQUIRES fmu; per region
 
 	copied, toCopy atomic.Int64 // resync progress, bytes
 
@@ -195,8 +218,8 @@ func (m *member) endFlush(set *regions) {
 	}
 }
 
-// orUnflushed ORs into words the regions m was sent and has not flushed
-// (its region log's unflushed).
+// orUnflushed ORs into words the regions m was sent and has not flushed:
+// written, being flushed, or being written (its region log's unflushed).
 func (m *member) orUnflushed(words []uint64) {
 	m.fmu.Lock()
 	defer m.fmu.Unlock()
@@ -204,6 +227,46 @@ func (m *member) orUnflushed(words []uint64) {
 	for _, f := range m.flushing {
 		f.orInto(words)
 	}
+	for i, k := range m.inflight {
+		if k > 0 {
+			words[i/64] |= 1 << (i % 64)
+		}
+	}
+}
+
+// unflushed returns the regions m may lose in a crash (orUnflushed).
+func (m *member) unflushed(size int64) *regions {
+	u := newRegions(size)
+	m.orUnflushed(u.words)
+	return u
+}
+
+func newMember(node string, size int64) *member {
+	w := newRegions(size)
+	return &member{node: node, state: OutOfSync, written: w, inflight: make([]int32, w.n)}
+}
+
+// begin counts a write of [off, off+n) to m as in flight; the caller
+// calls it before the write is sent, and end once it is over.
+func (m *member) begin(off, n int64) {
+	first, last := span(off, n)
+	m.fmu.Lock()
+	for i := first; i <= min(last, len(m.inflight)-1); i++ {
+		m.inflight[i]++
+	}
+	m.fmu.Unlock()
+}
+
+// end counts the write as written to m, whatever its outcome (one that
+// failed may have been applied): unflushed there until the next flush.
+func (m *member) end(off, n int64) {
+	first, last := span(off, n)
+	m.fmu.Lock()
+	for i := first; i <= min(last, len(m.inflight)-1); i++ {
+		m.inflight[i]--
+	}
+	m.written.add(off, n)
+	m.fmu.Unlock()
 }
 
 // observe counts one write answered by m, begun at start.
@@ -224,6 +287,9 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = 2 * time.Second
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -238,7 +304,7 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 		stop: make(chan struct{}), done: make(chan struct{})}
 	var unreachable []*member
 	for _, rc := range cfg.Replicas {
-		m := &member{node: rc.Node, written: newRegions(cfg.Size), state: OutOfSync}
+		m := newMember(rc.Node, cfg.Size)
 		if rc.Node == cfg.Self {
 			m.local = cfg.Local
 		}
@@ -267,9 +333,28 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 		c.members = append(c.members, m)
 	}
 	for _, m := range unreachable {
-		if err := c.drop(m, fmt.Errorf("unreachable at open"), nil); err != nil {
+		// What it misses is unknown here: the previous coordinator's last
+		// writes may have reached some replicas and not others, and it may
+		// have lost unflushed ones in a crash (Converge compares only the
+		// in-sync replicas). So every region is in its log.
+		if err := c.drop(m, fmt.Errorf("unreachable at open"), &[2]int64{0, cfg.Size}); err != nil {
 			c.closeMembers()
 			return nil, err
+		}
+	}
+	// Likewise what the previous coordinator wrote since a replica's last
+	// flush is in no region log here, and a crash of that replica would
+	// lose it unseen: each in-sync replica is flushed before this one
+	// serves (its hello fenced the older writes first), or evicted.
+	for _, m := range slices.Clone(c.members) {
+		if m.state != InSync {
+			continue
+		}
+		if err := c.flushMember(m); err != nil {
+			if derr := c.drop(m, fmt.Errorf("flush at open: %w", err), &[2]int64{0, cfg.Size}); derr != nil {
+				c.closeMembers()
+				return nil, derr
+			}
 		}
 	}
 	if c.inSync() == 0 {
@@ -355,6 +440,33 @@ func (c *Coordinator) Epoch() uint64 {
 	return c.epoch
 }
 
+// maxEpochRetries bounds how often a request refused for this
+// coordinator's own older epoch (see ownStale) is sent again: each time
+// needs another change of the in-sync set while it is in flight.
+const maxEpochRetries = 8
+
+// ownStale reports whether err refuses a request for an epoch no newer
+// than the one this coordinator holds: an eviction or join raised the
+// epoch while the request was in flight, and a later request of this
+// coordinator reached the replica first (a replica applies requests in any
+// order). The request was not applied, and may be sent again at the
+// current epoch. A newer coordinator's epoch is above any this one holds
+// (the cluster raises it at each claim, and refuses this one's changes
+// after).
+func (c *Coordinator) ownStale(err error) bool {
+	var se *StaleEpochError
+	return errors.As(err, &se) && se.Epoch <= c.Epoch()
+}
+
+// again sends a request again (op) while it is refused for this
+// coordinator's own older epoch; err is the first try's outcome.
+func (c *Coordinator) again(err error, op func() error) error {
+	for i := 0; i < maxEpochRetries && c.ownStale(err); i++ {
+		err = op()
+	}
+	return err
+}
+
 // opKind is a write-like command.
 type opKind uint8
 
@@ -380,6 +492,21 @@ type target struct {
 	client  *Client
 	pending Pending
 	err     error
+}
+
+// do sends o to the target and waits for it.
+func (t *target) do(o writeOp) error {
+	if t.local != nil {
+		return localOp(t.local, o)
+	}
+	return startOp(t.client, o).Wait(context.Background())
+}
+
+func (t *target) flush() error {
+	if t.local != nil {
+		return t.local.Flush()
+	}
+	return t.client.Flush(context.Background())
 }
 
 func (c *Coordinator) WriteAt(p []byte, off int64, fua bool) error {
@@ -429,15 +556,26 @@ func (c *Coordinator) write(o writeOp) error {
 			t.m.observe(start)
 		}
 	}
+	for i := range ts[:n] {
+		t := &ts[i]
+		t.err = c.again(t.err, func() error { return t.do(o) })
+		t.m.end(o.off, o.n)
+	}
 	return c.settle(ts[:n], &rng)
 }
 
 // targets fills ts with the replicas a request goes to (in sync and
 // resyncing) and, for a write of rng, before anything is sent, durably
-// marks the range in the region log of every replica that will miss it.
+// marks the range in the region log of every replica that will miss it
+// and counts the write in flight to the others (the caller ends it).
 func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	if err := c.fencedErr(); err != nil {
+		// Checked again under mu: Close drops the connections under it,
+		// after it set this; a request must not go to fewer replicas.
+		return 0, err
+	}
 	k := 0
 	for _, m := range c.members {
 		switch {
@@ -449,18 +587,25 @@ func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, erro
 				return 0, fmt.Errorf("%w: replica on node %s is out of sync and its region log cannot be written: %w", engine.ErrIO, m.node, err)
 			}
 		case m.local != nil || m.client != nil:
-			if rng != nil {
-				m.written.add(rng[0], rng[1])
-			}
-			if rng != nil && m.state == Resyncing {
-				// Its log must hold what it may lose in a crash of its
-				// node, in case this coordinator crashes too.
-				if err := m.log.keepUnflushed(rng[0], rng[1]); err != nil {
-					return 0, fmt.Errorf("%w: replica on node %s is resyncing and its region log cannot be written: %w", engine.ErrIO, m.node, err)
-				}
-			}
 			ts[k] = target{m: m, state: m.state, local: m.local, client: m.client}
 			k++
+		}
+	}
+	if rng == nil {
+		return k, nil
+	}
+	for i := range ts[:k] {
+		m := ts[i].m
+		m.begin(rng[0], rng[1]) // under c.mu: no drop misses it
+		if m.state == Resyncing {
+			// Its log must hold what it may lose in a crash of its node,
+			// in case this coordinator crashes too.
+			if err := m.log.keepUnflushed(rng[0], rng[1]); err != nil {
+				for j := range ts[:i+1] {
+					ts[j].m.end(rng[0], rng[1]) // not sent
+				}
+				return 0, fmt.Errorf("%w: replica on node %s is resyncing and its region log cannot be written: %w", engine.ErrIO, m.node, err)
+			}
 		}
 	}
 	return k, nil
@@ -470,9 +615,60 @@ func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, erro
 // epoch fences the coordinator; any other failure takes the replica out of
 // the set (an eviction recorded in the cluster for an in-sync one) before
 // the request is answered. rng is the range a write touched (nil: none).
+//
+// A write that fails may still have been applied by a resyncing replica
+// and not by the in-sync ones (undo).
 func (c *Coordinator) settle(ts []target, rng *[2]int64) error {
+	err := c.settleTargets(ts, rng)
+	if err != nil && rng != nil && c.fencedErr() == nil {
+		c.undo(ts, rng, err)
+	}
+	return err
+}
+
+// undo makes each resyncing replica that applied a write which failed
+// (cause), and that no in-sync replica applied, hold again what the
+// in-sync replicas hold there: else it would join holding data they lack
+// — also one whose join is unconfirmed, which cannot be evicted while etcd
+// is unreachable. It copies the range from an in-sync replica (the caller
+// holds the range lock); when that fails, the replica goes back out of
+// sync with the range in its log, or is doomed. (When an in-sync replica
+// applied the write, those that did not are evicted or doomed instead.)
+func (c *Coordinator) undo(ts []target, rng *[2]int64, cause error) {
+	if slices.ContainsFunc(ts, func(t target) bool { return t.state == InSync && t.err == nil }) {
+		return
+	}
+	var src *member
+	c.mu.RLock()
+	for _, m := range c.members {
+		if m.state == InSync && !m.doomed {
+			src = m
+			break
+		}
+	}
+	c.mu.RUnlock()
+	for i := range ts {
+		t := &ts[i]
+		if t.state != Resyncing || t.err != nil {
+			continue
+		}
+		err := errors.New("no in-sync replica to copy from")
+		if src != nil {
+			err = c.copyRange(src, t.m, rng[0], rng[1])
+		}
+		if err == nil {
+			continue
+		}
+		if derr := c.drop(t.m, fmt.Errorf("a write it applied failed (%v) and could not be undone: %w", cause, err), rng); derr != nil {
+			c.doom([]*member{t.m})
+		}
+	}
+}
+
+func (c *Coordinator) settleTargets(ts []target, rng *[2]int64) error {
 	ok := 0
-	var firstErr error
+	var firstErr, dropErr error
+	var stuck []*member
 	for i := range ts {
 		t := &ts[i]
 		if t.err == nil {
@@ -489,13 +685,54 @@ func (c *Coordinator) settle(ts []target, rng *[2]int64) error {
 			firstErr = t.err
 		}
 		if err := c.drop(t.m, t.err, rng); err != nil {
-			return err
+			dropErr = cmp.Or(dropErr, err)
+			stuck = append(stuck, t.m)
 		}
+	}
+	if dropErr != nil {
+		if ok > 0 {
+			c.repair(ts, stuck, rng)
+		}
+		return dropErr
 	}
 	if ok == 0 {
 		return fmt.Errorf("%w: %w of volume %q completed it: %v", engine.ErrIO, ErrNoReplica, c.cfg.Volume, firstErr)
 	}
 	return nil
+}
+
+// repair copies rng to each of stuck — replicas that failed a write and
+// could not be evicted — from an in-sync target that applied it, so that
+// they hold what the others do (the caller holds the range lock). One
+// that cannot be repaired is doomed.
+func (c *Coordinator) repair(ts []target, stuck []*member, rng *[2]int64) {
+	var src *member
+	for i := range ts {
+		if ts[i].state == InSync && ts[i].err == nil {
+			src = ts[i].m
+			break
+		}
+	}
+	var failed []*member
+	for _, m := range stuck {
+		if rng == nil || src == nil || c.copyRange(src, m, rng[0], rng[1]) != nil {
+			failed = append(failed, m)
+		}
+	}
+	c.doom(failed)
+}
+
+// doom marks ms, which failed a write another in-sync replica applied and
+// could not be evicted, as doomed (see member.doomed).
+func (c *Coordinator) doom(ms []*member) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range ms {
+		if m.state == InSync || m.joinPending {
+			m.doomed = true
+			c.log.Warn("replica missed a write the others hold and cannot be evicted now; it serves no read until it is", "node", m.node)
+		}
+	}
 }
 
 // drop takes m out of the set after cause, recording rng (when not nil) as
@@ -515,7 +752,7 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 		return nil
 	case Resyncing:
 		if !m.joinPending {
-			m.state = OutOfSync
+			m.state, m.doomed = OutOfSync, false
 			c.log.Warn("replica failed during its resync", "node", m.node, "err", cause)
 			c.closeClient(m)
 			return c.keepMissed(m, rng)
@@ -524,6 +761,9 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 	}
 	if m.state == InSync && c.inSync() == 1 {
 		return fmt.Errorf("%w: the last in-sync replica, on node %s, failed: %w", engine.ErrIO, m.node, cause)
+	}
+	if err := c.fencedErr(); err != nil {
+		return err // a fenced or closed coordinator changes nothing in the cluster
 	}
 	// The log first: once the cluster says out of sync, the log must
 	// already hold what the replica may miss.
@@ -539,7 +779,7 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 		return fmt.Errorf("%w: replica on node %s failed (%v) and its eviction could not be recorded: %w", engine.ErrIO, m.node, cause, err)
 	}
 	c.log.Warn("replica evicted from the in-sync set", "node", m.node, "epoch", epoch, "err", cause)
-	m.state, m.joinPending = OutOfSync, false
+	m.state, m.joinPending, m.doomed = OutOfSync, false, false
 	c.closeClient(m)
 	c.setEpoch(epoch)
 	return nil
@@ -548,12 +788,7 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 // keepMissed adds to m's region log what m may have lost (its unflushed
 // writes) and rng, durably. REQUIRES c.mu.
 func (c *Coordinator) keepMissed(m *member, rng *[2]int64) error {
-	m.fmu.Lock()
-	m.log.union(m.written)
-	for _, f := range m.flushing {
-		m.log.union(f)
-	}
-	m.fmu.Unlock()
+	m.log.union(m.unflushed(c.cfg.Size))
 	if rng != nil {
 		m.log.add(rng[0], rng[1])
 	}
@@ -636,6 +871,7 @@ func (c *Coordinator) Flush() error {
 		if t.local == nil {
 			t.err = t.pending.Wait(context.Background())
 		}
+		t.err = c.again(t.err, t.flush)
 		if t.err == nil {
 			t.m.endFlush(sets[i])
 		}
@@ -647,7 +883,7 @@ func (c *Coordinator) Flush() error {
 // an in-sync remote one; a replica that fails the read is evicted and the
 // read tried on another.
 func (c *Coordinator) ReadAt(p []byte, off int64) error {
-	for {
+	for retries := 0; ; retries++ {
 		if err := c.fencedErr(); err != nil {
 			return err
 		}
@@ -666,6 +902,8 @@ func (c *Coordinator) ReadAt(p []byte, off int64) error {
 			return nil
 		case errors.Is(err, engine.ErrInvalid) || errors.Is(err, ErrInvalid):
 			return err // the request's fault, not the replica's
+		case retries < maxEpochRetries && c.ownStale(err):
+			continue
 		case errors.Is(err, ErrStaleEpoch):
 			c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
 			return c.fencedErr()
@@ -682,7 +920,7 @@ func (c *Coordinator) reader() (*member, *Local, *Client) {
 	defer c.mu.RUnlock()
 	var remote *member
 	for _, m := range c.members {
-		if m.state != InSync {
+		if m.state != InSync || (m.doomed && c.inSync() > 1) {
 			continue
 		}
 		if m.local != nil {
@@ -745,9 +983,11 @@ func (c *Coordinator) Status() []ReplicaStatus {
 	return out
 }
 
-// Close stops the resync and closes every replica. It does not flush:
-// the daemon flushes before a clean release.
+// Close stops the resync and closes every replica; I/O after fails with
+// ErrClosed. It does not flush: the daemon flushes before a clean release.
 func (c *Coordinator) Close() error {
+	closed := fmt.Errorf("%w: the coordinator of volume %q", ErrClosed, c.cfg.Volume)
+	c.fenced.CompareAndSwap(nil, &closed)
 	select {
 	case <-c.stop:
 	default:
@@ -784,7 +1024,7 @@ func (c *Coordinator) AddReplica(node string) error {
 			return fmt.Errorf("%w: volume %q has a replica on node %s already", ErrInvalid, c.cfg.Volume, node)
 		}
 	}
-	m := &member{node: node, written: newRegions(c.cfg.Size), state: OutOfSync}
+	m := newMember(node, c.cfg.Size)
 	if err := c.openLog(m, false); err != nil {
 		return err
 	}
@@ -818,7 +1058,8 @@ func (c *Coordinator) RemoveReplica(node string) error {
 	return fmt.Errorf("%w: volume %q has no replica on node %s", ErrInvalid, c.cfg.Volume, node)
 }
 
-// Fenced reports whether the coordinator was fenced (it serves nothing more).
+// Fenced reports whether the coordinator was fenced or closed (it serves
+// nothing more).
 func (c *Coordinator) Fenced() bool { return c.fencedErr() != nil }
 
 // Quiesce runs fn at one point of the write stream: no write is in flight

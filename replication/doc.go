@@ -160,6 +160,13 @@
 //   - Snapshots are taken at one point of the write stream on every in-sync
 //     replica (Quiesce; "a snapshot of a replicated volume").
 //
+// In this package the same rules are checked without daemons:
+// coordinator_test.go has a test per rule on in-memory replicas, and
+// sim_test.go a seeded simulation (partitions, delays, replica crashes,
+// failing and stalling disks, etcd outages, coordinator takeovers with a
+// zombie predecessor) whose histories are checked per block for
+// linearizability, with what a flush covered surviving every crash.
+//
 // # Client
 //
 // A Client is one connection to one replica volume; see its doc for the

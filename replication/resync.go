@@ -29,26 +29,50 @@ import (
 // cleared from the log, durably every few regions, so a restart of the
 // coordinator resumes instead of starting over).
 
-// resyncLoop tries each out-of-sync replica every RetryInterval until Close.
+// resyncLoop tries each out-of-sync replica every RetryInterval until
+// Close, and dials the last in-sync one again when its connection failed.
 func (c *Coordinator) resyncLoop() {
 	defer close(c.done)
-	t := time.NewTicker(c.cfg.RetryInterval)
-	defer t.Stop()
+	ticks, stop := c.cfg.Clock.NewTicker(c.cfg.RetryInterval)
+	defer stop()
 	for {
 		c.mu.RLock()
 		var todo []*member
 		var rejoin []*member
+		var last *member     // the last in-sync replica, its connection failed
+		var doomed []*member // to evict (member.doomed)
 		for _, m := range c.members {
 			switch {
+			case m.doomed:
+				doomed = append(doomed, m)
 			case m.state == OutOfSync:
 				todo = append(todo, m)
 			case m.state == Resyncing && m.joinPending:
 				rejoin = append(rejoin, m)
+			case m.state == InSync && m.local == nil && (m.client == nil || m.client.Err() != nil) && c.inSync() == 1:
+				last = m
 			}
 		}
 		c.mu.RUnlock()
+		for _, m := range doomed {
+			c.mu.Lock()
+			last := m.state == InSync && c.inSync() == 1
+			if last {
+				m.doomed = false // it holds the newest data there is now
+			}
+			c.mu.Unlock()
+			if last {
+				continue
+			}
+			if err := c.drop(m, errors.New("it missed a write the other in-sync replicas hold"), nil); err != nil && !c.stopping() {
+				c.log.Info("eviction not recorded; retrying", "node", m.node, "err", err, "in", c.cfg.RetryInterval)
+			}
+		}
+		if last != nil && (c.fencedErr() != nil || !c.reconnect(last)) {
+			todo = nil // no replica to copy from
+		}
 		for _, m := range rejoin {
-			if err := c.join(m, time.Now()); err != nil && !c.stopping() {
+			if err := c.join(m, c.cfg.Clock.Now()); err != nil && !c.stopping() {
 				c.log.Warn("replica's join not confirmed; retrying", "node", m.node, "err", err, "in", c.cfg.RetryInterval)
 			}
 		}
@@ -60,9 +84,70 @@ func (c *Coordinator) resyncLoop() {
 		select {
 		case <-c.stop:
 			return
-		case <-t.C:
+		case <-ticks:
 		}
 	}
+}
+
+// reconnect dials m, the last in-sync replica, whose connection failed. It
+// cannot be evicted (it holds the newest data there is), so the volume
+// fails I/O until it answers again; then it serves as it is. (An in-sync
+// replica that is not the last is evicted by the I/O that finds it failed,
+// with what it may have lost in a crash in its log, and resyncs.) It
+// reports whether m is connected.
+func (c *Coordinator) reconnect(m *member) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	cl, err := c.dial(ctx, m.node, c.Epoch())
+	cancel()
+	if err != nil {
+		if errors.Is(err, ErrStaleEpoch) { // a newer coordinator's
+			c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
+		}
+		c.log.Debug("last in-sync replica unreachable", "node", m.node, "err", err)
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if m.state != InSync || c.inSync() != 1 || (m.client != nil && m.client.Err() == nil) || c.stopping() {
+		cl.Close()
+		return m.state == InSync
+	}
+	if err := c.markLost(m); err != nil {
+		cl.Close()
+		c.log.Error("last in-sync replica answers again, but the region logs cannot be written", "node", m.node, "err", err)
+		return false
+	}
+	c.closeClient(m)
+	cl.SetEpoch(c.epoch)
+	m.client = cl
+	c.log.Warn("last in-sync replica reconnected; the volume serves again", "node", m.node)
+	return true
+}
+
+// markLost puts the regions m may have lost — its writes no completed
+// flush covered, gone if it crashed — in the log of every other replica:
+// one that took them while resyncing, or flushed them when m failed to,
+// holds data m (the newest there is now) may not, and gets those regions
+// copied from m again. A resyncing replica goes back out of sync for it.
+// REQUIRES c.mu.
+func (c *Coordinator) markLost(m *member) error {
+	for _, o := range c.members {
+		if o == m || o.state == InSync {
+			continue
+		}
+		if o.state == Resyncing {
+			o.state, o.joinPending = OutOfSync, false
+			c.closeClient(o)
+			if err := c.keepMissed(o, nil); err != nil {
+				return err
+			}
+		}
+		o.log.union(m.unflushed(c.cfg.Size))
+		if err := o.log.sync(); err != nil {
+			return fmt.Errorf("%w: region log of the replica on node %s: %w", engine.ErrIO, o.node, err)
+		}
+	}
+	return nil
 }
 
 func (c *Coordinator) stopping() bool {
@@ -86,6 +171,10 @@ func (c *Coordinator) resync(m *member) error {
 		cl, err = c.dial(ctx, m.node, c.Epoch())
 		cancel()
 		if err != nil {
+			if errors.Is(err, ErrStaleEpoch) { // a newer coordinator's
+				c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
+				return c.fencedErr()
+			}
 			c.log.Debug("out-of-sync replica unreachable", "node", m.node, "err", err)
 			return nil
 		}
@@ -109,7 +198,7 @@ func (c *Coordinator) resync(m *member) error {
 	m.toCopy.Store(int64(m.log.count()) * RegionSize)
 	c.mu.Unlock()
 	c.log.Info("resync started", "node", m.node, "bytes", m.toCopy.Load())
-	start := time.Now()
+	start := c.cfg.Clock.Now()
 
 	buf := drive.GetBuffer(RegionSize)
 	defer drive.PutBuffer(buf)
@@ -128,7 +217,6 @@ func (c *Coordinator) resync(m *member) error {
 			}
 			return err
 		}
-		m.log.remove(i)
 		m.copied.Add(RegionSize)
 		if copied++; copied%64 == 0 {
 			// Progress for a restart of the coordinator: the copies are
@@ -173,25 +261,26 @@ func (c *Coordinator) join(m *member, start time.Time) error {
 	c.setEpoch(epoch)
 	os.Remove(m.log.path)
 	m.log = nil
-	c.log.Info("replica back in sync", "node", m.node, "epoch", epoch, "copied", m.copied.Load(), "seconds", time.Since(start).Seconds())
+	c.log.Info("replica back in sync", "node", m.node, "epoch", epoch, "copied", m.copied.Load(), "seconds", c.cfg.Clock.Now().Sub(start).Seconds())
 	return nil
 }
 
 // throttle sleeps so that the copy keeps to ResyncRate.
 func (c *Coordinator) throttle(start time.Time, done int64) {
 	due := start.Add(time.Duration(float64(done) / float64(c.cfg.ResyncRate) * float64(time.Second)))
-	if d := time.Until(due); d > 0 {
+	if d := due.Sub(c.cfg.Clock.Now()); d > 0 {
 		select {
-		case <-time.After(d):
+		case <-c.cfg.Clock.After(d):
 		case <-c.stop:
 		}
 	}
 }
 
 // copyRegion copies region i from an in-sync replica to m under the range
-// lock. A region that reads as zeros is written as zeros without
-// allocating (thin: a full copy writes only what holds data). A failure of
-// the source evicts it and tries another; a failure of m drops m.
+// lock, and takes it off m's log. A region that reads as zeros is written
+// as zeros without allocating (thin: a full copy writes only what holds
+// data). A failure of the source evicts it and tries another; a failure of
+// m drops m.
 func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err error) {
 	off := int64(i) * RegionSize
 	n := min(RegionSize, c.cfg.Size-off)
@@ -208,43 +297,59 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err 
 		return false, fmt.Errorf("no in-sync replica could be read to copy from: %w", err)
 	}
 	zero := isZero(buf)
-	switch {
-	case m.local != nil && zero:
-		err = m.local.WriteZeroes(off, n, false, false)
-	case m.local != nil:
-		err = m.local.WriteAt(buf, off, false)
-	case zero:
-		err = cl.WriteZeroes(context.Background(), off, n, false, false)
-	default:
-		err = cl.WriteAt(context.Background(), buf, off, false)
+	put := func() error {
+		switch {
+		case m.local != nil && zero:
+			return m.local.WriteZeroes(off, n, false, false)
+		case m.local != nil:
+			return m.local.WriteAt(buf, off, false)
+		case zero:
+			return cl.WriteZeroes(context.Background(), off, n, false, false)
+		}
+		return cl.WriteAt(context.Background(), buf, off, false)
 	}
+	m.begin(off, n) // then in m.written: not durable there until it flushes
+	err = c.again(put(), put)
+	m.end(off, n)
 	if err != nil {
 		if errors.Is(err, ErrStaleEpoch) {
-			c.Fence(err)
+			c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
 		}
 		if derr := c.drop(m, err, nil); derr != nil {
 			return false, derr
 		}
 		return false, fmt.Errorf("copy to the replica on node %s: %w", m.node, err)
 	}
-	m.written.add(off, n) // not durable on the target until it flushes
+	// Off the log only while m still resyncs: once dropped, its log holds
+	// what it may miss (this region among it), and that mark must stay.
+	c.mu.RLock()
+	still := m.state == Resyncing
+	if still {
+		m.log.remove(i)
+	}
+	c.mu.RUnlock()
+	if !still {
+		return false, fmt.Errorf("replica on node %s fell out during its resync", m.node)
+	}
 	return !zero, nil
 }
 
-// flushMember flushes m, a resyncing replica: what it was sent before is
-// then durable on it, and its log need no longer keep it.
+// flushMember flushes m (a resyncing replica, or an in-sync one at open):
+// what it was sent before is then durable on it, and its log need no
+// longer keep it.
 func (c *Coordinator) flushMember(m *member) error {
 	cl := c.clientOf(m)
 	if m.local == nil && cl == nil {
 		return fmt.Errorf("replica on node %s fell out during its resync", m.node)
 	}
 	set := m.beginFlush()
-	var err error
-	if m.local != nil {
-		err = m.local.Flush()
-	} else {
-		err = cl.Flush(context.Background())
+	flush := func() error {
+		if m.local != nil {
+			return m.local.Flush()
+		}
+		return cl.Flush(context.Background())
 	}
+	err := c.again(flush(), flush)
 	if err == nil {
 		m.endFlush(set)
 	}
@@ -256,15 +361,21 @@ var zeroRegion = make([]byte, RegionSize)
 func isZero(p []byte) bool { return bytes.Equal(p, zeroRegion[:len(p)]) }
 
 // sum is m's checksum of a region (verify, convergence).
-func (c *Coordinator) sum(m *member, off, n int64) (uint64, error) {
-	if m.local != nil {
-		return m.local.Checksum(off, n)
+func (c *Coordinator) sum(m *member, off, n int64) (s uint64, err error) {
+	get := func() error {
+		if m.local != nil {
+			s, err = m.local.Checksum(off, n)
+			return err
+		}
+		cl := c.clientOf(m)
+		if cl == nil {
+			return fmt.Errorf("replica on node %s is not connected", m.node)
+		}
+		s, err = cl.Checksum(context.Background(), off, n)
+		return err
 	}
-	cl := c.clientOf(m)
-	if cl == nil {
-		return 0, fmt.Errorf("replica on node %s is not connected", m.node)
-	}
-	return cl.Checksum(context.Background(), off, n)
+	err = c.again(get(), get)
+	return s, err
 }
 
 // clientOf returns m's connection (nil once it was dropped).
@@ -276,25 +387,51 @@ func (c *Coordinator) clientOf(m *member) *Client {
 
 // readFrom and writeTo move a region between one replica and the buffer.
 func (c *Coordinator) readFrom(m *member, p []byte, off int64) error {
-	if m.local != nil {
-		return m.local.ReadAt(p, off)
+	get := func() error {
+		if m.local != nil {
+			return m.local.ReadAt(p, off)
+		}
+		cl := c.clientOf(m)
+		if cl == nil {
+			return fmt.Errorf("replica on node %s is not connected", m.node)
+		}
+		return cl.ReadAt(context.Background(), p, off)
 	}
-	cl := c.clientOf(m)
-	if cl == nil {
-		return fmt.Errorf("replica on node %s is not connected", m.node)
-	}
-	return cl.ReadAt(context.Background(), p, off)
+	return c.again(get(), get)
 }
 
 func (c *Coordinator) writeTo(m *member, p []byte, off int64) error {
-	if m.local != nil {
-		return m.local.WriteAt(p, off, false)
+	put := func() error {
+		if m.local != nil {
+			return m.local.WriteAt(p, off, false)
+		}
+		cl := c.clientOf(m)
+		if cl == nil {
+			return fmt.Errorf("replica on node %s is not connected", m.node)
+		}
+		return cl.WriteAt(context.Background(), p, off, false)
 	}
-	cl := c.clientOf(m)
-	if cl == nil {
-		return fmt.Errorf("replica on node %s is not connected", m.node)
+	m.begin(off, int64(len(p))) // unflushed there until Converge's flush
+	err := c.again(put(), put)
+	m.end(off, int64(len(p)))
+	return err
+}
+
+// copyRange copies [off, off+n) from src to dst, a region at a time.
+func (c *Coordinator) copyRange(src, dst *member, off, n int64) error {
+	buf := drive.GetBuffer(RegionSize)
+	defer drive.PutBuffer(buf)
+	for end := off + n; off < end; {
+		k := min(RegionSize-off%RegionSize, end-off)
+		if err := c.readFrom(src, buf.B[:k], off); err != nil {
+			return fmt.Errorf("reading node %s: %w", src.node, err)
+		}
+		if err := c.writeTo(dst, buf.B[:k], off); err != nil {
+			return err
+		}
+		off += k
 	}
-	return cl.WriteAt(context.Background(), p, off, false)
+	return nil
 }
 
 // Difference is a region where in-sync replicas differ.
@@ -412,6 +549,10 @@ func (c *Coordinator) compareRegion(off, n int64, repair bool, buf []byte) (*Dif
 	for _, m := range ms {
 		s, err := c.sum(m, off, n)
 		if err != nil {
+			if errors.Is(err, ErrStaleEpoch) { // a newer coordinator's
+				c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
+				return nil, c.fencedErr()
+			}
 			if derr := c.drop(m, err, nil); derr != nil {
 				return nil, derr
 			}
