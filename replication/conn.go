@@ -146,9 +146,17 @@ func (c *conn) transmit() error {
 		workers.Add(1)
 		go func() {
 			defer workers.Done()
+			wb, _ := c.vol.(deferredWriteback)
 			for r := range c.work {
 				c.execute(r)
+				// r belongs to the writer once sent: what the write-back
+				// needs is read first.
+				write := wb != nil && r.cmd == CmdWrite && r.code == CodeOK && r.length > 0
+				off, n := int64(r.offset), int64(r.length)
 				c.done <- r
+				if write {
+					wb.StartWriteback(off, n)
+				}
 			}
 		}()
 	}
@@ -236,7 +244,9 @@ func (c *conn) execute(r *request) {
 	fua := r.flags&FlagFUA != 0
 	switch r.cmd {
 	case CmdWrite:
-		if n > 0 {
+		if wb, ok := c.vol.(deferredWriteback); ok && n > 0 {
+			r.failErr(wb.WriteAtDeferWriteback(r.data, off, fua)) // the worker starts it
+		} else if n > 0 {
 			r.failErr(c.vol.WriteAt(r.data, off, fua))
 		}
 	case CmdRead:

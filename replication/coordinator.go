@@ -481,6 +481,9 @@ type writeOp struct {
 	p           []byte
 	off, n      int64
 	fua, noHole bool
+	// deferWB: this node's replica leaves the write's write-back to
+	// StartWriteback (WriteAtDeferWriteback).
+	deferWB bool
 }
 
 // target is one replica a request goes to, as it stood when the request
@@ -511,6 +514,20 @@ func (t *target) flush() error {
 
 func (c *Coordinator) WriteAt(p []byte, off int64, fua bool) error {
 	return c.write(writeOp{kind: opWrite, p: p, off: off, n: int64(len(p)), fua: fua})
+}
+
+// WriteAtDeferWriteback and StartWriteback let the NBD server start the
+// write-back of this node's replica once it has answered the write
+// (blockdev/nbd.DeferredWriteback), so that the reply does not wait for
+// it; the remote replicas' servers do the same on their side.
+func (c *Coordinator) WriteAtDeferWriteback(p []byte, off int64, fua bool) error {
+	return c.write(writeOp{kind: opWrite, p: p, off: off, n: int64(len(p)), fua: fua, deferWB: true})
+}
+
+func (c *Coordinator) StartWriteback(off, n int64) {
+	if c.cfg.Local != nil {
+		c.cfg.Local.StartWriteback(off, n)
+	}
 }
 
 func (c *Coordinator) Trim(off, n int64) error {
@@ -838,6 +855,9 @@ func localOp(l *Local, o writeOp) error {
 		return l.Trim(o.off, o.n, o.fua)
 	case opZeroes:
 		return l.WriteZeroes(o.off, o.n, o.noHole, o.fua)
+	}
+	if o.deferWB {
+		return l.WriteAtDeferWriteback(o.p, o.off, o.fua)
 	}
 	return l.WriteAt(o.p, o.off, o.fua)
 }

@@ -90,6 +90,27 @@ func (l *Local) WriteAt(p []byte, off int64, fua bool) error {
 	return l.vol.WriteAt(p, off, fua)
 }
 
+// WriteAtDeferWriteback is WriteAt leaving the write's write-back to
+// StartWriteback, on a volume that starts it early (deferredWriteback).
+func (l *Local) WriteAtDeferWriteback(p []byte, off int64, fua bool) error {
+	if err := l.enter(); err != nil {
+		return err
+	}
+	defer l.exit()
+	if wb, ok := l.vol.(deferredWriteback); ok {
+		return wb.WriteAtDeferWriteback(p, off, fua)
+	}
+	return l.vol.WriteAt(p, off, fua)
+}
+
+// StartWriteback starts the write-back of a range written with
+// WriteAtDeferWriteback (a hint: it changes nothing that is read).
+func (l *Local) StartWriteback(off, n int64) {
+	if wb, ok := l.vol.(deferredWriteback); ok {
+		wb.StartWriteback(off, n)
+	}
+}
+
 func (l *Local) ReadAt(p []byte, off int64) error {
 	if err := l.enter(); err != nil {
 		return err

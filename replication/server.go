@@ -26,6 +26,16 @@ type Volume interface {
 	WriteZeroes(off, n int64, noHole bool) error
 }
 
+// deferredWriteback is a Volume (the engine's) that starts the write-back
+// of a write to its device early while the volume sees flushes: the server
+// writes with WriteAtDeferWriteback and starts it once the reply is handed
+// to the writer, so the reply does not wait for it (as the NBD server
+// does).
+type deferredWriteback interface {
+	WriteAtDeferWriteback(p []byte, off int64, fua bool) error
+	StartWriteback(off, n int64)
+}
+
 // Volumes is where the server finds replicas (the daemon implements it on
 // its engine).
 type Volumes interface {
