@@ -901,8 +901,18 @@ func (c *Coordinator) Flush() error {
 
 // ReadAt reads from this node's replica when it is in sync, otherwise from
 // an in-sync remote one; a replica that fails the read is evicted and the
-// read tried on another.
+// read tried on another. It waits for the writes in flight to its range
+// (the range lock): a write some replicas have applied and others not yet
+// — which may still fail, and be lost with the replica that applied it —
+// is never read.
 func (c *Coordinator) ReadAt(p []byte, off int64) error {
+	c.locks.lock(off, int64(len(p)))
+	defer c.locks.unlock(off, int64(len(p)))
+	return c.read(p, off)
+}
+
+// read is ReadAt for a caller that holds the range lock.
+func (c *Coordinator) read(p []byte, off int64) error {
 	for retries := 0; ; retries++ {
 		if err := c.fencedErr(); err != nil {
 			return err

@@ -293,7 +293,7 @@ func (c *Coordinator) copyRegion(m *member, i int, buf []byte) (wrote bool, err 
 	if state != Resyncing {
 		return false, fmt.Errorf("replica on node %s fell out during its resync", m.node)
 	}
-	if err := c.ReadAt(buf, off); err != nil {
+	if err := c.read(buf, off); err != nil {
 		return false, fmt.Errorf("no in-sync replica could be read to copy from: %w", err)
 	}
 	zero := isZero(buf)
