@@ -292,7 +292,7 @@ func (s *Server) startCoordinator(ctx context.Context, name string) (*replicatio
 	c, err := replication.NewCoordinator(ctx, replication.CoordinatorConfig{
 		Volume: name, Size: sp.Size, Self: self, Epoch: sp.Epoch, Replicas: replicas, Local: local,
 		Membership: &replicationMembership{s: s, volume: name, claim: cl},
-		Dial:       s.dialReplica(name), StateDir: rc.StateDir, ResyncRate: rc.ResyncRate, Logger: s.log,
+		Dial:       s.dialReplica(name), StateDir: rc.StateDir, ResyncRate: rc.ResyncRate, Logger: s.log, Unclean: unclean,
 	})
 	if err != nil {
 		if local != nil {

@@ -92,6 +92,10 @@ type CoordinatorConfig struct {
 	Local      *Local
 	Membership Membership
 	Dial       Dialer
+	// Unclean: the previous coordinator stopped without releasing the
+	// volume (a crash): the logs of replicas it was resyncing are not
+	// enough (openLog).
+	Unclean bool
 	// StateDir holds the region logs (one file per volume and replica).
 	StateDir string
 	// ResyncRate bounds a resync's copy in bytes per second, so client I/O
@@ -128,11 +132,10 @@ type CoordinatorConfig struct {
 //     region where it may differ: those written since it left, and those
 //     written since its last completed flush before it left (it may have
 //     lost them in a crash). The log is durable before the write that
-//     marked it is acknowledged. While it resyncs, the log's file also
-//     holds every region sent to it since its last completed flush, before
-//     the write is sent: if this coordinator and the replica's node both
-//     crash, the next coordinator on this node copies what the replica
-//     lost, not only what was left to copy.
+//     marked it is acknowledged. While it resyncs it also gets writes its
+//     log does not name, which a crash of its node may lose: a mark file
+//     says so (resyncMark), and a coordinator that finds it after an
+//     unclean stop gives the replica a full copy.
 //   - Reads are served only by an in-sync replica — not by one that missed
 //     a failed write the others applied while its eviction cannot be
 //     recorded (doomed), unless it is the last.
@@ -380,26 +383,41 @@ func (c *Coordinator) logPath(node string) string {
 	return filepath.Join(c.cfg.StateDir, c.cfg.Volume+"@"+node+".rgn")
 }
 
-// openLog loads m's region log, or starts a full one.
+// resyncMark is the file that says a replica's resync is under way (see
+// resync): its log then lacks what the replica was sent and has not
+// flushed.
+func resyncMark(logPath string) string { return logPath + ".resyncing" }
+
+// openLog loads m's region log, or starts a full one. A log whose replica
+// was resyncing when the previous coordinator stopped uncleanly is not
+// enough: the replica may have lost writes it was sent (unflushed, in a
+// crash of its node) to regions the log no longer names.
 func (c *Coordinator) openLog(m *member, valid bool) error {
 	path := c.logPath(m.node)
+	if _, err := os.Stat(resyncMark(path)); valid && c.cfg.Unclean && err == nil {
+		c.log.Warn("the replica was resyncing when the previous coordinator stopped uncleanly; it gets a full copy", "node", m.node)
+		valid = false
+	}
 	if valid {
 		l, err := loadRegionLog(path, c.cfg.Size)
 		if err != nil {
 			c.log.Warn("region log unreadable; the replica gets a full copy", "node", m.node, "err", err)
 		}
-		l.unflushed = m.orUnflushed
 		m.log = l
 		return nil
 	}
 	m.log = c.newLog(m)
 	m.log.addAll()
-	return m.log.sync()
+	if err := m.log.sync(); err != nil {
+		return err
+	}
+	os.Remove(resyncMark(path)) // the log holds every region
+	return nil
 }
 
 // newLog starts an empty region log for m.
 func (c *Coordinator) newLog(m *member) *regionLog {
-	return &regionLog{regions: newRegions(c.cfg.Size), path: c.logPath(m.node), epoch: c.epoch, unflushed: m.orUnflushed}
+	return &regionLog{regions: newRegions(c.cfg.Size), path: c.logPath(m.node), epoch: c.epoch}
 }
 
 func (c *Coordinator) inSync() int {
@@ -612,18 +630,7 @@ func (c *Coordinator) targets(ts *[MaxReplicas]target, rng *[2]int64) (int, erro
 		return k, nil
 	}
 	for i := range ts[:k] {
-		m := ts[i].m
-		m.begin(rng[0], rng[1]) // under c.mu: no drop misses it
-		if m.state == Resyncing {
-			// Its log must hold what it may lose in a crash of its node,
-			// in case this coordinator crashes too.
-			if err := m.log.keepUnflushed(rng[0], rng[1]); err != nil {
-				for j := range ts[:i+1] {
-					ts[j].m.end(rng[0], rng[1]) // not sent
-				}
-				return 0, fmt.Errorf("%w: replica on node %s is resyncing and its region log cannot be written: %w", engine.ErrIO, m.node, err)
-			}
-		}
+		ts[i].m.begin(rng[0], rng[1]) // under c.mu: no drop misses it
 	}
 	return k, nil
 }
@@ -812,6 +819,7 @@ func (c *Coordinator) keepMissed(m *member, rng *[2]int64) error {
 	if err := m.log.sync(); err != nil {
 		return fmt.Errorf("%w: region log of the replica on node %s: %w", engine.ErrIO, m.node, err)
 	}
+	os.Remove(resyncMark(m.log.path)) // the log holds all it may miss again
 	return nil
 }
 
@@ -1081,6 +1089,7 @@ func (c *Coordinator) RemoveReplica(node string) error {
 		c.closeClient(m)
 		if m.log != nil {
 			os.Remove(m.log.path)
+			os.Remove(resyncMark(m.log.path))
 		}
 		c.members = append(c.members[:i:i], c.members[i+1:]...)
 		return nil

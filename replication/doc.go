@@ -148,11 +148,12 @@
 //     each region under the range lock, and a copy is durable on the target
 //     before the log forgets it: "resync of what changed only" asserts the
 //     bytes copied; "a resync whose target dies midway resumes" and `volume
-//     verify` after every fault check the replicas end identical. While a
-//     replica resyncs, its log's file also keeps what it was sent and has
-//     not flushed ("the coordinator and the target die together
-//     mid-resync"), and a replica being copied never serves a read, also
-//     when no replica is left in sync ("a resync whose source dies").
+//     verify` after every fault check the replicas end identical. A resync
+//     interrupted by a crash of the coordinator restarts as a full copy
+//     (its log does not name the writes the target was sent and may have
+//     lost: "the coordinator and the target die together mid-resync"), and
+//     a replica being copied never serves a read, also when no replica is
+//     left in sync ("a resync whose source dies").
 //   - A slow replica is evicted once, not rebuilt in a loop ("a replica
 //     stopped longer than the timeout").
 //   - After an unclean coordinator change the in-sync replicas converge

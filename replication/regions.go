@@ -166,13 +166,7 @@ type regionLog struct {
 	path  string
 	epoch uint64
 	saved uint64     // REQUIRES regions.mu; the gen the file holds
-	filed []uint64   // REQUIRES regions.mu; what the file holds; nil: unsure (a save in flight)
 	wmu   sync.Mutex // serialises writes of the file
-	// unflushed, when set, ORs into every save the regions the replica was
-	// sent and has not flushed: a resyncing replica may lose them in a
-	// crash of its node, so the file keeps them though nothing is left to
-	// copy there (see keepUnflushed).
-	unflushed func(words []uint64)
 }
 
 // loadRegionLog reads the log at path for a volume of size bytes. A missing
@@ -224,7 +218,6 @@ func (l *regionLog) decode(b []byte) error {
 	if rem := n % 64; rem != 0 {
 		l.words[nw-1] &= 1<<rem - 1 // bits past the old end are not regions
 	}
-	l.filed = slices.Clone(l.words)
 	return nil
 }
 
@@ -240,11 +233,7 @@ func (l *regionLog) save(upTo uint64) error {
 	}
 	gen := l.gen
 	words := slices.Clone(l.words)
-	l.filed = nil // until this save completes the file may hold either
 	l.mu.Unlock()
-	if l.unflushed != nil {
-		l.unflushed(words) // after the gen: it holds at least what gen saw
-	}
 	b := make([]byte, 0, 24+8*len(words)+4)
 	b = append(b, regionLogMagic...)
 	b = binary.BigEndian.AppendUint32(b, regionLogVersion)
@@ -258,7 +247,7 @@ func (l *regionLog) save(upTo uint64) error {
 		return fmt.Errorf("replication: region log: %w", err)
 	}
 	l.mu.Lock()
-	l.saved, l.filed = max(l.saved, gen), words // saves are serial: this is the newest
+	l.saved = max(l.saved, gen)
 	l.mu.Unlock()
 	return nil
 }
@@ -266,29 +255,6 @@ func (l *regionLog) save(upTo uint64) error {
 // sync makes everything marked so far durable.
 func (l *regionLog) sync() error {
 	l.mu.Lock()
-	gen := l.gen
-	l.mu.Unlock()
-	return l.save(gen)
-}
-
-// keepUnflushed returns once the file holds [off, off+n), which the caller
-// has added to the replica's unflushed regions (see unflushed) and is about
-// to send it. A region the file holds already costs nothing, so a resyncing
-// replica's writes cost a save only for the first write to a region after
-// each checkpoint of the resync.
-func (l *regionLog) keepUnflushed(off, n int64) error {
-	first, last := span(off, n)
-	last = min(last, l.n-1)
-	l.mu.Lock()
-	filed := l.filed != nil
-	for i := first; filed && i <= last; i++ {
-		filed = l.filed[i/64]&(1<<(i%64)) != 0
-	}
-	if filed {
-		l.mu.Unlock()
-		return nil
-	}
-	l.gen++ // the file must be saved again, with the unflushed regions
 	gen := l.gen
 	l.mu.Unlock()
 	return l.save(gen)

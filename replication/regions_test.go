@@ -31,41 +31,6 @@ func TestRegionLogAfterGrow(t *testing.T) {
 	}
 }
 
-// keepUnflushed saves the file only for a region it does not hold yet.
-func TestKeepUnflushed(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "v@n.rgn")
-	unflushed := newRegions(16 * RegionSize)
-	l := &regionLog{regions: newRegions(16 * RegionSize), path: path, unflushed: unflushed.orInto}
-	unflushed.add(5*RegionSize, 4096)
-	if err := l.keepUnflushed(5*RegionSize, 4096); err != nil {
-		t.Fatal(err)
-	}
-	onDisk := func() []int {
-		got, err := loadRegionLog(path, 16*RegionSize)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return marked(got.regions)
-	}
-	if got := onDisk(); !slices.Equal(got, []int{5}) {
-		t.Fatalf("file holds %v, want [5]", got)
-	}
-	os.Remove(path)
-	if err := l.keepUnflushed(5*RegionSize+8192, 4096); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(path); !os.IsNotExist(err) {
-		t.Fatal("a region the file holds was saved again")
-	}
-	unflushed.add(7*RegionSize, 4096)
-	if err := l.keepUnflushed(7*RegionSize, 4096); err != nil {
-		t.Fatal(err)
-	}
-	if got := onDisk(); !slices.Equal(got, []int{5, 7}) {
-		t.Fatalf("file holds %v, want [5 7]", got)
-	}
-}
-
 func FuzzRegionLogDecode(f *testing.F) {
 	dir := f.TempDir()
 	l := &regionLog{regions: newRegions(70 * RegionSize), path: filepath.Join(dir, "seed.rgn")}

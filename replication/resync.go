@@ -14,6 +14,7 @@ import (
 
 	"github.com/cairn-storage/cairn/drive"
 	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/internal/atomicfile"
 )
 
 // Resync: an out-of-sync replica whose node answers again is dialled at the
@@ -179,6 +180,16 @@ func (c *Coordinator) resync(m *member) error {
 			return nil
 		}
 	}
+	// From the switch to Resyncing, the replica gets writes its log will
+	// not name: the mark tells a coordinator that restarts after a crash
+	// (openLog). Made before the switch, removed once the log holds all it
+	// may miss again (join, keepMissed).
+	if err := atomicfile.WriteFile(resyncMark(m.log.path), nil, 0o644); err != nil {
+		if cl != nil {
+			cl.Close()
+		}
+		return fmt.Errorf("%w: resync mark of the replica on node %s: %w", engine.ErrIO, m.node, err)
+	}
 	c.mu.Lock()
 	if m.state != OutOfSync || c.stopping() || !slices.Contains(c.members, m) {
 		c.mu.Unlock()
@@ -260,6 +271,7 @@ func (c *Coordinator) join(m *member, start time.Time) error {
 	m.state, m.joinPending = InSync, false
 	c.setEpoch(epoch)
 	os.Remove(m.log.path)
+	os.Remove(resyncMark(m.log.path))
 	m.log = nil
 	c.log.Info("replica back in sync", "node", m.node, "epoch", epoch, "copied", m.copied.Load(), "seconds", c.cfg.Clock.Now().Sub(start).Seconds())
 	return nil
