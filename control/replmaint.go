@@ -131,6 +131,15 @@ func (s *Server) finishChange(ctx context.Context, h *heldVolume, clean bool, ap
 	return err
 }
 
+// giveBack ends a change that recorded nothing. A failure is logged: the
+// claim then stays this node's until its lease ends (this node can still
+// open the volume; others are refused, naming it).
+func (s *Server) giveBack(ctx context.Context, h *heldVolume) {
+	if err := s.finishChange(ctx, h, false, func(*cluster.VolumeSpec) {}); err != nil {
+		s.log.Warn("volume's claim for a change not given back", "volume", h.spec.Name, "err", err)
+	}
+}
+
 // changeReplica makes the change on node's replica: this node's through
 // its engine, another's through its API.
 func (s *Server) changeReplica(ctx context.Context, node, name string, req ReplicaChangeRequest) error {
@@ -219,7 +228,7 @@ func (s *Server) restoreReplicated(ctx context.Context, sp cluster.VolumeSpec, s
 	if len(restored) == 0 {
 		// Nothing is known to hold the snapshot's content: Restoring stays,
 		// and so the volume unserved, until a restore succeeds.
-		s.finishChange(ctx, h, false, func(*cluster.VolumeSpec) {})
+		s.giveBack(ctx, h)
 		return fmt.Errorf("%w: no replica of volume %q could be restored from %q (%s); the volume is not served until a restore succeeds",
 			engine.ErrIO, sp.Name, snapshot, strings.Join(failed, "; "))
 	}
@@ -255,7 +264,7 @@ func (s *Server) resizeReplicated(ctx context.Context, sp cluster.VolumeSpec, si
 	defer h.release()
 	for _, r := range h.spec.Replicas {
 		if err := s.changeReplica(ctx, r.Node, sp.Name, ReplicaChangeRequest{Epoch: h.spec.Epoch, Size: size}); err != nil {
-			s.finishChange(ctx, h, false, func(*cluster.VolumeSpec) {})
+			s.giveBack(ctx, h)
 			return fmt.Errorf("volume %q not resized: its replica on node %s: %w (every replica grows, or the size does not change; retry once the node is back)", sp.Name, r.Node, err)
 		}
 	}
