@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -340,13 +341,39 @@ func TestCorruptObject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	good := slices.Clone(b)
 	b[len(b)/2] ^= 0x40
-	if err := os.WriteFile(path, b, 0o644); err != nil {
+	short := good[:len(good)-100]
+	// A restore writes an object's frames as they arrive, before the
+	// object's checksum is known: the damage is found at its end.
+	for _, damaged := range [][]byte{b, short} {
+		if err := os.WriteFile(path, damaged, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err = Restore(ctx, e, c.st, m.ID, "r", nil)
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), victim) {
+			t.Fatalf("restore of a damaged backup (object %d of %d bytes): %v (want corrupt, naming %s)", 1, len(damaged), err, victim)
+		}
+		if _, err := e.Volume("r"); err == nil {
+			t.Fatal("a failed restore left its volume")
+		}
+	}
+	// A forged manifest whose frames overlap in their object.
+	if err := os.WriteFile(path, good, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Restore(ctx, e, c.st, m.ID, "r", nil)
-	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), victim) {
-		t.Fatalf("restore of a damaged backup: %v (want corrupt, naming %s)", err, victim)
+	var twoInOne []int
+	for i, f := range m.Extents {
+		if f.O == 1 && len(twoInOne) < 2 {
+			twoInOne = append(twoInOne, i)
+		}
+	}
+	if len(twoInOne) < 2 {
+		t.Fatalf("object 1 holds fewer than 2 frames: %+v", m.Extents)
+	}
+	rewriteManifest(t, c.st, m, func(m *Manifest) { m.Extents[twoInOne[1]].Off = m.Extents[twoInOne[0]].Off + 1 })
+	if _, err = Restore(ctx, e, c.st, m.ID, "r", nil); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), victim) {
+		t.Fatalf("restore with overlapping frames: %v (want corrupt, naming %s)", err, victim)
 	}
 	if _, err := e.Volume("r"); err == nil {
 		t.Fatal("a failed restore left its volume")

@@ -45,9 +45,12 @@ const (
 	// extentSize is the unit of a frame. Manifests record it; a reader
 	// refuses another.
 	extentSize = engine.ExtentSize
-	nonceSize  = 12
-	tagSize    = 16
-	keyCheck   = "cairn-cloudsnap key check v1"
+	// maxFrame bounds a frame's length (Manifest.validate): a zstd frame
+	// of an incompressible extent is a little longer than the extent.
+	maxFrame  = 2 * extentSize
+	nonceSize = 12
+	tagSize   = 16
+	keyCheck  = "cairn-cloudsnap key check v1"
 	// Argon2id cost (RFC 9106, second recommended option).
 	argonTime    = 1
 	argonMemKiB  = 64 << 10
@@ -179,7 +182,7 @@ func (m *Manifest) check() error {
 	last := int64(-1)
 	for _, f := range m.Extents {
 		if f.X <= last || f.X >= exts || f.O < 0 || f.O >= len(m.Objects) || f.Off < 0 || f.Len <= 0 ||
-			f.Len > 2*extentSize || f.Off+f.Len > m.Objects[f.O].Size {
+			f.Len > maxFrame || f.Off+f.Len > m.Objects[f.O].Size {
 			return fmt.Errorf("extent entry %+v out of range", f)
 		}
 		switch {

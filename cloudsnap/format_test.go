@@ -150,8 +150,9 @@ func TestManifestCheckRawFrames(t *testing.T) {
 	}
 }
 
-// A damaged raw frame is refused naming its object (encrypted: GCM's tag;
-// the object's checksum comes first either way), and no volume is left.
+// A damaged raw frame is refused naming its object (by the object's
+// checksum, or GCM's tag when the checksum was forged too), and no volume
+// is left.
 func TestCorruptRawFrame(t *testing.T) {
 	srv := s3test.Start(t, bucket)
 	ctx := context.Background()

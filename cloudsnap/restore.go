@@ -1,10 +1,13 @@
 package cloudsnap
 
 import (
+	"cmp"
 	"context"
 	"crypto/cipher"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -95,16 +98,24 @@ func RestoreWith(ctx context.Context, eng *engine.Engine, st *Store, id, name st
 // returns nil the volume holds the backup's content durably.
 //
 // downloadWorkers objects are fetched, checked, decoded and written at once,
-// each worker with its own codec, object buffer and extent buffer, reused
-// from one object to the next: a restore is CPU-bound next to the S3 server
-// on small machines (profile in BENCHMARKS.md, cloudsnaps), and a fresh
-// 16 MiB buffer per object cost a zeroing pass and GC work per object. A raw
-// frame (format 2) is written into the volume straight from the object
-// buffer, checked by the object's xxhash64 (and decrypted in place): no
-// decode, no copy. Once an object's extents are written their write-back is
-// started (Volume.Writeback): the pages go to the device while the next
-// objects download, instead of piling up dirty until the kernel throttles
-// the writes or the final flush writes them all while the restore waits.
+// each worker with its own codec, frame buffer and extent buffer, reused
+// from one object to the next. A restore is CPU-bound next to the S3 server
+// on small machines (profile in BENCHMARKS.md, cloudsnaps), and what costs
+// is memory traffic: so a worker reads an object frame by frame into one
+// buffer (the frames of other backups in between too: the checksum covers
+// the whole object), and hashes, decodes and writes each frame while its
+// bytes are still in the CPU's cache. A raw frame (format 2) is written
+// into the volume straight from that buffer (decrypted in place): no
+// decode, no copy. Frames are written before their object's xxhash64 is
+// known; a damaged object fails the restore at its end, and a failed
+// restore deletes its volume (zstd frames are bounded by the decoder, and
+// encrypted ones checked by GCM's tag, before they are written). Each
+// extent's write-back starts once it is written (Volume.Writeback): the
+// pages go to the device while the next ones download, instead of piling up
+// dirty until the kernel throttles the writes or the final flush writes
+// them all while the restore waits. Writing around the page cache
+// (O_DIRECT) costs less CPU but was slower: each worker then waits for the
+// device (BENCHMARKS.md).
 func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead cipher.AEAD, name string, prog *Progress) error {
 	v, err := eng.Volume(name)
 	if err != nil {
@@ -114,6 +125,9 @@ func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead 
 	for _, f := range m.Extents {
 		byObject[f.O] = append(byObject[f.O], f)
 		prog.Total.Add(m.extentLen(f.X))
+	}
+	for _, frames := range byObject {
+		slices.SortFunc(frames, func(a, b Frame) int { return cmp.Compare(a.Off, b.Off) })
 	}
 	jobs := make(chan int)
 	// The first error cancels ctx: the feeder stops, the workers' next
@@ -127,38 +141,77 @@ func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead 
 			}
 			defer c.close()
 			data := make([]byte, extentSize)
-			var raw []byte
+			frameBuf := make([]byte, maxFrame)
+			sum := xxhash.New()
 			for oi := range jobs {
 				o := m.Objects[oi]
-				raw, err = st.getInto(gctx, raw, o.Key, o.Size, dataTimeout)
+				err := st.getStream(gctx, o.Key, o.Size, dataTimeout, func(body io.Reader, size int64) error {
+					damaged := func(why string) error {
+						return fmt.Errorf("%w: object %s is damaged (%s)", ErrCorrupt, o.Key, why)
+					}
+					if size != o.Size {
+						return damaged(fmt.Sprintf("size %d, want %d", size, o.Size))
+					}
+					sum.Reset()
+					var at int64
+					take := func(b []byte) error {
+						if _, err := io.ReadFull(body, b); err != nil {
+							return err
+						}
+						_, _ = sum.Write(b)
+						at += int64(len(b))
+						return nil
+					}
+					skipTo := func(end int64) error {
+						for at < end {
+							if err := take(frameBuf[:min(end-at, int64(len(frameBuf)))]); err != nil {
+								return err
+							}
+						}
+						return nil
+					}
+					for _, f := range byObject[oi] {
+						if f.Off < at {
+							return damaged(fmt.Sprintf("extent %d's frame overlaps the one before it", f.X))
+						}
+						frame := frameBuf[:f.Len]
+						if err := skipTo(f.Off); err != nil {
+							return err
+						}
+						if err := take(frame); err != nil {
+							return err
+						}
+						ext := data[:m.extentLen(f.X)]
+						var err error
+						if f.Raw {
+							ext, err = c.openRaw(frame, o.Key, f.X)
+						} else {
+							err = c.open(ext, frame, o.Key, f.X)
+						}
+						if err != nil {
+							return err
+						}
+						if err := v.WriteAt(ext, f.X*extentSize, false); err != nil {
+							return fmt.Errorf("write volume %q: %w", name, err)
+						}
+						v.Writeback(f.X*extentSize, int64(len(ext)))
+						prog.Done.Add(int64(len(ext)))
+					}
+					if err := skipTo(size); err != nil {
+						return err
+					}
+					if sum.Sum64() != o.XXH64 {
+						return damaged("checksum mismatch")
+					}
+					return nil
+				})
 				if errors.Is(err, ErrNotFound) {
 					return fmt.Errorf("%w: object %s is missing from bucket %s", ErrCorrupt, o.Key, st.Bucket())
 				}
 				if err != nil {
 					return err
 				}
-				if int64(len(raw)) != o.Size || xxhash.Sum64(raw) != o.XXH64 {
-					return fmt.Errorf("%w: object %s is damaged (size %d, want %d; checksum mismatch)", ErrCorrupt, o.Key, len(raw), o.Size)
-				}
-				prog.Stored.Add(int64(len(raw)))
-				for _, f := range byObject[oi] {
-					ext, frame := data[:m.extentLen(f.X)], raw[f.Off:f.Off+f.Len]
-					if f.Raw {
-						ext, err = c.openRaw(frame, o.Key, f.X)
-					} else {
-						err = c.open(ext, frame, o.Key, f.X)
-					}
-					if err != nil {
-						return err
-					}
-					if err := v.WriteAt(ext, f.X*extentSize, false); err != nil {
-						return fmt.Errorf("write volume %q: %w", name, err)
-					}
-					prog.Done.Add(int64(len(ext)))
-				}
-				for _, f := range byObject[oi] {
-					v.Writeback(f.X*extentSize, m.extentLen(f.X))
-				}
+				prog.Stored.Add(o.Size)
 			}
 			return nil
 		})

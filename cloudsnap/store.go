@@ -186,31 +186,62 @@ func (s *Store) get(ctx context.Context, key string, limit int64, timeout time.D
 // new buffer of the object's size: no growing copies of 16 MiB); it
 // returns the object's bytes, buf or the new buffer, for the next call.
 func (s *Store) getInto(ctx context.Context, buf []byte, key string, limit int64, timeout time.Duration) ([]byte, error) {
+	var b []byte
+	err := s.getStream(ctx, key, limit, timeout, func(body io.Reader, size int64) error {
+		if int64(cap(buf)) < size {
+			buf = make([]byte, size)
+		}
+		b = buf[:size]
+		_, err := io.ReadFull(body, b)
+		return err
+	})
+	if err != nil {
+		return buf, err
+	}
+	return b, nil
+}
+
+// getStream gets object key, of at most limit bytes, and hands its body
+// and size to read, for a caller that uses the bytes as they arrive. An
+// error reading the body is a store error naming the object.
+func (s *Store) getStream(ctx context.Context, key string, limit int64, timeout time.Duration, read func(body io.Reader, size int64) error) error {
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	obj, err := s.cli.GetObject(cctx, s.cred.Bucket, key, minio.GetObjectOptions{})
 	if err != nil {
-		return buf, s.storeError("get "+key, err)
+		return s.storeError("get "+key, err)
 	}
 	defer obj.Close()
 	oi, err := obj.Stat()
 	if err != nil {
 		if minio.ToErrorResponse(err).Code == "NoSuchKey" {
-			return buf, fmt.Errorf("%w: object %s is missing", ErrNotFound, key)
+			return fmt.Errorf("%w: object %s is missing", ErrNotFound, key)
 		}
-		return buf, s.storeError("get "+key, err)
+		return s.storeError("get "+key, err)
 	}
 	if oi.Size > limit || oi.Size < 0 {
-		return buf, fmt.Errorf("%w: object %s is %d bytes, more than the %d expected", ErrCorrupt, key, oi.Size, limit)
+		return fmt.Errorf("%w: object %s is %d bytes, more than the %d expected", ErrCorrupt, key, oi.Size, limit)
 	}
-	if int64(cap(buf)) < oi.Size {
-		buf = make([]byte, oi.Size)
+	err = read(bodyReader{obj, s, key}, oi.Size)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return s.storeError("get "+key, err) // the body ended before its size
 	}
-	b := buf[:oi.Size]
-	if _, err := io.ReadFull(obj, b); err != nil {
-		return buf, s.storeError("get "+key, err)
+	return err
+}
+
+// bodyReader turns an error reading an object's body into a store error.
+type bodyReader struct {
+	r   io.Reader
+	s   *Store
+	key string
+}
+
+func (b bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = b.s.storeError("get "+b.key, err)
 	}
-	return b, nil
+	return n, err
 }
 
 func (s *Store) remove(ctx context.Context, key string) error {
