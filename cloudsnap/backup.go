@@ -33,6 +33,9 @@ type Progress struct {
 	// FlushNanos: how long a restore's final flush took (the volume's data
 	// made durable).
 	FlushNanos atomic.Int64
+	// FillNanos: how long a restore took to download, write and flush the
+	// data, without making and registering its volume.
+	FillNanos atomic.Int64
 }
 
 // BackupRequest says what to back up.

@@ -80,7 +80,10 @@ func RestoreWith(ctx context.Context, eng *engine.Engine, st *Store, id, name st
 		if err != nil {
 			return engine.VolumeInfo{}, err
 		}
-		if err := fill(ctx, eng, st, m, aead, name, prog); err != nil {
+		start := time.Now()
+		err = fill(ctx, eng, st, m, aead, name, prog)
+		prog.FillNanos.Store(int64(time.Since(start)))
+		if err != nil {
 			if derr := eng.DeleteVolume(name); derr != nil {
 				return engine.VolumeInfo{}, fmt.Errorf("%w (and the partial volume %q could not be deleted: %v)", err, name, derr)
 			}

@@ -658,7 +658,8 @@ func (c *Cloudsnaps) Restore(ctx context.Context, id, credName, name string) (Cl
 			c.log.Error("cloudsnap restore failed", "id", id, "volume", name, "err", err)
 		} else {
 			c.log.Info("cloudsnap restore done", "id", id, "volume", name, "bytes", j.prog.Done.Load(),
-				"seconds", time.Since(j.started).Seconds(), "flush_seconds", time.Duration(j.prog.FlushNanos.Load()).Seconds())
+				"seconds", time.Since(j.started).Seconds(), "fill_seconds", time.Duration(j.prog.FillNanos.Load()).Seconds(),
+				"flush_seconds", time.Duration(j.prog.FlushNanos.Load()).Seconds())
 		}
 		c.mu.Lock()
 		// A restore that failed because the name was taken meanwhile did
