@@ -24,10 +24,13 @@ import (
 // reports that rate, the ratio of the two (the target of bench/cloudsnap.sh
 // is ≥ 0.7; on a shared machine the two rates move together, their ratio
 // much less), the final flush, and the CPU time (this process and the
-// versitygw) each spends per GiB. For profiles of the restore path without
-// a daemon:
+// versitygw) each spends per GiB. Run one restore per process
+// (-benchtime 1x -count N): on some VMs writing more than a couple of GiB
+// into the page cache gets ten times slower (BENCHMARKS.md, cloudsnaps),
+// and the later restores of one run would measure that. For profiles of
+// the restore path without a daemon:
 //
-//	go test ./cloudsnap -run '^$' -bench Restore -benchtime 4x -cpuprofile /tmp/r.pprof
+//	go test ./cloudsnap -run '^$' -bench Restore -benchtime 1x -count 3 -cpuprofile /tmp/r.pprof
 //
 // Not a pass/fail test: it reports rates, it asserts only that restores work.
 func BenchmarkRestore(b *testing.B) {
