@@ -302,12 +302,14 @@ func (s *Server) startCoordinator(ctx context.Context, name string) (*replicatio
 	}
 	if unclean {
 		began := time.Now()
-		diffs, err := c.Converge(ctx, nil)
+		var compared int64
+		diffs, err := c.Converge(ctx, func(_, total int64) { compared = total })
 		if err != nil {
 			c.Close()
 			return fail(fmt.Errorf("volume %q: converging its replicas after its previous coordinator stopped uncleanly: %w", name, err))
 		}
-		s.log.Info("replicas converged after an unclean coordinator change", "volume", name, "regions_copied", len(diffs), "seconds", time.Since(began).Seconds())
+		s.log.Info("replicas converged after an unclean coordinator change", "volume", name, "bytes_compared", compared,
+			"regions_copied", len(diffs), "seconds", time.Since(began).Seconds())
 	}
 	s.log.Info("coordinating replicated volume", "volume", name, "epoch", sp.Epoch, "replicas", len(sp.Replicas))
 	return c, cl, nil

@@ -294,7 +294,7 @@ func (c *Client) send(ctx context.Context, cmd, flags uint16, off int64, length 
 	handle := uint64(k.gen)<<32 | uint64(idx)
 	k.cmd, k.dst, k.length = cmd, dst, length
 	var crc uint32
-	if cmd == CmdWrite {
+	if hasPayload(cmd) {
 		crc = checksum(payload)
 	}
 	putRequest(&k.hdr, requestHeader{cmd: cmd, flags: flags, handle: handle, epoch: c.epoch.Load(), offset: uint64(off), length: length, crc: crc})
@@ -355,6 +355,18 @@ func (c *Client) StartWriteAt(p []byte, off int64, fua bool) Pending {
 		flags = FlagFUA
 	}
 	return c.send(context.Background(), CmdWrite, flags, off, uint32(len(p)), p, nil)
+}
+
+// StartMark sends a MARK: the replica's activity log becomes the encoded
+// set p, durably, before the reply.
+func (c *Client) StartMark(p []byte) Pending {
+	return c.send(context.Background(), CmdMark, 0, 0, uint32(len(p)), p, nil)
+}
+
+// Activity reads the replica's activity log: dst is filled with its
+// encoding, padded with zeros (len(dst) ≤ 1 MiB).
+func (c *Client) Activity(ctx context.Context, dst []byte) error {
+	return c.do(ctx, CmdActivity, 0, 0, uint32(len(dst)), nil, dst)
 }
 
 // StartFlush sends a FLUSH (as Flush) without waiting for the reply.
@@ -432,7 +444,7 @@ func (c *Client) readReplies() error {
 		}
 		var res error
 		switch {
-		case r.code == CodeOK && (k.cmd == CmdRead || k.cmd == CmdChecksum):
+		case r.code == CodeOK && (k.cmd == CmdRead || k.cmd == CmdChecksum || k.cmd == CmdActivity):
 			if r.length != uint32(len(k.dst)) {
 				return fmt.Errorf("%w: reply of %d bytes to command %d that wants %d", ErrProtocol, r.length, k.cmd, len(k.dst))
 			}

@@ -197,7 +197,7 @@ func (c *conn) readLoop() error {
 		r.requestHeader = hdr
 		r.code, r.replyEpoch, r.msg, r.budget = CodeOK, 0, "", 0
 		switch hdr.cmd {
-		case CmdWrite:
+		case CmdWrite, CmdMark:
 			c.budget.acquire(int64(hdr.length))
 			r.budget = int64(hdr.length)
 			r.alloc(int(hdr.length))
@@ -205,9 +205,9 @@ func (c *conn) readLoop() error {
 				c.budget.release(r.budget)
 				r.freeBuf()
 				c.free <- r
-				return fmt.Errorf("%w: truncated WRITE payload: %w", ErrProtocol, err)
+				return fmt.Errorf("%w: truncated payload of command %d: %w", ErrProtocol, hdr.cmd, err)
 			}
-		case CmdRead, CmdChecksum:
+		case CmdRead, CmdChecksum, CmdActivity:
 			// The worker allocates the read buffer; reserve its bytes here
 			// so that the reader is the one that waits.
 			c.budget.acquire(int64(hdr.length))
@@ -223,7 +223,7 @@ func (c *conn) readLoop() error {
 // applied, and the fence is held until the volume call returns: see
 // epochState. A refused request leaves the volume untouched.
 func (c *conn) execute(r *request) {
-	if r.cmd == CmdWrite && checksum(r.data) != r.crc {
+	if hasPayload(r.cmd) && checksum(r.data) != r.crc {
 		r.code, r.msg = CodeIO, ErrChecksum.Error()
 		r.replyEpoch = c.state.epoch.Load()
 		return
@@ -264,6 +264,20 @@ func (c *conn) execute(r *request) {
 		r.freeBuf() // the reply carries the sum only
 	case CmdFlush:
 		r.failErr(c.vol.Flush())
+	case CmdMark:
+		set, err := parseActivity(r.data, activityExtents(c.vol.Size()))
+		if err != nil {
+			r.code, r.msg = CodeInvalid, err.Error()
+			break
+		}
+		r.failErr(c.state.activity.store(set))
+	case CmdActivity:
+		if n < 8 {
+			r.code, r.msg = CodeInvalid, fmt.Sprintf("ACTIVITY of %d bytes: a set needs at least 8", n)
+			break
+		}
+		r.alloc(int(n))
+		r.data = activityReply(r.data, c.state.activity, c.vol.Size(), c.log)
 	case CmdTrim:
 		if n > 0 {
 			r.failErr(c.vol.Trim(off, n))
@@ -279,6 +293,24 @@ func (c *conn) execute(r *request) {
 			r.failErr(c.vol.Flush())
 		}
 	}
+}
+
+// activityReply fills buf with the activity log of f (of a volume of size
+// bytes), padded with zeros; a log that does not fit is sent as every
+// extent, and so is one that cannot be read (logged: it costs a whole
+// comparison of the volume after a crash, nothing else).
+func activityReply(buf []byte, f *activityFile, size int64, log *slog.Logger) []byte {
+	clear(buf)
+	set, err := f.load(activityExtents(size))
+	if err != nil {
+		log.Warn("activity log unreadable; reported as every extent", "err", err)
+	}
+	if b := appendActivity(buf[:0], set); len(b) <= len(buf) {
+		return buf
+	}
+	clear(buf)
+	appendActivity(buf[:0], activitySet{all: true})
+	return buf
 }
 
 // writeLoop is the writer: it sends replies in completion order, batching
@@ -312,7 +344,7 @@ func (c *conn) writeReply(r *request) error {
 	switch {
 	case r.code != CodeOK:
 		h.length = uint32(min(len(r.msg), MaxMessageLen))
-	case r.cmd == CmdRead:
+	case r.cmd == CmdRead || r.cmd == CmdActivity:
 		payload = r.data
 		h.length, h.crc = uint32(len(payload)), checksum(payload)
 	case r.cmd == CmdChecksum:

@@ -141,6 +141,11 @@ type CoordinatorConfig struct {
 //     recorded (doomed), unless it is the last.
 //   - Two writes to overlapping ranges are never in flight together
 //     (rangeLock): replicas apply them in the same order.
+//   - A write is sent only once its activity extents are in the activity
+//     log of every replica receiving writes, and an extent leaves the log
+//     only when no replica holds an unflushed write to it (activity.go):
+//     after a crash the in-sync replicas' logs name every region where
+//     they may differ, and Converge compares only those.
 //   - A reply of a newer epoch (a newer coordinator) fences this one: no
 //     I/O is acknowledged after. (A refusal for its own older epoch — its
 //     own raise overtook the request on the replica — is sent again.)
@@ -148,6 +153,10 @@ type Coordinator struct {
 	cfg   CoordinatorConfig
 	log   *slog.Logger
 	locks rangeLock
+	act   *activity // the activity log on the replicas (activity.go)
+	// converge: the extents where the in-sync replicas may differ after
+	// an unclean stop (the union of their activity logs), for Converge.
+	converge activitySet
 
 	// fenced is set once: the error every later I/O fails with (Fence,
 	// or Close).
@@ -304,7 +313,7 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 		return nil, fmt.Errorf("replication: region log directory: %w", err)
 	}
 	c := &Coordinator{cfg: cfg, log: log.With("component", "coordinator", "volume", cfg.Volume), epoch: cfg.Epoch,
-		stop: make(chan struct{}), done: make(chan struct{})}
+		act: newActivity(cfg.Size), converge: activitySet{all: true}, stop: make(chan struct{}), done: make(chan struct{})}
 	var unreachable []*member
 	for _, rc := range cfg.Replicas {
 		m := newMember(rc.Node, cfg.Size)
@@ -363,6 +372,16 @@ func NewCoordinator(ctx context.Context, cfg CoordinatorConfig) (*Coordinator, e
 	if c.inSync() == 0 {
 		c.closeMembers()
 		return nil, fmt.Errorf("%w for volume %q", ErrNoReplica, cfg.Volume)
+	}
+	if cfg.Unclean {
+		// The replicas' activity logs say where they may differ; they
+		// stay as they are until Converge has made them identical.
+		if err := c.loadActivity(ctx); err != nil {
+			c.closeMembers()
+			return nil, err
+		}
+	} else {
+		c.resetActivity()
 	}
 	go c.resyncLoop()
 	return c, nil
@@ -565,6 +584,13 @@ func (c *Coordinator) write(o writeOp) error {
 	}
 	c.locks.lock(o.off, o.n)
 	defer c.locks.unlock(o.off, o.n)
+	first, last := extentSpan(o.off, o.n)
+	defer c.act.exit(first, last) // after every member.end below
+	if !c.act.enter(first, last) {
+		if err := c.mark(first, last); err != nil {
+			return err
+		}
+	}
 
 	var ts [MaxReplicas]target
 	rng := [2]int64{o.off, o.n}

@@ -38,11 +38,17 @@
 //	+--------+--------+--------+--------------+--------------+--------------+--------+--------+
 //	cmd:    1 WRITE (length bytes of payload follow), 2 FLUSH (offset and
 //	        length 0), 3 TRIM, 4 WRITE_ZEROES, 5 READ, 6 CHECKSUM (the
-//	        xxhash64 of the range, computed on the replica: 8 bytes back).
+//	        xxhash64 of the range, computed on the replica: 8 bytes back),
+//	        7 MARK (length bytes of payload follow: an activity set that
+//	        becomes the replica's activity log, durably, before the reply),
+//	        8 ACTIVITY (the replica's activity log, as a set padded to
+//	        length bytes); see activity.go for the set's encoding. Both
+//	        have offset 0 and length ≤ 1 MiB. (Version 2 added them.)
 //	flags:  FUA 1 (WRITE, TRIM, WRITE_ZEROES), NO_HOLE 2 (WRITE_ZEROES).
 //	length: ≤ MaxPayload (32 MiB) for WRITE, READ and CHECKSUM; TRIM and
 //	        WRITE_ZEROES name up to 4 GiB − 1 without a payload.
-//	crc32c: Castagnoli CRC of a WRITE's payload; 0 for other commands.
+//	crc32c: Castagnoli CRC of a WRITE's or MARK's payload; 0 for other
+//	        commands.
 //
 // and the replica answers each, in any order, matched by handle:
 //
@@ -53,9 +59,9 @@
 //	code:   0 OK, 1 STALE_EPOCH, 2 EIO, 3 ENOSPC, 4 EINVAL.
 //	epoch:  the replica's durable epoch (on STALE_EPOCH, the newer one that
 //	        refused the request).
-//	length: a successful READ's data or CHECKSUM's 8 bytes (crc32c is
-//	        their CRC), or on error the message (≤ 1024 bytes, crc32c 0);
-//	        0 otherwise.
+//	length: a successful READ's data, CHECKSUM's 8 bytes or ACTIVITY's
+//	        set (crc32c is their CRC), or on error the message (≤ 1024
+//	        bytes, crc32c 0); 0 otherwise.
 //
 // A handle is opaque to the replica; the Client's is a slot index and a
 // generation. Malformed input — bad magic, an unknown command or flag, a
@@ -157,7 +163,10 @@
 //   - A slow replica is evicted once, not rebuilt in a loop ("a replica
 //     stopped longer than the timeout").
 //   - After an unclean coordinator change the in-sync replicas converge
-//     before the volume is served (Converge; the takeover test's verify).
+//     before the volume is served, comparing only the extents their
+//     activity logs name, not the whole volume (Converge, activity.go; the
+//     takeover test's verify and the bytes it compared). A replica that
+//     fails during the convergence leaves the set with a full log.
 //   - Snapshots are taken at one point of the write stream on every in-sync
 //     replica (Quiesce; "a snapshot of a replicated volume").
 //

@@ -37,6 +37,10 @@ type epochState struct {
 
 	fence sync.RWMutex
 	epoch atomic.Uint64 // the durable epoch; raised only by advance
+
+	// activity is the replica's activity log (activity.go): written by
+	// MARK requests, which pass the epoch check like every other.
+	activity *activityFile
 }
 
 // stateFile is the state file's content (JSON: small, rare, read by people
@@ -71,7 +75,7 @@ func validVolume(v string) bool {
 // that belongs to another cluster or volume, is an error: the replica must
 // not serve on a forgotten epoch.
 func loadEpochState(dir string, cluster [16]byte, volume string) (*epochState, error) {
-	st := &epochState{path: filepath.Join(dir, volume+".epoch"), cluster: cluster, volume: volume}
+	st := &epochState{path: filepath.Join(dir, volume+".epoch"), cluster: cluster, volume: volume, activity: newActivityFile(dir, volume)}
 	b, err := os.ReadFile(st.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return st, nil

@@ -149,6 +149,25 @@ func (l *Local) WriteZeroes(off, n int64, noHole, fua bool) error {
 	return l.vol.Flush()
 }
 
+// setActivity replaces the replica's activity log with s, durably (as a
+// MARK does).
+func (l *Local) setActivity(s activitySet) error {
+	if err := l.enter(); err != nil {
+		return err
+	}
+	defer l.exit()
+	return l.st.activity.store(s)
+}
+
+// activity reads the replica's activity log (as ACTIVITY does).
+func (l *Local) activity() (activitySet, error) {
+	if err := l.enter(); err != nil {
+		return activitySet{}, err
+	}
+	defer l.exit()
+	return l.st.activity.load(activityExtents(l.vol.Size()))
+}
+
 // Checksum is the xxhash64 of n bytes at off (as Client.Checksum).
 func (l *Local) Checksum(off, n int64) (uint64, error) {
 	if n < 0 || n > MaxPayload {

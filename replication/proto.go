@@ -21,7 +21,8 @@ const (
 	MagicHelloReply uint64 = 0x4341_4952_4e52_5059 // "CAIRNRPY", the replica's answer
 	MagicRequest    uint32 = 0x4352_4551           // "CREQ"
 	MagicReply      uint32 = 0x4352_5059           // "CRPY"
-	Version         uint16 = 1
+	// Version 2 added MARK and ACTIVITY (the activity log).
+	Version uint16 = 2
 )
 
 // Fixed sizes of wire structures. Part of the wire protocol — do not change.
@@ -40,7 +41,13 @@ const (
 	CmdWriteZeroes uint16 = 4
 	CmdRead        uint16 = 5
 	CmdChecksum    uint16 = 6 // xxhash64 of [offset, offset+length), 8 bytes back
+	CmdMark        uint16 = 7 // replace the activity log with the set in the payload, durably
+	CmdActivity    uint16 = 8 // the activity log, length bytes back
 )
+
+// hasPayload reports whether a request of cmd carries a payload (and its
+// CRC-32C).
+func hasPayload(cmd uint16) bool { return cmd == CmdWrite || cmd == CmdMark }
 
 // Command flags. Part of the wire protocol — do not change.
 const (
@@ -56,7 +63,7 @@ func allowedFlags(cmd uint16) (uint16, bool) {
 		return FlagFUA, true
 	case CmdWriteZeroes:
 		return FlagFUA | FlagNoHole, true
-	case CmdFlush, CmdRead, CmdChecksum:
+	case CmdFlush, CmdRead, CmdChecksum, CmdMark, CmdActivity:
 		return 0, true
 	}
 	return 0, false
@@ -275,9 +282,11 @@ func parseRequest(h *[RequestHeaderLen]byte) (requestHeader, error) {
 		return r, fmt.Errorf("%w: flags %#x not valid for command %d", ErrProtocol, r.flags, r.cmd)
 	case (r.cmd == CmdWrite || r.cmd == CmdRead || r.cmd == CmdChecksum) && r.length > MaxPayload:
 		return r, fmt.Errorf("%w: command %d of %d bytes (limit %d)", ErrProtocol, r.cmd, r.length, MaxPayload)
+	case (r.cmd == CmdMark || r.cmd == CmdActivity) && (r.length > maxActivityPayload || r.offset != 0):
+		return r, fmt.Errorf("%w: command %d with offset %d length %d (limit %d)", ErrProtocol, r.cmd, r.offset, r.length, maxActivityPayload)
 	case r.cmd == CmdFlush && (r.length != 0 || r.offset != 0):
 		return r, fmt.Errorf("%w: FLUSH with offset %d length %d", ErrProtocol, r.offset, r.length)
-	case r.cmd != CmdWrite && r.crc != 0:
+	case !hasPayload(r.cmd) && r.crc != 0:
 		return r, fmt.Errorf("%w: checksum on command %d, which has no payload", ErrProtocol, r.cmd)
 	}
 	return r, nil

@@ -313,7 +313,7 @@ func TestMalformed(t *testing.T) {
 		{"unknown command", "unknown command 9", AppendRequest(nil, 9, 0, 1, 1, 0, 0, 0)},
 		{"bad flags", "not valid for command", AppendRequest(nil, CmdRead, FlagFUA, 1, 1, 0, 4096, 0)},
 		{"flush with range", "FLUSH with offset", AppendRequest(nil, CmdFlush, 0, 1, 1, 4096, 0, 0)},
-		{"truncated payload", "truncated WRITE payload", append(AppendRequest(nil, CmdWrite, 0, 1, 1, 0, 4096, 0), 1, 2, 3)},
+		{"truncated payload", "truncated payload of command 1", append(AppendRequest(nil, CmdWrite, 0, 1, 1, 0, 4096, 0), 1, 2, 3)},
 		{"checksum without payload", "checksum on command", AppendRequest(nil, CmdTrim, 0, 1, 1, 0, 4096, 77)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

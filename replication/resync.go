@@ -258,6 +258,17 @@ func (c *Coordinator) resync(m *member) error {
 // fact — with joinPending, so that a failure of it goes through an
 // eviction as an in-sync replica's does, and the join is tried again.
 func (c *Coordinator) join(m *member, start time.Time) error {
+	// No mark changes the activity log from here to the join: the
+	// replica's log is the others' when it enters the set.
+	c.act.mu.Lock()
+	defer c.act.mu.Unlock()
+	if err := c.sendActivity(m); err != nil {
+		err = fmt.Errorf("caught up but could not be given the activity log: %w", err)
+		if derr := c.drop(m, err, nil); derr != nil {
+			return derr
+		}
+		return fmt.Errorf("replica on node %s %w", m.node, err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if m.state != Resyncing || m.log.count() != 0 {
@@ -458,18 +469,25 @@ type Difference struct {
 // around it) and returns the regions where they differ. progress, when not
 // nil, is called with the bytes compared so far.
 func (c *Coordinator) Verify(ctx context.Context, progress func(done, total int64)) ([]Difference, error) {
-	return c.compare(ctx, false, progress)
+	return c.compare(ctx, activitySet{all: true}, false, progress)
 }
 
 // Converge makes the in-sync replicas identical where they differ, copying
 // each differing region from the first in-sync replica (this node's when
 // it has one): the step after a coordinator crash, when writes since the
-// last flush may have reached some replicas and not others. It returns the
-// regions it copied.
+// last flush may have reached some replicas and not others. It compares
+// only where they may differ: the extents their activity logs name (the
+// whole volume when a log was unreadable, or for a coordinator that did
+// not start uncleanly). Then the logs start afresh. It returns the regions
+// it copied.
 func (c *Coordinator) Converge(ctx context.Context, progress func(done, total int64)) ([]Difference, error) {
-	diffs, err := c.compare(ctx, true, progress)
+	diffs, err := c.compare(ctx, c.converge, true, progress)
 	if err == nil && len(diffs) > 0 {
 		err = c.Flush()
+	}
+	if err == nil {
+		c.converge = activitySet{}
+		c.resetActivity()
 	}
 	return diffs, err
 }
@@ -479,13 +497,24 @@ func (c *Coordinator) Converge(ctx context.Context, progress func(done, total in
 // overlap the round trips and the replicas' reads.
 const compareWorkers = 4
 
-func (c *Coordinator) compare(ctx context.Context, repair bool, progress func(done, total int64)) ([]Difference, error) {
+func (c *Coordinator) compare(ctx context.Context, only activitySet, repair bool, progress func(done, total int64)) ([]Difference, error) {
+	var offs []int64 // the regions to compare
+	var total int64
+	for e := range c.act.n {
+		if !only.contains(e) {
+			continue
+		}
+		for off := int64(e) * ActivitySize; off < min(int64(e+1)*ActivitySize, c.cfg.Size); off += RegionSize {
+			offs = append(offs, off)
+			total += min(RegionSize, c.cfg.Size-off)
+		}
+	}
 	var (
 		mu    sync.Mutex // diffs, done, firstErr, and calls of progress
 		diffs []Difference
 		done  int64
 		first error
-		next  atomic.Int64 // the next region's offset
+		next  atomic.Int64 // the next index in offs
 		wg    sync.WaitGroup
 	)
 	fail := func(err error) {
@@ -507,10 +536,11 @@ func (c *Coordinator) compare(ctx context.Context, repair bool, progress func(do
 			buf := drive.GetBuffer(RegionSize)
 			defer drive.PutBuffer(buf)
 			for !failed() {
-				off := next.Add(RegionSize) - RegionSize
-				if off >= c.cfg.Size {
+				i := next.Add(1) - 1
+				if i >= int64(len(offs)) {
 					return
 				}
+				off := offs[i]
 				if err := cmp.Or(ctx.Err(), c.fencedErr()); err != nil {
 					fail(err)
 					return
@@ -527,7 +557,7 @@ func (c *Coordinator) compare(ctx context.Context, repair bool, progress func(do
 				}
 				done += n
 				if progress != nil {
-					progress(done, c.cfg.Size)
+					progress(done, total)
 				}
 				mu.Unlock()
 			}
@@ -556,6 +586,15 @@ func (c *Coordinator) compareRegion(off, n int64, repair bool, buf []byte) (*Dif
 	if len(ms) < 2 {
 		return nil, nil
 	}
+	// A replica that fails while the replicas converge may differ from
+	// the others in any region not compared yet: it leaves the set with
+	// every region in its log (a full copy of what holds data). Verify's
+	// replicas have converged: one that fails there misses only what it
+	// did not flush.
+	var missed *[2]int64
+	if repair {
+		missed = &[2]int64{0, c.cfg.Size}
+	}
 	sums := map[string]uint64{}
 	differ := false
 	for _, m := range ms {
@@ -565,7 +604,7 @@ func (c *Coordinator) compareRegion(off, n int64, repair bool, buf []byte) (*Dif
 				c.Fence(fmt.Errorf("replica on node %s: %w", m.node, err))
 				return nil, c.fencedErr()
 			}
-			if derr := c.drop(m, err, nil); derr != nil {
+			if derr := c.drop(m, err, missed); derr != nil {
 				return nil, derr
 			}
 			return nil, fmt.Errorf("replica on node %s: %w", m.node, err)
@@ -589,7 +628,7 @@ func (c *Coordinator) compareRegion(off, n int64, repair bool, buf []byte) (*Dif
 			continue
 		}
 		if werr := c.writeTo(m, buf, off); werr != nil {
-			if derr := c.drop(m, werr, &[2]int64{off, n}); derr != nil {
+			if derr := c.drop(m, werr, missed); derr != nil {
 				return nil, derr
 			}
 		}

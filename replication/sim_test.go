@@ -656,9 +656,10 @@ func (s *sim) logger() *slog.Logger {
 }
 
 // open claims the volume for a coordinator on node (with its local replica
-// when it has one) and converges the in-sync replicas, as the daemon does
-// after an unclean change. It returns nil when the coordinator could not
-// open (no in-sync replica reachable, a fault during the convergence).
+// when it has one) and converges the in-sync replicas where their activity
+// logs say they may differ, as the daemon does after an unclean change.
+// It returns nil when the coordinator could not open (no in-sync replica
+// reachable, a fault during the convergence).
 func (s *sim) open(node string) *simCoord {
 	epoch, mem, replicas := s.mem.claimVolume(s.names)
 	sc := &simCoord{node: node, claim: mem.claim}
@@ -677,7 +678,10 @@ func (s *sim) open(node string) *simCoord {
 	}
 	cfg := CoordinatorConfig{Volume: testVolume, Size: simVolumeSize, Self: node, Epoch: epoch, Replicas: replicas, Local: loc,
 		Membership: mem, Dial: s.dialer(sc), StateDir: s.t.TempDir(), ResyncRate: 64 << 20, RetryInterval: simRetry,
-		Clock: s.clock, Logger: s.logger().With("claim", sc.claim)}
+		Clock: s.clock, Logger: s.logger().With("claim", sc.claim),
+		// Every claim after the first follows a crash or a zombie:
+		// Converge compares what the replicas' activity logs name.
+		Unclean: sc.claim > 1}
 	c, err := NewCoordinator(context.Background(), cfg)
 	if err != nil {
 		if loc != nil {

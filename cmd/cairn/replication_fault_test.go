@@ -10,6 +10,8 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -194,6 +196,14 @@ func TestReplicationFaults(t *testing.T) {
 		}
 		defer c3.Close()
 		t.Logf("node 3 took over %v after the cut", time.Since(cut).Round(100*time.Millisecond))
+		// It converged the replicas where the old coordinator wrote (the
+		// replicas' activity logs: the first 8 MiB), not the whole volume.
+		m := regexp.MustCompile(`msg="replicas converged after an unclean coordinator change".* volume=q bytes_compared=(\d+)`).FindStringSubmatch(ds[2].log())
+		if m == nil {
+			t.Errorf("node 3 logged no convergence of q:\n%s", ds[2].log())
+		} else if compared, _ := strconv.ParseInt(m[1], 10, 64); compared <= 0 || compared > 16<<20 {
+			t.Errorf("node 3 compared %d bytes of q to converge it, want the 8 MiB written (of 256 MiB)", compared)
+		}
 		checkChunks(t, c3, 20, 0, 32, chunk, "after the takeover")
 		writeChunks(t, c3, 22, 64*chunk, 8, chunk)
 		heal1()

@@ -36,6 +36,9 @@ func requestSeeds() [][]byte {
 	s = replication.AppendRequest(s, replication.CmdFlush, 0, 5, 6, 0, 0, 0) // a newer epoch
 	s = replication.AppendRequest(s, replication.CmdRead, 0, 6, 4, 0, 16, 0) // a stale one
 	s = replication.AppendRequest(s, replication.CmdRead, 0, 7, 6, 1<<40, 16, 0)
+	mark := []byte{0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0} // an activity set: extent 0
+	s = append(replication.AppendRequest(s, replication.CmdMark, 0, 8, 6, 0, uint32(len(mark)), replication.PayloadChecksum(mark)), mark...)
+	s = replication.AppendRequest(s, replication.CmdActivity, 0, 9, 6, 0, 64, 0)
 	bad := replication.AppendRequest(nil, replication.CmdWrite, 0, 1, 5, 0, 1<<30, 0)
 	return [][]byte{s, s[:50], bad, []byte("garbage"), nil}
 }
@@ -53,7 +56,7 @@ func FuzzRequests(f *testing.F) {
 func FuzzHello(f *testing.F) {
 	f.Add(hello(1))
 	f.Add(append(hello(1), requestSeeds()[0]...))
-	f.Add(replication.AppendHello(nil, replication.Hello{Version: 2, Cluster: cluster, Volume: "../v"}))
+	f.Add(replication.AppendHello(nil, replication.Hello{Version: 99, Cluster: cluster, Volume: "../v"}))
 	f.Add(hello(1)[:30])
 	addr := serve(f)
 	f.Fuzz(func(t *testing.T, in []byte) { stream(t, addr, in) })
