@@ -203,6 +203,8 @@ func TestReplicationFaults(t *testing.T) {
 			t.Errorf("node 3 logged no convergence of q:\n%s", ds[2].log())
 		} else if compared, _ := strconv.ParseInt(m[1], 10, 64); compared <= 0 || compared > 16<<20 {
 			t.Errorf("node 3 compared %d bytes of q to converge it, want the 8 MiB written (of 256 MiB)", compared)
+		} else {
+			t.Logf("node 3 compared %d bytes of the 256 MiB volume to converge it", compared)
 		}
 		checkChunks(t, c3, 20, 0, 32, chunk, "after the takeover")
 		writeChunks(t, c3, 22, 64*chunk, 8, chunk)
