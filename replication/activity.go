@@ -211,6 +211,12 @@ type activity struct {
 	count int // marked extents; REQUIRES mu
 	hand  int // the CLOCK hand; REQUIRES mu
 	n     int // extents in the volume
+
+	// pending: extents writes wait to have marked. The first to get mu
+	// marks them all in one update of the logs (a group commit), so
+	// writes to many new extents at once do not mark one by one.
+	pmu     sync.Mutex
+	pending []int // REQUIRES pmu
 }
 
 func newActivity(size int64) *activity {
@@ -361,10 +367,25 @@ func (s activitySet) union(o activitySet) activitySet {
 // not be evicted (settle).
 func (c *Coordinator) mark(first, last int) error {
 	a := c.act
+	last = min(last, a.n-1)
+	a.pmu.Lock()
+	for e := first; e <= last; e++ {
+		a.pending = append(a.pending, e)
+	}
+	a.pmu.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.pmu.Lock()
+	waiting := a.pending
+	a.pending = nil
+	a.pmu.Unlock()
 	var need []int
-	for e := first; e <= min(last, a.n-1); e++ {
+	// Its own extents too: a failed mark consumed the pending ones.
+	for e := first; e <= last; e++ {
+		waiting = append(waiting, e)
+	}
+	slices.Sort(waiting)
+	for _, e := range slices.Compact(waiting) {
 		if !bit(a.marked, e) {
 			need = append(need, e)
 		}
