@@ -49,7 +49,12 @@ type VolumeSpec struct {
 	Replicas  []Replica `json:"replicas"`
 	// Epoch grows with every change of Replicas, of their states and of
 	// the coordinator (replication's fencing token); changes compare the
-	// revision they read.
+	// revision they read. A volume's first epoch is the kvdb's revision
+	// when it is created (CreateVolume): every epoch of an earlier volume
+	// of the same name is at most the revision of its last change (each
+	// raise is a transaction), so the new volume's epochs are above all of
+	// the old one's, which its replicas' nodes may still keep (replication
+	// state files are named after the volume).
 	Epoch uint64 `json:"epoch"`
 	// Coordinator is the node serving the volume's I/O ("" = none), under
 	// its node lease CoordinatorLease (hex): the claim holds while that
@@ -125,13 +130,18 @@ func (s *Store) CreateVolume(ctx context.Context, spec VolumeSpec) (VolumeSpec, 
 	if err := validateName("volume", spec.Name); err != nil {
 		return spec, err
 	}
+	key := s.prefix + "volumes/" + spec.Name
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	now, err := s.cli.Get(cctx, key, clientv3.WithCountOnly())
+	if err != nil {
+		return spec, s.unavailable(err)
+	}
+	spec.Epoch = max(spec.Epoch, uint64(now.Header.Revision))
 	val, err := json.Marshal(spec)
 	if err != nil {
 		return spec, err
 	}
-	key := s.prefix + "volumes/" + spec.Name
-	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
-	defer cancel()
 	resp, err := s.cli.Txn(cctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(val))).Commit()

@@ -288,6 +288,34 @@ func TestReplication(t *testing.T) {
 		}
 	})
 
+	t.Run("a volume deleted and made again under its name is served: its replicas forget the old one's epochs", func(t *testing.T) {
+		mustCairn(t, ds[0].api, "volume", "create", "again", "--size", "64M", "--repl", "2", "--nodes", ids[0]+","+ids[1])
+		// Each open is a claim: it raises the epoch on both replicas.
+		for range 4 {
+			_, socket := ds[0].nbdAddrs(t)
+			c := holdExport(t, socket, "again")
+			if err := c.WriteAt(pattern(5, 0, 4096), 0, true); err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+		}
+		mustCairn(t, ds[0].api, "volume", "delete", "again")
+		mustCairn(t, ds[0].api, "volume", "create", "again", "--size", "64M", "--repl", "2", "--nodes", ids[0]+","+ids[1])
+		_, socket := ds[0].nbdAddrs(t)
+		c, err := nbd.Dial("unix", socket, "again")
+		if err != nil {
+			t.Fatalf("NBD open of the volume made again: %v", err)
+		}
+		defer c.Close()
+		got := make([]byte, 4096)
+		if err := c.WriteAt(pattern(6, 4096, 4096), 4096, true); err != nil {
+			t.Fatalf("write to the volume made again: %v", err)
+		}
+		if err := c.ReadAt(got, 0); err != nil || !bytes.Equal(got, make([]byte, 4096)) {
+			t.Fatalf("the volume made again reads the deleted one's data (or fails: %v)", err)
+		}
+	})
+
 	t.Run("replica killed mid-write: writes go on, degraded, resync of what changed only", func(t *testing.T) {
 		// Replicas on nodes 2 and 3; node 1 coordinates, so killing node 3
 		// leaves the coordinator and the kvdb up.
