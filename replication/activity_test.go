@@ -202,3 +202,26 @@ func TestCoordinatorActivityBound(t *testing.T) {
 		t.Fatalf("after a flush: %d extents logged (cap %d), last written logged: %v", len(s.exts), activityCap, s.contains(extents-1))
 	}
 }
+
+// FuzzActivityDecode: whatever arrives (a MARK's payload, an ACTIVITY
+// reply, a log file's body), a decoded set names only extents of the
+// volume, in increasing order.
+func FuzzActivityDecode(f *testing.F) {
+	f.Add(appendActivity(nil, activitySet{exts: []uint32{0, 3, 9}}), 10)
+	f.Add(appendActivity(nil, activitySet{all: true}), 10)
+	f.Add([]byte{0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}, 1)
+	f.Fuzz(func(t *testing.T, b []byte, n int) {
+		if n <= 0 || n > 1<<20 {
+			return
+		}
+		s, err := parseActivity(b, n)
+		if err != nil {
+			return
+		}
+		for i, e := range s.exts {
+			if int(e) >= n || i > 0 && e <= s.exts[i-1] {
+				t.Fatalf("decoded %v for a volume of %d extents", s.exts, n)
+			}
+		}
+	})
+}
