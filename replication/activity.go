@@ -13,8 +13,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
-
-	"github.com/cairn-storage/cairn/internal/atomicfile"
+	"golang.org/x/sys/unix"
 )
 
 // The activity log: what a coordinator crash may leave different.
@@ -51,9 +50,8 @@ import (
 //	kind u32 (0: the extents listed, 1: every extent) | count u32 | count × extent u32, increasing
 //
 // big-endian; a reply is padded with zeros to the length asked for. The
-// replica's file (StateDir/VOLUME.activity) is "CAIRNACT", version u32 (1),
-// the encoded set, and the xxhash64 of all before it; it is replaced whole
-// (atomicfile). A missing or damaged file means "every extent".
+// replica's file (StateDir/VOLUME.activity) is described at activityFile.
+// A missing or damaged file means "every extent".
 
 // ActivitySize is the unit of the activity log: 8 regions.
 const ActivitySize = 8 * RegionSize
@@ -140,27 +138,74 @@ func parseActivity(b []byte, n int) (activitySet, error) {
 	return s, nil
 }
 
-// activityFile is a replica's durable activity log.
+// activityFile is a replica's durable activity log. It is rewritten in
+// place (one pwrite and one fdatasync, no rename: a mark is on the write
+// path): a crash in the middle of a rewrite leaves a log whose checksum
+// fails, which reads as every extent — a longer comparison, never a
+// shorter one. Layout: "CAIRNACT", version u32, the encoded set's length
+// u32, the set, the xxhash64 of all before it; whatever follows (a longer
+// earlier set) is ignored.
 type activityFile struct {
-	mu   sync.Mutex // one store at a time, so the last one written is the last one stored
+	mu   sync.Mutex // one store at a time; the last one written is the last one stored
 	path string
+	f    *os.File // REQUIRES mu; opened by the first store
 }
 
 func newActivityFile(dir, volume string) *activityFile {
 	return &activityFile{path: filepath.Join(dir, volume+".activity")}
 }
 
+const activityHead = len(activityMagic) + 8
+
 // store replaces the log with s, durably.
 func (f *activityFile) store(s activitySet) error {
-	b := append([]byte(activityMagic), 0, 0, 0, activityVersion)
+	b := append([]byte(activityMagic), 0, 0, 0, activityVersion, 0, 0, 0, 0)
 	b = appendActivity(b, s)
+	be.PutUint32(b[activityHead-4:], uint32(len(b)-activityHead))
 	b = be.AppendUint64(b, xxhash.Sum64(b))
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := atomicfile.WriteFile(f.path, b, 0o644); err != nil {
+	if err := f.open(); err != nil {
 		return fmt.Errorf("replication: activity log: %w", err)
 	}
+	if _, err := f.f.WriteAt(b, 0); err != nil {
+		return fmt.Errorf("replication: activity log: %w", err)
+	}
+	if err := unix.Fdatasync(int(f.f.Fd())); err != nil {
+		return fmt.Errorf("replication: activity log: sync: %w", err)
+	}
 	return nil
+}
+
+// open opens the file, creating it durably (its directory synced) the
+// first time. REQUIRES mu.
+func (f *activityFile) open() error {
+	if f.f != nil {
+		return nil
+	}
+	file, err := os.OpenFile(f.path, os.O_RDWR, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		if file, err = os.OpenFile(f.path, os.O_RDWR|os.O_CREATE, 0o644); err == nil {
+			err = syncDir(filepath.Dir(f.path))
+		}
+	}
+	if err != nil {
+		if file != nil {
+			file.Close()
+		}
+		return err
+	}
+	f.f = file
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // load reads the log of a volume with n activity extents. A missing file
@@ -177,15 +222,17 @@ func (f *activityFile) load(n int) (activitySet, error) {
 	if err != nil {
 		return all, fmt.Errorf("replication: activity log: %w", err)
 	}
-	const head = len(activityMagic) + 4
-	if len(b) < head+8+8 || string(b[:len(activityMagic)]) != activityMagic || be.Uint32(b[len(activityMagic):]) != activityVersion {
+	if len(b) < activityHead || string(b[:len(activityMagic)]) != activityMagic || be.Uint32(b[len(activityMagic):]) != activityVersion {
 		return all, fmt.Errorf("replication: activity log %s: not a version %d log", f.path, activityVersion)
 	}
-	body, sum := b[:len(b)-8], be.Uint64(b[len(b)-8:])
-	if xxhash.Sum64(body) != sum {
+	end := activityHead + int(be.Uint32(b[activityHead-4:]))
+	if end > len(b)-8 || end < activityHead {
+		return all, fmt.Errorf("replication: activity log %s: truncated", f.path)
+	}
+	if xxhash.Sum64(b[:end]) != be.Uint64(b[end:]) {
 		return all, fmt.Errorf("replication: activity log %s: checksum mismatch", f.path)
 	}
-	s, err := parseActivity(body[head:], n)
+	s, err := parseActivity(b[activityHead:end], n)
 	if err != nil {
 		return all, fmt.Errorf("replication: activity log %s: %w", f.path, err)
 	}

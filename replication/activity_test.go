@@ -59,11 +59,26 @@ func TestActivityFile(t *testing.T) {
 	if s, err := f.load(5); err == nil || !s.all {
 		t.Fatalf("a log naming extents past a smaller volume: %+v, %v", s, err)
 	}
+	// Rewritten in place: a shorter set over a longer one.
+	if err := f.store(activitySet{exts: []uint32{0, 1, 2, 3, 4, 5, 6, 7}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store(want); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := f.load(10); err != nil || !slices.Equal(s.exts, want.exts) || s.all {
+		t.Fatalf("stored %+v over a longer set, loaded %+v, %v", want, s, err)
+	}
+	// A new handle (a restarted replica) reads what was stored.
+	if s, err := newActivityFile(filepath.Dir(f.path), "v").load(10); err != nil || !slices.Equal(s.exts, want.exts) {
+		t.Fatalf("reopened: %+v, %v", s, err)
+	}
 	b, err := os.ReadFile(f.path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range b {
+	// Every byte of the log (not the longer set's tail behind it).
+	for i := range activityHead + len(appendActivity(nil, want)) + 8 {
 		d := slices.Clone(b)
 		d[i] ^= 0x10
 		if err := os.WriteFile(f.path, d, 0o644); err != nil {
