@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 )
 
@@ -198,12 +199,22 @@ func TestCoordinatorActivityBound(t *testing.T) {
 		}
 		return s
 	}
-	// A trim marks many extents at once (one update of each log).
-	for off := int64(0); off < (extents-10)*ActivitySize; off += 500 * ActivitySize {
-		if err := c.Trim(off, min(500*ActivitySize, (extents-10)*ActivitySize-off)); err != nil {
-			t.Fatal(err)
-		}
+	// Writes to extents 0 … extents-11 and extents-5, 16 at once (they
+	// share marks).
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for e := g; e < extents-10; e += 16 {
+				if err := c.WriteAt(pattern(4096, 1), int64(e)*ActivitySize, false); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	mustWrite(t, c, pattern(4096, 1), (extents-5)*ActivitySize)
 	if n := len(logged().exts); n != extents-9 {
 		t.Fatalf("unflushed: %d extents logged, want all %d written", n, extents-9)
