@@ -191,7 +191,7 @@ func (s *Server) addReplica(ctx context.Context, sp cluster.VolumeSpec, node str
 	go func() {
 		defer s.releaseCoordinator(sp.Name)
 		for {
-			time.Sleep(500 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // `ha-update --wait` waits for the release too
 			found := false
 			for _, st := range c.Status() {
 				if st.Node == target {

@@ -133,12 +133,19 @@ out-of-sync one, else the last), and deletes its data on its node.
 				return fmt.Errorf("--repl is required")
 			}
 			c := g.client()
+			// A volume open nowhere is claimed for the copy: --wait
+			// waits for it to be given back too, so that what the user
+			// runs next (a restore, a resize) finds the volume free.
+			before, err := c.Volume(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
 			v, err := c.HAUpdate(cmd.Context(), args[0], req)
 			if err != nil {
 				return err
 			}
 			if wait {
-				if v, err = waitInSync(cmd.Context(), c, v, cmd.ErrOrStderr()); err != nil {
+				if v, err = waitInSync(cmd.Context(), c, v, before.Coordinator == "", cmd.ErrOrStderr()); err != nil {
 					return err
 				}
 			}
@@ -158,13 +165,21 @@ out-of-sync one, else the last), and deletes its data on its node.
 	return cmd
 }
 
-// waitInSync follows a volume's replicas until all are in sync: a progress
-// bar on a terminal, a plain line every few seconds otherwise.
-func waitInSync(ctx context.Context, c *control.Client, v control.Volume, w io.Writer) (control.Volume, error) {
+// waitInSync follows a volume's replicas until all are in sync (and, with
+// released, until no node coordinates it): a progress bar on a terminal, a
+// plain line every few seconds otherwise.
+func waitInSync(ctx context.Context, c *control.Client, v control.Volume, released bool, w io.Writer) (control.Volume, error) {
 	p := newProgress(w)
+	var upSince time.Time
 	for {
 		var copied, toCopy int64
-		done := v.ReplStatus == control.ReplUp
+		up := v.ReplStatus == control.ReplUp
+		if up && upSince.IsZero() {
+			upSince = time.Now()
+		}
+		// The release is bounded: one whose final flush failed leaves the
+		// claim for the next coordinator to converge.
+		done := up && (!released || v.Coordinator == "" || time.Since(upSince) > 10*time.Second)
 		for _, r := range v.Replicas {
 			copied, toCopy = copied+r.Copied, toCopy+max(r.ToCopy, r.Missing)
 		}
