@@ -157,6 +157,9 @@ type Coordinator struct {
 	// converge: the extents where the in-sync replicas may differ after
 	// an unclean stop (the union of their activity logs), for Converge.
 	converge activitySet
+	// lastClientIO: when a client last read or wrote (Clock nanoseconds):
+	// a resync yields to client I/O (pacer).
+	lastClientIO atomic.Int64
 
 	// fenced is set once: the error every later I/O fails with (Fence,
 	// or Close).
@@ -579,6 +582,7 @@ func (c *Coordinator) write(o writeOp) error {
 	if err := c.fencedErr(); err != nil {
 		return err
 	}
+	c.clientIO()
 	if o.off < 0 || o.n < 0 || o.off+o.n > c.cfg.Size {
 		return fmt.Errorf("%w: [%d, %d) outside the volume's %d bytes", engine.ErrInvalid, o.off, o.off+o.n, c.cfg.Size)
 	}
@@ -940,6 +944,7 @@ func (c *Coordinator) Flush() error {
 // — which may still fail, and be lost with the replica that applied it —
 // is never read.
 func (c *Coordinator) ReadAt(p []byte, off int64) error {
+	c.clientIO()
 	c.locks.lock(off, int64(len(p)))
 	defer c.locks.unlock(off, int64(len(p)))
 	return c.read(p, off)

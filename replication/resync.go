@@ -213,7 +213,8 @@ func (c *Coordinator) resync(m *member) error {
 
 	buf := drive.GetBuffer(RegionSize)
 	defer drive.PutBuffer(buf)
-	copied, dataCopied := 0, int64(0)
+	copied := 0
+	var pace pacer
 	for i := m.log.next(0); i >= 0; i = m.log.next(i + 1) {
 		if c.stopping() {
 			return m.log.sync()
@@ -242,8 +243,7 @@ func (c *Coordinator) resync(m *member) error {
 		if wrote {
 			// Only data moved counts: a thin volume's zero regions cost a
 			// read, and the target a deallocation.
-			dataCopied += RegionSize
-			c.throttle(start, dataCopied)
+			c.throttle(&pace, RegionSize)
 		}
 	}
 	if err := c.flushMember(m); err != nil {
@@ -288,10 +288,41 @@ func (c *Coordinator) join(m *member, start time.Time) error {
 	return nil
 }
 
-// throttle sleeps so that the copy keeps to ResyncRate.
-func (c *Coordinator) throttle(start time.Time, done int64) {
-	due := start.Add(time.Duration(float64(done) / float64(c.cfg.ResyncRate) * float64(time.Second)))
-	if d := due.Sub(c.cfg.Clock.Now()); d > 0 {
+// A resync yields to client I/O, as DRBD's does (its c-min-rate): while a
+// client read or wrote within resyncYieldWindow, the copy runs at
+// ResyncRate/resyncYieldDivisor, so that it does not take the CPU and the
+// target's drive from the client (on small machines a copy into the page
+// cache costs milliseconds of CPU per MiB); an idle volume is copied at
+// the full rate. (Measured: BENCHMARKS.md, replication, client latency
+// during a rebuild.)
+const (
+	resyncYieldWindow  = 100 * time.Millisecond
+	resyncYieldDivisor = 8
+)
+
+// clientIO records that a client reads or writes now.
+func (c *Coordinator) clientIO() {
+	c.lastClientIO.Store(c.cfg.Clock.Now().UnixNano())
+}
+
+// pacer keeps a copy to its rate: each piece copied moves next on by the
+// piece's time at the rate of the moment; a copy that fell behind gets no
+// credit for it.
+type pacer struct{ next time.Time }
+
+// throttle sleeps after n bytes were copied so that the copy keeps to
+// ResyncRate, or to its yield while clients do I/O.
+func (c *Coordinator) throttle(p *pacer, n int64) {
+	now := c.cfg.Clock.Now()
+	rate := c.cfg.ResyncRate
+	if now.UnixNano()-c.lastClientIO.Load() < int64(resyncYieldWindow) {
+		rate = max(rate/resyncYieldDivisor, 1)
+	}
+	if p.next.Before(now) {
+		p.next = now
+	}
+	p.next = p.next.Add(time.Duration(float64(n) / float64(rate) * float64(time.Second)))
+	if d := p.next.Sub(now); d > 0 {
 		select {
 		case <-c.cfg.Clock.After(d):
 		case <-c.stop:
