@@ -76,6 +76,8 @@ type Scheduler struct {
 	// counts from the latest of this and its newest scheduled snapshot.
 	since map[string]time.Time
 	errs  []SnapshotError
+	// paused: volumes no pass takes or prunes snapshots of (Pause).
+	paused map[string]int
 }
 
 // scheduledSnap is one record of the state file.
@@ -110,7 +112,7 @@ func NewScheduler(e *engine.Engine, cfg SchedulerConfig) (*Scheduler, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Scheduler{engine: e, cfg: cfg, log: log, taken: map[string]scheduledSnap{}, since: map[string]time.Time{}}
+	s := &Scheduler{engine: e, cfg: cfg, log: log, taken: map[string]scheduledSnap{}, since: map[string]time.Time{}, paused: map[string]int{}}
 	if cfg.StatePath != "" {
 		raw, err := os.ReadFile(cfg.StatePath)
 		switch {
@@ -161,6 +163,9 @@ func (s *Scheduler) RunOnce() {
 			continue
 		}
 		scheduled[info.Name] = true
+		if s.isPaused(info.Name) {
+			continue // its interval keeps counting
+		}
 		interval := time.Duration(info.SnapInterval) * s.cfg.Minute
 		if now.Sub(s.last(info.Name, now)) >= interval {
 			s.take(info.Name, now)
@@ -174,6 +179,31 @@ func (s *Scheduler) RunOnce() {
 		}
 	}
 	s.mu.Unlock()
+}
+
+// Pause keeps passes from taking or pruning snapshots of volume until
+// resume is called, and returns once no pass is doing so: `volume delete
+// --force` lists and deletes a volume's snapshots meanwhile, which a
+// scheduled snapshot taken or pruned at the same moment would undo.
+func (s *Scheduler) Pause(volume string) (resume func()) {
+	s.mu.Lock()
+	s.paused[volume]++
+	s.mu.Unlock()
+	s.runMu.Lock() // a pass that began before the pause has ended
+	s.runMu.Unlock()
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.paused[volume]--; s.paused[volume] <= 0 {
+			delete(s.paused, volume)
+		}
+	}
+}
+
+func (s *Scheduler) isPaused(volume string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.paused[volume] > 0
 }
 
 // last is when the interval of volume started counting.

@@ -165,3 +165,29 @@ func TestSchedulerErrorsBounded(t *testing.T) {
 		t.Fatalf("kept %d errors, last %+v", len(errs), errs[len(errs)-1])
 	}
 }
+
+// TestSchedulerPause: a paused volume gets no scheduled snapshot (a force
+// delete is listing and deleting its snapshots); resumed, it does again.
+func TestSchedulerPause(t *testing.T) {
+	c, e, _ := newTestAPI(t)
+	clock := &fakeClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+	s, err := NewScheduler(e, SchedulerConfig{Now: clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateVolume(context.Background(), CreateVolumeRequest{Name: "db", Size: 1 << 20, SnapInterval: 1}); err != nil {
+		t.Fatal(err)
+	}
+	s.RunOnce()
+	resume := s.Pause("db")
+	clock.advance(2 * time.Minute)
+	s.RunOnce()
+	if got := len(e.Snapshots("db")); got != 0 {
+		t.Fatalf("%d snapshots of a paused volume, want none", got)
+	}
+	resume()
+	s.RunOnce()
+	if got := len(e.Snapshots("db")); got != 1 {
+		t.Fatalf("%d snapshots once resumed, want 1", got)
+	}
+}

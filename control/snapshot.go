@@ -255,6 +255,9 @@ func (s *Server) restoreVolume(w http.ResponseWriter, r *http.Request) {
 // the deletes can still make one fail; the error then names what was
 // deleted.
 func (s *Server) deleteForce(w http.ResponseWriter, r *http.Request, name string) {
+	if s.scheduler != nil {
+		defer s.scheduler.Pause(name)()
+	}
 	v, err := s.engine.Volume(name)
 	if err != nil {
 		s.fail(w, r, volumeError("delete", name, err))
