@@ -564,13 +564,40 @@ func (s *Server) deleteHeld(ctx context.Context, names []string, del func() ([]s
 		}
 		delete(specs, n)
 		s.deleteReplicas(ctx, sp)
-		if err := st.DeleteVolume(ctx, n, sp.Rev); err != nil {
+		if err := s.deleteSpec(ctx, st, sp); err != nil {
 			s.log.Warn("volume deleted; its spec in the kvdb is left to reconciliation", "name", n, "err", err)
 			derr = errors.Join(derr, fmt.Errorf("%q was deleted from this node but is still in the kvdb (this node removes it by itself once the kvdb answers): %w", n, err))
 		}
 	}
 	s.restoreReady(ctx, st, specs)
 	return deleted, derr
+}
+
+// deleteSpec removes the spec of a volume this node has deleted. The spec
+// may have moved on meanwhile without being another volume's — a
+// coordinator giving back its claim (a copy that ended as the replicas
+// went) — so a conflict is retried at the new revision while the spec is
+// still this volume's, marked deleting; a volume made again under the name
+// is left alone.
+func (s *Server) deleteSpec(ctx context.Context, st *cluster.Store, sp cluster.VolumeSpec) error {
+	err := st.DeleteVolume(ctx, sp.Name, sp.Rev)
+	for range 3 {
+		if !errors.Is(err, cluster.ErrConflict) {
+			return err
+		}
+		now, gerr := st.Volume(ctx, sp.Name)
+		if errors.Is(gerr, cluster.ErrNotFound) {
+			return nil
+		}
+		if gerr != nil {
+			return gerr
+		}
+		if now.State != cluster.VolumeDeleting || !now.Created.Equal(sp.Created) {
+			return err
+		}
+		err = st.DeleteVolume(ctx, sp.Name, now.Rev)
+	}
+	return err
 }
 
 // restoreReady puts specs marked deleting back to ready: their volumes

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -446,6 +447,9 @@ func inUse(name string, hs []engine.Holder) (what, todo string) {
 	}
 	if engine.NBDClients(hs) > 0 {
 		todos = append(todos, "disconnect its NBD clients")
+	}
+	if slices.ContainsFunc(hs, func(h engine.Holder) bool { return h.Kind == engine.HeldByReplication }) {
+		todos = append(todos, fmt.Sprintf("close it where it is open, or wait for its replica copy to end (cairn volume inspect %s)", name))
 	}
 	return engine.DescribeHolders(hs), strings.Join(todos, " and ")
 }

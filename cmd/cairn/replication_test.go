@@ -172,6 +172,42 @@ func TestReplication(t *testing.T) {
 		}
 	})
 
+	t.Run("a volume being given a replica: delete refused saying why, then deleted once in sync and gone from the cluster", func(t *testing.T) {
+		mustCairn(t, ds[0].api, "volume", "create", "gone", "--size", "256M", "--nodes", ids[0])
+		_, socket := ds[0].nbdAddrs(t)
+		c := holdExport(t, socket, "gone")
+		for off := int64(0); off < 64<<20; off += 1 << 20 {
+			if err := c.WriteAt(pattern(7, off, 1<<20), off, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Close()
+		mustCairn(t, ds[0].api, "volume", "ha-update", "gone", "--repl", "2", "--node", ids[1])
+		// While the copy holds it, a delete is refused, saying what to do.
+		if r := cairn(t, ds[0].api, "volume", "delete", "gone"); r.code == 0 {
+			t.Log("the copy ended before the delete") // nothing to check then
+		} else if !strings.Contains(r.stderr, "wait for its replica copy to end") {
+			t.Errorf("delete during the copy: %v", r)
+		}
+		// Once it is in sync and given back (--wait), the delete goes
+		// through, and the cluster forgets the volume.
+		r := cairn(t, ds[0].api, "volume", "ha-update", "gone", "--repl", "2", "--wait")
+		if r.code != 0 && !strings.Contains(r.stderr, "has 2 replicas already") {
+			t.Fatalf("ha-update --wait: %v", r)
+		}
+		waitReplStatus(t, ds[0].api, "gone", "Up", 60*time.Second)
+		deadline := time.Now().Add(10 * time.Second)
+		for jqQuiet(mustCairn(t, ds[0].api, "volume", "inspect", "gone", "-j"), `.coordinator != null and .coordinator != ""`) && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		mustCairn(t, ds[0].api, "volume", "delete", "gone")
+		for i, d := range ds {
+			if out := mustCairn(t, d.api, "volume", "list", "-j"); jqQuiet(out, `any(.[]; .name == "gone")`) {
+				t.Errorf("node %d still lists the deleted volume: %s", i+1, out)
+			}
+		}
+	})
+
 	t.Run("host mount on a node without a replica: a filesystem through the coordinator", func(t *testing.T) {
 		needHost(t)
 		mnt := t.TempDir()
