@@ -186,10 +186,10 @@ func (s *Scheduler) RunOnce() {
 // --force` lists and deletes a volume's snapshots meanwhile, which a
 // scheduled snapshot taken or pruned at the same moment would undo.
 func (s *Scheduler) Pause(volume string) (resume func()) {
+	s.runMu.Lock() // a pass that began before the pause ends first
 	s.mu.Lock()
 	s.paused[volume]++
 	s.mu.Unlock()
-	s.runMu.Lock() // a pass that began before the pause has ended
 	s.runMu.Unlock()
 	return func() {
 		s.mu.Lock()
