@@ -100,7 +100,7 @@ flushed, and it exits 0.`,
 	f.StringVar(&cfg.nbdSocket, "nbd-socket", "", "NBD unix socket (default DATA_DIR/nbd.sock)")
 	f.StringVar(&cfg.replListen, "repl-listen", "", "replication listener address host:port (default: the host of --nbd, port "+defaultReplPort+"; -d replaces the host)")
 	f.DurationVar(&cfg.replTimeout, "repl-timeout", replication.DefaultTimeout, "how long a replica may take to answer before it leaves the in-sync set")
-	f.StringVar(&cfg.resyncRate, "resync-rate", "256M", "bytes per second a resync or rebuild copies to a replica")
+	f.StringVar(&cfg.resyncRate, "resync-rate", "256M", "bytes per second a resync or rebuild copies to a replica (an eighth of it while clients do I/O on the volume)")
 	f.StringArrayVarP(&cfg.drives, "drive", "s", nil, "drive to use: a block device or a file (repeatable)")
 	f.BoolVarP(&cfg.allDrives, "all-drives", "a", false, "use every unused drive of the node")
 	f.BoolVarP(&cfg.force, "force", "f", false, "also take drives with a filesystem or another node's superblock (never mounted ones, never this node's own)")
