@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,12 +21,19 @@ import (
 const (
 	readBufferSize  = 128 << 10
 	writeBufferSize = 128 << 10
+	// inlineMaxLength is the largest WRITE the reader applies itself when
+	// the connection is otherwise idle (see canInline). Larger ones go to
+	// a worker, where the hand-offs are small next to the copy. It must fit
+	// in the read buffer (runInline peeks the payload).
+	inlineMaxLength = readBufferSize
 )
 
 // conn is one coordinator's connection to a replica volume. The hello
 // fields (vol, release, state) are set by serve's goroutine before the
 // workers and the writer start, and only read afterwards. See the package
-// doc for the goroutines and how a request moves between them.
+// doc for the goroutines and how a request moves between them; besides
+// that path, the reader applies and answers a lone small WRITE itself
+// (canInline), which saves the two hand-offs at queue depth 1.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -42,6 +51,15 @@ type conn struct {
 	budget byteBudget    // payload bytes in flight
 	broken bool          // writer only: the socket failed, replies are dropped
 	whdr   [ReplyHeaderLen]byte
+
+	// pending counts the requests the reader has queued whose replies the
+	// writer has not flushed (or dropped) yet. The reader adds, the writer
+	// subtracts after its flush: at 0 no worker holds a request and the
+	// writer's buffer is empty, so nothing is waiting to go on the socket
+	// (canInline).
+	pending atomic.Int32
+	inline  request                              // reader only: the request runInline applies
+	ibuf    [ReplyHeaderLen + MaxMessageLen]byte // reader only: runInline's reply
 }
 
 // request is one request and, once applied, its reply. Slots are allocated
@@ -193,6 +211,12 @@ func (c *conn) readLoop() error {
 		if err != nil {
 			return err
 		}
+		if c.canInline(hdr) {
+			if err := c.runInline(hdr); err != nil {
+				return err
+			}
+			continue
+		}
 		r := <-c.free
 		r.requestHeader = hdr
 		r.code, r.replyEpoch, r.msg, r.budget = CodeOK, 0, "", 0
@@ -213,8 +237,61 @@ func (c *conn) readLoop() error {
 			c.budget.acquire(int64(hdr.length))
 			r.budget = int64(hdr.length)
 		}
+		c.pending.Add(1)
 		c.work <- r
 	}
+}
+
+// canInline reports whether the reader should apply the request whose
+// header it just decoded itself: a WRITE of at most inlineMaxLength with
+// nothing else in flight (no reply it could overtake or interleave with:
+// the writer is idle and its buffer empty) and no further request already
+// buffered behind its payload (a coordinator that pipelines gets the
+// workers). At queue depth 1 this saves two goroutine hand-offs per write,
+// reader → worker → writer, each the wake-up of a parked goroutine, as the
+// NBD server's reader does (blockdev/nbd, canInline). FLUSH and the rest
+// always go to the workers: the reader must not sit in a device flush
+// while writes queue behind it. Reader only.
+func (c *conn) canInline(hdr requestHeader) bool {
+	return hdr.cmd == CmdWrite && hdr.length <= inlineMaxLength &&
+		c.pending.Load() == 0 && c.br.Buffered() <= int(hdr.length)
+}
+
+// runInline applies a WRITE on the reader's goroutine and writes its reply
+// to the socket itself. The payload goes to the volume straight from the
+// read buffer (no copy, no pooled buffer, no byte budget: it is bounded by
+// the read buffer); the volume does not keep it (Volume.WriteAt). The
+// reply is written with a blocking write: the coordinator's Client reads
+// replies on a goroutine of their own whatever it is sending, so this
+// waits at most for the socket to drain, and a coordinator that stops
+// reading stalls only its own connection, as it would the writer.
+// REQUIRES: canInline was true for hdr.
+func (c *conn) runInline(hdr requestHeader) error {
+	r := &c.inline
+	r.requestHeader = hdr
+	r.code, r.replyEpoch, r.msg, r.budget = CodeOK, 0, "", 0
+	p, err := c.br.Peek(int(hdr.length))
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF // not a clean end: the header came
+		}
+		return fmt.Errorf("%w: truncated payload of command %d: %w", ErrProtocol, hdr.cmd, err)
+	}
+	r.data = p
+	c.execute(r)
+	r.data = nil
+	c.br.Discard(int(hdr.length))
+	h, _, msg := replyOf(r)
+	putReply((*[ReplyHeaderLen]byte)(c.ibuf[:ReplyHeaderLen]), h)
+	n := ReplyHeaderLen + copy(c.ibuf[ReplyHeaderLen:], msg)
+	if _, err := c.nc.Write(c.ibuf[:n]); err != nil {
+		return fmt.Errorf("replication: reply: %w", err)
+	}
+	if wb, ok := c.vol.(deferredWriteback); ok && r.code == CodeOK && hdr.length > 0 {
+		wb.StartWriteback(int64(hdr.offset), int64(hdr.length))
+	}
+	r.msg = ""
+	return nil
 }
 
 // execute applies r to the volume, leaving the outcome in r. Worker only.
@@ -315,8 +392,14 @@ func activityReply(buf []byte, f *activityFile, size int64, log *slog.Logger) []
 
 // writeLoop is the writer: it sends replies in completion order, batching
 // them in bw and flushing when no more are queued, so a busy connection
-// sends many replies per syscall.
+// sends many replies per syscall. When none is queued but workers hold
+// requests, it yields its P once before deciding (runtime.Gosched): the
+// workers that are runnable finish first and their replies share the
+// flush, and they find the writer runnable rather than parked (no wake-up
+// per reply). It never waits for a worker that is not runnable (one in a
+// device flush, say).
 func (c *conn) writeLoop() {
+	var unflushed int32 // replies in bw, counted in pending
 	for r := range c.done {
 		if !c.broken {
 			if err := c.writeReply(r); err != nil {
@@ -328,22 +411,45 @@ func (c *conn) writeLoop() {
 		c.budget.release(r.budget)
 		r.freeBuf()
 		c.free <- r
-		if len(c.done) == 0 && !c.broken {
-			if err := c.bw.Flush(); err != nil {
-				c.broken = true
-				c.nc.Close()
+		unflushed++
+		if len(c.done) == 0 && c.pending.Load() > unflushed {
+			runtime.Gosched() // workers hold requests: see above
+		}
+		if len(c.done) == 0 {
+			if !c.broken {
+				if err := c.bw.Flush(); err != nil {
+					c.broken = true
+					c.nc.Close()
+				}
 			}
+			c.pending.Add(-unflushed)
+			unflushed = 0
 		}
 	}
 }
 
 // writeReply encodes r's reply into bw. Writer only (whdr is its scratch).
 func (c *conn) writeReply(r *request) error {
-	h := replyHeader{code: r.code, handle: r.handle, epoch: r.replyEpoch}
-	var payload []byte
+	h, payload, msg := replyOf(r)
+	putReply(&c.whdr, h)
+	c.bw.Write(c.whdr[:])
+	if r.code != CodeOK {
+		_, err := c.bw.WriteString(msg)
+		return err
+	}
+	_, err := c.bw.Write(payload)
+	return err
+}
+
+// replyOf is r's reply: its header and what follows it, a successful
+// READ's, ACTIVITY's or CHECKSUM's payload or an error's message (at most
+// MaxMessageLen bytes).
+func replyOf(r *request) (h replyHeader, payload []byte, msg string) {
+	h = replyHeader{code: r.code, handle: r.handle, epoch: r.replyEpoch}
 	switch {
 	case r.code != CodeOK:
-		h.length = uint32(min(len(r.msg), MaxMessageLen))
+		msg = r.msg[:min(len(r.msg), MaxMessageLen)]
+		h.length = uint32(len(msg))
 	case r.cmd == CmdRead || r.cmd == CmdActivity:
 		payload = r.data
 		h.length, h.crc = uint32(len(payload)), checksum(payload)
@@ -351,14 +457,7 @@ func (c *conn) writeReply(r *request) error {
 		payload = r.sum[:]
 		h.length, h.crc = uint32(len(payload)), checksum(payload)
 	}
-	putReply(&c.whdr, h)
-	c.bw.Write(c.whdr[:])
-	if r.code != CodeOK {
-		_, err := c.bw.WriteString(r.msg[:h.length])
-		return err
-	}
-	_, err := c.bw.Write(payload)
-	return err
+	return h, payload, msg
 }
 
 // byteBudget bounds the payload bytes a connection holds. Only the reader

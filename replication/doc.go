@@ -102,9 +102,15 @@
 // of payloads: the back-pressure), reads a WRITE payload into a pooled
 // buffer and queues the slot. A worker checks the epoch and applies the
 // request; the writer encodes replies into a bufio.Writer and flushes when
-// no further reply is queued, then returns the buffer to its pool and the
-// slot to the free list. A slot belongs to one goroutine at a time, so its
-// fields need no lock; nothing is allocated per request in steady state.
+// no further reply is queued (yielding once first while workers still hold
+// requests, so replies finishing together share a write), then returns the
+// buffer to its pool and the slot to the free list. A slot belongs to one
+// goroutine at a time, so its fields need no lock; nothing is allocated per
+// request in steady state. A lone small WRITE — nothing in flight, nothing
+// buffered behind it — is applied and answered by the reader itself
+// (conn.canInline), saving two hand-offs at queue depth 1, as the NBD
+// server does. On the coordinator's side, a Client's callers combine their
+// requests into shared writes (Client.send).
 //
 // # Ordering: the coordinator's contract
 //
