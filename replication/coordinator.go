@@ -123,8 +123,9 @@ type CoordinatorConfig struct {
 //     set cannot be changed (etcd unreachable, this node's lease gone), the
 //     write fails.
 //   - A FLUSH is acknowledged only when every in-sync replica has flushed
-//     (or been evicted as above): acknowledged writes are then durable on
-//     every replica of the recorded set.
+//     (or been evicted as above), and none is doomed (below): acknowledged
+//     writes are then durable on every replica of the recorded set, and
+//     the replicas agree on what was flushed.
 //   - The last in-sync replica is never evicted: a volume whose replicas
 //     all fail fails I/O with EIO, and keeps the replica with the newest
 //     data in the set (dialled again until it answers: resync.go).
@@ -934,7 +935,29 @@ func (c *Coordinator) Flush() error {
 			t.m.endFlush(sets[i])
 		}
 	}
-	return c.settle(ts[:n], nil)
+	if err := c.settle(ts[:n], nil); err != nil {
+		return err
+	}
+	return c.doomedErr()
+}
+
+// doomedErr fails a flush while an in-sync replica is doomed: it lacks a
+// write the others applied (a write that failed), and the cluster still
+// records it in sync. A flush acknowledged then would make durable, as the
+// volume's content, what one replica of the recorded set does not hold —
+// and a later coordinator, which knows nothing of the doom, may converge
+// the replicas from that one (found by the simulation: a value read and
+// flushed, gone after a takeover). Flushes succeed again once the doomed
+// replica's eviction is recorded (resyncLoop retries it) or it is the last.
+func (c *Coordinator) doomedErr() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, m := range c.members {
+		if m.doomed && m.state == InSync && c.inSync() > 1 {
+			return fmt.Errorf("%w: the replica on node %s lacks a write the others hold and its eviction is not recorded yet: flushes fail until it is", engine.ErrIO, m.node)
+		}
+	}
+	return nil
 }
 
 // ReadAt reads from this node's replica when it is in sync, otherwise from
