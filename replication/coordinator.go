@@ -192,6 +192,11 @@ type member struct {
 	// in-sync replica it serves: the others failed too.)
 	// REQUIRES Coordinator.mu.
 	doomed bool
+	// missed: while doomed, the regions it may lack — the failed writes'
+	// and what it had not flushed when it was doomed — kept apart from
+	// written, which a later flush clears: its eviction puts them in its
+	// log (keepMissed). REQUIRES Coordinator.mu.
+	missed *regions
 
 	// written: regions written since the last flush that reached the
 	// replica; flushing: the sets of the flushes in flight; inflight: how
@@ -715,7 +720,7 @@ func (c *Coordinator) undo(ts []target, rng *[2]int64, cause error) {
 			continue
 		}
 		if derr := c.drop(t.m, fmt.Errorf("a write it applied failed (%v) and could not be undone: %w", cause, err), rng); derr != nil {
-			c.doom([]*member{t.m})
+			c.doom([]*member{t.m}, rng)
 		}
 	}
 }
@@ -774,16 +779,24 @@ func (c *Coordinator) repair(ts []target, stuck []*member, rng *[2]int64) {
 			failed = append(failed, m)
 		}
 	}
-	c.doom(failed)
+	c.doom(failed, rng)
 }
 
-// doom marks ms, which failed a write another in-sync replica applied and
-// could not be evicted, as doomed (see member.doomed).
-func (c *Coordinator) doom(ms []*member) {
+// doom marks ms, which failed a write (of rng; nil: a flush) another
+// in-sync replica applied and could not be evicted, as doomed (see
+// member.doomed), and keeps what each may lack in its missed set.
+func (c *Coordinator) doom(ms []*member, rng *[2]int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, m := range ms {
 		if m.state == InSync || m.joinPending {
+			if m.missed == nil {
+				m.missed = newRegions(c.cfg.Size)
+			}
+			m.missed.union(m.unflushed(c.cfg.Size))
+			if rng != nil {
+				m.missed.add(rng[0], rng[1])
+			}
 			m.doomed = true
 			c.log.Warn("replica missed a write the others hold and cannot be evicted now; it serves no read until it is", "node", m.node)
 		}
@@ -810,7 +823,9 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 			m.state, m.doomed = OutOfSync, false
 			c.log.Warn("replica failed during its resync", "node", m.node, "err", cause)
 			c.closeClient(m)
-			return c.keepMissed(m, rng)
+			err := c.keepMissed(m, rng)
+			m.missed = nil // in its log now
+			return err
 		}
 		// The cluster may record it in sync: evict it as such.
 	}
@@ -834,7 +849,7 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 		return fmt.Errorf("%w: replica on node %s failed (%v) and its eviction could not be recorded: %w", engine.ErrIO, m.node, cause, err)
 	}
 	c.log.Warn("replica evicted from the in-sync set", "node", m.node, "epoch", epoch, "err", cause)
-	m.state, m.joinPending, m.doomed = OutOfSync, false, false
+	m.state, m.joinPending, m.doomed, m.missed = OutOfSync, false, false, nil
 	c.closeClient(m)
 	c.setEpoch(epoch)
 	return nil
@@ -844,6 +859,9 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 // writes) and rng, durably. REQUIRES c.mu.
 func (c *Coordinator) keepMissed(m *member, rng *[2]int64) error {
 	m.log.union(m.unflushed(c.cfg.Size))
+	if m.missed != nil {
+		m.log.union(m.missed)
+	}
 	if rng != nil {
 		m.log.add(rng[0], rng[1])
 	}

@@ -1128,6 +1128,11 @@ func TestCoordinatorFailedWriteInSyncDiffer(t *testing.T) {
 	if err := c.ReadAt(got, 7*RegionSize); err != nil || !bytes.Equal(got, pattern(4096, 2)) {
 		t.Fatalf("read while n1 cannot be evicted: %v, the failed write seen %v", err, bytes.Equal(got, pattern(4096, 2)))
 	}
+	// No flush makes the write n1 lacks durable while the cluster records
+	// n1 in sync: a coordinator after a crash might converge from n1.
+	if err := c.Flush(); !errors.Is(err, engine.ErrIO) || !strings.Contains(err.Error(), "lacks a write") {
+		t.Fatalf("flush while n1 cannot be evicted: %v, want EIO naming it", err)
+	}
 	tc.mem.setErrs(nil, nil)
 	deadline := time.Now().Add(10 * time.Second)
 	for tc.mem.in("n1") {
@@ -1139,6 +1144,9 @@ func TestCoordinatorFailedWriteInSyncDiffer(t *testing.T) {
 	waitInSync(t, c)
 	verifyClean(t, c)
 	tc.sameOn(7*RegionSize, pattern(4096, 2), "n1", "n2")
+	if err := c.Flush(); err != nil {
+		t.Fatalf("flush once n1 was evicted and resynced: %v", err)
+	}
 }
 
 // TestCoordinatorFailedWriteOnJoiningReplica: a write that fails on the

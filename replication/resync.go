@@ -59,7 +59,7 @@ func (c *Coordinator) resyncLoop() {
 			c.mu.Lock()
 			last := m.state == InSync && c.inSync() == 1
 			if last {
-				m.doomed = false // it holds the newest data there is now
+				m.doomed, m.missed = false, nil // it holds the newest data there is now
 			}
 			c.mu.Unlock()
 			if last {
