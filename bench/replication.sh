@@ -761,7 +761,7 @@ if has profile; then
 		for i in $(printf '%s\n' "$@" | sort -r); do stop_node "$i" TERM; done
 		for i in "$@"; do start_node "$i" --cpu-profile "$PROFDIR/$tag-node$i.pprof"; done
 		perf_start "$tag"
-		read -r P_IOPS _ P_IOS P_P99 P_P99F P_MEAN P_MEANF < <(fio_scraped bench "nbd://${NBD[1]}/$vol" randwrite 4k 32 "$vol" --size="$SPAN" --fsync=32 --randrepeat=0)
+		read -r P_IOPS _ P_IOS P_P99 P_P99F P_MEAN P_MEANF < <(fio_scraped bench "nbd://${NBD[1]}/$vol" randwrite 4k 32 "$vol" --size="$SPAN" --fsync="${PROFILE_FSYNC:-32}" --randrepeat=0)
 		perf_stop
 		local ew ef busy_pct
 		ew=$(eng_cell write) ef=$(eng_cell flush) busy_pct=$(busy_cell "$(busy)")

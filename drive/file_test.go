@@ -6,7 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cairn-storage/cairn/internal/testenv"
 )
@@ -137,5 +140,93 @@ func TestFileFillHoles(t *testing.T) {
 	}
 	if next, ok := d.NextData(8 << 20); ok && next < 16<<20 {
 		t.Fatalf("data at %d, past the filled range", next)
+	}
+}
+
+// TestWritebackKickerCombines: ranges that arrive while a write-back call
+// runs share the next call; no two calls run at once; no range is lost (it
+// is kicked, or still pending for the next caller); and no caller makes
+// more than maxWritebackRounds calls for others.
+func TestWritebackKickerCombines(t *testing.T) {
+	var k writebackKicker
+	var mu sync.Mutex
+	var spans [][2]int64
+	var running atomic.Int32
+	kick := func(lo, hi int64) {
+		if running.Add(1) != 1 {
+			t.Error("two write-back calls at once")
+		}
+		time.Sleep(200 * time.Microsecond)
+		mu.Lock()
+		spans = append(spans, [2]int64{lo, hi})
+		mu.Unlock()
+		running.Add(-1)
+	}
+	const callers, perCaller = 8, 200
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perCaller {
+				off := int64(c*perCaller+i) * 4096
+				mu.Lock()
+				before := len(spans)
+				mu.Unlock()
+				k.start(off, off+4096, kick)
+				mu.Lock()
+				made := len(spans) - before
+				mu.Unlock()
+				if made > maxWritebackRounds+callers { // its own rounds, plus others' finishing meanwhile
+					t.Errorf("one call saw %d write-back calls", made)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if k.lo != k.hi { // left by a caller that hit maxWritebackRounds
+		spans = append(spans, [2]int64{k.lo, k.hi})
+	}
+	for r := range int64(callers * perCaller) {
+		lo := r * 4096
+		covered := false
+		for _, s := range spans {
+			if s[0] <= lo && lo+4096 <= s[1] {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			t.Fatalf("range at %d never written back", lo)
+		}
+	}
+	if len(spans) >= callers*perCaller/2 {
+		t.Errorf("%d write-back calls for %d ranges: calls are not combined", len(spans), callers*perCaller)
+	}
+	t.Logf("%d write-back calls for %d ranges", len(spans), callers*perCaller)
+}
+
+// TestStartWritebackFile: a cached drive's write-back hint runs on a real
+// file and changes nothing that is read; a direct drive ignores it.
+func TestStartWritebackFile(t *testing.T) {
+	for _, direct := range []bool{false, true} {
+		d, err := OpenFile(newFile(t, t.TempDir(), 4<<20), direct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := bytes.Repeat([]byte{0xa5}, 8192)
+		if err := d.WriteAt(data, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		d.StartWriteback(1<<20, 8192)
+		d.StartWriteback(0, 0) // empty: nothing
+		got := make([]byte, 8192)
+		if err := d.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("read after write-back: %v, equal %v", err, bytes.Equal(got, data))
+		}
+		if err := d.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		d.Close()
 	}
 }
