@@ -57,12 +57,17 @@
 #        daemon logs). CAIRN_BIN=FILE runs that binary instead of building
 #        this checkout; CAIRN_DAEMON_ARGS adds daemon flags (e.g.
 #        "--cpu-profile /tmp/cpu.pprof").
+#        -D SIZE runs every daemon on a block device drive instead of the
+#        sparse file: a loop device with direct I/O over a SIZE file in the
+#        work dir, written whole with zeros first (so that no write to it
+#        allocates in the file system below, as on a real drive); its first
+#        16 MiB are wiped before each daemon. (Needs root and losetup.)
 #
 # Prints markdown tables.
 #
 # Usage: bench/snapshot.sh [-r SECONDS] [-s SHORT_SECONDS] [-n ROUNDS]
 #                          [-V VOLSIZE] [-B BEFORE] [-A AFTER] [-o DIR]
-#                          [-w "qd32 qd1"] [-c "1 2 64"] [all|write|read|cliff]
+#                          [-w "qd32 qd1"] [-c "1 2 64"] [-D SIZE] [all|write|read|cliff]
 # (default all: write then read, as before issue 17; cliff runs alone)
 set -euo pipefail
 
@@ -76,7 +81,8 @@ WARM=2
 KEEP=""
 WORKLOADS="qd32 qd1"
 CASES="1 2 64"
-while getopts "r:s:n:V:B:A:o:w:c:h" opt; do
+BDEV_SIZE=""
+while getopts "r:s:n:V:B:A:o:w:c:D:h" opt; do
 	case $opt in
 	r) RUNTIME=$OPTARG ;;
 	s) SHORT=$OPTARG ;;
@@ -87,7 +93,8 @@ while getopts "r:s:n:V:B:A:o:w:c:h" opt; do
 	o) KEEP=$OPTARG ;;
 	w) WORKLOADS=$OPTARG ;;
 	c) CASES=$OPTARG ;;
-	*) sed -n '2,66p' "$0"; exit 2 ;;
+	D) BDEV_SIZE=$OPTARG ;;
+	*) sed -n '2,72p' "$0"; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
@@ -105,6 +112,7 @@ WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/cairn-snapbench.XXXXXX")
 PID=""
 SAMPLER=""
 FIOPID=""
+LOOPDEV=""
 stop_daemon() {
 	if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
 	PID=""
@@ -117,6 +125,7 @@ cleanup() {
 	if [ -n "$FIOPID" ]; then kill "$FIOPID" 2>/dev/null || true; wait "$FIOPID" 2>/dev/null || true; fi
 	stop_sampler
 	stop_daemon
+	if [ -n "$LOOPDEV" ]; then losetup -d "$LOOPDEV" 2>/dev/null || true; fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -129,11 +138,21 @@ else
 	(cd "$ROOT" && $GO build -o "$CAIRN" ./cmd/cairn)
 fi
 DRIVE_SIZE=32G
+DRIVE_ARGS=""
+if [ -n "$BDEV_SIZE" ]; then
+	log "writing a $BDEV_SIZE backing file for the block device drive"
+	bytes=$(numfmt --from=iec "$BDEV_SIZE")
+	dd if=/dev/zero of="$WORK/bdev.img" bs=16M count=$((bytes / (16 << 20))) oflag=direct status=none
+	LOOPDEV=$(losetup --direct-io=on -f --show "$WORK/bdev.img")
+	DRIVE_ARGS="-s $LOOPDEV"
+	log "block device drive $LOOPDEV"
+fi
 # start_daemon NAME: runs a daemon on $WORK/NAME (one at a time).
 start_daemon() {
 	stop_daemon
 	DIR=$WORK/$1
 	mkdir -p "$DIR"
+	if [ -n "$LOOPDEV" ]; then dd if=/dev/zero of="$LOOPDEV" bs=1M count=16 oflag=direct status=none; fi
 	# shellcheck disable=SC2086 # CAIRN_DAEMON_ARGS is a list of flags
 	# Its embedded kvdb on ports of its own (CAIRN_BIN may predate it).
 	local kvdb=""
@@ -141,7 +160,7 @@ start_daemon() {
 	"$CAIRN" daemon --help 2>&1 | grep -q -- --repl-listen && kvdb="$kvdb --repl-listen 127.0.0.1:0"
 	# shellcheck disable=SC2086 # kvdb and CAIRN_DAEMON_ARGS are lists of flags
 	"$CAIRN" daemon --data-dir "$DIR/d" --api 127.0.0.1:0 --nbd 127.0.0.1:0 --nbd-socket "$DIR/nbd.sock" \
-		--default-drive-size "$DRIVE_SIZE" $kvdb ${CAIRN_DAEMON_ARGS:-} >"$DIR/log" 2>&1 &
+		--default-drive-size "$DRIVE_SIZE" $kvdb $DRIVE_ARGS ${CAIRN_DAEMON_ARGS:-} >"$DIR/log" 2>&1 &
 	PID=$!
 	for _ in $(seq 100); do grep -q 'msg="cairn daemon ready"' "$DIR/log" 2>/dev/null && break; sleep 0.1; done
 	API=$(sed -n 's/.*msg="api listening" addr=\([^ ]*\).*/\1/p' "$DIR/log")

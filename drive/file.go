@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -354,11 +353,6 @@ func (k *writebackKicker) start(lo, hi int64, kick func(lo, hi int64)) {
 		return
 	}
 	k.running = true
-	// Let the writers that are ready to run finish first, so that their
-	// ranges join this call rather than the next.
-	k.mu.Unlock()
-	runtime.Gosched()
-	k.mu.Lock()
 	for range maxWritebackRounds {
 		if k.lo == k.hi {
 			break

@@ -268,6 +268,47 @@ func (v *Volume) Writeback(off, n int64) {
 	v.ioMu.RUnlock()
 }
 
+// A WritebackRange is one range of a volume for StartWritebacks.
+type WritebackRange struct{ Off, N int64 }
+
+// writebackHinter is a drive that takes write-back hints (a cached file).
+type writebackHinter interface{ StartWriteback(off, n int64) }
+
+// StartWritebacks is StartWriteback for several ranges at once, as a
+// server that answered a burst of writes has them: one write-back call per
+// drive, over the span of that drive's ranges (on a cached drive, pages
+// in the span that are not dirty cost nothing, and each call is a device
+// kick). Ranges checkIO refuses are skipped.
+func (v *Volume) StartWritebacks(rs []WritebackRange) {
+	if !v.pool.writeBehindActive() {
+		return
+	}
+	type span struct {
+		wb     writebackHinter
+		lo, hi int64
+	}
+	var spans []span
+	v.ioMu.RLock()
+	for _, r := range rs {
+		if v.checkIO(r.Off, r.N) != nil {
+			continue
+		}
+		v.writebackPieces(r.Off, r.N, func(wb writebackHinter, off, n int64) {
+			for i := range spans {
+				if spans[i].wb == wb {
+					spans[i].lo, spans[i].hi = min(spans[i].lo, off), max(spans[i].hi, off+n)
+					return
+				}
+			}
+			spans = append(spans, span{wb, off, off + n})
+		})
+	}
+	v.ioMu.RUnlock()
+	for _, s := range spans {
+		s.wb.StartWriteback(s.lo, s.hi-s.lo)
+	}
+}
+
 // startWriteback: StartWriteback for a range checkIO accepted. REQUIRES ioMu.
 func (v *Volume) startWriteback(off, n int64) {
 	if v.pool.writeBehindActive() {
@@ -278,6 +319,13 @@ func (v *Volume) startWriteback(off, n int64) {
 // writeback starts the write-back of the mapped blocks of a range checkIO
 // accepted. REQUIRES ioMu.
 func (v *Volume) writeback(off, n int64) {
+	v.writebackPieces(off, n, writebackHinter.StartWriteback)
+}
+
+// writebackPieces calls fn for each mapped piece of a range checkIO
+// accepted that lies on a drive taking write-back hints, with the piece's
+// place on that drive; nothing once the volume is deleted. REQUIRES ioMu.
+func (v *Volume) writebackPieces(off, n int64, fn func(wb writebackHinter, off, n int64)) {
 	if v.deleted {
 		return
 	}
@@ -288,8 +336,8 @@ func (v *Volume) writeback(off, n int64) {
 		run := min(hi-lo, ExtentSize-in)
 		if ext, mapped := v.table.lookup(uint32(lo / ExtentSize)); mapped {
 			pd, base := v.pool.locateShared(ext)
-			if wb, ok := pd.d.(interface{ StartWriteback(off, n int64) }); ok {
-				wb.StartWriteback(base+in, run)
+			if wb, ok := pd.d.(writebackHinter); ok {
+				fn(wb, base+in, run)
 			}
 		}
 		lo += run

@@ -16,9 +16,14 @@ import (
 type countingDrive struct {
 	*drive.Mem
 	started atomic.Int64
+	lo, hi  atomic.Int64 // the last one's range
 }
 
-func (c *countingDrive) StartWriteback(off, n int64) { c.started.Add(1) }
+func (c *countingDrive) StartWriteback(off, n int64) {
+	c.started.Add(1)
+	c.lo.Store(off)
+	c.hi.Store(off + n)
+}
 
 // Writes start their write-back only while the pool sees flushes: a volume
 // that is never flushed keeps the page cache's batching, unless its writer
@@ -74,6 +79,16 @@ func TestWriteBehindOnlyWhileFlushed(t *testing.T) {
 		t.Fatalf("StartWriteback over two extents started %d write-backs, want 2", n-before)
 	}
 	v.StartWriteback(4<<20, BlockSize) // past the end: nothing, no panic
+	// A burst's ranges, on two extents and out of order, one past the end:
+	// one write-back call for the drive, over their span.
+	before = d.started.Load()
+	v.StartWritebacks([]WritebackRange{{ExtentSize, BlockSize}, {0, BlockSize}, {4 << 20, BlockSize}, {ExtentSize - BlockSize, 2 * BlockSize}})
+	if n := d.started.Load(); n != before+1 {
+		t.Fatalf("StartWritebacks of a burst on one drive started %d write-backs, want 1", n-before)
+	}
+	if lo, hi := d.lo.Load(), d.hi.Load(); hi-lo != ExtentSize+BlockSize {
+		t.Fatalf("StartWritebacks covered %d bytes, want the span of its ranges, %d", hi-lo, ExtentSize+BlockSize)
+	}
 	// The flush that follows still makes the write durable.
 	if err := v.Flush(); err != nil {
 		t.Fatal(err)

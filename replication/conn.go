@@ -22,18 +22,23 @@ const (
 	readBufferSize  = 128 << 10
 	writeBufferSize = 128 << 10
 	// inlineMaxLength is the largest WRITE the reader applies itself when
-	// the connection is otherwise idle (see canInline). Larger ones go to
-	// a worker, where the hand-offs are small next to the copy. It must fit
+	// no worker holds a request (see canInline). Larger ones go to a
+	// worker, where the hand-offs are small next to the copy. It must fit
 	// in the read buffer (runInline peeks the payload).
 	inlineMaxLength = readBufferSize
+	// inlineBurst is how many inline replies the reader holds at most
+	// before sending them: enough to share a send among a burst, few
+	// enough that the first of them is not kept waiting for long.
+	inlineBurst = 16
 )
 
 // conn is one coordinator's connection to a replica volume. The hello
 // fields (vol, release, state) are set by serve's goroutine before the
 // workers and the writer start, and only read afterwards. See the package
 // doc for the goroutines and how a request moves between them; besides
-// that path, the reader applies and answers a lone small WRITE itself
-// (canInline), which saves the two hand-offs at queue depth 1.
+// that path, the reader applies small WRITEs itself while no worker holds
+// a request and answers them in bursts (canInline), which saves the two
+// hand-offs per write, reader → worker → writer.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -58,8 +63,12 @@ type conn struct {
 	// writer's buffer is empty, so nothing is waiting to go on the socket
 	// (canInline).
 	pending atomic.Int32
-	inline  request                              // reader only: the request runInline applies
-	ibuf    [ReplyHeaderLen + MaxMessageLen]byte // reader only: runInline's reply
+	// The reader's inline burst (runInline): the request it applies, the
+	// replies it has not sent yet and their writes' ranges, whose
+	// write-back starts once the replies are sent.
+	inline   request
+	ireplies []byte
+	iwb      []engine.WritebackRange
 }
 
 // request is one request and, once applied, its reply. Slots are allocated
@@ -201,6 +210,13 @@ func (c *conn) transmit() error {
 func (c *conn) readLoop() error {
 	var h [RequestHeaderLen]byte
 	for {
+		if c.br.Buffered() < RequestHeaderLen {
+			// The next read may wait for the coordinator: what was
+			// applied inline is answered first.
+			if err := c.sendInline(); err != nil {
+				return err
+			}
+		}
 		if _, err := io.ReadFull(c.br, h[:]); err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return fmt.Errorf("%w: truncated request header", ErrProtocol)
@@ -216,6 +232,11 @@ func (c *conn) readLoop() error {
 				return err
 			}
 			continue
+		}
+		// Inline replies go out before the workers take over: they are
+		// not held while the reader waits for a slot or a payload.
+		if err := c.sendInline(); err != nil {
+			return err
 		}
 		r := <-c.free
 		r.requestHeader = hdr
@@ -243,33 +264,37 @@ func (c *conn) readLoop() error {
 }
 
 // canInline reports whether the reader should apply the request whose
-// header it just decoded itself: a WRITE of at most inlineMaxLength with
-// nothing else in flight (no reply it could overtake or interleave with:
-// the writer is idle and its buffer empty) and no further request already
-// buffered behind its payload (a coordinator that pipelines gets the
-// workers). At queue depth 1 this saves two goroutine hand-offs per write,
-// reader → worker → writer, each the wake-up of a parked goroutine, as the
-// NBD server's reader does (blockdev/nbd, canInline). FLUSH and the rest
+// header it just decoded itself: a WRITE of at most inlineMaxLength while
+// no worker holds a request and the writer has nothing to send (pending ==
+// 0), so that no reply it sends can interleave with the writer's and no
+// write it applies overtakes an earlier one. Requests buffered behind it
+// are applied the same way, one after another, and their replies sent
+// together (runInline): on two cores, a worker per write bought no
+// parallelism (a file's buffered writes serialize on its inode lock) and
+// cost two goroutine wake-ups per write, reader → worker → writer, as in
+// the NBD server's reader (blockdev/nbd, canInline). FLUSH and the rest
 // always go to the workers: the reader must not sit in a device flush
 // while writes queue behind it. Reader only.
 func (c *conn) canInline(hdr requestHeader) bool {
-	return hdr.cmd == CmdWrite && hdr.length <= inlineMaxLength &&
-		c.pending.Load() == 0 && c.br.Buffered() <= int(hdr.length)
+	return hdr.cmd == CmdWrite && hdr.length <= inlineMaxLength && c.pending.Load() == 0
 }
 
-// runInline applies a WRITE on the reader's goroutine and writes its reply
-// to the socket itself. The payload goes to the volume straight from the
-// read buffer (no copy, no pooled buffer, no byte budget: it is bounded by
-// the read buffer); the volume does not keep it (Volume.WriteAt). The
-// reply is written with a blocking write: the coordinator's Client reads
-// replies on a goroutine of their own whatever it is sending, so this
-// waits at most for the socket to drain, and a coordinator that stops
-// reading stalls only its own connection, as it would the writer.
-// REQUIRES: canInline was true for hdr.
+// runInline applies a WRITE on the reader's goroutine and adds its reply
+// to the inline replies, sent by sendInline before the reader could wait
+// (for the next request, a payload or a slot), before a request goes to
+// the workers, or once inlineBurst are held. The payload goes to the
+// volume straight from the read buffer (no copy, no pooled buffer, no
+// byte budget: it is bounded by the read buffer); the volume does not keep
+// it (Volume.WriteAt). REQUIRES: canInline was true for hdr.
 func (c *conn) runInline(hdr requestHeader) error {
 	r := &c.inline
 	r.requestHeader = hdr
 	r.code, r.replyEpoch, r.msg, r.budget = CodeOK, 0, "", 0
+	if c.br.Buffered() < int(hdr.length) {
+		if err := c.sendInline(); err != nil { // the payload may be a while
+			return err
+		}
+	}
 	p, err := c.br.Peek(int(hdr.length))
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -282,15 +307,44 @@ func (c *conn) runInline(hdr requestHeader) error {
 	r.data = nil
 	c.br.Discard(int(hdr.length))
 	h, _, msg := replyOf(r)
-	putReply((*[ReplyHeaderLen]byte)(c.ibuf[:ReplyHeaderLen]), h)
-	n := ReplyHeaderLen + copy(c.ibuf[ReplyHeaderLen:], msg)
-	if _, err := c.nc.Write(c.ibuf[:n]); err != nil {
+	var hb [ReplyHeaderLen]byte
+	putReply(&hb, h)
+	c.ireplies = append(append(c.ireplies, hb[:]...), msg...)
+	r.msg = ""
+	if r.code == CodeOK && hdr.length > 0 {
+		c.iwb = append(c.iwb, engine.WritebackRange{Off: int64(hdr.offset), N: int64(hdr.length)})
+	}
+	if len(c.ireplies) >= inlineBurst*ReplyHeaderLen { // each reply is at least a header
+		return c.sendInline()
+	}
+	return nil
+}
+
+// sendInline sends the inline replies with one blocking write, then starts
+// the write-back of their writes (after the reply, as the workers do). The
+// coordinator's Client reads replies on a goroutine of their own whatever
+// it is sending, so this waits at most for the socket to drain, and a
+// coordinator that stops reading stalls only its own connection, as it
+// would the writer. Reader only.
+func (c *conn) sendInline() error {
+	if len(c.ireplies) == 0 {
+		return nil
+	}
+	_, err := c.nc.Write(c.ireplies)
+	c.ireplies = c.ireplies[:0]
+	if err != nil {
+		c.iwb = c.iwb[:0]
 		return fmt.Errorf("replication: reply: %w", err)
 	}
-	if wb, ok := c.vol.(deferredWriteback); ok && r.code == CodeOK && hdr.length > 0 {
-		wb.StartWriteback(int64(hdr.offset), int64(hdr.length))
+	switch wb := c.vol.(type) {
+	case batchWriteback:
+		wb.StartWritebacks(c.iwb)
+	case deferredWriteback:
+		for _, r := range c.iwb {
+			wb.StartWriteback(r.Off, r.N)
+		}
 	}
-	r.msg = ""
+	c.iwb = c.iwb[:0]
 	return nil
 }
 

@@ -36,6 +36,14 @@ type deferredWriteback interface {
 	StartWriteback(off, n int64)
 }
 
+// batchWriteback is a deferredWriteback that starts the write-back of
+// several writes with one call per drive (the engine's StartWritebacks):
+// the reader's inline burst answers many writes at once.
+type batchWriteback interface {
+	deferredWriteback
+	StartWritebacks(rs []engine.WritebackRange)
+}
+
 // Volumes is where the server finds replicas (the daemon implements it on
 // its engine).
 type Volumes interface {
