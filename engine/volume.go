@@ -287,7 +287,8 @@ func (v *Volume) StartWritebacks(rs []WritebackRange) {
 		wb     writebackHinter
 		lo, hi int64
 	}
-	var spans []span
+	var buf [4]span // a pool has few drives
+	spans := buf[:0]
 	v.ioMu.RLock()
 	for _, r := range rs {
 		if v.checkIO(r.Off, r.N) != nil {

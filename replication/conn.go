@@ -272,11 +272,12 @@ func (c *conn) readLoop() error {
 // together (runInline): on two cores, a worker per write bought no
 // parallelism (a file's buffered writes serialize on its inode lock) and
 // cost two goroutine wake-ups per write, reader → worker → writer, as in
-// the NBD server's reader (blockdev/nbd, canInline). FLUSH and the rest
-// always go to the workers: the reader must not sit in a device flush
-// while writes queue behind it. Reader only.
+// the NBD server's reader (blockdev/nbd, canInline). FLUSH, FUA writes
+// and the rest always go to the workers: the reader must not sit in a
+// device flush while writes queue behind it. Reader only.
 func (c *conn) canInline(hdr requestHeader) bool {
-	return hdr.cmd == CmdWrite && hdr.length <= inlineMaxLength && c.pending.Load() == 0
+	return hdr.cmd == CmdWrite && hdr.flags&FlagFUA == 0 && hdr.length <= inlineMaxLength &&
+		c.pending.Load() == 0
 }
 
 // runInline applies a WRITE on the reader's goroutine and adds its reply
