@@ -340,6 +340,9 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		blk := rng.Int64N(m.blocks())
 		n = min(n, m.blocks()-blk)
 		ver := uint32(rng.Uint32()>>1) + 1
+		if rng.IntN(8) == 0 {
+			ver = 0 // zeros written as data: recovery cannot tell them from "not written" (round.go)
+		}
 		for i := int64(0); i < n; i++ {
 			blockContent(buf[i*BlockSize:(i+1)*BlockSize], m.uid, blk+i, ver)
 		}

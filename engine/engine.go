@@ -305,6 +305,11 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 		used[ref.uuid] = true
 	}
 	p.publishLayout()
+	dropped, err := p.checkUnorderedTail(st)
+	if err != nil {
+		return nil, nil, err
+	}
+	p.lastUnordered, p.mustCheckpoint = st.tailUnordered, dropped > 0
 	p.vols, p.nextVolID = st.vols, st.nextVolID
 	// References: one per mapping (snapshots and clones share extents), one
 	// per reservation. Entries are marked shared exactly when their extent has

@@ -50,8 +50,10 @@ import (
 //   - Durability: bits are logged per round, not per write: a round gathers
 //     the bits set since the last one (pool.dirtyFills) into one recFilled
 //     record per extent before it syncs the data, so a logged bit always
-//     describes durable data; completion logs the last bits just before its
-//     recFillDone. A crash loses unlogged bits: those blocks read their old
+//     describes durable data — or, logged by an unordered round in the same
+//     sync as the data, a block recovery reads: a bit whose block is zero
+//     goes (round.go); completion logs the last bits just before its
+//     recFillDone, in an ordered round. A crash loses unlogged bits: those blocks read their old
 //     content from the base, which the contract allows for a write that was
 //     not flushed. F's unfilled blocks are never read, so what an unlogged
 //     write or copy left there is invisible. Fill records are lazy: they
@@ -373,6 +375,12 @@ func (p *pool) writeMapped(ext allocator.Extent, b []byte, in int64) error {
 	fs := p.fillOf(ext)
 	if fs == nil {
 		return p.writeExtent(ext, b, in)
+	}
+	if hasZeroBlock(b) { // recovery cannot tell zeros from "not written" (round.go)
+		if err := p.beginZeroFill(); err != nil {
+			return err
+		}
+		defer p.endZeroFill()
 	}
 	lock := p.fillLock(ext)
 	lock.RLock()

@@ -64,6 +64,8 @@ func lazyRecord(typ byte) bool {
 //     this sync every record taken describes durable data;
 //  3. writes the records (or the checkpoint, into the other log area, then
 //     flips drive 0's superblock) and syncs the log;
+//     an unordered round (round.go: only records recovery can check against
+//     the data) writes its records first and does 2 and 3 in one sync;
 //  4. gives the freed extents back to the allocator: only now can no crash
 //     bring back a mapping that points at them.
 type pool struct {
@@ -97,6 +99,12 @@ type pool struct {
 	// logReady: the active log area holds no holes below this offset
 	// (relative to its start) from the writer's position on (prepareLog).
 	logReady int64
+	// mustCheckpoint: recovery took bits out of the log's unordered tail
+	// (checkUnorderedTail); the first round writes a checkpoint, so no
+	// later replay finds those bits confirmed.
+	mustCheckpoint bool
+	roundBuf       []byte // a round's records behind its recRound marker
+	roundCuts      []int
 
 	mu          sync.Mutex
 	drives      []*poolDrive         // REQUIRES mu to change; index = drive index
@@ -130,6 +138,16 @@ type pool struct {
 	baseGen      uint64             // REQUIRES mu; changes with fills' base references (exclusiveBytes' cache)
 	fillWake     chan struct{}      // wakes the filler
 	fillDone     chan struct{}      // closed when the filler has stopped
+
+	// Unordered rounds (round): needOrdered, a queued record that only an
+	// ordered round may log (orderFree); lastUnordered, the last round that
+	// logged anything was unordered and no ordered round has confirmed it;
+	// zeroWriters and zeroFills, writes of zeros into filling extents
+	// running, and done since the last round (beginZeroFill).
+	needOrdered   bool // REQUIRES mu
+	lastUnordered bool // REQUIRES mu
+	zeroWriters   int  // REQUIRES mu
+	zeroFills     bool // REQUIRES mu
 
 	bgStarted bool          // set once, before the engine is shared
 	wake      chan struct{} // background committer
@@ -178,6 +196,7 @@ func (p *pool) fail(err error) error {
 // enqueue appends a record to the pending queue. REQUIRES mu.
 func (p *pool) enqueue(r *record) {
 	p.urgent = p.urgent || !lazyRecord(r.typ)
+	p.needOrdered = p.needOrdered || !orderFree(r.typ)
 	p.pending = appendRecord(p.pending, r)
 	p.changes.Add(1)
 	if len(p.cuts) == 0 && len(p.pending) >= maxRecordFrame || len(p.cuts) > 0 && len(p.pending)-p.cuts[len(p.cuts)-1] >= maxRecordFrame {
@@ -217,36 +236,58 @@ func (p *pool) round() error {
 	// The checkpoint (if any) is encoded before anything is taken from the
 	// queues, so it describes exactly the state the taken records lead to.
 	var snap []byte
-	if p.log.Used()+int64(len(p.pending))+wal.SectorSize*int64(len(p.cuts)+2) > p.logSize/2 {
+	if p.mustCheckpoint || p.log.Used()+int64(len(p.pending))+wal.SectorSize*int64(len(p.cuts)+2) > p.logSize/2 {
 		snap = p.encodeCheckpoint()
 	}
 	recs, cuts := p.pending, p.cuts
 	p.pending, p.cuts = p.spare[:0], p.spareCs[:0]
+	// Read after logFillsLocked: see beginZeroFill.
+	unordered := snap == nil && len(recs) > 0 && !p.needOrdered && !p.zeroFills && p.zeroWriters == 0
+	p.needOrdered, p.zeroFills = false, false
+	// A round that logs records says first how (recRound); so does an
+	// ordered round with nothing else to log that a write of zeros waits
+	// for: its frame confirms the unordered round before it (round.go).
+	marked := snap == nil && (len(recs) > 0 || p.lastUnordered && p.zeroWriters > 0)
+	if unordered {
+		p.lastUnordered = true
+	}
 	// Extents being reserved or freed stay listed in p.reserving and
 	// p.pendingFree (Status, Check and checkpoints see them) until this round
 	// has logged their records; later ones are appended behind them.
 	freed, reserving, unrefs := len(p.pendingFree), len(p.reserving), len(p.pendingUnref)
 	p.mu.Unlock()
 
-	if err := p.syncData(); err != nil {
-		return p.fail(err)
+	logged, cs := recs, cuts
+	if marked {
+		logged, cs = p.markRound(recs, cuts, unordered)
 	}
 	var err error
-	if snap != nil {
-		err = p.rotate(snap)
-	} else if len(recs) > 0 {
-		err = p.appendRecords(recs, cuts)
+	switch {
+	case unordered:
+		err = p.syncUnordered(logged, cs)
+	case snap != nil:
+		if err = p.syncData(); err == nil {
+			err = p.rotate(snap)
+		}
+	default:
+		if err = p.syncData(); err == nil && len(logged) > 0 {
+			err = p.appendRecords(logged, cs)
+		}
 	}
 	if err != nil {
 		return p.fail(err)
 	}
+	p.mustCheckpoint = false
 	p.spare, p.spareCs = recs[:0], cuts[:0]
-	if cap(recs) > commitSoonBytes/4 { // a burst: do not keep its buffer
-		p.spare = nil
+	if cap(recs) > commitSoonBytes/4 { // a burst: do not keep its buffers
+		p.spare, p.roundBuf = nil, nil
 	}
 	p.prepareLog()
-	if freed > 0 || reserving > 0 || unrefs > 0 {
+	if !unordered && (marked || snap != nil) || freed > 0 || reserving > 0 || unrefs > 0 {
 		p.mu.Lock()
+		if !unordered && (marked || snap != nil) {
+			p.lastUnordered = false // confirmed: this round's frame is durable
+		}
 		if err := p.releaseBasesLocked(unrefs); err != nil {
 			p.mu.Unlock()
 			return p.fail(err)
@@ -284,6 +325,14 @@ func (p *pool) drivesSnapshot() []*poolDrive {
 }
 
 func (p *pool) appendRecords(recs []byte, cuts []int) error {
+	if err := p.writeRecords(recs, cuts); err != nil {
+		return err
+	}
+	return p.log.Sync()
+}
+
+// writeRecords writes recs to the log in frames split at cuts, not synced.
+func (p *pool) writeRecords(recs []byte, cuts []int) error {
 	start := 0
 	for _, c := range append(cuts, len(recs)) {
 		if c > start {
@@ -293,10 +342,7 @@ func (p *pool) appendRecords(recs []byte, cuts []int) error {
 		}
 		start = c
 	}
-	if err := p.log.Write(); err != nil {
-		return err
-	}
-	return p.log.Sync()
+	return p.log.Write()
 }
 
 // Log preparation: a frame appended into a hole of a file drive allocates
@@ -588,6 +634,10 @@ type poolState struct {
 	condemned map[allocator.Extent]bool // candidates: zeroed at load unless referenced
 	fills     map[allocator.Extent]*fillState
 	last      *Volume // the volume of the last record applied
+	// tailUnordered: the last recRound replayed was unordered; tail, what
+	// the recFilled records after it newly set (round.go).
+	tailUnordered bool
+	tail          []tailFill
 }
 
 type driveRef struct {
@@ -692,14 +742,24 @@ func (p *pool) apply(st *poolState, r *record) error {
 		}
 		return nil
 	}
+	if r.typ == recRound {
+		st.tailUnordered, st.tail = r.flags&roundUnordered != 0, st.tail[:0]
+		return nil
+	}
 	if r.typ == recFilled || r.typ == recFillDone {
 		fs := st.fills[allocator.Extent(r.phys)]
 		switch {
 		case fs == nil:
 			return fmt.Errorf("%w: record type %d for extent %d, which is not filling", ErrCorrupt, r.typ, r.phys)
 		case r.typ == recFilled:
+			var t tailFill
 			for w, b := range r.bitmap {
-				fs.filled.Add(int32(bits.OnesCount64(b &^ fs.bits[w].Or(b))))
+				t.bits[w] = b &^ fs.bits[w].Or(b)
+				fs.filled.Add(int32(bits.OnesCount64(t.bits[w])))
+			}
+			if st.tailUnordered && t.bits != ([blocksPerExtent / 64]uint64{}) {
+				t.ext = fs.ext
+				st.tail = append(st.tail, t)
 			}
 		case !fs.complete():
 			return fmt.Errorf("%w: extent %d done filling with %d of %d blocks", ErrCorrupt, r.phys, fs.filled.Load(), blocksPerExtent)

@@ -24,6 +24,7 @@ import (
 //	recRedirect      vol u32 | lext u32 | phys u32       (lext now on phys, filling from lext's previous extent: fill.go)
 //	recFilled        phys u32 | bitmap 4 × u64           (these blocks of filling phys hold their data; bit i of word w = block 64w+i)
 //	recFillDone      phys u32                            (phys is complete; its base loses phys's reference)
+//	recRound         flags u8                            (first record of a commit round; flag 1: unordered, see pool.round)
 //
 // A checkpoint (one or more frames of type frameCheckpoint, the last of type
 // frameCheckpointEnd, concatenated) is the whole pool state at one instant:
@@ -51,7 +52,11 @@ const (
 	recRedirect
 	recFilled
 	recFillDone
+	recRound
 )
+
+// recRound flags.
+const roundUnordered = 1
 
 // Frame types in the pool's log.
 const (
@@ -209,6 +214,7 @@ type record struct {
 	uuid    [16]byte
 	extents uint32
 	bitmap  [blocksPerExtent / 64]uint64 // recFilled
+	flags   byte                         // recRound
 }
 
 func appendRecord(b []byte, r *record) []byte {
@@ -237,6 +243,8 @@ func appendRecord(b []byte, r *record) []byte {
 		}
 	case recFillDone:
 		e.u32(r.phys)
+	case recRound:
+		e.u8(r.flags)
 	case recRestore:
 		e.u32(r.vol)
 		e.u32(r.src)
@@ -305,6 +313,8 @@ func decodeRecords(p []byte, fn func(*record) error) error {
 			}
 		case recFillDone:
 			r.phys = d.u32()
+		case recRound:
+			r.flags = d.u8()
 		case recRestore:
 			r.vol, r.src = d.u32(), d.u32()
 		case recDeleteVolume:

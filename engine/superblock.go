@@ -187,15 +187,6 @@ func writeSuperblock(d drive.Drive, sb *superblock) error {
 	return nil
 }
 
-func isZero(b []byte) bool {
-	for _, x := range b {
-		if x != 0 {
-			return false
-		}
-	}
-	return true
-}
-
 // layout computes where things go on a drive of size bytes.
 func layout(size, logSize int64) (dataOff int64, extents uint32, err error) {
 	dataOff = (2*superblockSize + 2*logSize + ExtentSize - 1) / ExtentSize * ExtentSize

@@ -104,6 +104,10 @@ func (w *Writer) Sync() error {
 	if err := w.dev.Sync(); err != nil {
 		return err
 	}
-	w.pos.DurableSeq = w.pos.Seq - 1
+	w.Synced()
 	return nil
 }
+
+// Synced tells the writer that its caller synced the device itself, after
+// the last Write: every written frame is durable.
+func (w *Writer) Synced() { w.pos.DurableSeq = w.pos.Seq - 1 }

@@ -1,0 +1,186 @@
+package engine
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+
+	"github.com/cairn-storage/cairn/drive"
+)
+
+// syncCounter is a Mem drive that counts its syncs.
+type syncCounter struct {
+	*drive.Mem
+	syncs atomic.Int64
+}
+
+func (c *syncCounter) Sync() error {
+	c.syncs.Add(1)
+	return c.Mem.Sync()
+}
+
+// snapshotted opens a manual engine on d, writes pattern 1 over the first
+// extent of a 4 MiB volume "db", flushes, and snapshots it as "db.s1".
+func snapshotted(t *testing.T, d drive.Drive) (*Engine, *Volume, []byte) {
+	t.Helper()
+	e, err := Open(Options{NodeID: testNode, LogAreaSize: 256 << 10, manualCommit: true,
+		Drives: []DriveSpec{{Path: d.Path(), Drive: d}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	if _, err := e.CreateVolume(VolumeSpec{Name: "db", Size: 4 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	v := mustVolume(t, e, "db")
+	a := pattern(1, ExtentSize)
+	if err := v.WriteAt(a, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateSnapshot("db", "db.s1"); err != nil {
+		t.Fatal(err)
+	}
+	return e, v, a
+}
+
+func reopen(t *testing.T, e *Engine, d *drive.Mem) (*Engine, *Volume) {
+	t.Helper()
+	abandon(e)
+	d.Crash(rand.New(rand.NewPCG(1, 2)))
+	e = manualEngine(t, d, 0)
+	if err := e.Check(); err != nil {
+		t.Fatal(err)
+	}
+	return e, mustVolume(t, e, "db")
+}
+
+func readBlock(t *testing.T, v *Volume, blk int64) []byte {
+	t.Helper()
+	b := make([]byte, BlockSize)
+	if err := v.ReadAt(b, blk*BlockSize); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A flush after writes that logged only order-free records (a redirect and
+// filled bits) costs one sync of the pool's one drive, not two; a write of
+// zeros into a filling extent takes the ordered round.
+func TestUnorderedRoundOneSync(t *testing.T) {
+	d := &syncCounter{Mem: drive.NewMem("mem0", 64<<20)}
+	_, v, _ := snapshotted(t, d)
+	flushSyncs := func(what string, off int64, b []byte, want int64) {
+		t.Helper()
+		before := d.syncs.Load()
+		if err := v.WriteAt(b, off, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if got := d.syncs.Load() - before; got != want {
+			t.Fatalf("%s, and a flush: %d syncs, want %d", what, got, want)
+		}
+	}
+	flushSyncs("first write to a shared extent (redirect)", 0, pattern(2, BlockSize), 1)
+	flushSyncs("write to another block of the filling extent", 5*BlockSize, pattern(3, BlockSize), 1)
+	flushSyncs("overwrite of a filled block (nothing logged)", 5*BlockSize, pattern(4, BlockSize), 1)
+	// The zero write first confirms the unordered round: an ordered round
+	// whose marker frame costs a sync (no data is dirty). Its own bit is
+	// then logged after its data is synced: two more.
+	flushSyncs("zeros into a filling extent", 9*BlockSize, make([]byte, BlockSize), 1+2)
+	// The last round was ordered: zeros go at once, and their flush syncs
+	// data, then log.
+	flushSyncs("zeros again", 10*BlockSize, make([]byte, BlockSize), 2)
+}
+
+// A crash during an unordered round whose frame reached the drive but
+// whose data did not: recovery drops the bits of the blocks that read as
+// zeros (they read the snapshot's data again, the old content), keeps the
+// others, and the verdict outlives the next recovery.
+func TestUnorderedTailDropsUnwrittenBits(t *testing.T) {
+	d := drive.NewMem("mem0", 64<<20)
+	e, v, a := snapshotted(t, d)
+	b := pattern(2, 2*BlockSize)
+	if err := v.WriteAt(b, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	p := e.pools[0]
+	f, _ := v.table.lookup(0)
+	d.Inject(drive.Fault{Ops: drive.FaultSync, Count: 1})
+	if err := v.Flush(); err == nil {
+		t.Fatal("flush succeeded with its sync failing")
+	}
+	d.ClearFaults()
+	// The round's frame is on the drive; block 0's data is not.
+	pd, off := p.locateShared(f)
+	if err := pd.d.WriteAt(make([]byte, BlockSize), off); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+
+	e, v = reopen(t, e, d)
+	p = e.pools[0]
+	if !bytes.Equal(readBlock(t, v, 0), a[:BlockSize]) {
+		t.Fatal("block 0, whose data never landed, does not read its old content")
+	}
+	if !bytes.Equal(readBlock(t, v, 1), b[BlockSize:]) {
+		t.Fatal("block 1, whose data landed, does not read it")
+	}
+	if !p.mustCheckpoint {
+		t.Fatal("recovery dropped a bit without asking for a checkpoint")
+	}
+	if err := p.commit(); err != nil {
+		t.Fatal(err)
+	}
+	// More rounds after the one that set the dropped bit: if they confirmed
+	// it, block 0 would read F's zeros.
+	if err := v.WriteAt(pattern(3, BlockSize), 2*ExtentSize, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_, v = reopen(t, e, d)
+	if !bytes.Equal(readBlock(t, v, 0), a[:BlockSize]) {
+		t.Fatal("after a second recovery, block 0 does not read its old content")
+	}
+}
+
+// Zeros written over a block that an unordered round filled, flushed and
+// not yet confirmed: after a crash the block reads the zeros or the flushed
+// data, never the snapshot's.
+func TestZeroWriteConfirmsUnorderedRound(t *testing.T) {
+	d := drive.NewMem("mem0", 64<<20)
+	e, v, a := snapshotted(t, d)
+	b := pattern(2, BlockSize)
+	if err := v.WriteAt(b, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	p := e.pools[0]
+	p.mu.Lock()
+	unconfirmed := p.lastUnordered
+	p.mu.Unlock()
+	if !unconfirmed {
+		t.Fatal("the flush's round was not unordered")
+	}
+	if err := v.WriteAt(make([]byte, BlockSize), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil { // the zeros landed; no round logged them
+		t.Fatal(err)
+	}
+	_, v = reopen(t, e, d)
+	switch got := readBlock(t, v, 0); {
+	case bytes.Equal(got, a[:BlockSize]):
+		t.Fatal("block 0 reads the snapshot's data: the flushed write is lost")
+	case !isZero(got) && !bytes.Equal(got, b):
+		t.Fatal("block 0 reads neither the zeros nor the flushed data")
+	}
+}
