@@ -379,6 +379,9 @@ func step(e *Engine, rng *rand.Rand, vols map[string]*modelVolume, nextName *int
 		histOp = fmt.Sprintf("trim/zero(op %d)", op)
 		n := int64(1 + rng.IntN(300))
 		blk := rng.Int64N(m.blocks())
+		if rng.IntN(4) == 0 { // a whole extent: unmapped, not written
+			n, blk = ExtentSize/BlockSize, blk/(ExtentSize/BlockSize)*(ExtentSize/BlockSize)
+		}
 		n = min(n, m.blocks()-blk)
 		var err error
 		if op < 65 {

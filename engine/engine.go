@@ -310,6 +310,16 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 		return nil, nil, err
 	}
 	p.lastUnordered, p.mustCheckpoint = st.tailUnordered, dropped > 0
+	if st.tailUnordered {
+		// The check read what the drives hold, which after a crash of the
+		// process alone may be in the page cache only: make it durable
+		// before any later frame can confirm the bits it kept.
+		for _, pd := range p.drives {
+			if err := pd.d.Sync(); err != nil {
+				return nil, nil, fmt.Errorf("%w: %s: %w", ErrIO, pd.d.Path(), err)
+			}
+		}
+	}
 	p.vols, p.nextVolID = st.vols, st.nextVolID
 	// References: one per mapping (snapshots and clones share extents), one
 	// per reservation. Entries are marked shared exactly when their extent has

@@ -92,6 +92,7 @@ type fillState struct {
 	bits   [blocksPerExtent / 64]atomic.Uint64
 	filled atomic.Int32 // bits set
 	// dirty: bits set that may not be logged; fs is in pool.dirtyFills.
+	// Set under pool.mu (noteFilled); read without it.
 	dirty atomic.Bool
 	// done: completed or dropped; no more recFilled records for it.
 	// REQUIRES pool.mu.
@@ -408,15 +409,19 @@ func (p *pool) fillLock(ext allocator.Extent) *sync.RWMutex {
 func (p *pool) noteFilled(fs *fillState, newly int) {
 	filled := int(fs.filled.Load())
 	crossed := 2*(filled-newly) < blocksPerExtent && 2*filled >= blocksPerExtent || filled == blocksPerExtent
-	// Whoever marks fs dirty lists it (the round that logs it clears the
-	// mark first): listed once, with no search.
-	marked := fs.dirty.CompareAndSwap(false, true)
-	if !marked && !crossed {
+	// fs is marked dirty and listed together, under mu (the round that logs
+	// it clears the mark, under mu, before it reads the bits): a writer that
+	// sees the mark knows that fs is listed and that the round logging it
+	// will read its bit. Marked outside mu, a round could run between
+	// another writer's mark and its listing, and miss this writer's bit
+	// while its flush waited for that round.
+	if fs.dirty.Load() && !crossed {
 		return
 	}
 	p.mu.Lock()
 	if !fs.done {
-		if marked {
+		if !fs.dirty.Load() {
+			fs.dirty.Store(true)
 			p.dirtyFills = append(p.dirtyFills, fs)
 		}
 		if crossed && !fs.queued {

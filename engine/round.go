@@ -43,7 +43,8 @@ import (
 // round with one of them is ordered.
 //
 // Zeros are what the check cannot tell from "not written". A write of zeros
-// into a filling extent (beginZeroFill):
+// into a filling extent (beginZeroFill; so is a trim that zeroes a whole
+// filling extent, deallocate):
 //   - has its bit logged by an ordered round (zeroWriters, zeroFills);
 //   - never overwrites a block whose bit an unconfirmed unordered round set
 //     (recovery would read zero there, drop the bit and show the base, where
@@ -57,9 +58,16 @@ import (
 // only after the previous round's sync, so every round but the last one in
 // the log is confirmed. Replay keeps the bits newly set after the last
 // marker when that marker is unordered (poolState.tail). A log written before
-// markers existed has none: its rounds were all ordered. Recovery's verdicts
-// must last: when it drops a bit, the first round writes a checkpoint
-// (mustCheckpoint), or a later frame would confirm the record that set it.
+// markers existed has none: its rounds were all ordered (a binary from
+// before markers refuses a log that has them). Recovery's verdicts must
+// last: when it drops a bit, the first round writes a checkpoint
+// (mustCheckpoint), or a later frame would confirm the record that set it;
+// and what it read, which after a crash of the process alone may be in the
+// page cache only, is synced before anything is written (loadPool), or a
+// later frame would confirm a bit whose data a power loss then takes.
+//
+// Costs: an ordered round that logs nothing but the marker a zero writer
+// waits for still syncs the log once.
 
 // orderFree reports whether a record may reach the log in the same sync as
 // the data it describes (see above).

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/cairn-storage/cairn/allocator"
 	"github.com/cairn-storage/cairn/drive"
 )
 
@@ -182,5 +183,137 @@ func TestZeroWriteConfirmsUnorderedRound(t *testing.T) {
 		t.Fatal("block 0 reads the snapshot's data: the flushed write is lost")
 	case !isZero(got) && !bytes.Equal(got, b):
 		t.Fatal("block 0 reads neither the zeros nor the flushed data")
+	}
+}
+
+// A trim or write-zeroes of a whole filling extent zeroes it at once (the
+// unmap is logged later): the same rule as a write of zeros.
+func TestWholeExtentZeroConfirmsUnorderedRound(t *testing.T) {
+	for _, op := range []string{"trim", "write-zeroes"} {
+		t.Run(op, func(t *testing.T) {
+			d := drive.NewMem("mem0", 64<<20)
+			e, v, a := snapshotted(t, d)
+			b := pattern(2, BlockSize)
+			if err := v.WriteAt(b, 0, false); err != nil {
+				t.Fatal(err)
+			}
+			if err := v.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if op == "trim" {
+				err = v.Trim(0, ExtentSize)
+			} else {
+				err = v.WriteZeroes(0, ExtentSize, false)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Sync(); err != nil { // the zeros landed; the unmap was never logged
+				t.Fatal(err)
+			}
+			_, v = reopen(t, e, d)
+			switch got := readBlock(t, v, 0); {
+			case bytes.Equal(got, a[:BlockSize]):
+				t.Fatal("block 0 reads the snapshot's data: the flushed write is lost")
+			case !isZero(got) && !bytes.Equal(got, b):
+				t.Fatal("block 0 reads neither the zeros nor the flushed data")
+			}
+		})
+	}
+}
+
+// The process dies between an unordered round's frame and its sync; the
+// restart reads the frame and the data from the page cache and keeps the
+// bits; later rounds sync only drive 0; then the power goes. Recovery must
+// have synced what it kept: otherwise the confirmed bit points at a block of
+// drive 1 that never reached it, and reads zeros.
+func TestProcessCrashThenPowerLoss(t *testing.T) {
+	d0, d1 := drive.NewMem("mem0", 64<<20), drive.NewMem("mem1", 64<<20)
+	open := func() *Engine {
+		opts := memOptions(d0, d1)
+		opts.manualCommit = true
+		e, err := Open(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	e := open()
+	if _, err := e.CreateVolume(VolumeSpec{Name: "db", Size: 16 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	v := mustVolume(t, e, "db")
+	a := pattern(1, ExtentSize)
+	if err := v.WriteAt(a, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateSnapshot("db", "db.s1"); err != nil {
+		t.Fatal(err)
+	}
+	p := e.pools[0]
+	onD1 := func(x allocator.Extent) bool { pd, _ := p.locateShared(x); return pd.d == drive.Drive(d1) }
+	// First writes to other extents use up reserved extents until the next
+	// one is on drive 1, then (after the redirect) all of them, so that
+	// loading zeroes and syncs nothing by itself.
+	lext := int64(1)
+	reservedNext := func() (allocator.Extent, int) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if n := len(p.reserved); n > 0 {
+			return p.reserved[n-1], n + len(p.reserving)
+		}
+		return 0, len(p.reserving)
+	}
+	for next, n := reservedNext(); n == 0 || !onD1(next); next, n = reservedNext() {
+		if n == 0 {
+			t.Fatal("no reserved extent on drive 1")
+		}
+		if err := v.WriteAt(pattern(9, BlockSize), lext*ExtentSize, false); err != nil {
+			t.Fatal(err)
+		}
+		lext++
+	}
+	x := pattern(2, BlockSize)
+	if err := v.WriteAt(x, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if f, _ := v.table.lookup(0); !onD1(f) {
+		t.Fatal("the redirect did not take the extent on drive 1")
+	}
+	for _, n := reservedNext(); n > 0; _, n = reservedNext() {
+		if err := v.WriteAt(pattern(9, BlockSize), lext*ExtentSize, false); err != nil {
+			t.Fatal(err)
+		}
+		lext++
+	}
+	d0.Inject(drive.Fault{Ops: drive.FaultSync, Count: 1})
+	if err := v.Flush(); err == nil {
+		t.Fatal("flush succeeded with its sync failing")
+	}
+	d0.ClearFaults()
+	abandon(e) // the process dies; the page cache stays
+
+	e = open()
+	if !bytes.Equal(readBlock(t, mustVolume(t, e, "db"), 0), x) {
+		t.Fatal("after the process crash block 0 does not read what the page cache holds")
+	}
+	if _, err := e.CreateVolume(VolumeSpec{Name: "other", Size: 1 << 20}); err != nil { // a round on drive 0
+		t.Fatal(err)
+	}
+	abandon(e)
+	for _, d := range []*drive.Mem{d0, d1} { // power loss: every unsynced write lost
+		durable := d.DurableBytes()
+		d.Crash(rand.New(rand.NewPCG(1, 2)))
+		d.Poke(0, durable)
+	}
+	e = open()
+	switch got := readBlock(t, mustVolume(t, e, "db"), 0); {
+	case bytes.Equal(got, x), bytes.Equal(got, a[:BlockSize]):
+	case isZero(got):
+		t.Fatal("block 0 reads zeros, which were never written to it")
+	default:
+		t.Fatal("block 0 reads neither its old nor its new content")
 	}
 }

@@ -664,6 +664,14 @@ func (v *Volume) deallocate(off, n int64) error {
 		if ext, mapped, shared := v.table.lookupShared(lext); mapped {
 			var err error
 			switch {
+			case c == ExtentSize && p.fillOf(ext) != nil:
+				// Zeroing a filling extent writes zeros into it (round.go).
+				if err = p.beginZeroFill(); err == nil {
+					p.mu.Lock()
+					err = v.unmapLocked(lext, ext)
+					p.mu.Unlock()
+					p.endZeroFill()
+				}
 			case c == ExtentSize:
 				p.mu.Lock()
 				err = v.unmapLocked(lext, ext)
