@@ -244,7 +244,7 @@ func detectPriority(spec DriveSpec, d drive.Drive) IOPriority {
 }
 
 // loadPool replays a pool from its drive 0 and attaches its other drives.
-// It writes nothing. used reports which of the given drives the pool lists.
+// It writes nothing (it syncs every drive). used reports which of the given drives the pool lists.
 func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]drive.Drive) (*pool, map[[16]byte]bool, error) {
 	p := e.newPool(int(sb.poolNumber), sb.poolUUID, sb.priority, sb.logSize)
 	p.sb0 = sb
@@ -305,21 +305,22 @@ func (e *Engine) loadPool(d0 drive.Drive, sb superblock, byUUID map[[16]byte]dri
 		used[ref.uuid] = true
 	}
 	p.publishLayout()
+	// After a crash of the process alone, what replay and the checks below
+	// read may be in the page cache only, and this process would never sync
+	// a drive it does not write (a later frame could then confirm records
+	// whose data a power loss takes; a client would read data that its next
+	// flush does not make durable). Syncing changes no content: a pool
+	// refused below is still left as it was.
+	for _, pd := range p.drives {
+		if err := pd.d.Sync(); err != nil {
+			return nil, nil, fmt.Errorf("%w: %s: %s: %w", ErrIO, p, pd.d.Path(), err)
+		}
+	}
 	dropped, err := p.checkUnorderedTail(st)
 	if err != nil {
 		return nil, nil, err
 	}
 	p.lastUnordered, p.mustCheckpoint = st.tailUnordered, dropped > 0
-	if st.tailUnordered {
-		// The check read what the drives hold, which after a crash of the
-		// process alone may be in the page cache only: make it durable
-		// before any later frame can confirm the bits it kept.
-		for _, pd := range p.drives {
-			if err := pd.d.Sync(); err != nil {
-				return nil, nil, fmt.Errorf("%w: %s: %w", ErrIO, pd.d.Path(), err)
-			}
-		}
-	}
 	p.vols, p.nextVolID = st.vols, st.nextVolID
 	// References: one per mapping (snapshots and clones share extents), one
 	// per reservation. Entries are marked shared exactly when their extent has

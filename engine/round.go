@@ -63,8 +63,9 @@ import (
 // last: when it drops a bit, the first round writes a checkpoint
 // (mustCheckpoint), or a later frame would confirm the record that set it;
 // and what it read, which after a crash of the process alone may be in the
-// page cache only, is synced before anything is written (loadPool), or a
-// later frame would confirm a bit whose data a power loss then takes.
+// page cache only, is synced before anything is written (loadPool syncs
+// every drive), or a later frame would confirm a bit whose data a power
+// loss then takes.
 //
 // Costs: an ordered round that logs nothing but the marker a zero writer
 // waits for still syncs the log once.
