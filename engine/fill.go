@@ -99,6 +99,11 @@ type fillState struct {
 	done bool
 	// queued: in pool.fillQueue. REQUIRES pool.mu.
 	queued bool
+	// recovered: replayed at load. A crash may have left writes in its
+	// clear blocks whose bits were never logged, so recovery cannot take a
+	// non-zero block for one its bit describes: its bits are logged by
+	// ordered rounds only (round.go). Set before the pool is shared.
+	recovered bool
 	// dropped: F lost its last reference and is zeroed; set under copierMu.
 	dropped atomic.Bool
 }
@@ -289,6 +294,17 @@ func (p *pool) releaseAfterRoundLocked(base allocator.Extent) {
 	}
 }
 
+// dropRefAfterRoundLocked drops a mapping's reference on a shared extent
+// once the round that logs the unmap (or delete, or restore) has run. Until
+// then the extent keeps it: another volume that maps it would otherwise
+// find it its own and write it in place, and a crash that lost the unmap
+// would show those writes in the volume that maps it again. Held like a
+// fill state's reference on its base, and released with them. REQUIRES mu.
+func (p *pool) dropRefAfterRoundLocked(ext allocator.Extent) {
+	p.addBaseRefLocked(ext, 1)
+	p.releaseAfterRoundLocked(ext)
+}
+
 // dropFillLocked forgets the fill state of an extent that lost its last
 // reference (it is about to be zeroed), waiting out a filler run that may be
 // writing into it. REQUIRES mu.
@@ -457,6 +473,7 @@ func (p *pool) logFillLocked(fs *fillState) {
 		r.bitmap[w] = fs.bits[w].Load()
 	}
 	p.enqueue(&r)
+	p.needOrdered = p.needOrdered || fs.recovered
 }
 
 // worthFilling says whether the filler should complete fs now (see the top
@@ -765,6 +782,7 @@ func (p *pool) loadFills(st *poolState) error {
 			}
 		}
 		p.addBaseRefLocked(fs.base, 1)
+		fs.recovered = true
 		p.fills.store(f, fs)
 		p.fillCount.Add(1)
 		p.unfilled.Add(int64(blocksPerExtent - fs.filled.Load()))

@@ -857,20 +857,18 @@ func (p *pool) apply(st *poolState, r *record) error {
 }
 
 // dropMapping lets go of every extent t maps: a shared one (a snapshot or
-// clone still maps it) loses one reference, an unshared one is condemned —
+// clone still maps it) loses one reference after the round that logs the
+// change (dropRefAfterRoundLocked), an unshared one is condemned —
 // zeroed and freed once the change that dropped it is committed
 // (reclaimCondemned). REQUIRES: p.mu, and the owning volume's ioMu (write).
 func (p *pool) dropMapping(t *table) error {
-	var ferr error
 	t.forEach(func(_ uint32, ext allocator.Extent) {
 		if p.alloc.Refs(ext) > 1 {
-			if err := p.alloc.Free(ext); err != nil && ferr == nil {
-				ferr = err
-			}
+			p.dropRefAfterRoundLocked(ext)
 			return
 		}
 		p.condemned[ext] = struct{}{}
 		p.dropFillLocked(ext)
 	})
-	return ferr
+	return nil
 }

@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"bytes"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -254,4 +256,46 @@ func TestAddDriveZeroesOutsideTheEngineLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-looked
+}
+
+// V and clone C share extent X. V trims X's logical extent whole (not
+// flushed): unmapped, X's reference dropped in memory at once. C's next
+// write finds X referenced once ("ours alone") and writes X in place. A
+// crash keeps C's data (the disk wrote it) and loses V's unmap (never
+// logged): V maps X again and shows C's write.
+func TestOursAloneAfterUnloggedUnmap(t *testing.T) {
+	d := drive.NewMem("mem0", 64<<20)
+	e, v, a := snapshotted(t, d) // db (X at lext 0), db.s1
+	if _, err := e.CloneVolume("db.s1", "c"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.DeleteVolume("db.s1"); err != nil {
+		t.Fatal(err)
+	}
+	c := mustVolume(t, e, "c")
+	x, _ := v.table.lookup(0)
+	if err := v.Trim(0, ExtentSize); err != nil { // not flushed
+		t.Fatal(err)
+	}
+	dc := pattern(9, BlockSize)
+	if err := c.WriteAt(dc, 0, false); err != nil { // not flushed
+		t.Fatal(err)
+	}
+	if got, _ := c.table.lookup(0); got != x {
+		t.Logf("c's write went to extent %d, not X=%d (redirected)", got, x)
+	}
+	if err := d.Sync(); err != nil { // the disk wrote C's data on its own; no round ran
+		t.Fatal(err)
+	}
+	abandon(e)
+	d.Crash(rand.New(rand.NewPCG(1, 2)))
+	e = manualEngine(t, d, 0)
+	v = mustVolume(t, e, "db")
+	switch got := readBlock(t, v, 0); {
+	case bytes.Equal(got, a[:BlockSize]), isZero(got):
+	case bytes.Equal(got, dc):
+		t.Fatal("db block 0 shows the clone's write: content never written to db")
+	default:
+		t.Fatal("db block 0 shows something else")
+	}
 }

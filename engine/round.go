@@ -30,7 +30,9 @@ import (
 //     are clear): the old content either way.
 //   - recFilled says "these blocks of F hold their data". A block of F that
 //     nothing wrote since F was reserved is zero (only writes of that block,
-//     and the filler's copies of its base into it, write there), and a crash
+//     and the filler's copies of its base into it, write there; a fill
+//     state that was replayed after a crash may hold writes whose bits were
+//     lost, so its bits go to ordered rounds: fillState.recovered), and a crash
 //     leaves a 4 KiB block old or new (drive.AtomicSize): where no write
 //     landed the block is zero; where one did, it holds one whole write of
 //     that block, the data or a later write, both of which a read may show.

@@ -317,3 +317,140 @@ func TestProcessCrashThenPowerLoss(t *testing.T) {
 		t.Fatal("block 0 reads neither its old nor its new content")
 	}
 }
+
+// A write to a block of a filling extent lands on the drive but its bit is
+// never logged (not flushed); a crash: the block reads the snapshot's data
+// again, while F still holds the lost write. After recovery a new write to
+// that block is logged by an unordered round whose frame lands and whose
+// data does not: recovery finds the block non-zero (the stale, lost write)
+// and keeps the bit. The block then shows a write that the first crash had
+// already taken away: neither its old content nor its new one.
+func TestUnorderedTailResurrectsLostWrite(t *testing.T) {
+	d := drive.NewMem("mem0", 64<<20)
+	e, v, a := snapshotted(t, d)
+	// Make the redirect durable (a write to another block, flushed).
+	if err := v.WriteAt(pattern(5, BlockSize), 7*BlockSize, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// D1 into block 0: lands on the drive, never logged, never flushed.
+	d1 := pattern(6, BlockSize)
+	if err := v.WriteAt(d1, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil { // the disk wrote it on its own
+		t.Fatal(err)
+	}
+	e, v = reopen(t, e, d)
+	if got := readBlock(t, v, 0); !bytes.Equal(got, a[:BlockSize]) {
+		t.Fatal("setup: block 0 should read the snapshot's data after the first crash")
+	}
+	p := e.pools[0]
+	f, _ := v.table.lookup(0)
+	pd, off := p.locateShared(f)
+
+	// D2 into block 0; its flush's one sync fails: the frame is written,
+	// the data is not durable.
+	d2 := pattern(7, BlockSize)
+	if err := v.WriteAt(d2, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	d.Inject(drive.Fault{Ops: drive.FaultSync, Count: 1})
+	if err := v.Flush(); err == nil {
+		t.Fatal("flush succeeded with its sync failing")
+	}
+	d.ClearFaults()
+	// Power loss keeps the frame and loses D2: F's block 0 holds D1 again.
+	if err := pd.d.WriteAt(d1, off); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	_, v = reopen(t, e, d)
+	switch got := readBlock(t, v, 0); {
+	case bytes.Equal(got, a[:BlockSize]), bytes.Equal(got, d2):
+	case bytes.Equal(got, d1):
+		t.Fatal("block 0 reads D1, a write the first crash took away (neither its old nor its new content)")
+	default:
+		t.Fatal("block 0 reads something else")
+	}
+}
+
+// The same stale block reaches another volume: after the first crash a
+// clone (through a snapshot) maps F, the volume and the snapshot go, and
+// the clone writes F directly (its only reference). Its lost write lets the
+// volume's pre-crash lost write show in the clone.
+func TestUnorderedTailResurrectsLostWriteInClone(t *testing.T) {
+	d := drive.NewMem("mem0", 64<<20)
+	e, v, a := snapshotted(t, d)
+	if err := v.WriteAt(pattern(5, BlockSize), 7*BlockSize, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	d1 := pattern(6, BlockSize)
+	if err := v.WriteAt(d1, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	e, v = reopen(t, e, d)
+	if _, err := e.CreateSnapshot("db", "db.s2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CloneVolume("db.s2", "c"); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"db.s2", "db.s1", "db"} {
+		if err := e.DeleteVolume(n); err != nil {
+			t.Fatal(n, err)
+		}
+	}
+	c := mustVolume(t, e, "c")
+	if got := readBlock(t, c, 0); !bytes.Equal(got, a[:BlockSize]) {
+		t.Fatal("setup: clone block 0 should read db.s1's data")
+	}
+	p := e.pools[0]
+	f, _ := c.table.lookup(0)
+	if p.fillOf(f) == nil {
+		t.Fatal("setup: the clone's extent is not filling")
+	}
+	pd, off := p.locateShared(f)
+	stale := make([]byte, BlockSize)
+	if err := pd.d.ReadAt(stale, off); err != nil {
+		t.Fatal(err)
+	}
+	d2 := pattern(7, BlockSize)
+	if err := c.WriteAt(d2, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if f2, _ := c.table.lookup(0); f2 != f {
+		t.Fatal("setup: the clone's write redirected")
+	}
+	d.Inject(drive.Fault{Ops: drive.FaultSync, Count: 1})
+	if err := c.Flush(); err == nil {
+		t.Fatal("flush succeeded with its sync failing")
+	}
+	d.ClearFaults()
+	if err := pd.d.WriteAt(stale, off); err != nil { // D2 lost, frame kept
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	abandon(e)
+	e = manualEngine(t, d, 0)
+	c = mustVolume(t, e, "c")
+	switch got := readBlock(t, c, 0); {
+	case bytes.Equal(got, a[:BlockSize]), bytes.Equal(got, d2):
+	case bytes.Equal(got, d1):
+		t.Fatal("clone block 0 reads D1, a write to another volume that a crash took away")
+	default:
+		t.Fatal("clone block 0 reads something else")
+	}
+}

@@ -575,8 +575,7 @@ func (v *Volume) copyInto(lext uint32, old, fresh allocator.Extent) (allocator.E
 	// This volume's reference on old goes once the remap is durable; if the
 	// others let go meanwhile (a snapshot deleted during the copy), old is
 	// then zeroed before it is freed (releaseBasesLocked).
-	p.addBaseRefLocked(old, 1)
-	p.releaseAfterRoundLocked(old)
+	p.dropRefAfterRoundLocked(old)
 	p.mu.Unlock()
 	return fresh, nil
 }
@@ -708,7 +707,8 @@ func (v *Volume) unmapLocked(lext uint32, ext allocator.Extent) error {
 		v.table.unset(lext)
 		v.used.Add(-1)
 		v.pool.enqueue(&record{typ: recUnmapExtent, vol: v.id, lext: lext})
-		return v.pool.alloc.Free(ext) // drops a reference; the extent stays in use
+		v.pool.dropRefAfterRoundLocked(ext)
+		return nil
 	}
 	v.pool.dropFillLocked(ext)
 	if err := v.pool.zeroExtent(ext, 0, ExtentSize); err != nil {
