@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -461,7 +462,13 @@ func (c *conn) sendNow(fd uintptr) bool {
 }
 
 // writeLoop is the writer: it sends replies in completion order, batching
-// them in c.bw and flushing when no more are queued.
+// them in c.bw and flushing when no more are queued. When none is queued
+// but workers hold requests, it first yields its P once (runtime.Gosched):
+// workers that are runnable finish and their replies share the flush (one
+// write(2) for several replies). It never waits for a worker that is not
+// runnable. Not after a plain write to an export whose writes go to the
+// page cache: those workers are rarely runnable at that moment, and the
+// yield cost that row more than the batching gave (BENCHMARKS.md).
 func (c *conn) writeLoop() {
 	var unflushed int64 // replies in bw, still counted in pending
 	for r := range c.done {
@@ -470,10 +477,14 @@ func (c *conn) writeLoop() {
 				c.fail(err)
 			}
 		}
+		cachedWrite := r.typ == CmdWrite && c.cachedWrites != nil
 		c.budget.release(r.budget)
 		r.freeBuf()
 		c.free <- r
 		unflushed++
+		if len(c.done) == 0 && !cachedWrite && c.pending.Load() > unflushed {
+			runtime.Gosched()
+		}
 		if len(c.done) == 0 {
 			if !c.broken {
 				if err := c.bw.Flush(); err != nil {
