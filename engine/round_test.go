@@ -399,7 +399,7 @@ func TestUnorderedTailResurrectsLostWriteInClone(t *testing.T) {
 	if err := d.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	e, v = reopen(t, e, d)
+	e, _ = reopen(t, e, d)
 	if _, err := e.CreateSnapshot("db", "db.s2"); err != nil {
 		t.Fatal(err)
 	}
