@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -126,9 +127,10 @@ type CoordinatorConfig struct {
 //     (or been evicted as above), and none is doomed (below): acknowledged
 //     writes are then durable on every replica of the recorded set, and
 //     the replicas agree on what was flushed.
-//   - The last in-sync replica is never evicted: a volume whose replicas
-//     all fail fails I/O with EIO, and keeps the replica with the newest
-//     data in the set (dialled again until it answers: resync.go).
+//   - The last in-sync replica is never evicted, nor the last one that is
+//     not doomed: a volume whose replicas all fail fails I/O with EIO, and
+//     keeps the replica with the newest data in the set (dialled again
+//     until it answers: resync.go).
 //   - A replica out of the set has a region log here that holds every
 //     region where it may differ: those written since it left, and those
 //     written since its last completed flush before it left (it may have
@@ -452,6 +454,17 @@ func (c *Coordinator) inSync() int {
 	n := 0
 	for _, m := range c.members {
 		if m.state == InSync {
+			n++
+		}
+	}
+	return n
+}
+
+// undoomedInSync counts the in-sync replicas that are not doomed. REQUIRES c.mu.
+func (c *Coordinator) undoomedInSync() int {
+	n := 0
+	for _, m := range c.members {
+		if m.state == InSync && !m.doomed {
 			n++
 		}
 	}
@@ -829,25 +842,33 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 		}
 		// The cluster may record it in sync: evict it as such.
 	}
-	if m.state == InSync && c.inSync() == 1 {
+	if m.state == InSync && (c.inSync() == 1 || !m.doomed && c.undoomedInSync() == 1) {
+		// Nor is the last one that is not doomed: evicting it would leave
+		// only replicas that lack a write it holds, and the next resync
+		// would copy their older data over it.
 		return fmt.Errorf("%w: the last in-sync replica, on node %s, failed: %w", engine.ErrIO, m.node, cause)
 	}
 	if err := c.fencedErr(); err != nil {
 		return err // a fenced or closed coordinator changes nothing in the cluster
 	}
 	// The log first: once the cluster says out of sync, the log must
-	// already hold what the replica may miss.
+	// already hold what the replica may miss. The resync mark of a replica
+	// whose join is unconfirmed stays until the eviction is recorded, and a
+	// failed eviction puts the previous log back in the file: the replica
+	// keeps taking writes that the new log does not name, and a coordinator
+	// that trusted that file after a crash would skip them.
 	prev := m.log
 	m.log = c.newLog(m)
-	if err := c.keepMissed(m, rng); err != nil {
-		m.log = prev
+	if err := c.saveMissed(m, rng); err != nil {
+		c.restoreLog(m, prev)
 		return err
 	}
 	epoch, err := c.cfg.Membership.Evict(m.node)
 	if err != nil {
-		m.log = prev
+		c.restoreLog(m, prev)
 		return fmt.Errorf("%w: replica on node %s failed (%v) and its eviction could not be recorded: %w", engine.ErrIO, m.node, cause, err)
 	}
+	os.Remove(resyncMark(m.log.path)) // the log holds all it may miss again
 	c.log.Warn("replica evicted from the in-sync set", "node", m.node, "epoch", epoch, "err", cause)
 	m.state, m.joinPending, m.doomed, m.missed = OutOfSync, false, false, nil
 	c.closeClient(m)
@@ -858,6 +879,37 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 // keepMissed adds to m's region log what m may have lost (its unflushed
 // writes) and rng, durably. REQUIRES c.mu.
 func (c *Coordinator) keepMissed(m *member, rng *[2]int64) error {
+	if err := c.saveMissed(m, rng); err != nil {
+		return err
+	}
+	os.Remove(resyncMark(m.log.path)) // the log holds all it may miss again
+	return nil
+}
+
+// restoreLog makes prev m's log again, in memory and in its file (none
+// when prev is nil: the replica was in sync), after an eviction that was
+// not recorded. If the file cannot be put back, the resync mark (left in
+// place) still gives the replica a full copy after an unclean stop.
+// REQUIRES c.mu.
+func (c *Coordinator) restoreLog(m *member, prev *regionLog) {
+	path := m.log.path
+	m.log = prev
+	var err error
+	if prev == nil {
+		err = os.Remove(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			err = nil
+		}
+	} else {
+		err = prev.rewrite()
+	}
+	if err != nil {
+		c.log.Error("region log not restored after an unrecorded eviction", "node", m.node, "err", err)
+	}
+}
+
+// saveMissed is keepMissed without clearing the resync mark. REQUIRES c.mu.
+func (c *Coordinator) saveMissed(m *member, rng *[2]int64) error {
 	m.log.union(m.unflushed(c.cfg.Size))
 	if m.missed != nil {
 		m.log.union(m.missed)
@@ -868,7 +920,6 @@ func (c *Coordinator) keepMissed(m *member, rng *[2]int64) error {
 	if err := m.log.sync(); err != nil {
 		return fmt.Errorf("%w: region log of the replica on node %s: %w", engine.ErrIO, m.node, err)
 	}
-	os.Remove(resyncMark(m.log.path)) // the log holds all it may miss again
 	return nil
 }
 
@@ -971,7 +1022,13 @@ func (c *Coordinator) doomedErr() error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for _, m := range c.members {
-		if m.doomed && m.state == InSync && c.inSync() > 1 {
+		// A doomed replica whose join is unconfirmed counts too: the
+		// cluster may record it in sync.
+		others := c.inSync()
+		if m.state == InSync {
+			others--
+		}
+		if m.doomed && (m.state == InSync || m.joinPending) && others > 0 {
 			return fmt.Errorf("%w: the replica on node %s lacks a write the others hold and its eviction is not recorded yet: flushes fail until it is", engine.ErrIO, m.node)
 		}
 	}

@@ -40,6 +40,10 @@ type fakeMembership struct {
 	events   []string // "evict n2 @3", "join n2 @4"
 	evictErr error
 	joinErr  error
+	// evictErrFor fails the evictions of one node; committedErr is what a
+	// change returns after it was recorded (a timeout after etcd committed).
+	evictErrFor  func(node string) error
+	committedErr error
 	// hooks, run before a change is decided (outside mu).
 	onEvict, onJoin func(node string)
 	// changed, when set, hears of each change recorded (outside mu).
@@ -65,6 +69,9 @@ func (f *fakeMembership) change(claim int, op, node string, in bool) (uint64, er
 		hook(node)
 	}
 	f.mu.Lock()
+	if err == nil && !in && f.evictErrFor != nil {
+		err = f.evictErrFor(node)
+	}
 	if err == nil && claim != f.claim {
 		err = fmt.Errorf("%w: the volume was claimed again (claim %d, not %d)", ErrFenced, f.claim, claim)
 	}
@@ -77,9 +84,13 @@ func (f *fakeMembership) change(claim int, op, node string, in bool) (uint64, er
 	epoch, changed := f.epoch, f.changed
 	f.inSync[node] = in
 	f.events = append(f.events, fmt.Sprintf("%s %s @%d", op, node, f.epoch))
+	committedErr := f.committedErr
 	f.mu.Unlock()
 	if changed != nil {
 		changed(op, node, epoch)
+	}
+	if committedErr != nil {
+		return 0, committedErr
 	}
 	return epoch, nil
 }
@@ -1330,4 +1341,238 @@ func TestCoordinatorEpochChangesUnderLoad(t *testing.T) {
 		t.Fatalf("a coordinator fenced itself by its own epoch changes: %v", err)
 	}
 	verifyClean(t, c)
+}
+
+// TestCoordinatorCleanCloseDuringResync: a coordinator closed cleanly (a
+// flush, then Close) while a copy is in flight saves a region log that
+// still names what it copied after the flush: a crash of the target's node
+// loses that copy, and the next coordinator, a clean start that trusts the
+// log, copies the region again.
+func TestCoordinatorCleanCloseDuringResync(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	c := tc.open(tc.config("c0", nil, "n1", "n2"))
+	n2 := tc.node("n2")
+	evictFor(t, tc, c, "n2", 3*RegionSize, 6*RegionSize, 9*RegionSize)
+	entered, release := blockOnce(n2.vol, "write", 6*RegionSize)
+	n2.start(t)
+	<-entered // region 3 is copied, region 6 is being copied, 9 is next
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	for !c.Fenced() {
+		time.Sleep(time.Millisecond)
+	}
+	close(release) // the copy of region 6 completes after the flush
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	n2.vol.setBefore(nil)
+	n2.crash(t) // and is lost: no flush reached it
+	n2.start(t)
+
+	epoch, mem, replicas := tc.mem.claimVolume([]string{"n1", "n2"})
+	cfg := tc.config("c1", nil)
+	cfg.Epoch, cfg.Membership, cfg.Replicas = epoch, mem, replicas
+	cfg.Replicas[1].LogValid = true
+	c1 := tc.open(cfg)
+	waitInSync(t, c1)
+	verifyClean(t, c1)
+	tc.sameOn(6*RegionSize, pattern(4096, 2), "n1", "n2")
+}
+
+// TestCoordinatorKeepsLastUndoomedReplica: with one in-sync replica doomed
+// (it lost a write the other holds, and its eviction could not be
+// recorded), a failure of the other does not evict that other: it is the
+// only one holding everything, and evicting it would have the doomed one
+// copied over it.
+func TestCoordinatorKeepsLastUndoomedReplica(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	c := tc.open(tc.config("c0", nil, "n1", "n2"))
+	n1, n2 := tc.node("n1"), tc.node("n2")
+	w0 := pattern(4096, 7)
+	mustWrite(t, c, w0, 5*RegionSize) // on both, unflushed
+	tc.mem.setErrs(errors.New("etcd unreachable"), nil)
+	n2.crash(t) // loses w0
+	if err := c.WriteAt(pattern(4096, 8), 7*RegionSize, false); err == nil {
+		t.Fatal("a write acknowledged while the failed replica's eviction could not be recorded")
+	}
+	// etcd is back, but n2's eviction still fails; n1 fails a write once.
+	tc.mem.mu.Lock()
+	tc.mem.evictErr = nil
+	tc.mem.evictErrFor = func(node string) error {
+		if node == "n2" {
+			return errors.New("etcd unreachable for this change")
+		}
+		return nil
+	}
+	tc.mem.mu.Unlock()
+	var failed atomic.Bool
+	n1.vol.setFail(func(op string, off, n int64) error {
+		if op == "write" && failed.CompareAndSwap(false, true) {
+			return errors.New("injected I/O error")
+		}
+		return nil
+	})
+	// (In w0's extent: already in every replica's activity log, so the
+	// write is sent without a mark, which the broken n2 would fail.)
+	if err := c.WriteAt(pattern(4096, 9), 5*RegionSize+4096, false); err == nil {
+		t.Fatal("a write that failed on every replica was acknowledged")
+	}
+	if !failed.Load() {
+		t.Fatal("the write never reached n1")
+	}
+	n1.vol.setFail(nil)
+	if st := status(c, "n1"); st.State != InSync || !tc.mem.in("n1") {
+		t.Fatalf("n1, the only replica holding every write, was evicted: %+v, %v", st, tc.mem.history())
+	}
+	tc.mem.mu.Lock()
+	tc.mem.evictErrFor = nil
+	tc.mem.mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.ContainsFunc(tc.mem.history(), func(e string) bool { return strings.HasPrefix(e, "evict n2 @") }) {
+		if time.Now().After(deadline) {
+			t.Fatalf("doomed n2 never evicted: %v", tc.mem.history())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	n2.start(t)
+	waitInSync(t, c)
+	verifyClean(t, c)
+	tc.sameOn(5*RegionSize, w0, "n1", "n2")
+}
+
+// TestCoordinatorUnconfirmedJoinDemotedThroughEviction: a replica whose
+// join the cluster may have recorded (it committed, then reported an
+// error) is taken back out of sync when the last in-sync replica
+// reconnects only through a recorded eviction: a later coordinator would
+// otherwise take it for in sync.
+func TestCoordinatorUnconfirmedJoinDemotedThroughEviction(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	c := tc.open(tc.config("c0", nil, "n1", "n2"))
+	n1, n2 := tc.node("n1"), tc.node("n2")
+	evictFor(t, tc, c, "n2", 3*RegionSize)
+	tc.mem.mu.Lock()
+	tc.mem.committedErr = errors.New("etcd: request timed out")
+	tc.mem.mu.Unlock()
+	n2.start(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for !tc.mem.in("n2") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no join recorded: %v", tc.mem.history())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if st := status(c, "n2"); st.State != Resyncing {
+		t.Fatalf("n2 %+v after a join whose outcome was an error", st)
+	}
+	tc.mem.mu.Lock()
+	tc.mem.committedErr = nil
+	tc.mem.joinErr = errors.New("etcd unreachable") // no retried join from here
+	tc.mem.mu.Unlock()
+	joins := len(tc.mem.history())
+	n1.stop(t) // the last in-sync replica's connection breaks
+	n1.start(t)
+	tc.log.waitLog(t, "last in-sync replica reconnected")
+	if st := status(c, "n2"); st.State == Resyncing {
+		t.Fatalf("n2 still resyncing after the last in-sync replica reconnected: %+v", st)
+	}
+	if tc.mem.in("n2") {
+		t.Fatalf("n2 taken out of sync here but recorded in sync: %v", tc.mem.history()[joins:])
+	}
+	tc.mem.setErrs(nil, nil)
+	waitInSync(t, c)
+	verifyClean(t, c)
+}
+
+// TestCoordinatorDoomedUnconfirmedJoinFailsFlush: a replica whose join is
+// unconfirmed and that missed a write the in-sync one applied fails
+// flushes until its eviction is recorded, as a doomed in-sync one does.
+func TestCoordinatorDoomedUnconfirmedJoinFailsFlush(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	c := tc.open(tc.config("c0", nil, "n1", "n2"))
+	n2 := tc.node("n2")
+	evictFor(t, tc, c, "n2", 3*RegionSize)
+	tc.mem.setErrs(nil, errors.New("etcd unreachable"))
+	n2.start(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Contains(tc.mem.history(), "join n2 failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no join attempted: %v", tc.mem.history())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// n2 fails the write, and its repair (a copy from n1), in region 4,
+	// and answers everything else: it is doomed, alive.
+	tc.mem.setErrs(errors.New("etcd unreachable"), errors.New("etcd unreachable"))
+	n2.vol.setFail(func(op string, off, n int64) error {
+		if op == "write" && off >= 4*RegionSize && off < 5*RegionSize {
+			return errors.New("injected I/O error")
+		}
+		return nil
+	})
+	if err := c.WriteAt(pattern(4096, 4), 4*RegionSize, false); err == nil {
+		t.Fatal("a write acknowledged while the failed replica's eviction could not be recorded")
+	}
+	if err := c.Flush(); err == nil {
+		t.Fatalf("a flush acknowledged while n2, whose join may be recorded, lacks a write n1 holds: %+v", c.Status())
+	}
+	n2.vol.setFail(nil)
+	tc.mem.setErrs(nil, nil)
+	waitInSync(t, c)
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	verifyClean(t, c)
+}
+
+// TestCoordinatorUnrecordedEvictionKeepsResyncMark: a replica whose join
+// is unconfirmed fails a write and its eviction cannot be recorded, so it
+// stays and keeps taking writes; its region log file and resync mark must
+// still say so, or a coordinator after an unclean stop would trust a log
+// that skips those writes (here one its in-sync peer lost in a crash).
+func TestCoordinatorUnrecordedEvictionKeepsResyncMark(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	c := tc.open(tc.config("c0", nil, "n1", "n2"))
+	n1, n2 := tc.node("n1"), tc.node("n2")
+	evictFor(t, tc, c, "n2", 3*RegionSize)
+	tc.mem.setErrs(nil, errors.New("etcd unreachable"))
+	n2.start(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Contains(tc.mem.history(), "join n2 failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no join attempted: %v", tc.mem.history())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// n2 fails one write; its eviction fails, and the region is repaired
+	// by a copy from n1: n2 stays, unconfirmed, and takes the next write.
+	tc.mem.setErrs(errors.New("etcd unreachable"), errors.New("etcd unreachable"))
+	var failed atomic.Bool
+	n2.vol.setFail(func(op string, off, n int64) error {
+		if op == "write" && failed.CompareAndSwap(false, true) {
+			return errors.New("injected I/O error")
+		}
+		return nil
+	})
+	if err := c.WriteAt(pattern(4096, 5), 5*RegionSize, false); err == nil {
+		t.Fatal("a write acknowledged while the failed replica's eviction could not be recorded")
+	}
+	if st := status(c, "n2"); st.State != Resyncing {
+		t.Fatalf("n2 %+v, want still resyncing (repaired, its join unconfirmed)", st)
+	}
+	mustWrite(t, c, pattern(4096, 7), 7*RegionSize) // on both, unflushed
+	c.Close()
+	n1.crash(t) // loses the write to region 7; n2 keeps it
+	n1.start(t)
+
+	tc.mem.setErrs(nil, nil)
+	epoch, mem, replicas := tc.mem.claimVolume([]string{"n1", "n2"})
+	cfg := tc.config("c1", nil)
+	cfg.Epoch, cfg.Membership, cfg.Replicas, cfg.Unclean = epoch, mem, replicas, true
+	cfg.Replicas[1].LogValid = true
+	c1 := tc.open(cfg)
+	waitInSync(t, c1)
+	verifyClean(t, c1)
 }

@@ -260,6 +260,17 @@ func (l *regionLog) sync() error {
 	return l.save(gen)
 }
 
+// rewrite writes the file again, even if it held this set already: another
+// log of the same path may have replaced it since.
+func (l *regionLog) rewrite() error {
+	l.mu.Lock()
+	l.saved = 0
+	l.gen++
+	gen := l.gen
+	l.mu.Unlock()
+	return l.save(gen)
+}
+
 // mark adds [off, off+n) and returns once the file holds it — also when
 // another caller marked the region first and its save is still under way:
 // the caller acknowledges a write only after.

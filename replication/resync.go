@@ -137,6 +137,21 @@ func (c *Coordinator) markLost(m *member) error {
 			continue
 		}
 		if o.state == Resyncing {
+			if o.joinPending {
+				// The cluster may record it in sync (a join that failed
+				// after etcd committed it): record it out first, under the
+				// cover of its resync mark (a crash before its log is
+				// saved gives it a full copy), or a later coordinator
+				// would take it for a replica holding what m holds.
+				if err := c.fencedErr(); err != nil {
+					return err
+				}
+				epoch, err := c.cfg.Membership.Evict(o.node)
+				if err != nil {
+					return fmt.Errorf("%w: replica on node %s, whose join is unconfirmed, could not be recorded out of sync: %w", engine.ErrIO, o.node, err)
+				}
+				c.setEpoch(epoch)
+			}
 			o.state, o.joinPending = OutOfSync, false
 			c.closeClient(o)
 			if err := c.keepMissed(o, nil); err != nil {
@@ -217,6 +232,12 @@ func (c *Coordinator) resync(m *member) error {
 	var pace pacer
 	for i := m.log.next(0); i >= 0; i = m.log.next(i + 1) {
 		if c.stopping() {
+			// The copies since the last flush of m are off its log but
+			// not durable on it: they go back in before the log is saved,
+			// or a clean stop (whose final flush may have preceded them)
+			// followed by a crash of m's node would leave a log that
+			// skips regions m lost.
+			m.log.union(m.unflushed(c.cfg.Size))
 			return m.log.sync()
 		}
 		wrote, err := c.copyRegion(m, i, buf.B[:RegionSize])
@@ -273,6 +294,11 @@ func (c *Coordinator) join(m *member, start time.Time) error {
 	defer c.mu.Unlock()
 	if m.state != Resyncing || m.log.count() != 0 {
 		return fmt.Errorf("replica on node %s fell out during its resync", m.node)
+	}
+	if m.doomed {
+		// It missed a write the in-sync replicas applied (a retried join
+		// of an unconfirmed one): it is evicted and resyncs first.
+		return fmt.Errorf("replica on node %s missed a write and waits for its eviction", m.node)
 	}
 	epoch, err := c.cfg.Membership.Join(m.node)
 	if err != nil {
