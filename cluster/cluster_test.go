@@ -456,9 +456,19 @@ func TestMemberRegistersAgainAfterOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Stop()
+	first, _, ok := m.Lease()
+	if !ok || !m.HoldsFresh(first, 3*time.Second) || m.HoldsFresh(first+"0", 3*time.Second) || m.HoldsFresh("", 0) {
+		t.Fatalf("HoldsFresh wrong for the lease just granted (%q, %v)", first, ok)
+	}
 	e.Close()
 
 	deadline := time.Now().Add(3 * LeaseTTL * time.Second)
+	for m.HoldsFresh(first, 0) {
+		if time.Now().After(deadline) {
+			t.Fatalf("lease %s still fresh %v after etcd went down", first, 3*LeaseTTL*time.Second)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	for m.Registered() {
 		if time.Now().After(deadline) {
 			t.Fatalf("member still holds its lease %v after etcd went down", 3*LeaseTTL*time.Second)
@@ -474,6 +484,12 @@ func TestMemberRegistersAgainAfterOutage(t *testing.T) {
 	for {
 		nodes, err := s.Nodes(context.Background())
 		if err == nil && m.Registered() && statusOf(t, nodes, "node-1") == StatusOnline {
+			// A new lease: the old one's holder (a coordinator that
+			// claimed under it) is not fresh again.
+			second, _, _ := m.Lease()
+			if second == first || m.HoldsFresh(first, 0) || !m.HoldsFresh(second, 0) {
+				t.Fatalf("after registering again: lease %s (was %s), old fresh %v, new fresh %v", second, first, m.HoldsFresh(first, 0), m.HoldsFresh(second, 0))
+			}
 			break
 		}
 		if time.Now().After(deadline) {

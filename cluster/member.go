@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -66,6 +67,19 @@ type Member struct {
 	offsets map[string]time.Duration // node id → its clock minus ours, from its last heartbeat
 	lease   clientv3.LeaseID         // the current lease, 0 while not registered
 	renewed time.Time                // when etcd last answered a keep-alive of lease
+	// held is lease and renewed, published for HoldsFresh without mu
+	// (asked on every I/O of a replicated volume). Set under mu.
+	held atomic.Pointer[heldLease]
+}
+
+type heldLease struct {
+	id      clientv3.LeaseID
+	renewed time.Time
+}
+
+// publishLeaseLocked publishes lease and renewed to HoldsFresh. REQUIRES mu.
+func (m *Member) publishLeaseLocked() {
+	m.held.Store(&heldLease{id: m.lease, renewed: m.renewed})
 }
 
 // Register registers the node now (so that a start fails when etcd is
@@ -137,6 +151,7 @@ func (m *Member) register(ctx, runCtx context.Context) (clientv3.LeaseID, <-chan
 	}
 	m.mu.Lock()
 	m.lease, m.renewed = g.ID, time.Now()
+	m.publishLeaseLocked()
 	m.mu.Unlock()
 	return g.ID, ka, nil
 }
@@ -214,6 +229,7 @@ func (m *Member) run(ctx context.Context, lease clientv3.LeaseID, ka <-chan *cli
 			if ok {
 				m.mu.Lock()
 				m.renewed = time.Now()
+				m.publishLeaseLocked()
 				m.mu.Unlock()
 			}
 			if !ok && ctx.Err() != nil {
@@ -264,6 +280,7 @@ const retryLogInterval = 30 * time.Second
 func (m *Member) lost() clientv3.LeaseID {
 	m.mu.Lock()
 	m.lease = 0
+	m.publishLeaseLocked()
 	m.mu.Unlock()
 	return 0
 }
@@ -319,6 +336,15 @@ func (m *Member) LeaseFresh(margin time.Duration) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.lease != 0 && time.Since(m.renewed) < LeaseTTL*time.Second-margin
+}
+
+// HoldsFresh is LeaseFresh for one lease (as Lease names it): false once
+// the node holds another. Lock-free, for a check on every I/O.
+func (m *Member) HoldsFresh(lease string, margin time.Duration) bool {
+	h := m.held.Load()
+	id, err := strconv.ParseInt(lease, 16, 64)
+	return h != nil && h.id != 0 && err == nil && h.id == clientv3.LeaseID(id) &&
+		time.Since(h.renewed) < LeaseTTL*time.Second-margin
 }
 
 // Store is the cluster the member belongs to.

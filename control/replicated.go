@@ -293,6 +293,12 @@ func (s *Server) startCoordinator(ctx context.Context, name string) (*replicatio
 		Volume: name, Size: sp.Size, Self: self, Epoch: sp.Epoch, Replicas: replicas, Local: local,
 		Membership: &replicationMembership{s: s, volume: name, claim: cl},
 		Dial:       s.dialReplica(name), StateDir: rc.StateDir, ResyncRate: rc.ResyncRate, Logger: s.log, Unclean: unclean,
+		Live: func() error {
+			if !m.HoldsFresh(cl.lease, leaseMargin) {
+				return errLeaseLost
+			}
+			return nil
+		},
 	})
 	if err != nil {
 		if local != nil {
@@ -344,11 +350,16 @@ func (s *Server) openElsewhere(ctx context.Context, name, node string) error {
 // have expired in etcd (cluster.Member.LeaseFresh).
 const leaseMargin = 3 * time.Second
 
+var errLeaseLost = fmt.Errorf("this node's cluster lease was not renewed for %v, or was replaced: another node may take the volume over", cluster.LeaseTTL*time.Second-leaseMargin)
+
 // watchLease fences e's coordinator (every later I/O fails) once this
 // node's lease has gone unrenewed for LeaseTTL − leaseMargin, or is no
 // longer the one it claimed under: before another node can claim the volume
 // (which needs the lease expired in etcd), this one has stopped — reads of
-// its own replica included, which no epoch could fence.
+// its own replica included, which no epoch could fence. Each request asks
+// the same of the lease itself (CoordinatorConfig.Live), so that one that
+// runs right after a pause longer than the lease, before this tick, is
+// refused too; this watch fences a coordinator that sees no requests.
 func (s *Server) watchLease(e *coordEntry) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
@@ -360,7 +371,7 @@ func (s *Server) watchLease(e *coordEntry) {
 		}
 		m := s.clusterOf().Member
 		if lease, _, ok := m.Lease(); !ok || lease != e.claim.lease || !m.LeaseFresh(leaseMargin) {
-			e.c.Fence(fmt.Errorf("this node's cluster lease was not renewed for %v: another node may take the volume over", cluster.LeaseTTL*time.Second-leaseMargin))
+			e.c.Fence(errLeaseLost)
 			return
 		}
 	}

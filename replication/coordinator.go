@@ -109,6 +109,13 @@ type CoordinatorConfig struct {
 	// the real clock. (The Dialer sets its Clients' own.)
 	Clock  Clock
 	Logger *slog.Logger
+	// Live, when set, says whether this node may still coordinate (its
+	// cluster lease is fresh); it is asked before every read, write and
+	// flush, and an error fences the coordinator. A watcher that fences
+	// it on a timer is not enough: after a pause longer than the lease
+	// (SIGSTOP, a frozen VM) a request can run before the watcher does,
+	// and a read of the local replica meets no epoch that would refuse it.
+	Live func() error
 }
 
 // Coordinator serves one volume from its replicas: it is the only writer of
@@ -492,6 +499,20 @@ func (c *Coordinator) fencedErr() error {
 	return nil
 }
 
+// admit is fencedErr for a request about to run: it asks cfg.Live too.
+func (c *Coordinator) admit() error {
+	if err := c.fencedErr(); err != nil {
+		return err
+	}
+	if c.cfg.Live != nil {
+		if err := c.cfg.Live(); err != nil {
+			c.Fence(err)
+			return c.fencedErr()
+		}
+	}
+	return nil
+}
+
 // Epoch is the epoch this coordinator holds.
 func (c *Coordinator) Epoch() uint64 {
 	c.mu.RLock()
@@ -598,7 +619,7 @@ func (c *Coordinator) WriteZeroes(off, n int64, noHole bool) error {
 }
 
 func (c *Coordinator) write(o writeOp) error {
-	if err := c.fencedErr(); err != nil {
+	if err := c.admit(); err != nil {
 		return err
 	}
 	c.clientIO()
@@ -973,7 +994,7 @@ func localOp(l *Local, o writeOp) error {
 // Flush flushes every in-sync and resyncing replica, and succeeds when
 // every in-sync one did (or was evicted).
 func (c *Coordinator) Flush() error {
-	if err := c.fencedErr(); err != nil {
+	if err := c.admit(); err != nil {
 		return err
 	}
 	var ts [MaxReplicas]target
@@ -1051,7 +1072,7 @@ func (c *Coordinator) ReadAt(p []byte, off int64) error {
 // read is ReadAt for a caller that holds the range lock.
 func (c *Coordinator) read(p []byte, off int64) error {
 	for retries := 0; ; retries++ {
-		if err := c.fencedErr(); err != nil {
+		if err := c.admit(); err != nil {
 			return err
 		}
 		m, local, cl := c.reader()

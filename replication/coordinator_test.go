@@ -1576,3 +1576,36 @@ func TestCoordinatorUnrecordedEvictionKeepsResyncMark(t *testing.T) {
 	waitInSync(t, c1)
 	verifyClean(t, c1)
 }
+
+// TestCoordinatorLiveCheckedPerRequest: a coordinator whose node may no
+// longer coordinate (Live fails: its lease went stale in a pause no
+// watcher saw yet) refuses the very next read, write and flush, and stays
+// fenced.
+func TestCoordinatorLiveCheckedPerRequest(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	var stale atomic.Bool
+	cfg := tc.config("c0", nil, "n1", "n2")
+	cfg.Live = func() error {
+		if stale.Load() {
+			return errors.New("lease not renewed")
+		}
+		return nil
+	}
+	c := tc.open(cfg)
+	mustWrite(t, c, pattern(4096, 1), 0)
+	buf := make([]byte, 4096)
+	if err := c.ReadAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	stale.Store(true)
+	if err := c.ReadAt(buf, 0); !errors.Is(err, ErrFenced) {
+		t.Fatalf("read with a stale lease: %v, want ErrFenced", err)
+	}
+	stale.Store(false) // fenced for good, whatever Live says now
+	if err := c.WriteAt(buf, 0, false); !errors.Is(err, ErrFenced) {
+		t.Fatalf("write after the fence: %v", err)
+	}
+	if err := c.Flush(); !errors.Is(err, ErrFenced) {
+		t.Fatalf("flush after the fence: %v", err)
+	}
+}
