@@ -318,6 +318,31 @@ func TestProcessCrashThenPowerLoss(t *testing.T) {
 	}
 }
 
+// lostWriteInFill: a snapshotted volume whose block 0 was redirected
+// (durably, by a flushed write to another block of the extent) and then
+// written with D1, which reached the drive but whose bit was never logged;
+// then a crash. Returns the reopened engine and volume, the snapshot's
+// data and D1.
+func lostWriteInFill(t *testing.T, d *drive.Mem) (*Engine, *Volume, []byte, []byte) {
+	t.Helper()
+	e, v, a := snapshotted(t, d)
+	if err := v.WriteAt(pattern(5, BlockSize), 7*BlockSize, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	d1 := pattern(6, BlockSize)
+	if err := v.WriteAt(d1, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil { // the disk wrote it on its own
+		t.Fatal(err)
+	}
+	e, v = reopen(t, e, d)
+	return e, v, a, d1
+}
+
 // A write to a block of a filling extent lands on the drive but its bit is
 // never logged (not flushed); a crash: the block reads the snapshot's data
 // again, while F still holds the lost write. After recovery a new write to
@@ -327,23 +352,7 @@ func TestProcessCrashThenPowerLoss(t *testing.T) {
 // already taken away: neither its old content nor its new one.
 func TestUnorderedTailResurrectsLostWrite(t *testing.T) {
 	d := drive.NewMem("mem0", 64<<20)
-	e, v, a := snapshotted(t, d)
-	// Make the redirect durable (a write to another block, flushed).
-	if err := v.WriteAt(pattern(5, BlockSize), 7*BlockSize, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	// D1 into block 0: lands on the drive, never logged, never flushed.
-	d1 := pattern(6, BlockSize)
-	if err := v.WriteAt(d1, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Sync(); err != nil { // the disk wrote it on its own
-		t.Fatal(err)
-	}
-	e, v = reopen(t, e, d)
+	e, v, a, d1 := lostWriteInFill(t, d)
 	if got := readBlock(t, v, 0); !bytes.Equal(got, a[:BlockSize]) {
 		t.Fatal("setup: block 0 should read the snapshot's data after the first crash")
 	}
@@ -385,21 +394,7 @@ func TestUnorderedTailResurrectsLostWrite(t *testing.T) {
 // volume's pre-crash lost write show in the clone.
 func TestUnorderedTailResurrectsLostWriteInClone(t *testing.T) {
 	d := drive.NewMem("mem0", 64<<20)
-	e, v, a := snapshotted(t, d)
-	if err := v.WriteAt(pattern(5, BlockSize), 7*BlockSize, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	d1 := pattern(6, BlockSize)
-	if err := v.WriteAt(d1, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	e, _ = reopen(t, e, d)
+	e, _, a, d1 := lostWriteInFill(t, d)
 	if _, err := e.CreateSnapshot("db", "db.s2"); err != nil {
 		t.Fatal(err)
 	}
