@@ -165,6 +165,12 @@ func (s *Server) addReplica(ctx context.Context, sp cluster.VolumeSpec, node str
 	}
 	claimed := s.claimOf(sp.Name)
 	self := cfg.Member.ID()
+	// A log this node kept for an earlier replica on target is stale.
+	if err := replication.ForgetRegionLog(s.repl.Load().StateDir, sp.Name, target); err != nil {
+		s.releaseCoordinator(sp.Name)
+		undo()
+		return err
+	}
 	if _, err := cfg.Member.Store().ModifyVolume(ctx, sp.Name, func(v *cluster.VolumeSpec) error {
 		if v.Coordinator != self || v.CoordinatorLease != claimed.lease {
 			return fmt.Errorf("%w: volume %q is now coordinated by node %s", replication.ErrFenced, v.Name, v.Coordinator)
@@ -249,17 +255,7 @@ func (s *Server) removeReplica(ctx context.Context, sp cluster.VolumeSpec, node 
 	claimed := s.claimOf(sp.Name)
 	self := cfg.Member.ID()
 	if _, err := cfg.Member.Store().ModifyVolume(ctx, sp.Name, func(v *cluster.VolumeSpec) error {
-		if v.Coordinator != self || v.CoordinatorLease != claimed.lease {
-			return fmt.Errorf("%w: volume %q is now coordinated by node %s", replication.ErrFenced, v.Name, v.Coordinator)
-		}
-		j := slices.IndexFunc(v.Replicas, func(r cluster.Replica) bool { return r.Node == node })
-		if j <= 0 {
-			return invalidf("volume %q has no replica on node %s", v.Name, node)
-		}
-		v.Replicas = slices.Delete(v.Replicas, j, j+1)
-		v.Repl = len(v.Replicas)
-		v.Epoch++
-		return nil
+		return removeReplicaFromSpec(v, node, self, claimed.lease)
 	}, claimed.cmp); err != nil {
 		return err
 	}
@@ -268,6 +264,28 @@ func (s *Server) removeReplica(ctx context.Context, sp cluster.VolumeSpec, node 
 	}
 	s.deleteReplicaOn(ctx, node, sp.Name)
 	s.log.Info("replica removed", "volume", sp.Name, "node", node)
+	return nil
+}
+
+// removeReplicaFromSpec takes node's replica out of v, for the coordinator
+// self holding v under lease. It refuses when v would keep no in-sync
+// replica: checked here, in the transaction, because another replica may
+// have been evicted since the coordinator's status was read (the change is
+// retried on a conflict).
+func removeReplicaFromSpec(v *cluster.VolumeSpec, node, self, lease string) error {
+	if v.Coordinator != self || v.CoordinatorLease != lease {
+		return fmt.Errorf("%w: volume %q is now coordinated by node %s", replication.ErrFenced, v.Name, v.Coordinator)
+	}
+	j := slices.IndexFunc(v.Replicas, func(r cluster.Replica) bool { return r.Node == node })
+	if j <= 0 {
+		return invalidf("volume %q has no replica on node %s", v.Name, node)
+	}
+	if !slices.ContainsFunc(v.Replicas, func(r cluster.Replica) bool { return r.Node != node && r.InSync() }) {
+		return invalidf("the replica on node %s is volume %q's last in-sync one", node, v.Name)
+	}
+	v.Replicas = slices.Delete(v.Replicas, j, j+1)
+	v.Repl = len(v.Replicas)
+	v.Epoch++
 	return nil
 }
 

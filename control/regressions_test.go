@@ -2,13 +2,17 @@ package control
 
 import (
 	"context"
+	"errors"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/cairn-storage/cairn/cluster"
 	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/replication"
 )
 
 // `host detach VOL` lets go of a record that a restart could not restore
@@ -68,5 +72,58 @@ func TestDetachForgetsRecordOfUnavailableVolume(t *testing.T) {
 	}
 	if rs := a.RestoreState(); len(rs.Errors) != 0 {
 		t.Errorf("restore errors after the record was let go: %+v", rs.Errors)
+	}
+}
+
+// A new open of a replicated volume on the node whose last connection is
+// being closed waits until that release has cleared the claim: a claim
+// made meanwhile (same node, same lease) was cleared by the release's
+// transaction, leaving a coordinator the cluster did not record. Here the
+// release never ends: the open fails busy when its deadline passes, and
+// never starts a claim (this Server has no cluster; a claim would panic).
+func TestOpenWaitsForReleaseOfSameVolume(t *testing.T) {
+	s := &Server{}
+	e := &coordEntry{ready: make(chan struct{}), stop: make(chan struct{}), released: make(chan struct{}), releasing: true}
+	close(e.ready)
+	s.coords.open = map[string]*coordEntry{"db": e}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.acquireCoordinator(ctx, "db"); !errors.Is(err, engine.ErrBusy) {
+		t.Fatalf("open during the release: %v, want busy", err)
+	}
+	if s.coords.open["db"] != e {
+		t.Fatal("the releasing entry was replaced")
+	}
+}
+
+// ha-update's removal refuses, in its transaction, to leave a volume with
+// no in-sync replica in the record: the replica being removed may be the
+// last one since another was evicted after the coordinator's status was
+// read.
+func TestRemoveReplicaKeepsAnInSyncReplica(t *testing.T) {
+	spec := func(states ...string) *cluster.VolumeSpec {
+		v := &cluster.VolumeSpec{Name: "db", Coordinator: "a", CoordinatorLease: "1f", Epoch: 7}
+		for i, st := range states {
+			v.Replicas = append(v.Replicas, cluster.Replica{Node: string(rune('a' + i)), State: st})
+		}
+		v.Repl = len(v.Replicas)
+		return v
+	}
+	v := spec(cluster.ReplicaOutOfSync, cluster.ReplicaInSync, cluster.ReplicaOutOfSync)
+	if err := removeReplicaFromSpec(v, "b", "a", "1f"); !errors.Is(err, engine.ErrInvalid) {
+		t.Fatalf("removing the last in-sync replica: %v", err)
+	}
+	if len(v.Replicas) != 3 || v.Epoch != 7 {
+		t.Fatalf("a refused removal changed the spec: %+v", v)
+	}
+	v = spec(cluster.ReplicaInSync, cluster.ReplicaInSync, cluster.ReplicaOutOfSync)
+	if err := removeReplicaFromSpec(v, "b", "a", "1f"); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Replicas) != 2 || v.Repl != 2 || v.Epoch != 8 || v.HasReplica("b") {
+		t.Fatalf("after the removal: %+v", v)
+	}
+	if err := removeReplicaFromSpec(spec(cluster.ReplicaInSync, cluster.ReplicaInSync), "b", "a", "other"); !errors.Is(err, replication.ErrFenced) {
+		t.Fatalf("removal under another claim: %v", err)
 	}
 }

@@ -95,6 +95,13 @@ type coordEntry struct {
 	refs  int // REQUIRES coordinators.mu
 	claim claim
 	stop  chan struct{} // ends watchLease
+	// released is closed once the last connection's release has cleared
+	// the claim in the kvdb (or failed to). The entry stays in the map
+	// until then, and a new open on this node waits for it: a claim made
+	// meanwhile would be under the same node and lease, and the release's
+	// transaction would clear it.
+	released  chan struct{}
+	releasing bool // REQUIRES coordinators.mu
 }
 
 // claim is this node's claim on a volume: the lease it was made under.
@@ -159,8 +166,17 @@ func (s *Server) acquireCoordinator(ctx context.Context, name string) (*replicat
 		return nil, fmt.Errorf("%w: volume %q is being %s on this node", engine.ErrBusy, name, what)
 	}
 	e := s.coords.open[name]
+	if e != nil && e.releasing {
+		s.coords.mu.Unlock()
+		select {
+		case <-e.released:
+			return s.acquireCoordinator(ctx, name)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: volume %q is being closed on this node: %w", engine.ErrBusy, name, ctx.Err())
+		}
+	}
 	if e == nil {
-		e = &coordEntry{ready: make(chan struct{}), stop: make(chan struct{})}
+		e = &coordEntry{ready: make(chan struct{}), stop: make(chan struct{}), released: make(chan struct{})}
 		s.coords.open[name] = e
 		e.refs++
 		s.coords.mu.Unlock()
@@ -198,8 +214,14 @@ func (s *Server) releaseCoordinator(name string) {
 		s.coords.mu.Unlock()
 		return
 	}
-	delete(s.coords.open, name)
+	e.releasing = true
 	s.coords.mu.Unlock()
+	defer func() {
+		s.coords.mu.Lock()
+		delete(s.coords.open, name)
+		s.coords.mu.Unlock()
+		close(e.released)
+	}()
 	close(e.stop)
 	ferr := e.c.Flush()
 	e.c.Close()
@@ -265,6 +287,13 @@ func (s *Server) startCoordinator(ctx context.Context, name string) (*replicatio
 			r := &sp.Replicas[i]
 			if !r.InSync() {
 				logValid[r.Node] = r.Log == self
+				if r.Log != self {
+					// What this node may hold for it is stale: gone
+					// before the record names this node its keeper.
+					if err := replication.ForgetRegionLog(rc.StateDir, name, r.Node); err != nil {
+						return err
+					}
+				}
 				r.Log = self
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/internal/atomicfile"
 )
 
 // ReplicaState is where a replica stands relative to the in-sync set.
@@ -417,7 +418,23 @@ func (c *Coordinator) dial(ctx context.Context, node string, epoch uint64) (*Cli
 }
 
 func (c *Coordinator) logPath(node string) string {
-	return filepath.Join(c.cfg.StateDir, c.cfg.Volume+"@"+node+".rgn")
+	return regionLogPath(c.cfg.StateDir, c.cfg.Volume, node)
+}
+
+func regionLogPath(stateDir, volume, node string) string {
+	return filepath.Join(stateDir, volume+"@"+node+".rgn")
+}
+
+// ForgetRegionLog removes, durably, the region log (and resync mark) this
+// node's StateDir holds for volume's replica on node. The cluster calls it
+// before it records this node as the keeper of that replica's log: a file
+// left from an earlier time (this node kept the log once, then another
+// coordinator did) is stale, and a claim that crashed before the new
+// coordinator rewrote it would leave the next one trusting it. A missing
+// log means a full copy.
+func ForgetRegionLog(stateDir, volume, node string) error {
+	p := regionLogPath(stateDir, volume, node)
+	return atomicfile.Remove(p, resyncMark(p))
 }
 
 // resyncMark is the file that says a replica's resync is under way (see

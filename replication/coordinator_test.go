@@ -1609,3 +1609,40 @@ func TestCoordinatorLiveCheckedPerRequest(t *testing.T) {
 		t.Fatalf("flush after the fence: %v", err)
 	}
 }
+
+// TestForgetRegionLog: a region log (and resync mark) forgotten before the
+// cluster names this node its keeper again is gone for good: the next
+// coordinator that trusts "this node's log" finds none and copies the
+// replica whole, instead of trusting a stale file that skips regions.
+func TestForgetRegionLog(t *testing.T) {
+	tc := newReplCluster(t, coordSize, "n1", "n2")
+	tc.mem = newFakeMembership(3, "n1")
+	tc.node("n1").vol.poke(pattern(4096, 5), 4*RegionSize)
+	tc.node("n1").vol.poke(pattern(4096, 6), 9*RegionSize) // not in the stale log
+	cfg := tc.config("c0", nil, "n1")
+	cfg.Replicas = append(cfg.Replicas, ReplicaConfig{Node: "n2", InSync: false, LogValid: true})
+	path := (&Coordinator{cfg: cfg}).logPath("n2")
+	stale := &regionLog{regions: newRegions(coordSize), path: path, epoch: 2}
+	stale.add(4*RegionSize, 1)
+	if err := stale.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFile(resyncMark(path), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := ForgetRegionLog(tc.dir, testVolume, "n2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, resyncMark(path)} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s still there after ForgetRegionLog: %v", p, err)
+		}
+	}
+	if err := ForgetRegionLog(tc.dir, testVolume, "n2"); err != nil {
+		t.Fatalf("forgetting a log that is gone: %v", err)
+	}
+	c := tc.open(cfg)
+	waitInSync(t, c)
+	verifyClean(t, c)
+	tc.sameOn(9*RegionSize, pattern(4096, 6), "n1", "n2")
+}

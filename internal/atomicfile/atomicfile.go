@@ -8,7 +8,9 @@
 package atomicfile
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -38,6 +40,24 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 	}
 	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("atomicfile: %s: sync directory: %w", path, err)
+	}
+	return nil
+}
+
+// Remove removes the files at paths (a missing one is no error) and makes
+// their removal durable: their directories are synced once each.
+func Remove(paths ...string) error {
+	dirs := map[string]bool{}
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("atomicfile: %w", err)
+		}
+		dirs[filepath.Dir(p)] = true
+	}
+	for dir := range dirs {
+		if err := syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("atomicfile: %s: sync directory: %w", dir, err)
+		}
 	}
 	return nil
 }
