@@ -147,9 +147,8 @@ func (s *Server) Reconcile(ctx context.Context) error {
 // left creating or a delete left deleting becomes ready, and settings the
 // engine holds (an update whose record failed) are copied in.
 func (s *Server) settle(ctx context.Context, st *cluster.Store, sp cluster.VolumeSpec, info engine.VolumeInfo) error {
-	want := specFromInfo(sp, info)
-	want.State = cluster.VolumeReady
-	if want.Rev = sp.Rev; specEqual(want, sp) {
+	want := settledSpec(sp, info)
+	if specEqual(want, sp) {
 		return nil
 	}
 	if _, err := st.UpdateVolume(ctx, want); err != nil && !errors.Is(err, cluster.ErrConflict) {
@@ -157,6 +156,19 @@ func (s *Server) settle(ctx context.Context, st *cluster.Store, sp cluster.Volum
 	}
 	s.log.Info("cluster: volume spec brought in line with this node's drives", "name", sp.Name, "was", sp.State)
 	return nil
+}
+
+// settledSpec is sp as settle would record it for this node's volume info.
+// A replicated volume keeps the record's size: this node's replica grows
+// first in a resize, and the size is recorded only once every replica has
+// grown (a replica smaller than the record is refused at its next open).
+func settledSpec(sp cluster.VolumeSpec, info engine.VolumeInfo) cluster.VolumeSpec {
+	want := specFromInfo(sp, info)
+	want.State, want.Rev = cluster.VolumeReady, sp.Rev
+	if len(sp.Replicas) > 1 {
+		want.Size = sp.Size
+	}
+	return want
 }
 
 func specEqual(a, b cluster.VolumeSpec) bool {

@@ -127,3 +127,20 @@ func TestRemoveReplicaKeepsAnInSyncReplica(t *testing.T) {
 		t.Fatalf("removal under another claim: %v", err)
 	}
 }
+
+// Reconciliation does not record a replicated volume's size from this
+// node's replica: a resize grows it first, and one that failed on another
+// replica must leave the recorded size alone (the smaller replica would be
+// refused at the next open). A volume of one replica still takes it.
+func TestSettleKeepsReplicatedSize(t *testing.T) {
+	info := engine.VolumeInfo{Name: "db", Size: 2 << 30, Repl: 2}
+	sp := cluster.VolumeSpec{Name: "db", Size: 1 << 30, Repl: 2, State: cluster.VolumeReady,
+		Replicas: []cluster.Replica{{Node: "a"}, {Node: "b"}}}
+	if got := settledSpec(sp, info); got.Size != 1<<30 {
+		t.Fatalf("replicated volume's size settled to %d from this node's replica", got.Size)
+	}
+	sp.Replicas = sp.Replicas[:1]
+	if got := settledSpec(sp, info); got.Size != 2<<30 {
+		t.Fatalf("single-replica volume's size not settled: %d", got.Size)
+	}
+}
