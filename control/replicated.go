@@ -147,7 +147,11 @@ func (s *Server) OpenReplicated(name string) (exp nbd.Export, release func(), ha
 	if sp.Snapshot || len(sp.Replicas) < 2 && !s.coordinating(name) {
 		return nil, nil, false, nil // (a repl 1 volume gaining its first replica has a coordinator here)
 	}
-	c, err := s.acquireCoordinator(ctx, name)
+	// The claim, the dials and a convergence get the full time, whatever
+	// the lookup had: cut short, a dial evicts a healthy replica.
+	actx, acancel := context.WithTimeout(context.Background(), forwardTimeout)
+	defer acancel()
+	c, err := s.acquireCoordinator(actx, name)
 	if err != nil {
 		return nil, nil, true, err
 	}
@@ -227,18 +231,32 @@ func (s *Server) releaseCoordinator(name string) {
 	e.c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout)
 	defer cancel()
-	_, err := s.clusterOf().Member.Store().ModifyVolume(ctx, name, func(sp *cluster.VolumeSpec) error {
-		if sp.Coordinator != s.clusterOf().Member.ID() || sp.CoordinatorLease != e.claim.lease {
-			return errNotOurs
-		}
-		if ferr != nil {
-			// Replicas may differ: the next coordinator converges them.
-			sp.CoordinatorLease = ""
+	release := func() error {
+		_, err := s.clusterOf().Member.Store().ModifyVolume(ctx, name, func(sp *cluster.VolumeSpec) error {
+			if sp.Coordinator != s.clusterOf().Member.ID() || sp.CoordinatorLease != e.claim.lease {
+				return errNotOurs
+			}
+			if ferr != nil {
+				// Replicas may differ: the next coordinator converges them.
+				sp.CoordinatorLease = ""
+				return nil
+			}
+			sp.Coordinator, sp.CoordinatorLease = "", ""
 			return nil
+		}, e.claim.cmp)
+		return err
+	}
+	// Tried again while the kvdb does not answer: a claim left under this
+	// node's live lease turns every other node away. (New opens here wait
+	// meanwhile: see coordEntry.released.)
+	err := release()
+	for err != nil && !errors.Is(err, errNotOurs) && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+			err = release()
 		}
-		sp.Coordinator, sp.CoordinatorLease = "", ""
-		return nil
-	}, e.claim.cmp)
+	}
 	if err != nil && !errors.Is(err, errNotOurs) {
 		s.log.Warn("replicated volume closed; its claim stays in the kvdb until another node takes it over", "volume", name, "err", err)
 		return
@@ -300,6 +318,12 @@ func (s *Server) startCoordinator(ctx context.Context, name string) (*replicatio
 		return nil
 	}, cmp)
 	if err != nil {
+		if !errors.Is(err, engine.ErrBusy) {
+			// The claim may have been recorded (an etcd timeout after the
+			// commit): left under this node's live lease, it would turn
+			// every other node away until this one restarts.
+			s.giveUpClaim(name, claim{lease: lease})
+		}
 		return nil, claim{}, err
 	}
 	cl := claim{lease: lease, cmp: cmp}

@@ -165,12 +165,18 @@ out-of-sync one, else the last), and deletes its data on its node.
 	return cmd
 }
 
+// waitStallTimeout: how long ha-update --wait waits for a copy that makes
+// no progress before it gives up (a variable for tests).
+var waitStallTimeout = 2 * time.Minute
+
 // waitInSync follows a volume's replicas until all are in sync (and, with
 // released, until no node coordinates it): a progress bar on a terminal, a
 // plain line every few seconds otherwise.
 func waitInSync(ctx context.Context, c *control.Client, v control.Volume, released bool, w io.Writer) (control.Volume, error) {
 	p := newProgress(w)
 	var upSince time.Time
+	var lastCopied int64 = -1
+	lastProgress := time.Now()
 	for {
 		var copied, toCopy int64
 		up := v.ReplStatus == control.ReplUp
@@ -192,6 +198,19 @@ func waitInSync(ctx context.Context, c *control.Client, v control.Volume, releas
 		if done {
 			p.end()
 			return v, nil
+		}
+		if copied != lastCopied || up {
+			lastCopied, lastProgress = copied, time.Now()
+		} else if time.Since(lastProgress) > waitStallTimeout {
+			// A target that went away, or a coordinator that stopped:
+			// waiting on would never end. The copy resumes by itself.
+			p.end()
+			var states []string
+			for _, r := range v.Replicas {
+				states = append(states, r.Node+" "+r.State)
+			}
+			return v, fmt.Errorf("volume %s: the copy made no progress for %v (replicas: %s; coordinator %q); it resumes by itself when it can — follow it with `cairn volume inspect %s`",
+				v.Name, waitStallTimeout, strings.Join(states, ", "), v.Coordinator, v.Name)
 		}
 		select {
 		case <-ctx.Done():
