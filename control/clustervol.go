@@ -546,6 +546,20 @@ func (s *Server) deleteHeld(ctx context.Context, names []string, del func() ([]s
 			s.restoreReady(ctx, st, specs)
 			return nil, fmt.Errorf("%w: %q is being created; retry in a moment", engine.ErrBusy, n)
 		}
+		if sp.Coordinator != "" && sp.CoordinatorLease != "" && sp.Coordinator != cfg.Member.ID() {
+			// Served by another node: its writes are acknowledged by the
+			// replicas, this one among them. (This node's own coordinator
+			// holds its replica in the engine, which refuses the delete.)
+			hb, alive, err := st.HeartbeatLease(ctx, sp.Coordinator)
+			if err != nil {
+				s.restoreReady(ctx, st, specs)
+				return nil, err
+			}
+			if alive && hb == sp.CoordinatorLease {
+				s.restoreReady(ctx, st, specs)
+				return nil, fmt.Errorf("%w: volume %q is open on node %s (its coordinator); close it there first", engine.ErrBusy, n, sp.Coordinator)
+			}
+		}
 		// Otherwise a create or delete an earlier run left half-done
 		// (reconcile has not come by yet): the engine, which has it, is
 		// the truth, and the delete goes on from there.

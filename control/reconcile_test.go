@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cairn-storage/cairn/cluster"
@@ -158,4 +159,48 @@ func engineNames(infos []engine.VolumeInfo) []string {
 		out = append(out, v.Name)
 	}
 	return out
+}
+
+// A volume that another live node coordinates (its claim names that node
+// under that node's live lease) is not deleted from here: that node is
+// acknowledging writes the replicas hold. Once the claim is gone, it is.
+func TestDeleteRefusedWhileCoordinatedElsewhere(t *testing.T) {
+	t.Parallel()
+	_, c, st, _ := clusterAPI(t)
+	ctx := context.Background()
+	other, err := st.Register(ctx, cluster.MemberConfig{Record: func() cluster.NodeRecord {
+		return cluster.NodeRecord{ID: "node-other", Hostname: "other", Zone: "default", Rack: "default"}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Stop()
+	lease, _, ok := other.Lease()
+	if !ok {
+		t.Fatal("the other node holds no lease")
+	}
+	if _, err := c.CreateVolume(ctx, CreateVolumeRequest{Name: "db", Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	claim := func(node, lease string) {
+		sp, err := st.Volume(ctx, "db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp.Coordinator, sp.CoordinatorLease = node, lease
+		if _, err := st.UpdateVolume(ctx, sp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	claim("node-other", lease)
+	if err := c.DeleteVolume(ctx, "db"); !errors.Is(err, engine.ErrBusy) || !strings.Contains(err.Error(), "node-other") {
+		t.Fatalf("delete of a volume coordinated by a live node: %v", err)
+	}
+	if sp, err := st.Volume(ctx, "db"); err != nil || sp.State != cluster.VolumeReady {
+		t.Fatalf("after the refused delete: %+v, %v", sp, err)
+	}
+	claim("", "")
+	if err := c.DeleteVolume(ctx, "db"); err != nil {
+		t.Fatal(err)
+	}
 }
