@@ -29,10 +29,20 @@ import (
 // a time over an in-memory network, while a seeded schedule partitions
 // links, slows them, crashes and restarts replica nodes (losing their
 // unflushed writes), makes their disks fail some I/O (EIO), makes the
-// cluster's membership store unreachable, and replaces the coordinator
-// (crashed, or left running cut off: a zombie) by a new one that claims the
-// volume at a higher epoch. Clients write, read and flush small blocks
-// meanwhile; every operation's call and return is recorded.
+// cluster's membership store unreachable or makes its changes time out
+// after they were recorded, and replaces the coordinator (crashed, left
+// running cut off: a zombie, or released cleanly: Flush, then Close) by a
+// new one that claims the volume at a higher epoch. Clients write, read and
+// flush small blocks meanwhile; every operation's call and return is
+// recorded.
+//
+// The claims follow control's startCoordinator: a claim is Unclean when
+// the previous one was not released cleanly (a crash, a zombie, a failed
+// open, or a release whose flush failed), and only then converges; each
+// coordinating node (c1, c2, or a replica's) keeps one StateDir across its
+// claims, and an out-of-sync replica's region log is trusted (LogValid)
+// when the record names this node as its keeper (the node that evicted it
+// or last claimed the volume while it was out).
 //
 // What is checked:
 //
@@ -43,7 +53,8 @@ import (
 //     never lost; a failed write may take effect at any point up to the
 //     end, or never. Crashes that may lose acknowledged, unflushed writes
 //     are a takeover after the coordinator stopped uncleanly, and the last
-//     in-sync replica coming back from a crash ("revert" in the history).
+//     in-sync replica coming back from a crash ("revert" in the history);
+//     after a clean release whose flush succeeded, nothing may be lost.
 //  2. Epoch fencing: once a new coordinator is open, no write of the one it
 //     replaced is acknowledged.
 //  3. After the faults heal: every replica back in sync; Verify finds no
@@ -77,6 +88,7 @@ const (
 	simBlocks      = simVolumeSize / RegionSize * simSlots
 	simWorkers     = 4
 	simCheckBudget = time.Minute // porcupine's limit per run
+	simMaxClaims   = 30          // claims a takeover tries (20 steps apart) after every fault healed before the volume is deemed lost
 )
 
 func TestSimulation(t *testing.T) {
@@ -357,6 +369,11 @@ type simCoord struct {
 	local  bool
 	claim  int
 	opened int64 // history time when it was open and converged
+	// crashed: its process is dead (set before its node's volume loses
+	// anything): an operation that returns after that is a failure to its
+	// client, whose connection broke — a read of its local replica racing
+	// the crash must not deliver what the crash left.
+	crashed atomic.Bool
 }
 
 // sim is one run.
@@ -377,6 +394,8 @@ type sim struct {
 	claims atomic.Int32
 	// fencedWrites: writes a zombie tried after its successor opened.
 	fencedWrites atomic.Int32
+	// unopenable: a takeover gave up, simMaxClaims claims having failed.
+	unopenable atomic.Bool
 
 	mu     sync.Mutex
 	ops    []simOp  // REQUIRES mu
@@ -386,8 +405,106 @@ type sim struct {
 	// dmu before mu.
 	dmu   sync.Mutex
 	step  int             // REQUIRES dmu
+	steps int             // the schedule's length
 	heals []simHeal       // REQUIRES dmu; faults to undo, and restarts
 	busy  map[string]bool // REQUIRES dmu; nodes under a fault, or a coordinator's own
+
+	// What the cluster's record holds beside fakeMembership's in-sync set,
+	// as control's startCoordinator and replicationMembership keep it: a
+	// claim not released cleanly (the record's Coordinator still set: the
+	// next claim is Unclean), and the node whose state directory holds
+	// each out-of-sync replica's region log (the record's Log). A claim
+	// and a change are each atomic under memMu, as the etcd transactions
+	// are. Lock order: memMu before mu.
+	memMu     sync.Mutex
+	claimHeld bool              // REQUIRES memMu
+	logOwner  map[string]string // REQUIRES memMu
+	stateDirs map[string]string // REQUIRES memMu; each coordinating node's StateDir, kept across its claims
+	// timeouts, while set, makes some membership changes time out, some
+	// of them after they were recorded (etcd committed, the reply was lost).
+	timeouts atomic.Pointer[simTimeouts]
+	// gate: the workers' operations hold it shared; a clean release holds
+	// it alone from its Flush to its Close (the daemon releases when the
+	// last NBD connection is gone: nothing is written after its flush).
+	gate sync.RWMutex
+}
+
+// simTimeouts decides which changes time out while etcd is flaky: a third
+// before they are recorded, a third after (so the evictions of two
+// replicas may fare differently).
+type simTimeouts struct {
+	mu  sync.Mutex
+	rng *rand.Rand
+}
+
+// hit says whether a change times out, and if so whether it is recorded.
+func (t *simTimeouts) hit() (timeout, recorded bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.rng.IntN(3)
+	return r < 2, r == 1
+}
+
+// simMembership is the Membership of one claim's coordinator on node: the
+// change is recorded (or refused) by fakeMembership, and the record's Log
+// follows it as replicationMembership.set keeps it (evicted: this node
+// keeps its log; joined: none).
+type simMembership struct {
+	s     *sim
+	inner claimed
+	node  string
+}
+
+func (m simMembership) Evict(node string) (uint64, error) { return m.change(node, false) }
+func (m simMembership) Join(node string) (uint64, error)  { return m.change(node, true) }
+
+func (m simMembership) change(node string, in bool) (uint64, error) {
+	s := m.s
+	s.memMu.Lock()
+	defer s.memMu.Unlock()
+	op := "evict"
+	if in {
+		op = "join"
+	}
+	var timeout, recorded bool
+	if t := s.timeouts.Load(); t != nil {
+		timeout, recorded = t.hit()
+	}
+	if timeout && !recorded {
+		s.event("%s %s by claim %d: timed out, not recorded", op, node, m.inner.claim)
+		return 0, errors.New("sim: etcd request timed out")
+	}
+	var epoch uint64
+	var err error
+	if in {
+		epoch, err = m.inner.Join(node)
+	} else {
+		epoch, err = m.inner.Evict(node)
+	}
+	if err != nil {
+		return epoch, err
+	}
+	if in {
+		delete(s.logOwner, node)
+	} else {
+		s.logOwner[node] = m.node
+	}
+	if timeout {
+		s.event("%s %s by claim %d: recorded, but the coordinator hears a timeout", op, node, m.inner.claim)
+		return 0, errors.New("sim: etcd request timed out (the change was committed)")
+	}
+	return epoch, nil
+}
+
+// stateDir is node's coordinator StateDir: the same one each time it
+// coordinates. REQUIRES s.memMu.
+func (s *sim) stateDir(node string) string {
+	d, ok := s.stateDirs[node]
+	if !ok {
+		d = s.t.TempDir()
+		s.stateDirs[node] = d
+	}
+	return d
 }
 
 // simHeal undoes a fault at step at (the schedule runs it, holding dmu).
@@ -546,7 +663,8 @@ func simDecode(p []byte) (uint64, bool) {
 // left out when reads is false (a zombie coordinator's: nothing but the
 // lease it lost keeps it from reading its own replica, see control's
 // watchLease).
-func (s *sim) do(c *Coordinator, id int, rng *rand.Rand, buf []byte, reads bool) simOp {
+func (s *sim) do(sc *simCoord, id int, rng *rand.Rand, buf []byte, reads bool) simOp {
+	c := sc.c
 	k := rng.IntN(simBlocks)
 	off := simBlockOff(k)
 	op := simOp{client: id, block: k}
@@ -585,6 +703,9 @@ func (s *sim) do(c *Coordinator, id int, rng *rand.Rand, buf []byte, reads bool)
 		err := c.Flush()
 		op.ret, op.ok = s.now(), err == nil
 	}
+	if sc.crashed.Load() {
+		op.ok = false
+	}
 	s.record(op)
 	return op
 }
@@ -601,7 +722,10 @@ func (s *sim) worker(id int, wg *sync.WaitGroup) {
 			return
 		case <-s.clock.After(time.Duration(rng.IntN(3)) * simStep):
 		}
-		if op := s.do(s.coord.Load().c, id, rng, buf, true); !op.ok {
+		s.gate.RLock()
+		op := s.do(s.coord.Load(), id, rng, buf, true)
+		s.gate.RUnlock()
+		if !op.ok {
 			select { // the volume is down or changing: give it time
 			case <-s.stop:
 				return
@@ -625,7 +749,7 @@ func (s *sim) zombie(sc *simCoord, replacedAt *atomic.Int64, stop <-chan struct{
 			return
 		case <-s.clock.After(time.Duration(rng.IntN(3)) * simStep):
 		}
-		op := s.do(sc.c, id, rng, buf, false)
+		op := s.do(sc, id, rng, buf, false)
 		at := replacedAt.Load()
 		if op.kind == simWrite && at != 0 && op.call > at {
 			s.fencedWrites.Add(1)
@@ -661,9 +785,28 @@ func (s *sim) logger() *slog.Logger {
 // It returns nil when the coordinator could not open (no in-sync replica
 // reachable, a fault during the convergence).
 func (s *sim) open(node string) *simCoord {
+	// The claim, as startCoordinator's transaction: Unclean when the
+	// previous claim was not released cleanly; an out-of-sync replica's
+	// log is valid when this node kept it, and this node keeps it now.
+	s.memMu.Lock()
 	epoch, mem, replicas := s.mem.claimVolume(s.names)
+	unclean := s.claimHeld
+	s.claimHeld = true
+	var valid []string
+	for i := range replicas {
+		r := &replicas[i]
+		if !r.InSync {
+			r.LogValid = s.logOwner[r.Node] == node
+			s.logOwner[r.Node] = node
+			if r.LogValid {
+				valid = append(valid, r.Node)
+			}
+		}
+	}
+	stateDir := s.stateDir(node)
+	s.memMu.Unlock()
 	sc := &simCoord{node: node, claim: mem.claim}
-	s.event("claim %d by %s @%d", sc.claim, node, epoch)
+	s.event("claim %d by %s @%d unclean=%v, logs kept here: %v", sc.claim, node, epoch, unclean, valid)
 	var loc *Local
 	if n := s.nodes[node]; n != nil {
 		s.dmu.Lock()
@@ -677,11 +820,8 @@ func (s *sim) open(node string) *simCoord {
 		sc.local = true
 	}
 	cfg := CoordinatorConfig{Volume: testVolume, Size: simVolumeSize, Self: node, Epoch: epoch, Replicas: replicas, Local: loc,
-		Membership: mem, Dial: s.dialer(sc), StateDir: s.t.TempDir(), ResyncRate: 64 << 20, RetryInterval: simRetry,
-		Clock: s.clock, Logger: s.logger().With("claim", sc.claim),
-		// Every claim after the first follows a crash or a zombie:
-		// Converge compares what the replicas' activity logs name.
-		Unclean: sc.claim > 1}
+		Membership: simMembership{s, mem, node}, Dial: s.dialer(sc), StateDir: stateDir, ResyncRate: 64 << 20,
+		RetryInterval: simRetry, Clock: s.clock, Logger: s.logger().With("claim", sc.claim), Unclean: unclean}
 	c, err := NewCoordinator(context.Background(), cfg)
 	if err != nil {
 		if loc != nil {
@@ -691,32 +831,107 @@ func (s *sim) open(node string) *simCoord {
 		return nil
 	}
 	sc.c = c
-	if _, err := c.Converge(context.Background(), nil); err != nil {
-		s.event("claim %d: converge: %v", sc.claim, err)
-		c.Close()
-		return nil
+	// Converge compares what the replicas' activity logs name; the daemon
+	// does it only after an unclean stop.
+	if unclean {
+		if _, err := c.Converge(context.Background(), nil); err != nil {
+			s.event("claim %d: converge: %v", sc.claim, err)
+			c.Close()
+			return nil
+		}
 	}
 	sc.opened = s.now()
 	return sc
 }
 
-// takeover replaces old by a coordinator on another node: old crashed (its
-// node too, when it ran on a replica's), or old is a zombie that goes on
-// writing until its lease's fence catches up with it. It runs beside the
-// schedule (which keeps the clock going) and tries until a new one opens.
-func (s *sim) takeover(old *simCoord, zombie bool, rng *rand.Rand) {
+// How a takeover stops the coordinator it replaces.
+type simStop uint8
+
+const (
+	simCrash   simStop = iota // it crashes, with its node when that is a replica's
+	simZombie                 // it is cut off and goes on until its lease's fence catches up
+	simRelease                // it releases the volume as the daemon does: Flush, then Close
+)
+
+// coordNode picks a coordinator node that holds no replica (c1 or c2: each
+// keeps its StateDir across its claims), not avoid.
+func coordNode(rng *rand.Rand, avoid string) string {
+	node := fmt.Sprintf("c%d", 1+rng.IntN(2))
+	if node == avoid {
+		node = map[string]string{"c1": "c2", "c2": "c1"}[node]
+	}
+	return node
+}
+
+// takeover replaces old by a new coordinator: old crashed (its node too,
+// when it ran on a replica's), or old is a zombie that goes on writing
+// until its lease's fence catches up with it (the new one is on another
+// node), or old released the volume cleanly (Flush, then Close; the next
+// claim is clean if that flush succeeded, and often on the same node, as
+// when a client reconnects). It runs beside the schedule (which keeps the
+// clock going) and tries until a new one opens.
+func (s *sim) takeover(old *simCoord, mode simStop, rng *rand.Rand) {
 	start := s.now()
+	zombie := mode == simZombie
 	var zstop chan struct{}
 	var zwg sync.WaitGroup
 	var replacedAt atomic.Int64
-	if zombie {
+	revert, same := true, false
+	switch mode {
+	case simRelease:
+		s.event("coordinator %d on %s releases the volume", old.claim, old.node)
+		s.gate.Lock() // the clients are gone
+		ferr := old.c.Flush()
+		var behind []string // replicas that were not in sync: a resync may be under way
+		for _, n := range s.names {
+			if status(old.c, n).State != InSync {
+				behind = append(behind, n)
+			}
+		}
+		s.waitSteps(rng.IntN(4)) // (a resync goes on meanwhile)
+		old.c.Close()
+		s.gate.Unlock()
+		if ferr == nil {
+			// releaseCoordinator clears the claim only after a
+			// successful flush: then nothing acknowledged may be lost.
+			s.memMu.Lock()
+			s.claimHeld = false
+			s.memMu.Unlock()
+			revert = false
+		}
+		s.event("coordinator %d closed (flush: %v)", old.claim, ferr)
+		same = rng.IntN(2) == 0
+		s.dmu.Lock()
+		if !same && s.nodes[old.node] != nil {
+			s.busy[old.node] = false
+		}
+		if rng.IntN(2) == 0 {
+			// A replica's node crashes right after the release: what
+			// the copies of a resync sent it since its last flush is
+			// lost, and the next coordinator's log must name it.
+			var free []string
+			for _, n := range s.names {
+				if s.nodes[n].srv != nil && !s.busy[n] && (len(behind) == 0 || slices.Contains(behind, n)) {
+					free = append(free, n)
+				}
+			}
+			if len(free) > 0 {
+				n := s.nodes[free[rng.IntN(len(free))]]
+				s.busy[n.name] = true
+				s.crash(n)
+				s.restartLater(n, s.step+3+rng.IntN(50))
+			}
+		}
+		s.dmu.Unlock()
+	case simZombie:
 		s.event("coordinator %d on %s cut off (a zombie)", old.claim, old.node)
 		zstop = make(chan struct{})
 		zwg.Add(1)
 		go s.zombie(old, &replacedAt, zstop, &zwg)
-	} else {
+	default:
 		s.event("coordinator %d on %s crashed", old.claim, old.node)
-		old.c.Close()
+		old.crashed.Store(true)
+		old.c.Close() // (it saves the logs of a resync it stops: a crash need not, the resync mark covers them)
 		if n := s.nodes[old.node]; n != nil {
 			s.dmu.Lock()
 			s.crash(n)
@@ -724,8 +939,25 @@ func (s *sim) takeover(old *simCoord, zombie bool, rng *rand.Rand) {
 			s.dmu.Unlock()
 		}
 	}
-	for {
-		node := fmt.Sprintf("c%d", s.claims.Add(1))
+	for tries := 0; ; {
+		s.dmu.Lock()
+		if s.step > s.steps+200 {
+			tries++ // every fault has healed
+		}
+		s.dmu.Unlock()
+		if tries == simMaxClaims {
+			// A volume that no claim can open once every fault has
+			// healed (e.g. the record has no in-sync replica left) is lost.
+			s.event("no claim opens the volume: giving up")
+			s.unopenable.Store(true)
+			break // (a zombie is stopped still)
+		}
+		s.claims.Add(1)
+		avoid := ""
+		if zombie {
+			avoid = old.node // still running there
+		}
+		node := coordNode(rng, avoid)
 		s.dmu.Lock()
 		var free []string // replica nodes up and under no fault
 		for _, n := range s.names {
@@ -733,7 +965,10 @@ func (s *sim) takeover(old *simCoord, zombie bool, rng *rand.Rand) {
 				free = append(free, n)
 			}
 		}
-		if len(free) > 0 && rng.IntN(2) == 0 {
+		switch {
+		case same:
+			node, same = old.node, false // (a replica's node stays busy)
+		case len(free) > 0 && rng.IntN(2) == 0:
 			node = free[rng.IntN(len(free))]
 			s.busy[node] = true // no fault while it opens, nor while it serves
 		}
@@ -750,7 +985,9 @@ func (s *sim) takeover(old *simCoord, zombie bool, rng *rand.Rand) {
 		}
 		replacedAt.Store(sc.opened)
 		s.coord.Store(sc)
-		s.revert(start, fmt.Sprintf("coordinator %d replaced by %d on %s", old.claim, sc.claim, sc.node))
+		if revert {
+			s.revert(start, fmt.Sprintf("coordinator %d replaced by %d on %s", old.claim, sc.claim, sc.node))
+		}
 		s.mu.Lock()
 		for _, n := range s.nodes {
 			n.crashes = nil // what they lost is in the revert, or their logs
@@ -818,7 +1055,8 @@ func runSim(t *testing.T, seed uint64, steps int) {
 	repl := 2 + rng.IntN(2)
 	clock := newFakeClock()
 	s := &sim{t: t, seed: seed, clock: clock, net: &simNet{clock: clock, links: map[string]*simLink{}},
-		nodes: map[string]*simNode{}, log: &logBuffer{}, stop: make(chan struct{}), busy: map[string]bool{}}
+		nodes: map[string]*simNode{}, log: &logBuffer{}, stop: make(chan struct{}), busy: map[string]bool{},
+		logOwner: map[string]string{}, stateDirs: map[string]string{}, steps: steps}
 	for i := range repl {
 		n := &simNode{name: fmt.Sprintf("n%d", i+1), vol: newMemVolume(simVolumeSize), stateDir: t.TempDir()}
 		s.nodes[n.name] = n
@@ -834,7 +1072,7 @@ func runSim(t *testing.T, seed uint64, steps int) {
 			s.mu.Unlock()
 		}
 	}
-	first := "c0"
+	first := "c1"
 	if rng.IntN(2) == 0 {
 		first = "n1" // with its local replica
 		s.busy[first] = true
@@ -895,10 +1133,28 @@ func runSim(t *testing.T, seed uint64, steps int) {
 	// The fault schedule.
 	outage := false
 	var taking atomic.Bool
-	var counts struct{ partitions, crashes, delays, slow, disks, slowDisks, outages, takeovers, zombies int }
+	var counts struct {
+		partitions, crashes, delays, slow, disks, slowDisks, outages, timeouts, takeovers, zombies, releases int
+	}
+	startTakeover := func(cur *simCoord, mode simStop) {
+		taking.Store(true)
+		trng := rand.New(rand.NewPCG(rng.Uint64(), 1))
+		takeovers.Add(1)
+		go func() {
+			defer takeovers.Done()
+			s.takeover(cur, mode, trng)
+			taking.Store(false)
+		}()
+	}
 	for range steps {
 		s.dmu.Lock()
-		if rng.IntN(100) < 6 {
+		if cur := s.coord.Load(); !taking.Load() && resyncing(cur.c) && rng.IntN(100) < 4 {
+			// A release while a replica resyncs: its log is saved with
+			// what the copies sent since its last flush.
+			counts.takeovers++
+			counts.releases++
+			startTakeover(cur, simRelease)
+		} else if rng.IntN(100) < 6 {
 			cur := s.coord.Load()
 			var free []string // nodes no fault holds, the coordinator's own neither
 			for _, n := range s.names {
@@ -906,22 +1162,29 @@ func runSim(t *testing.T, seed uint64, steps int) {
 					free = append(free, n)
 				}
 			}
-			kind := rng.IntN(14)
+			kind := rng.IntN(16)
 			switch {
-			case kind == 13 && !taking.Load():
+			case (kind == 13 || kind == 14) && !taking.Load():
 				counts.takeovers++
-				zombie := rng.IntN(2) == 0
-				if zombie {
-					counts.zombies++
+				mode := simRelease
+				if kind == 13 {
+					mode = simCrash
+					if rng.IntN(2) == 0 {
+						mode = simZombie
+						counts.zombies++
+					}
+				} else {
+					counts.releases++
 				}
-				taking.Store(true)
-				trng := rand.New(rand.NewPCG(rng.Uint64(), 1))
-				takeovers.Add(1)
-				go func() {
-					defer takeovers.Done()
-					s.takeover(cur, zombie, trng)
-					taking.Store(false)
-				}()
+				startTakeover(cur, mode)
+			case kind == 15 && s.timeouts.Load() == nil:
+				counts.timeouts++
+				s.timeouts.Store(&simTimeouts{rng: rand.New(rand.NewPCG(rng.Uint64(), 2))})
+				s.event("membership changes time out after they are recorded")
+				s.heals = append(s.heals, simHeal{s.step + 10 + rng.IntN(100), func() {
+					s.timeouts.Store(nil)
+					s.event("membership replies again")
+				}})
 			case kind == 12 && !outage:
 				counts.outages++
 				outage = true
@@ -1018,8 +1281,9 @@ func runSim(t *testing.T, seed uint64, steps int) {
 		s.dmu.Unlock()
 		s.advance()
 	}
-	t.Logf("faults: %d partitions, %d crashes, %d delays (%d past the timeout), %d disks failing, %d slow, %d membership outages, %d coordinator takeovers (%d with a zombie; it tried %d writes once replaced)",
-		counts.partitions, counts.crashes, counts.delays, counts.slow, counts.disks, counts.slowDisks, counts.outages, counts.takeovers, counts.zombies, s.fencedWrites.Load())
+	t.Logf("faults: %d partitions, %d crashes, %d delays (%d past the timeout), %d disks failing, %d slow, %d membership outages, %d with recorded changes timing out, %d coordinator takeovers (%d clean releases, %d with a zombie; it tried %d writes once replaced)",
+		counts.partitions, counts.crashes, counts.delays, counts.slow, counts.disks, counts.slowDisks, counts.outages, counts.timeouts,
+		counts.takeovers, counts.releases, counts.zombies, s.fencedWrites.Load())
 
 	// Heal everything (a takeover under way finishes first), stop the
 	// clients, and let the coordinator catch up.
@@ -1027,6 +1291,10 @@ func runSim(t *testing.T, seed uint64, steps int) {
 		s.advance()
 	}
 	takeovers.Wait()
+	if s.unopenable.Load() {
+		t.Fatalf("seed %d: no coordinator could open the volume in %d claims after coordinator %d stopped: %v",
+			seed, simMaxClaims, s.coord.Load().claim, s.mem.history())
+	}
 	s.dmu.Lock()
 	for _, h := range s.heals {
 		h.do()
@@ -1128,6 +1396,15 @@ func (s *sim) report(off int64) {
 			}
 		}
 	}
+}
+
+func resyncing(c *Coordinator) bool {
+	for _, st := range c.Status() {
+		if st.State == Resyncing {
+			return true
+		}
+	}
+	return false
 }
 
 func allInSync(c *Coordinator) bool {
