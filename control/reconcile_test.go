@@ -13,6 +13,7 @@ import (
 
 	"github.com/cairn-storage/cairn/cluster"
 	"github.com/cairn-storage/cairn/engine"
+	"github.com/cairn-storage/cairn/replication"
 )
 
 // clusterAPI is one node in a cluster of its own: a real engine on a file
@@ -202,5 +203,46 @@ func TestDeleteRefusedWhileCoordinatedElsewhere(t *testing.T) {
 	claim("", "")
 	if err := c.DeleteVolume(ctx, "db"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The eviction transaction keeps an in-sync replica in the record, whatever
+// the coordinator believes: an earlier eviction it heard fail may have been
+// committed (found by the replication simulation, seed 170: both replicas
+// evicted in the record, and the volume could never be opened again).
+func TestEvictionKeepsAnInSyncReplicaInTheRecord(t *testing.T) {
+	t.Parallel()
+	srv, _, st, _ := clusterAPI(t)
+	ctx := context.Background()
+	m := srv.clusterOf().Member
+	self := m.ID()
+	lease, cmp, ok := m.Lease()
+	if !ok {
+		t.Fatal("no lease")
+	}
+	sp, err := st.CreateVolume(ctx, cluster.VolumeSpec{Name: "db", Size: 64 << 20, Repl: 2, State: cluster.VolumeReady,
+		Coordinator: self, CoordinatorLease: lease, Epoch: 4,
+		Replicas: []cluster.Replica{{Node: self, State: cluster.ReplicaInSync}, {Node: "node-b", State: cluster.ReplicaInSync}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := &replicationMembership{s: srv, volume: "db", claim: claim{lease: lease, cmp: cmp}}
+	if epoch, err := mem.Evict("node-b"); err != nil || epoch != sp.Epoch+1 {
+		t.Fatalf("evicting one of two in-sync replicas: epoch %d, %v", epoch, err)
+	}
+	if _, err := mem.Evict(self); !errors.Is(err, replication.ErrNoReplica) {
+		t.Fatalf("evicting the last in-sync replica in the record: %v", err)
+	}
+	got, err := st.Volume(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Replicas[0].InSync() || got.Replicas[1].InSync() || got.Epoch != sp.Epoch+1 {
+		t.Fatalf("record after the refused eviction: %+v", got)
+	}
+	// Evicting one that is out already (a retry of an eviction heard as
+	// failed) is allowed while another is in sync.
+	if _, err := mem.Evict("node-b"); err != nil {
+		t.Fatalf("evicting an evicted replica again: %v", err)
 	}
 }

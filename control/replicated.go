@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -490,6 +491,12 @@ func (m *replicationMembership) set(node, state string) (uint64, error) {
 	sp, err := mem.Store().ModifyVolume(ctx, m.volume, func(sp *cluster.VolumeSpec) error {
 		if sp.Coordinator != self || sp.CoordinatorLease != m.claim.lease {
 			return fmt.Errorf("%w: volume %q is now coordinated by node %s", replication.ErrFenced, m.volume, sp.Coordinator)
+		}
+		if state == cluster.ReplicaOutOfSync && !slices.ContainsFunc(sp.Replicas, func(r cluster.Replica) bool { return r.Node != node && r.InSync() }) {
+			// The record keeps an in-sync replica whatever the coordinator
+			// believes: an earlier eviction it heard fail may have been
+			// recorded (an etcd timeout after the commit).
+			return fmt.Errorf("%w: the replica on node %s is the last in-sync one of volume %q in the cluster's record", replication.ErrNoReplica, node, m.volume)
 		}
 		for i := range sp.Replicas {
 			if sp.Replicas[i].Node == node {

@@ -75,6 +75,11 @@ func (f *fakeMembership) change(claim int, op, node string, in bool) (uint64, er
 	if err == nil && claim != f.claim {
 		err = fmt.Errorf("%w: the volume was claimed again (claim %d, not %d)", ErrFenced, f.claim, claim)
 	}
+	if err == nil && !in && !f.othersInSync(node) {
+		// As the daemon's transaction (control's replicationMembership):
+		// the record keeps an in-sync replica.
+		err = fmt.Errorf("%w: %s is the last in-sync replica in the record", ErrNoReplica, node)
+	}
 	if err != nil {
 		f.events = append(f.events, fmt.Sprintf("%s %s failed", op, node))
 		f.mu.Unlock()
@@ -93,6 +98,17 @@ func (f *fakeMembership) change(claim int, op, node string, in bool) (uint64, er
 		return 0, committedErr
 	}
 	return epoch, nil
+}
+
+// othersInSync reports whether a node other than node is in sync in the
+// record. REQUIRES f.mu.
+func (f *fakeMembership) othersInSync(node string) bool {
+	for n, in := range f.inSync {
+		if in && n != node {
+			return true
+		}
+	}
+	return false
 }
 
 func (f *fakeMembership) Evict(node string) (uint64, error) { return f.change(0, "evict", node, false) }
