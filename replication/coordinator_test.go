@@ -111,6 +111,21 @@ func (f *fakeMembership) othersInSync(node string) bool {
 	return false
 }
 
+// waitEvent waits (10 s at most) for a change in the history that match
+// accepts.
+func (f *fakeMembership) waitEvent(t *testing.T, match func(event string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.ContainsFunc(f.history(), match) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the awaited change never came: %v", f.history())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func is(event string) func(string) bool { return func(e string) bool { return e == event } }
+
 func (f *fakeMembership) Evict(node string) (uint64, error) { return f.change(0, "evict", node, false) }
 func (f *fakeMembership) Join(node string) (uint64, error)  { return f.change(0, "join", node, true) }
 
@@ -1037,13 +1052,7 @@ func TestCoordinatorJoinFailureKeepsUnflushed(t *testing.T) {
 	go func() { done <- c.WriteAt(pattern(4096, 8), 8*RegionSize, false) }()
 	<-entered8
 	close(releaseCopy) // the resync goes on: flush, then join
-	deadline := time.Now().Add(10 * time.Second)
-	for !slices.ContainsFunc(tc.mem.history(), func(e string) bool { return e == "join n2 failed" }) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no join attempted: %v", tc.mem.history())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	tc.mem.waitEvent(t, is("join n2 failed"))
 	// Out of the set only through a recorded eviction (the join's retry
 	// cannot give the crashed n2 the activity log, and evicts it).
 	evicted := slices.ContainsFunc(tc.mem.history(), func(e string) bool { return strings.HasPrefix(e, "evict n2 @") })
@@ -1188,13 +1197,7 @@ func TestCoordinatorFailedWriteOnJoiningReplica(t *testing.T) {
 	unreachable := errors.New("etcd unreachable")
 	tc.mem.setErrs(nil, unreachable)
 	n2.start(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for !slices.Contains(tc.mem.history(), "join n2 failed") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no join attempted: %v", tc.mem.history())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	tc.mem.waitEvent(t, is("join n2 failed"))
 	tc.mem.setErrs(unreachable, unreachable)
 	n1.vol.setFail(func(op string, off, n int64) error {
 		if op == "write" && off == 7*RegionSize {
@@ -1446,13 +1449,7 @@ func TestCoordinatorKeepsLastUndoomedReplica(t *testing.T) {
 	tc.mem.mu.Lock()
 	tc.mem.evictErrFor = nil
 	tc.mem.mu.Unlock()
-	deadline := time.Now().Add(10 * time.Second)
-	for !slices.ContainsFunc(tc.mem.history(), func(e string) bool { return strings.HasPrefix(e, "evict n2 @") }) {
-		if time.Now().After(deadline) {
-			t.Fatalf("doomed n2 never evicted: %v", tc.mem.history())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	tc.mem.waitEvent(t, func(e string) bool { return strings.HasPrefix(e, "evict n2 @") })
 	n2.start(t)
 	waitInSync(t, c)
 	verifyClean(t, c)
@@ -1512,13 +1509,7 @@ func TestCoordinatorDoomedUnconfirmedJoinFailsFlush(t *testing.T) {
 	evictFor(t, tc, c, "n2", 3*RegionSize)
 	tc.mem.setErrs(nil, errors.New("etcd unreachable"))
 	n2.start(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for !slices.Contains(tc.mem.history(), "join n2 failed") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no join attempted: %v", tc.mem.history())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	tc.mem.waitEvent(t, is("join n2 failed"))
 	// n2 fails the write, and its repair (a copy from n1), in region 4,
 	// and answers everything else: it is doomed, alive.
 	tc.mem.setErrs(errors.New("etcd unreachable"), errors.New("etcd unreachable"))
@@ -1555,13 +1546,7 @@ func TestCoordinatorUnrecordedEvictionKeepsResyncMark(t *testing.T) {
 	evictFor(t, tc, c, "n2", 3*RegionSize)
 	tc.mem.setErrs(nil, errors.New("etcd unreachable"))
 	n2.start(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for !slices.Contains(tc.mem.history(), "join n2 failed") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no join attempted: %v", tc.mem.history())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	tc.mem.waitEvent(t, is("join n2 failed"))
 	// n2 fails one write; its eviction fails, and the region is repaired
 	// by a copy from n1: n2 stays, unconfirmed, and takes the next write.
 	tc.mem.setErrs(errors.New("etcd unreachable"), errors.New("etcd unreachable"))
