@@ -335,7 +335,11 @@ func Abandon(ctx context.Context, st *Store, id string) error {
 // SweepOrphans deletes the objects of volumeID's backups that have no
 // manifest, except backup keep: uploads that failed while the store could
 // not be reached to clean them up (they are never listed, but they take
-// space). It returns how many backups it swept.
+// space). An object that a manifest of the volume names stays wherever it
+// is: a deleted backup's manifest goes, and its objects that later
+// incrementals still use stay under its prefix (Delete). While any
+// manifest of the volume cannot be read, nothing is swept (what it names
+// is unknown). It returns how many backups it swept.
 //
 // REQUIRES: no backup of the volume other than keep is running anywhere.
 // The daemon keeps that (one backup of a volume at a time, on the node that
@@ -349,26 +353,39 @@ func SweepOrphans(ctx context.Context, st *Store, volumeID, keep string) (int, e
 	if err != nil {
 		return 0, err
 	}
-	complete, seen := map[string]bool{}, map[string]bool{}
+	ms, broken, err := manifests(ctx, st, volumePrefix(volumeID))
+	if err != nil {
+		return 0, err
+	}
+	if len(broken) > 0 {
+		return 0, nil
+	}
+	named := map[string]bool{}
+	for _, m := range ms {
+		for _, o := range m.Objects {
+			named[o.Key] = true
+		}
+	}
+	complete, orphans := map[string]bool{}, map[string][]string{}
 	for _, k := range keys {
 		id, rest, ok := strings.Cut(strings.TrimPrefix(k, volumePrefix(volumeID)), "/")
 		if !ok {
 			continue
 		}
-		seen[id] = true
 		complete[id] = complete[id] || rest == manifestName
+		if _, err := backupPrefix(id); err == nil && !named[k] {
+			orphans[id] = append(orphans[id], k) // (not a name this format writes: not ours to delete)
+		}
 	}
 	swept := 0
-	for id := range seen {
+	for id, ks := range orphans {
 		if complete[id] || id == keep {
 			continue
 		}
-		prefix, err := backupPrefix(id)
-		if err != nil {
-			continue // not a name this format writes: not ours to delete
-		}
-		if err := sweepPrefix(ctx, st, prefix); err != nil {
-			return swept, err
+		for _, k := range ks {
+			if err := st.remove(ctx, k); err != nil {
+				return swept, err
+			}
 		}
 		swept++
 	}

@@ -538,3 +538,41 @@ func TestSweepOrphans(t *testing.T) {
 		t.Fatalf("a bad volume id: %v", err)
 	}
 }
+
+// The daemon sweeps orphaned uploads before every backup. After the full
+// backup at the base of a chain is deleted (as the schedule's pruning
+// does), its objects that the incrementals still use stay under its prefix,
+// which has no manifest any more: the sweep must leave them. Every backup
+// left, and one taken after the sweep on top of the chain, restores.
+func TestSweepAfterDeleteKeepsChain(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	ctx := context.Background()
+	e := testEngine(t, 256<<20)
+	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 16 << 20})
+	write(t, e, "v", 0, randBytes(1, 16<<20))
+	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	var ids []string
+	var wants [][]byte
+	for i := range 3 {
+		write(t, e, "v", int64(i*5)<<20, randBytes(uint64(20+i), 1<<20))
+		ids = append(ids, c.backup(false).ID)
+		wants = append(wants, content(t, e, "v"))
+	}
+	if err := Delete(ctx, c.st, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := e.Volume("v")
+	if _, err := SweepOrphans(ctx, c.st, v.Info().ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	write(t, e, "v", 9<<20, randBytes(30, 1<<20))
+	ids = append(ids, c.backup(false).ID)
+	wants = append(wants, content(t, e, "v"))
+	for i := 1; i < len(ids); i++ {
+		name := "r" + string(rune('0'+i))
+		if _, err := Restore(ctx, e, c.st, ids[i], name, nil); err != nil {
+			t.Fatalf("restore of backup %d after its base was deleted and the bucket swept: %v", i, err)
+		}
+		sameContent(t, "restore after the sweep", wants[i], content(t, e, name))
+	}
+}
