@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"golang.org/x/sync/errgroup"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -307,6 +308,11 @@ func sweepPrefix(ctx context.Context, st *Store, prefix string) error {
 	keys, err := st.list(ctx, prefix)
 	if err != nil {
 		return err
+	}
+	// The manifest first: a sweep cut short (its deadline, a failing
+	// store) must not leave a listed backup whose objects are gone.
+	if i := slices.Index(keys, prefix+manifestName); i > 0 {
+		keys[0], keys[i] = keys[i], keys[0]
 	}
 	for _, k := range keys {
 		if err := st.remove(ctx, k); err != nil {
