@@ -173,8 +173,12 @@ func (m *Manifest) check() error {
 			return fmt.Errorf("encryption parameters %s/%s not readable", e.Cipher, e.KDF)
 		}
 	}
+	// Objects live under their own volume's prefix: a manifest naming
+	// another volume's objects (written by hand, or hostile) would have
+	// Delete remove what that volume's backups need.
+	own := volumePrefix(m.VolumeID)
 	for i, o := range m.Objects {
-		if o.Size < 0 || o.Size > maxObjectBytes || !strings.HasPrefix(o.Key, rootPrefix) {
+		if o.Size < 0 || o.Size > maxObjectBytes || len(m.VolumeID) != 16 || !strings.HasPrefix(o.Key, own) {
 			return fmt.Errorf("object %d (%q): bad entry", i, o.Key)
 		}
 	}

@@ -120,8 +120,8 @@ func TestRawFrames(t *testing.T) {
 // anything is read or created.
 func TestManifestCheckRawFrames(t *testing.T) {
 	base := func() *Manifest {
-		return &Manifest{Format: 2, ExtentSize: extentSize, Size: 2<<20 + 4096, Compression: "zstd",
-			Objects: []Object{{Key: rootPrefix + "k", Size: 4 << 20}},
+		return &Manifest{Format: 2, ExtentSize: extentSize, Size: 2<<20 + 4096, Compression: "zstd", VolumeID: "0123456789abcdef",
+			Objects: []Object{{Key: volumePrefix("0123456789abcdef") + "0123456789abcdef-20261202T000000.000Z/data/000000", Size: 4 << 20}},
 			Extents: []Frame{{X: 0, Off: 0, Len: extentSize, Raw: true}, {X: 2, Off: extentSize, Len: 4096, Raw: true}}}
 	}
 	if err := base().check(); err != nil {
@@ -133,6 +133,8 @@ func TestManifestCheckRawFrames(t *testing.T) {
 		want string
 	}{
 		{"raw frame in a format 1 manifest", func(m *Manifest) { m.Format = 1 }, "raw frames are format 2"},
+		{"an object of another volume", func(m *Manifest) { m.Objects[0].Key = volumePrefix("fedcba9876543210") + "x/data/000000" }, "bad entry"},
+		{"no volume id", func(m *Manifest) { m.VolumeID = "" }, "bad entry"},
 		{"format from the future", func(m *Manifest) { m.Format = FormatVersion + 1 }, "this cairn reads formats 1 to"},
 		{"format 0", func(m *Manifest) { m.Format = 0 }, "this cairn reads formats 1 to"},
 		{"raw frame shorter than its extent", func(m *Manifest) { m.Extents[0].Len-- }, "raw frame of"},
