@@ -120,10 +120,13 @@ func RestoreWith(ctx context.Context, eng *engine.Engine, st *Store, id, name st
 // (O_DIRECT) costs less CPU but was slower: each worker then waits for the
 // device (BENCHMARKS.md).
 func fill(ctx context.Context, eng *engine.Engine, st *Store, m *Manifest, aead cipher.AEAD, name string, prog *Progress) error {
-	v, err := eng.Volume(name)
+	// Held until filled and flushed: no export or attachment serves it
+	// meanwhile. (Released before a failed restore deletes it.)
+	v, hold, err := eng.HoldVolume(name, engine.Holder{Kind: engine.HeldByRestore})
 	if err != nil {
 		return err
 	}
+	defer hold.Release()
 	byObject := make([][]Frame, len(m.Objects))
 	for _, f := range m.Extents {
 		byObject[f.O] = append(byObject[f.O], f)

@@ -451,6 +451,9 @@ func inUse(name string, hs []engine.Holder) (what, todo string) {
 	if slices.ContainsFunc(hs, func(h engine.Holder) bool { return h.Kind == engine.HeldByReplication }) {
 		todos = append(todos, fmt.Sprintf("close it where it is open, or wait for its replica copy to end (cairn volume inspect %s)", name))
 	}
+	if slices.ContainsFunc(hs, func(h engine.Holder) bool { return h.Kind == engine.HeldByRestore }) {
+		todos = append(todos, fmt.Sprintf("wait for its restore to end (cairn cloudsnap status %s)", name))
+	}
 	return engine.DescribeHolders(hs), strings.Join(todos, " and ")
 }
 

@@ -24,6 +24,10 @@ const (
 	// HeldByReplication is a coordinator's connection to this replica (or
 	// this node's own coordinator using it).
 	HeldByReplication
+	// HeldByRestore is a cloud snapshot being restored into the volume: no
+	// one else may use it until the restore is done (a reader would see a
+	// partial volume, a writer's data would be overwritten).
+	HeldByRestore
 )
 
 // Holder describes one hold on a volume, for the messages that refuse to
@@ -79,7 +83,8 @@ func (v *Volume) hold(holder Holder) (*Hold, error) {
 	v.holdMu.Lock()
 	defer v.holdMu.Unlock()
 	for _, other := range v.holds {
-		if (other.Kind == HeldByReplication) != (holder.Kind == HeldByReplication) {
+		if (other.Kind == HeldByReplication) != (holder.Kind == HeldByReplication) ||
+			other.Kind == HeldByRestore || holder.Kind == HeldByRestore {
 			hs := make([]Holder, 0, len(v.holds))
 			for _, o := range v.holds {
 				hs = append(hs, o)
@@ -148,6 +153,12 @@ func DescribeHolders(hs []Holder) string {
 	for _, h := range hs {
 		if h.Kind == HeldByReplication {
 			parts = append(parts, "in use by the volume's coordinator (replication)")
+			break
+		}
+	}
+	for _, h := range hs {
+		if h.Kind == HeldByRestore {
+			parts = append(parts, "being restored from a cloud snapshot")
 			break
 		}
 	}

@@ -109,4 +109,25 @@ func TestReplicationHoldExcludesDirectUse(t *testing.T) {
 		again.Release()
 	}
 	repl.Release()
+
+	// A restore holds the volume alone: no client while it fills, and no
+	// restore into a volume in use.
+	_, restore, err := e.HoldVolume("v", Holder{Kind: HeldByRestore})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []HolderKind{HeldByNBD, HeldAttached, HeldByReplication, HeldByRestore} {
+		if _, _, err := e.HoldVolume("v", Holder{Kind: k}); !errors.As(err, &be) || DescribeHolders(be.Holders) != "being restored from a cloud snapshot" {
+			t.Fatalf("hold (kind %d) of a volume being restored: %v", k, err)
+		}
+	}
+	restore.Release()
+	_, nbd, err = e.HoldVolume("v", Holder{Kind: HeldByNBD})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.HoldVolume("v", Holder{Kind: HeldByRestore}); !errors.Is(err, ErrBusy) {
+		t.Fatalf("restore hold of a volume an NBD client uses: %v", err)
+	}
+	nbd.Release()
 }
