@@ -188,12 +188,29 @@ func (c *Cloudsnaps) Shutdown() {
 	c.wg.Wait()
 }
 
+// RecoverRestores deletes the partial volumes of the restores a killed
+// daemon left running. The daemon calls it before its first
+// reconciliation, which would otherwise record such a volume ready (and
+// before anything can export or attach it); the rest of the cleanup runs
+// in the background (Start).
+func (c *Cloudsnaps) RecoverRestores() {
+	c.recoverKind("restore")
+}
+
 // recover cleans up the jobs a killed daemon left running.
 func (c *Cloudsnaps) recover() {
+	c.recoverKind("")
+}
+
+// recoverKind cleans up the left-running jobs of kind ("": every kind).
+func (c *Cloudsnaps) recoverKind(kind string) {
 	c.mu.Lock()
 	left := slices.Clone(c.state.Running)
 	c.mu.Unlock()
 	for _, r := range left {
+		if kind != "" && r.Kind != kind {
+			continue
+		}
 		j := c.addJob(CloudsnapJob{ID: r.ID, Kind: r.Kind, Volume: r.Volume, Cloudsnap: r.ID, Credential: r.Credential})
 		var errs []error
 		switch r.Kind {

@@ -9,6 +9,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -220,6 +221,46 @@ func TestCloudsnapDaemonKilledMidUpload(t *testing.T) {
 	out = mustCairn(t, host, "cloudsnap", "backup", "big", "--wait")
 	if !strings.Contains(out, "(full, ") {
 		t.Errorf("backup after the restart:\n%s", out)
+	}
+
+	// SIGKILL mid-restore. While it fills, the volume is nobody else's (an
+	// NBD client is refused); after the restart the partial volume is gone
+	// before the daemon is ready, never recorded as a usable volume.
+	last := jq(t, mustCairn(t, host, "cloudsnap", "list", "--volume", "big", "-j"), ".[-1].id")
+	mustCairn(t, host, "cloudsnap", "restore", "--snap", last, "--name", "copy")
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		st := mustCairn(t, host, "cloudsnap", "status", "copy", "-j")
+		if jq(t, st, ".[0].state") != "running" {
+			t.Skipf("the restore ended before the kill (%s); nothing more to test", jq(t, st, ".[0].state"))
+		}
+		if jsonInt(t, st, ".[0].bytes_done") > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the restore wrote nothing in 60 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, socket = d.nbdAddrs(t)
+	if r := exec.Command("nbdinfo", "--size", fmt.Sprintf("nbd+unix:///copy?socket=%s", socket)); r.Run() == nil {
+		if st := mustCairn(t, host, "cloudsnap", "status", "copy", "-j"); jq(t, st, ".[0].state") == "running" {
+			t.Error("an NBD client opened a volume being restored")
+		}
+	}
+	d.cmd.Process.Kill()
+	<-d.exited
+	d = startDaemon(t, dataDir)
+	host = d.api
+	jq(t, mustCairn(t, host, "volume", "list", "--all", "-j"), `[.[].name | select(. == "copy")] == []`)
+	// Deleted before the first reconciliation, which never took the
+	// partial volume for a finished one.
+	if log := d.log(); strings.Contains(log, `brought in line with this node's drives" name=copy`) {
+		t.Errorf("the partial restored volume was recorded ready at start:\n%s", log)
+	}
+	st = mustCairn(t, host, "cloudsnap", "status", "copy", "-j")
+	if jq(t, st, ".[0].state") != "failed" || !strings.Contains(jq(t, st, ".[0].error"), "interrupted by a daemon restart") {
+		t.Errorf("status of the interrupted restore after the restart:\n%s", st)
 	}
 }
 

@@ -308,6 +308,9 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	exports.SetLocate(func(name string) error { return apiServer.Locate(context.Background(), name) })
 	exports.SetReplicated(apiServer.OpenReplicated)
 	attacher.SetReplicated(apiServer.OpenReplicated)
+	// A cloudsnap restore the previous run left half done is deleted
+	// first: reconciliation would record its volume ready.
+	cloudsnaps.RecoverRestores()
 	// The drives and the cluster's specs agree before the node takes
 	// changes (the attachments' restore below is what opens it to them);
 	// what cannot agree is reported, and the node starts anyway.
