@@ -107,7 +107,10 @@ func List(ctx context.Context, st *Store, volume string) ([]Entry, error) {
 
 // Delete removes backup id: its manifest first (from then on it is not
 // listed), then every object it names or stored that no other manifest of
-// its volume names. Every other backup of the chain stays restorable.
+// its volume names. Every other backup of the chain stays restorable. While
+// another manifest of the volume cannot be read, the objects stay (an
+// error says so); a backup's sweep takes those that no manifest names once
+// every manifest reads again.
 func Delete(ctx context.Context, st *Store, id string) error {
 	target, err := ReadManifest(ctx, st, id)
 	if err != nil && !errors.Is(err, ErrCorrupt) {
@@ -121,9 +124,14 @@ func Delete(ctx context.Context, st *Store, id string) error {
 	if err := st.remove(ctx, prefix+manifestName); err != nil {
 		return err
 	}
-	others, _, err := manifests(ctx, st, volPrefix)
+	others, broken, err := manifests(ctx, st, volPrefix)
 	if err != nil {
 		return fmt.Errorf("backup %s deleted, but its objects were kept (listing the others failed): %w", id, err)
+	}
+	if len(broken) > 0 {
+		// What an unreadable manifest (damaged, or of a newer format)
+		// names is unknown: it may be this backup's objects.
+		return fmt.Errorf("backup %s deleted, but its objects were kept: the manifest of backup %s cannot be read (%s)", id, broken[0].ID, broken[0].Error)
 	}
 	keep := map[string]bool{}
 	for _, m := range others {

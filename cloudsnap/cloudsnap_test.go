@@ -576,3 +576,36 @@ func TestSweepAfterDeleteKeepsChain(t *testing.T) {
 		sameContent(t, "restore after the sweep", wants[i], content(t, e, name))
 	}
 }
+
+// While another manifest of the volume cannot be read (damaged, or written
+// by a newer cairn), Delete removes the backup's manifest but keeps its
+// objects, saying why: the unreadable one may name them.
+func TestDeleteKeepsObjectsWhileAManifestIsUnreadable(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	ctx := context.Background()
+	e := testEngine(t, 128<<20)
+	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
+	write(t, e, "v", 0, randBytes(3, 8<<20))
+	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	first := c.backup(false).ID
+	second := c.backup(false).ID
+	prefix, _ := backupPrefix(second)
+	if err := c.st.put(ctx, prefix+manifestName, []byte("{not a manifest"), dataTimeout); err != nil {
+		t.Fatal(err)
+	}
+	own, _ := backupPrefix(first)
+	before, err := c.st.list(ctx, own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Delete(ctx, c.st, first); err == nil || !strings.Contains(err.Error(), "cannot be read") {
+		t.Fatalf("delete beside an unreadable manifest: %v", err)
+	}
+	after, err := c.st.list(ctx, own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before)-1 || slices.Contains(after, own+manifestName) {
+		t.Fatalf("objects of the deleted backup: %v, before %v (want all but its manifest)", after, before)
+	}
+}
