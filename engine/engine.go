@@ -928,12 +928,7 @@ func (e *Engine) DeleteVolume(name string) error {
 	}
 	v.ioMu.Lock()
 	p.mu.Lock()
-	ferr := p.dropMapping(v.table)
-	if ferr != nil {
-		p.mu.Unlock()
-		v.ioMu.Unlock()
-		return p.fail(ferr)
-	}
+	p.dropMapping(v.table)
 	v.used.Store(0)
 	v.deleted = true
 	delete(p.vols, v.id)

@@ -861,7 +861,7 @@ func (p *pool) apply(st *poolState, r *record) error {
 // change (dropRefAfterRoundLocked), an unshared one is condemned —
 // zeroed and freed once the change that dropped it is committed
 // (reclaimCondemned). REQUIRES: p.mu, and the owning volume's ioMu (write).
-func (p *pool) dropMapping(t *table) error {
+func (p *pool) dropMapping(t *table) {
 	t.forEach(func(_ uint32, ext allocator.Extent) {
 		if p.alloc.Refs(ext) > 1 {
 			p.dropRefAfterRoundLocked(ext)
@@ -870,5 +870,4 @@ func (p *pool) dropMapping(t *table) error {
 		p.condemned[ext] = struct{}{}
 		p.dropFillLocked(ext)
 	})
-	return nil
 }

@@ -229,7 +229,8 @@ func (e *Engine) RestoreVolume(volume, snapshot string) error {
 	}
 	v.ioMu.Lock()
 	p.mu.Lock()
-	ferr := p.dropMapping(v.table)
+	p.dropMapping(v.table)
+	var ferr error
 	v.table.copyFrom(snap.table)
 	v.used.Store(0)
 	snap.table.forEach(func(_ uint32, ext allocator.Extent) {
