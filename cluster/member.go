@@ -325,21 +325,14 @@ func (m *Member) Lease() (string, clientv3.Cmp, bool) {
 	return strconv.FormatInt(int64(lease), 16), clientv3.Compare(clientv3.LeaseValue(m.s.prefix+"alive/"+m.id), "=", lease), true
 }
 
-// LeaseFresh reports whether etcd renewed the node's lease less than
-// LeaseTTL − margin ago. The lease expires in etcd LeaseTTL after etcd's
-// last renewal, which came before this node heard of it: so while
-// LeaseFresh holds, the lease is alive in etcd too (given clocks that run
-// at the same rate and an answer faster than margin). A node that must stop
-// what its lease entitles it to before another node may take it over checks
-// this, not Lease.
-func (m *Member) LeaseFresh(margin time.Duration) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.lease != 0 && time.Since(m.renewed) < LeaseTTL*time.Second-margin
-}
-
-// HoldsFresh is LeaseFresh for one lease (as Lease names it): false once
-// the node holds another. Lock-free, for a check on every I/O.
+// HoldsFresh reports whether the node holds lease (as Lease names it) and
+// etcd renewed it less than LeaseTTL − margin ago. The lease expires in etcd
+// LeaseTTL after etcd's last renewal, which came before this node heard of
+// it: so while HoldsFresh holds, the lease is alive in etcd too (given
+// clocks that run at the same rate and an answer faster than margin). A node
+// that must stop what a lease entitles it to before another node may take
+// it over checks this, not Lease. Lock-free: asked on every I/O of a
+// replicated volume.
 func (m *Member) HoldsFresh(lease string, margin time.Duration) bool {
 	h := m.held.Load()
 	id, err := strconv.ParseInt(lease, 16, 64)

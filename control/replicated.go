@@ -347,12 +347,7 @@ func (s *Server) startCoordinator(ctx context.Context, name string) (*replicatio
 		Volume: name, Size: sp.Size, Self: self, Epoch: sp.Epoch, Replicas: replicas, Local: local,
 		Membership: &replicationMembership{s: s, volume: name, claim: cl},
 		Dial:       s.dialReplica(name), StateDir: rc.StateDir, ResyncRate: rc.ResyncRate, Logger: s.log, Unclean: unclean,
-		Live: func() error {
-			if !m.HoldsFresh(cl.lease, leaseMargin) {
-				return errLeaseLost
-			}
-			return nil
-		},
+		Live: func() error { return s.claimLive(cl) },
 	})
 	if err != nil {
 		if local != nil {
@@ -401,10 +396,19 @@ func (s *Server) openElsewhere(ctx context.Context, name, node string) error {
 }
 
 // leaseMargin: a coordinator stops this long before its node's lease can
-// have expired in etcd (cluster.Member.LeaseFresh).
+// have expired in etcd (cluster.Member.HoldsFresh).
 const leaseMargin = 3 * time.Second
 
 var errLeaseLost = fmt.Errorf("this node's cluster lease was not renewed for %v, or was replaced: another node may take the volume over", cluster.LeaseTTL*time.Second-leaseMargin)
+
+// claimLive says whether this node may still serve under claim cl: the
+// lease it was made under is this node's and fresh.
+func (s *Server) claimLive(cl claim) error {
+	if !s.clusterOf().Member.HoldsFresh(cl.lease, leaseMargin) {
+		return errLeaseLost
+	}
+	return nil
+}
 
 // watchLease fences e's coordinator (every later I/O fails) once this
 // node's lease has gone unrenewed for LeaseTTL − leaseMargin, or is no
@@ -423,9 +427,8 @@ func (s *Server) watchLease(e *coordEntry) {
 			return
 		case <-t.C:
 		}
-		m := s.clusterOf().Member
-		if lease, _, ok := m.Lease(); !ok || lease != e.claim.lease || !m.LeaseFresh(leaseMargin) {
-			e.c.Fence(errLeaseLost)
+		if err := s.claimLive(e.claim); err != nil {
+			e.c.Fence(err)
 			return
 		}
 	}
