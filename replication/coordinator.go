@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -433,8 +432,13 @@ func regionLogPath(stateDir, volume, node string) string {
 // coordinator rewrote it would leave the next one trusting it. A missing
 // log means a full copy.
 func ForgetRegionLog(stateDir, volume, node string) error {
-	p := regionLogPath(stateDir, volume, node)
-	return atomicfile.Remove(p, resyncMark(p))
+	return forgetLogFiles(regionLogPath(stateDir, volume, node))
+}
+
+// forgetLogFiles removes, durably, the region log at path and its resync
+// mark.
+func forgetLogFiles(path string) error {
+	return atomicfile.Remove(path, resyncMark(path))
 }
 
 // resyncMark is the file that says a replica's resync is under way (see
@@ -465,7 +469,7 @@ func (c *Coordinator) openLog(m *member, valid bool) error {
 	if err := m.log.sync(); err != nil {
 		return err
 	}
-	os.Remove(resyncMark(path)) // the log holds every region
+	clearResyncMark(m.log) // the log holds every region
 	return nil
 }
 
@@ -906,7 +910,7 @@ func (c *Coordinator) drop(m *member, cause error, rng *[2]int64) error {
 		c.restoreLog(m, prev)
 		return fmt.Errorf("%w: replica on node %s failed (%v) and its eviction could not be recorded: %w", engine.ErrIO, m.node, cause, err)
 	}
-	os.Remove(resyncMark(m.log.path)) // the log holds all it may miss again
+	clearResyncMark(m.log)
 	c.log.Warn("replica evicted from the in-sync set", "node", m.node, "epoch", epoch, "err", cause)
 	m.state, m.joinPending, m.doomed, m.missed = OutOfSync, false, false, nil
 	c.closeClient(m)
@@ -920,9 +924,14 @@ func (c *Coordinator) keepMissed(m *member, rng *[2]int64) error {
 	if err := c.saveMissed(m, rng); err != nil {
 		return err
 	}
-	os.Remove(resyncMark(m.log.path)) // the log holds all it may miss again
+	clearResyncMark(m.log)
 	return nil
 }
+
+// clearResyncMark removes l's resync mark once l holds all its replica may
+// miss again. (A mark left by a failed removal costs a full copy after an
+// unclean stop, nothing else.)
+func clearResyncMark(l *regionLog) { os.Remove(resyncMark(l.path)) }
 
 // restoreLog makes prev m's log again, in memory and in its file (none
 // when prev is nil: the replica was in sync), after an eviction that was
@@ -934,10 +943,7 @@ func (c *Coordinator) restoreLog(m *member, prev *regionLog) {
 	m.log = prev
 	var err error
 	if prev == nil {
-		err = os.Remove(path)
-		if errors.Is(err, fs.ErrNotExist) {
-			err = nil
-		}
+		err = atomicfile.Remove(path) // durably: after a crash it would be trusted
 	} else {
 		err = prev.rewrite()
 	}
@@ -1255,8 +1261,7 @@ func (c *Coordinator) RemoveReplica(node string) error {
 		m.state = OutOfSync // a resync under way stops at its next region
 		c.closeClient(m)
 		if m.log != nil {
-			os.Remove(m.log.path)
-			os.Remove(resyncMark(m.log.path))
+			forgetLogFiles(m.log.path)
 		}
 		c.members = append(c.members[:i:i], c.members[i+1:]...)
 		return nil

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -307,8 +306,7 @@ func (c *Coordinator) join(m *member, start time.Time) error {
 	}
 	m.state, m.joinPending = InSync, false
 	c.setEpoch(epoch)
-	os.Remove(m.log.path)
-	os.Remove(resyncMark(m.log.path))
+	forgetLogFiles(m.log.path) // in sync: a log left by a failed removal is never read
 	m.log = nil
 	c.log.Info("replica back in sync", "node", m.node, "epoch", epoch, "copied", m.copied.Load(), "seconds", c.cfg.Clock.Now().Sub(start).Seconds())
 	return nil
