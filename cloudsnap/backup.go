@@ -359,18 +359,12 @@ func SweepOrphans(ctx context.Context, st *Store, volumeID, keep string) (int, e
 	if err != nil {
 		return 0, err
 	}
-	ms, broken, err := manifests(ctx, st, volumePrefix(volumeID))
-	if err != nil {
-		return 0, err
-	}
-	if len(broken) > 0 {
+	named, err := namedObjects(ctx, st, volumePrefix(volumeID))
+	if errors.Is(err, errUnreadableManifest) {
 		return 0, nil
 	}
-	named := map[string]bool{}
-	for _, m := range ms {
-		for _, o := range m.Objects {
-			named[o.Key] = true
-		}
+	if err != nil {
+		return 0, err
 	}
 	complete, orphans := map[string]bool{}, map[string][]string{}
 	for _, k := range keys {
@@ -379,8 +373,9 @@ func SweepOrphans(ctx context.Context, st *Store, volumeID, keep string) (int, e
 			continue
 		}
 		complete[id] = complete[id] || rest == manifestName
+		// (An id this format does not write is not ours to delete.)
 		if _, err := backupPrefix(id); err == nil && !named[k] {
-			orphans[id] = append(orphans[id], k) // (not a name this format writes: not ours to delete)
+			orphans[id] = append(orphans[id], k)
 		}
 	}
 	swept := 0

@@ -105,6 +105,30 @@ func List(ctx context.Context, st *Store, volume string) ([]Entry, error) {
 	return out, nil
 }
 
+// errUnreadableManifest: a manifest of the volume cannot be read (damaged,
+// or of a newer format), so what it names is unknown.
+var errUnreadableManifest = errors.New("a manifest of the volume cannot be read")
+
+// namedObjects returns the keys of the objects the manifests under
+// volPrefix name: those a deletion must keep. While one of them cannot be
+// read it fails (errUnreadableManifest, naming it): it may name any object.
+func namedObjects(ctx context.Context, st *Store, volPrefix string) (map[string]bool, error) {
+	ms, broken, err := manifests(ctx, st, volPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing the volume's backups: %w", err)
+	}
+	if len(broken) > 0 {
+		return nil, fmt.Errorf("%w: backup %s (%s)", errUnreadableManifest, broken[0].ID, broken[0].Error)
+	}
+	named := map[string]bool{}
+	for _, m := range ms {
+		for _, o := range m.Objects {
+			named[o.Key] = true
+		}
+	}
+	return named, nil
+}
+
 // Delete removes backup id: its manifest first (from then on it is not
 // listed), then every object it names or stored that no other manifest of
 // its volume names. Every other backup of the chain stays restorable. While
@@ -124,20 +148,9 @@ func Delete(ctx context.Context, st *Store, id string) error {
 	if err := st.remove(ctx, prefix+manifestName); err != nil {
 		return err
 	}
-	others, broken, err := manifests(ctx, st, volPrefix)
+	keep, err := namedObjects(ctx, st, volPrefix)
 	if err != nil {
-		return fmt.Errorf("backup %s deleted, but its objects were kept (listing the others failed): %w", id, err)
-	}
-	if len(broken) > 0 {
-		// What an unreadable manifest (damaged, or of a newer format)
-		// names is unknown: it may be this backup's objects.
-		return fmt.Errorf("backup %s deleted, but its objects were kept: the manifest of backup %s cannot be read (%s)", id, broken[0].ID, broken[0].Error)
-	}
-	keep := map[string]bool{}
-	for _, m := range others {
-		for _, o := range m.Objects {
-			keep[o.Key] = true
-		}
+		return fmt.Errorf("backup %s deleted, but its objects were kept: %w", id, err)
 	}
 	candidates := map[string]bool{}
 	if target != nil {
