@@ -153,6 +153,27 @@ func TestCloudsnapCLI(t *testing.T) {
 	}
 }
 
+// waitJobUnderway waits until volume's cloudsnap job has moved some bytes
+// (the status field named by the jq path), and skips the test if the job
+// ended first: there is nothing left to interrupt.
+func waitJobUnderway(t *testing.T, host, volume, bytesField string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st := mustCairn(t, host, "cloudsnap", "status", volume, "-j")
+		if state := jq(t, st, ".[0].state"); state != "running" {
+			t.Skipf("the %s job ended before the kill (%s); nothing more to test", volume, state)
+		}
+		if jsonInt(t, st, bytesField) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the %s job moved nothing in 60 s", volume)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // SIGKILL mid-upload: the next start cleans up — the local snapshot the
 // backup took is gone, nothing of it stays in the bucket, status says what
 // happened — and the next backup works.
@@ -168,20 +189,7 @@ func TestCloudsnapDaemonKilledMidUpload(t *testing.T) {
 	run(t, "nbdcopy", patternFile(t, t.TempDir(), "A", 384<<20, 5), fmt.Sprintf("nbd+unix:///big?socket=%s", socket))
 	out := mustCairn(t, host, "cloudsnap", "backup", "big", "-j")
 	id := jq(t, out, ".cloudsnap")
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		st := mustCairn(t, host, "cloudsnap", "status", "big", "-j")
-		if jq(t, st, ".[0].state") != "running" {
-			t.Skipf("the backup ended before the kill (%s); nothing to test", jq(t, st, ".[0].state"))
-		}
-		if jsonInt(t, st, ".[0].bytes_stored") > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the backup stored nothing in 60 s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitJobUnderway(t, host, "big", ".[0].bytes_stored")
 	d.cmd.Process.Kill()
 	<-d.exited
 	var stored []string
@@ -228,20 +236,7 @@ func TestCloudsnapDaemonKilledMidUpload(t *testing.T) {
 	// before the daemon is ready, never recorded as a usable volume.
 	last := jq(t, mustCairn(t, host, "cloudsnap", "list", "--volume", "big", "-j"), ".[-1].id")
 	mustCairn(t, host, "cloudsnap", "restore", "--snap", last, "--name", "copy")
-	deadline = time.Now().Add(60 * time.Second)
-	for {
-		st := mustCairn(t, host, "cloudsnap", "status", "copy", "-j")
-		if jq(t, st, ".[0].state") != "running" {
-			t.Skipf("the restore ended before the kill (%s); nothing more to test", jq(t, st, ".[0].state"))
-		}
-		if jsonInt(t, st, ".[0].bytes_done") > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the restore wrote nothing in 60 s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitJobUnderway(t, host, "copy", ".[0].bytes_done")
 	_, socket = d.nbdAddrs(t)
 	if r := exec.Command("nbdinfo", "--size", fmt.Sprintf("nbd+unix:///copy?socket=%s", socket)); r.Run() == nil {
 		if st := mustCairn(t, host, "cloudsnap", "status", "copy", "-j"); jq(t, st, ".[0].state") == "running" {
