@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -70,8 +71,7 @@ func Backup(ctx context.Context, eng *engine.Engine, st *Store, req BackupReques
 		return nil, fmt.Errorf("snapshot %q: its volume: %w", req.Snapshot, err)
 	}
 	pinfo := parent.Info()
-	prefix, err := backupPrefix(req.ID)
-	if err != nil {
+	if _, err := backupPrefix(req.ID); err != nil {
 		return nil, err
 	}
 	m := &Manifest{ID: req.ID, Volume: pinfo.Name, VolumeID: pinfo.ID, Size: info.Size, ExtentSize: extentSize,
@@ -109,6 +109,39 @@ func Backup(ctx context.Context, eng *engine.Engine, st *Store, req BackupReques
 			return nil, err
 		}
 	}
+	for {
+		err := build(ctx, eng, sv, st, req, m, base, aead, prog)
+		if !errors.Is(err, errBaseDeleted) {
+			if err != nil {
+				return nil, err
+			}
+			return m, nil
+		}
+		// The base was deleted while this backup named its objects: some
+		// may be gone. Again, as a full backup (same key).
+		m.Full, m.Base, m.ChainIndex, base = true, "", 0, nil
+		m.Objects, m.Extents, m.Uploaded, m.DataBytes = nil, nil, 0, 0
+		prog.Total.Store(0)
+		prog.Done.Store(0)
+	}
+}
+
+// testHookBeforeManifest, when set by a test, runs as build is about to
+// store the manifest: where another node's Delete or sweep does harm.
+var testHookBeforeManifest func()
+
+// errBaseDeleted: an incremental's base manifest was deleted before the
+// incremental's own manifest was confirmed.
+var errBaseDeleted = errors.New("cloudsnap: the base backup was deleted meanwhile")
+
+// build uploads what req.Snapshot holds beyond base (everything when base
+// is nil), writes m's manifest and confirms it. On failure what it stored
+// is deleted (when the store answers) and no manifest exists.
+func build(ctx context.Context, eng *engine.Engine, sv *engine.Volume, st *Store, req BackupRequest, m, base *Manifest, aead cipher.AEAD, prog *Progress) error {
+	prefix, err := backupPrefix(req.ID)
+	if err != nil {
+		return err
+	}
 	from := ""
 	if base != nil {
 		from = req.BaseSnapshot
@@ -120,7 +153,7 @@ func Backup(ctx context.Context, eng *engine.Engine, st *Store, req BackupReques
 		changed, err = eng.ChangedExtents("", req.Snapshot)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 
 	// Frames kept from the base, then the changed ones replace or drop them.
@@ -148,7 +181,7 @@ func Backup(ctx context.Context, eng *engine.Engine, st *Store, req BackupReques
 	stored, err := upload(ctx, sv, st, prefix, aead, todo, prog)
 	if err != nil {
 		cleanup(st, prefix)
-		return nil, err
+		return err
 	}
 	for _, seg := range stored {
 		objIndex[seg.obj.Key] = len(objects)
@@ -182,19 +215,69 @@ func Backup(ctx context.Context, eng *engine.Engine, st *Store, req BackupReques
 	m.Format = formatFor(m.Extents) // the oldest that says what the frames are
 	if err := m.check(); err != nil {
 		cleanup(st, prefix)
-		return nil, fmt.Errorf("cloudsnap: internal error, manifest does not check: %w", err)
+		return fmt.Errorf("cloudsnap: internal error, manifest does not check: %w", err)
 	}
 	raw, err := json.Marshal(m)
 	if err != nil {
 		cleanup(st, prefix)
-		return nil, err
+		return err
 	}
-	// The manifest last: from here on the backup is complete.
+	if testHookBeforeManifest != nil {
+		testHookBeforeManifest()
+	}
+	// The manifest last: from here on the backup is listed.
 	if err := st.put(ctx, prefix+manifestName, raw, smallTimeout); err != nil {
 		cleanup(st, prefix)
-		return nil, err
+		return err
 	}
-	return m, nil
+	if t, ok := idTime(req.ID); !ok || time.Since(t) > maxBackupTime {
+		// A sweep's mark may be gone (sweptKeep): confirm cannot tell.
+		cleanup(st, prefix)
+		return fmt.Errorf("%w: backup %s ran longer than %v (or its id names no time)", ErrConflict, req.ID, maxBackupTime)
+	}
+	if err := confirm(ctx, st, prefix, base); err != nil {
+		if errors.Is(err, errBaseDeleted) {
+			// Only the manifest goes: the full backup that follows
+			// stores its objects under the same keys.
+			if rerr := st.remove(context.WithoutCancel(ctx), prefix+manifestName); rerr != nil {
+				cleanup(st, prefix)
+				return fmt.Errorf("its base backup %s was deleted while it ran, and its manifest could not be withdrawn: %w", base.ID, rerr)
+			}
+			return err
+		}
+		cleanup(st, prefix)
+		return err
+	}
+	return nil
+}
+
+// confirm is a backup's half of the two handshakes that keep every object a
+// listed manifest names (package doc, "Concurrent deletes"): with its
+// manifest stored, neither a sweep of its objects (the sweep's mark) nor a
+// deletion of its base may have begun before it looked.
+func confirm(ctx context.Context, st *Store, prefix string, base *Manifest) error {
+	swept, err := st.exists(ctx, prefix+sweptName)
+	if err != nil {
+		return err
+	}
+	if swept {
+		return fmt.Errorf("%w: this backup's objects were swept while it ran (another node took it for an interrupted upload: did the volume move?)", ErrConflict)
+	}
+	if base == nil {
+		return nil
+	}
+	key, err := manifestKey(base.ID)
+	if err != nil {
+		return err
+	}
+	ok, err := st.exists(ctx, key)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return errBaseDeleted
+	}
+	return nil
 }
 
 type segment struct {
@@ -324,18 +407,64 @@ func sweepPrefix(ctx context.Context, st *Store, prefix string) error {
 
 // Abandon deletes the objects of backup id if it has no manifest (an
 // upload interrupted by a crash). A complete backup is left alone.
+// REQUIRES: backup id is not running (its daemon restarted since), so no
+// mark is needed (sweepOrphan).
 func Abandon(ctx context.Context, st *Store, id string) error {
 	key, err := manifestKey(id)
 	if err != nil {
 		return err
 	}
-	if _, err := st.get(ctx, key, maxManifestBytes, smallTimeout); err == nil {
-		return nil
-	} else if !errors.Is(err, ErrNotFound) {
+	if complete, err := st.exists(ctx, key); err != nil || complete {
 		return err
 	}
 	prefix, _ := backupPrefix(id)
 	return sweepPrefix(ctx, st, prefix)
+}
+
+// sweepOrphan deletes keys, objects of backup id that no manifest names,
+// unless id's manifest exists. It is the sweep's half of the handshake with
+// the backup's confirm (package doc, "Concurrent deletes"): first its mark
+// in the backup's prefix, then the look for the manifest. The mark stays
+// (sweptKeep): a backup that stores its manifest later finds it and fails.
+// It says whether it deleted anything.
+func sweepOrphan(ctx context.Context, st *Store, id string, keys []string) (bool, error) {
+	prefix, err := backupPrefix(id)
+	if err != nil {
+		return false, err
+	}
+	mark := prefix + sweptName
+	keys = slices.DeleteFunc(slices.Clone(keys), func(k string) bool { return k == mark || k == prefix+manifestName })
+	if len(keys) == 0 {
+		if t, ok := idTime(id); ok && time.Since(t) > sweptKeep {
+			return false, st.remove(ctx, mark) // no backup that old still runs
+		}
+		return false, nil
+	}
+	if err := st.put(ctx, mark, []byte("swept by cairn: this backup's upload was taken for an interrupted one\n"), smallTimeout); err != nil {
+		return false, err
+	}
+	complete, err := st.exists(ctx, prefix+manifestName)
+	if err != nil {
+		return false, err
+	}
+	if complete {
+		// It completed meanwhile; its confirm may yet fail on the mark,
+		// and then the next sweep takes its objects.
+		return false, st.remove(ctx, mark)
+	}
+	for _, k := range keys {
+		if err := st.remove(ctx, k); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// idTime is the time a backup id names (its start).
+func idTime(id string) (time.Time, bool) {
+	_, ts, _ := strings.Cut(id, "-")
+	t, err := time.Parse(idTimeLayout, ts)
+	return t, err == nil
 }
 
 // SweepOrphans deletes the objects of volumeID's backups that have no
@@ -347,10 +476,11 @@ func Abandon(ctx context.Context, st *Store, id string) error {
 // manifest of the volume cannot be read, nothing is swept (what it names
 // is unknown). It returns how many backups it swept.
 //
-// REQUIRES: no backup of the volume other than keep is running anywhere.
-// The daemon keeps that (one backup of a volume at a time, on the node that
-// holds it) and sweeps as each backup starts; swept during another backup's
-// upload, that backup would write a manifest naming deleted objects.
+// A backup still uploading looks like an orphan. The daemon sweeps only
+// as a backup of the volume starts, on the node that holds it, so that is
+// rare (the volume moved while a backup ran); when it happens the sweep's
+// mark makes that backup fail instead of listing deleted objects (package
+// doc, "Concurrent deletes").
 func SweepOrphans(ctx context.Context, st *Store, volumeID, keep string) (int, error) {
 	if len(volumeID) != 16 || strings.ContainsAny(volumeID, "/\x00") {
 		return 0, fmt.Errorf("%w: %q is not a volume id", ErrInvalid, volumeID)
@@ -383,12 +513,13 @@ func SweepOrphans(ctx context.Context, st *Store, volumeID, keep string) (int, e
 		if complete[id] || id == keep {
 			continue
 		}
-		for _, k := range ks {
-			if err := st.remove(ctx, k); err != nil {
-				return swept, err
-			}
+		did, err := sweepOrphan(ctx, st, id, ks)
+		if err != nil {
+			return swept, err
 		}
-		swept++
+		if did {
+			swept++
+		}
 	}
 	return swept, nil
 }

@@ -23,6 +23,7 @@
 //
 //	cairn-cloudsnap/v1/<volume-id>/<backup-id>/data/<nnnnnn>     data objects
 //	cairn-cloudsnap/v1/<volume-id>/<backup-id>/manifest.json     the manifest
+//	cairn-cloudsnap/v1/<volume-id>/<backup-id>/swept             a sweep's mark
 //
 // <volume-id> is the 16-hex-digit id of the backed-up volume (not of its
 // snapshot): one chain per volume. <backup-id> is "<volume-id>-<UTC time
@@ -91,4 +92,29 @@
 // restore that finds a
 // missing or damaged object fails naming it and deletes the volume it was
 // filling.
+//
+// # Concurrent deletes
+//
+// Another node may delete objects while a backup uploads: a Delete of the
+// backup's base (an operator, a schedule's pruning), or a SweepOrphans that
+// takes the upload for an interrupted one (the volume moved meanwhile).
+// Neither may leave a listed manifest that names a deleted object, and
+// neither takes a lock (the store has none). Two handshakes keep it, each a
+// write then a read on either side, so that of two racing parties at least
+// one sees the other — S3's strong read-after-write consistency (AWS since
+// 2020, and every store cairn supports) is what makes that hold:
+//
+//   - Delete removes the base's manifest, then reads the manifests to learn
+//     which objects are still named. The incremental stores its manifest,
+//     then checks the base's manifest is still there. Either Delete sees
+//     the incremental's manifest and keeps the objects it names, or the
+//     incremental sees its base gone: it withdraws its manifest and is
+//     taken again as a full backup (same id).
+//   - A sweep stores its mark ("swept") in the backup's prefix, then
+//     checks for the backup's manifest: there, it removes its mark and
+//     deletes nothing. The backup stores its manifest, then checks for a
+//     mark: there, the backup fails (ErrConflict) and deletes what it
+//     stored. A mark stays 30 days after the backup's start (its id's
+//     time); a backup that has run 7 days fails rather than trust that a
+//     mark it does not see never existed.
 package cloudsnap

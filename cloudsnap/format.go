@@ -28,6 +28,9 @@ var (
 	ErrWrongPassphrase = errors.New("cloudsnap: wrong encryption passphrase")
 	ErrStore           = errors.New("cloudsnap: object store")
 	ErrInvalid         = errors.New("cloudsnap: invalid argument")
+	// ErrConflict: another cairn's work in the bucket undid this one's (a
+	// sweep of a backup it took for an interrupted upload).
+	ErrConflict = errors.New("cloudsnap: conflict")
 )
 
 // Part of the bucket format — do not change.
@@ -40,6 +43,14 @@ const (
 	formatRawFrames = 2 // the first format with raw frames
 	rootPrefix      = "cairn-cloudsnap/v1/"
 	manifestName    = "manifest.json"
+	// sweptName: the mark a sweep leaves in the prefix of a backup whose
+	// objects it deletes (package doc, "Concurrent deletes"). It stays
+	// sweptKeep after the backup's start; a backup still running
+	// maxBackupTime after its start fails.
+	sweptName     = "swept"
+	sweptKeep     = 30 * 24 * time.Hour
+	maxBackupTime = 7 * 24 * time.Hour
+	idTimeLayout  = "20060102T150405.000Z"
 	// FullEvery: every FullEvery-th backup of a chain is full.
 	FullEvery = 7
 	// extentSize is the unit of a frame. Manifests record it; a reader
@@ -141,7 +152,7 @@ func manifestKey(id string) (string, error) {
 
 // NewID names a backup of volume volumeID taken at t.
 func NewID(volumeID string, t time.Time) string {
-	return volumeID + "-" + t.UTC().Format("20060102T150405.000Z")
+	return volumeID + "-" + t.UTC().Format(idTimeLayout)
 }
 
 // decodeManifest parses and checks a manifest read from key.

@@ -253,6 +253,20 @@ func (s *Store) remove(ctx context.Context, key string) error {
 	return nil
 }
 
+// exists says whether key is in the bucket.
+func (s *Store) exists(ctx context.Context, key string) (bool, error) {
+	cctx, cancel := context.WithTimeout(ctx, smallTimeout)
+	defer cancel()
+	_, err := s.cli.StatObject(cctx, s.cred.Bucket, key, minio.StatObjectOptions{})
+	if err == nil {
+		return true, nil
+	}
+	if err = s.storeError("stat "+key, err); errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return false, err
+}
+
 // list returns the keys under prefix.
 func (s *Store) list(ctx context.Context, prefix string) ([]string, error) {
 	cctx, cancel := context.WithTimeout(ctx, 2*smallTimeout)

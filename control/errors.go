@@ -52,6 +52,7 @@ var errorKinds = []errorKind{
 	{cloudsnap.ErrWrongPassphrase, http.StatusForbidden, "wrong_passphrase"},
 	{cloudsnap.ErrStore, http.StatusBadGateway, "store_error"},
 	{cloudsnap.ErrInvalid, http.StatusBadRequest, "cloudsnap_invalid"},
+	{cloudsnap.ErrConflict, http.StatusConflict, "cloudsnap_conflict"},
 	{cluster.ErrConflict, http.StatusConflict, "conflict"},
 	{cluster.ErrNoPlacement, http.StatusInsufficientStorage, "no_placement"},
 	{ErrNodeUnreachable, http.StatusServiceUnavailable, "node_unreachable"},
