@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"golang.org/x/sync/errgroup"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -109,34 +110,15 @@ func Backup(ctx context.Context, eng *engine.Engine, st *Store, req BackupReques
 			return nil, err
 		}
 	}
-	for {
-		err := build(ctx, eng, sv, st, req, m, base, aead, prog)
-		if !errors.Is(err, errBaseDeleted) {
-			if err != nil {
-				return nil, err
-			}
-			return m, nil
-		}
-		// The base was deleted while this backup named its objects: some
-		// may be gone. Again, as a full backup (same key).
-		m.Full, m.Base, m.ChainIndex, base = true, "", 0, nil
-		m.Objects, m.Extents, m.Uploaded, m.DataBytes = nil, nil, 0, 0
-		prog.Total.Store(0)
-		prog.Done.Store(0)
+	if err := build(ctx, eng, sv, st, req, m, base, aead, prog); err != nil {
+		return nil, err
 	}
+	return m, nil
 }
 
-// testHookBeforeManifest, when set by a test, runs as build is about to
-// store the manifest: where another node's Delete or sweep does harm.
-var testHookBeforeManifest func()
-
-// errBaseDeleted: an incremental's base manifest was deleted before the
-// incremental's own manifest was confirmed.
-var errBaseDeleted = errors.New("cloudsnap: the base backup was deleted meanwhile")
-
 // build uploads what req.Snapshot holds beyond base (everything when base
-// is nil), writes m's manifest and confirms it. On failure what it stored
-// is deleted (when the store answers) and no manifest exists.
+// is nil) and publishes m's manifest. On failure what it stored is deleted
+// (when the store answers) and nothing of it is listed.
 func build(ctx context.Context, eng *engine.Engine, sv *engine.Volume, st *Store, req BackupRequest, m, base *Manifest, aead cipher.AEAD, prog *Progress) error {
 	prefix, err := backupPrefix(req.ID)
 	if err != nil {
@@ -222,46 +204,57 @@ func build(ctx context.Context, eng *engine.Engine, sv *engine.Volume, st *Store
 		cleanup(st, prefix)
 		return err
 	}
-	if testHookBeforeManifest != nil {
-		testHookBeforeManifest()
+	// Published in three steps (package doc, "Concurrent deletes"): the
+	// pending manifest, which protects the objects it names from deletes
+	// and sweeps; the checks that no delete or sweep began before it; the
+	// manifest, from which on the backup is listed.
+	if err := checkAge(req.ID); err != nil {
+		cleanup(st, prefix)
+		return err
 	}
-	// The manifest last: from here on the backup is listed.
+	if err := st.put(ctx, prefix+pendingName, raw, smallTimeout); err != nil {
+		cleanup(st, prefix)
+		return err
+	}
+	if err := confirm(ctx, st, prefix, base); err != nil {
+		cleanup(st, prefix)
+		return err
+	}
+	if err := checkAge(req.ID); err != nil {
+		cleanup(st, prefix)
+		return err
+	}
 	if err := st.put(ctx, prefix+manifestName, raw, smallTimeout); err != nil {
 		cleanup(st, prefix)
 		return err
 	}
-	if t, ok := idTime(req.ID); !ok || time.Since(t) > maxBackupTime {
-		// A sweep's mark may be gone (sweptKeep): confirm cannot tell.
-		cleanup(st, prefix)
-		return fmt.Errorf("%w: backup %s ran longer than %v (or its id names no time)", ErrConflict, req.ID, maxBackupTime)
-	}
-	if err := confirm(ctx, st, prefix, base); err != nil {
-		if errors.Is(err, errBaseDeleted) {
-			// Only the manifest goes: the full backup that follows
-			// stores its objects under the same keys.
-			if rerr := st.remove(context.WithoutCancel(ctx), prefix+manifestName); rerr != nil {
-				cleanup(st, prefix)
-				return fmt.Errorf("its base backup %s was deleted while it ran, and its manifest could not be withdrawn: %w", base.ID, rerr)
-			}
-			return err
-		}
-		cleanup(st, prefix)
-		return err
+	// Left behind, the pending manifest is harmless: it names what the
+	// manifest names, and Delete removes both.
+	_ = st.remove(context.WithoutCancel(ctx), prefix+pendingName)
+	return nil
+}
+
+// checkAge fails a backup that has run maxBackupTime (its id's time): a
+// sweep's mark may be gone by then (sweptKeep), and a sweep may take its
+// pending manifest for a dead one (pendingDead).
+func checkAge(id string) error {
+	if t, ok := idTime(id); !ok || time.Since(t) > maxBackupTime {
+		return fmt.Errorf("%w: backup %s has run longer than %v (or its id names no time)", ErrConflict, id, maxBackupTime)
 	}
 	return nil
 }
 
 // confirm is a backup's half of the two handshakes that keep every object a
 // listed manifest names (package doc, "Concurrent deletes"): with its
-// manifest stored, neither a sweep of its objects (the sweep's mark) nor a
-// deletion of its base may have begun before it looked.
+// pending manifest stored, neither a sweep of its objects (the sweep's
+// mark) nor a deletion of its base may have begun before it looked.
 func confirm(ctx context.Context, st *Store, prefix string, base *Manifest) error {
 	swept, err := st.exists(ctx, prefix+sweptName)
 	if err != nil {
 		return err
 	}
 	if swept {
-		return fmt.Errorf("%w: this backup's objects were swept while it ran (another node took it for an interrupted upload: did the volume move?)", ErrConflict)
+		return fmt.Errorf("%w: this backup's objects were swept while it ran (another node took it for an interrupted upload: did the volume move?); nothing was kept", ErrConflict)
 	}
 	if base == nil {
 		return nil
@@ -275,7 +268,7 @@ func confirm(ctx context.Context, st *Store, prefix string, base *Manifest) erro
 	case err != nil:
 		return err
 	case !ok:
-		return errBaseDeleted
+		return fmt.Errorf("%w: its base backup %s was deleted while it ran; nothing was kept (run it again: it will be full)", ErrConflict, base.ID)
 	}
 	return nil
 }
@@ -379,8 +372,7 @@ func allZero(b []byte) bool {
 
 // cleanup deletes what an unfinished backup stored under its prefix, on
 // its own deadline (the backup's context may be the reason it failed).
-// Best effort: what stays has no manifest, is never listed, and is deleted
-// by a later Sweep.
+// Best effort: what stays is never listed, and a later sweep deletes it.
 func cleanup(st *Store, prefix string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*smallTimeout)
 	defer cancel()
@@ -392,11 +384,25 @@ func sweepPrefix(ctx context.Context, st *Store, prefix string) error {
 	if err != nil {
 		return err
 	}
-	// The manifest first: a sweep cut short (its deadline, a failing
-	// store) must not leave a listed backup whose objects are gone.
-	if i := slices.Index(keys, prefix+manifestName); i > 0 {
-		keys[0], keys[i] = keys[i], keys[0]
+	return removeKeys(ctx, st, prefix, keys)
+}
+
+// removeKeys deletes keys of the backup under prefix: its manifests first,
+// so that a deletion cut short (its deadline, a failing store) never leaves
+// a listed backup, or a pending manifest that protects nothing whole,
+// naming an object that is gone.
+func removeKeys(ctx context.Context, st *Store, prefix string, keys []string) error {
+	rank := func(k string) int {
+		switch k {
+		case prefix + manifestName:
+			return 0
+		case prefix + pendingName:
+			return 1
+		}
+		return 2
 	}
+	keys = slices.Clone(keys)
+	slices.SortStableFunc(keys, func(a, b string) int { return rank(a) - rank(b) })
 	for _, k := range keys {
 		if err := st.remove(ctx, k); err != nil {
 			return err
@@ -405,35 +411,42 @@ func sweepPrefix(ctx context.Context, st *Store, prefix string) error {
 	return nil
 }
 
-// Abandon deletes the objects of backup id if it has no manifest (an
-// upload interrupted by a crash). A complete backup is left alone.
+// Abandon deletes what backup id stored if it was never published (an
+// upload interrupted by a crash). A published backup is left alone.
 // REQUIRES: backup id is not running (its daemon restarted since), so no
 // mark is needed (sweepOrphan).
 func Abandon(ctx context.Context, st *Store, id string) error {
-	key, err := manifestKey(id)
+	prefix, err := backupPrefix(id)
 	if err != nil {
 		return err
 	}
-	if complete, err := st.exists(ctx, key); err != nil || complete {
+	keys, err := st.list(ctx, prefix)
+	if err != nil {
 		return err
 	}
-	prefix, _ := backupPrefix(id)
-	return sweepPrefix(ctx, st, prefix)
+	if slices.Contains(keys, prefix+manifestName) {
+		if slices.Contains(keys, prefix+pendingName) {
+			return st.remove(ctx, prefix+pendingName)
+		}
+		return nil
+	}
+	return removeKeys(ctx, st, prefix, keys)
 }
 
-// sweepOrphan deletes keys, objects of backup id that no manifest names,
-// unless id's manifest exists. It is the sweep's half of the handshake with
-// the backup's confirm (package doc, "Concurrent deletes"): first its mark
-// in the backup's prefix, then the look for the manifest. The mark stays
-// (sweptKeep): a backup that stores its manifest later finds it and fails.
-// It says whether it deleted anything.
+// sweepOrphan deletes keys, what backup id stored that no manifest names,
+// unless id is published or may still be running. It is the sweep's half of
+// the handshake with the backup's confirm (package doc, "Concurrent
+// deletes"): first its mark in the backup's prefix, then the look for the
+// backup's manifests. The mark stays (until sweptKeep): a backup that
+// stores its pending manifest later finds it and fails. It says whether it
+// deleted anything.
 func sweepOrphan(ctx context.Context, st *Store, id string, keys []string) (bool, error) {
 	prefix, err := backupPrefix(id)
 	if err != nil {
 		return false, err
 	}
 	mark := prefix + sweptName
-	keys = slices.DeleteFunc(slices.Clone(keys), func(k string) bool { return k == mark || k == prefix+manifestName })
+	keys = slices.DeleteFunc(slices.Clone(keys), func(k string) bool { return k == mark })
 	if len(keys) == 0 {
 		if t, ok := idTime(id); ok && time.Since(t) > sweptKeep {
 			return false, st.remove(ctx, mark) // no backup that old still runs
@@ -443,21 +456,26 @@ func sweepOrphan(ctx context.Context, st *Store, id string, keys []string) (bool
 	if err := st.put(ctx, mark, []byte("swept by cairn: this backup's upload was taken for an interrupted one\n"), smallTimeout); err != nil {
 		return false, err
 	}
-	complete, err := st.exists(ctx, prefix+manifestName)
-	if err != nil {
-		return false, err
-	}
-	if complete {
-		// It completed meanwhile; its confirm may yet fail on the mark,
-		// and then the next sweep takes its objects.
-		return false, st.remove(ctx, mark)
-	}
-	for _, k := range keys {
-		if err := st.remove(ctx, k); err != nil {
+	for _, name := range []string{manifestName, pendingName} {
+		found, err := st.exists(ctx, prefix+name)
+		if err != nil {
 			return false, err
 		}
+		if found && (name == manifestName || !pendingDead(id)) {
+			// Published, or still running (its confirm will fail on
+			// the mark, and the next sweep takes its objects).
+			return false, nil
+		}
 	}
-	return true, nil
+	return true, removeKeys(ctx, st, prefix, keys)
+}
+
+// pendingDead says whether a pending manifest of backup id belongs to a
+// backup that can no longer publish it (checkAge), with a day's margin for
+// clocks that differ between nodes.
+func pendingDead(id string) bool {
+	t, ok := idTime(id)
+	return !ok || time.Since(t) > maxBackupTime+24*time.Hour
 }
 
 // idTime is the time a backup id names (its start).
@@ -530,10 +548,16 @@ func ReadManifest(ctx context.Context, st *Store, id string) (*Manifest, error) 
 	if err != nil {
 		return nil, err
 	}
-	raw, err := st.get(ctx, key, maxManifestBytes, smallTimeout)
+	m, err := readManifest(ctx, st, key)
 	if errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("%w: cloudsnap %s in bucket %s (never completed, or deleted)", ErrNotFound, id, st.Bucket())
 	}
+	return m, err
+}
+
+// readManifest reads and checks the manifest (or pending manifest) at key.
+func readManifest(ctx context.Context, st *Store, key string) (*Manifest, error) {
+	raw, err := st.get(ctx, key, maxManifestBytes, smallTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -541,7 +565,7 @@ func ReadManifest(ctx context.Context, st *Store, id string) (*Manifest, error) 
 	if err != nil {
 		return nil, err
 	}
-	if m.ID != id {
+	if id := path.Base(path.Dir(key)); m.ID != id {
 		return nil, fmt.Errorf("%w: manifest %s names backup %q", ErrCorrupt, key, m.ID)
 	}
 	return m, nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -32,61 +33,68 @@ func entryOf(m *Manifest) Entry {
 		Size: m.Size, Data: m.DataBytes, Uploaded: m.Uploaded, Encrypted: m.Encryption != nil}
 }
 
-// manifests reads every manifest under prefix (several at once).
-func manifests(ctx context.Context, st *Store, prefix string) ([]*Manifest, []Entry, error) {
+// manifests reads every manifest under prefix (several at once); with
+// pending, also the pending manifests of backups that may still publish
+// them (build). vanished counts the listed manifests that were deleted
+// before they could be read.
+func manifests(ctx context.Context, st *Store, prefix string, pending bool) (ms []*Manifest, broken []Entry, vanished int, err error) {
 	keys, err := st.list(ctx, prefix)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
-	var ids []string
+	var want []string
 	for _, k := range keys {
-		if rest, ok := strings.CutSuffix(k, "/"+manifestName); ok {
-			ids = append(ids, rest[strings.LastIndexByte(rest, '/')+1:])
+		rest, name := path.Split(k)
+		id := path.Base(rest)
+		if name == manifestName || pending && name == pendingName && !pendingDead(id) {
+			want = append(want, k)
 		}
 	}
-	ms := make([]*Manifest, len(ids))
-	bad := make([]*Entry, len(ids))
-	errs := make([]error, len(ids))
+	all := make([]*Manifest, len(want))
+	bad := make([]*Entry, len(want))
+	gone := make([]bool, len(want))
+	errs := make([]error, len(want))
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
-	for i, id := range ids {
+	for i, key := range want {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			m, err := ReadManifest(ctx, st, id)
+			m, err := readManifest(ctx, st, key)
 			switch {
 			case errors.Is(err, ErrCorrupt):
-				bad[i] = &Entry{ID: id, Error: err.Error()}
-			case errors.Is(err, ErrNotFound): // deleted meanwhile
+				bad[i] = &Entry{ID: path.Base(path.Dir(key)), Error: err.Error()}
+			case errors.Is(err, ErrNotFound):
+				gone[i] = true
 			case err != nil:
 				errs[i] = err
 			default:
-				ms[i] = m
+				all[i] = m
 			}
 		}()
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
-	var out []*Manifest
-	var broken []Entry
-	for i := range ids {
-		if ms[i] != nil {
-			out = append(out, ms[i])
-		}
-		if bad[i] != nil {
+	for i := range want {
+		switch {
+		case all[i] != nil:
+			ms = append(ms, all[i])
+		case bad[i] != nil:
 			broken = append(broken, *bad[i])
+		case gone[i]:
+			vanished++
 		}
 	}
-	return out, broken, nil
+	return ms, broken, vanished, nil
 }
 
 // List returns the complete backups in the bucket, oldest first; volume,
 // when set, keeps those of a volume (its name or id).
 func List(ctx context.Context, st *Store, volume string) ([]Entry, error) {
-	ms, broken, err := manifests(ctx, st, rootPrefix)
+	ms, broken, _, err := manifests(ctx, st, rootPrefix, false)
 	if err != nil {
 		return nil, err
 	}
@@ -110,23 +118,33 @@ func List(ctx context.Context, st *Store, volume string) ([]Entry, error) {
 var errUnreadableManifest = errors.New("a manifest of the volume cannot be read")
 
 // namedObjects returns the keys of the objects the manifests under
-// volPrefix name: those a deletion must keep. While one of them cannot be
-// read it fails (errUnreadableManifest, naming it): it may name any object.
+// volPrefix name, pending ones included: those a deletion must keep. While
+// one of them cannot be read it fails (errUnreadableManifest, naming it):
+// it may name any object. The answer is the manifests of one listing, all
+// read: a manifest deleted between the listing and its read may be the
+// base of one published since, which names its objects (package doc,
+// "Concurrent deletes"), so the listing is taken again.
 func namedObjects(ctx context.Context, st *Store, volPrefix string) (map[string]bool, error) {
-	ms, broken, err := manifests(ctx, st, volPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("listing the volume's backups: %w", err)
-	}
-	if len(broken) > 0 {
-		return nil, fmt.Errorf("%w: backup %s (%s)", errUnreadableManifest, broken[0].ID, broken[0].Error)
-	}
-	named := map[string]bool{}
-	for _, m := range ms {
-		for _, o := range m.Objects {
-			named[o.Key] = true
+	for range 10 {
+		ms, broken, vanished, err := manifests(ctx, st, volPrefix, true)
+		if err != nil {
+			return nil, fmt.Errorf("listing the volume's backups: %w", err)
 		}
+		if len(broken) > 0 {
+			return nil, fmt.Errorf("%w: backup %s (%s)", errUnreadableManifest, broken[0].ID, broken[0].Error)
+		}
+		if vanished > 0 {
+			continue
+		}
+		named := map[string]bool{}
+		for _, m := range ms {
+			for _, o := range m.Objects {
+				named[o.Key] = true
+			}
+		}
+		return named, nil
 	}
-	return named, nil
+	return nil, fmt.Errorf("%w: listing the volume's backups: they kept changing while they were read; try again", ErrConflict)
 }
 
 // Delete removes backup id: its manifest first (from then on it is not
@@ -145,7 +163,8 @@ func Delete(ctx context.Context, st *Store, id string) error {
 		return err
 	}
 	volPrefix := prefix[:strings.LastIndexByte(strings.TrimSuffix(prefix, "/"), '/')+1]
-	if err := st.remove(ctx, prefix+manifestName); err != nil {
+	// Both manifests: one build left pending protects what it names.
+	if err := removeKeys(ctx, st, prefix, []string{prefix + manifestName, prefix + pendingName}); err != nil {
 		return err
 	}
 	keep, err := namedObjects(ctx, st, volPrefix)

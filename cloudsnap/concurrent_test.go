@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,24 +12,63 @@ import (
 	"github.com/cairn-storage/cairn/internal/s3test"
 )
 
-// The handshakes of the package doc's "Concurrent deletes", each driven at
-// the point where the other party does harm: after the backup uploaded its
-// objects, before it stores its manifest.
+// The handshakes of the package doc's "Concurrent deletes". Each test runs
+// the other party inside one request of the first (Store.testHook), at
+// the point where it does harm: the interleaving is exact, not a race.
 
-// runBefore makes f run once, as the next backup is about to store its
-// manifest.
-func runBefore(t *testing.T, f func()) {
-	t.Cleanup(func() { testHookBeforeManifest = nil })
-	testHookBeforeManifest = func() {
-		testHookBeforeManifest = nil
-		f()
+// at makes f run once, just before the first request of st whose op is op
+// and whose key ends with suffix. f may use st (the hook is off by then).
+func at(t *testing.T, st *Store, op, suffix string, f func()) {
+	t.Helper()
+	t.Cleanup(func() { st.testHook = nil })
+	st.testHook = func(o, key string) {
+		if o == op && strings.HasSuffix(key, suffix) {
+			st.testHook = nil
+			f()
+		}
 	}
 }
 
-// The base of an incremental is deleted while the incremental uploads:
-// the objects the incremental keeps from it are gone. The incremental comes
-// out full, and restores.
-func TestDeleteBaseDuringIncremental(t *testing.T) {
+// fired fails the test if a hook set with at never ran.
+func fired(t *testing.T, st *Store) {
+	t.Helper()
+	if st.testHook != nil {
+		t.Fatal("the interleaved party never ran")
+	}
+}
+
+// volumeKeys lists everything under the volume's prefix.
+func volumeKeys(t *testing.T, st *Store, e *engine.Engine, vol string) []string {
+	t.Helper()
+	v, _ := e.Volume(vol)
+	keys, err := st.list(context.Background(), volumePrefix(v.Info().ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+// incremental starts the next backup of c's chain by hand (chain.backup
+// fails the test on an error) and returns its id and error.
+func (c *chain) incremental() (string, *Manifest, error) {
+	c.n++
+	snap := c.vol + ".cs" + string(rune('a'+c.n))
+	if _, err := c.e.CreateSnapshot(c.vol, snap); err != nil {
+		c.t.Fatal(err)
+	}
+	v, _ := c.e.Volume(c.vol)
+	id := NewID(v.Info().ID, time.Now().Add(time.Duration(c.n)*time.Millisecond))
+	m, err := Backup(context.Background(), c.e, c.st, BackupRequest{ID: id, Snapshot: snap, BaseSnapshot: c.prevSnap, BaseID: c.id}, nil)
+	if err == nil {
+		c.prevSnap, c.id = snap, id
+	}
+	return id, m, err
+}
+
+// The base of an incremental is deleted while the incremental uploads (its
+// manifest not yet stored): the base's objects go, though the incremental
+// would name some. It fails, keeps nothing, and the next backup is full.
+func TestDeleteBaseBeforeIncrementalPublishes(t *testing.T) {
 	srv := s3test.Start(t, bucket)
 	ctx := context.Background()
 	e := testEngine(t, 128<<20)
@@ -37,83 +77,156 @@ func TestDeleteBaseDuringIncremental(t *testing.T) {
 	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
 	base := c.backup(false)
 	write(t, e, "v", 2<<20, randBytes(2, 1<<20))
-	runBefore(t, func() {
+	at(t, c.st, "put", "/"+pendingName, func() {
 		if err := Delete(ctx, c.st, base.ID); err != nil {
 			t.Errorf("delete of the base: %v", err)
 		}
 	})
+	_, _, err := c.incremental()
+	fired(t, c.st)
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "base backup "+base.ID+" was deleted") {
+		t.Fatalf("incremental whose base was deleted: %v", err)
+	}
+	if keys := volumeKeys(t, c.st, e, "v"); len(keys) != 0 {
+		t.Fatalf("the bucket holds %v", keys)
+	}
 	m := c.backup(false)
-	want := content(t, e, "v")
-	if testHookBeforeManifest != nil {
-		t.Fatal("the delete never ran")
-	}
-	if !m.Full || m.Base != "" || m.Uploaded < 8<<20 {
-		t.Fatalf("backup whose base was deleted: full=%v base=%q uploaded %d", m.Full, m.Base, m.Uploaded)
-	}
-	list, err := List(ctx, c.st, "v")
-	if err != nil || len(list) != 1 || list[0].ID != m.ID || !list[0].Full {
-		t.Fatalf("list: %+v, %v", list, err)
+	if !m.Full {
+		t.Fatal("the backup after is not full")
 	}
 	if _, err := Restore(ctx, e, c.st, m.ID, "r", nil); err != nil {
-		t.Fatalf("restore of the backup whose base was deleted while it ran: %v", err)
-	}
-	sameContent(t, "restore", want, content(t, e, "r"))
-	// The chain goes on from it.
-	write(t, e, "v", 5<<20, randBytes(3, 4096))
-	if next := c.backup(false); next.Full || next.Base != m.ID {
-		t.Fatalf("the next backup: full=%v base=%q", next.Full, next.Base)
-	}
-}
-
-// Another node sweeps the volume while a backup uploads, taking it for an
-// interrupted upload. The backup fails, saying so, and lists nothing; the
-// next backup and sweep leave a clean bucket.
-func TestSweepDuringBackup(t *testing.T) {
-	srv := s3test.Start(t, bucket)
-	ctx := context.Background()
-	e := testEngine(t, 128<<20)
-	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
-	write(t, e, "v", 0, randBytes(4, 8<<20))
-	st := testStore(t, srv, "")
-	v, _ := e.Volume("v")
-	volID := v.Info().ID
-	if _, err := e.CreateSnapshot("v", "v.s1"); err != nil {
-		t.Fatal(err)
-	}
-	id := NewID(volID, time.Now())
-	runBefore(t, func() {
-		if n, err := SweepOrphans(ctx, st, volID, ""); err != nil || n != 1 {
-			t.Errorf("sweep during the upload: %d swept, %v", n, err)
-		}
-	})
-	_, err := Backup(ctx, e, st, BackupRequest{ID: id, Snapshot: "v.s1"}, nil)
-	if !errors.Is(err, ErrConflict) {
-		t.Fatalf("backup swept while it ran: %v", err)
-	}
-	t.Logf("backup failed as it should: %v", err)
-	if list, err := List(ctx, st, ""); err != nil || len(list) != 0 {
-		t.Fatalf("after a swept backup the bucket lists %+v (%v)", list, err)
-	}
-	prefix, _ := backupPrefix(id)
-	if keys, err := st.list(ctx, prefix); err != nil || len(keys) != 0 {
-		t.Fatalf("the swept backup left %v (%v)", keys, err)
-	}
-	c := &chain{t: t, e: e, st: st, vol: "v", n: 1}
-	m := c.backup(false)
-	if _, err := Restore(ctx, e, st, m.ID, "r", nil); err != nil {
 		t.Fatal(err)
 	}
 	sameContent(t, "restore", content(t, e, "v"), content(t, e, "r"))
 }
 
-// A sweep that finds the backup's manifest once its mark is stored (the
-// backup completed meanwhile) deletes nothing and takes its mark away.
-func TestSweepSparesABackupThatCompleted(t *testing.T) {
+// The base is deleted after the incremental stored its pending manifest,
+// before it checks its base: Delete keeps what the pending manifest names,
+// the incremental fails all the same, and a sweep then leaves nothing.
+func TestDeleteBaseWhileIncrementalPublishes(t *testing.T) {
 	srv := s3test.Start(t, bucket)
 	ctx := context.Background()
 	e := testEngine(t, 128<<20)
 	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
-	write(t, e, "v", 0, randBytes(5, 4<<20))
+	write(t, e, "v", 0, randBytes(3, 8<<20))
+	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	base := c.backup(false)
+	baseKey, _ := manifestKey(base.ID)
+	write(t, e, "v", 2<<20, randBytes(4, 1<<20))
+	var kept []string
+	at(t, c.st, "stat", baseKey, func() {
+		if err := Delete(ctx, c.st, base.ID); err != nil {
+			t.Errorf("delete of the base: %v", err)
+		}
+		prefix, _ := backupPrefix(base.ID)
+		kept, _ = c.st.list(ctx, prefix)
+	})
+	_, _, err := c.incremental()
+	fired(t, c.st)
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("incremental whose base was deleted: %v", err)
+	}
+	if len(kept) == 0 {
+		t.Fatal("Delete took the objects a pending manifest named")
+	}
+	if list, err := List(ctx, c.st, ""); err != nil || len(list) != 0 {
+		t.Fatalf("list: %+v, %v", list, err)
+	}
+	v, _ := e.Volume("v")
+	if n, err := SweepOrphans(ctx, c.st, v.Info().ID, ""); err != nil || n != 1 {
+		t.Fatalf("sweep: %d, %v", n, err)
+	}
+	keys := volumeKeys(t, c.st, e, "v")
+	if keys = slices.DeleteFunc(keys, func(k string) bool { return strings.HasSuffix(k, "/"+sweptName) }); len(keys) != 0 {
+		t.Fatalf("after the sweep the bucket holds %v", keys)
+	}
+}
+
+// Chain F ← I1, I2 publishing on I1. Delete(F) lists the manifests before
+// I2's is stored; I2 publishes (I1 is there); Delete(I1) sees I2 and keeps
+// what it names; then Delete(F) finds I1 gone. It must list again and keep
+// the objects of F that I2 names.
+func TestDeleteSeesABackupPublishedWhileItRead(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	ctx := context.Background()
+	e := testEngine(t, 128<<20)
+	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
+	write(t, e, "v", 0, randBytes(5, 8<<20))
+	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	f := c.backup(false)
+	write(t, e, "v", 1<<20, randBytes(6, 1<<20))
+	i1 := c.backup(false)
+	write(t, e, "v", 3<<20, randBytes(7, 1<<20))
+	i1Key, _ := manifestKey(i1.ID)
+	var i2 *Manifest
+	other := testStore(t, srv, "") // the deleter
+	at(t, other, "get", i1Key, func() {
+		var err error
+		if _, i2, err = c.incremental(); err != nil {
+			t.Errorf("I2: %v", err)
+		}
+		if err := Delete(ctx, c.st, i1.ID); err != nil {
+			t.Errorf("delete I1: %v", err)
+		}
+	})
+	// Delete reads F's own manifest first (not the one to interleave).
+	if err := Delete(ctx, other, f.ID); err != nil {
+		t.Fatal(err)
+	}
+	fired(t, other)
+	if i2 == nil || i2.Base != i1.ID {
+		t.Fatalf("I2: %+v", i2)
+	}
+	if _, err := Restore(ctx, e, c.st, i2.ID, "r", nil); err != nil {
+		t.Fatalf("restore of I2 after its base and its base's base were deleted: %v", err)
+	}
+	sameContent(t, "restore", content(t, e, "v"), content(t, e, "r"))
+}
+
+// Another node sweeps the volume while a backup uploads, taking it for an
+// interrupted upload. The backup fails, saying so, and lists nothing; the
+// next backup restores.
+func TestSweepDuringBackup(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	ctx := context.Background()
+	e := testEngine(t, 128<<20)
+	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
+	write(t, e, "v", 0, randBytes(8, 8<<20))
+	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	v, _ := e.Volume("v")
+	at(t, c.st, "put", "/"+pendingName, func() {
+		if n, err := SweepOrphans(ctx, c.st, v.Info().ID, ""); err != nil || n != 1 {
+			t.Errorf("sweep during the upload: %d swept, %v", n, err)
+		}
+	})
+	id, _, err := c.incremental()
+	fired(t, c.st)
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "swept") {
+		t.Fatalf("backup swept while it ran: %v", err)
+	}
+	if list, err := List(ctx, c.st, ""); err != nil || len(list) != 0 {
+		t.Fatalf("after a swept backup the bucket lists %+v (%v)", list, err)
+	}
+	prefix, _ := backupPrefix(id)
+	if keys, err := c.st.list(ctx, prefix); err != nil || len(keys) != 0 {
+		t.Fatalf("the swept backup left %v (%v)", keys, err)
+	}
+	m := c.backup(false)
+	if _, err := Restore(ctx, e, c.st, m.ID, "r", nil); err != nil {
+		t.Fatal(err)
+	}
+	sameContent(t, "restore", content(t, e, "v"), content(t, e, "r"))
+}
+
+// A sweep that finds a backup's manifests (published, or pending: still
+// running) deletes nothing, and its mark stays: a sweep that removed it
+// could hide another sweep's mark from a backup that has yet to check.
+func TestSweepSparesPublishingBackups(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	ctx := context.Background()
+	e := testEngine(t, 128<<20)
+	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
+	write(t, e, "v", 0, randBytes(9, 4<<20))
 	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
 	m := c.backup(false)
 	want := content(t, e, "v")
@@ -123,18 +236,137 @@ func TestSweepSparesABackupThatCompleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	// What a sweep listed before the manifest was stored: every object.
-	did, err := sweepOrphan(ctx, c.st, m.ID, before)
-	if err != nil || did {
-		t.Fatalf("sweep of a complete backup: deleted=%v, %v", did, err)
+	if did, err := sweepOrphan(ctx, c.st, m.ID, before); err != nil || did {
+		t.Fatalf("sweep of a published backup: deleted=%v, %v", did, err)
+	}
+	// The same with only the pending manifest there: a backup publishing.
+	raw, _ := c.st.get(ctx, prefix+manifestName, maxManifestBytes, smallTimeout)
+	if err := c.st.put(ctx, prefix+pendingName, raw, smallTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.st.remove(ctx, prefix+manifestName); err != nil {
+		t.Fatal(err)
+	}
+	if did, err := sweepOrphan(ctx, c.st, m.ID, before); err != nil || did {
+		t.Fatalf("sweep of a publishing backup: deleted=%v, %v", did, err)
 	}
 	after, err := c.st.list(ctx, prefix)
-	if err != nil || !slices.Equal(before, after) {
-		t.Fatalf("objects after the sweep: %v, before %v (%v)", after, before, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range before {
+		if k != prefix+manifestName && !slices.Contains(after, k) {
+			t.Fatalf("the sweep deleted %s", k)
+		}
+	}
+	if !slices.Contains(after, prefix+sweptName) {
+		t.Fatal("the sweep's mark is gone")
+	}
+	// Published again: restorable, the mark notwithstanding.
+	if err := c.st.put(ctx, prefix+manifestName, raw, smallTimeout); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := Restore(ctx, e, c.st, m.ID, "r", nil); err != nil {
 		t.Fatal(err)
 	}
 	sameContent(t, "restore", want, content(t, e, "r"))
+}
+
+// The store goes away once the pending manifest is stored: the backup
+// fails and cannot clean up, but nothing is listed, nor will be; Abandon
+// (the daemon's restart) deletes what it stored. A pending manifest of a
+// backup that cannot still run (8 days) is swept with what it names, a
+// young one is not.
+func TestPendingManifestNeverListed(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	ctx := context.Background()
+	e := testEngine(t, 128<<20)
+	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
+	write(t, e, "v", 0, randBytes(10, 4<<20))
+	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	at(t, c.st, "stat", "/"+sweptName, srv.Kill)
+	id, _, err := c.incremental()
+	fired(t, c.st)
+	if !errors.Is(err, ErrStore) {
+		t.Fatalf("backup with the store gone: %v", err)
+	}
+	srv.Restart()
+	prefix, _ := backupPrefix(id)
+	keys, err := c.st.list(ctx, prefix)
+	if err != nil || !slices.Contains(keys, prefix+pendingName) {
+		t.Fatalf("after the failed backup its prefix holds %v (%v)", keys, err)
+	}
+	if list, err := List(ctx, c.st, ""); err != nil || len(list) != 0 {
+		t.Fatalf("a pending manifest is listed: %+v (%v)", list, err)
+	}
+	v, _ := e.Volume("v")
+	if n, err := SweepOrphans(ctx, c.st, v.Info().ID, ""); err != nil || n != 0 {
+		t.Fatalf("sweep of a young pending manifest: %d swept, %v", n, err)
+	}
+	if err := Abandon(ctx, c.st, id); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := c.st.list(ctx, prefix); len(keys) != 0 {
+		t.Fatalf("after Abandon the prefix holds %v", keys)
+	}
+
+	// A dead one: the same objects under an id 9 days old.
+	old := NewID(v.Info().ID, time.Now().Add(-9*24*time.Hour))
+	oldPrefix, _ := backupPrefix(old)
+	m := c.backup(false)
+	mPrefix, _ := backupPrefix(m.ID)
+	raw, _ := c.st.get(ctx, mPrefix+manifestName, maxManifestBytes, smallTimeout)
+	if err := Delete(ctx, c.st, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	dead := strings.ReplaceAll(string(raw), m.ID, old)
+	if err := c.st.put(ctx, oldPrefix+pendingName, []byte(dead), smallTimeout); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"data/000000", "data/000001"} {
+		if err := c.st.put(ctx, oldPrefix+k, []byte("x"), smallTimeout); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := SweepOrphans(ctx, c.st, v.Info().ID, ""); err != nil || n != 1 {
+		t.Fatalf("sweep of a dead pending manifest: %d swept, %v", n, err)
+	}
+	if keys, _ := c.st.list(ctx, oldPrefix); !slices.Equal(keys, []string{oldPrefix + sweptName}) {
+		t.Fatalf("after the sweep the dead backup's prefix holds %v", keys)
+	}
+}
+
+// The backup is deleted as it publishes (its manifest stored, its pending
+// one not yet removed): nothing of it stays, nothing is listed.
+func TestDeleteOfABackupPublishing(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	ctx := context.Background()
+	e := testEngine(t, 128<<20)
+	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
+	write(t, e, "v", 0, randBytes(11, 4<<20))
+	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	var id string
+	at(t, c.st, "delete", "/"+pendingName, func() {
+		list, err := List(ctx, c.st, "")
+		if err != nil || len(list) != 1 {
+			t.Errorf("list while publishing: %+v, %v", list, err)
+			return
+		}
+		id = list[0].ID
+		if err := Delete(ctx, c.st, id); err != nil {
+			t.Errorf("delete: %v", err)
+		}
+	})
+	if _, _, err := c.incremental(); err != nil {
+		t.Fatal(err)
+	}
+	fired(t, c.st)
+	if list, err := List(ctx, c.st, ""); err != nil || len(list) != 0 {
+		t.Fatalf("list: %+v, %v", list, err)
+	}
+	if keys := volumeKeys(t, c.st, e, "v"); len(keys) != 0 {
+		t.Fatalf("the bucket holds %v", keys)
+	}
 }
 
 // A prefix that holds only a sweep's mark is not counted as swept; the mark

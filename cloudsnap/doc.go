@@ -23,6 +23,7 @@
 //
 //	cairn-cloudsnap/v1/<volume-id>/<backup-id>/data/<nnnnnn>     data objects
 //	cairn-cloudsnap/v1/<volume-id>/<backup-id>/manifest.json     the manifest
+//	cairn-cloudsnap/v1/<volume-id>/<backup-id>/manifest.pending  while it publishes
 //	cairn-cloudsnap/v1/<volume-id>/<backup-id>/swept             a sweep's mark
 //
 // <volume-id> is the 16-hex-digit id of the backed-up volume (not of its
@@ -99,22 +100,36 @@
 // backup's base (an operator, a schedule's pruning), or a SweepOrphans that
 // takes the upload for an interrupted one (the volume moved meanwhile).
 // Neither may leave a listed manifest that names a deleted object, and
-// neither takes a lock (the store has none). Two handshakes keep it, each a
-// write then a read on either side, so that of two racing parties at least
-// one sees the other — S3's strong read-after-write consistency (AWS since
-// 2020, and every store cairn supports) is what makes that hold:
+// neither takes a lock (the store has none). A backup publishes in three
+// steps: its manifest as "manifest.pending" (never listed, but it protects
+// the objects it names as a manifest does), two checks, then
+// "manifest.json" (listed from then on), then the pending one goes. The
+// checks are each half of a handshake, a write then a read on either side,
+// so that of two racing parties at least one sees the other — S3's strong
+// read-after-write and list-after-write consistency (AWS since 2020, and
+// every store cairn supports) is what makes that hold:
 //
-//   - Delete removes the base's manifest, then reads the manifests to learn
-//     which objects are still named. The incremental stores its manifest,
-//     then checks the base's manifest is still there. Either Delete sees
-//     the incremental's manifest and keeps the objects it names, or the
-//     incremental sees its base gone: it withdraws its manifest and is
-//     taken again as a full backup (same id).
-//   - A sweep stores its mark ("swept") in the backup's prefix, then
-//     checks for the backup's manifest: there, it removes its mark and
-//     deletes nothing. The backup stores its manifest, then checks for a
-//     mark: there, the backup fails (ErrConflict) and deletes what it
-//     stored. A mark stays 30 days after the backup's start (its id's
-//     time); a backup that has run 7 days fails rather than trust that a
-//     mark it does not see never existed.
+//   - Delete removes the base's manifests, then reads every manifest of the
+//     volume, pending ones included, to learn which objects are still
+//     named. The backup stores its pending manifest, then checks that its
+//     base's manifest is still there. Either Delete sees the pending
+//     manifest and keeps the objects it names, or the backup sees its base
+//     gone and fails (ErrConflict; the next one is full). The read of the
+//     volume's manifests is of one listing, all read: if a listed manifest
+//     is gone when read, the listing is taken again, as that manifest may
+//     be the base of one published since, which names the same objects.
+//   - A sweep stores its mark ("swept") in the backup's prefix, then looks
+//     for the backup's manifests: either there, it deletes nothing. The
+//     backup stores its pending manifest, then checks for a mark: there,
+//     the backup fails (ErrConflict) and deletes what it stored. The mark
+//     stays, whatever the sweep found, until 30 days after the backup's
+//     start (its id's time), and only a prefix that holds nothing else
+//     loses it.
+//
+// A backup that has run 7 days fails before each step (checkAge) rather
+// than trust that a mark it does not see never existed; a pending manifest
+// 8 days old belongs to a backup that can no longer publish it, and a
+// sweep deletes it with what it names. A backup whose upload failed and
+// whose cleanup could not reach the store leaves a pending manifest: never
+// listed, swept after those 8 days.
 package cloudsnap

@@ -43,6 +43,9 @@ const (
 	formatRawFrames = 2 // the first format with raw frames
 	rootPrefix      = "cairn-cloudsnap/v1/"
 	manifestName    = "manifest.json"
+	// pendingName: the manifest as a backup stores it before its checks
+	// (package doc, "Concurrent deletes"); never listed.
+	pendingName = "manifest.pending"
 	// sweptName: the mark a sweep leaves in the prefix of a backup whose
 	// objects it deletes (package doc, "Concurrent deletes"). It stays
 	// sweptKeep after the backup's start; a backup still running

@@ -80,6 +80,9 @@ const maxRetries = 4
 type Store struct {
 	cred Credential
 	cli  *minio.Client
+	// testHook, set by tests only, runs before every request (its op and
+	// key): where a test makes another party's request interleave.
+	testHook func(op, key string)
 }
 
 // Open returns the store of a credential; nothing is contacted yet.
@@ -167,6 +170,7 @@ func (s *Store) Validate(ctx context.Context) error {
 }
 
 func (s *Store) put(ctx context.Context, key string, b []byte, timeout time.Duration) error {
+	s.before("put", key)
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	_, err := s.cli.PutObject(cctx, s.cred.Bucket, key, bytes.NewReader(b), int64(len(b)),
@@ -205,6 +209,7 @@ func (s *Store) getInto(ctx context.Context, buf []byte, key string, limit int64
 // and size to read, for a caller that uses the bytes as they arrive. An
 // error reading the body is a store error naming the object.
 func (s *Store) getStream(ctx context.Context, key string, limit int64, timeout time.Duration, read func(body io.Reader, size int64) error) error {
+	s.before("get", key)
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	obj, err := s.cli.GetObject(cctx, s.cred.Bucket, key, minio.GetObjectOptions{})
@@ -245,6 +250,7 @@ func (b bodyReader) Read(p []byte) (int, error) {
 }
 
 func (s *Store) remove(ctx context.Context, key string) error {
+	s.before("delete", key)
 	cctx, cancel := context.WithTimeout(ctx, smallTimeout)
 	defer cancel()
 	if err := s.cli.RemoveObject(cctx, s.cred.Bucket, key, minio.RemoveObjectOptions{}); err != nil {
@@ -253,8 +259,16 @@ func (s *Store) remove(ctx context.Context, key string) error {
 	return nil
 }
 
+// before runs the test hook, if any, as a request of op on key starts.
+func (s *Store) before(op, key string) {
+	if h := s.testHook; h != nil {
+		h(op, key)
+	}
+}
+
 // exists says whether key is in the bucket.
 func (s *Store) exists(ctx context.Context, key string) (bool, error) {
+	s.before("stat", key)
 	cctx, cancel := context.WithTimeout(ctx, smallTimeout)
 	defer cancel()
 	_, err := s.cli.StatObject(cctx, s.cred.Bucket, key, minio.StatObjectOptions{})
@@ -269,6 +283,7 @@ func (s *Store) exists(ctx context.Context, key string) (bool, error) {
 
 // list returns the keys under prefix.
 func (s *Store) list(ctx context.Context, prefix string) ([]string, error) {
+	s.before("list", prefix)
 	cctx, cancel := context.WithTimeout(ctx, 2*smallTimeout)
 	defer cancel()
 	var keys []string
