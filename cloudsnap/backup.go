@@ -412,9 +412,9 @@ func removeKeys(ctx context.Context, st *Store, prefix string, keys []string) er
 }
 
 // Abandon deletes what backup id stored if it was never published (an
-// upload interrupted by a crash). A published backup is left alone.
-// REQUIRES: backup id is not running (its daemon restarted since), so no
-// mark is needed (sweepOrphan).
+// upload interrupted by a crash). A published backup is left alone. The
+// backup is not running (its daemon restarted since); the mark makes sure
+// of it all the same (sweepOrphan), at the cost of one request.
 func Abandon(ctx context.Context, st *Store, id string) error {
 	prefix, err := backupPrefix(id)
 	if err != nil {
@@ -424,13 +424,22 @@ func Abandon(ctx context.Context, st *Store, id string) error {
 	if err != nil {
 		return err
 	}
-	if slices.Contains(keys, prefix+manifestName) {
-		if slices.Contains(keys, prefix+pendingName) {
-			return st.remove(ctx, prefix+pendingName)
+	if !slices.Contains(keys, prefix+manifestName) && len(keys) > 0 {
+		if err := st.put(ctx, prefix+sweptName, []byte(sweptText), smallTimeout); err != nil {
+			return err
 		}
-		return nil
+		published, err := st.exists(ctx, prefix+manifestName)
+		if err != nil {
+			return err
+		}
+		if !published {
+			return removeKeys(ctx, st, prefix, slices.DeleteFunc(keys, func(k string) bool { return k == prefix+sweptName }))
+		}
 	}
-	return removeKeys(ctx, st, prefix, keys)
+	if slices.Contains(keys, prefix+pendingName) {
+		return st.remove(ctx, prefix+pendingName)
+	}
+	return nil
 }
 
 // sweepOrphan deletes keys, what backup id stored that no manifest names,
@@ -453,10 +462,12 @@ func sweepOrphan(ctx context.Context, st *Store, id string, keys []string) (bool
 		}
 		return false, nil
 	}
-	if err := st.put(ctx, mark, []byte("swept by cairn: this backup's upload was taken for an interrupted one\n"), smallTimeout); err != nil {
+	if err := st.put(ctx, mark, []byte(sweptText), smallTimeout); err != nil {
 		return false, err
 	}
-	for _, name := range []string{manifestName, pendingName} {
+	// The pending manifest first: the backup stores it, then the
+	// manifest, then removes it, so one of the two looks finds one.
+	for _, name := range []string{pendingName, manifestName} {
 		found, err := st.exists(ctx, prefix+name)
 		if err != nil {
 			return false, err
@@ -469,6 +480,8 @@ func sweepOrphan(ctx context.Context, st *Store, id string, keys []string) (bool
 	}
 	return true, removeKeys(ctx, st, prefix, keys)
 }
+
+const sweptText = "swept by cairn: this backup's upload was taken for an interrupted one\n"
 
 // pendingDead says whether a pending manifest of backup id belongs to a
 // backup that can no longer publish it (checkAge), with a day's margin for

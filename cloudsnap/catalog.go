@@ -144,7 +144,7 @@ func namedObjects(ctx context.Context, st *Store, volPrefix string) (map[string]
 		}
 		return named, nil
 	}
-	return nil, fmt.Errorf("%w: listing the volume's backups: they kept changing while they were read; try again", ErrConflict)
+	return nil, fmt.Errorf("%w: the volume's backups kept changing while they were read (a sweep as its next backup starts deletes what no backup names)", ErrConflict)
 }
 
 // Delete removes backup id: its manifest first (from then on it is not

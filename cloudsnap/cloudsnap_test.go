@@ -488,8 +488,8 @@ func TestServerDiesMidUpload(t *testing.T) {
 	if err := Abandon(ctx, st, id); err != nil {
 		t.Fatal(err)
 	}
-	if keys, _ := st.list(ctx, rootPrefix); len(keys) != 0 {
-		t.Fatalf("after Abandon the bucket holds %v", keys)
+	if keys, _ := st.list(ctx, rootPrefix); len(keys) != 1 || !strings.HasSuffix(keys[0], "/"+sweptName) {
+		t.Fatalf("after Abandon the bucket holds %v (want its mark alone)", keys)
 	}
 }
 

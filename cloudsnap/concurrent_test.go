@@ -5,6 +5,8 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,19 +22,20 @@ import (
 // and whose key ends with suffix. f may use st (the hook is off by then).
 func at(t *testing.T, st *Store, op, suffix string, f func()) {
 	t.Helper()
-	t.Cleanup(func() { st.testHook = nil })
-	st.testHook = func(o, key string) {
-		if o == op && strings.HasSuffix(key, suffix) {
-			st.testHook = nil
+	t.Cleanup(func() { st.testHook.Store(nil) })
+	var h func(o, key string)
+	h = func(o, key string) {
+		if o == op && strings.HasSuffix(key, suffix) && st.testHook.CompareAndSwap(&h, nil) {
 			f()
 		}
 	}
+	st.testHook.Store(&h)
 }
 
 // fired fails the test if a hook set with at never ran.
 func fired(t *testing.T, st *Store) {
 	t.Helper()
-	if st.testHook != nil {
+	if st.testHook.Load() != nil {
 		t.Fatal("the interleaved party never ran")
 	}
 }
@@ -113,21 +116,37 @@ func TestDeleteBaseWhileIncrementalPublishes(t *testing.T) {
 	base := c.backup(false)
 	baseKey, _ := manifestKey(base.ID)
 	write(t, e, "v", 2<<20, randBytes(4, 1<<20))
-	var kept []string
+	checked := 0
 	at(t, c.st, "stat", baseKey, func() {
 		if err := Delete(ctx, c.st, base.ID); err != nil {
 			t.Errorf("delete of the base: %v", err)
 		}
-		prefix, _ := backupPrefix(base.ID)
-		kept, _ = c.st.list(ctx, prefix)
+		// Every object the pending manifest names is still there.
+		keys := volumeKeys(t, c.st, e, "v")
+		for _, k := range keys {
+			if !strings.HasSuffix(k, "/"+pendingName) {
+				continue
+			}
+			m, err := readManifest(ctx, c.st, k)
+			if err != nil {
+				t.Errorf("the pending manifest: %v", err)
+				return
+			}
+			for _, o := range m.Objects {
+				if !slices.Contains(keys, o.Key) {
+					t.Errorf("Delete took %s, which a pending manifest names", o.Key)
+				}
+				checked++
+			}
+		}
 	})
 	_, _, err := c.incremental()
 	fired(t, c.st)
 	if !errors.Is(err, ErrConflict) {
 		t.Fatalf("incremental whose base was deleted: %v", err)
 	}
-	if len(kept) == 0 {
-		t.Fatal("Delete took the objects a pending manifest named")
+	if checked < 2 {
+		t.Fatalf("the pending manifest named %d objects; want its own and its base's", checked)
 	}
 	if list, err := List(ctx, c.st, ""); err != nil || len(list) != 0 {
 		t.Fatalf("list: %+v, %v", list, err)
@@ -214,6 +233,75 @@ func TestSweepDuringBackup(t *testing.T) {
 	m := c.backup(false)
 	if _, err := Restore(ctx, e, c.st, m.ID, "r", nil); err != nil {
 		t.Fatal(err)
+	}
+	sameContent(t, "restore", content(t, e, "v"), content(t, e, "r"))
+}
+
+// A sweep from another node runs across a backup's publication: it lists
+// before the pending manifest exists and stores its mark after the backup
+// checked for one; the backup stores its manifest and removes the pending
+// one between the sweep's two looks. Either the backup fails or the sweep
+// deletes nothing: a listed backup restores.
+func TestSweepAcrossPublish(t *testing.T) {
+	srv := s3test.Start(t, bucket)
+	ctx := context.Background()
+	e := testEngine(t, 128<<20)
+	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
+	write(t, e, "v", 0, randBytes(12, 8<<20))
+	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	sweeper := testStore(t, srv, "")
+	v, _ := e.Volume("v")
+	// The sweep waits before its mark until the backup has checked for
+	// one; the backup waits before its manifest until the sweep has
+	// looked once (and waits before its second look) or has ended.
+	markAt, markGo := make(chan struct{}), make(chan struct{})
+	second, secondGo, ended := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	swept := make(chan error, 1)
+	var once sync.Once
+	var looks atomic.Int32
+	sh := func(op, key string) {
+		switch {
+		case op == "put" && strings.HasSuffix(key, "/"+sweptName):
+			once.Do(func() { close(markAt); <-markGo })
+		case op == "stat" && (strings.HasSuffix(key, "/"+pendingName) || strings.HasSuffix(key, "/"+manifestName)):
+			if looks.Add(1) == 2 {
+				close(second)
+				<-secondGo
+			}
+		}
+	}
+	sweeper.testHook.Store(&sh)
+	bh := func(op, key string) {
+		switch {
+		case op == "put" && strings.HasSuffix(key, "/"+pendingName):
+			go func() {
+				_, err := SweepOrphans(ctx, sweeper, v.Info().ID, "")
+				close(ended)
+				swept <- err
+			}()
+			<-markAt
+		case op == "put" && strings.HasSuffix(key, "/"+manifestName):
+			close(markGo)
+			select {
+			case <-second:
+			case <-ended:
+			}
+		}
+	}
+	c.st.testHook.Store(&bh)
+	_, m, err := c.incremental()
+	c.st.testHook.Store(nil)
+	close(secondGo)
+	if serr := <-swept; serr != nil {
+		t.Fatal(serr)
+	}
+	list, lerr := List(ctx, c.st, "")
+	t.Logf("backup: %v; listed %d (%v)", err, len(list), lerr)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("backup: %v; listed %+v (%v)", err, list, lerr)
+	}
+	if _, err := Restore(ctx, e, c.st, m.ID, "r", nil); err != nil {
+		t.Fatalf("a listed backup does not restore: %v", err)
 	}
 	sameContent(t, "restore", content(t, e, "v"), content(t, e, "r"))
 }
@@ -306,8 +394,8 @@ func TestPendingManifestNeverListed(t *testing.T) {
 	if err := Abandon(ctx, c.st, id); err != nil {
 		t.Fatal(err)
 	}
-	if keys, _ := c.st.list(ctx, prefix); len(keys) != 0 {
-		t.Fatalf("after Abandon the prefix holds %v", keys)
+	if keys, _ := c.st.list(ctx, prefix); !slices.Equal(keys, []string{prefix + sweptName}) {
+		t.Fatalf("after Abandon the prefix holds %v (want its mark alone)", keys)
 	}
 
 	// A dead one: the same objects under an id 9 days old.

@@ -119,7 +119,9 @@
 //     is gone when read, the listing is taken again, as that manifest may
 //     be the base of one published since, which names the same objects.
 //   - A sweep stores its mark ("swept") in the backup's prefix, then looks
-//     for the backup's manifests: either there, it deletes nothing. The
+//     for the backup's manifests, the pending one first (the order the
+//     backup writes them in, so it cannot miss both): either there, it
+//     deletes nothing. Abandon, which cleans up after a crash, marks too. The
 //     backup stores its pending manifest, then checks for a mark: there,
 //     the backup fails (ErrConflict) and deletes what it stored. The mark
 //     stays, whatever the sweep found, until 30 days after the backup's

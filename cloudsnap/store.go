@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -82,7 +83,7 @@ type Store struct {
 	cli  *minio.Client
 	// testHook, set by tests only, runs before every request (its op and
 	// key): where a test makes another party's request interleave.
-	testHook func(op, key string)
+	testHook atomic.Pointer[func(op, key string)]
 }
 
 // Open returns the store of a credential; nothing is contacted yet.
@@ -261,8 +262,8 @@ func (s *Store) remove(ctx context.Context, key string) error {
 
 // before runs the test hook, if any, as a request of op on key starts.
 func (s *Store) before(op, key string) {
-	if h := s.testHook; h != nil {
-		h(op, key)
+	if h := s.testHook.Load(); h != nil {
+		(*h)(op, key)
 	}
 }
 

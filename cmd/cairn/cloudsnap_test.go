@@ -214,7 +214,8 @@ func TestCloudsnapDaemonKilledMidUpload(t *testing.T) {
 	}
 	var left []string
 	filepath.Walk(filepath.Join(srv.Dir, "cairn"), func(p string, fi os.FileInfo, err error) error {
-		if err == nil && !fi.IsDir() {
+		// (Abandon's mark stays: cloudsnap/doc.go, "Concurrent deletes".)
+		if err == nil && !fi.IsDir() && fi.Name() != "swept" {
 			left = append(left, p)
 		}
 		return nil
