@@ -49,7 +49,7 @@
 #            the replicas' mean write time, each node's engine mean write
 #            and flush time.
 #
-# Usage: bench/replication.sh [-r SECONDS] [-n N] [-s SECTIONS] [-w REGEX] [-g GIB] [-S SPAN] [-f RATE] [-o FILE] [-p DIR] [-P]
+# Usage: bench/replication.sh [-r SECONDS] [-n N] [-s SECTIONS] [-w REGEX] [-g GIB] [-S SPAN] [-f RATE] [-o FILE] [-p DIR] [-T DIR] [-P]
 #   -r  seconds per fio workload (default 15)
 #   -n  rounds of the volume workloads; the table shows the median (default 1)
 #   -s  space-separated subset of: volumes resync rebuild p99 profile (default all)
@@ -60,6 +60,11 @@
 #   -o  also write the markdown report to FILE
 #   -p  keep the profiles and their pprof -top in DIR (default: a new
 #       /var/tmp/cairn-rbench-profile.* directory, printed at the end)
+#   -T  put nodes 2 and 3's data dirs (their drives) under DIR, e.g. a tmpfs
+#       (/dev/shm): the replicas off node 1's disk, as on a cluster where
+#       each node has its own. On tmpfs their flushes cost nothing, so a
+#       durable row then shows an upper bound of what replication costs
+#       when the nodes do not share one disk
 #   -P  also `perf record -a -g` the whole machine (kernel included: the
 #       loopback TCP, the page cache, fio) during the profile rows and the
 #       p99 runs, into the profile dir with a `perf report` by command and
@@ -82,7 +87,8 @@ FAST_RATE=4G
 OUT=""
 PROFDIR=""
 PERF=""
-while getopts "r:n:s:w:g:S:f:o:p:Ph" opt; do
+REPLICA_DIR=""
+while getopts "r:n:s:w:g:S:f:o:p:T:Ph" opt; do
 	case $opt in
 	r) RUNTIME=$OPTARG ;;
 	n) ROUNDS=$OPTARG ;;
@@ -93,8 +99,9 @@ while getopts "r:n:s:w:g:S:f:o:p:Ph" opt; do
 	f) FAST_RATE=$OPTARG ;;
 	o) OUT=$OPTARG ;;
 	p) PROFDIR=$OPTARG ;;
+	T) REPLICA_DIR=$OPTARG ;;
 	P) PERF=1 ;;
-	*) sed -n '2,72p' "$0"; exit 2 ;;
+	*) sed -n '2,77p' "$0"; exit 2 ;;
 	esac
 done
 ARGS="$*"
@@ -109,6 +116,8 @@ has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 # The work dir is on the same filesystem as the disk under test, not tmpfs.
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/cairn-rbench.XXXXXX")
+RWORK=$WORK # nodes 2 and 3 (-T)
+[ -z "$REPLICA_DIR" ] || RWORK=$(mktemp -d "$REPLICA_DIR/cairn-rbench.XXXXXX")
 declare -A PID API NBD ID EXTRA
 HELPERS=() # other processes this script started (fio, nbdhold)
 cleanup() {
@@ -119,7 +128,11 @@ cleanup() {
 	stop_all 3 2
 	stop_all 1
 	wait 2>/dev/null || true
-	if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+	if [ -n "${KEEP:-}" ]; then
+		echo "kept $WORK $RWORK" >&2
+	else
+		rm -rf "$WORK" "$RWORK"
+	fi
 	exit $rc
 }
 # stop_all I...: SIGTERM those nodes, SIGKILL what is left after 15 s.
@@ -153,12 +166,16 @@ log "building"
 [ -n "${CAIRN_BIN:-}" ] || (cd "$ROOT" && $GO build -o "$CAIRN" ./cmd/cairn)
 (cd "$ROOT" && $GO build -o "$WORK/nbdhold" ./bench/cmd/nbdhold && $GO build -o "$WORK/tcpcopy" ./bench/cmd/tcpcopy)
 
+# node_dir I: node I's data dir.
+node_dir() { if [ "$1" = 1 ]; then echo "$WORK/n1"; else echo "$RWORK/n$1"; fi; }
+
 KVDB=""
 # start_node I [extra daemon args]: starts node I (again, on the same data
 # dir and arguments plus the extra ones) and waits until it is ready; sets
 # PID, API, NBD and ID for it, KVDB for node 1's first start.
 start_node() {
-	local i=$1 ip=127.0.0.$1 d=$WORK/n$1
+	local i=$1 ip=127.0.0.$1 d
+	d=$(node_dir "$1")
 	shift
 	mkdir -p "$d"
 	# EXTRA[i] is split into words on purpose (flag and value).
@@ -248,7 +265,7 @@ wait_up() {
 # synced_line I VOL → "copied_bytes seconds" of the last "replica back in
 # sync" line node I logged for VOL
 synced_line() {
-	grep 'msg="replica back in sync"' "$WORK/n$1/log" | grep "volume=$2 " | tail -1 |
+	grep 'msg="replica back in sync"' "$(node_dir "$1")/log" | grep "volume=$2 " | tail -1 |
 		sed -n 's/.* copied=\([0-9]*\) seconds=\([0-9.e+-]*\).*/\1 \2/p'
 }
 
