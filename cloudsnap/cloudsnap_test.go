@@ -102,6 +102,7 @@ type chain struct {
 	vol          string
 	prevSnap, id string
 	n            int
+	restored     int // volumes restores made
 }
 
 func (c *chain) backup(full bool) *Manifest {

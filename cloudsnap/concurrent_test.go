@@ -3,6 +3,7 @@ package cloudsnap
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -40,6 +41,27 @@ func fired(t *testing.T, st *Store) {
 	}
 }
 
+// volumeChain starts an S3 server and an engine holding volume "v" (8 MiB,
+// its first n bytes random from seed), and the chain that backs it up.
+func volumeChain(t *testing.T, seed uint64, n int) (*chain, *s3test.Server) {
+	srv := s3test.Start(t, bucket)
+	e := testEngine(t, 128<<20)
+	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
+	write(t, e, "v", 0, randBytes(seed, n))
+	return &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}, srv
+}
+
+// restores checks that backup id restores (as a new volume) to want.
+func (c *chain) restores(id string, want []byte) {
+	c.t.Helper()
+	c.restored++
+	name := fmt.Sprintf("r%d", c.restored)
+	if _, err := Restore(context.Background(), c.e, c.st, id, name, nil); err != nil {
+		c.t.Fatalf("restore of %s: %v", id, err)
+	}
+	sameContent(c.t, "restore of "+id, want, content(c.t, c.e, name))
+}
+
 // volumeKeys lists everything under the volume's prefix.
 func volumeKeys(t *testing.T, st *Store, e *engine.Engine, vol string) []string {
 	t.Helper()
@@ -72,12 +94,8 @@ func (c *chain) incremental() (string, *Manifest, error) {
 // manifest not yet stored): the base's objects go, though the incremental
 // would name some. It fails, keeps nothing, and the next backup is full.
 func TestDeleteBaseBeforeIncrementalPublishes(t *testing.T) {
-	srv := s3test.Start(t, bucket)
-	ctx := context.Background()
-	e := testEngine(t, 128<<20)
-	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
-	write(t, e, "v", 0, randBytes(1, 8<<20))
-	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	c, _ := volumeChain(t, 1, 8<<20)
+	ctx, e := context.Background(), c.e
 	base := c.backup(false)
 	write(t, e, "v", 2<<20, randBytes(2, 1<<20))
 	at(t, c.st, "put", "/"+pendingName, func() {
@@ -97,22 +115,15 @@ func TestDeleteBaseBeforeIncrementalPublishes(t *testing.T) {
 	if !m.Full {
 		t.Fatal("the backup after is not full")
 	}
-	if _, err := Restore(ctx, e, c.st, m.ID, "r", nil); err != nil {
-		t.Fatal(err)
-	}
-	sameContent(t, "restore", content(t, e, "v"), content(t, e, "r"))
+	c.restores(m.ID, content(t, e, "v"))
 }
 
 // The base is deleted after the incremental stored its pending manifest,
 // before it checks its base: Delete keeps what the pending manifest names,
 // the incremental fails all the same, and a sweep then leaves nothing.
 func TestDeleteBaseWhileIncrementalPublishes(t *testing.T) {
-	srv := s3test.Start(t, bucket)
-	ctx := context.Background()
-	e := testEngine(t, 128<<20)
-	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
-	write(t, e, "v", 0, randBytes(3, 8<<20))
-	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	c, _ := volumeChain(t, 3, 8<<20)
+	ctx, e := context.Background(), c.e
 	base := c.backup(false)
 	baseKey, _ := manifestKey(base.ID)
 	write(t, e, "v", 2<<20, randBytes(4, 1<<20))
@@ -166,12 +177,8 @@ func TestDeleteBaseWhileIncrementalPublishes(t *testing.T) {
 // what it names; then Delete(F) finds I1 gone. It must list again and keep
 // the objects of F that I2 names.
 func TestDeleteSeesABackupPublishedWhileItRead(t *testing.T) {
-	srv := s3test.Start(t, bucket)
-	ctx := context.Background()
-	e := testEngine(t, 128<<20)
-	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
-	write(t, e, "v", 0, randBytes(5, 8<<20))
-	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	c, srv := volumeChain(t, 5, 8<<20)
+	ctx, e := context.Background(), c.e
 	f := c.backup(false)
 	write(t, e, "v", 1<<20, randBytes(6, 1<<20))
 	i1 := c.backup(false)
@@ -206,12 +213,8 @@ func TestDeleteSeesABackupPublishedWhileItRead(t *testing.T) {
 // interrupted upload. The backup fails, saying so, and lists nothing; the
 // next backup restores.
 func TestSweepDuringBackup(t *testing.T) {
-	srv := s3test.Start(t, bucket)
-	ctx := context.Background()
-	e := testEngine(t, 128<<20)
-	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
-	write(t, e, "v", 0, randBytes(8, 8<<20))
-	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	c, _ := volumeChain(t, 8, 8<<20)
+	ctx, e := context.Background(), c.e
 	v, _ := e.Volume("v")
 	at(t, c.st, "put", "/"+pendingName, func() {
 		if n, err := SweepOrphans(ctx, c.st, v.Info().ID, ""); err != nil || n != 1 {
@@ -231,10 +234,7 @@ func TestSweepDuringBackup(t *testing.T) {
 		t.Fatalf("the swept backup left %v (%v)", keys, err)
 	}
 	m := c.backup(false)
-	if _, err := Restore(ctx, e, c.st, m.ID, "r", nil); err != nil {
-		t.Fatal(err)
-	}
-	sameContent(t, "restore", content(t, e, "v"), content(t, e, "r"))
+	c.restores(m.ID, content(t, e, "v"))
 }
 
 // A sweep from another node runs across a backup's publication: it lists
@@ -243,12 +243,8 @@ func TestSweepDuringBackup(t *testing.T) {
 // one between the sweep's two looks. Either the backup fails or the sweep
 // deletes nothing: a listed backup restores.
 func TestSweepAcrossPublish(t *testing.T) {
-	srv := s3test.Start(t, bucket)
-	ctx := context.Background()
-	e := testEngine(t, 128<<20)
-	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
-	write(t, e, "v", 0, randBytes(12, 8<<20))
-	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	c, srv := volumeChain(t, 12, 8<<20)
+	ctx, e := context.Background(), c.e
 	sweeper := testStore(t, srv, "")
 	v, _ := e.Volume("v")
 	// The sweep waits before its mark until the backup has checked for
@@ -310,12 +306,8 @@ func TestSweepAcrossPublish(t *testing.T) {
 // running) deletes nothing, and its mark stays: a sweep that removed it
 // could hide another sweep's mark from a backup that has yet to check.
 func TestSweepSparesPublishingBackups(t *testing.T) {
-	srv := s3test.Start(t, bucket)
-	ctx := context.Background()
-	e := testEngine(t, 128<<20)
-	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
-	write(t, e, "v", 0, randBytes(9, 4<<20))
-	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	c, _ := volumeChain(t, 9, 4<<20)
+	ctx, e := context.Background(), c.e
 	m := c.backup(false)
 	want := content(t, e, "v")
 	prefix, _ := backupPrefix(m.ID)
@@ -354,10 +346,7 @@ func TestSweepSparesPublishingBackups(t *testing.T) {
 	if err := c.st.put(ctx, prefix+manifestName, raw, smallTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Restore(ctx, e, c.st, m.ID, "r", nil); err != nil {
-		t.Fatal(err)
-	}
-	sameContent(t, "restore", want, content(t, e, "r"))
+	c.restores(m.ID, want)
 }
 
 // The store goes away once the pending manifest is stored: the backup
@@ -366,12 +355,8 @@ func TestSweepSparesPublishingBackups(t *testing.T) {
 // backup that cannot still run (8 days) is swept with what it names, a
 // young one is not.
 func TestPendingManifestNeverListed(t *testing.T) {
-	srv := s3test.Start(t, bucket)
-	ctx := context.Background()
-	e := testEngine(t, 128<<20)
-	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
-	write(t, e, "v", 0, randBytes(10, 4<<20))
-	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	c, srv := volumeChain(t, 10, 4<<20)
+	ctx, e := context.Background(), c.e
 	at(t, c.st, "stat", "/"+sweptName, srv.Kill)
 	id, _, err := c.incremental()
 	fired(t, c.st)
@@ -427,12 +412,8 @@ func TestPendingManifestNeverListed(t *testing.T) {
 // The backup is deleted as it publishes (its manifest stored, its pending
 // one not yet removed): nothing of it stays, nothing is listed.
 func TestDeleteOfABackupPublishing(t *testing.T) {
-	srv := s3test.Start(t, bucket)
-	ctx := context.Background()
-	e := testEngine(t, 128<<20)
-	e.CreateVolume(engine.VolumeSpec{Name: "v", Size: 8 << 20})
-	write(t, e, "v", 0, randBytes(11, 4<<20))
-	c := &chain{t: t, e: e, st: testStore(t, srv, ""), vol: "v"}
+	c, _ := volumeChain(t, 11, 4<<20)
+	ctx, e := context.Background(), c.e
 	var id string
 	at(t, c.st, "delete", "/"+pendingName, func() {
 		list, err := List(ctx, c.st, "")
