@@ -105,21 +105,33 @@ type chain struct {
 	restored     int // volumes restores made
 }
 
+// backup takes the next backup of the chain (full, or as Backup decides),
+// failing the test on an error.
 func (c *chain) backup(full bool) *Manifest {
+	c.t.Helper()
+	_, m, err := c.try(full)
+	if err != nil {
+		c.t.Fatalf("backup %d: %v", c.n, err)
+	}
+	return m
+}
+
+// try takes the next backup of the chain and returns its id and error; a
+// failed one is not the chain's base.
+func (c *chain) try(full bool) (string, *Manifest, error) {
 	c.t.Helper()
 	c.n++
 	snap := c.vol + ".cs" + string(rune('a'+c.n))
 	if _, err := c.e.CreateSnapshot(c.vol, snap); err != nil {
 		c.t.Fatal(err)
 	}
-	vinfo, _ := c.e.Volume(c.vol)
-	id := NewID(vinfo.Info().ID, time.Now().Add(time.Duration(c.n)*time.Millisecond))
+	v, _ := c.e.Volume(c.vol)
+	id := NewID(v.Info().ID, time.Now().Add(time.Duration(c.n)*time.Millisecond))
 	m, err := Backup(context.Background(), c.e, c.st, BackupRequest{ID: id, Snapshot: snap, BaseSnapshot: c.prevSnap, BaseID: c.id, Full: full}, nil)
-	if err != nil {
-		c.t.Fatalf("backup %d: %v", c.n, err)
+	if err == nil {
+		c.prevSnap, c.id = snap, id
 	}
-	c.prevSnap, c.id = snap, id
-	return m
+	return id, m, err
 }
 
 // A written volume, backed up; more writes, an incremental that uploads

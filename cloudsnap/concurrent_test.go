@@ -73,23 +73,6 @@ func volumeKeys(t *testing.T, st *Store, e *engine.Engine, vol string) []string 
 	return keys
 }
 
-// incremental starts the next backup of c's chain by hand (chain.backup
-// fails the test on an error) and returns its id and error.
-func (c *chain) incremental() (string, *Manifest, error) {
-	c.n++
-	snap := c.vol + ".cs" + string(rune('a'+c.n))
-	if _, err := c.e.CreateSnapshot(c.vol, snap); err != nil {
-		c.t.Fatal(err)
-	}
-	v, _ := c.e.Volume(c.vol)
-	id := NewID(v.Info().ID, time.Now().Add(time.Duration(c.n)*time.Millisecond))
-	m, err := Backup(context.Background(), c.e, c.st, BackupRequest{ID: id, Snapshot: snap, BaseSnapshot: c.prevSnap, BaseID: c.id}, nil)
-	if err == nil {
-		c.prevSnap, c.id = snap, id
-	}
-	return id, m, err
-}
-
 // The base of an incremental is deleted while the incremental uploads (its
 // manifest not yet stored): the base's objects go, though the incremental
 // would name some. It fails, keeps nothing, and the next backup is full.
@@ -103,7 +86,7 @@ func TestDeleteBaseBeforeIncrementalPublishes(t *testing.T) {
 			t.Errorf("delete of the base: %v", err)
 		}
 	})
-	_, _, err := c.incremental()
+	_, _, err := c.try(false)
 	fired(t, c.st)
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "base backup "+base.ID+" was deleted") {
 		t.Fatalf("incremental whose base was deleted: %v", err)
@@ -151,7 +134,7 @@ func TestDeleteBaseWhileIncrementalPublishes(t *testing.T) {
 			}
 		}
 	})
-	_, _, err := c.incremental()
+	_, _, err := c.try(false)
 	fired(t, c.st)
 	if !errors.Is(err, ErrConflict) {
 		t.Fatalf("incremental whose base was deleted: %v", err)
@@ -188,7 +171,7 @@ func TestDeleteSeesABackupPublishedWhileItRead(t *testing.T) {
 	other := testStore(t, srv, "") // the deleter
 	at(t, other, "get", i1Key, func() {
 		var err error
-		if _, i2, err = c.incremental(); err != nil {
+		if _, i2, err = c.try(false); err != nil {
 			t.Errorf("I2: %v", err)
 		}
 		if err := Delete(ctx, c.st, i1.ID); err != nil {
@@ -221,7 +204,7 @@ func TestSweepDuringBackup(t *testing.T) {
 			t.Errorf("sweep during the upload: %d swept, %v", n, err)
 		}
 	})
-	id, _, err := c.incremental()
+	id, _, err := c.try(false)
 	fired(t, c.st)
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "swept") {
 		t.Fatalf("backup swept while it ran: %v", err)
@@ -285,7 +268,7 @@ func TestSweepAcrossPublish(t *testing.T) {
 		}
 	}
 	c.st.testHook.Store(&bh)
-	_, m, err := c.incremental()
+	_, m, err := c.try(false)
 	c.st.testHook.Store(nil)
 	close(secondGo)
 	if serr := <-swept; serr != nil {
@@ -358,7 +341,7 @@ func TestPendingManifestNeverListed(t *testing.T) {
 	c, srv := volumeChain(t, 10, 4<<20)
 	ctx, e := context.Background(), c.e
 	at(t, c.st, "stat", "/"+sweptName, srv.Kill)
-	id, _, err := c.incremental()
+	id, _, err := c.try(false)
 	fired(t, c.st)
 	if !errors.Is(err, ErrStore) {
 		t.Fatalf("backup with the store gone: %v", err)
@@ -426,7 +409,7 @@ func TestDeleteOfABackupPublishing(t *testing.T) {
 			t.Errorf("delete: %v", err)
 		}
 	})
-	if _, _, err := c.incremental(); err != nil {
+	if _, _, err := c.try(false); err != nil {
 		t.Fatal(err)
 	}
 	fired(t, c.st)
