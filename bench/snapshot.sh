@@ -62,12 +62,16 @@
 #        work dir, written whole with zeros first (so that no write to it
 #        allocates in the file system below, as on a real drive); its first
 #        16 MiB are wiped before each daemon. (Needs root and losetup.)
+#        -Z SIZE does the same on /dev/zram0 set to SIZE: a block device with
+#        no file system below it (compressed RAM), so a write into a fresh
+#        extent costs what an overwrite costs, and flushes cost nothing: the
+#        engine's own share of a cliff. (Needs root and the zram module.)
 #
 # Prints markdown tables.
 #
 # Usage: bench/snapshot.sh [-r SECONDS] [-s SHORT_SECONDS] [-n ROUNDS]
 #                          [-V VOLSIZE] [-B BEFORE] [-A AFTER] [-o DIR]
-#                          [-w "qd32 qd1"] [-c "1 2 64"] [-D SIZE] [all|write|read|cliff]
+#                          [-w "qd32 qd1"] [-c "1 2 64"] [-D SIZE | -Z SIZE] [all|write|read|cliff]
 # (default all: write then read, as before issue 17; cliff runs alone)
 set -euo pipefail
 
@@ -82,7 +86,8 @@ KEEP=""
 WORKLOADS="qd32 qd1"
 CASES="1 2 64"
 BDEV_SIZE=""
-while getopts "r:s:n:V:B:A:o:w:c:D:h" opt; do
+ZRAM_SIZE=""
+while getopts "r:s:n:V:B:A:o:w:c:D:Z:h" opt; do
 	case $opt in
 	r) RUNTIME=$OPTARG ;;
 	s) SHORT=$OPTARG ;;
@@ -94,7 +99,8 @@ while getopts "r:s:n:V:B:A:o:w:c:D:h" opt; do
 	w) WORKLOADS=$OPTARG ;;
 	c) CASES=$OPTARG ;;
 	D) BDEV_SIZE=$OPTARG ;;
-	*) sed -n '2,72p' "$0"; exit 2 ;;
+	Z) ZRAM_SIZE=$OPTARG ;;
+	*) sed -n '2,76p' "$0"; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
@@ -113,6 +119,7 @@ PID=""
 SAMPLER=""
 FIOPID=""
 LOOPDEV=""
+BDEV="" # the block device drive (-D, -Z)
 stop_daemon() {
 	if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
 	PID=""
@@ -126,6 +133,7 @@ cleanup() {
 	stop_sampler
 	stop_daemon
 	if [ -n "$LOOPDEV" ]; then losetup -d "$LOOPDEV" 2>/dev/null || true; fi
+	if [ -n "$ZRAM_SIZE" ]; then echo 1 >/sys/block/zram0/reset 2>/dev/null || true; fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -145,14 +153,22 @@ if [ -n "$BDEV_SIZE" ]; then
 	dd if=/dev/zero of="$WORK/bdev.img" bs=16M count=$((bytes / (16 << 20))) oflag=direct status=none
 	LOOPDEV=$(losetup --direct-io=on -f --show "$WORK/bdev.img")
 	DRIVE_ARGS="-s $LOOPDEV"
+	BDEV=$LOOPDEV
 	log "block device drive $LOOPDEV"
+elif [ -n "$ZRAM_SIZE" ]; then
+	[ -w /sys/block/zram0/disksize ] || { echo "snapshot.sh: -Z needs /dev/zram0 and root" >&2; exit 1; }
+	echo 1 >/sys/block/zram0/reset
+	echo "$ZRAM_SIZE" >/sys/block/zram0/disksize
+	BDEV=/dev/zram0
+	DRIVE_ARGS="-s $BDEV"
+	log "block device drive $BDEV ($ZRAM_SIZE of compressed RAM)"
 fi
 # start_daemon NAME: runs a daemon on $WORK/NAME (one at a time).
 start_daemon() {
 	stop_daemon
 	DIR=$WORK/$1
 	mkdir -p "$DIR"
-	if [ -n "$LOOPDEV" ]; then dd if=/dev/zero of="$LOOPDEV" bs=1M count=16 oflag=direct status=none; fi
+	if [ -n "$BDEV" ]; then dd if=/dev/zero of="$BDEV" bs=1M count=16 oflag=direct status=none; fi
 	# shellcheck disable=SC2086 # CAIRN_DAEMON_ARGS is a list of flags
 	# Its embedded kvdb on ports of its own (CAIRN_BIN may predate it).
 	local kvdb=""
