@@ -72,7 +72,8 @@ func Backup(ctx context.Context, eng *engine.Engine, st *Store, req BackupReques
 		return nil, fmt.Errorf("snapshot %q: its volume: %w", req.Snapshot, err)
 	}
 	pinfo := parent.Info()
-	if _, err := backupPrefix(req.ID); err != nil {
+	prefix, err := backupPrefix(req.ID)
+	if err != nil {
 		return nil, err
 	}
 	m := &Manifest{ID: req.ID, Volume: pinfo.Name, VolumeID: pinfo.ID, Size: info.Size, ExtentSize: extentSize,
@@ -110,20 +111,6 @@ func Backup(ctx context.Context, eng *engine.Engine, st *Store, req BackupReques
 			return nil, err
 		}
 	}
-	if err := build(ctx, eng, sv, st, req, m, base, aead, prog); err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
-// build uploads what req.Snapshot holds beyond base (everything when base
-// is nil) and publishes m's manifest. On failure what it stored is deleted
-// (when the store answers) and nothing of it is listed.
-func build(ctx context.Context, eng *engine.Engine, sv *engine.Volume, st *Store, req BackupRequest, m, base *Manifest, aead cipher.AEAD, prog *Progress) error {
-	prefix, err := backupPrefix(req.ID)
-	if err != nil {
-		return err
-	}
 	from := ""
 	if base != nil {
 		from = req.BaseSnapshot
@@ -135,7 +122,7 @@ func build(ctx context.Context, eng *engine.Engine, sv *engine.Volume, st *Store
 		changed, err = eng.ChangedExtents("", req.Snapshot)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	// Frames kept from the base, then the changed ones replace or drop them.
@@ -160,10 +147,16 @@ func build(ctx context.Context, eng *engine.Engine, sv *engine.Volume, st *Store
 		}
 	}
 
+	// Until the manifest is stored, a failure deletes what was stored.
+	published := false
+	defer func() {
+		if !published {
+			cleanup(st, prefix)
+		}
+	}()
 	stored, err := upload(ctx, sv, st, prefix, aead, todo, prog)
 	if err != nil {
-		cleanup(st, prefix)
-		return err
+		return nil, err
 	}
 	for _, seg := range stored {
 		objIndex[seg.obj.Key] = len(objects)
@@ -196,42 +189,34 @@ func build(ctx context.Context, eng *engine.Engine, sv *engine.Volume, st *Store
 	sortFrames(m.Extents)
 	m.Format = formatFor(m.Extents) // the oldest that says what the frames are
 	if err := m.check(); err != nil {
-		cleanup(st, prefix)
-		return fmt.Errorf("cloudsnap: internal error, manifest does not check: %w", err)
+		return nil, fmt.Errorf("cloudsnap: internal error, manifest does not check: %w", err)
 	}
 	raw, err := json.Marshal(m)
 	if err != nil {
-		cleanup(st, prefix)
-		return err
+		return nil, err
 	}
 	// Published in three steps (package doc, "Concurrent deletes"): the
 	// pending manifest, which protects the objects it names from deletes
 	// and sweeps; the checks that no delete or sweep began before it; the
 	// manifest, from which on the backup is listed.
-	if err := checkAge(req.ID); err != nil {
-		cleanup(st, prefix)
-		return err
-	}
 	if err := st.put(ctx, prefix+pendingName, raw, smallTimeout); err != nil {
-		cleanup(st, prefix)
-		return err
+		return nil, err
 	}
 	if err := confirm(ctx, st, prefix, base); err != nil {
-		cleanup(st, prefix)
-		return err
+		return nil, err
 	}
+	// (Age only grows: within the limit here, the checks were too.)
 	if err := checkAge(req.ID); err != nil {
-		cleanup(st, prefix)
-		return err
+		return nil, err
 	}
 	if err := st.put(ctx, prefix+manifestName, raw, smallTimeout); err != nil {
-		cleanup(st, prefix)
-		return err
+		return nil, err
 	}
+	published = true
 	// Left behind, the pending manifest is harmless: it names what the
 	// manifest names, and Delete removes both.
 	_ = st.remove(context.WithoutCancel(ctx), prefix+pendingName)
-	return nil
+	return m, nil
 }
 
 // checkAge fails a backup that has run maxBackupTime (its id's time): a
@@ -413,8 +398,8 @@ func removeKeys(ctx context.Context, st *Store, prefix string, keys []string) er
 
 // Abandon deletes what backup id stored if it was never published (an
 // upload interrupted by a crash). A published backup is left alone. The
-// backup is not running (its daemon restarted since); the mark makes sure
-// of it all the same (sweepOrphan), at the cost of one request.
+// backup is not running (its daemon restarted since), so its pending
+// manifest protects nothing; it marks all the same (sweepOrphan).
 func Abandon(ctx context.Context, st *Store, id string) error {
 	prefix, err := backupPrefix(id)
 	if err != nil {
@@ -424,32 +409,25 @@ func Abandon(ctx context.Context, st *Store, id string) error {
 	if err != nil {
 		return err
 	}
-	if !slices.Contains(keys, prefix+manifestName) && len(keys) > 0 {
-		if err := st.put(ctx, prefix+sweptName, []byte(sweptText), smallTimeout); err != nil {
-			return err
+	if slices.Contains(keys, prefix+manifestName) {
+		if slices.Contains(keys, prefix+pendingName) {
+			return st.remove(ctx, prefix+pendingName)
 		}
-		published, err := st.exists(ctx, prefix+manifestName)
-		if err != nil {
-			return err
-		}
-		if !published {
-			return removeKeys(ctx, st, prefix, slices.DeleteFunc(keys, func(k string) bool { return k == prefix+sweptName }))
-		}
+		return nil
 	}
-	if slices.Contains(keys, prefix+pendingName) {
-		return st.remove(ctx, prefix+pendingName)
-	}
-	return nil
+	_, err = sweepOrphan(ctx, st, id, keys, true)
+	return err
 }
 
 // sweepOrphan deletes keys, what backup id stored that no manifest names,
-// unless id is published or may still be running. It is the sweep's half of
+// unless id is published or may still be running (its pending manifest is
+// there, unless dead: too old, or known dead). It is the sweep's half of
 // the handshake with the backup's confirm (package doc, "Concurrent
 // deletes"): first its mark in the backup's prefix, then the look for the
 // backup's manifests. The mark stays (until sweptKeep): a backup that
 // stores its pending manifest later finds it and fails. It says whether it
 // deleted anything.
-func sweepOrphan(ctx context.Context, st *Store, id string, keys []string) (bool, error) {
+func sweepOrphan(ctx context.Context, st *Store, id string, keys []string, dead bool) (bool, error) {
 	prefix, err := backupPrefix(id)
 	if err != nil {
 		return false, err
@@ -472,7 +450,7 @@ func sweepOrphan(ctx context.Context, st *Store, id string, keys []string) (bool
 		if err != nil {
 			return false, err
 		}
-		if found && (name == manifestName || !pendingDead(id)) {
+		if found && (name == manifestName || !dead && !pendingDead(id)) {
 			// Published, or still running (its confirm will fail on
 			// the mark, and the next sweep takes its objects).
 			return false, nil
@@ -544,7 +522,7 @@ func SweepOrphans(ctx context.Context, st *Store, volumeID, keep string) (int, e
 		if complete[id] || id == keep {
 			continue
 		}
-		did, err := sweepOrphan(ctx, st, id, ks)
+		did, err := sweepOrphan(ctx, st, id, ks, false)
 		if err != nil {
 			return swept, err
 		}

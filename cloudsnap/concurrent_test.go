@@ -186,10 +186,7 @@ func TestDeleteSeesABackupPublishedWhileItRead(t *testing.T) {
 	if i2 == nil || i2.Base != i1.ID {
 		t.Fatalf("I2: %+v", i2)
 	}
-	if _, err := Restore(ctx, e, c.st, i2.ID, "r", nil); err != nil {
-		t.Fatalf("restore of I2 after its base and its base's base were deleted: %v", err)
-	}
-	sameContent(t, "restore", content(t, e, "v"), content(t, e, "r"))
+	c.restores(i2.ID, content(t, e, "v")) // its base and its base's base deleted
 }
 
 // Another node sweeps the volume while a backup uploads, taking it for an
@@ -279,10 +276,7 @@ func TestSweepAcrossPublish(t *testing.T) {
 	if err != nil || len(list) != 1 {
 		t.Fatalf("backup: %v; listed %+v (%v)", err, list, lerr)
 	}
-	if _, err := Restore(ctx, e, c.st, m.ID, "r", nil); err != nil {
-		t.Fatalf("a listed backup does not restore: %v", err)
-	}
-	sameContent(t, "restore", content(t, e, "v"), content(t, e, "r"))
+	c.restores(m.ID, content(t, e, "v")) // listed, so it must restore
 }
 
 // A sweep that finds a backup's manifests (published, or pending: still
@@ -299,7 +293,7 @@ func TestSweepSparesPublishingBackups(t *testing.T) {
 		t.Fatal(err)
 	}
 	// What a sweep listed before the manifest was stored: every object.
-	if did, err := sweepOrphan(ctx, c.st, m.ID, before); err != nil || did {
+	if did, err := sweepOrphan(ctx, c.st, m.ID, before, false); err != nil || did {
 		t.Fatalf("sweep of a published backup: deleted=%v, %v", did, err)
 	}
 	// The same with only the pending manifest there: a backup publishing.
@@ -310,7 +304,7 @@ func TestSweepSparesPublishingBackups(t *testing.T) {
 	if err := c.st.remove(ctx, prefix+manifestName); err != nil {
 		t.Fatal(err)
 	}
-	if did, err := sweepOrphan(ctx, c.st, m.ID, before); err != nil || did {
+	if did, err := sweepOrphan(ctx, c.st, m.ID, before, false); err != nil || did {
 		t.Fatalf("sweep of a publishing backup: deleted=%v, %v", did, err)
 	}
 	after, err := c.st.list(ctx, prefix)

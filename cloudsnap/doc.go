@@ -128,8 +128,8 @@
 //     start (its id's time), and only a prefix that holds nothing else
 //     loses it.
 //
-// A backup that has run 7 days fails before each step (checkAge) rather
-// than trust that a mark it does not see never existed; a pending manifest
+// A backup that has run 7 days fails before it stores its manifest
+// (checkAge) rather than trust that a mark it does not see never existed; a pending manifest
 // 8 days old belongs to a backup that can no longer publish it, and a
 // sweep deletes it with what it names. A backup whose upload failed and
 // whose cleanup could not reach the store leaves a pending manifest: never

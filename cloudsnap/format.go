@@ -28,8 +28,8 @@ var (
 	ErrWrongPassphrase = errors.New("cloudsnap: wrong encryption passphrase")
 	ErrStore           = errors.New("cloudsnap: object store")
 	ErrInvalid         = errors.New("cloudsnap: invalid argument")
-	// ErrConflict: another cairn's work in the bucket undid this one's (a
-	// sweep of a backup it took for an interrupted upload).
+	// ErrConflict: work in the bucket that ran at the same time undid this
+	// one's (a backup's base deleted, or its upload swept, while it ran).
 	ErrConflict = errors.New("cloudsnap: conflict")
 )
 
