@@ -2,11 +2,11 @@ package engine
 
 import (
 	"fmt"
-	"math/bits"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cairn-storage/cairn/allocator"
 	"github.com/cairn-storage/cairn/drive"
@@ -16,9 +16,10 @@ import (
 //
 // The first write to an extent S that another volume also maps (a snapshot,
 // a clone) does not copy S. It takes a fresh reserved extent F, maps the
-// volume's logical extent to F, and marks F *filling* from base S: a
-// 256-bit map says which blocks of F hold their data; every other block of F
-// still reads from S. The write goes into F and sets its bits. Reads take
+// volume's logical extent to F, and marks F *filling* from base S: a set
+// of bits, one per block, says which blocks of F hold their data (held
+// inline while there are few, fillblocks.go); every other block of F still
+// reads from S. The write goes into F and sets its bits. Reads take
 // each block from F when its bit is set, else from the base — which may be
 // filling itself (a snapshot taken of a volume with filling extents, then
 // written again): a chain, always ending at a complete extent.
@@ -28,7 +29,8 @@ import (
 // that is worth it (worthFilling): F is at least half filled, so the copy
 // costs no more space than was written (space ≤ 2× the bytes changed); or
 // the base is held by F alone (the snapshot went away, and completing gives
-// the base back); or the pool has more filling extents than its cap (RAM).
+// the base back); or the fill states take more RAM than the pool's budget
+// (fillBudget).
 // Once all 256 blocks are filled the state goes away and F's reference on
 // the base is dropped: F is an ordinary extent again. A sparsely written F
 // stays filling until one of those becomes true.
@@ -85,15 +87,14 @@ const (
 )
 
 // fillState is a filling extent. Lives in pool.fills while F is filling.
-// Kept small (64 B): the pool may hold a third of its extents' worth.
+// Kept small (32 B, and the map its blocks take past inlineMax of them):
+// the pool may hold many (fillBudget).
 type fillState struct {
 	ext    allocator.Extent // F
 	base   allocator.Extent // where F's clear blocks read from
-	bits   [blocksPerExtent / 64]atomic.Uint64
-	filled atomic.Int32 // bits set
-	// dirty: bits set that may not be logged; fs is in pool.dirtyFills.
-	// Set under pool.mu (noteFilled); read without it.
-	dirty atomic.Bool
+	blocks fillBlocks       // F's blocks that hold their data: its "bits"
+	// flags: fillDirty and fillDropped, read without locks.
+	flags atomic.Uint32
 	// done: completed or dropped; no more recFilled records for it.
 	// REQUIRES pool.mu.
 	done bool
@@ -104,36 +105,32 @@ type fillState struct {
 	// non-zero block for one its bit describes: its bits are logged by
 	// ordered rounds only (round.go). Set before the pool is shared.
 	recovered bool
-	// dropped: F lost its last reference and is zeroed; set under copierMu.
-	dropped atomic.Bool
 }
 
-func (fs *fillState) isSet(blk int) bool { return fs.bits[blk/64].Load()&(1<<(blk%64)) != 0 }
+const (
+	// fillDirty: bits set that may not be logged; fs is in
+	// pool.dirtyFills. Changed under pool.mu (noteFilled, logFillsLocked).
+	fillDirty uint32 = 1 << iota
+	// fillDropped: F lost its last reference and is zeroed; set under
+	// copierMu.
+	fillDropped
+)
 
-// runOf returns how many blocks from blk on share blk's state, up to max.
-func (fs *fillState) runOf(blk, max int) (set bool, n int) {
-	set = fs.isSet(blk)
-	for n = 1; n < max && fs.isSet(blk+n) == set; n++ {
+func (fs *fillState) has(flag uint32) bool { return fs.flags.Load()&flag != 0 }
+
+// fillStateBytes is what a fill state costs without its map.
+const fillStateBytes = int64(unsafe.Sizeof(fillState{}))
+
+func (fs *fillState) filled() int    { return fs.blocks.count() }
+func (fs *fillState) complete() bool { return fs.filled() == blocksPerExtent }
+
+// ram returns the bytes fs holds (pool.fillRAM counts them).
+func (fs *fillState) ram() int64 {
+	if fs.blocks.isDense() {
+		return fillStateBytes + denseBytes
 	}
-	return set, n
+	return fillStateBytes
 }
-
-// set marks blocks [first, first+n) filled and returns how many were not.
-func (fs *fillState) set(first, n int) int {
-	newly := 0
-	for n > 0 {
-		w, b := first/64, first%64
-		k := min(n, 64-b)
-		mask := ^uint64(0) >> (64 - k) << b
-		old := fs.bits[w].Or(mask)
-		newly += bits.OnesCount64(mask &^ old)
-		first, n = first+k, n-k
-	}
-	fs.filled.Add(int32(newly))
-	return newly
-}
-
-func (fs *fillState) complete() bool { return fs.filled.Load() == blocksPerExtent }
 
 // fillOf returns F's fill state, or nil when ext is not filling.
 func (p *pool) fillOf(ext allocator.Extent) *fillState {
@@ -149,7 +146,8 @@ func (p *pool) fillOf(ext allocator.Extent) *fillState {
 // use: at most 12 MiB per TiB of pool). It also counts the references fill
 // states hold on each base. Changed only under pool.mu.
 type fillTable struct {
-	dir atomic.Pointer[[]atomic.Pointer[fillChunk]]
+	dir    atomic.Pointer[[]atomic.Pointer[fillChunk]]
+	chunks atomic.Int64 // allocated (never freed)
 }
 
 const fillChunkSlots = 4096
@@ -215,8 +213,14 @@ func (t *fillTable) chunk(ext allocator.Extent, create bool) *fillChunk {
 	if c == nil && create {
 		c = new(fillChunk)
 		(*d)[i].Store(c)
+		t.chunks.Add(1)
 	}
 	return c
+}
+
+// ram returns the bytes the table's chunks take.
+func (t *fillTable) ram() int64 {
+	return t.chunks.Load() * int64(unsafe.Sizeof(fillChunk{}))
 }
 
 // eachChunk calls fn for every chunk. REQUIRES pool.mu.
@@ -250,19 +254,46 @@ func (t *fillTable) each(fn func(*fillState) bool) {
 	}
 }
 
-// fillCap is how many extents of the pool may be filling before the filler
-// completes some whatever their fill: a quarter of the pool's extents. A
-// filling extent costs its 64 B state and, in the table, 12 B for it and
-// for its base (BENCHMARKS.md, "Mapping RAM": ~110 B each all told), so at
-// the cap that is under 28 B per extent of the pool, 32 MiB per TiB with
-// the mapping's own 4 B: the budget. Past twice the cap (a transient the
-// filler has not caught up with), a write to a shared extent copies it
-// whole instead (copyInto). REQUIRES mu.
-func (p *pool) fillCap() int64 {
+// fillBudget is the RAM the pool's fill states and their table may take
+// before the filler completes some whatever their fill, fullest first:
+// 28 B per extent of the pool, which with the mapping's own 4 B per extent
+// is the 32 MiB per TiB of DESIGN.md. A filling extent costs 32 B while at
+// most inlineMax of its blocks are filled, 64 B past that (fillBlocks), and
+// the table 12 B per extent of its chunks in use (fillTable); so the budget
+// holds, at the least, a filling extent for every other extent of the pool
+// while fills are sparse, and one for every fourth once they are dense.
+// Past twice the budget (a transient the filler has not caught up with), a
+// write to a shared extent copies it whole instead (copyInto). Small pools
+// get minFillBudget. Tests set a cap in sparse states (Options.fillCap).
+func (p *pool) fillBudget() int64 {
 	if c := p.eng.opts.fillCap; c > 0 {
-		return int64(c)
+		return int64(c) * fillStateBytes
 	}
-	return max(1024, p.alloc.Total()/4)
+	return max(minFillBudget, p.alloc.Total()*fillBytesPerExtent)
+}
+
+const (
+	fillBytesPerExtent = 28
+	minFillBudget      = 128 << 10
+)
+
+// fillRAMUsed is what fillBudget bounds: the states' bytes and the table's.
+func (p *pool) fillRAMUsed() int64 {
+	if p.eng.opts.fillCap > 0 { // tests count states alone
+		return p.fillRAM.Load()
+	}
+	return p.fillRAM.Load() + p.fills.ram()
+}
+
+// setFilled marks blocks [first, first+n) of fs filled, after their data is
+// in F, and returns how many were not.
+func (p *pool) setFilled(fs *fillState, first, n int) int {
+	newly, grew := fs.blocks.set(first, n)
+	p.unfilled.Add(-int64(newly))
+	if grew {
+		p.fillRAM.Add(denseBytes)
+	}
+	return newly
 }
 
 // startFillLocked makes fresh a filling extent on base. REQUIRES mu.
@@ -270,6 +301,7 @@ func (p *pool) startFillLocked(fresh, base allocator.Extent) {
 	p.addBaseRefLocked(base, 1)
 	p.fills.store(fresh, &fillState{ext: fresh, base: base})
 	p.fillCount.Add(1)
+	p.fillRAM.Add(fillStateBytes)
 	p.unfilled.Add(blocksPerExtent)
 }
 
@@ -279,7 +311,8 @@ func (p *pool) endFillLocked(fs *fillState) {
 	fs.done = true
 	p.fills.store(fs.ext, nil)
 	p.fillCount.Add(-1)
-	p.unfilled.Add(-int64(blocksPerExtent - fs.filled.Load()))
+	p.unfilled.Add(-int64(blocksPerExtent - fs.filled()))
+	p.fillRAM.Add(-fs.ram())
 	p.releaseAfterRoundLocked(fs.base)
 }
 
@@ -314,7 +347,7 @@ func (p *pool) dropFillLocked(ext allocator.Extent) {
 		return
 	}
 	p.copierMu.Lock()
-	fs.dropped.Store(true)
+	fs.flags.Or(fillDropped)
 	p.copierMu.Unlock()
 	p.endFillLocked(fs)
 }
@@ -370,7 +403,7 @@ func (p *pool) readMapped(ext allocator.Extent, b []byte, in int64) error {
 	}
 	for len(b) > 0 {
 		blk := int(in / BlockSize)
-		set, n := fs.runOf(blk, (len(b)+BlockSize-1)/BlockSize)
+		set, n := fs.blocks.runOf(blk, (len(b)+BlockSize-1)/BlockSize)
 		c := min(int64(n)*BlockSize-in%BlockSize, int64(len(b)))
 		var err error
 		if set {
@@ -404,8 +437,7 @@ func (p *pool) writeMapped(ext allocator.Extent, b []byte, in int64) error {
 	err := p.writeExtent(ext, b, in)
 	newly := 0
 	if err == nil {
-		newly = fs.set(int(in/BlockSize), len(b)/BlockSize)
-		p.unfilled.Add(-int64(newly))
+		newly = p.setFilled(fs, int(in/BlockSize), len(b)/BlockSize)
 	}
 	lock.RUnlock()
 	if newly > 0 {
@@ -423,7 +455,7 @@ func (p *pool) fillLock(ext allocator.Extent) *sync.RWMutex {
 // logged by the next round, and the filler hears when fs became worth
 // completing.
 func (p *pool) noteFilled(fs *fillState, newly int) {
-	filled := int(fs.filled.Load())
+	filled := fs.filled()
 	crossed := 2*(filled-newly) < blocksPerExtent && 2*filled >= blocksPerExtent || filled == blocksPerExtent
 	// fs is marked dirty and listed together, under mu (the round that logs
 	// it clears the mark, under mu, before it reads the bits): a writer that
@@ -431,13 +463,13 @@ func (p *pool) noteFilled(fs *fillState, newly int) {
 	// will read its bit. Marked outside mu, a round could run between
 	// another writer's mark and its listing, and miss this writer's bit
 	// while its flush waited for that round.
-	if fs.dirty.Load() && !crossed {
+	if fs.has(fillDirty) && !crossed {
 		return
 	}
 	p.mu.Lock()
 	if !fs.done {
-		if !fs.dirty.Load() {
-			fs.dirty.Store(true)
+		if !fs.has(fillDirty) {
+			fs.flags.Or(fillDirty)
 			p.dirtyFills = append(p.dirtyFills, fs)
 		}
 		if crossed && !fs.queued {
@@ -455,7 +487,7 @@ func (p *pool) noteFilled(fs *fillState, newly int) {
 // written). REQUIRES mu.
 func (p *pool) logFillsLocked() {
 	for _, fs := range p.dirtyFills {
-		fs.dirty.Store(false) // a bit set from now on marks it again
+		fs.flags.And(^fillDirty) // a bit set from now on marks it again
 		p.logFillLocked(fs)
 	}
 	p.dirtyFills = nil // not kept at its largest: a burst of fills is rare
@@ -468,10 +500,7 @@ func (p *pool) logFillLocked(fs *fillState) {
 	if fs.done {
 		return
 	}
-	r := record{typ: recFilled, phys: uint32(fs.ext)}
-	for w := range fs.bits {
-		r.bitmap[w] = fs.bits[w].Load()
-	}
+	r := record{typ: recFilled, phys: uint32(fs.ext), bitmap: fs.blocks.words()}
 	p.enqueue(&r)
 	p.needOrdered = p.needOrdered || fs.recovered
 }
@@ -479,13 +508,13 @@ func (p *pool) logFillLocked(fs *fillState) {
 // worthFilling says whether the filler should complete fs now (see the top
 // of this file). REQUIRES mu.
 func (p *pool) worthFilling(fs *fillState, overCap bool) bool {
-	return overCap || fs.complete() || 2*int(fs.filled.Load()) >= blocksPerExtent || p.alloc.Refs(fs.base) == 1
+	return overCap || fs.complete() || 2*fs.filled() >= blocksPerExtent || p.alloc.Refs(fs.base) == 1
 }
 
 // fillCandidatesLocked returns the fill states the filler should complete
 // now: those queued by writers, and with scan (once per fillScanInterval:
 // it walks and sorts every filling extent under the pool lock), any other
-// worth it, fullest first when the pool is over its cap. REQUIRES mu.
+// worth it, fullest first when the pool is over its budget. REQUIRES mu.
 func (p *pool) fillCandidatesLocked(scan bool) []*fillState {
 	out := p.fillQueue
 	p.fillQueue = nil
@@ -499,13 +528,13 @@ func (p *pool) fillCandidatesLocked(scan bool) []*fillState {
 		}
 		return true
 	})
-	slices.SortFunc(all, func(a, b *fillState) int { return int(b.filled.Load() - a.filled.Load()) })
-	over := p.fillCount.Load() - p.fillCap()
+	slices.SortFunc(all, func(a, b *fillState) int { return b.filled() - a.filled() })
+	over := p.fillRAMUsed() - p.fillBudget()
 	for _, fs := range all {
 		if p.worthFilling(fs, over > 0) {
 			fs.queued = true
 			out = append(out, fs)
-			over--
+			over -= fs.ram()
 		}
 	}
 	return out
@@ -608,7 +637,7 @@ func (p *pool) completeFill(fs *fillState, pace func(int), runs int) error {
 // lock (no writer can change them meanwhile). Returns the blocks copied, -1
 // when fs was dropped.
 func (p *pool) fillRun(fs *fillState, blk int, buf []byte) (int, error) {
-	if set, n := fs.runOf(blk, fillRunBlocks); set && n == fillRunBlocks {
+	if set, n := fs.blocks.runOf(blk, fillRunBlocks); set && n == fillRunBlocks {
 		return 0, nil
 	}
 	off := int64(blk) * BlockSize
@@ -617,7 +646,7 @@ func (p *pool) fillRun(fs *fillState, blk int, buf []byte) (int, error) {
 		return 0, err
 	}
 	p.copierMu.Lock()
-	if fs.dropped.Load() {
+	if fs.has(fillDropped) {
 		p.copierMu.Unlock()
 		return -1, nil
 	}
@@ -625,7 +654,7 @@ func (p *pool) fillRun(fs *fillState, blk int, buf []byte) (int, error) {
 	lock.Lock()
 	var err error
 	for b := blk; err == nil && b < blk+fillRunBlocks; {
-		set, n := fs.runOf(b, blk+fillRunBlocks-b)
+		set, n := fs.blocks.runOf(b, blk+fillRunBlocks-b)
 		if set {
 			o := (b - blk) * BlockSize
 			err = p.readExtent(fs.ext, buf[o:o+n*BlockSize], int64(b)*BlockSize)
@@ -637,8 +666,7 @@ func (p *pool) fillRun(fs *fillState, blk int, buf []byte) (int, error) {
 	}
 	newly := 0
 	if err == nil {
-		newly = fs.set(blk, fillRunBlocks)
-		p.unfilled.Add(-int64(newly))
+		newly = p.setFilled(fs, blk, fillRunBlocks)
 	}
 	lock.Unlock()
 	p.copierMu.Unlock() // before noteFilled takes pool.mu: the lock order
@@ -703,7 +731,7 @@ func (p *pool) fillCheckLocked(refs map[allocator.Extent]int) error {
 	var err error
 	p.fills.each(func(fs *fillState) bool {
 		n++
-		unfilled += int64(blocksPerExtent - fs.filled.Load())
+		unfilled += int64(blocksPerExtent - fs.filled())
 		refs[fs.base]++
 		if p.fills.load(fs.ext) != fs || fs.done {
 			err = fmt.Errorf("%s: fill state of extent %d is stale", p, fs.ext)
@@ -785,7 +813,8 @@ func (p *pool) loadFills(st *poolState) error {
 		fs.recovered = true
 		p.fills.store(f, fs)
 		p.fillCount.Add(1)
-		p.unfilled.Add(int64(blocksPerExtent - fs.filled.Load()))
+		p.unfilled.Add(int64(blocksPerExtent - fs.filled()))
+		p.fillRAM.Add(fs.ram())
 	}
 	return nil
 }

@@ -378,9 +378,12 @@ func TestRedirectUnderConcurrentIO(t *testing.T) {
 	}
 }
 
-// The fill state's size is part of the RAM budget (fillCap's comment).
+// The fill state's size is part of the RAM budget (fillBudget's comment).
 func TestFillStateSize(t *testing.T) {
-	if n := unsafe.Sizeof(fillState{}); n > 64 {
-		t.Fatalf("fillState is %d bytes; fillCap assumes 64", n)
+	if n := unsafe.Sizeof(fillState{}); n > 32 {
+		t.Fatalf("fillState is %d bytes; fillBudget assumes 32", n)
+	}
+	if n := unsafe.Sizeof(fillChunk{}) / fillChunkSlots; n > 12 {
+		t.Fatalf("fillTable takes %d bytes per extent; fillBudget assumes 12", n)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/bits"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -126,6 +125,7 @@ type pool struct {
 	fills        fillTable          // the extents filling
 	fillCount    atomic.Int64       // entries in fills; 0 lets the I/O path skip the lookup
 	unfilled     atomic.Int64       // blocks of filling extents not filled: space that holds no data
+	fillRAM      atomic.Int64       // bytes of the fill states (fillBudget)
 	fillQueue    []*fillState       // REQUIRES mu; worth completing, for the filler
 	dirtyFills   []*fillState       // REQUIRES mu; with bits set that the next round logs
 	urgent       bool               // REQUIRES mu; a record that is not lazy waits for a round
@@ -617,8 +617,8 @@ func (p *pool) encodeCheckpoint() []byte {
 		for _, fs := range fills {
 			e.u32(uint32(fs.ext))
 			e.u32(uint32(fs.base))
-			for i := range fs.bits {
-				e.b = binary.LittleEndian.AppendUint64(e.b, fs.bits[i].Load())
+			for _, w := range fs.blocks.words() {
+				e.b = binary.LittleEndian.AppendUint64(e.b, w)
 			}
 		}
 	}
@@ -704,10 +704,11 @@ func (p *pool) decodeCheckpoint(b []byte) (*poolState, error) {
 		nf := d.count(8 + blocksPerExtent/8)
 		for i := 0; i < nf && d.err == nil; i++ {
 			fs := &fillState{ext: allocator.Extent(d.u32()), base: allocator.Extent(d.u32())}
-			for w := range fs.bits {
-				fs.bits[w].Store(d.u64())
-				fs.filled.Add(int32(bits.OnesCount64(fs.bits[w].Load())))
+			var m [blocksPerExtent / 64]uint64
+			for w := range m {
+				m[w] = d.u64()
 			}
+			fs.blocks.reset(m)
 			if d.err == nil && (st.fills[fs.ext] != nil || fs.ext == fs.base) {
 				return nil, fmt.Errorf("%w: checkpoint fill state of extent %d repeated or its own base", ErrCorrupt, fs.ext)
 			}
@@ -753,16 +754,18 @@ func (p *pool) apply(st *poolState, r *record) error {
 			return fmt.Errorf("%w: record type %d for extent %d, which is not filling", ErrCorrupt, r.typ, r.phys)
 		case r.typ == recFilled:
 			var t tailFill
+			m := fs.blocks.words()
 			for w, b := range r.bitmap {
-				t.bits[w] = b &^ fs.bits[w].Or(b)
-				fs.filled.Add(int32(bits.OnesCount64(t.bits[w])))
+				t.bits[w] = b &^ m[w]
+				m[w] |= b
 			}
+			fs.blocks.reset(m)
 			if st.tailUnordered && t.bits != ([blocksPerExtent / 64]uint64{}) {
 				t.ext = fs.ext
 				st.tail = append(st.tail, t)
 			}
 		case !fs.complete():
-			return fmt.Errorf("%w: extent %d done filling with %d of %d blocks", ErrCorrupt, r.phys, fs.filled.Load(), blocksPerExtent)
+			return fmt.Errorf("%w: extent %d done filling with %d of %d blocks", ErrCorrupt, r.phys, fs.filled(), blocksPerExtent)
 		default:
 			delete(st.fills, fs.ext)
 			st.condemned[fs.base] = true // if no one else maps it any more

@@ -170,8 +170,9 @@ func (p *pool) checkUnorderedTail(st *poolState) (int, error) {
 					return 0, fmt.Errorf("%s: checking block %d of filling extent %d: %w", p, blk, t.ext, err)
 				}
 				if isZero(buf) {
-					fs.bits[w].And(^(uint64(1) << i))
-					fs.filled.Add(-1)
+					m := fs.blocks.words()
+					m[w] &^= 1 << i
+					fs.blocks.reset(m)
 					dropped++
 				}
 			}

@@ -522,7 +522,7 @@ func (v *Volume) redirect(lext uint32) (allocator.Extent, error) {
 			}
 			continue
 		}
-		if p.fillCount.Load() >= 2*p.fillCap() {
+		if p.fillRAMUsed() >= 2*p.fillBudget() {
 			p.mu.Unlock()
 			return v.copyInto(lext, old, fresh)
 		}
