@@ -10,7 +10,8 @@ vol_bytes=$(numfmt --from=iec "$VOLSIZE")
 extents=$((vol_bytes / 1048576))
 [ "$extents" -ge 1 ] || { echo "snapshot.sh: -V $VOLSIZE is less than one extent" >&2; exit 1; }
 now_ms() { date +%s%3N; }
-pool_used() { cairn status -j | jq '.pools[0].used'; }
+# pool_used: the pool's used bytes, extents filling, their RAM and its budget.
+pool_used() { cairn status -j | jq -r '.pools[0] | "\(.used) \(.filling // 0) \(.fill_ram // 0) \(.fill_budget // 0)"'; }
 
 # fio_args WORKLOAD: the fio options of a workload.
 fio_args() {
@@ -85,12 +86,16 @@ report_case() {
 		awk '{ v[NR] = $1 } END { print v[int((NR * 99 + 99) / 100)] + 0 }')
 	local used0
 	used0=$(awk -v t0="$t0" '$1 <= t0 && $2 != "" { u = $2 } END { print u + 0 }' "$out.used")
+	local fills
+	fills=$(awk -v t0="$t0" '$1 <= t0 && $5 != "" { a = $3 " extents filling, fill state " int($4 / 1024) " KiB" }
+		$5 != "" { z = $3 " extents and " int($4 / 1024) " KiB"; bud = int($5 / 1024) }
+		END { if (a != "") printf "%s at T0, %s at the end (budget %d KiB)", a, z, bud }' "$out.used")
 	echo
 	echo "#### $wl, $label (snapshot created in $((t1 - t0)) ms)"
 	echo
 	echo "| window (s from T0) | IOPS | × mean before | p99 (ms) | × p99 before | pool used since T0 (MiB) | changed since T0 (MiB) |"
 	echo "|---:|---:|---:|---:|---:|---:|---:|"
-	LC_ALL=C awk -v b="$BEFORE" -v a="$AFTER" -v t0="$t0" -v p99b="$p99_before" -v used0="$used0" -v qd="$qd" \
+	LC_ALL=C awk -v b="$BEFORE" -v a="$AFTER" -v t0="$t0" -v p99b="$p99_before" -v used0="$used0" -v qd="$qd" -v fills="${fills:+ $fills.}" \
 		-v chgfile="$out.changed" -v usedfile="$out.used" -v verdict="$out.verdict" '
 		BEGIN {
 			while ((getline line < chgfile) > 0) { split(line, f, " "); chg[f[1]] = f[2] }
@@ -124,7 +129,7 @@ report_case() {
 				}
 				printf "| %d | %d | %.3f | %.2f | %.1f | %s | %s |\n", w, cnt[w], r, p99[w] / 1e6, pr, usedcol, chgcol
 			}
-			printf "\nBefore T0: mean %.0f IOPS, p99 %.2f ms (all writes of the %d s pooled); pool used %.0f MiB.\n", mean, p99b / 1e6, b, used0 / 1048576
+			printf "\nBefore T0: mean %.0f IOPS, p99 %.2f ms (all writes of the %d s pooled); pool used %.0f MiB.%s\n", mean, p99b / 1e6, b, used0 / 1048576, fills
 			printf "- IOPS target (every window after ≥ 0.5× the mean before): **%s** — worst window %d s: %.3f×\n", (minr >= 0.5 ? "PASS" : "FAIL"), minw, minr
 			printf "- p99 target (every window after ≤ 5× the p99 before): **%s** — worst window %d s: %.1f×\n", (maxp <= 5 ? "PASS" : "FAIL"), maxpw, maxp
 			printf "- space target (used since T0 ≤ 2 × changed + %d MiB, every window): **%s** — worst window %d s: %.0f MiB used, %.0f MiB allowed\n", qd, (space_ok ? "PASS" : "FAIL"), ws_w, ws_g, ws_a

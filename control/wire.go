@@ -144,8 +144,11 @@ type Pool struct {
 	IOPriority string  `json:"io_priority"`
 	Raid       string  `json:"raid"`
 	Size       int64   `json:"size"`
-	Used       int64   `json:"used"`      // bytes holding data
-	Allocated  int64   `json:"allocated"` // bytes of extents in use: more than used while snapshot-redirected extents fill
+	Used       int64   `json:"used"`        // bytes holding data
+	Allocated  int64   `json:"allocated"`   // bytes of extents in use: more than used while snapshot-redirected extents fill
+	Filling    int64   `json:"filling"`     // extents redirected after a snapshot, not yet complete
+	FillRAM    int64   `json:"fill_ram"`    // bytes of RAM their state takes
+	FillBudget int64   `json:"fill_budget"` // what it may take before the filler completes some regardless
 	Status     string  `json:"status"`
 	Drives     []Drive `json:"drives"`
 }
@@ -256,6 +259,7 @@ func poolsFromEngine(st engine.Status) []Pool {
 		pools = append(pools, Pool{
 			ID: p.ID, IOPriority: string(p.IOPriority), Raid: p.Raid,
 			Size: p.Size, Used: p.Used, Allocated: p.Allocated, Status: p.Status, Drives: drives,
+			Filling: p.Filling, FillRAM: p.FillRAM, FillBudget: p.FillBudget,
 		})
 	}
 	return pools

@@ -175,6 +175,13 @@ type PoolInfo struct {
 	Size       int64  // bytes usable for data
 	Used       int64  // bytes holding data: Allocated less the blocks of redirected extents not filled yet
 	Allocated  int64  // bytes of extents in use
+	// Filling: extents redirected after a snapshot whose blocks are still
+	// partly in their snapshot's extent; FillRAM the bytes their state
+	// takes, FillBudget what it may take before the filler completes some
+	// whatever their fill (engine/fill.go).
+	Filling    int64
+	FillRAM    int64
+	FillBudget int64
 	Status     string // "Online", "Error: …"
 	Drives     []DriveInfo
 }

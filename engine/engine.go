@@ -724,7 +724,8 @@ func (e *Engine) Status() Status {
 		p.mu.Lock()
 		allocated := p.allocatedLocked() * ExtentSize
 		pi := PoolInfo{ID: p.number, UUID: uuidString(p.uuid), IOPriority: p.priority, Raid: "raid0",
-			Size: p.alloc.Total() * ExtentSize, Used: allocated - p.unfilled.Load()*BlockSize, Allocated: allocated, Status: "Online"}
+			Size: p.alloc.Total() * ExtentSize, Used: allocated - p.unfilled.Load()*BlockSize, Allocated: allocated, Status: "Online",
+			Filling: p.fillCount.Load(), FillRAM: p.fillRAMUsed(), FillBudget: p.fillBudget()}
 		// A drive's used space, like its pool's, leaves out the extents
 		// reserved for writers.
 		spareOn := make([]int64, len(p.drives))

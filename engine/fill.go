@@ -726,12 +726,12 @@ func newPacer(rate int64, stop <-chan struct{}) func(int) {
 // reserved, its base is in use, chains end, and the unfilled count adds up.
 // REQUIRES mu.
 func (p *pool) fillCheckLocked(refs map[allocator.Extent]int) error {
-	var unfilled int64
-	var n int64
+	var unfilled, n, ram int64
 	var err error
 	p.fills.each(func(fs *fillState) bool {
 		n++
 		unfilled += int64(blocksPerExtent - fs.filled())
+		ram += fs.ram()
 		refs[fs.base]++
 		if p.fills.load(fs.ext) != fs || fs.done {
 			err = fmt.Errorf("%s: fill state of extent %d is stale", p, fs.ext)
@@ -773,6 +773,9 @@ func (p *pool) fillCheckLocked(refs map[allocator.Extent]int) error {
 	})
 	if want := int32(len(p.pendingUnref)) + int32(p.fillCount.Load()); total != want {
 		return fmt.Errorf("%s: %d base references counted, %d held", p, total, want)
+	}
+	if ram != p.fillRAM.Load() {
+		return fmt.Errorf("%s: fill states take %d B, counted %d", p, ram, p.fillRAM.Load())
 	}
 	if n != p.fillCount.Load() || unfilled != p.unfilled.Load() {
 		return fmt.Errorf("%s: %d fill states with %d unfilled blocks, counted %d and %d", p, n, unfilled, p.fillCount.Load(), p.unfilled.Load())

@@ -77,6 +77,8 @@ func TestRedirectOnWriteCopiesNothing(t *testing.T) {
 	if n := p.fillCount.Load(); n != 2 {
 		t.Fatalf("%d extents filling after writes into 2 shared extents, want 2", n)
 	}
+	table := p.fills.ram()
+	wantFilling(t, e, 2, table+2*fillStateBytes) // a block each: inline
 	if used, alloc := poolSpace(e); used-used0 != 2*BlockSize || alloc-alloc0 != 2*ExtentSize {
 		t.Fatalf("after 2 blocks written: used +%d, allocated +%d; want +%d and +%d", used-used0, alloc-alloc0, 2*BlockSize, 2*ExtentSize)
 	}
@@ -98,6 +100,7 @@ func TestRedirectOnWriteCopiesNothing(t *testing.T) {
 	if n := p.fillCount.Load(); n != 2 {
 		t.Fatalf("%d extents filling after reopen, want 2", n)
 	}
+	wantFilling(t, e, 2, table+2*fillStateBytes)
 	if !bytes.Equal(readAll(t, v), want) || !bytes.Equal(readAll(t, s1), a) {
 		t.Fatal("volume or snapshot reads wrong content after reopen")
 	}
@@ -105,6 +108,7 @@ func TestRedirectOnWriteCopiesNothing(t *testing.T) {
 	// Half of extent 1 written: the filler completes it; extent 2 (one
 	// block) is not worth it while the snapshot holds its base.
 	write(v, ExtentSize, 4, ExtentSize/2)
+	wantFilling(t, e, 2, table+2*fillStateBytes+denseBytes) // extent 1 past inlineMax
 	if err := p.fillPass(true, nil, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -143,6 +147,7 @@ func TestRedirectOnWriteCopiesNothing(t *testing.T) {
 	if n := p.fillCount.Load(); n != 0 {
 		t.Fatalf("%d extents filling after the snapshot was deleted, want 0", n)
 	}
+	wantFilling(t, e, 0, table)
 	if used, alloc := poolSpace(e); used != alloc || alloc != alloc0 {
 		t.Fatalf("after the snapshot's delete: used %d, allocated %d; want both %d", used, alloc, alloc0)
 	}
@@ -151,6 +156,15 @@ func TestRedirectOnWriteCopiesNothing(t *testing.T) {
 	}
 	if err := e.Check(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// wantFilling checks what Status says of the pool's filling extents.
+func wantFilling(t *testing.T, e *Engine, n, ram int64) {
+	t.Helper()
+	p := e.Status().Pools[0]
+	if p.Filling != n || p.FillRAM != ram || p.FillBudget != minFillBudget {
+		t.Fatalf("status: %d extents filling, %d B of RAM of %d; want %d, %d B of %d", p.Filling, p.FillRAM, p.FillBudget, n, ram, minFillBudget)
 	}
 }
 
