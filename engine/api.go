@@ -68,7 +68,8 @@ type Options struct {
 	// manualCommit turns off the background committer and the filler (tests
 	// that replay a seed need every commit to come from the test itself).
 	manualCommit bool
-	// fillCap overrides the pool's cap on filling extents (tests).
+	// fillCap overrides the pool's fill budget with that many dense fill
+	// states (tests).
 	fillCap int
 }
 

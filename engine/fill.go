@@ -114,6 +114,10 @@ const (
 	// fillDropped: F lost its last reference and is zeroed; set under
 	// copierMu.
 	fillDropped
+	// fillSetting counts, in the bits above the flags, the setters between
+	// their setting of bits and the end of their noteFilled (beginSet,
+	// endSet).
+	fillSetting uint32 = 1 << 8
 )
 
 func (fs *fillState) has(flag uint32) bool { return fs.flags.Load()&flag != 0 }
@@ -264,10 +268,10 @@ func (t *fillTable) each(fn func(*fillState) bool) {
 // while fills are sparse, and one for every fourth once they are dense.
 // Past twice the budget (a transient the filler has not caught up with), a
 // write to a shared extent copies it whole instead (copyInto). Small pools
-// get minFillBudget. Tests set a cap in sparse states (Options.fillCap).
+// get minFillBudget. Tests set a cap in dense states (Options.fillCap).
 func (p *pool) fillBudget() int64 {
 	if c := p.eng.opts.fillCap; c > 0 {
-		return int64(c) * fillStateBytes
+		return int64(c) * (fillStateBytes + denseBytes)
 	}
 	return max(minFillBudget, p.alloc.Total()*fillBytesPerExtent)
 }
@@ -436,14 +440,36 @@ func (p *pool) writeMapped(ext allocator.Extent, b []byte, in int64) error {
 	lock.RLock()
 	err := p.writeExtent(ext, b, in)
 	newly := 0
+	fs.beginSet()
 	if err == nil {
 		newly = p.setFilled(fs, int(in/BlockSize), len(b)/BlockSize)
 	}
 	lock.RUnlock()
-	if newly > 0 {
-		p.noteFilled(fs, newly)
-	}
+	p.endSet(fs, newly, true)
 	return err
+}
+
+// beginSet and endSet bracket a setting of bits of fs. A writer whose
+// blocks were all set already (newly == 0) still relies on those bits
+// being logged before its flush returns. A bit set and already listed for
+// the next round (fillDirty) is, and so is one whose setter finished its
+// noteFilled; but another setter may have set it and not yet reached
+// noteFilled. So a writer that finds another setter between the two
+// (fillSetting) notes fs itself: the round its flush waits for then logs
+// every bit set by then. acked says whether the caller answers a client
+// (the filler does not).
+func (fs *fillState) beginSet() { fs.flags.Add(fillSetting) }
+
+func (p *pool) endSet(fs *fillState, newly int, acked bool) {
+	if newly > 0 {
+		if h := p.afterSetHook.Load(); h != nil {
+			(*h)(fs)
+		}
+		p.noteFilled(fs, newly)
+	} else if acked && fs.flags.Load() >= 2*fillSetting && !fs.has(fillDirty) {
+		p.noteFilled(fs, 0)
+	}
+	fs.flags.Add(^(fillSetting - 1))
 }
 
 // fillLock is the stripe of pool.fillLocks that guards writes into ext.
@@ -665,16 +691,15 @@ func (p *pool) fillRun(fs *fillState, blk int, buf []byte) (int, error) {
 		err = p.writeExtent(fs.ext, buf, off)
 	}
 	newly := 0
+	fs.beginSet()
 	if err == nil {
 		newly = p.setFilled(fs, blk, fillRunBlocks)
 	}
 	lock.Unlock()
 	p.copierMu.Unlock() // before noteFilled takes pool.mu: the lock order
+	p.endSet(fs, newly, false)
 	if err != nil {
 		return 0, err
-	}
-	if newly > 0 {
-		p.noteFilled(fs, newly)
 	}
 	return newly, nil
 }

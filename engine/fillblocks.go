@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"math/bits"
 	"runtime"
 	"sync/atomic"
@@ -86,6 +87,9 @@ func (s *fillBlocks) runOf(blk, max int) (set bool, n int) {
 // and whether it allocated the map (fillRAM grows by denseBytes). Safe
 // with concurrent readers and adders.
 func (s *fillBlocks) set(first, n int) (newly int, grew bool) {
+	if first < 0 || n < 0 || first+n > blocksPerExtent {
+		panic(fmt.Sprintf("engine: blocks [%d, %d) of a filling extent", first, first+n)) // a bug: the inline word would take them silently
+	}
 	for {
 		if d := s.dense.Load(); d != nil {
 			return d.set(first, n), false
@@ -164,6 +168,22 @@ func (s *fillBlocks) reset(m [blocksPerExtent / 64]uint64) {
 		}
 	}
 	s.inline.Store(w | uint64(i)<<56)
+}
+
+// merge adds the blocks of m and returns those that were not in the set.
+// Recovery only, like reset.
+func (s *fillBlocks) merge(m [blocksPerExtent / 64]uint64) (newly [blocksPerExtent / 64]uint64) {
+	all := s.words()
+	for w := range m {
+		newly[w] = m[w] &^ all[w]
+		all[w] |= m[w]
+	}
+	if d := s.dense.Load(); d != nil {
+		d.or(newly)
+	} else {
+		s.reset(all)
+	}
+	return newly
 }
 
 func inlineWords(w uint64) (m [blocksPerExtent / 64]uint64) {

@@ -50,10 +50,23 @@ func TestFillBlocksLikeAMap(t *testing.T) {
 			if s.count() != c || s.isDense() != (c > inlineMax) {
 				t.Fatalf("seed %d: count %d dense %v, want %d", seed, s.count(), s.isDense(), c)
 			}
-			if rng.IntN(8) == 0 { // recovery rebuilds it from its words
+			switch rng.IntN(8) {
+			case 0: // recovery rebuilds it from its words
 				s.reset(s.words())
 				if s.words() != want {
 					t.Fatalf("seed %d: reset changed the set", seed)
+				}
+			case 1: // or replays a record onto it
+				var m [blocksPerExtent / 64]uint64
+				b := rng.IntN(blocksPerExtent)
+				m[b/64] = 1 << (b % 64)
+				newly := s.merge(m)
+				if (newly != [blocksPerExtent / 64]uint64{}) != (want[b/64]&m[b/64] == 0) {
+					t.Fatalf("seed %d: merge of block %d said new %x with the set %x", seed, b, newly, want)
+				}
+				want[b/64] |= m[b/64]
+				if s.words() != want {
+					t.Fatalf("seed %d: merge gave %x, want %x", seed, s.words(), want)
 				}
 			}
 		}

@@ -122,22 +122,23 @@ type pool struct {
 	condemned map[allocator.Extent]struct{} // REQUIRES mu
 
 	// Redirect-on-write (fill.go).
-	fills        fillTable          // the extents filling
-	fillCount    atomic.Int64       // entries in fills; 0 lets the I/O path skip the lookup
-	unfilled     atomic.Int64       // blocks of filling extents not filled: space that holds no data
-	fillRAM      atomic.Int64       // bytes of the fill states (fillBudget)
-	fillQueue    []*fillState       // REQUIRES mu; worth completing, for the filler
-	dirtyFills   []*fillState       // REQUIRES mu; with bits set that the next round logs
-	urgent       bool               // REQUIRES mu; a record that is not lazy waits for a round
-	lastRound    time.Time          // REQUIRES mu; when the last round took the queue
-	pendingUnref []allocator.Extent // REQUIRES mu; bases of ended fill states, released after the next round
-	reclaimable  []allocator.Extent // REQUIRES mu; condemned bases whose release is durable: the filler zeroes them
-	copierMu     sync.Mutex         // held by the filler while it writes into a filling extent
-	fillLocks    [64]sync.RWMutex   // by extent: writers into a filling extent (read) against the filler (write)
-	reclaimMu    sync.Mutex         // one reclaim at a time (reclaim)
-	baseGen      uint64             // REQUIRES mu; changes with fills' base references (exclusiveBytes' cache)
-	fillWake     chan struct{}      // wakes the filler
-	fillDone     chan struct{}      // closed when the filler has stopped
+	fills        fillTable                        // the extents filling
+	fillCount    atomic.Int64                     // entries in fills; 0 lets the I/O path skip the lookup
+	unfilled     atomic.Int64                     // blocks of filling extents not filled: space that holds no data
+	fillRAM      atomic.Int64                     // bytes of the fill states (fillBudget)
+	afterSetHook atomic.Pointer[func(*fillState)] // tests: runs between a setter's new bits and its noteFilled
+	fillQueue    []*fillState                     // REQUIRES mu; worth completing, for the filler
+	dirtyFills   []*fillState                     // REQUIRES mu; with bits set that the next round logs
+	urgent       bool                             // REQUIRES mu; a record that is not lazy waits for a round
+	lastRound    time.Time                        // REQUIRES mu; when the last round took the queue
+	pendingUnref []allocator.Extent               // REQUIRES mu; bases of ended fill states, released after the next round
+	reclaimable  []allocator.Extent               // REQUIRES mu; condemned bases whose release is durable: the filler zeroes them
+	copierMu     sync.Mutex                       // held by the filler while it writes into a filling extent
+	fillLocks    [64]sync.RWMutex                 // by extent: writers into a filling extent (read) against the filler (write)
+	reclaimMu    sync.Mutex                       // one reclaim at a time (reclaim)
+	baseGen      uint64                           // REQUIRES mu; changes with fills' base references (exclusiveBytes' cache)
+	fillWake     chan struct{}                    // wakes the filler
+	fillDone     chan struct{}                    // closed when the filler has stopped
 
 	// Unordered rounds (round): needOrdered, a queued record that only an
 	// ordered round may log (orderFree); lastUnordered, the last round that
@@ -753,13 +754,7 @@ func (p *pool) apply(st *poolState, r *record) error {
 		case fs == nil:
 			return fmt.Errorf("%w: record type %d for extent %d, which is not filling", ErrCorrupt, r.typ, r.phys)
 		case r.typ == recFilled:
-			var t tailFill
-			m := fs.blocks.words()
-			for w, b := range r.bitmap {
-				t.bits[w] = b &^ m[w]
-				m[w] |= b
-			}
-			fs.blocks.reset(m)
+			t := tailFill{bits: fs.blocks.merge(r.bitmap)}
 			if st.tailUnordered && t.bits != ([blocksPerExtent / 64]uint64{}) {
 				t.ext = fs.ext
 				st.tail = append(st.tail, t)
