@@ -260,7 +260,7 @@ var (
 	statusKeys = sorted("node_id", "status", "cluster", "pools", "refused_drives", "snapshot_errors",
 		"duplicate_volumes", "unavailable_volumes", "restoring", "restore_errors", "catalog_error", // issue 13
 		"cluster_summary") // issue 15
-	poolKeys  = sorted("id", "io_priority", "raid", "size", "used", "allocated", "status", "drives")
+	poolKeys  = sorted("id", "io_priority", "raid", "size", "used", "allocated", "filling", "fill_ram", "fill_budget", "status", "drives")
 	driveKeys = sorted("path", "size", "used", "status")
 )
 

@@ -30,6 +30,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -37,6 +38,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // PageSize is the unit unsynced data is kept, dropped and torn in.
@@ -309,6 +311,11 @@ func (f *file) write(data []byte, off int64, n int64) error {
 		pg := pos / PageSize
 		in := pos - pg*PageSize
 		c := min(PageSize-in, off+n-pos)
+		if data == nil && c == PageSize && f.dirty[pg] == nil { // a whole page of zeros: nothing to read
+			f.dirty[pg] = new([PageSize]byte)
+			pos += c
+			continue
+		}
 		p, err := f.page(pg)
 		if err != nil {
 			return err
@@ -328,15 +335,48 @@ func (f *file) sync() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.stats.Syncs++
+	// Whole pages of zeros (a punched drive's data area: gigabytes) become
+	// holes in the backing file, in runs, instead of written zeros.
+	var zeros []int64
 	for pg, p := range f.dirty {
+		if f.pageLen(pg) == PageSize && *p == [PageSize]byte{} {
+			zeros = append(zeros, pg)
+			continue
+		}
 		if _, err := f.f.WriteAt(p[:f.pageLen(pg)], pg*PageSize); err != nil {
 			return err
 		}
+	}
+	slices.Sort(zeros)
+	for i := 0; i < len(zeros); {
+		j := i + 1
+		for j < len(zeros) && zeros[j] == zeros[j-1]+1 {
+			j++
+		}
+		if err := f.zeroRun(zeros[i]*PageSize, int64(j-i)*PageSize); err != nil {
+			return err
+		}
+		i = j
 	}
 	if err := f.f.Sync(); err != nil {
 		return err
 	}
 	clear(f.dirty)
+	return nil
+}
+
+// zeroRun makes [off, off+n) of the backing file read as zeros: a hole
+// where the file system can punch one, else written zeros.
+func (f *file) zeroRun(off, n int64) error {
+	if unix.Fallocate(int(f.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n) == nil {
+		return nil
+	}
+	zeros := make([]byte, min(n, 1<<20))
+	for at := off; at < off+n; at += int64(len(zeros)) {
+		if _, err := f.f.WriteAt(zeros[:min(int64(len(zeros)), off+n-at)], at); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
