@@ -10,8 +10,8 @@ vol_bytes=$(numfmt --from=iec "$VOLSIZE")
 extents=$((vol_bytes / 1048576))
 [ "$extents" -ge 1 ] || { echo "snapshot.sh: -V $VOLSIZE is less than one extent" >&2; exit 1; }
 now_ms() { date +%s%3N; }
-# pool_used: the pool's used bytes, extents filling, their RAM and its budget.
-pool_used() { cairn status -j | jq -r '.pools[0] | "\(.used) \(.filling // 0) \(.fill_ram // 0) \(.fill_budget // 0)"'; }
+# pool_sample: the pool's used bytes, extents filling, their RAM and its budget.
+pool_sample() { cairn status -j | jq -r '.pools[0] | "\(.used) \(.filling // 0) \(.fill_ram // 0) \(.fill_budget // 0)"'; }
 
 # fio_args WORKLOAD: the fio options of a workload.
 fio_args() {
@@ -35,7 +35,7 @@ cliff_case() {
 	local wl=$1 vol=$2 snap=$3 out=$4
 	touch_all "$vol"
 	local total=$((WARM + BEFORE + AFTER + 2))
-	(while :; do echo "$(now_ms) $(pool_used)"; sleep 0.5; done) >"$out.used" 2>/dev/null &
+	(while :; do echo "$(now_ms) $(pool_sample)"; sleep 0.5; done) >"$out.used" 2>/dev/null &
 	SAMPLER=$!
 	local start
 	start=$(now_ms)

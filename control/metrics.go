@@ -149,20 +149,20 @@ type storageCollector struct {
 }
 
 var (
-	poolSizeDesc   = prometheus.NewDesc("cairn_pool_size_bytes", "Usable bytes of a storage pool.", []string{"pool", "io_priority"}, nil)
-	poolUsedDesc   = prometheus.NewDesc("cairn_pool_used_bytes", "Bytes of a storage pool holding data.", []string{"pool", "io_priority"}, nil)
-	poolAllocDesc  = prometheus.NewDesc("cairn_pool_allocated_bytes", "Bytes of a storage pool's extents in use (more than used while redirected extents fill after a snapshot).", []string{"pool", "io_priority"}, nil)
-	poolFillDesc   = prometheus.NewDesc("cairn_pool_filling_extents", "Extents of a storage pool redirected after a snapshot whose blocks are partly in the snapshot's extent.", []string{"pool", "io_priority"}, nil)
-	poolFillRAM    = prometheus.NewDesc("cairn_pool_fill_ram_bytes", "RAM the state of a pool's filling extents takes.", []string{"pool", "io_priority"}, nil)
-	poolFillBudget = prometheus.NewDesc("cairn_pool_fill_ram_budget_bytes", "RAM a pool's filling extents may take before the filler completes some whatever their fill.", []string{"pool", "io_priority"}, nil)
-	driveSizeDesc  = prometheus.NewDesc("cairn_drive_size_bytes", "Bytes of a drive.", []string{"pool", "path"}, nil)
-	driveUsedDesc  = prometheus.NewDesc("cairn_drive_used_bytes", "Allocated bytes of a drive.", []string{"pool", "path"}, nil)
-	volumeSizeDesc = prometheus.NewDesc("cairn_volume_size_bytes", "Provisioned size of a volume.", []string{"volume"}, nil)
-	volumeUsedDesc = prometheus.NewDesc("cairn_volume_used_bytes", "Bytes a volume has allocated in its pool.", []string{"volume"}, nil)
+	poolSizeDesc       = prometheus.NewDesc("cairn_pool_size_bytes", "Usable bytes of a storage pool.", []string{"pool", "io_priority"}, nil)
+	poolUsedDesc       = prometheus.NewDesc("cairn_pool_used_bytes", "Bytes of a storage pool holding data.", []string{"pool", "io_priority"}, nil)
+	poolAllocDesc      = prometheus.NewDesc("cairn_pool_allocated_bytes", "Bytes of a storage pool's extents in use (more than used while redirected extents fill after a snapshot).", []string{"pool", "io_priority"}, nil)
+	poolFillingDesc    = prometheus.NewDesc("cairn_pool_filling_extents", "Extents of a storage pool redirected after a snapshot whose blocks are partly in the snapshot's extent.", []string{"pool", "io_priority"}, nil)
+	poolFillRAMDesc    = prometheus.NewDesc("cairn_pool_fill_ram_bytes", "RAM the state of a pool's filling extents takes.", []string{"pool", "io_priority"}, nil)
+	poolFillBudgetDesc = prometheus.NewDesc("cairn_pool_fill_ram_budget_bytes", "RAM a pool's filling extents may take before the filler completes some whatever their fill.", []string{"pool", "io_priority"}, nil)
+	driveSizeDesc      = prometheus.NewDesc("cairn_drive_size_bytes", "Bytes of a drive.", []string{"pool", "path"}, nil)
+	driveUsedDesc      = prometheus.NewDesc("cairn_drive_used_bytes", "Allocated bytes of a drive.", []string{"pool", "path"}, nil)
+	volumeSizeDesc     = prometheus.NewDesc("cairn_volume_size_bytes", "Provisioned size of a volume.", []string{"volume"}, nil)
+	volumeUsedDesc     = prometheus.NewDesc("cairn_volume_used_bytes", "Bytes a volume has allocated in its pool.", []string{"volume"}, nil)
 )
 
 func (c *storageCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{poolSizeDesc, poolUsedDesc, poolAllocDesc, poolFillDesc, poolFillRAM, poolFillBudget, driveSizeDesc, driveUsedDesc, volumeSizeDesc, volumeUsedDesc} {
+	for _, d := range []*prometheus.Desc{poolSizeDesc, poolUsedDesc, poolAllocDesc, poolFillingDesc, poolFillRAMDesc, poolFillBudgetDesc, driveSizeDesc, driveUsedDesc, volumeSizeDesc, volumeUsedDesc} {
 		ch <- d
 	}
 }
@@ -173,9 +173,9 @@ func (c *storageCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(poolSizeDesc, prometheus.GaugeValue, float64(p.Size), id, string(p.IOPriority))
 		ch <- prometheus.MustNewConstMetric(poolUsedDesc, prometheus.GaugeValue, float64(p.Used), id, string(p.IOPriority))
 		ch <- prometheus.MustNewConstMetric(poolAllocDesc, prometheus.GaugeValue, float64(p.Allocated), id, string(p.IOPriority))
-		ch <- prometheus.MustNewConstMetric(poolFillDesc, prometheus.GaugeValue, float64(p.Filling), id, string(p.IOPriority))
-		ch <- prometheus.MustNewConstMetric(poolFillRAM, prometheus.GaugeValue, float64(p.FillRAM), id, string(p.IOPriority))
-		ch <- prometheus.MustNewConstMetric(poolFillBudget, prometheus.GaugeValue, float64(p.FillBudget), id, string(p.IOPriority))
+		ch <- prometheus.MustNewConstMetric(poolFillingDesc, prometheus.GaugeValue, float64(p.Filling), id, string(p.IOPriority))
+		ch <- prometheus.MustNewConstMetric(poolFillRAMDesc, prometheus.GaugeValue, float64(p.FillRAM), id, string(p.IOPriority))
+		ch <- prometheus.MustNewConstMetric(poolFillBudgetDesc, prometheus.GaugeValue, float64(p.FillBudget), id, string(p.IOPriority))
 		for _, d := range p.Drives {
 			ch <- prometheus.MustNewConstMetric(driveSizeDesc, prometheus.GaugeValue, float64(d.Size), id, d.Path)
 			ch <- prometheus.MustNewConstMetric(driveUsedDesc, prometheus.GaugeValue, float64(d.Used), id, d.Path)

@@ -147,7 +147,7 @@ type Pool struct {
 	Used       int64   `json:"used"`        // bytes holding data
 	Allocated  int64   `json:"allocated"`   // bytes of extents in use: more than used while snapshot-redirected extents fill
 	Filling    int64   `json:"filling"`     // extents redirected after a snapshot, not yet complete
-	FillRAM    int64   `json:"fill_ram"`    // bytes of RAM their state takes
+	FillRAM    int64   `json:"fill_ram"`    // bytes of RAM their states and lookup table take
 	FillBudget int64   `json:"fill_budget"` // what it may take before the filler completes some regardless
 	Status     string  `json:"status"`
 	Drives     []Drive `json:"drives"`

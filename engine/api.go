@@ -177,8 +177,8 @@ type PoolInfo struct {
 	Used       int64  // bytes holding data: Allocated less the blocks of redirected extents not filled yet
 	Allocated  int64  // bytes of extents in use
 	// Filling: extents redirected after a snapshot whose blocks are still
-	// partly in their snapshot's extent; FillRAM the bytes their state
-	// takes, FillBudget what it may take before the filler completes some
+	// partly in their snapshot's extent; FillRAM the bytes their states
+	// and lookup table take, FillBudget what it may take before the filler completes some
 	// whatever their fill (engine/fill.go).
 	Filling    int64
 	FillRAM    int64

@@ -57,7 +57,9 @@ import (
 //     goes (round.go); completion logs the last bits just before its
 //     recFillDone, in an ordered round. A crash loses unlogged bits: those blocks read their old
 //     content from the base, which the contract allows for a write that was
-//     not flushed. F's unfilled blocks are never read, so what an unlogged
+//     not flushed. A writer that finds its blocks set already by a setter
+//     not yet through noteFilled notes them itself (endSet), so its flush
+//     logs them too. F's unfilled blocks are never read, so what an unlogged
 //     write or copy left there is invisible. Fill records are lazy: they
 //     never make the background committer run early (lazyRecord), so a
 //     volume whose extents fill costs no more syncs than one whose extents
@@ -93,7 +95,8 @@ type fillState struct {
 	ext    allocator.Extent // F
 	base   allocator.Extent // where F's clear blocks read from
 	blocks fillBlocks       // F's blocks that hold their data: its "bits"
-	// flags: fillDirty and fillDropped, read without locks.
+	// flags: fillDirty, fillDropped, and in the bits from fillSetting up
+	// the count of setters (beginSet); read and counted without locks.
 	flags atomic.Uint32
 	// done: completed or dropped; no more recFilled records for it.
 	// REQUIRES pool.mu.
@@ -456,20 +459,21 @@ func (p *pool) writeMapped(ext allocator.Extent, b []byte, in int64) error {
 // noteFilled; but another setter may have set it and not yet reached
 // noteFilled. So a writer that finds another setter between the two
 // (fillSetting) notes fs itself: the round its flush waits for then logs
-// every bit set by then. acked says whether the caller answers a client
-// (the filler does not).
+// every bit set by then. forClient says whether the caller answers a
+// client (the filler does not).
 func (fs *fillState) beginSet() { fs.flags.Add(fillSetting) }
 
-func (p *pool) endSet(fs *fillState, newly int, acked bool) {
+func (p *pool) endSet(fs *fillState, newly int, forClient bool) {
 	if newly > 0 {
 		if h := p.afterSetHook.Load(); h != nil {
 			(*h)(fs)
 		}
 		p.noteFilled(fs, newly)
-	} else if acked && fs.flags.Load() >= 2*fillSetting && !fs.has(fillDirty) {
-		p.noteFilled(fs, 0)
 	}
-	fs.flags.Add(^(fillSetting - 1))
+	fs.flags.Add(^(fillSetting - 1)) // one setter fewer
+	if newly == 0 && forClient && fs.flags.Load() >= fillSetting {
+		p.noteFilled(fs, 0) // another setter is between its bits and its note
+	}
 }
 
 // fillLock is the stripe of pool.fillLocks that guards writes into ext.

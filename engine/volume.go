@@ -495,8 +495,8 @@ func (v *Volume) extentForWrite(lext uint32) (allocator.Extent, error) {
 }
 
 // redirect gives lext an extent of its own before it is written, without
-// copying: a fresh extent filling from the shared one (fill.go). Past the
-// pool's hard cap on filling extents it copies instead (copyInto).
+// copying: a fresh extent filling from the shared one (fill.go). Past twice the
+// pool's fill budget (fillBudget) it copies instead (copyInto).
 // REQUIRES ioMu (read or write).
 func (v *Volume) redirect(lext uint32) (allocator.Extent, error) {
 	mu := &v.cowMu[lext%uint32(len(v.cowMu))]

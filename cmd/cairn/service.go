@@ -62,8 +62,8 @@ func printDrives(w io.Writer, pools []control.Pool) {
 		fmt.Fprintf(w, "\tSize: %s\n", formatSize(p.Size))
 		fmt.Fprintf(w, "\tStatus: %s\n", p.Status)
 		if p.Filling > 0 {
-			fmt.Fprintf(w, "\tFilling after snapshots: %d extents, %s allocated for %s of data, state %s of %s RAM\n",
-				p.Filling, formatSize(p.Allocated), formatSize(p.Used), formatSize(p.FillRAM), formatSize(p.FillBudget))
+			fmt.Fprintf(w, "\tFilling after snapshots: %d extents, their state %s of a %s RAM budget\n",
+				p.Filling, formatSize(p.FillRAM), formatSize(p.FillBudget))
 		}
 		fmt.Fprintln(w, "\tDrives:")
 		for i, d := range p.Drives {
