@@ -286,7 +286,7 @@ const (
 
 // fillRAMUsed is what fillBudget bounds: the states' bytes and the table's.
 func (p *pool) fillRAMUsed() int64 {
-	if p.eng.opts.fillCap > 0 { // tests count states alone
+	if p.eng.opts.fillCap > 0 { // tests cap the states alone: a table chunk is 48 KiB
 		return p.fillRAM.Load()
 	}
 	return p.fillRAM.Load() + p.fills.ram()
@@ -551,17 +551,21 @@ func (p *pool) fillCandidatesLocked(scan bool) []*fillState {
 	if !scan {
 		return out
 	}
-	var all []*fillState
+	type candidate struct {
+		fs     *fillState
+		filled int // read once: a count walks the state's map
+	}
+	var all []candidate
 	p.fills.each(func(fs *fillState) bool {
 		if !fs.queued {
-			all = append(all, fs)
+			all = append(all, candidate{fs, fs.filled()})
 		}
 		return true
 	})
-	slices.SortFunc(all, func(a, b *fillState) int { return b.filled() - a.filled() })
+	slices.SortFunc(all, func(a, b candidate) int { return b.filled - a.filled })
 	over := p.fillRAMUsed() - p.fillBudget()
-	for _, fs := range all {
-		if p.worthFilling(fs, over > 0) {
+	for _, c := range all {
+		if fs := c.fs; p.worthFilling(fs, over > 0) {
 			fs.queued = true
 			out = append(out, fs)
 			over -= fs.ram()

@@ -161,6 +161,7 @@ func (p *pool) checkUnorderedTail(st *poolState) (int, error) {
 		if fs == nil {
 			continue // the tail's own records ended it
 		}
+		m := fs.blocks.words()
 		for w, word := range t.bits {
 			for word != 0 {
 				i := bits.TrailingZeros64(word)
@@ -170,13 +171,12 @@ func (p *pool) checkUnorderedTail(st *poolState) (int, error) {
 					return 0, fmt.Errorf("%s: checking block %d of filling extent %d: %w", p, blk, t.ext, err)
 				}
 				if isZero(buf) {
-					m := fs.blocks.words()
 					m[w] &^= 1 << i
-					fs.blocks.reset(m)
 					dropped++
 				}
 			}
 		}
+		fs.blocks.reset(m)
 	}
 	return dropped, nil
 }
