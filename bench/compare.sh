@@ -10,8 +10,8 @@
 #   qemu-nbd-qcow2  qemu-nbd qcow2, same cache/aio flags
 # and fio runs directly on a raw file (io_uring, direct=1) as the disk's limit.
 # Each export is 1 GiB, prefilled by a sequential write; the page cache is
-# dropped before each server. Prints one table: IOPS and MiB/s per server and
-# cairn's ratio to each peer.
+# dropped before each server and written back (sync) before each workload.
+# Prints one table: IOPS and MiB/s per server and cairn's ratio to each peer.
 #
 # Durable rows (a write waits for a flush): 4k randwrite QD32 fsync=32 (fio
 # flushes after every 32 writes), 8k seq write QD1 fsync=1 (a database WAL:
@@ -290,6 +290,12 @@ for round in $(seq "$ROUNDS"); do
 		fio_run prefill write 1M 8 >/dev/null
 		for w in "${WORKLOADS[@]}"; do
 			IFS='|' read -r label rw bs qd extra _ <<<"$w"
+			# What the prefill and the row before left in the page cache
+			# (page-cache servers: cairn, nbdkit-file) is written back now,
+			# outside the measurement: otherwise this row's first flush, or
+			# the kernel's flusher during it, pays for the writes another
+			# row measured (a 1 GiB prefill is seconds on a slow disk).
+			sync
 			cpu_start
 			# shellcheck disable=SC2086
 			read -r iops bw ios p99w p99f < <(fio_run bench "$rw" "$bs" "$qd" --time_based --runtime="$RUNTIME" --randrepeat=0 $extra)
