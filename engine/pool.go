@@ -223,11 +223,14 @@ func (p *pool) commit() error {
 
 // flush makes every change counted before the call durable (a client's
 // flush or FUA write): the running round may be enough, or none at all.
-func (p *pool) flush() error {
+func (p *pool) flush() error { return p.flushCovering(p.changes.Load()) }
+
+// flushCovering makes durable every change counted up to gen.
+func (p *pool) flushCovering(gen uint64) error {
 	if err := p.err(); err != nil {
 		return err
 	}
-	return p.committer.Covering(p.changes.Load())
+	return p.committer.Covering(gen)
 }
 
 func (p *pool) round() error {

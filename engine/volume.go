@@ -358,6 +358,22 @@ func (v *Volume) Flush() error {
 	return err
 }
 
+// FlushGen reads the pool's change count: every write, trim and
+// write-zeroes complete before the call is counted at or below it.
+func (v *Volume) FlushGen() uint64 { return v.pool.changes.Load() }
+
+// FlushCovering is Flush for a caller that read FlushGen when its flush
+// arrived: it makes durable every change counted up to gen, so every write
+// acknowledged before that moment. When a round has covered gen already it
+// returns at once.
+func (v *Volume) FlushCovering(gen uint64) error {
+	start := v.now()
+	v.pool.lastFlush.Store(time.Now().UnixNano())
+	err := v.pool.flushCovering(gen)
+	v.observe(OpFlush, 0, start, err)
+	return err
+}
+
 // REQUIRES ioMu (read or write).
 func (v *Volume) read(p []byte, off int64) error {
 	if v.deleted {

@@ -68,6 +68,11 @@ type conn struct {
 	blockStatus bool
 
 	wb   DeferredWriteback // the export, when it is one; nil otherwise
+	sf   SharedFlusher     // the export, when it is one; nil otherwise
+	// flushLead is the connection's shared FLUSH in flight (queued or
+	// running), the one later flushes may join; nil when none.
+	flushMu   sync.Mutex
+	flushLead *request
 	free chan *request     // slots not in flight; its capacity is MaxInFlight
 	work chan *request     // reader → workers
 	// cachedWrites: reader → the cached-write workers, for plain writes to
@@ -217,6 +222,9 @@ func (c *conn) transmit() error {
 				defer workers.Done()
 				for r := range queue {
 					run(r)
+					if r.shared {
+						c.finishFlush(r)
+					}
 					off, n, wb := r.offset, int64(r.length), r.writeback
 					c.done <- r
 					if wb {
@@ -322,12 +330,54 @@ func (c *conn) readLoop() error {
 			c.budget.acquire(int64(length))
 			r.budget = int64(length)
 		}
+		if typ == CmdFlush && c.sf != nil && flags == 0 && c.shareFlush(r) {
+			c.pending.Add(1)
+			continue // answered with the flush it joined
+		}
 		c.pending.Add(1)
 		if c.cachedWrites != nil && typ == CmdWrite && flags&CmdFlagFUA == 0 && r.errno == 0 && !c.cachedWritesSlow() {
 			c.cachedWrites <- r
 		} else {
 			c.work <- r
 		}
+	}
+}
+
+// shareFlush prepares a FLUSH to a SharedFlusher export: it reads the
+// export's FlushGen and, when the connection's shared flush in flight read
+// the same count (nothing changed since that one arrived), chains r to it
+// and reports true: r is answered with it (finishFlush). Otherwise r becomes
+// the flush in flight and goes to a worker. Reader only.
+func (c *conn) shareFlush(r *request) bool {
+	r.shared, r.gen = true, c.sf.FlushGen()
+	c.flushMu.Lock()
+	defer c.flushMu.Unlock()
+	if lead := c.flushLead; lead != nil && lead.gen >= r.gen {
+		r.joined, lead.joined = lead.joined, r
+		return true
+	}
+	c.flushLead = r
+	return false
+}
+
+// finishFlush, once a worker ran the shared FLUSH r, ends it as the flush in
+// flight and answers the flushes that joined it. Each asks the export for its
+// own gen, which r's covered: that returns at once, or with the error that
+// failed r's round. Worker only.
+func (c *conn) finishFlush(r *request) {
+	c.flushMu.Lock()
+	if c.flushLead == r {
+		c.flushLead = nil
+	}
+	j := r.joined
+	r.joined = nil
+	c.flushMu.Unlock()
+	for j != nil {
+		next := j.joined
+		j.joined = nil
+		j.failErr(c.sf.FlushCovering(j.gen))
+		c.done <- j
+		j = next
 	}
 }
 
@@ -564,7 +614,11 @@ func (c *conn) execute(r *request) {
 			r.failErr(exp.WriteAt(r.data, int64(off), fua))
 		}
 	case CmdFlush:
-		r.failErr(exp.Flush())
+		if r.shared {
+			r.failErr(c.sf.FlushCovering(r.gen))
+		} else {
+			r.failErr(exp.Flush())
+		}
 	case CmdTrim:
 		switch {
 		case beyond:

@@ -262,6 +262,7 @@ func truncate(s string, n int) string {
 func (c *conn) enter(name string, exp Export, release func()) {
 	c.exp, c.release = exp, release
 	c.wb, _ = exp.(DeferredWriteback)
+	c.sf, _ = exp.(SharedFlusher)
 	c.size = uint64(exp.Size())
 	c.tflags = c.transmissionFlags(exp)
 	c.readOnly = exp.ReadOnly()

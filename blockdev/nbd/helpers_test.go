@@ -176,3 +176,6 @@ func mustRun(t *testing.T, timeout time.Duration, name string, args ...string) s
 	}
 	return out
 }
+
+// The server shares the flushes of an engine volume (conn.shareFlush).
+var _ SharedFlusher = (*engine.Volume)(nil)

@@ -24,6 +24,12 @@ type request struct {
 
 	raw       bool   // data is the rest of an encoded reply, sent as is
 	writeback bool   // a WRITE whose write-back starts once it is answered (DeferredWriteback)
+	// A FLUSH to a SharedFlusher: gen is the export's FlushGen read as the
+	// flush arrived; joined chains the flushes that share this one's
+	// outcome (conn.shareFlush).
+	shared bool
+	gen    uint64
+	joined *request
 	errno     uint32 // NBD error to reply with; 0 = success
 	msg       string // message for a structured error reply
 	errOffset int64  // offset for ERROR_OFFSET; -1 = plain ERROR
@@ -45,6 +51,7 @@ type readChunk struct {
 func (r *request) reset(handle, off uint64, length uint32, typ, flags uint16) {
 	r.handle, r.offset, r.length, r.typ, r.flags = handle, off, length, typ, flags
 	r.errno, r.msg, r.errOffset, r.nchunks, r.budget, r.raw, r.writeback = 0, "", -1, 0, 0, false, false
+	r.shared, r.gen, r.joined = false, 0, nil
 }
 
 func (r *request) fail(errno uint32, msg string) {

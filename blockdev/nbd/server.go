@@ -54,6 +54,21 @@ type DeferredWriteback interface {
 	StartWriteback(off, n int64)
 }
 
+// SharedFlusher is implemented by an export that counts its changes, so that
+// the server can answer a FLUSH with one already in flight. Every write, trim
+// and write-zeroes is counted once complete, before it is answered, so a
+// FLUSH that read FlushGen as it arrived is done once every change counted up
+// to that value is durable: FlushCovering(gen). A FLUSH that arrives while
+// another of the connection's is in flight, with nothing counted since that
+// one arrived, needs exactly what it needs and shares its outcome instead of
+// taking a worker (conn.shareFlush). A client that flushes in bursts (fio's
+// fsync=N at queue depth N sends one flush per free slot until the first
+// completes) then costs one worker and one wait per burst, not per flush.
+type SharedFlusher interface {
+	FlushGen() uint64
+	FlushCovering(gen uint64) error
+}
+
 // Exports is the catalogue the server serves from (the daemon implements it
 // on top of the engine).
 type Exports interface {
