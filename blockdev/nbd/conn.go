@@ -69,10 +69,6 @@ type conn struct {
 
 	wb   DeferredWriteback // the export, when it is one; nil otherwise
 	sf   SharedFlusher     // the export, when it is one; nil otherwise
-	// flushLead is the connection's shared FLUSH in flight (queued or
-	// running), the one later flushes may join; nil when none.
-	flushMu   sync.Mutex
-	flushLead *request
 	free chan *request     // slots not in flight; its capacity is MaxInFlight
 	work chan *request     // reader → workers
 	// cachedWrites: reader → the cached-write workers, for plain writes to
@@ -84,6 +80,12 @@ type conn struct {
 	cachedSlowUntil atomic.Int64
 	done            chan *request // workers → writer
 	budget          byteBudget    // payload bytes in flight
+
+	// flushLead is the connection's shared FLUSH in flight (queued or
+	// running), the one later flushes may join; nil when none.
+	flushMu   sync.Mutex
+	flushLead *request
+
 	// pending counts requests queued to the workers or the writer whose
 	// reply is not yet flushed to the socket. The reader adds, the writer
 	// subtracts after a flush. When the reader sees 0 the writer has

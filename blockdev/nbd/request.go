@@ -24,15 +24,16 @@ type request struct {
 
 	raw       bool   // data is the rest of an encoded reply, sent as is
 	writeback bool   // a WRITE whose write-back starts once it is answered (DeferredWriteback)
+	errno     uint32 // NBD error to reply with; 0 = success
+	msg       string // message for a structured error reply
+	errOffset int64  // offset for ERROR_OFFSET; -1 = plain ERROR
+
 	// A FLUSH to a SharedFlusher: gen is the export's FlushGen read as the
 	// flush arrived; joined chains the flushes that share this one's
 	// outcome (conn.shareFlush).
 	shared bool
 	gen    uint64
 	joined *request
-	errno     uint32 // NBD error to reply with; 0 = success
-	msg       string // message for a structured error reply
-	errOffset int64  // offset for ERROR_OFFSET; -1 = plain ERROR
 
 	// Content chunks of a structured READ; nchunks == 0 means one
 	// OFFSET_DATA chunk for the whole request.
