@@ -71,10 +71,10 @@ func (c *Committer) Covering(gen uint64) error {
 	defer c.mu.Unlock()
 	for c.err == nil {
 		switch {
+		case c.doneGen >= gen:
+			return nil // even while a later round runs: gen needs none of it
 		case c.running:
 			c.cond.Wait() // it may cover gen; if not, the next round will
-		case c.doneGen >= gen:
-			return nil
 		default:
 			c.lead()
 		}

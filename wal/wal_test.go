@@ -432,3 +432,44 @@ func TestCommitterCovering(t *testing.T) {
 		t.Fatalf("after a failed round: %v", err)
 	}
 }
+
+// A caller whose gen a finished round covered returns at once, even while a
+// later round runs: it needs nothing of that round (a server answers a
+// flush that shared another's outcome this way, and rounds run back to
+// back under load).
+func TestCommitterCoveredNeedsNoRunningRound(t *testing.T) {
+	var n atomic.Uint64
+	block := make(chan struct{})
+	var blocking atomic.Bool
+	started := make(chan struct{}, 1)
+	c := wal.NewCommitterCounting(func() error {
+		if blocking.Load() {
+			started <- struct{}{}
+			<-block
+		}
+		return nil
+	}, n.Load)
+	n.Add(1)
+	if err := c.Covering(1); err != nil {
+		t.Fatal(err)
+	}
+	n.Add(1)
+	blocking.Store(true)
+	second := make(chan error, 1)
+	go func() { second <- c.Covering(2) }()
+	<-started // round 2 runs
+	done := make(chan error, 1)
+	go func() { done <- c.Covering(1) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Covering(1) waited for a round it does not need")
+	}
+	close(block)
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+}
