@@ -16,10 +16,11 @@ import "sync"
 // only for what it needs: the owner counts every change a round makes
 // durable, after the change is complete; each round reads the counter as it
 // begins, before it takes anything, so a round that read n covers every
-// change counted up to n. A caller that saw the counter at n waits for the
-// running round if that round read n or more, and returns at once if the
-// last round did and succeeded — nothing changed since (QEMU's block layer
-// skips such flushes the same way: write_gen against flushed_gen).
+// change counted up to n. A caller that saw the counter at n returns at once
+// if a round that read n or more has succeeded — nothing it needs changed
+// since (QEMU's block layer skips such flushes the same way: write_gen
+// against flushed_gen), even while a later round runs; otherwise it waits
+// for the running round, and leads the next if that one did not cover n.
 type Committer struct {
 	round func() error
 	count func() uint64 // the owner's change counter; nil: none
