@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cairn-storage/cairn/allocator"
 	"github.com/cairn-storage/cairn/drive"
@@ -474,12 +475,12 @@ func TestFlushCoveringTheWritesBeforeItsGen(t *testing.T) {
 	if gen == 0 {
 		t.Fatal("FlushGen did not count the write")
 	}
-	if err := v.FlushCovering(gen); err != nil {
+	if err := v.FlushCovering(gen, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	img := d.DurableBytes() // a power cut now
 	syncs := d.syncs.Load()
-	if err := v.FlushCovering(gen); err != nil {
+	if err := v.FlushCovering(gen, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := d.syncs.Load(); got != syncs {

@@ -363,11 +363,16 @@ func (v *Volume) Flush() error {
 func (v *Volume) FlushGen() uint64 { return v.pool.changes.Load() }
 
 // FlushCovering is Flush for a caller that read FlushGen when its flush
-// arrived: it makes durable every change counted up to gen, so every write
-// acknowledged before that moment. When a round has covered gen already it
-// returns at once.
-func (v *Volume) FlushCovering(gen uint64) error {
+// arrived, at arrived: it makes durable every change counted up to gen, so
+// every write acknowledged before that moment. When a round has covered gen
+// already it returns at once. The flush's latency is observed from arrived
+// (a server that answers several flushes with one round waited for each
+// from its own arrival).
+func (v *Volume) FlushCovering(gen uint64, arrived time.Time) error {
 	start := v.now()
+	if !start.IsZero() && !arrived.IsZero() {
+		start = arrived
+	}
 	v.pool.lastFlush.Store(time.Now().UnixNano())
 	err := v.pool.flushCovering(gen)
 	v.observe(OpFlush, 0, start, err)

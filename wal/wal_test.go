@@ -455,6 +455,13 @@ func TestCommitterCoveredNeedsNoRunningRound(t *testing.T) {
 	}
 	n.Add(1)
 	blocking.Store(true)
+	defer func() {
+		select {
+		case <-block:
+		default:
+			close(block) // a failed check must not leave round 2 stuck
+		}
+	}()
 	second := make(chan error, 1)
 	go func() { second <- c.Covering(2) }()
 	<-started // round 2 runs

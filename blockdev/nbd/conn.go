@@ -99,10 +99,13 @@ type conn struct {
 	// socket's descriptor it sends them on (nil: the connection has none,
 	// nothing runs inline).
 	inline     request
-	lastInline bool // the reader ran the last request itself (canInline)
+	lastInline bool   // the reader ran the last request itself (canInline)
+	lastTyp    uint16 // the last request's command
 	ibuf       bytes.Buffer
 	rc         syscall.RawConn
 	sendFn     func(fd uintptr) bool // c.sendNow
+	pollFn     func(fd uintptr) bool // c.pollNow
+	pollFds    [1]unix.PollFd        // pollNow's argument
 	sendBuf    []byte                // sendNow's input and what it left
 	sendErr    error                 // sendNow's error
 	broken     bool                  // writer (or the inline reader): the socket failed, replies are dropped
@@ -122,7 +125,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			c.rc, c.sendFn = rc, c.sendNow
+			c.rc, c.sendFn, c.pollFn = rc, c.sendNow, c.pollNow
 		}
 	}
 	return c
@@ -275,6 +278,9 @@ func (c *conn) transmit() error {
 func (c *conn) readLoop() error {
 	var h [RequestHeaderLen]byte
 	for {
+		if c.lastInline && c.lastTyp != CmdRead && c.br.Buffered() == 0 {
+			c.awaitRequest()
+		}
 		if _, err := io.ReadFull(c.br, h[:]); err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return fmt.Errorf("%w: truncated request header", ErrProtocol)
@@ -300,7 +306,7 @@ func (c *conn) readLoop() error {
 			}
 		}
 
-		c.lastInline = c.canInline(typ, length)
+		c.lastInline, c.lastTyp = c.canInline(typ, length), typ
 		if c.lastInline {
 			if err := c.runInline(handle, off, length, typ, flags); err != nil {
 				return err
@@ -332,11 +338,10 @@ func (c *conn) readLoop() error {
 			c.budget.acquire(int64(length))
 			r.budget = int64(length)
 		}
+		c.pending.Add(1) // before a joined flush can be answered
 		if typ == CmdFlush && c.sf != nil && flags == 0 && c.shareFlush(r) {
-			c.pending.Add(1)
 			continue // answered with the flush it joined
 		}
-		c.pending.Add(1)
 		if c.cachedWrites != nil && typ == CmdWrite && flags&CmdFlagFUA == 0 && r.errno == 0 && !c.cachedWritesSlow() {
 			c.cachedWrites <- r
 		} else {
@@ -351,7 +356,7 @@ func (c *conn) readLoop() error {
 // and reports true: r is answered with it (finishFlush). Otherwise r becomes
 // the flush in flight and goes to a worker. Reader only.
 func (c *conn) shareFlush(r *request) bool {
-	r.shared, r.gen = true, c.sf.FlushGen()
+	r.shared, r.gen, r.arrived = true, c.sf.FlushGen(), time.Now()
 	c.flushMu.Lock()
 	defer c.flushMu.Unlock()
 	if lead := c.flushLead; lead != nil && lead.gen >= r.gen {
@@ -377,10 +382,37 @@ func (c *conn) finishFlush(r *request) {
 	for j != nil {
 		next := j.joined
 		j.joined = nil
-		j.failErr(c.sf.FlushCovering(j.gen))
+		j.failErr(c.sf.FlushCovering(j.gen, j.arrived))
 		c.done <- j
 		j = next
 	}
+}
+
+// awaitInKernel bounds how long the reader's thread waits in poll(2) for
+// the next request of a client that waits for each reply (awaitRequest).
+const awaitInKernel = 1 // ms, poll's unit
+
+// awaitRequest waits for the next request of a client that waits for each
+// reply (the last request ran inline) in poll(2) on the socket, on the
+// reader's own thread, for up to awaitInKernel: the kernel then wakes this
+// thread directly when the request arrives. Reading the empty socket
+// instead parks the reader in Go's netpoller, and its wake-up takes a hop
+// through another thread's epoll_wait and the scheduler, twice per commit
+// of a database that flushes after each write. A client that goes quiet
+// past the bound gets the netpoller as before; the thread is blocked, not
+// spinning, either way. Reader only.
+func (c *conn) awaitRequest() {
+	if c.rc == nil {
+		return
+	}
+	c.rc.Read(c.pollFn)
+}
+
+// pollNow is awaitRequest's RawConn.Read callback, bound once (c.pollFn).
+func (c *conn) pollNow(fd uintptr) bool {
+	c.pollFds[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	_, _ = unix.Poll(c.pollFds[:], awaitInKernel) // EINTR or a timeout: the read that follows waits as before
+	return true                                   // never wait in the netpoller here
 }
 
 // Even a write into the page cache sometimes waits for a commit round that
@@ -617,7 +649,7 @@ func (c *conn) execute(r *request) {
 		}
 	case CmdFlush:
 		if r.shared {
-			r.failErr(c.sf.FlushCovering(r.gen))
+			r.failErr(c.sf.FlushCovering(r.gen, r.arrived))
 		} else {
 			r.failErr(exp.Flush())
 		}

@@ -93,7 +93,9 @@
 // many replies per syscall. The writer then returns the buffer to its pool
 // and the slot to the free list; a slot is owned by
 // exactly one goroutine at a time (reader, then a worker, then the writer),
-// so request fields need no lock.
+// so request fields need no lock. The one exception is a FLUSH that joins
+// another in flight (SharedFlusher, below): the reader chains it to that
+// flush under conn.flushMu, and the worker running that flush answers it.
 //
 // The inline path. Every hand-off above is a wake-up of a parked goroutine,
 // and at queue depth 1 (a client that waits for each reply) they were half
@@ -114,7 +116,14 @@
 // returned, and FLUSH calls Export.Flush, which covers every write the
 // volume completed — on every connection — so a FLUSH covers
 // all writes this or any other connection has been answered for
-// (NBD_FLAG_CAN_MULTI_CONN). FUA writes are durable when WriteAt(fua=true)
+// (NBD_FLAG_CAN_MULTI_CONN). An export that counts its changes
+// (SharedFlusher: the engine's volumes) is asked instead to cover the count
+// the reader read as the FLUSH arrived, which includes every write answered
+// before then on any connection; a write answered while the flush waits is
+// the next flush's (QEMU's write_gen does the same). A FLUSH that arrives
+// with the count unchanged since the connection's flush in flight arrived
+// needs exactly what that one needs, and is answered with it: a burst of
+// flushes costs one worker. FUA writes are durable when WriteAt(fua=true)
 // returns; FUA on TRIM and WRITE_ZEROES is a Flush after the operation.
 //
 // # Errors

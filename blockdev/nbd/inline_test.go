@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -394,4 +395,48 @@ func TestFlushInlineOnlyAtQueueDepthOne(t *testing.T) {
 			}
 		})
 	}
+}
+
+// After a write or flush it ran itself, the reader waits for the next
+// request in poll(2) for up to awaitInKernel, then in the netpoller. A
+// request that comes at once, one that comes after the bound, and a
+// shutdown while the reader waits are all handled.
+func TestAwaitRequestAfterInlineWrite(t *testing.T) {
+	env := newEnv(t)
+	env.volume("vol", 64<<20)
+	c := connectRaw(t, env.sock, "vol", false)
+	c.nc.SetDeadline(time.Now().Add(20 * time.Second))
+	p := bytes.Repeat([]byte{7}, 4096)
+	for i, pause := range []time.Duration{0, 10 * time.Millisecond, 0, 3 * time.Millisecond} {
+		h := uint64(10 * i)
+		c.request(CmdWrite, 0, h+1, uint64(i)*4096, 4096, p)
+		if r := c.readReply(0); r.handle != h+1 || r.errno != 0 {
+			t.Fatalf("write: %+v", r)
+		}
+		time.Sleep(pause)
+		c.request(CmdFlush, 0, h+2, 0, 0, nil)
+		if r := c.readReply(0); r.handle != h+2 || r.errno != 0 {
+			t.Fatalf("flush: %+v", r)
+		}
+		time.Sleep(pause)
+		c.request(CmdRead, 0, h+3, uint64(i)*4096, 4096, nil)
+		if r := c.readReply(4096); r.handle != h+3 || r.errno != 0 || !bytes.Equal(r.data, p) {
+			t.Fatalf("read after a pause of %v: handle %d errno %d", pause, r.handle, r.errno)
+		}
+	}
+	c.request(CmdWrite, 0, 99, 0, 4096, p)
+	if r := c.readReply(0); r.errno != 0 {
+		t.Fatalf("write: %+v", r)
+	}
+	// The reader now waits in poll(2); a shutdown still ends the connection.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := env.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown while the reader waits in poll: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Shutdown took %v", d)
+	}
+	c.expectClosed()
 }

@@ -3,6 +3,7 @@ package nbd
 import (
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/cairn-storage/cairn/drive"
 	"github.com/cairn-storage/cairn/engine"
@@ -29,11 +30,12 @@ type request struct {
 	errOffset int64  // offset for ERROR_OFFSET; -1 = plain ERROR
 
 	// A FLUSH to a SharedFlusher: gen is the export's FlushGen read as the
-	// flush arrived; joined chains the flushes that share this one's
-	// outcome (conn.shareFlush).
-	shared bool
-	gen    uint64
-	joined *request
+	// flush arrived, at arrived; joined chains the flushes that share this
+	// one's outcome (conn.shareFlush).
+	shared  bool
+	gen     uint64
+	arrived time.Time
+	joined  *request
 
 	// Content chunks of a structured READ; nchunks == 0 means one
 	// OFFSET_DATA chunk for the whole request.
@@ -52,7 +54,7 @@ type readChunk struct {
 func (r *request) reset(handle, off uint64, length uint32, typ, flags uint16) {
 	r.handle, r.offset, r.length, r.typ, r.flags = handle, off, length, typ, flags
 	r.errno, r.msg, r.errOffset, r.nchunks, r.budget, r.raw, r.writeback = 0, "", -1, 0, 0, false, false
-	r.shared, r.gen, r.joined = false, 0, nil
+	r.shared, r.gen, r.arrived, r.joined = false, 0, time.Time{}, nil
 }
 
 func (r *request) fail(errno uint32, msg string) {

@@ -66,7 +66,9 @@ type DeferredWriteback interface {
 // completes) then costs one worker and one wait per burst, not per flush.
 type SharedFlusher interface {
 	FlushGen() uint64
-	FlushCovering(gen uint64) error
+	// FlushCovering's arrived is when the FLUSH arrived: a flush answered
+	// with another waited from then, and its latency says so.
+	FlushCovering(gen uint64, arrived time.Time) error
 }
 
 // Exports is the catalogue the server serves from (the daemon implements it

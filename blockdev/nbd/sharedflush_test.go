@@ -31,7 +31,7 @@ func (g *gatedFlusher) WriteAt(p []byte, off int64, fua bool) error {
 
 func (g *gatedFlusher) FlushGen() uint64 { return g.writes.Load() }
 
-func (g *gatedFlusher) FlushCovering(gen uint64) error {
+func (g *gatedFlusher) FlushCovering(gen uint64, _ time.Time) error {
 	g.mu.Lock()
 	g.covered = append(g.covered, gen)
 	gate := g.gate
@@ -133,4 +133,19 @@ func TestFlushesShareTheFlushInFlight(t *testing.T) {
 			t.Fatalf("flush after a failed round: %+v, want EIO for handles 7 and 8", r)
 		}
 	}
+
+	// A client that leaves while a flush waits with another joined to it:
+	// both are still run to the end (the joined one asks for its gen once
+	// the lead is done) and the connection ends; the server then shuts
+	// down in time (newEnv's cleanup checks).
+	g.mu.Lock()
+	g.gate = make(chan struct{})
+	g.mu.Unlock()
+	g.fail.Store(false)
+	c.write(append(AppendRequest(nil, CmdFlush, 0, 9, 0, 0), AppendRequest(nil, CmdFlush, 0, 10, 0, 0)...))
+	g.waitCalls(t, 6)
+	c.nc.Close()
+	time.Sleep(20 * time.Millisecond)
+	close(g.gate)
+	g.waitCalls(t, 7)
 }
