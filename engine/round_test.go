@@ -22,11 +22,11 @@ func (c *syncCounter) Sync() error {
 	return c.Mem.Sync()
 }
 
-// snapshotted opens a manual engine on d, writes pattern 1 over the first
-// extent of a 4 MiB volume "db", flushes, and snapshots it as "db.s1".
-func snapshotted(t *testing.T, d drive.Drive) (*Engine, *Volume, []byte) {
+// manualDB opens a manual engine on d (logArea 0: the default log size)
+// with a 4 MiB volume "db".
+func manualDB(t *testing.T, d drive.Drive, logArea int64) (*Engine, *Volume) {
 	t.Helper()
-	e, err := Open(Options{NodeID: testNode, LogAreaSize: 256 << 10, manualCommit: true,
+	e, err := Open(Options{NodeID: testNode, LogAreaSize: logArea, manualCommit: true,
 		Drives: []DriveSpec{{Path: d.Path(), Drive: d}}})
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +35,14 @@ func snapshotted(t *testing.T, d drive.Drive) (*Engine, *Volume, []byte) {
 	if _, err := e.CreateVolume(VolumeSpec{Name: "db", Size: 4 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	v := mustVolume(t, e, "db")
+	return e, mustVolume(t, e, "db")
+}
+
+// snapshotted opens a manual engine on d, writes pattern 1 over the first
+// extent of a 4 MiB volume "db", flushes, and snapshots it as "db.s1".
+func snapshotted(t *testing.T, d drive.Drive) (*Engine, *Volume, []byte) {
+	t.Helper()
+	e, v := manualDB(t, d, 256<<10)
 	a := pattern(1, ExtentSize)
 	if err := v.WriteAt(a, 0, true); err != nil {
 		t.Fatal(err)
@@ -458,15 +465,7 @@ func TestUnorderedTailResurrectsLostWriteInClone(t *testing.T) {
 // covered gen already.
 func TestFlushCoveringTheWritesBeforeItsGen(t *testing.T) {
 	d := &syncCounter{Mem: drive.NewMem("mem0", 64<<20)}
-	e, err := Open(Options{NodeID: testNode, manualCommit: true, Drives: []DriveSpec{{Path: d.Path(), Drive: d}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	if _, err := e.CreateVolume(VolumeSpec{Name: "db", Size: 4 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	v := mustVolume(t, e, "db")
+	_, v := manualDB(t, d, 0)
 	a := pattern(1, BlockSize)
 	if err := v.WriteAt(a, 0, false); err != nil {
 		t.Fatal(err)
