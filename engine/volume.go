@@ -350,13 +350,7 @@ func (v *Volume) writebackPieces(off, n int64, fn func(wb writebackHinter, off, 
 func (v *Volume) changed() { v.pool.changes.Add(1) }
 
 // Flush makes every write acknowledged before the call durable.
-func (v *Volume) Flush() error {
-	start := v.now()
-	v.pool.lastFlush.Store(time.Now().UnixNano())
-	err := v.pool.flush()
-	v.observe(OpFlush, 0, start, err)
-	return err
-}
+func (v *Volume) Flush() error { return v.FlushCovering(v.FlushGen(), time.Time{}) }
 
 // FlushGen reads the pool's change count: every write, trim and
 // write-zeroes complete before the call is counted at or below it.
@@ -366,12 +360,12 @@ func (v *Volume) FlushGen() uint64 { return v.pool.changes.Load() }
 // arrived, at arrived: it makes durable every change counted up to gen, so
 // every write acknowledged before that moment. When a round has covered gen
 // already it returns at once. The flush's latency is observed from arrived
-// (a server that answers several flushes with one round waited for each
-// from its own arrival).
+// when it is set (a server that answers several flushes with one round
+// waited for each from its own arrival), else from the call.
 func (v *Volume) FlushCovering(gen uint64, arrived time.Time) error {
-	start := v.now()
-	if !start.IsZero() && !arrived.IsZero() {
-		start = arrived
+	start := arrived
+	if start.IsZero() {
+		start = v.now()
 	}
 	v.pool.lastFlush.Store(time.Now().UnixNano())
 	err := v.pool.flushCovering(gen)
