@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -63,18 +64,22 @@ func pollStatus(t *testing.T, d *testDaemon, api string) []result {
 	}
 }
 
-// daemonWithMount starts a daemon on a fixed API address (restarts keep it)
-// with the volume name made and mounted on a temporary directory.
-func daemonWithMount(t *testing.T, name string) (d *testDaemon, dataDir, mnt, api string) {
+// daemonWithMount starts a daemon on a fixed API address with the volume
+// name made and mounted on a temporary directory. Restarts pass fixed, which
+// puts the embedded kvdb on fixed addresses too: a restarted daemon opens
+// its kvdb before its API, and an ephemeral port drawn for the kvdb could
+// be the API port the last daemon just let go.
+func daemonWithMount(t *testing.T, name string) (d *testDaemon, dataDir, mnt, api string, fixed []string) {
 	t.Helper()
 	needHost(t)
 	dataDir, mnt = t.TempDir(), t.TempDir()
 	hostCleanup(t, dataDir, mnt)
 	api = freeAPIAddr(t)
-	d = startDaemon(t, dataDir, "--api", api)
+	fixed = []string{"--api", api, "--kvdb-listen", freeAPIAddr(t), "--kvdb-peer", freeAPIAddr(t)}
+	d = startDaemon(t, dataDir, fixed...)
 	mustCairn(t, d.api, "volume", "create", name, "--size", "64M")
 	mustCairn(t, d.api, "host", "mount", name, mnt)
-	return d, dataDir, mnt, api
+	return d, dataDir, mnt, api, fixed
 }
 
 // TestHostReadyOnlyOnceMounted restarts a daemon with a mounted volume, by
@@ -84,7 +89,7 @@ func daemonWithMount(t *testing.T, name string) (d *testDaemon, dataDir, mnt, ap
 // must never find the bare mount point. The first restarts hold the restore
 // (--restore-gate) to check what the node says while it is starting.
 func TestHostReadyOnlyOnceMounted(t *testing.T) {
-	d, dataDir, mnt, api := daemonWithMount(t, "pgdata")
+	d, dataDir, mnt, api, fixed := daemonWithMount(t, "pgdata")
 
 	const restarts = 20
 	for i := range restarts {
@@ -102,7 +107,7 @@ func TestHostReadyOnlyOnceMounted(t *testing.T) {
 		}
 
 		gated := i < 2
-		args := []string{"--api", api}
+		args := slices.Clone(fixed)
 		gate := filepath.Join(t.TempDir(), "gate")
 		if gated {
 			args = append(args, "--restore-gate", gate)
@@ -245,14 +250,14 @@ func TestHostRestoreErrorsInStatus(t *testing.T) {
 // its record, so the start after that mounts them (before the fix they were
 // dropped, and the application found a bare directory).
 func TestHostStopWhileRestoringKeepsRecord(t *testing.T) {
-	d, dataDir, mnt, api := daemonWithMount(t, "kept")
+	d, dataDir, mnt, api, fixed := daemonWithMount(t, "kept")
 	writeSynced(t, filepath.Join(mnt, "data"), "kept")
 	if code := d.stop(t); code != 0 {
 		t.Fatalf("daemon exit code %d", code)
 	}
 
 	gate := filepath.Join(t.TempDir(), "gate") // never created: the restore waits
-	d = spawnDaemon(t, dataDir, "--api", api, "--restore-gate", gate)
+	d = spawnDaemon(t, dataDir, slices.Concat(fixed, []string{"--restore-gate", gate})...)
 	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(cairn(t, api, "status", "-j").stdout, `"status": "starting"`); {
 		if time.Now().After(deadline) {
 			t.Fatal("the node never said it was starting")
@@ -263,7 +268,7 @@ func TestHostStopWhileRestoringKeepsRecord(t *testing.T) {
 		t.Fatalf("daemon stopped while restoring: exit code %d", code)
 	}
 
-	d = startDaemon(t, dataDir, "--api", api)
+	d = startDaemon(t, dataDir, fixed...)
 	pollStatus(t, d, api)
 	if !isMounted(t, mnt) {
 		t.Fatalf("%s not mounted after a start that follows a stop during the restore", mnt)
